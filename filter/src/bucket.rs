@@ -1,0 +1,168 @@
+//! Sticky assignment: the same key lands on the same arm on every worker, Envoy and machine, and a
+//! weight change only moves the users it must.
+//!
+//! The method is weighted rendezvous hashing (Schindelhauer & Schomaker, "Weighted distributed hash
+//! tables", 2005; also Resch, "New Hashing Algorithms for Data Storage", 2015): every arm draws
+//! `u = hash(salt, key, arm)` in (0, 1) and scores `-ln(u) / weight`; the lowest score wins. Each score
+//! is an Exp(weight) variable, so arm `i` wins with probability `w_i / sum(w)`. Raising one arm's
+//! weight only lowers that arm's score, so users only ever move *into* it (a 5 -> 10 -> 25 ramp keeps
+//! the first 5% on the canary); a weight of 0 never wins. Unlike laying arms out as ranges of one bucket
+//! line, this holds with any number of arms: ramping one candidate never reshuffles another.
+
+/// FNV-1a, 64 bit (Fowler, Noll, Vo; parameters from the IETF draft-eastlake-fnv).
+fn fnv1a64(state: u64, bytes: &[u8]) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes
+        .iter()
+        .fold(state, |h, &b| (h ^ u64::from(b)).wrapping_mul(PRIME))
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// MurmurHash3's 64-bit finaliser: FNV's low bits avalanche poorly, this spreads every input bit.
+fn fmix64(mut k: u64) -> u64 {
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    k ^ (k >> 33)
+}
+
+/// The stable 64-bit hash of (salt, key, arm). 0xFF never occurs in UTF-8, so the separators make the
+/// encoding unambiguous ("ab"+"c" differs from "a"+"bc").
+pub fn key_hash(salt: &str, key: &str, arm: &str) -> u64 {
+    let mut h = fnv1a64(FNV_OFFSET, salt.as_bytes());
+    h = fnv1a64(h, &[0xff]);
+    h = fnv1a64(h, key.as_bytes());
+    h = fnv1a64(h, &[0xff]);
+    h = fnv1a64(h, arm.as_bytes());
+    fmix64(h)
+}
+
+/// Maps a hash to the open interval (0, 1) using its top 52 bits, so `ln` is always finite (with 53
+/// bits, `2^53 - 0.5` would round up to exactly 1.0).
+pub fn unit_interval(hash: u64) -> f64 {
+    ((hash >> 12) as f64 + 0.5) * (1.0 / (1u64 << 52) as f64)
+}
+
+/// The arm `key` is pinned to among `(arm name, weight)` pairs, or `None` when no weight is positive.
+pub fn sticky_arm<'a>(
+    salt: &str,
+    key: &str,
+    arms: impl IntoIterator<Item = (&'a str, f64)>,
+) -> Option<usize> {
+    let mut best: Option<(usize, f64)> = None;
+    for (i, (arm, w)) in arms.into_iter().enumerate() {
+        if w.is_nan() || w <= 0.0 {
+            continue;
+        }
+        let score = -libm::log(unit_interval(key_hash(salt, key, arm))) / w;
+        if best.is_none_or(|(_, s)| score < s) {
+            best = Some((i, score));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Test vectors from the FNV reference (draft-eastlake-fnv, "FNV-1a 64 bit" column).
+    fn pick(salt: &str, key: &str, arms: &[&'static str], weights: &[f64]) -> Option<usize> {
+        sticky_arm(salt, key, arms.iter().copied().zip(weights.iter().copied()))
+    }
+
+    #[test]
+    fn fnv1a64_matches_reference_vectors() {
+        assert_eq!(fnv1a64(FNV_OFFSET, b""), 0xcbf29ce484222325);
+        assert_eq!(fnv1a64(FNV_OFFSET, b"a"), 0xaf63dc4c8601ec8c);
+        assert_eq!(fnv1a64(FNV_OFFSET, b"foobar"), 0x85944171f73967e8);
+    }
+
+    #[test]
+    fn separators_keep_fields_apart() {
+        assert_ne!(key_hash("s", "ab", "c"), key_hash("s", "a", "bc"));
+        assert_ne!(key_hash("s1", "u", "v1"), key_hash("s2", "u", "v1"));
+    }
+
+    #[test]
+    fn unit_interval_stays_open() {
+        assert!(unit_interval(0) > 0.0);
+        assert!(unit_interval(u64::MAX) < 1.0);
+    }
+
+    #[test]
+    fn zero_weight_never_wins_and_all_zero_gives_none() {
+        let arms = ["v1", "v2"];
+        for i in 0..2000 {
+            assert_eq!(pick("s", &i.to_string(), &arms, &[1.0, 0.0]), Some(0));
+        }
+        assert_eq!(pick("s", "k", &arms, &[0.0, 0.0]), None);
+    }
+
+    #[test]
+    fn raising_one_arm_only_moves_users_into_it_even_with_three_arms() {
+        let arms = ["base", "c1", "c2"];
+        let ramp = [5.0, 10.0, 25.0, 50.0, 100.0];
+        for u in 0..20_000 {
+            let key = format!("user-{u}");
+            let mut prev = None;
+            for &w in &ramp {
+                // c1 ramps while c2 stays at 10 and the baseline takes the rest.
+                let weights = [100.0 - w, w, 10.0];
+                let now = pick("salt", &key, &arms, &weights);
+                // Nobody leaves the arm that grew; every move goes into it or out of the arm that shrank
+                // (a range layout [c1 | c2 | base] churns exactly the same way).
+                if let Some(p) = prev {
+                    assert!(
+                        now == p || now == Some(1) || p == Some(0),
+                        "{key} moved {p:?} -> {now:?} at c1={w}"
+                    );
+                }
+                prev = Some(now);
+            }
+        }
+    }
+
+    /// Pearson chi-square goodness of fit; critical value for df = 2 at alpha = 0.001 is 13.816
+    /// (NIST/SEMATECH e-Handbook of Statistical Methods, table 1.3.6.7.4).
+    #[test]
+    fn two_arm_ramp_moves_users_only_from_baseline_to_canary() {
+        let arms = ["base", "canary"];
+        let ramp = [0.0, 5.0, 10.0, 25.0, 50.0, 100.0];
+        for u in 0..20_000 {
+            let key = format!("user-{u}");
+            let arms_at = ramp.map(|w| pick("salt", &key, &arms, &[100.0 - w, w]));
+            let first_canary = arms_at.iter().position(|a| *a == Some(1)).unwrap();
+            assert!(
+                arms_at[first_canary..].iter().all(|a| *a == Some(1)),
+                "{key}: {arms_at:?}"
+            );
+            assert!(
+                arms_at[..first_canary].iter().all(|a| *a == Some(0)),
+                "{key}: {arms_at:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn shares_follow_weights() {
+        let arms = ["a", "b", "c"];
+        let weights = [60.0, 30.0, 10.0];
+        let n = 60_000;
+        let mut counts = [0u32; 3];
+        for u in 0..n {
+            counts[pick("demo", &format!("{u}"), &arms, &weights).unwrap()] += 1;
+        }
+        let chi2: f64 = counts
+            .iter()
+            .zip(weights)
+            .map(|(&c, w)| {
+                let e = n as f64 * w / 100.0;
+                (c as f64 - e).powi(2) / e
+            })
+            .sum();
+        assert!(chi2 < 13.816, "chi2 = {chi2}, counts = {counts:?}");
+    }
+}

@@ -1,0 +1,506 @@
+//! The filter's static configuration: the JSON that Envoy's `configuration` and Istio's `pluginConfig`
+//! deliver, parsed strictly and validated into a [`Rollout`] whose errors name the field and the reason.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Why a configuration was refused. `field` is a path such as `arms[1].weight`.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("invalid ramp config: {field}: {reason}")]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The configuration as written. Unknown fields are errors, so a typo never silently does nothing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub rollout: String,
+    pub arms: Vec<RawArm>,
+    /// The arm that failures fall back to; defaults to the first arm.
+    #[serde(default)]
+    pub baseline: Option<String>,
+    #[serde(default)]
+    pub strategy: Strategy,
+    #[serde(default = "default_routing_header")]
+    pub routing_header: String,
+    #[serde(default = "default_cluster_header")]
+    pub cluster_header: String,
+    #[serde(default)]
+    pub sticky: Option<RawSticky>,
+    #[serde(default, rename = "override")]
+    pub override_: Option<RawOverride>,
+    /// Response header that tells the client which arm served it; none when absent.
+    #[serde(default)]
+    pub response_header: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawArm {
+    pub name: String,
+    pub weight: f64,
+    /// Envoy cluster for `cluster_header` routing; arms without one are routed by the routing header only.
+    #[serde(default)]
+    pub cluster: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    #[default]
+    Weighted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeySource {
+    Header,
+    Cookie,
+    Query,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSticky {
+    pub source: KeySource,
+    /// Header, cookie or query-parameter name that carries the user's key.
+    pub name: String,
+    /// Mixed into the hash so two rollouts split the same users independently; defaults to the rollout name.
+    #[serde(default)]
+    pub salt: Option<String>,
+    /// Cookie source only: give a client without the cookie a fresh random key, so it stays sticky.
+    #[serde(default)]
+    pub set_cookie: bool,
+    #[serde(default = "default_cookie_max_age")]
+    pub cookie_max_age_s: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOverride {
+    pub header: String,
+    /// Header value -> arm it forces, e.g. `{"true": "v2"}` for Istio's `canary: true` pattern.
+    pub values: BTreeMap<String, String>,
+}
+
+fn default_routing_header() -> String {
+    "x-ramp-arm".to_owned()
+}
+fn default_cluster_header() -> String {
+    "x-ramp-cluster".to_owned()
+}
+fn default_cookie_max_age() -> u64 {
+    30 * 24 * 3600
+}
+
+/// One arm, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Arm {
+    pub name: String,
+    pub weight: f64,
+    pub cluster: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sticky {
+    pub source: KeySource,
+    pub name: String,
+    pub salt: String,
+    pub set_cookie: bool,
+    pub cookie_max_age_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Override {
+    pub header: String,
+    /// Header value -> arm index.
+    pub values: BTreeMap<String, usize>,
+}
+
+/// A configuration that passed validation; everything the request path needs, resolved to indices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollout {
+    pub name: String,
+    pub arms: Vec<Arm>,
+    pub baseline: usize,
+    pub strategy: Strategy,
+    pub routing_header: String,
+    pub cluster_header: String,
+    pub sticky: Option<Sticky>,
+    pub override_: Option<Override>,
+    pub response_header: Option<String>,
+}
+
+impl Rollout {
+    /// Parses and validates the JSON bytes the host hands to `on_configure`.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." {
+                "(root)".to_owned()
+            } else {
+                path
+            };
+            ConfigError::new(field, strip_position(&e.into_inner().to_string()))
+        })?;
+        de.end()
+            .map_err(|e| ConfigError::new("(root)", strip_position(&e.to_string())))?;
+        Self::validate(raw)
+    }
+
+    pub fn validate(raw: RawConfig) -> Result<Self, ConfigError> {
+        check_name("rollout", &raw.rollout)?;
+        if raw.arms.is_empty() {
+            return Err(ConfigError::new("arms", "at least one arm is required"));
+        }
+        let mut arms = Vec::with_capacity(raw.arms.len());
+        for (i, arm) in raw.arms.iter().enumerate() {
+            check_name(&format!("arms[{i}].name"), &arm.name)?;
+            if let Some(j) = raw.arms[..i].iter().position(|a| a.name == arm.name) {
+                return Err(ConfigError::new(
+                    format!("arms[{i}].name"),
+                    format!("duplicate arm name {:?} (also arms[{j}])", arm.name),
+                ));
+            }
+            if !arm.weight.is_finite() || arm.weight < 0.0 {
+                return Err(ConfigError::new(
+                    format!("arms[{i}].weight"),
+                    format!("must be a finite number >= 0, got {}", arm.weight),
+                ));
+            }
+            if let Some(cluster) = &arm.cluster {
+                if cluster.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("arms[{i}].cluster"),
+                        "must not be empty (omit it instead)",
+                    ));
+                }
+            }
+            arms.push(Arm {
+                name: arm.name.clone(),
+                weight: arm.weight,
+                cluster: arm.cluster.clone(),
+            });
+        }
+        if arms.iter().all(|a| a.weight == 0.0) {
+            return Err(ConfigError::new(
+                "arms",
+                "every weight is zero: at least one arm must receive traffic",
+            ));
+        }
+        let baseline = match &raw.baseline {
+            None => 0,
+            Some(name) => arm_index(&arms, name)
+                .ok_or_else(|| ConfigError::new("baseline", format!("names no arm: {name:?}")))?,
+        };
+        check_header("routing_header", &raw.routing_header)?;
+        check_header("cluster_header", &raw.cluster_header)?;
+        if raw.routing_header == raw.cluster_header {
+            return Err(ConfigError::new(
+                "cluster_header",
+                "must differ from routing_header",
+            ));
+        }
+        if let Some(h) = &raw.response_header {
+            check_header("response_header", h)?;
+        }
+        let sticky = raw
+            .sticky
+            .map(|s| validate_sticky(s, &raw.rollout))
+            .transpose()?;
+        let override_ = raw
+            .override_
+            .map(|o| validate_override(o, &arms))
+            .transpose()?;
+        Ok(Self {
+            name: raw.rollout,
+            arms,
+            baseline,
+            strategy: raw.strategy,
+            routing_header: raw.routing_header.to_ascii_lowercase(),
+            cluster_header: raw.cluster_header.to_ascii_lowercase(),
+            sticky,
+            override_,
+            response_header: raw.response_header.map(|h| h.to_ascii_lowercase()),
+        })
+    }
+
+    pub fn weights(&self) -> Vec<f64> {
+        self.arms.iter().map(|a| a.weight).collect()
+    }
+
+    pub fn arm_index(&self, name: &str) -> Option<usize> {
+        arm_index(&self.arms, name)
+    }
+}
+
+fn arm_index(arms: &[Arm], name: &str) -> Option<usize> {
+    arms.iter().position(|a| a.name == name)
+}
+
+fn validate_sticky(s: RawSticky, rollout: &str) -> Result<Sticky, ConfigError> {
+    if s.name.is_empty() {
+        return Err(ConfigError::new("sticky.name", "must not be empty"));
+    }
+    if s.source == KeySource::Header {
+        check_header("sticky.name", &s.name)?;
+    }
+    if s.set_cookie && s.source != KeySource::Cookie {
+        return Err(ConfigError::new(
+            "sticky.set_cookie",
+            "only works with source \"cookie\"",
+        ));
+    }
+    if s.source == KeySource::Cookie && !is_cookie_token(&s.name) {
+        return Err(ConfigError::new(
+            "sticky.name",
+            format!("{:?} is not a valid cookie name", s.name),
+        ));
+    }
+    let name = if s.source == KeySource::Header {
+        s.name.to_ascii_lowercase()
+    } else {
+        s.name
+    };
+    Ok(Sticky {
+        source: s.source,
+        name,
+        salt: s.salt.unwrap_or_else(|| rollout.to_owned()),
+        set_cookie: s.set_cookie,
+        cookie_max_age_s: s.cookie_max_age_s,
+    })
+}
+
+fn validate_override(o: RawOverride, arms: &[Arm]) -> Result<Override, ConfigError> {
+    check_header("override.header", &o.header)?;
+    if o.values.is_empty() {
+        return Err(ConfigError::new(
+            "override.values",
+            "must map at least one header value to an arm",
+        ));
+    }
+    let mut values = BTreeMap::new();
+    for (value, arm) in o.values {
+        let idx = arm_index(arms, &arm).ok_or_else(|| {
+            ConfigError::new(
+                format!("override.values.{value}"),
+                format!("names no arm: {arm:?}"),
+            )
+        })?;
+        values.insert(value, idx);
+    }
+    Ok(Override {
+        header: o.header.to_ascii_lowercase(),
+        values,
+    })
+}
+
+/// Rollout and arm names become parts of Envoy stat names and header values, so they stay plain.
+fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() {
+        return Err(ConfigError::new(field, "must not be empty"));
+    }
+    if name.len() > 64 {
+        return Err(ConfigError::new(field, "must be at most 64 characters"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(ConfigError::new(
+            field,
+            format!("{name:?} may only contain ASCII letters, digits, '-' and '_'"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_header(field: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() {
+        return Err(ConfigError::new(field, "must not be empty"));
+    }
+    if name.starts_with(':') {
+        return Err(ConfigError::new(
+            field,
+            "pseudo-headers cannot be used here",
+        ));
+    }
+    if !is_cookie_token(name) {
+        return Err(ConfigError::new(
+            field,
+            format!("{name:?} is not a valid HTTP header name"),
+        ));
+    }
+    Ok(())
+}
+
+/// RFC 7230 `token`, which is also what RFC 6265 allows as a cookie name.
+fn is_cookie_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// serde_json appends "at line L column C"; the field path already says where.
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(json: &str) -> ConfigError {
+        Rollout::from_json(json.as_bytes()).unwrap_err()
+    }
+
+    const OK: &str =
+        r#"{"rollout":"demo","arms":[{"name":"v1","weight":95},{"name":"v2","weight":5}]}"#;
+
+    #[test]
+    fn defaults_fill_everything_but_the_arms() {
+        let r = Rollout::from_json(OK.as_bytes()).unwrap();
+        assert_eq!(r.baseline, 0);
+        assert_eq!(r.strategy, Strategy::Weighted);
+        assert_eq!(r.routing_header, "x-ramp-arm");
+        assert_eq!(r.cluster_header, "x-ramp-cluster");
+        assert!(r.sticky.is_none() && r.override_.is_none() && r.response_header.is_none());
+        assert_eq!(r.weights(), vec![95.0, 5.0]);
+    }
+
+    #[test]
+    fn full_config_resolves_names_to_indices() {
+        let r = Rollout::from_json(
+            br#"{"rollout":"fraud","baseline":"v1","arms":[{"name":"v2","weight":5,"cluster":"m2"},
+            {"name":"v1","weight":95,"cluster":"m1"}],
+            "sticky":{"source":"cookie","name":"uid","set_cookie":true},
+            "override":{"header":"Canary","values":{"true":"v2"}},"response_header":"X-Model"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.baseline, 1);
+        let s = r.sticky.unwrap();
+        assert_eq!(
+            (s.source, s.salt.as_str(), s.set_cookie),
+            (KeySource::Cookie, "fraud", true)
+        );
+        let o = r.override_.unwrap();
+        assert_eq!(o.header, "canary");
+        assert_eq!(o.values["true"], 0);
+        assert_eq!(r.response_header.as_deref(), Some("x-model"));
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_reason() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                r#"{"rollout":"d","arms":[{"name":"a","weight":-1}]}"#,
+                "arms[0].weight",
+                ">= 0",
+            ),
+            (
+                r#"{"rollout":"d","arms":[{"name":"a","weight":0},{"name":"b","weight":0}]}"#,
+                "arms",
+                "every weight is zero",
+            ),
+            (
+                r#"{"rollout":"d","arms":[{"name":"a","weight":1},{"name":"a","weight":1}]}"#,
+                "arms[1].name",
+                "duplicate",
+            ),
+            (
+                r#"{"rollout":"d","arms":[{"name":"","weight":1}]}"#,
+                "arms[0].name",
+                "empty",
+            ),
+            (
+                r#"{"rollout":"d","arms":[{"name":"a.b","weight":1}]}"#,
+                "arms[0].name",
+                "may only contain",
+            ),
+            (r#"{"rollout":"d","arms":[]}"#, "arms", "at least one"),
+            (
+                r#"{"rollout":"d","arms":[{"name":"a","weight":"5"}]}"#,
+                "arms[0].weight",
+                "invalid type",
+            ),
+            (
+                r#"{"rollout":"d","arms":[{"name":"a","weight":1,"wieght":2}]}"#,
+                "arms[0].wieght",
+                "unknown field",
+            ),
+            (
+                r#"{"rollout":"d","arms":[{"name":"a","weight":1}],"colour":1}"#,
+                "colour",
+                "unknown field",
+            ),
+            (
+                r#"{"arms":[{"name":"a","weight":1}]}"#,
+                "(root)",
+                "missing field `rollout`",
+            ),
+            (
+                r#"{"rollout":"d","arms":[{"name":"a","weight":1}],"baseline":"z"}"#,
+                "baseline",
+                "names no arm",
+            ),
+            (
+                r#"{"rollout":"d","arms":[{"name":"a","weight":1}],"override":{"header":"canary","values":{"true":"v9"}}}"#,
+                "override.values.true",
+                "names no arm",
+            ),
+            (
+                r#"{"rollout":"d","arms":[{"name":"a","weight":1}],"sticky":{"source":"header","name":"x-u","set_cookie":true}}"#,
+                "sticky.set_cookie",
+                "cookie",
+            ),
+            (
+                r#"{"rollout":"d","arms":[{"name":"a","weight":1}],"sticky":{"source":"ip","name":"x"}}"#,
+                "sticky.source",
+                "unknown variant",
+            ),
+            (
+                r#"{"rollout":"d","arms":[{"name":"a","weight":1}],"routing_header":"bad header"}"#,
+                "routing_header",
+                "not a valid HTTP header",
+            ),
+            (
+                r#"{"rollout":"d","arms":[{"name":"a","weight":1}],"strategy":"roulette"}"#,
+                "strategy",
+                "unknown variant",
+            ),
+            (r#"not json"#, "(root)", "expected"),
+        ];
+        for (json, field, reason) in cases {
+            let e = err(json);
+            assert_eq!(&e.field, field, "{json}: {e}");
+            assert!(e.reason.contains(reason), "{json}: {e}");
+            assert!(!e.reason.contains("line 1"), "{e}");
+        }
+    }
+
+    #[test]
+    fn display_is_one_line_for_logs() {
+        let e = err(r#"{"rollout":"d","arms":[{"name":"a","weight":-1}]}"#);
+        assert_eq!(
+            e.to_string(),
+            "invalid ramp config: arms[0].weight: must be a finite number >= 0, got -1"
+        );
+    }
+}
