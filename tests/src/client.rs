@@ -1,0 +1,55 @@
+//! A small HTTP client for driving traffic through Envoy: one keep-alive agent, statuses as values
+//! (a 500 from a model is data here, not an error).
+
+use anyhow::Result;
+
+pub struct Reply {
+    pub status: u16,
+    /// The arm that answered, from the test server's `x-served-by` header.
+    pub served_by: String,
+    /// The arm Ramp told the client, when the config asks for a response header.
+    pub told_arm: Option<String>,
+    pub set_cookie: Option<String>,
+    pub body: serde_json::Value,
+}
+
+pub struct Client {
+    agent: ureq::Agent,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Self {
+            agent: ureq::AgentBuilder::new()
+                .timeout(std::time::Duration::from_secs(10))
+                .build(),
+        }
+    }
+}
+
+impl Client {
+    pub fn get(&self, url: &str, headers: &[(&str, &str)]) -> Result<Reply> {
+        let mut req = self.agent.get(url);
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        let resp = match req.call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => return Err(e.into()),
+        };
+        let status = resp.status();
+        let served_by = resp.header("x-served-by").unwrap_or_default().to_owned();
+        let told_arm = resp.header("x-ramp-arm").map(str::to_owned);
+        let set_cookie = resp.header("set-cookie").map(str::to_owned);
+        let text = resp.into_string()?;
+        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        Ok(Reply {
+            status,
+            served_by,
+            told_arm,
+            set_cookie,
+            body,
+        })
+    }
+}

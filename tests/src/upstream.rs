@@ -1,0 +1,168 @@
+//! A test model server: plain HTTP/1.1 with keep-alive on a free loopback port, answering JSON that
+//! says which arm it is and which `x-ramp-*` headers reached it. Its behaviour (failure rate, delay)
+//! can be changed while it runs, so later tests can turn a healthy candidate into a faulty one.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+/// How the server answers; fields are read per request.
+#[derive(Default)]
+pub struct Behaviour {
+    /// Fail (HTTP 500) one request in every `fail_every` (0: never); `/fail` paths always fail.
+    pub fail_every: AtomicU64,
+    /// Extra delay per request, in milliseconds.
+    pub delay_ms: AtomicU64,
+}
+
+pub struct ModelServer {
+    pub arm: String,
+    pub port: u16,
+    pub behaviour: Arc<Behaviour>,
+    served: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl ModelServer {
+    pub fn start(arm: &str) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let behaviour = Arc::new(Behaviour::default());
+        let served = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let ctx = Shared {
+            arm: arm.to_owned(),
+            behaviour: behaviour.clone(),
+            served: served.clone(),
+        };
+        let stop_flag = stop.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop_flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let ctx = ctx.clone();
+                thread::spawn(move || serve_connection(stream, &ctx));
+            }
+        });
+        Ok(Self {
+            arm: arm.to_owned(),
+            port,
+            behaviour,
+            served,
+            stop,
+        })
+    }
+
+    /// Requests answered so far.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for ModelServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    arm: String,
+    behaviour: Arc<Behaviour>,
+    served: Arc<AtomicU64>,
+}
+
+fn serve_connection(stream: TcpStream, ctx: &Shared) {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let Some(req) = read_request(&mut reader) else {
+            break;
+        };
+        let n = ctx.served.fetch_add(1, Ordering::SeqCst) + 1;
+        let delay = ctx.behaviour.delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            thread::sleep(Duration::from_millis(delay));
+        }
+        let every = ctx.behaviour.fail_every.load(Ordering::Relaxed);
+        let fail = req.path.contains("fail") || (every > 0 && n % every == 0);
+        let ramp_headers: serde_json::Map<String, serde_json::Value> = req
+            .headers
+            .iter()
+            .filter(|(k, _)| k.starts_with("x-ramp-") || k == "canary")
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        let body = serde_json::json!({ "arm": ctx.arm, "headers": ramp_headers, "path": req.path })
+            .to_string();
+        let status = if fail {
+            "500 Internal Server Error"
+        } else {
+            "200 OK"
+        };
+        let head = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nx-served-by: {}\r\ncontent-length: {}\r\n\r\n",
+            ctx.arm,
+            body.len()
+        );
+        if writer.write_all(head.as_bytes()).is_err() || writer.write_all(body.as_bytes()).is_err()
+        {
+            break;
+        }
+        if req.close {
+            break;
+        }
+    }
+    let _ = writer.shutdown(Shutdown::Both);
+}
+
+struct Request {
+    path: String,
+    headers: Vec<(String, String)>,
+    close: bool,
+}
+
+fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let path = line.split_whitespace().nth(1)?.to_owned();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+        }
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).ok()?;
+    let close = headers
+        .iter()
+        .any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close"));
+    Some(Request {
+        path,
+        headers,
+        close,
+    })
+}

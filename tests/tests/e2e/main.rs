@@ -1,0 +1,9 @@
+//! End-to-end tests: the release `.wasm` in a real Envoy (`--concurrency 2`), real model servers on
+//! loopback. One binary, so the tests run in parallel threads; each starts its own Envoy on free ports.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod bad_config;
+mod metrics;
+mod override_header;
+mod split;
+mod sticky;

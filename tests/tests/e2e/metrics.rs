@@ -1,0 +1,73 @@
+//! Per-arm metrics on Envoy's `/stats/prometheus`, with `rollout`, `arm` and `class` labels, counting
+//! exactly what the model servers saw.
+
+use std::time::{Duration, Instant};
+
+use ramp_tests::prom::sample;
+use ramp_tests::{drive, TwoArms};
+use serde_json::json;
+
+#[test]
+fn metrics_count_requests_classes_and_latency_per_arm() {
+    let cfg = json!({"rollout": "metrics", "arms": [{"name": "v1", "weight": 50}, {"name": "v2", "weight": 50}]});
+    let setup = TwoArms::start(&cfg, 2).unwrap();
+    let n = 400;
+    // Every fourth request asks the model to fail, so both arms see some 5xx.
+    let replies: Vec<_> = (0..4)
+        .flat_map(|k| {
+            let path = if k == 0 { "/fail" } else { "/ok" };
+            drive(&setup.envoy.url(path), n / 4, 2, ramp_tests::no_headers)
+        })
+        .collect();
+    let count = |arm: &str, status: u16| {
+        replies
+            .iter()
+            .filter(|r| r.served_by == arm && r.status == status)
+            .count()
+    };
+
+    let labels = |arm: &'static str| [("rollout", "metrics"), ("arm", arm)];
+    // Counters are live; histograms appear after Envoy's stats flush (0.5 s in test configs).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let text = loop {
+        let text = setup.envoy.prometheus().unwrap();
+        let hist: f64 = ["v1", "v2"]
+            .iter()
+            .filter_map(|a| sample(&text, "ramp_latency_ms_count", &[("arm", a)]))
+            .sum();
+        if hist as usize == n || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for (arm, server) in [("v1", &setup.v1), ("v2", &setup.v2)] {
+        let get = |name: &str, extra: &[(&'static str, &'static str)]| {
+            let mut want = labels(arm).to_vec();
+            want.extend_from_slice(extra);
+            sample(&text, name, &want).unwrap_or_else(|| panic!("no {name}{want:?} in:\n{text}"))
+                as usize
+        };
+        assert!(server.served() > 50, "{arm} served {}", server.served());
+        assert_eq!(get("ramp_requests", &[]), server.served() as usize, "{arm}");
+        assert_eq!(
+            get("ramp_responses", &[("class", "2xx")]),
+            count(arm, 200),
+            "{arm}"
+        );
+        assert_eq!(
+            get("ramp_responses", &[("class", "5xx")]),
+            count(arm, 500),
+            "{arm}"
+        );
+        assert_eq!(get("ramp_responses", &[("class", "4xx")]), 0, "{arm}");
+        assert_eq!(
+            get("ramp_latency_ms_count", &[]),
+            server.served() as usize,
+            "{arm}"
+        );
+    }
+    assert_eq!(
+        sample(&text, "ramp_fail_open", &[("rollout", "metrics")]),
+        Some(0.0)
+    );
+}
