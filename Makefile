@@ -24,7 +24,7 @@ help:
 	@echo "make bench  throughput: no filter vs empty wasm filter vs Ramp, written to tests/bench/results/"
 
 toolchain:
-	@rustup show active-toolchain >/dev/null
+	@rustup toolchain install 1.95.0 --profile minimal --component rustfmt,clippy --target wasm32-wasip1,wasm32-unknown-unknown >/dev/null 2>&1 || rustup show active-toolchain
 	@rustup target add wasm32-wasip1 wasm32-unknown-unknown >/dev/null
 	@rustup component add rustfmt clippy >/dev/null
 

@@ -3,15 +3,16 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fastrand::Rng;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 
 use crate::config::{KeySource, Rollout};
-use crate::metrics::{all_arm_stat_names, class_index, fail_open_stat_name};
+use crate::headermap::pairs;
+use crate::metrics::{all_arm_stat_names, class_index, fail_open_stat_name, PendingCounts};
 use crate::request::{cookie_value, must_strip, query_value, set_cookie_value, sticky_source};
 use crate::select::{choose, Reason, RequestKeys};
 
@@ -30,12 +31,38 @@ struct ArmMetrics {
     latency_ms: u32,
 }
 
+/// How often a worker flushes its counters into Envoy's stats.
+const TICK: Duration = Duration::from_millis(500);
+
 /// What a worker's HTTP contexts share: the active config, its metrics and the live weights.
 struct Active {
     rollout: Rollout,
     weights: Vec<f64>,
     metrics: Vec<ArmMetrics>,
     fail_open: u32,
+    /// Counts not yet added to Envoy's counters: a hostcall per request and counter costs throughput,
+    /// so the worker adds them up and flushes on tick (histogram samples cannot be batched).
+    pending: RefCell<PendingCounts>,
+}
+
+impl Active {
+    fn count(&self, f: impl FnOnce(&mut PendingCounts)) {
+        match self.pending.try_borrow_mut() {
+            Ok(mut p) => f(&mut p),
+            // Unreachable on one thread, but never worth a panic: the count goes straight to Envoy.
+            Err(_) => {
+                let mut direct = PendingCounts::new(&self.rollout);
+                f(&mut direct);
+                direct.flush(&self.metrics, self.fail_open);
+            }
+        }
+    }
+
+    fn flush(&self) {
+        if let Ok(mut p) = self.pending.try_borrow_mut() {
+            p.flush(&self.metrics, self.fail_open);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -52,6 +79,12 @@ impl RootContext for RampRoot {
             self.get_current_time(),
         )))));
         true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(active) = &self.active {
+            active.flush();
+        }
     }
 
     fn on_configure(&mut self, _: usize) -> bool {
@@ -74,12 +107,17 @@ impl RootContext for RampRoot {
                         rollout.arms.len()
                     ),
                 );
+                if let Some(old) = self.active.take() {
+                    old.flush();
+                }
                 self.active = Some(Rc::new(Active {
                     weights: rollout.weights(),
+                    pending: RefCell::new(PendingCounts::new(&rollout)),
                     rollout,
                     metrics,
                     fail_open,
                 }));
+                self.set_tick_period(TICK);
                 true
             }
             Err(e) => {
@@ -147,16 +185,62 @@ impl RampHttp {
     fn sticky_key(&self, rollout: &Rollout) -> Option<String> {
         let (source, name) = sticky_source(rollout)?;
         match source {
-            KeySource::Header => self.get_http_request_header(name),
-            KeySource::Cookie => {
-                let header = self.get_http_request_header("cookie")?;
-                cookie_value(&header, name).map(str::to_owned)
-            }
-            KeySource::Query => {
-                let path = self.get_http_request_header(":path")?;
-                query_value(&path, name).map(str::to_owned)
+            KeySource::Header => request_header(name),
+            KeySource::Cookie => cookie_value(&request_header("cookie")?, name).map(str::to_owned),
+            KeySource::Query => query_value(&request_header(":path")?, name).map(str::to_owned),
+        }
+    }
+
+    /// Removes every header a client may not set, reading the host's header map once without copying.
+    fn strip_client_headers(&self, rollout: &Rollout) {
+        let Some(serialized) = raw_request_header_pairs() else {
+            return;
+        };
+        // Collected first: removing while the host's buffer is borrowed is fine, but keep it obvious.
+        let doomed: Vec<&[u8]> = pairs(&serialized)
+            .map(|(name, _)| name)
+            .filter(|name| must_strip(rollout, name))
+            .collect();
+        for name in doomed {
+            if let Ok(name) = std::str::from_utf8(name) {
+                self.set_http_request_header(name, None);
             }
         }
+    }
+}
+
+/// A request header as text. The SDK's `get_http_request_header` panics on a value that is not UTF-8
+/// (any client can send one); the lossy form keeps the request path panic-free and stays
+/// deterministic, so such a sticky key still maps to one arm everywhere.
+fn request_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    // Declared here with plain integers (the SDK's version returns an enum, and a value outside it
+    // would be undefined behaviour) so the serialized map can be read without the SDK's decoder.
+    #[link_name = "proxy_get_header_map_pairs"]
+    fn raw_get_header_map_pairs(map_type: u32, data: *mut *mut u8, size: *mut usize) -> u32;
+}
+
+/// The request's headers, serialized as the ABI lays them out (see [`crate::headermap`]).
+fn raw_request_header_pairs() -> Option<Vec<u8>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host fills `data`/`size` with a buffer it allocated through this module's
+    // `proxy_on_memory_allocate` (the SDK's allocator, a `Vec<u8>` of exactly `size` bytes), which we
+    // take ownership of here, as the SDK's own `get_map` does. Status 0 is `Ok`.
+    unsafe {
+        let status =
+            raw_get_header_map_pairs(MapType::HttpRequestHeaders as u32, &mut data, &mut size);
+        if status != 0 || data.is_null() {
+            return None;
+        }
+        Some(Vec::from_raw_parts(data, size, size))
     }
 }
 
@@ -166,15 +250,11 @@ impl HttpContext for RampHttp {
             return Action::Continue;
         };
         let rollout = &active.rollout;
-        for (name, _) in self.get_http_request_headers() {
-            if must_strip(rollout, &name) {
-                self.set_http_request_header(&name, None);
-            }
-        }
+        self.strip_client_headers(rollout);
         let override_value = rollout
             .override_
             .as_ref()
-            .and_then(|o| self.get_http_request_header(&o.header));
+            .and_then(|o| request_header(&o.header));
         let sticky_key = self.sticky_key(rollout);
         let keys = RequestKeys {
             override_value: override_value.as_deref(),
@@ -183,7 +263,7 @@ impl HttpContext for RampHttp {
         let decision = match self.rng.try_borrow_mut() {
             Ok(mut rng) => choose(rollout, &active.weights, keys, &mut rng),
             Err(_) => {
-                let _ = hostcalls::increment_metric(active.fail_open, 1);
+                active.count(|p| p.fail_open += 1);
                 crate::select::Decision {
                     arm: rollout.baseline,
                     reason: Reason::Baseline,
@@ -198,9 +278,7 @@ impl HttpContext for RampHttp {
         if let Some(cluster) = &arm.cluster {
             self.set_http_request_header(&rollout.cluster_header, Some(cluster));
         }
-        if let Some(m) = active.metrics.get(decision.arm) {
-            let _ = hostcalls::increment_metric(m.requests, 1);
-        }
+        active.count(|p| p.add_request(decision.arm));
         let set_cookie = match (&rollout.sticky, decision.new_sticky_key) {
             (Some(s), Some(key)) => Some(set_cookie_value(&s.name, &key, s.cookie_max_age_s)),
             _ => None,
@@ -218,12 +296,13 @@ impl HttpContext for RampHttp {
             return Action::Continue;
         };
         if let Some(m) = active.metrics.get(chosen.arm) {
-            let status = self
-                .get_http_response_header(":status")
-                .and_then(|s| s.parse::<u32>().ok())
+            let class = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
+                .ok()
+                .flatten()
+                .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u32>().ok())
                 .and_then(class_index);
-            if let Some(class) = status.and_then(|c| m.responses.get(c)) {
-                let _ = hostcalls::increment_metric(*class, 1);
+            if let Some(class) = class {
+                active.count(|p| p.add_response(chosen.arm, class));
             }
             let elapsed = self
                 .get_current_time()
@@ -241,6 +320,25 @@ impl HttpContext for RampHttp {
             self.add_http_response_header("set-cookie", &cookie);
         }
         Action::Continue
+    }
+}
+
+impl PendingCounts {
+    /// Adds the pending counts to Envoy's counters and zeroes them.
+    fn flush(&mut self, metrics: &[ArmMetrics], fail_open: u32) {
+        for (arm, m) in self.arms.iter_mut().zip(metrics) {
+            add_to_counter(m.requests, &mut arm.requests);
+            for (count, id) in arm.responses.iter_mut().zip(m.responses) {
+                add_to_counter(id, count);
+            }
+        }
+        add_to_counter(fail_open, &mut self.fail_open);
+    }
+}
+
+fn add_to_counter(id: u32, pending: &mut u64) {
+    if *pending > 0 && hostcalls::increment_metric(id, *pending as i64).is_ok() {
+        *pending = 0;
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod bucket;
 pub mod config;
+pub mod headermap;
 pub mod metrics;
 pub mod request;
 pub mod select;

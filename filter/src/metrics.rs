@@ -36,6 +36,45 @@ pub fn fail_open_stat_name(rollout: &str) -> String {
     format!("ramp.rollout.{rollout}.fail_open")
 }
 
+/// Per-arm counts a worker has not yet added to Envoy's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PendingCounts {
+    pub arms: Vec<PendingArm>,
+    pub fail_open: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PendingArm {
+    pub requests: u64,
+    /// Indexed like [`CLASSES`].
+    pub responses: [u64; 4],
+}
+
+impl PendingCounts {
+    pub fn new(rollout: &Rollout) -> Self {
+        Self {
+            arms: vec![PendingArm::default(); rollout.arms.len()],
+            fail_open: 0,
+        }
+    }
+
+    pub fn add_request(&mut self, arm: usize) {
+        if let Some(a) = self.arms.get_mut(arm) {
+            a.requests += 1;
+        }
+    }
+
+    pub fn add_response(&mut self, arm: usize, class: usize) {
+        if let Some(c) = self
+            .arms
+            .get_mut(arm)
+            .and_then(|a| a.responses.get_mut(class))
+        {
+            *c += 1;
+        }
+    }
+}
+
 /// Index into [`CLASSES`] for an HTTP status.
 pub fn class_index(status: u32) -> Option<usize> {
     match status {
@@ -57,6 +96,24 @@ mod tests {
         assert_eq!(n.requests, "ramp.rollout.demo.arm.v1.requests");
         assert_eq!(n.responses[3], "ramp.rollout.demo.arm.v1.responses.5xx");
         assert_eq!(n.latency_ms, "ramp.rollout.demo.arm.v1.latency_ms");
+    }
+
+    #[test]
+    fn pending_counts_ignore_out_of_range_indices() {
+        let r = Rollout::from_json(br#"{"rollout":"t","arms":[{"name":"a","weight":1}]}"#).unwrap();
+        let mut p = PendingCounts::new(&r);
+        p.add_request(0);
+        p.add_request(7);
+        p.add_response(0, 3);
+        p.add_response(0, 9);
+        p.add_response(3, 0);
+        assert_eq!(
+            p.arms,
+            vec![PendingArm {
+                requests: 1,
+                responses: [0, 0, 0, 1]
+            }]
+        );
     }
 
     #[test]

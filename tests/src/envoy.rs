@@ -327,6 +327,19 @@ impl Envoy {
         Ok(format!("http://127.0.0.1:{port}{path}"))
     }
 
+    /// CPU time Envoy's threads have used so far, in nanoseconds (Linux schedstat), or `None` when
+    /// the process is gone. Per-request CPU is steadier on a shared machine than throughput is.
+    pub fn cpu_ns(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        let mut total = 0;
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+        Some(total)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
     }

@@ -133,15 +133,17 @@ struct Request {
 }
 
 fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
-    let mut line = String::new();
-    if reader.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
+    // Bytes, not `read_line`: header values may carry obs-text that is not UTF-8.
+    let mut read_line = || -> Option<String> {
+        let mut raw = Vec::new();
+        (reader.read_until(b'\n', &mut raw).ok()? > 0)
+            .then(|| String::from_utf8_lossy(&raw).into_owned())
+    };
+    let line = read_line()?;
     let path = line.split_whitespace().nth(1)?.to_owned();
     let mut headers = Vec::new();
     loop {
-        let mut h = String::new();
-        reader.read_line(&mut h).ok()?;
+        let h = read_line()?;
         let h = h.trim_end();
         if h.is_empty() {
             break;

@@ -1,7 +1,9 @@
 //! `make bench`: throughput of one Envoy worker without a wasm filter, with an empty proxy-wasm
 //! filter, and with Ramp (weighted, sticky), measured with wrk side by side in one run. Rounds rotate
-//! the order so drift on a shared machine hits every variant alike; the figures are medians, and the
-//! results that matter are the ratios. Writes `tests/bench/results/filter-throughput.{md,json}`.
+//! the order so drift on a shared machine hits every variant alike. The ratios are computed within each
+//! round (variants measured seconds apart) and the median over rounds is reported, which cancels the
+//! machine's slow drift; absolute figures are medians too. Writes
+//! `tests/bench/results/filter-throughput.{md,json}`.
 
 use std::process::Command;
 
@@ -23,6 +25,8 @@ end
 
 struct Run {
     rps: f64,
+    /// Envoy CPU time per request, in microseconds.
+    cpu_us: f64,
     p50_ms: f64,
     p99_ms: f64,
 }
@@ -34,7 +38,14 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn wrk(url: &str, script: &std::path::Path, seconds: u64, connections: u64) -> Result<Run> {
+fn wrk(
+    envoy: &Envoy,
+    url: &str,
+    script: &std::path::Path,
+    seconds: u64,
+    connections: u64,
+) -> Result<Run> {
+    let cpu_before = envoy.cpu_ns().ok_or_else(|| anyhow!("envoy is gone"))?;
     let out = Command::new("wrk")
         .args([
             "-t1",
@@ -47,6 +58,7 @@ fn wrk(url: &str, script: &std::path::Path, seconds: u64, connections: u64) -> R
         .arg(url)
         .output()
         .context("running wrk (make bench installs it)")?;
+    let cpu_used = envoy.cpu_ns().ok_or_else(|| anyhow!("envoy is gone"))? - cpu_before;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() || text.contains("Non-2xx") || text.contains("Socket errors") {
         bail!("wrk failed or saw errors:\n{text}");
@@ -57,7 +69,17 @@ fn wrk(url: &str, script: &std::path::Path, seconds: u64, connections: u64) -> R
             .find_map(|l| l.strip_prefix(prefix).map(|v| v.trim().to_owned()))
             .ok_or_else(|| anyhow!("no {prefix:?} in wrk output:\n{text}"))
     };
+    let requests: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in ")
+                .map(|(n, _)| n.trim().to_owned())
+        })
+        .ok_or_else(|| anyhow!("no request count in wrk output:\n{text}"))?
+        .parse()?;
     Ok(Run {
+        cpu_us: cpu_used as f64 / 1e3 / requests,
         rps: field("Requests/sec:")?.parse()?,
         p50_ms: millis(&field("50%")?)?,
         p99_ms: millis(&field("99%")?)?,
@@ -93,34 +115,44 @@ fn main() -> Result<()> {
 
     let mut runs: Vec<Vec<Run>> = VARIANTS.iter().map(|_| Vec::new()).collect();
     for v in VARIANTS {
-        wrk(&envoy.listener_url(v, "/")?, &script, 1, connections)?; // warm-up
+        wrk(
+            &envoy,
+            &envoy.listener_url(v, "/")?,
+            &script,
+            1,
+            connections,
+        )?; // warm-up
     }
     for round in 0..rounds {
         for k in 0..VARIANTS.len() {
             let i = (k + round) % VARIANTS.len();
             let run = wrk(
+                &envoy,
                 &envoy.listener_url(VARIANTS[i], "/")?,
                 &script,
                 seconds,
                 connections,
             )?;
-            eprintln!("round {round} {:<14} {:>10.0} req/s", VARIANTS[i], run.rps);
+            eprintln!(
+                "round {round} {:<14} {:>8.0} req/s {:>7.2} us CPU/request",
+                VARIANTS[i], run.rps, run.cpu_us
+            );
             runs[i].push(run);
         }
     }
 
-    let rps: Vec<f64> = runs
-        .iter()
-        .map(|r| median(r.iter().map(|x| x.rps).collect()))
-        .collect();
-    let p50: Vec<f64> = runs
-        .iter()
-        .map(|r| median(r.iter().map(|x| x.p50_ms).collect()))
-        .collect();
-    let p99: Vec<f64> = runs
-        .iter()
-        .map(|r| median(r.iter().map(|x| x.p99_ms).collect()))
-        .collect();
+    let med = |i: usize, f: fn(&Run) -> f64| median(runs[i].iter().map(f).collect());
+    // Ratios are paired within a round, then the median over rounds is taken.
+    let paired = |i: usize, base: usize, f: fn(&Run, &Run) -> f64| {
+        median(
+            (0..rounds)
+                .map(|r| f(&runs[i][r], &runs[base][r]))
+                .collect(),
+        )
+    };
+    let rps_ratio = |a: &Run, b: &Run| a.rps / b.rps;
+    // Capacity of a CPU-bound worker is inversely proportional to CPU per request.
+    let cpu_ratio = |a: &Run, b: &Run| b.cpu_us / a.cpu_us;
     let wasm_size = std::fs::metadata(ramp_tests::envoy::ramp_wasm())?.len();
     let date = String::from_utf8(
         Command::new("date")
@@ -134,20 +166,43 @@ fn main() -> Result<()> {
         .unwrap_or(0);
 
     let mut md = format!(
-        "# Filter throughput\n\n{} UTC-stamped run of `make bench`: Envoy 1.40.0, `--concurrency 1`, direct responses, \
-         wrk -t1 -c{connections}, {rounds} rounds x {seconds} s per variant (order rotated), medians; {cores} cores.\n\n\
-         | variant | req/s | p50 ms | p99 ms | vs no filter | vs empty wasm |\n|---|---:|---:|---:|---:|---:|\n",
+        "# Filter throughput\n\n`make bench` run of {}: Envoy 1.40.0, `--concurrency 1`, direct responses (no upstream), \
+         wrk -t1 -c{connections} with a fresh `x-user-id` per request, {rounds} rounds x {seconds} s per variant, \
+         order rotated each round; {cores} cores.\n\n\
+         - req/s, p50, p99, CPU/request: medians over rounds.\n\
+         - capacity ratio = CPU/request of the reference / CPU/request of the variant (Envoy's own CPU time from \
+         /proc schedstat, divided by completed requests): what one worker can serve, and the figure of record, \
+         because throughput on this shared machine swings with its neighbours.\n\
+         - throughput ratio = req/s of the variant / req/s of the reference in the same round.\n\
+         Both ratios are medians of per-round ratios.\n\n\
+         | variant | req/s | p50 ms | p99 ms | CPU us/req | capacity vs no filter | capacity vs empty wasm | throughput vs empty wasm |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
         date.trim()
     );
+    let mut variants_json = Vec::new();
     for (i, v) in VARIANTS.iter().enumerate() {
+        let row = json!({
+            "name": v,
+            "rps": med(i, |r| r.rps),
+            "p50_ms": med(i, |r| r.p50_ms),
+            "p99_ms": med(i, |r| r.p99_ms),
+            "cpu_us_per_request": med(i, |r| r.cpu_us),
+            "capacity_vs_no_filter": paired(i, 0, cpu_ratio),
+            "capacity_vs_empty_wasm": paired(i, 1, cpu_ratio),
+            "throughput_vs_no_filter": paired(i, 0, rps_ratio),
+            "throughput_vs_empty_wasm": paired(i, 1, rps_ratio),
+        });
         md.push_str(&format!(
-            "| {v} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
-            rps[i],
-            p50[i],
-            p99[i],
-            rps[i] / rps[0],
-            rps[i] / rps[1]
+            "| {v} | {:.0} | {:.3} | {:.3} | {:.2} | {:.3} | {:.3} | {:.3} |\n",
+            row["rps"].as_f64().unwrap_or_default(),
+            row["p50_ms"].as_f64().unwrap_or_default(),
+            row["p99_ms"].as_f64().unwrap_or_default(),
+            row["cpu_us_per_request"].as_f64().unwrap_or_default(),
+            row["capacity_vs_no_filter"].as_f64().unwrap_or_default(),
+            row["capacity_vs_empty_wasm"].as_f64().unwrap_or_default(),
+            row["throughput_vs_empty_wasm"].as_f64().unwrap_or_default(),
         ));
+        variants_json.push(row);
     }
     md.push_str(&format!(
         "\nramp_filter.wasm (release): {wasm_size} bytes\n"
@@ -157,10 +212,7 @@ fn main() -> Result<()> {
         "envoy": "1.40.0",
         "concurrency": 1,
         "wrk": {"threads": 1, "connections": connections, "seconds": seconds, "rounds": rounds},
-        "variants": VARIANTS.iter().enumerate().map(|(i, v)| json!({
-            "name": v, "rps": rps[i], "p50_ms": p50[i], "p99_ms": p99[i],
-            "ratio_vs_no_filter": rps[i] / rps[0], "ratio_vs_empty_wasm": rps[i] / rps[1],
-        })).collect::<Vec<_>>(),
+        "variants": variants_json,
         "ramp_wasm_bytes": wasm_size,
     });
     let out_dir = repo_root().join("tests/bench/results");
