@@ -86,17 +86,14 @@ fn serve_connection(stream: TcpStream, ctx: &Shared) {
         return;
     };
     let mut reader = BufReader::new(stream);
-    loop {
-        let Some(req) = read_request(&mut reader) else {
-            break;
-        };
+    while let Some(req) = read_request(&mut reader) {
         let n = ctx.served.fetch_add(1, Ordering::SeqCst) + 1;
         let delay = ctx.behaviour.delay_ms.load(Ordering::Relaxed);
         if delay > 0 {
             thread::sleep(Duration::from_millis(delay));
         }
         let every = ctx.behaviour.fail_every.load(Ordering::Relaxed);
-        let fail = req.path.contains("fail") || (every > 0 && n % every == 0);
+        let fail = req.path.contains("fail") || (every > 0 && n.is_multiple_of(every));
         let ramp_headers: serde_json::Map<String, serde_json::Value> = req
             .headers
             .iter()

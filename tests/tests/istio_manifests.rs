@@ -1,0 +1,136 @@
+//! The manifests under `istio/` against the CRD schemas Istio publishes (`../shared/istio-crds/`),
+//! the way `kubectl apply --validate=strict` would check them, and the WasmPlugin's `pluginConfig`
+//! against Ramp's own config validation.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+
+use ramp_tests::envoy::repo_root;
+use serde_json::Value;
+
+fn crd_dir() -> PathBuf {
+    std::env::var_os("RAMP_ISTIO_CRDS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("../shared/istio-crds"))
+}
+
+fn yaml(path: PathBuf) -> Value {
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml::from_str(&text).unwrap()
+}
+
+/// Kubernetes prunes unknown fields, strict validation rejects them: close every object schema that
+/// lists its properties and does not preserve unknown fields, so a misspelt field fails here too.
+fn close_objects(schema: &mut Value) {
+    if let Some(obj) = schema.as_object_mut() {
+        let preserves = obj.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+        if obj.contains_key("properties") && !preserves && !obj.contains_key("additionalProperties")
+        {
+            obj.insert("additionalProperties".into(), Value::Bool(false));
+        }
+        for v in obj.values_mut() {
+            close_objects(v);
+        }
+    } else if let Some(arr) = schema.as_array_mut() {
+        arr.iter_mut().for_each(close_objects);
+    }
+}
+
+/// Validates `manifest` against the served version of `crd` and returns the error messages.
+fn violations(crd_file: &str, manifest: &Value) -> Vec<String> {
+    let crd = yaml(crd_dir().join(crd_file));
+    let kind = crd["spec"]["names"]["kind"].as_str().unwrap();
+    assert_eq!(manifest["kind"].as_str(), Some(kind));
+    let (group, version) = manifest["apiVersion"]
+        .as_str()
+        .unwrap()
+        .split_once('/')
+        .unwrap();
+    assert_eq!(crd["spec"]["group"].as_str(), Some(group));
+    let served = crd["spec"]["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == version && v["served"] == true)
+        .unwrap_or_else(|| panic!("{kind} {version} is not served"));
+    let mut schema = served["schema"]["openAPIV3Schema"].clone();
+    close_objects(&mut schema);
+    // apiVersion, kind and metadata are checked by the API server itself, not by the CRD schema.
+    for implicit in ["apiVersion", "kind"] {
+        schema["properties"][implicit] = serde_json::json!({"type": "string"});
+    }
+    schema["properties"]["metadata"] = serde_json::json!({"type": "object"});
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    validator
+        .iter_errors(manifest)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect()
+}
+
+fn manifest(name: &str) -> Value {
+    yaml(repo_root().join("istio").join(name))
+}
+
+#[test]
+fn manifests_match_istio_crd_schemas() {
+    for (file, crd) in [
+        ("wasmplugin.yaml", "wasmplugins.extensions.istio.io.yaml"),
+        (
+            "virtualservice.yaml",
+            "virtualservices.networking.istio.io.yaml",
+        ),
+        (
+            "destinationrule.yaml",
+            "destinationrules.networking.istio.io.yaml",
+        ),
+    ] {
+        let errors = violations(crd, &manifest(file));
+        assert!(errors.is_empty(), "{file}: {errors:#?}");
+    }
+}
+
+#[test]
+fn the_schema_check_catches_misspelt_and_mistyped_fields() {
+    let mut bad = manifest("wasmplugin.yaml");
+    bad["spec"]["failStrategy"] = "FAIL_SOMETIMES".into();
+    bad["spec"]["pluginConfg"] = serde_json::json!({});
+    let errors = violations("wasmplugins.extensions.istio.io.yaml", &bad);
+    assert!(
+        errors.iter().any(|e| e.contains("FAIL_SOMETIMES")),
+        "{errors:#?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("pluginConfg")),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn plugin_config_is_a_valid_ramp_config_and_subsets_match_arms() {
+    let plugin = manifest("wasmplugin.yaml");
+    let json = serde_json::to_vec(&plugin["spec"]["pluginConfig"]).unwrap();
+    let rollout = ramp_filter::config::Rollout::from_json(&json).unwrap();
+    let dr = manifest("destinationrule.yaml");
+    let subsets: Vec<&str> = dr["spec"]["subsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    let arms: Vec<&str> = rollout.arms.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(subsets, arms);
+    let vs = manifest("virtualservice.yaml");
+    let routes = vs["spec"]["http"].as_array().unwrap();
+    assert_eq!(
+        routes[0]["match"][0]["headers"][&rollout.routing_header]["exact"],
+        "v2"
+    );
+    assert!(
+        routes.last().unwrap().get("match").is_none(),
+        "last route must catch requests without an arm"
+    );
+    assert_eq!(
+        routes.last().unwrap()["route"][0]["destination"]["subset"],
+        arms[rollout.baseline]
+    );
+}
