@@ -34,6 +34,9 @@ pub struct RawConfig {
     pub baseline: Option<String>,
     #[serde(default)]
     pub strategy: Strategy,
+    /// Required when `strategy` is `bandit`.
+    #[serde(default)]
+    pub bandit: Option<RawBandit>,
     #[serde(default = "default_routing_header")]
     pub routing_header: String,
     #[serde(default = "default_cluster_header")]
@@ -62,6 +65,70 @@ pub struct RawArm {
 pub enum Strategy {
     #[default]
     Weighted,
+    Bandit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    EpsilonGreedy,
+    Thompson,
+    Ucb1,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBandit {
+    pub policy: Policy,
+    /// epsilon_greedy: share of requests drawn uniformly at random.
+    #[serde(default = "default_epsilon")]
+    pub epsilon: f64,
+    /// thompson: Beta(alpha, beta) prior on each arm's success rate.
+    #[serde(default)]
+    pub prior: Option<RawPrior>,
+    /// Every arm (with weight > 0) gets at least this share of traffic, so none starves.
+    #[serde(default)]
+    pub min_share: f64,
+    /// Trials every arm must have before the policy exploits.
+    #[serde(default)]
+    pub warmup: u64,
+    #[serde(default)]
+    pub reward: RawReward,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrior {
+    pub alpha: f64,
+    pub beta: f64,
+}
+
+/// What counts as a success for the bandit. A flat struct rather than an internally tagged enum:
+/// serde's tagged-enum buffering costs tens of KB of wasm.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReward {
+    #[serde(default)]
+    pub source: RewardSource,
+    /// status: 1 exactly for these codes or classes, e.g. `["2xx", "404"]`; default: 1 unless 5xx.
+    #[serde(default)]
+    pub success: Option<Vec<String>>,
+    /// latency: 1 when the response headers arrive within this many ms and the status is not 5xx.
+    #[serde(default)]
+    pub threshold_ms: Option<u64>,
+    /// header: the model server's own verdict, a number in [0, 1] in this response header (default
+    /// `x-ramp-reward`), removed before the response reaches the client; missing or invalid counts 0.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardSource {
+    #[default]
+    Status,
+    Latency,
+    Header,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -96,6 +163,12 @@ pub struct RawOverride {
     pub values: BTreeMap<String, String>,
 }
 
+fn default_epsilon() -> f64 {
+    0.1
+}
+fn default_reward_header() -> String {
+    "x-ramp-reward".to_owned()
+}
 fn default_routing_header() -> String {
     "x-ramp-arm".to_owned()
 }
@@ -123,6 +196,60 @@ pub struct Sticky {
     pub cookie_max_age_s: u64,
 }
 
+/// A validated bandit section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bandit {
+    pub policy: Policy,
+    pub epsilon: f64,
+    pub prior_alpha: f64,
+    pub prior_beta: f64,
+    pub min_share: f64,
+    pub warmup: u64,
+    pub reward: Reward,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reward {
+    /// Success iff the status matches one of these (exact code, or class when `class` is set).
+    Status(Vec<StatusMatch>),
+    LatencyBelowMs(u64),
+    Header(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusMatch {
+    Code(u32),
+    /// 2 for "2xx".
+    Class(u32),
+    /// Default: anything below 500.
+    Below500,
+}
+
+impl Reward {
+    /// The reward of a finished request, when it does not come from a header.
+    pub fn from_status_and_latency(&self, status: u32, latency_ms: u64) -> Option<f64> {
+        let ok = match self {
+            Reward::Status(matches) => matches.iter().any(|m| match *m {
+                StatusMatch::Code(c) => c == status,
+                StatusMatch::Class(c) => status / 100 == c,
+                StatusMatch::Below500 => status < 500,
+            }),
+            Reward::LatencyBelowMs(limit) => status < 500 && latency_ms <= *limit,
+            Reward::Header(_) => return None,
+        };
+        Some(if ok { 1.0 } else { 0.0 })
+    }
+
+    /// A reward header's value: a number in [0, 1]; anything else is 0.
+    pub fn parse_header_value(value: &[u8]) -> f64 {
+        std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|r| (0.0..=1.0).contains(r))
+            .unwrap_or(0.0)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Override {
     pub header: String,
@@ -137,6 +264,8 @@ pub struct Rollout {
     pub arms: Vec<Arm>,
     pub baseline: usize,
     pub strategy: Strategy,
+    /// Present exactly when `strategy` is `bandit`.
+    pub bandit: Option<Bandit>,
     pub routing_header: String,
     pub cluster_header: String,
     pub sticky: Option<Sticky>,
@@ -166,6 +295,12 @@ impl Rollout {
         check_name("rollout", &raw.rollout)?;
         if raw.arms.is_empty() {
             return Err(ConfigError::new("arms", "at least one arm is required"));
+        }
+        if raw.arms.len() > MAX_ARMS {
+            return Err(ConfigError::new(
+                "arms",
+                format!("at most {MAX_ARMS} arms (each has its own stats and shared-data key)"),
+            ));
         }
         let mut arms = Vec::with_capacity(raw.arms.len());
         for (i, arm) in raw.arms.iter().enumerate() {
@@ -218,6 +353,22 @@ impl Rollout {
         if let Some(h) = &raw.response_header {
             check_header("response_header", h)?;
         }
+        let bandit = match (raw.strategy, raw.bandit) {
+            (Strategy::Bandit, Some(b)) => Some(validate_bandit(b, arms.len())?),
+            (Strategy::Bandit, None) => {
+                return Err(ConfigError::new(
+                    "bandit",
+                    "required when strategy is \"bandit\"",
+                ))
+            }
+            (Strategy::Weighted, Some(_)) => {
+                return Err(ConfigError::new(
+                    "bandit",
+                    "only applies when strategy is \"bandit\"",
+                ))
+            }
+            (Strategy::Weighted, None) => None,
+        };
         let sticky = raw
             .sticky
             .map(|s| validate_sticky(s, &raw.rollout))
@@ -231,6 +382,7 @@ impl Rollout {
             arms,
             baseline,
             strategy: raw.strategy,
+            bandit,
             routing_header: raw.routing_header.to_ascii_lowercase(),
             cluster_header: raw.cluster_header.to_ascii_lowercase(),
             sticky,
@@ -246,6 +398,131 @@ impl Rollout {
     pub fn arm_index(&self, name: &str) -> Option<usize> {
         arm_index(&self.arms, name)
     }
+}
+
+/// Arms per rollout: bounds the stats and the shared-data key set.
+pub const MAX_ARMS: usize = 16;
+
+fn validate_bandit(b: RawBandit, arms: usize) -> Result<Bandit, ConfigError> {
+    if !(0.0..=1.0).contains(&b.epsilon) {
+        return Err(ConfigError::new(
+            "bandit.epsilon",
+            format!("must be in [0, 1], got {}", b.epsilon),
+        ));
+    }
+    if !(0.0..=1.0).contains(&b.min_share) || b.min_share * arms as f64 > 1.0 {
+        return Err(ConfigError::new(
+            "bandit.min_share",
+            format!(
+                "must be in [0, 1/arms] = [0, {:.4}], got {}",
+                1.0 / arms as f64,
+                b.min_share
+            ),
+        ));
+    }
+    let prior = b.prior.unwrap_or(RawPrior {
+        alpha: 1.0,
+        beta: 1.0,
+    });
+    for (field, v) in [
+        ("bandit.prior.alpha", prior.alpha),
+        ("bandit.prior.beta", prior.beta),
+    ] {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(ConfigError::new(
+                field,
+                format!("must be a finite number > 0, got {v}"),
+            ));
+        }
+    }
+    if b.prior.is_some() && b.policy != Policy::Thompson {
+        return Err(ConfigError::new(
+            "bandit.prior",
+            "only applies to policy \"thompson\"",
+        ));
+    }
+    let r = b.reward;
+    let only = |field: &str, set: bool, source: &str| {
+        if set {
+            Err(ConfigError::new(
+                format!("bandit.reward.{field}"),
+                format!("only applies to source \"{source}\""),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    if r.source != RewardSource::Status {
+        only("success", r.success.is_some(), "status")?;
+    }
+    if r.source != RewardSource::Latency {
+        only("threshold_ms", r.threshold_ms.is_some(), "latency")?;
+    }
+    if r.source != RewardSource::Header {
+        only("name", r.name.is_some(), "header")?;
+    }
+    let reward = match (r.source, r.success) {
+        (RewardSource::Status, None) => Reward::Status(vec![StatusMatch::Below500]),
+        (RewardSource::Status, Some(list)) => {
+            if list.is_empty() {
+                return Err(ConfigError::new(
+                    "bandit.reward.success",
+                    "must list at least one code or class",
+                ));
+            }
+            let mut matches = Vec::with_capacity(list.len());
+            for (i, v) in list.iter().enumerate() {
+                matches.push(parse_status_match(v).ok_or_else(|| {
+                    ConfigError::new(
+                        format!("bandit.reward.success[{i}]"),
+                        format!("expected a status code (\"100\"-\"599\") or a class like \"2xx\", got {v:?}"),
+                    )
+                })?);
+            }
+            Reward::Status(matches)
+        }
+        (RewardSource::Latency, _) => match r.threshold_ms {
+            None => {
+                return Err(ConfigError::new(
+                    "bandit.reward.threshold_ms",
+                    "required for source \"latency\"",
+                ))
+            }
+            Some(0) => {
+                return Err(ConfigError::new(
+                    "bandit.reward.threshold_ms",
+                    "must be > 0",
+                ))
+            }
+            Some(ms) => Reward::LatencyBelowMs(ms),
+        },
+        (RewardSource::Header, _) => {
+            let name = r.name.unwrap_or_else(default_reward_header);
+            check_header("bandit.reward.name", &name)?;
+            Reward::Header(name.to_ascii_lowercase())
+        }
+    };
+    Ok(Bandit {
+        policy: b.policy,
+        epsilon: b.epsilon,
+        prior_alpha: prior.alpha,
+        prior_beta: prior.beta,
+        min_share: b.min_share,
+        warmup: b.warmup,
+        reward,
+    })
+}
+
+fn parse_status_match(s: &str) -> Option<StatusMatch> {
+    if let Ok(code) = s.parse::<u32>() {
+        return (100..=599)
+            .contains(&code)
+            .then_some(StatusMatch::Code(code));
+    }
+    let class = s.strip_suffix("xx")?.parse::<u32>().ok()?;
+    (1..=5)
+        .contains(&class)
+        .then_some(StatusMatch::Class(class))
 }
 
 fn arm_index(arms: &[Arm], name: &str) -> Option<usize> {
@@ -492,6 +769,98 @@ mod tests {
             assert_eq!(&e.field, field, "{json}: {e}");
             assert!(e.reason.contains(reason), "{json}: {e}");
             assert!(!e.reason.contains("line 1"), "{e}");
+        }
+    }
+
+    #[test]
+    fn bandit_section_is_validated() {
+        let base = |b: &str| {
+            format!(
+                r#"{{"rollout":"b","arms":[{{"name":"a","weight":1}},{{"name":"c","weight":1}}],"strategy":"bandit"{b}}}"#
+            )
+        };
+        let ok = Rollout::from_json(base(r#","bandit":{"policy":"thompson","warmup":10,"prior":{"alpha":2,"beta":3},"reward":{"source":"status","success":["200","3xx"]}}"#).as_bytes()).unwrap();
+        let b = ok.bandit.unwrap();
+        assert_eq!((b.prior_alpha, b.prior_beta, b.warmup), (2.0, 3.0, 10));
+        assert_eq!(
+            b.reward,
+            Reward::Status(vec![StatusMatch::Code(200), StatusMatch::Class(3)])
+        );
+        let cases: &[(&str, &str, &str)] = &[
+            ("", "bandit", "required"),
+            (
+                r#","bandit":{"policy":"ucb2"}"#,
+                "bandit.policy",
+                "unknown variant",
+            ),
+            (
+                r#","bandit":{"policy":"epsilon_greedy","epsilon":1.5}"#,
+                "bandit.epsilon",
+                "[0, 1]",
+            ),
+            (
+                r#","bandit":{"policy":"thompson","min_share":0.6}"#,
+                "bandit.min_share",
+                "1/arms",
+            ),
+            (
+                r#","bandit":{"policy":"thompson","prior":{"alpha":0,"beta":1}}"#,
+                "bandit.prior.alpha",
+                "> 0",
+            ),
+            (
+                r#","bandit":{"policy":"ucb1","prior":{"alpha":1,"beta":1}}"#,
+                "bandit.prior",
+                "thompson",
+            ),
+            (
+                r#","bandit":{"policy":"thompson","reward":{"source":"status","success":["9xx"]}}"#,
+                "bandit.reward.success[0]",
+                "class",
+            ),
+            (
+                r#","bandit":{"policy":"thompson","reward":{"source":"latency"}}"#,
+                "bandit.reward.threshold_ms",
+                "required",
+            ),
+            (
+                r#","bandit":{"policy":"thompson","reward":{"source":"header","threshold_ms":5}}"#,
+                "bandit.reward.threshold_ms",
+                "latency",
+            ),
+            (
+                r#","bandit":{"policy":"thompson","reward":{"source":"vibes"}}"#,
+                "bandit.reward.source",
+                "unknown variant",
+            ),
+        ];
+        for (extra, field, reason) in cases {
+            let e = err(&base(extra));
+            assert_eq!(&e.field, field, "{extra}: {e}");
+            assert!(e.reason.contains(reason), "{extra}: {e}");
+        }
+        let weighted = err(
+            r#"{"rollout":"b","arms":[{"name":"a","weight":1}],"bandit":{"policy":"thompson"}}"#,
+        );
+        assert_eq!(weighted.field, "bandit");
+    }
+
+    #[test]
+    fn rewards_from_status_latency_and_header() {
+        let below500 = Reward::Status(vec![StatusMatch::Below500]);
+        assert_eq!(below500.from_status_and_latency(404, 9), Some(1.0));
+        assert_eq!(below500.from_status_and_latency(503, 9), Some(0.0));
+        let fast = Reward::LatencyBelowMs(100);
+        assert_eq!(fast.from_status_and_latency(200, 100), Some(1.0));
+        assert_eq!(fast.from_status_and_latency(200, 101), Some(0.0));
+        assert_eq!(fast.from_status_and_latency(500, 1), Some(0.0));
+        assert_eq!(
+            Reward::Header("x".into()).from_status_and_latency(200, 1),
+            None
+        );
+        assert_eq!(Reward::parse_header_value(b" 0.25 "), 0.25);
+        for bad in [&b"1.5"[..], b"-0.1", b"NaN", b"", b"\xff", b"one"] {
+            assert_eq!(Reward::parse_header_value(bad), 0.0);
         }
     }
 

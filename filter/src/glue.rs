@@ -8,9 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fastrand::Rng;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
 
-use crate::config::{KeySource, Rollout};
+use crate::config::{KeySource, Reward, Rollout};
+use crate::counters::{merged, shared_key, WorkerCounts, CREATE_ONLY_CAS};
 use crate::headermap::pairs;
 use crate::metrics::{all_arm_stat_names, class_index, fail_open_stat_name, PendingCounts};
 use crate::request::{cookie_value, must_strip, query_value, set_cookie_value, sticky_source};
@@ -29,6 +30,14 @@ struct ArmMetrics {
     requests: u32,
     responses: [u32; 4],
     latency_ms: u32,
+    /// Bandit gauges (trials, reward sum in millionths, recent share in ppm), when the bandit is on.
+    bandit: Option<[u32; 3]>,
+}
+
+/// The bandit's per-worker state: counts, and the shared-data key of each arm.
+struct BanditState {
+    counts: RefCell<WorkerCounts>,
+    keys: Vec<String>,
 }
 
 /// How often a worker flushes its counters into Envoy's stats.
@@ -43,6 +52,7 @@ struct Active {
     /// Counts not yet added to Envoy's counters: a hostcall per request and counter costs throughput,
     /// so the worker adds them up and flushes on tick (histogram samples cannot be batched).
     pending: RefCell<PendingCounts>,
+    bandit: Option<BanditState>,
 }
 
 impl Active {
@@ -61,6 +71,66 @@ impl Active {
     fn flush(&self) {
         if let Ok(mut p) = self.pending.try_borrow_mut() {
             p.flush(&self.metrics, self.fail_open);
+        }
+        if let Some(b) = &self.bandit {
+            if let Ok(mut counts) = b.counts.try_borrow_mut() {
+                sync_bandit_counts(&b.keys, &mut counts);
+                publish_bandit_gauges(&self.metrics, &mut counts);
+            }
+        }
+    }
+}
+
+/// Adds this worker's unflushed bandit trials into shared data and reads back every arm's total.
+/// Each arm is a bounded read-modify-CAS loop; a delta that cannot be written (contention, foreign
+/// bytes under our key) stays pending for the next tick, so no trial is lost or counted twice.
+fn sync_bandit_counts(keys: &[String], counts: &mut WorkerCounts) {
+    const ATTEMPTS: usize = 8;
+    for (arm, key) in keys.iter().enumerate() {
+        let delta = counts.pending(arm);
+        for _ in 0..ATTEMPTS {
+            let Ok((stored, cas)) = hostcalls::get_shared_data(key) else {
+                break;
+            };
+            let Ok(total) = merged(stored.as_deref(), delta) else {
+                log(
+                    LogLevel::Warn,
+                    &format!("ramp: shared data {key:?} holds foreign bytes; not merging"),
+                );
+                break;
+            };
+            if delta.is_zero() {
+                counts.observed(arm, total);
+                break;
+            }
+            match hostcalls::set_shared_data(
+                key,
+                Some(&total.encode()),
+                Some(cas.unwrap_or(CREATE_ONLY_CAS)),
+            ) {
+                Ok(()) => {
+                    counts.flushed(arm, delta, total);
+                    break;
+                }
+                Err(Status::CasMismatch) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+fn publish_bandit_gauges(metrics: &[ArmMetrics], counts: &mut WorkerCounts) {
+    let shares = counts.recent_shares_ppm();
+    for (arm, m) in metrics.iter().enumerate() {
+        let Some([trials, reward, share]) = m.bandit else {
+            continue;
+        };
+        if let Some(total) = counts.shared().get(arm) {
+            let _ = hostcalls::record_metric(trials, total.trials);
+            let _ = hostcalls::record_metric(reward, total.reward_micros);
+        }
+        if let Some(s) = shares.as_ref().and_then(|s| s.get(arm)) {
+            let _ = hostcalls::record_metric(share, *s);
         }
     }
 }
@@ -110,9 +180,18 @@ impl RootContext for RampRoot {
                 if let Some(old) = self.active.take() {
                     old.flush();
                 }
+                let bandit = rollout.bandit.as_ref().map(|_| BanditState {
+                    counts: RefCell::new(WorkerCounts::new(rollout.arms.len())),
+                    keys: rollout
+                        .arms
+                        .iter()
+                        .map(|a| shared_key(&rollout.name, &a.name))
+                        .collect(),
+                });
                 self.active = Some(Rc::new(Active {
                     weights: rollout.weights(),
                     pending: RefCell::new(PendingCounts::new(&rollout)),
+                    bandit,
                     rollout,
                     metrics,
                     fail_open,
@@ -155,10 +234,19 @@ fn define_metrics(rollout: &Rollout) -> Result<(Vec<ArmMetrics>, u32), proxy_was
         for (slot, name) in responses.iter_mut().zip(&names.responses) {
             *slot = hostcalls::define_metric(MetricType::Counter, name)?;
         }
+        let bandit = match rollout.bandit {
+            Some(_) => Some([
+                hostcalls::define_metric(MetricType::Gauge, &names.bandit_trials)?,
+                hostcalls::define_metric(MetricType::Gauge, &names.bandit_reward_micros)?,
+                hostcalls::define_metric(MetricType::Gauge, &names.bandit_share_ppm)?,
+            ]),
+            None => None,
+        };
         out.push(ArmMetrics {
             requests: hostcalls::define_metric(MetricType::Counter, &names.requests)?,
             responses,
             latency_ms: hostcalls::define_metric(MetricType::Histogram, &names.latency_ms)?,
+            bandit,
         });
     }
     let fail_open =
@@ -260,8 +348,13 @@ impl HttpContext for RampHttp {
             override_value: override_value.as_deref(),
             sticky_key: sticky_key.as_deref(),
         };
+        let counts = active
+            .bandit
+            .as_ref()
+            .and_then(|b| b.counts.try_borrow().ok());
+        let view = counts.as_ref().map_or(&[][..], |c| c.view());
         let decision = match self.rng.try_borrow_mut() {
-            Ok(mut rng) => choose(rollout, &active.weights, keys, &mut rng),
+            Ok(mut rng) => choose(rollout, &active.weights, view, keys, &mut rng),
             Err(_) => {
                 active.count(|p| p.fail_open += 1);
                 crate::select::Decision {
@@ -271,6 +364,7 @@ impl HttpContext for RampHttp {
                 }
             }
         };
+        drop(counts);
         let Some(arm) = rollout.arms.get(decision.arm) else {
             return Action::Continue;
         };
@@ -296,11 +390,11 @@ impl HttpContext for RampHttp {
             return Action::Continue;
         };
         if let Some(m) = active.metrics.get(chosen.arm) {
-            let class = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
+            let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
                 .ok()
                 .flatten()
-                .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u32>().ok())
-                .and_then(class_index);
+                .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u32>().ok());
+            let class = status.and_then(class_index);
             if let Some(class) = class {
                 active.count(|p| p.add_response(chosen.arm, class));
             }
@@ -310,6 +404,24 @@ impl HttpContext for RampHttp {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
             let _ = hostcalls::record_metric(m.latency_ms, elapsed);
+            if let (Some(state), Some(b)) = (&active.bandit, &active.rollout.bandit) {
+                let reward = match &b.reward {
+                    Reward::Header(name) => {
+                        let value =
+                            hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
+                                .ok()
+                                .flatten();
+                        self.set_http_response_header(name, None);
+                        value.map_or(0.0, |v| Reward::parse_header_value(&v))
+                    }
+                    other => other
+                        .from_status_and_latency(status.unwrap_or(0), elapsed)
+                        .unwrap_or(0.0),
+                };
+                if let Ok(mut counts) = state.counts.try_borrow_mut() {
+                    counts.record(chosen.arm, reward);
+                }
+            }
         }
         let rollout = &active.rollout;
         if let (Some(header), Some(arm)) = (&rollout.response_header, rollout.arms.get(chosen.arm))

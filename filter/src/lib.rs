@@ -5,12 +5,16 @@
 //! glue lives in [`glue`], compiled only for `wasm32-wasip1`, and stays thin.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod bandit;
 pub mod bucket;
 pub mod config;
+pub mod counters;
 pub mod headermap;
 pub mod metrics;
 pub mod request;
+pub mod sample;
 pub mod select;
+pub mod sim;
 
 #[cfg(all(target_arch = "wasm32", target_os = "wasi"))]
 mod glue;

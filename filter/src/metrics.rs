@@ -12,6 +12,11 @@ pub struct ArmStatNames {
     pub requests: String,
     pub responses: [String; 4],
     pub latency_ms: String,
+    /// Bandit gauges, from the shared totals: trials, reward sum in millionths, and the arm's share of
+    /// the trials added during the last tick, in parts per million.
+    pub bandit_trials: String,
+    pub bandit_reward_micros: String,
+    pub bandit_share_ppm: String,
 }
 
 pub fn arm_stat_names(rollout: &str, arm: &str) -> ArmStatNames {
@@ -20,6 +25,9 @@ pub fn arm_stat_names(rollout: &str, arm: &str) -> ArmStatNames {
         requests: format!("{prefix}.requests"),
         responses: CLASSES.map(|c| format!("{prefix}.responses.{c}")),
         latency_ms: format!("{prefix}.latency_ms"),
+        bandit_trials: format!("{prefix}.bandit_trials"),
+        bandit_reward_micros: format!("{prefix}.bandit_reward_micros"),
+        bandit_share_ppm: format!("{prefix}.bandit_share_ppm"),
     }
 }
 

@@ -3,8 +3,10 @@
 
 use fastrand::Rng;
 
+use crate::bandit;
 use crate::bucket::sticky_arm;
 use crate::config::Rollout;
+use crate::counters::ArmCounts;
 
 /// What the glue read from the request that matters for the choice.
 #[derive(Debug, Default, Clone, Copy)]
@@ -21,6 +23,7 @@ pub enum Reason {
     /// No key yet: a fresh one was issued (cookie) and the arm follows from it.
     NewStickyKey,
     Weighted,
+    Bandit,
     /// No arm had a positive weight (e.g. a live state that zeroed them all): fail open to the baseline.
     Baseline,
 }
@@ -35,10 +38,12 @@ pub struct Decision {
 
 /// Picks the arm for one request. `weights` are the live weights (parallel to `rollout.arms`): the
 /// static config's at first, the controller's later. A weight of 0 means the arm takes no traffic,
-/// whatever override or pin asks for it.
+/// whatever override or pin asks for it. `bandit_counts` are the counts the bandit decides from
+/// (ignored by the weighted strategy).
 pub fn choose(
     rollout: &Rollout,
     weights: &[f64],
+    bandit_counts: &[ArmCounts],
     keys: RequestKeys<'_>,
     rng: &mut Rng,
 ) -> Decision {
@@ -85,8 +90,12 @@ pub fn choose(
         }
     }
 
-    match weighted_pick(weights, rng) {
-        Some(arm) => decided(arm, Reason::Weighted),
+    let picked = match &rollout.bandit {
+        Some(b) => bandit::choose(b, bandit_counts, weights, rng).map(|a| (a, Reason::Bandit)),
+        None => weighted_pick(weights, rng).map(|a| (a, Reason::Weighted)),
+    };
+    match picked {
+        Some((arm, reason)) => decided(arm, reason),
         None => decided(rollout.baseline, Reason::Baseline),
     }
 }
@@ -137,18 +146,18 @@ mod tests {
             sticky_key: None,
         };
         assert_eq!(
-            choose(&r, &[90.0, 10.0], keys, &mut rng).reason,
+            choose(&r, &[90.0, 10.0], &[], keys, &mut rng).reason,
             Reason::Override
         );
-        assert_eq!(choose(&r, &[90.0, 10.0], keys, &mut rng).arm, 1);
+        assert_eq!(choose(&r, &[90.0, 10.0], &[], keys, &mut rng).arm, 1);
         // A rolled-back arm is never forced.
-        assert_eq!(choose(&r, &[100.0, 0.0], keys, &mut rng).arm, 0);
+        assert_eq!(choose(&r, &[100.0, 0.0], &[], keys, &mut rng).arm, 0);
         let other = RequestKeys {
             override_value: Some("yes"),
             sticky_key: None,
         };
         assert_eq!(
-            choose(&r, &[0.0, 10.0], other, &mut rng).reason,
+            choose(&r, &[0.0, 10.0], &[], other, &mut rng).reason,
             Reason::Weighted
         );
     }
@@ -163,12 +172,12 @@ mod tests {
                 override_value: None,
                 sticky_key: Some(&key),
             };
-            let first = choose(&r, &[90.0, 10.0], keys, &mut rng);
+            let first = choose(&r, &[90.0, 10.0], &[], keys, &mut rng);
             assert_eq!(first.reason, Reason::Sticky);
             for _ in 0..3 {
-                assert_eq!(choose(&r, &[90.0, 10.0], keys, &mut rng), first);
+                assert_eq!(choose(&r, &[90.0, 10.0], &[], keys, &mut rng), first);
             }
-            assert_eq!(choose(&r, &[100.0, 0.0], keys, &mut rng).arm, 0);
+            assert_eq!(choose(&r, &[100.0, 0.0], &[], keys, &mut rng).arm, 0);
         }
     }
 
@@ -176,7 +185,13 @@ mod tests {
     fn missing_key_issues_one_only_when_asked() {
         let cookie = rollout(r#","sticky":{"source":"cookie","name":"uid","set_cookie":true}"#);
         let mut rng = Rng::with_seed(3);
-        let d = choose(&cookie, &[90.0, 10.0], RequestKeys::default(), &mut rng);
+        let d = choose(
+            &cookie,
+            &[90.0, 10.0],
+            &[],
+            RequestKeys::default(),
+            &mut rng,
+        );
         assert_eq!(d.reason, Reason::NewStickyKey);
         let key = d.new_sticky_key.clone().unwrap();
         assert_eq!(key.len(), 32);
@@ -185,18 +200,50 @@ mod tests {
             override_value: None,
             sticky_key: Some(&key),
         };
-        assert_eq!(choose(&cookie, &[90.0, 10.0], again, &mut rng).arm, d.arm);
+        assert_eq!(
+            choose(&cookie, &[90.0, 10.0], &[], again, &mut rng).arm,
+            d.arm
+        );
 
         let header = rollout(r#","sticky":{"source":"header","name":"x-user"}"#);
-        let d = choose(&header, &[90.0, 10.0], RequestKeys::default(), &mut rng);
+        let d = choose(
+            &header,
+            &[90.0, 10.0],
+            &[],
+            RequestKeys::default(),
+            &mut rng,
+        );
         assert_eq!((d.reason, d.new_sticky_key), (Reason::Weighted, None));
+    }
+
+    #[test]
+    fn bandit_strategy_decides_from_counts_after_override_and_sticky() {
+        let json = r#"{"rollout":"b","arms":[{"name":"v1","weight":1},{"name":"v2","weight":1}],
+            "strategy":"bandit","bandit":{"policy":"epsilon_greedy","epsilon":0}}"#;
+        let r = Rollout::from_json(json.as_bytes()).unwrap();
+        let counts = [
+            ArmCounts {
+                trials: 100,
+                reward_micros: 10_000_000,
+            },
+            ArmCounts {
+                trials: 100,
+                reward_micros: 90_000_000,
+            },
+        ];
+        let mut rng = Rng::with_seed(9);
+        let d = choose(&r, &[1.0, 1.0], &counts, RequestKeys::default(), &mut rng);
+        assert_eq!((d.arm, d.reason), (1, Reason::Bandit));
+        // The bandit never revives a rolled-back arm.
+        let d = choose(&r, &[1.0, 0.0], &counts, RequestKeys::default(), &mut rng);
+        assert_eq!((d.arm, d.reason), (0, Reason::Bandit));
     }
 
     #[test]
     fn all_zero_live_weights_fail_open_to_baseline() {
         let r = rollout(r#","baseline":"v2""#);
         let mut rng = Rng::with_seed(4);
-        let d = choose(&r, &[0.0, 0.0], RequestKeys::default(), &mut rng);
+        let d = choose(&r, &[0.0, 0.0], &[], RequestKeys::default(), &mut rng);
         assert_eq!((d.arm, d.reason), (1, Reason::Baseline));
         assert_eq!(weighted_pick(&[f64::NAN, 0.0], &mut rng), None);
         assert_eq!(weighted_pick(&[], &mut rng), None);

@@ -60,7 +60,7 @@ fn config_validation_and_choice_agree() {
         [("v1", 70.0), ("v2", 20.0), ("v3", 10.0)],
     )
     .unwrap();
-    assert_eq!(choose(&r, &r.weights(), keys, &mut rng).arm, direct);
+    assert_eq!(choose(&r, &r.weights(), &[], keys, &mut rng).arm, direct);
     let bad =
         Rollout::from_json(br#"{"rollout":"g","arms":[{"name":"v1","weight":-1}]}"#).unwrap_err();
     assert_eq!(bad.field, "arms[0].weight");

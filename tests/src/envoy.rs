@@ -29,9 +29,9 @@ pub fn envoy_binary() -> PathBuf {
         .unwrap_or_else(|| repo_root().join(".venv/bin/envoy"))
 }
 
-/// The release filter `make wasm` builds.
+/// The release filter `make wasm` builds (optimized by wasm-opt).
 pub fn ramp_wasm() -> PathBuf {
-    repo_root().join("target/wasm32-wasip1/release/ramp_filter.wasm")
+    repo_root().join("target/ramp/ramp_filter.wasm")
 }
 
 /// A config derived from a committed Envoy file.

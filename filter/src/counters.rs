@@ -1,0 +1,253 @@
+//! Bandit counters as they live in proxy-wasm shared data: per arm, trials and the reward sum in
+//! millionths, as two little-endian u64s. Integers, so adding the deltas of many workers and Envoys
+//! is exact and order-independent (floating-point sums are neither).
+
+/// Rewards are in [0, 1]; stored in millionths.
+pub const REWARD_SCALE: f64 = 1_000_000.0;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ArmCounts {
+    pub trials: u64,
+    pub reward_micros: u64,
+}
+
+impl ArmCounts {
+    pub fn add_trial(&mut self, reward: f64) {
+        self.trials += 1;
+        self.reward_micros += (reward.clamp(0.0, 1.0) * REWARD_SCALE).round() as u64;
+    }
+
+    pub fn reward(&self) -> f64 {
+        self.reward_micros as f64 / REWARD_SCALE
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.trials == 0 && self.reward_micros == 0
+    }
+
+    pub fn plus(self, other: ArmCounts) -> ArmCounts {
+        ArmCounts {
+            trials: self.trials.saturating_add(other.trials),
+            reward_micros: self.reward_micros.saturating_add(other.reward_micros),
+        }
+    }
+
+    pub fn encode(&self) -> [u8; 16] {
+        let mut out = [0; 16];
+        out[..8].copy_from_slice(&self.trials.to_le_bytes());
+        out[8..].copy_from_slice(&self.reward_micros.to_le_bytes());
+        out
+    }
+
+    /// `None` for anything that is not exactly 16 bytes: never merge into a value we do not own.
+    pub fn decode(bytes: &[u8]) -> Option<ArmCounts> {
+        let bytes: &[u8; 16] = bytes.try_into().ok()?;
+        let (t, r) = bytes.split_at(8);
+        Some(ArmCounts {
+            trials: u64::from_le_bytes(t.try_into().ok()?),
+            reward_micros: u64::from_le_bytes(r.try_into().ok()?),
+        })
+    }
+}
+
+/// Shared-data key of one arm's counters. Prefixed, since Istio leaves `vm_id` empty and every plugin
+/// on a proxy shares one namespace; one key per (rollout, arm), so the key set stays bounded.
+pub fn shared_key(rollout: &str, arm: &str) -> String {
+    format!("ramp.bandit.v1.{rollout}.{arm}")
+}
+
+/// Shared data under one of our keys holds bytes that are not a counter: never overwrite them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("shared data holds {len} bytes that are not Ramp counters")]
+pub struct ForeignValue {
+    pub len: usize,
+}
+
+/// The value to write when adding `delta` to what shared data holds (`None`: key not created yet).
+/// `Err` when the stored bytes are not ours; the caller keeps its delta and reports it.
+pub fn merged(stored: Option<&[u8]>, delta: ArmCounts) -> Result<ArmCounts, ForeignValue> {
+    match stored {
+        None | Some([]) => Ok(delta),
+        Some(bytes) => ArmCounts::decode(bytes)
+            .map(|c| c.plus(delta))
+            .ok_or(ForeignValue { len: bytes.len() }),
+    }
+}
+
+/// A CAS that no stored value carries (the host's CAS counter would have to land on exactly this
+/// value), used to create a key: if another worker created it first the write fails with a CAS
+/// mismatch and is retried as an update, where CAS 0 would silently overwrite that worker's counts.
+pub const CREATE_ONLY_CAS: u32 = u32::MAX;
+
+/// A worker's view of the bandit counters: the shared totals as of its last tick, the trials it has
+/// not yet written, and their sum, which is what the policy decides from. No per-request allocation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerCounts {
+    shared: Vec<ArmCounts>,
+    pending: Vec<ArmCounts>,
+    view: Vec<ArmCounts>,
+    /// Shared totals at the previous tick, to derive each arm's recent share of trials.
+    previous: Vec<ArmCounts>,
+}
+
+impl WorkerCounts {
+    pub fn new(arms: usize) -> Self {
+        let zero = vec![ArmCounts::default(); arms];
+        Self {
+            shared: zero.clone(),
+            pending: zero.clone(),
+            view: zero.clone(),
+            previous: zero,
+        }
+    }
+
+    pub fn record(&mut self, arm: usize, reward: f64) {
+        if let (Some(p), Some(v)) = (self.pending.get_mut(arm), self.view.get_mut(arm)) {
+            p.add_trial(reward);
+            v.add_trial(reward);
+        }
+    }
+
+    pub fn view(&self) -> &[ArmCounts] {
+        &self.view
+    }
+
+    pub fn pending(&self, arm: usize) -> ArmCounts {
+        self.pending.get(arm).copied().unwrap_or_default()
+    }
+
+    /// `delta` (what `pending(arm)` was) is now in shared data, whose total became `total`.
+    pub fn flushed(&mut self, arm: usize, delta: ArmCounts, total: ArmCounts) {
+        if let Some(p) = self.pending.get_mut(arm) {
+            p.trials -= delta.trials.min(p.trials);
+            p.reward_micros -= delta.reward_micros.min(p.reward_micros);
+        }
+        self.observed(arm, total);
+    }
+
+    /// Shared data holds `total` for `arm` (which includes nothing still pending here).
+    pub fn observed(&mut self, arm: usize, total: ArmCounts) {
+        if let (Some(s), Some(v), Some(p)) = (
+            self.shared.get_mut(arm),
+            self.view.get_mut(arm),
+            self.pending.get(arm),
+        ) {
+            *s = total;
+            *v = total.plus(*p);
+        }
+    }
+
+    /// Each arm's share, in parts per million, of the shared trials added since the last call;
+    /// `None` when none were added.
+    pub fn recent_shares_ppm(&mut self) -> Option<Vec<u64>> {
+        let deltas: Vec<u64> = self
+            .shared
+            .iter()
+            .zip(&self.previous)
+            .map(|(now, before)| now.trials.saturating_sub(before.trials))
+            .collect();
+        self.previous.clone_from(&self.shared);
+        let total: u64 = deltas.iter().sum();
+        (total > 0).then(|| deltas.iter().map(|d| d * 1_000_000 / total).collect())
+    }
+
+    pub fn shared(&self) -> &[ArmCounts] {
+        &self.shared
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoding_round_trips_and_rejects_foreign_bytes() {
+        let c = ArmCounts {
+            trials: 7,
+            reward_micros: 3_250_000,
+        };
+        assert_eq!(ArmCounts::decode(&c.encode()), Some(c));
+        assert_eq!(ArmCounts::decode(&[1, 2, 3]), None);
+        assert_eq!(merged(Some(&[9; 15]), c), Err(ForeignValue { len: 15 }));
+        assert_eq!(merged(None, c), Ok(c));
+        assert_eq!(
+            merged(Some(&c.encode()), c),
+            Ok(ArmCounts {
+                trials: 14,
+                reward_micros: 6_500_000
+            })
+        );
+    }
+
+    #[test]
+    fn worker_view_is_shared_plus_pending_through_flushes() {
+        let mut w = WorkerCounts::new(2);
+        w.record(0, 1.0);
+        w.record(0, 0.0);
+        w.record(1, 0.5);
+        w.record(5, 1.0); // unknown arm: ignored
+        assert_eq!(
+            w.view()[0],
+            ArmCounts {
+                trials: 2,
+                reward_micros: 1_000_000
+            }
+        );
+        let delta = w.pending(0);
+        // Another worker had written 10 trials; ours land on top.
+        let total = ArmCounts {
+            trials: 12,
+            reward_micros: 6_000_000,
+        };
+        w.record(0, 1.0); // arrives between reading pending and the flush completing
+        w.flushed(0, delta, total);
+        assert_eq!(
+            w.pending(0),
+            ArmCounts {
+                trials: 1,
+                reward_micros: 1_000_000
+            }
+        );
+        assert_eq!(
+            w.view()[0],
+            ArmCounts {
+                trials: 13,
+                reward_micros: 7_000_000
+            }
+        );
+        w.observed(
+            1,
+            ArmCounts {
+                trials: 4,
+                reward_micros: 0,
+            },
+        );
+        assert_eq!(
+            w.view()[1],
+            ArmCounts {
+                trials: 5,
+                reward_micros: 500_000
+            }
+        );
+        assert_eq!(w.recent_shares_ppm(), Some(vec![750_000, 250_000]));
+        assert_eq!(w.recent_shares_ppm(), None);
+    }
+
+    #[test]
+    fn rewards_are_exact_in_millionths() {
+        let mut c = ArmCounts::default();
+        for _ in 0..1000 {
+            c.add_trial(0.1);
+        }
+        c.add_trial(7.0);
+        c.add_trial(-1.0);
+        assert_eq!(
+            c,
+            ArmCounts {
+                trials: 1002,
+                reward_micros: 101_000_000
+            }
+        );
+        assert_eq!(c.reward(), 101.0);
+    }
+}
