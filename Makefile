@@ -20,12 +20,13 @@ WASM_OPT_FLAGS := -O3 --strip-debug --enable-bulk-memory --enable-sign-ext --ena
 # Release filter size budget (issue 2: under 300 KB).
 WASM_MAX_BYTES := 300000
 
-.PHONY: help toolchain venv wasm lint unit wasm-test e2e test demo bench clean
+.PHONY: help toolchain venv wasm lint unit wasm-test e2e test demo bench sim clean
 
 help:
 	@echo "make demo   build, start Envoy with the filter and two model servers, show the split and stickiness"
 	@echo "make test   lint, unit tests, wasm parity tests under Node, end-to-end tests in a real Envoy"
 	@echo "make bench  throughput: no filter vs empty wasm filter vs Ramp, written to tests/bench/results/"
+	@echo "make sim    bandit regret simulation (2 and 5 arms, tick delays), written to tests/bench/results/"
 
 toolchain:
 	@rustup toolchain install 1.95.0 --profile minimal --component rustfmt,clippy --target wasm32-wasip1,wasm32-unknown-unknown >/dev/null 2>&1 || rustup show active-toolchain
@@ -76,6 +77,9 @@ demo: wasm venv
 bench: wasm venv
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	cargo run --release -q -p ramp-tests --bin ramp-bench
+
+sim: toolchain
+	cargo run --release -q -p ramp-tests --bin ramp-sim
 
 clean:
 	cargo clean

@@ -276,18 +276,10 @@ pub struct Rollout {
 impl Rollout {
     /// Parses and validates the JSON bytes the host hands to `on_configure`.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." {
-                "(root)".to_owned()
-            } else {
-                path
-            };
-            ConfigError::new(field, strip_position(&e.into_inner().to_string()))
+        let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| {
+            let field = crate::jsonpath::path_at(bytes, e.line(), e.column());
+            ConfigError::new(field, strip_position(&e.to_string()))
         })?;
-        de.end()
-            .map_err(|e| ConfigError::new("(root)", strip_position(&e.to_string())))?;
         Self::validate(raw)
     }
 

@@ -10,6 +10,7 @@ pub mod bucket;
 pub mod config;
 pub mod counters;
 pub mod headermap;
+pub mod jsonpath;
 pub mod metrics;
 pub mod request;
 pub mod sample;

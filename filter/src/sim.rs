@@ -102,6 +102,29 @@ mod tests {
         );
     }
 
+    /// Epsilon-greedy keeps exploring: once the greedy arm is right, its regret per step is
+    /// epsilon * (K - 1) / K * gap, so 0.1 * 1/2 * 0.8 = 0.04 per step for rates (0.1, 0.9).
+    #[test]
+    fn epsilon_greedy_regret_is_linear_with_the_closed_form_slope() {
+        let mut b = thompson();
+        b.policy = Policy::EpsilonGreedy;
+        let s = Scenario {
+            rates: vec![0.1, 0.9],
+            steps: 60_000,
+            delay: 0,
+            checkpoints: vec![10_000, 60_000],
+        };
+        let slopes: Vec<f64> = (0..4)
+            .map(|seed| {
+                let o = simulate(&b, &s, seed);
+                (o.regret[1].1 - o.regret[0].1) / 50_000.0
+            })
+            .collect();
+        let mean = slopes.iter().sum::<f64>() / slopes.len() as f64;
+        // Binomial noise on 4 x 50,000 steps: sd of the mean slope is about 0.8 * sqrt(0.05 * 0.95 / 200000) = 0.0004.
+        assert!((mean - 0.04).abs() < 0.002, "{slopes:?}");
+    }
+
     /// KL(0.1 || 0.2) = 0.1 ln(0.5) + 0.9 ln(0.9/0.8) = 0.036690; coefficient 0.1 / 0.036690 = 2.7255.
     #[test]
     fn lai_robbins_coefficient_by_hand() {

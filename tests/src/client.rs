@@ -10,6 +10,8 @@ pub struct Reply {
     /// The arm Ramp told the client, when the config asks for a response header.
     pub told_arm: Option<String>,
     pub set_cookie: Option<String>,
+    /// Every response header, names lowercased.
+    pub headers: Vec<(String, String)>,
     pub body: serde_json::Value,
 }
 
@@ -42,6 +44,14 @@ impl Client {
         let served_by = resp.header("x-served-by").unwrap_or_default().to_owned();
         let told_arm = resp.header("x-ramp-arm").map(str::to_owned);
         let set_cookie = resp.header("set-cookie").map(str::to_owned);
+        let headers = resp
+            .headers_names()
+            .into_iter()
+            .filter_map(|n| {
+                resp.header(&n)
+                    .map(|v| (n.to_ascii_lowercase(), v.to_owned()))
+            })
+            .collect();
         let text = resp.into_string()?;
         let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
         Ok(Reply {
@@ -49,6 +59,7 @@ impl Client {
             served_by,
             told_arm,
             set_cookie,
+            headers,
             body,
         })
     }

@@ -14,8 +14,23 @@ use std::time::Duration;
 pub struct Behaviour {
     /// Fail (HTTP 500) one request in every `fail_every` (0: never); `/fail` paths always fail.
     pub fail_every: AtomicU64,
+    /// Fail exactly this many requests per thousand, spread evenly (request n fails when
+    /// floor(n * p / 1000) steps up), so a 30% failure rate is 30% of any window, not just on average.
+    pub fail_permille: AtomicU64,
     /// Extra delay per request, in milliseconds.
     pub delay_ms: AtomicU64,
+    /// When non-zero, answer with `x-ramp-reward: <value / 1e6>` (the model's own reward).
+    pub reward_micros: AtomicU64,
+}
+
+impl Behaviour {
+    fn fails(&self, n: u64, path: &str) -> bool {
+        let every = self.fail_every.load(Ordering::Relaxed);
+        let permille = self.fail_permille.load(Ordering::Relaxed);
+        path.contains("fail")
+            || (every > 0 && n.is_multiple_of(every))
+            || (permille > 0 && n * permille / 1000 > (n - 1) * permille / 1000)
+    }
 }
 
 pub struct ModelServer {
@@ -92,8 +107,7 @@ fn serve_connection(stream: TcpStream, ctx: &Shared) {
         if delay > 0 {
             thread::sleep(Duration::from_millis(delay));
         }
-        let every = ctx.behaviour.fail_every.load(Ordering::Relaxed);
-        let fail = req.path.contains("fail") || (every > 0 && n.is_multiple_of(every));
+        let fail = ctx.behaviour.fails(n, &req.path);
         let ramp_headers: serde_json::Map<String, serde_json::Value> = req
             .headers
             .iter()
@@ -107,8 +121,12 @@ fn serve_connection(stream: TcpStream, ctx: &Shared) {
         } else {
             "200 OK"
         };
+        let reward = match ctx.behaviour.reward_micros.load(Ordering::Relaxed) {
+            0 => String::new(),
+            r => format!("x-ramp-reward: {}\r\n", r as f64 / 1e6),
+        };
         let head = format!(
-            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nx-served-by: {}\r\ncontent-length: {}\r\n\r\n",
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nx-served-by: {}\r\n{reward}content-length: {}\r\n\r\n",
             ctx.arm,
             body.len()
         );

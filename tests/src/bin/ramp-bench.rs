@@ -1,5 +1,5 @@
 //! `make bench`: throughput of one Envoy worker without a wasm filter, with an empty proxy-wasm
-//! filter, and with Ramp (weighted, sticky), measured with wrk side by side in one run. Rounds rotate
+//! filter, and with Ramp (weighted, sticky, Thompson bandit), measured with wrk side by side in one run. Rounds rotate
 //! the order so drift on a shared machine hits every variant alike. The ratios are computed within each
 //! round (variants measured seconds apart) and the median over rounds is reported, which cancels the
 //! machine's slow drift; absolute figures are medians too. Writes
@@ -12,7 +12,13 @@ use ramp_tests::envoy::repo_root;
 use ramp_tests::{Envoy, EnvoyConfig};
 use serde_json::json;
 
-const VARIANTS: [&str; 4] = ["no_filter", "empty_wasm", "ramp_weighted", "ramp_sticky"];
+const VARIANTS: [&str; 5] = [
+    "no_filter",
+    "empty_wasm",
+    "ramp_weighted",
+    "ramp_sticky",
+    "ramp_bandit",
+];
 
 /// Every request carries a fresh user id, so the sticky variant hashes a new key each time.
 const WRK_SCRIPT: &str = r#"

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod bad_config;
+mod bandit;
 mod hostile_input;
 mod metrics;
 mod override_header;
