@@ -115,19 +115,6 @@ fn argmax(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Reward, StatusMatch};
-
-    fn bandit(policy: Policy) -> Bandit {
-        Bandit {
-            policy,
-            epsilon: 0.1,
-            prior_alpha: 1.0,
-            prior_beta: 1.0,
-            min_share: 0.0,
-            warmup: 0,
-            reward: Reward::Status(vec![StatusMatch::Below500]),
-        }
-    }
 
     fn counts(pairs: &[(u64, u64)]) -> Vec<ArmCounts> {
         pairs
@@ -152,7 +139,7 @@ mod tests {
     #[test]
     fn epsilon_greedy_shares_are_hand_computable() {
         let s = shares(
-            &bandit(Policy::EpsilonGreedy),
+            &Bandit::with_policy(Policy::EpsilonGreedy),
             &counts(&[(100, 50), (100, 70), (100, 10)]),
             &[1.0; 3],
             100_000,
@@ -166,7 +153,7 @@ mod tests {
     /// arm 1 mean 0.6 (n = 20) -> 0.6 + sqrt(2 ln 30 / 20) = 1.1832: arm 0 wins despite the lower mean.
     #[test]
     fn ucb1_picks_the_highest_upper_bound_and_untried_arms_first() {
-        let b = bandit(Policy::Ucb1);
+        let b = Bandit::with_policy(Policy::Ucb1);
         let mut rng = Rng::with_seed(1);
         assert_eq!(
             choose(&b, &counts(&[(10, 5), (20, 12)]), &[1.0, 1.0], &mut rng),
@@ -188,7 +175,7 @@ mod tests {
     #[test]
     fn thompson_prefers_the_better_posterior_in_proportion() {
         let s = shares(
-            &bandit(Policy::Thompson),
+            &Bandit::with_policy(Policy::Thompson),
             &counts(&[(100, 10), (100, 20)]),
             &[1.0, 1.0],
             40_000,
@@ -198,7 +185,7 @@ mod tests {
 
     #[test]
     fn min_share_and_warmup_keep_arms_alive() {
-        let mut b = bandit(Policy::EpsilonGreedy);
+        let mut b = Bandit::with_policy(Policy::EpsilonGreedy);
         b.epsilon = 0.0;
         b.min_share = 0.1;
         // Greedy would give arm 0 nothing; the floor gives it 0.1 (0.2 uniform over two arms).
@@ -212,11 +199,11 @@ mod tests {
 
     #[test]
     fn no_live_arm_means_no_choice_and_ties_are_shared() {
-        let b = bandit(Policy::EpsilonGreedy);
+        let b = Bandit::with_policy(Policy::EpsilonGreedy);
         let mut rng = Rng::with_seed(3);
         assert_eq!(choose(&b, &counts(&[(1, 1)]), &[0.0], &mut rng), None);
         let s = shares(
-            &bandit(Policy::Ucb1),
+            &Bandit::with_policy(Policy::Ucb1),
             &counts(&[(50, 25), (50, 25)]),
             &[1.0, 1.0],
             20_000,

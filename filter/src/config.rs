@@ -208,6 +208,21 @@ pub struct Bandit {
     pub reward: Reward,
 }
 
+impl Bandit {
+    /// A bandit with every setting at its config default: what `{"policy": ...}` alone gives.
+    pub fn with_policy(policy: Policy) -> Self {
+        Self {
+            policy,
+            epsilon: default_epsilon(),
+            prior_alpha: 1.0,
+            prior_beta: 1.0,
+            min_share: 0.0,
+            warmup: 0,
+            reward: Reward::Status(vec![StatusMatch::Below500]),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reward {
     /// Success iff the status matches one of these (exact code, or class when `class` is set).

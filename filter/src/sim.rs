@@ -69,18 +69,10 @@ fn bernoulli_kl(p: f64, q: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Policy, Reward, StatusMatch};
+    use crate::config::Policy;
 
     fn thompson() -> Bandit {
-        Bandit {
-            policy: Policy::Thompson,
-            epsilon: 0.1,
-            prior_alpha: 1.0,
-            prior_beta: 1.0,
-            min_share: 0.0,
-            warmup: 0,
-            reward: Reward::Status(vec![StatusMatch::Below500]),
-        }
+        Bandit::with_policy(Policy::Thompson)
     }
 
     #[test]

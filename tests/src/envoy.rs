@@ -169,17 +169,22 @@ pub struct Envoy {
 impl Envoy {
     /// Starts Envoy with `config` and `--concurrency`; returns once it serves traffic.
     pub fn start(config: &EnvoyConfig, concurrency: u32) -> Result<Self> {
+        let mut envoy = Self::prepare(config, concurrency)?;
+        envoy.spawn()?;
+        Ok(envoy)
+    }
+
+    /// Writes the config into a fresh directory; starts nothing.
+    fn prepare(config: &EnvoyConfig, concurrency: u32) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("envoy.yaml"), config.to_yaml()?)?;
-        let mut envoy = Self {
+        Ok(Self {
             child: None,
             dir,
             admin_port: 0,
             listeners: BTreeMap::new(),
             concurrency,
-        };
-        envoy.spawn()?;
-        Ok(envoy)
+        })
     }
 
     /// Starts Envoy with a config it must refuse; returns its log once it has exited.
@@ -206,15 +211,7 @@ impl Envoy {
     }
 
     fn start_unchecked(config: &EnvoyConfig) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        std::fs::write(dir.path().join("envoy.yaml"), config.to_yaml()?)?;
-        let mut envoy = Self {
-            child: None,
-            dir,
-            admin_port: 0,
-            listeners: BTreeMap::new(),
-            concurrency: 1,
-        };
+        let mut envoy = Self::prepare(config, 1)?;
         envoy.child = Some(envoy.command().spawn()?);
         Ok(envoy)
     }

@@ -3,25 +3,13 @@
 //! `tests/bench/results/bandit-regret.{md,json}`.
 
 use anyhow::Result;
-use ramp_filter::config::{Bandit, Policy, Reward, StatusMatch};
+use ramp_filter::config::{Bandit, Policy};
 use ramp_filter::sim::{lai_robbins_coefficient, simulate, Scenario};
 use ramp_tests::envoy::repo_root;
 use serde_json::json;
 
 const STEPS: u64 = 100_000;
 const CHECKPOINTS: [u64; 4] = [100, 1_000, 10_000, 100_000];
-
-fn bandit(policy: Policy) -> Bandit {
-    Bandit {
-        policy,
-        epsilon: 0.1,
-        prior_alpha: 1.0,
-        prior_beta: 1.0,
-        min_share: 0.0,
-        warmup: 0,
-        reward: Reward::Status(vec![StatusMatch::Below500]),
-    }
-}
 
 fn main() -> Result<()> {
     let seeds: u64 = std::env::var("RAMP_SIM_SEEDS")
@@ -63,7 +51,7 @@ fn main() -> Result<()> {
                     delay,
                     checkpoints: CHECKPOINTS.to_vec(),
                 };
-                let b = bandit(policy);
+                let b = Bandit::with_policy(policy);
                 let outcomes: Vec<_> = std::thread::scope(|s| {
                     let halves: Vec<_> = [0, 1]
                         .map(|h| {
