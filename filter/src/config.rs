@@ -48,6 +48,53 @@ pub struct RawConfig {
     /// Response header that tells the client which arm served it; none when absent.
     #[serde(default)]
     pub response_header: Option<String>,
+    /// Send a sample of requests to a shadow model as well; users only ever see the primary's answer.
+    #[serde(default)]
+    pub shadow: Option<RawShadow>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShadowMode {
+    /// Envoy mirrors the request (route `request_mirror_policies` with `cluster_header`); no comparison.
+    #[default]
+    Mirror,
+    /// The filter sends the copy itself and compares the shadow's answer with the primary's.
+    Compare,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShadow {
+    /// Envoy cluster of the shadow model.
+    pub cluster: String,
+    #[serde(default)]
+    pub mode: ShadowMode,
+    /// Share of eligible requests to shadow, in percent.
+    #[serde(default = "default_shadow_percent")]
+    pub percent: f64,
+    /// compare: how long to wait for the shadow's answer.
+    #[serde(default = "default_shadow_timeout")]
+    pub timeout_ms: u64,
+    /// Methods that may be shadowed. Default: those without side effects; mirroring a POST duplicates
+    /// it, so a user must list it (model inference is usually a side-effect-free POST).
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    /// compare: header set on the shadow copy, so the shadow can tell copies from live traffic.
+    #[serde(default = "default_shadow_marker")]
+    pub marker_header: String,
+    /// compare: requests with larger bodies are not shadowed (counted as skipped).
+    #[serde(default = "default_shadow_body")]
+    pub max_body_bytes: usize,
+    /// compare: copies waiting for an answer per worker; more are dropped and counted.
+    #[serde(default = "default_shadow_pending")]
+    pub max_pending: usize,
+    /// compare: the `:authority` of the copy; defaults to the cluster name.
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// compare: the JSON pointer of the prediction in both answers, e.g. `/prediction`.
+    #[serde(default)]
+    pub json_pointer: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -163,6 +210,21 @@ pub struct RawOverride {
     pub values: BTreeMap<String, String>,
 }
 
+fn default_shadow_percent() -> f64 {
+    100.0
+}
+fn default_shadow_timeout() -> u64 {
+    1000
+}
+fn default_shadow_marker() -> String {
+    "x-ramp-shadow-copy".to_owned()
+}
+fn default_shadow_body() -> usize {
+    64 * 1024
+}
+fn default_shadow_pending() -> usize {
+    64
+}
 fn default_epsilon() -> f64 {
     0.1
 }
@@ -265,6 +327,23 @@ impl Reward {
     }
 }
 
+/// A validated shadow section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shadow {
+    pub cluster: String,
+    pub mode: ShadowMode,
+    /// In [0, 1].
+    pub fraction: f64,
+    pub timeout_ms: u64,
+    /// Upper-case method names.
+    pub methods: Vec<String>,
+    pub marker_header: String,
+    pub max_body_bytes: usize,
+    pub max_pending: usize,
+    pub authority: String,
+    pub json_pointer: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Override {
     pub header: String,
@@ -286,6 +365,7 @@ pub struct Rollout {
     pub sticky: Option<Sticky>,
     pub override_: Option<Override>,
     pub response_header: Option<String>,
+    pub shadow: Option<Shadow>,
 }
 
 impl Rollout {
@@ -395,6 +475,7 @@ impl Rollout {
             sticky,
             override_,
             response_header: raw.response_header.map(|h| h.to_ascii_lowercase()),
+            shadow: raw.shadow.map(validate_shadow).transpose()?,
         })
     }
 
@@ -405,6 +486,62 @@ impl Rollout {
     pub fn arm_index(&self, name: &str) -> Option<usize> {
         arm_index(&self.arms, name)
     }
+}
+
+fn validate_shadow(s: RawShadow) -> Result<Shadow, ConfigError> {
+    if s.cluster.is_empty() {
+        return Err(ConfigError::new("shadow.cluster", "must not be empty"));
+    }
+    if !(s.percent.is_finite() && (0.0..=100.0).contains(&s.percent)) {
+        return Err(ConfigError::new(
+            "shadow.percent",
+            format!("must be in [0, 100], got {}", s.percent),
+        ));
+    }
+    if s.timeout_ms == 0 {
+        return Err(ConfigError::new("shadow.timeout_ms", "must be > 0"));
+    }
+    if s.max_pending == 0 {
+        return Err(ConfigError::new("shadow.max_pending", "must be > 0"));
+    }
+    check_header("shadow.marker_header", &s.marker_header)?;
+    let methods = s
+        .methods
+        .unwrap_or_else(|| ["GET", "HEAD", "OPTIONS"].map(String::from).to_vec());
+    for (i, m) in methods.iter().enumerate() {
+        if !is_cookie_token(m) {
+            return Err(ConfigError::new(
+                format!("shadow.methods[{i}]"),
+                format!("{m:?} is not an HTTP method"),
+            ));
+        }
+    }
+    if let Some(p) = &s.json_pointer {
+        if !(p.is_empty() || p.starts_with('/')) {
+            return Err(ConfigError::new(
+                "shadow.json_pointer",
+                "a JSON pointer starts with '/' (RFC 6901)",
+            ));
+        }
+    }
+    if s.mode == ShadowMode::Mirror && s.json_pointer.is_some() {
+        return Err(ConfigError::new(
+            "shadow.json_pointer",
+            "only applies to mode \"compare\"",
+        ));
+    }
+    Ok(Shadow {
+        authority: s.authority.unwrap_or_else(|| s.cluster.clone()),
+        cluster: s.cluster,
+        mode: s.mode,
+        fraction: s.percent / 100.0,
+        timeout_ms: s.timeout_ms,
+        methods: methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+        marker_header: s.marker_header.to_ascii_lowercase(),
+        max_body_bytes: s.max_body_bytes,
+        max_pending: s.max_pending,
+        json_pointer: s.json_pointer,
+    })
 }
 
 /// Arms per rollout: bounds the stats and the shared-data key set.
@@ -850,6 +987,54 @@ mod tests {
             r#"{"rollout":"b","arms":[{"name":"a","weight":1}],"bandit":{"policy":"thompson"}}"#,
         );
         assert_eq!(weighted.field, "bandit");
+    }
+
+    #[test]
+    fn shadow_section_defaults_and_errors() {
+        let r = Rollout::from_json(
+            br#"{"rollout":"s","arms":[{"name":"a","weight":1}],"shadow":{"cluster":"m2"}}"#,
+        )
+        .unwrap();
+        let s = r.shadow.unwrap();
+        assert_eq!(
+            (s.mode, s.fraction, s.authority.as_str()),
+            (ShadowMode::Mirror, 1.0, "m2")
+        );
+        assert_eq!(s.methods, vec!["GET", "HEAD", "OPTIONS"]);
+        for (shadow, field, reason) in [
+            (
+                r#"{"cluster":"m","percent":150}"#,
+                "shadow.percent",
+                "[0, 100]",
+            ),
+            (r#"{"cluster":""}"#, "shadow.cluster", "empty"),
+            (
+                r#"{"cluster":"m","methods":["PO ST"]}"#,
+                "shadow.methods[0]",
+                "method",
+            ),
+            (
+                r#"{"cluster":"m","mode":"compare","json_pointer":"prediction"}"#,
+                "shadow.json_pointer",
+                "RFC 6901",
+            ),
+            (
+                r#"{"cluster":"m","json_pointer":"/p"}"#,
+                "shadow.json_pointer",
+                "compare",
+            ),
+            (
+                r#"{"cluster":"m","mode":"tee"}"#,
+                "shadow.mode",
+                "unknown variant",
+            ),
+        ] {
+            let e = err(&format!(
+                r#"{{"rollout":"s","arms":[{{"name":"a","weight":1}}],"shadow":{shadow}}}"#
+            ));
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.reason.contains(reason), "{e}");
+        }
     }
 
     #[test]

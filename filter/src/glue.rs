@@ -8,14 +8,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fastrand::Rng;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
-use crate::config::{KeySource, Reward, Rollout};
+use crate::config::{KeySource, Reward, Rollout, Shadow, ShadowMode};
 use crate::counters::{merged, shared_key, WorkerCounts, CREATE_ONLY_CAS};
 use crate::headermap::pairs;
+use crate::jsonpick::pick;
 use crate::metrics::{all_arm_stat_names, class_index, fail_open_stat_name, PendingCounts};
 use crate::request::{cookie_value, must_strip, query_value, set_cookie_value, sticky_source};
 use crate::select::{choose, Reason, RequestKeys};
+use crate::shadow::{
+    compare, copy_header, eligibility, record_line, Book, Eligibility, Observed, Pair, Totals,
+    TOTAL_NAMES,
+};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -32,6 +37,19 @@ struct ArmMetrics {
     latency_ms: u32,
     /// Bandit gauges (trials, reward sum in millionths, recent share in ppm), when the bandit is on.
     bandit: Option<[u32; 3]>,
+}
+
+/// Compare-mode shadow state of one worker: copies in flight, callouts by token, running totals.
+struct ShadowState {
+    book: Book,
+    /// Callouts in flight: (token, book id, when it was sent in ms); at most `max_pending`.
+    calls: Vec<(u32, u64, u64)>,
+    totals: Totals,
+    next_id: u64,
+    /// This worker's queue, on which HTTP contexts hand copies to the root context to send.
+    queue: Option<u32>,
+    /// Envoy counter ids, in the order of `shadow::TOTAL_NAMES`.
+    metrics: Vec<u32>,
 }
 
 /// The bandit's per-worker state: counts, and the shared-data key of each arm.
@@ -53,6 +71,7 @@ struct Active {
     /// so the worker adds them up and flushes on tick (histogram samples cannot be batched).
     pending: RefCell<PendingCounts>,
     bandit: Option<BanditState>,
+    shadow: Option<RefCell<ShadowState>>,
 }
 
 impl Active {
@@ -77,6 +96,25 @@ impl Active {
                 sync_bandit_counts(&b.keys, &mut counts);
                 publish_bandit_gauges(&self.metrics, &mut counts);
             }
+        }
+        if let Some(state) = &self.shadow {
+            if let Ok(mut st) = state.try_borrow_mut() {
+                let max_age = self.rollout.shadow.as_ref().map_or(0, |s| s.timeout_ms) + 10_000;
+                let expired = st.book.expire(now_ms(), max_age);
+                st.totals.unpaired += expired as u64;
+                let values = st.totals.take();
+                for (id, v) in st.metrics.iter().zip(values) {
+                    if v > 0 {
+                        let _ = hostcalls::increment_metric(*id, v as i64);
+                    }
+                }
+            }
+        }
+    }
+
+    fn shadow_count(&self, f: impl FnOnce(&mut Totals)) {
+        if let Some(Ok(mut st)) = self.shadow.as_ref().map(RefCell::try_borrow_mut) {
+            f(&mut st.totals);
         }
     }
 }
@@ -139,16 +177,133 @@ fn publish_bandit_gauges(metrics: &[ArmMetrics], counts: &mut WorkerCounts) {
 struct RampRoot {
     active: Option<Rc<Active>>,
     rng: Option<Rc<RefCell<Rng>>>,
+    /// This worker's shadow hand-off queue (registered at VM start).
+    queue: Option<u32>,
 }
 
-impl Context for RampRoot {}
+impl Context for RampRoot {
+    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
+        let Some(active) = self.active.clone() else {
+            return;
+        };
+        let (Some(state), Some(shadow)) = (&active.shadow, &active.rollout.shadow) else {
+            return;
+        };
+        let Ok(mut st) = state.try_borrow_mut() else {
+            return;
+        };
+        let Some(i) = st.calls.iter().position(|c| c.0 == token) else {
+            return;
+        };
+        let (_, id, sent_ms) = st.calls.swap_remove(i);
+        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u32>().ok());
+        let value = shadow.json_pointer.as_deref().and_then(|ptr| {
+            let body = self.get_http_call_response_body(0, body_size.min(shadow.max_body_bytes))?;
+            pick(&body, ptr)
+        });
+        let seen = Observed {
+            status,
+            latency_ms: now_ms().saturating_sub(sent_ms),
+            value,
+        };
+        if let Some(pair) = st.book.shadow_done(id, seen) {
+            record_pair(&active.rollout.name, &mut st.totals, &pair);
+        }
+    }
+}
+
+/// Request header that selects the mirror cluster in Envoy's `request_mirror_policies`.
+const MIRROR_HEADER: &str = "x-ramp-shadow";
+
+/// Hands a complete copy to this worker's root context, which sends it from `on_queue_ready`.
+fn hand_off(st: &mut ShadowState, id: u64) {
+    let queued = st
+        .queue
+        .is_some_and(|q| hostcalls::enqueue_shared_queue(q, Some(&id.to_le_bytes())).is_ok());
+    if !queued {
+        st.book.take_request(id);
+        st.totals.dropped += 1;
+    }
+}
+
+/// A completed pair: its log record and the totals.
+fn record_pair(rollout: &str, totals: &mut Totals, pair: &Pair) {
+    let c = compare(pair);
+    totals.add(pair, &c);
+    log(LogLevel::Info, &record_line(rollout, pair, &c));
+}
+
+fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 impl RootContext for RampRoot {
     fn on_vm_start(&mut self, _: usize) -> bool {
-        self.rng = Some(Rc::new(RefCell::new(Rng::with_seed(host_seed(
-            self.get_current_time(),
-        )))));
+        let mut rng = Rng::with_seed(host_seed(self.get_current_time()));
+        // One queue per worker VM: an HTTP context enqueues a shadow copy, and this worker's root
+        // context sends it, so the callout outlives the request (a callout from an HTTP context is
+        // cancelled when its request ends).
+        self.queue =
+            hostcalls::register_shared_queue(&format!("ramp.shadow.{:016x}", rng.u64(..))).ok();
+        self.rng = Some(Rc::new(RefCell::new(rng)));
         true
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        let Some(active) = self.active.clone() else {
+            return;
+        };
+        let (Some(state), Some(shadow)) = (&active.shadow, &active.rollout.shadow) else {
+            return;
+        };
+        while let Ok(Some(bytes)) = hostcalls::dequeue_shared_queue(queue_id) {
+            let Ok(id) = <[u8; 8]>::try_from(bytes.as_slice()).map(u64::from_le_bytes) else {
+                continue;
+            };
+            let Some((headers, body)) = state
+                .try_borrow_mut()
+                .ok()
+                .and_then(|mut st| st.book.take_request(id))
+            else {
+                continue;
+            };
+            let refs: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let sent = self.dispatch_http_call(
+                &shadow.cluster,
+                refs,
+                (!body.is_empty()).then_some(body.as_slice()),
+                Vec::new(),
+                Duration::from_millis(shadow.timeout_ms),
+            );
+            let Ok(mut st) = state.try_borrow_mut() else {
+                continue;
+            };
+            match sent {
+                Ok(token) => {
+                    st.calls.push((token, id, now_ms()));
+                    st.totals.sent += 1;
+                }
+                Err(_) => {
+                    let failed = Observed {
+                        status: None,
+                        latency_ms: 0,
+                        value: None,
+                    };
+                    if let Some(pair) = st.book.shadow_done(id, failed) {
+                        record_pair(&active.rollout.name, &mut st.totals, &pair);
+                    }
+                }
+            }
+        }
     }
 
     fn on_tick(&mut self) {
@@ -188,10 +343,22 @@ impl RootContext for RampRoot {
                         .map(|a| shared_key(&rollout.name, &a.name))
                         .collect(),
                 });
+                let shadow = match (&rollout.shadow, shadow_metrics(&rollout)) {
+                    (Some(sh), Ok(metrics)) => Some(RefCell::new(ShadowState {
+                        book: Book::new(sh.max_pending),
+                        calls: Vec::new(),
+                        totals: Totals::default(),
+                        next_id: 0,
+                        queue: self.queue,
+                        metrics,
+                    })),
+                    _ => None,
+                };
                 self.active = Some(Rc::new(Active {
                     weights: rollout.weights(),
                     pending: RefCell::new(PendingCounts::new(&rollout)),
                     bandit,
+                    shadow,
                     rollout,
                     metrics,
                     fail_open,
@@ -219,12 +386,25 @@ impl RootContext for RampRoot {
             active: self.active.clone(),
             rng,
             chosen: None,
+            shadow: None,
         }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
+}
+
+fn shadow_metrics(rollout: &Rollout) -> Result<Vec<u32>, proxy_wasm::types::Status> {
+    TOTAL_NAMES
+        .iter()
+        .map(|n| {
+            hostcalls::define_metric(
+                MetricType::Counter,
+                &format!("ramp.rollout.{}.shadow.{n}", rollout.name),
+            )
+        })
+        .collect()
 }
 
 fn define_metrics(rollout: &Rollout) -> Result<(Vec<ArmMetrics>, u32), proxy_wasm::types::Status> {
@@ -265,9 +445,32 @@ struct RampHttp {
     active: Option<Rc<Active>>,
     rng: Rc<RefCell<Rng>>,
     chosen: Option<Chosen>,
+    shadow: Option<ShadowCopy>,
+}
+
+/// This request's compare-mode copy, by its book id.
+struct ShadowCopy {
+    id: u64,
+    /// The request body is still arriving.
+    request_open: bool,
+    /// The primary's status and latency, once its headers came.
+    primary: Option<(Option<u32>, u64)>,
+    /// The primary's body so far (only when a JSON pointer is compared), up to the body limit.
+    body: Vec<u8>,
 }
 
 impl Context for RampHttp {}
+
+impl Drop for RampHttp {
+    fn drop(&mut self) {
+        // A request that ended before its body did will never be sent: free its place at once.
+        if let (Some(copy), Some(active)) = (&self.shadow, &self.active) {
+            if let Some(Ok(mut st)) = active.shadow.as_ref().map(RefCell::try_borrow_mut) {
+                st.book.abandon(copy.id);
+            }
+        }
+    }
+}
 
 impl RampHttp {
     fn sticky_key(&self, rollout: &Rollout) -> Option<String> {
@@ -279,13 +482,106 @@ impl RampHttp {
         }
     }
 
-    /// Removes every header a client may not set, reading the host's header map once without copying.
-    fn strip_client_headers(&self, rollout: &Rollout) {
-        let Some(serialized) = raw_request_header_pairs() else {
+    /// Decides whether this request is shadowed and starts it: mirror mode sets the header Envoy's
+    /// mirror policy routes on; compare mode opens a copy in the book.
+    fn start_shadow(
+        &mut self,
+        active: &Active,
+        shadow: &Shadow,
+        serialized: &[u8],
+        end_of_stream: bool,
+    ) {
+        let header = |name: &str| {
+            pairs(serialized)
+                .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        let method = header(":method").unwrap_or_default();
+        let length = header("content-length").and_then(|l| l.trim().parse().ok());
+        let draw = self.rng.try_borrow_mut().map_or(1.0, |mut r| r.f64());
+        match eligibility(shadow, &method, length, draw) {
+            Eligibility::No => {}
+            Eligibility::BodyTooLarge => active.shadow_count(|t| t.skipped_body += 1),
+            Eligibility::Yes if shadow.mode == ShadowMode::Mirror => {
+                self.set_http_request_header(MIRROR_HEADER, Some(&shadow.cluster));
+                active.shadow_count(|t| t.mirrored += 1);
+            }
+            Eligibility::Yes => {
+                let Some(Ok(mut st)) = active.shadow.as_ref().map(RefCell::try_borrow_mut) else {
+                    return;
+                };
+                let mut headers: Vec<(String, String)> = pairs(serialized)
+                    .filter_map(|(k, v)| {
+                        let k = std::str::from_utf8(k).ok()?;
+                        copy_header(k)
+                            .then(|| (k.to_owned(), String::from_utf8_lossy(v).into_owned()))
+                    })
+                    .collect();
+                headers.push((":authority".to_owned(), shadow.authority.clone()));
+                headers.push((shadow.marker_header.clone(), "1".to_owned()));
+                let id = st.next_id;
+                st.next_id += 1;
+                let request_id = header("x-request-id").unwrap_or_else(|| format!("local-{id}"));
+                if st.book.open(id, request_id, headers, now_ms()).is_err() {
+                    st.totals.dropped += 1;
+                    return;
+                }
+                if end_of_stream {
+                    hand_off(&mut st, id);
+                }
+                self.shadow = Some(ShadowCopy {
+                    id,
+                    request_open: !end_of_stream,
+                    primary: None,
+                    body: Vec::new(),
+                });
+            }
+        }
+    }
+
+    /// The primary's answer is complete: report it to the book, which pairs it when the shadow's is in.
+    fn finish_primary(&mut self) {
+        let Some(active) = self.active.clone() else {
             return;
         };
-        // Collected first: removing while the host's buffer is borrowed is fine, but keep it obvious.
-        let doomed: Vec<&[u8]> = pairs(&serialized)
+        let (Some(state), Some(shadow)) = (&active.shadow, &active.rollout.shadow) else {
+            return;
+        };
+        let Some(copy) = self.shadow.take() else {
+            return;
+        };
+        let Some((status, latency_ms)) = copy.primary else {
+            return;
+        };
+        if copy.request_open {
+            // The primary answered before the request body ended; the copy was never sent.
+            if let Ok(mut st) = state.try_borrow_mut() {
+                st.book.abandon(copy.id);
+            }
+            return;
+        }
+        let value = shadow
+            .json_pointer
+            .as_deref()
+            .and_then(|p| pick(&copy.body, p));
+        let Ok(mut st) = state.try_borrow_mut() else {
+            return;
+        };
+        if let Some(pair) = st.book.primary_done(
+            copy.id,
+            Observed {
+                status,
+                latency_ms,
+                value,
+            },
+        ) {
+            record_pair(&active.rollout.name, &mut st.totals, &pair);
+        }
+    }
+
+    /// Removes every header a client may not set, from the host's header map read once.
+    fn strip_client_headers(&self, rollout: &Rollout, serialized: &[u8]) {
+        let doomed: Vec<&[u8]> = pairs(serialized)
             .map(|(name, _)| name)
             .filter(|name| must_strip(rollout, name))
             .collect();
@@ -333,12 +629,13 @@ fn raw_request_header_pairs() -> Option<Vec<u8>> {
 }
 
 impl HttpContext for RampHttp {
-    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+    fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
         let Some(active) = self.active.clone() else {
             return Action::Continue;
         };
         let rollout = &active.rollout;
-        self.strip_client_headers(rollout);
+        let serialized = raw_request_header_pairs().unwrap_or_default();
+        self.strip_client_headers(rollout, &serialized);
         let override_value = rollout
             .override_
             .as_ref()
@@ -373,6 +670,9 @@ impl HttpContext for RampHttp {
             self.set_http_request_header(&rollout.cluster_header, Some(cluster));
         }
         active.count(|p| p.add_request(decision.arm));
+        if let Some(shadow) = &rollout.shadow {
+            self.start_shadow(&active, shadow, &serialized, end_of_stream);
+        }
         let set_cookie = match (&rollout.sticky, decision.new_sticky_key) {
             (Some(s), Some(key)) => Some(set_cookie_value(&s.name, &key, s.cookie_max_age_s)),
             _ => None,
@@ -385,7 +685,68 @@ impl HttpContext for RampHttp {
         Action::Continue
     }
 
-    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let (Some(active), Some(copy)) = (self.active.clone(), self.shadow.as_mut()) else {
+            return Action::Continue;
+        };
+        if !copy.request_open {
+            return Action::Continue;
+        }
+        let (Some(state), Some(shadow)) = (&active.shadow, &active.rollout.shadow) else {
+            return Action::Continue;
+        };
+        // Read as the chunks pass (Continue), so the primary is never held back for the copy.
+        let chunk = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let Ok(mut st) = state.try_borrow_mut() else {
+            return Action::Continue;
+        };
+        if !st.book.append_body(copy.id, &chunk, shadow.max_body_bytes) {
+            st.totals.skipped_body += 1;
+            self.shadow = None;
+        } else if end_of_stream {
+            copy.request_open = false;
+            hand_off(&mut st, copy.id);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(copy) = self.shadow.as_mut() else {
+            return Action::Continue;
+        };
+        let limit = self
+            .active
+            .as_ref()
+            .and_then(|a| a.rollout.shadow.as_ref())
+            .map_or(0, |s| s.max_body_bytes);
+        if copy.primary.is_some() && copy.body.len() < limit {
+            if let Ok(Some(chunk)) =
+                hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size)
+            {
+                let room = limit - copy.body.len();
+                copy.body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+        }
+        if end_of_stream {
+            self.finish_primary();
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
+        let action = self.response_headers();
+        if end_of_stream {
+            self.finish_primary();
+        }
+        action
+    }
+}
+
+impl RampHttp {
+    fn response_headers(&mut self) -> Action {
         let (Some(active), Some(chosen)) = (self.active.as_ref(), self.chosen.take()) else {
             return Action::Continue;
         };
@@ -404,6 +765,9 @@ impl HttpContext for RampHttp {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
             let _ = hostcalls::record_metric(m.latency_ms, elapsed);
+            if let Some(copy) = self.shadow.as_mut() {
+                copy.primary = Some((status, elapsed));
+            }
             if let (Some(state), Some(b)) = (&active.bandit, &active.rollout.bandit) {
                 let reward = match &b.reward {
                     Reward::Header(name) => {

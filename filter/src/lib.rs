@@ -11,10 +11,12 @@ pub mod config;
 pub mod counters;
 pub mod headermap;
 pub mod jsonpath;
+pub mod jsonpick;
 pub mod metrics;
 pub mod request;
 pub mod sample;
 pub mod select;
+pub mod shadow;
 pub mod sim;
 
 #[cfg(all(target_arch = "wasm32", target_os = "wasi"))]
