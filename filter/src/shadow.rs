@@ -63,9 +63,12 @@ pub struct Pair {
     pub shadow: Observed,
 }
 
+/// A copy ready to send: its headers (pseudo-headers included) and body.
+pub type Copy = (Vec<(String, String)>, Vec<u8>);
+
 struct Entry {
     request_id: String,
-    request: Option<(Vec<(String, String)>, Vec<u8>)>,
+    request: Option<Copy>,
     body_done: bool,
     primary: Option<Observed>,
     shadow: Option<Observed>,
@@ -150,7 +153,7 @@ impl Book {
     }
 
     /// The request is complete: hands out headers and body for sending (once).
-    pub fn take_request(&mut self, id: u64) -> Option<(Vec<(String, String)>, Vec<u8>)> {
+    pub fn take_request(&mut self, id: u64) -> Option<Copy> {
         let entry = self.get_mut(id)?;
         entry.body_done = true;
         entry.request.take()

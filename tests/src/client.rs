@@ -31,11 +31,29 @@ impl Default for Client {
 
 impl Client {
     pub fn get(&self, url: &str, headers: &[(&str, &str)]) -> Result<Reply> {
-        let mut req = self.agent.get(url);
+        self.send("GET", url, headers, None)
+    }
+
+    pub fn post(&self, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Reply> {
+        self.send("POST", url, headers, Some(body))
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<Reply> {
+        let mut req = self.agent.request(method, url);
         for (k, v) in headers {
             req = req.set(k, v);
         }
-        let resp = match req.call() {
+        let sent = match body {
+            Some(b) => req.send_bytes(b),
+            None => req.call(),
+        };
+        let resp = match sent {
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => r,
             Err(e) => return Err(e.into()),

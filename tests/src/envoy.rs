@@ -229,6 +229,9 @@ impl Envoy {
             .arg(d.join("admin.txt"))
             .arg("--log-path")
             .arg(d.join("envoy.log"))
+            // Tests read the log (refusal messages, shadow records); the default flush is every 10 s.
+            .arg("--file-flush-interval-msec")
+            .arg("100")
             .arg("-l")
             .arg("info")
             .stdin(Stdio::null())

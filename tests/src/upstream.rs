@@ -21,6 +21,8 @@ pub struct Behaviour {
     pub delay_ms: AtomicU64,
     /// When non-zero, answer with `x-ramp-reward: <value / 1e6>` (the model's own reward).
     pub reward_micros: AtomicU64,
+    /// The answer's `prediction` is the query parameter `x` times this, in thousandths (0: 1000).
+    pub prediction_milli: AtomicU64,
 }
 
 impl Behaviour {
@@ -33,10 +35,22 @@ impl Behaviour {
     }
 }
 
+/// What a server has seen, beyond the request count.
+#[derive(Default)]
+pub struct Seen {
+    /// Requests carrying Ramp's shadow-copy marker header.
+    pub marked: AtomicU64,
+    /// Requests whose Host carries "-shadow" (Envoy writes `host-shadow:port` on a mirrored request).
+    pub shadow_host: AtomicU64,
+    /// Bytes of request bodies received.
+    pub body_bytes: AtomicU64,
+}
+
 pub struct ModelServer {
     pub arm: String,
     pub port: u16,
     pub behaviour: Arc<Behaviour>,
+    pub seen: Arc<Seen>,
     served: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
@@ -46,11 +60,13 @@ impl ModelServer {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
         let behaviour = Arc::new(Behaviour::default());
+        let seen = Arc::new(Seen::default());
         let served = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let ctx = Shared {
             arm: arm.to_owned(),
             behaviour: behaviour.clone(),
+            seen: seen.clone(),
             served: served.clone(),
         };
         let stop_flag = stop.clone();
@@ -68,6 +84,7 @@ impl ModelServer {
             arm: arm.to_owned(),
             port,
             behaviour,
+            seen,
             served,
             stop,
         })
@@ -91,6 +108,7 @@ impl Drop for ModelServer {
 struct Shared {
     arm: String,
     behaviour: Arc<Behaviour>,
+    seen: Arc<Seen>,
     served: Arc<AtomicU64>,
 }
 
@@ -114,8 +132,36 @@ fn serve_connection(stream: TcpStream, ctx: &Shared) {
             .filter(|(k, _)| k.starts_with("x-ramp-") || k == "canary")
             .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
             .collect();
-        let body = serde_json::json!({ "arm": ctx.arm, "headers": ramp_headers, "path": req.path })
-            .to_string();
+        let header = |name: &str| {
+            req.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        if header("x-ramp-shadow-copy").is_some() {
+            ctx.seen.marked.fetch_add(1, Ordering::SeqCst);
+        }
+        if header("host").is_some_and(|h| h.contains("-shadow")) {
+            ctx.seen.shadow_host.fetch_add(1, Ordering::SeqCst);
+        }
+        ctx.seen
+            .body_bytes
+            .fetch_add(req.body_len as u64, Ordering::SeqCst);
+        let x: Option<f64> = req
+            .path
+            .split_once('?')
+            .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("x=")))
+            .and_then(|v| v.parse().ok());
+        let scale = match ctx.behaviour.prediction_milli.load(Ordering::Relaxed) {
+            0 => 1000,
+            m => m,
+        };
+        let prediction = x.map(|x| x * scale as f64 / 1000.0);
+        let body = serde_json::json!({
+            "arm": ctx.arm, "headers": ramp_headers, "path": req.path,
+            "prediction": prediction, "body_len": req.body_len,
+        })
+        .to_string();
         let status = if fail {
             "500 Internal Server Error"
         } else {
@@ -144,6 +190,7 @@ fn serve_connection(stream: TcpStream, ctx: &Shared) {
 struct Request {
     path: String,
     headers: Vec<(String, String)>,
+    body_len: usize,
     close: bool,
 }
 
@@ -172,14 +219,40 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
         .find(|(k, _)| k == "content-length")
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0);
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body).ok()?;
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body_len = if chunked {
+        read_chunked(reader)?
+    } else {
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).ok()?;
+        len
+    };
     let close = headers
         .iter()
         .any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close"));
     Some(Request {
         path,
         headers,
+        body_len,
         close,
     })
+}
+
+/// Reads a chunked body (RFC 9112 section 7.1), returning its length.
+fn read_chunked(reader: &mut BufReader<TcpStream>) -> Option<usize> {
+    let mut total = 0;
+    loop {
+        let mut line = Vec::new();
+        reader.read_until(b'\n', &mut line).ok()?;
+        let size_text = String::from_utf8_lossy(&line);
+        let size = usize::from_str_radix(size_text.trim().split(';').next()?, 16).ok()?;
+        let mut chunk = vec![0; size + 2];
+        reader.read_exact(&mut chunk).ok()?;
+        if size == 0 {
+            return Some(total);
+        }
+        total += size;
+    }
 }

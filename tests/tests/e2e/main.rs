@@ -7,5 +7,6 @@ mod bandit;
 mod hostile_input;
 mod metrics;
 mod override_header;
+mod shadow;
 mod split;
 mod sticky;
