@@ -1,6 +1,7 @@
 //! `make demo`: a real Envoy with the Ramp filter in front of two model servers. Shows the weighted
-//! split, sticky users, a canary ramp that never moves a user back, the override header and the
-//! per-arm metrics, then stops everything. `RAMP_DEMO_HOLD=1` keeps it running for your own curls.
+//! split, sticky users, a canary ramp that never moves a user back, the override header, the per-arm
+//! metrics, a bandit finding the better model and a shadow model compared with production, then
+//! stops everything. `RAMP_DEMO_HOLD=1` keeps it running for your own curls.
 
 use std::collections::BTreeSet;
 
@@ -138,7 +139,12 @@ fn main() -> Result<()> {
         );
     }
 
+    envoy.stop();
+    bandit_demo(&v1, &v2)?;
+    shadow_demo()?;
+
     if std::env::var_os("RAMP_DEMO_HOLD").is_some() {
+        let envoy = Envoy::start(&two_arm_config(&filter_config(10.0), v1.port, v2.port)?, 2)?;
         println!(
             "\nRunning until Ctrl-C. Try: curl -si {} -H 'x-user-id: alice'",
             envoy.url("/predict")
@@ -147,7 +153,92 @@ fn main() -> Result<()> {
             std::thread::park();
         }
     }
-    envoy.stop();
     println!("\nDone: Envoy and the model servers are stopped.");
+    Ok(())
+}
+
+/// A Thompson-sampling bandit finds the better model: v1 fails 30% of requests, v2 5%.
+fn bandit_demo(v1: &ModelServer, v2: &ModelServer) -> Result<()> {
+    use std::sync::atomic::Ordering;
+    println!("\n6. Bandit (Thompson sampling, 4 workers): v1 fails 30% of requests, v2 fails 5%");
+    v1.behaviour.fail_permille.store(300, Ordering::Relaxed);
+    v2.behaviour.fail_permille.store(50, Ordering::Relaxed);
+    let cfg = json!({
+        "rollout": "bandit-demo",
+        "arms": [{"name": "v1", "weight": 1}, {"name": "v2", "weight": 1}],
+        "strategy": "bandit",
+        "bandit": {"policy": "thompson", "warmup": 20}
+    });
+    let envoy = Envoy::start(&two_arm_config(&cfg, v1.port, v2.port)?, 4)?;
+    for batch in 1..=4 {
+        let replies = drive(&envoy.url("/predict"), 1000, 4, no_headers);
+        let v2_share = replies.iter().filter(|r| r.served_by == "v2").count() as f64 / 10.0;
+        println!(
+            "   batch {batch} (1000 requests): v2 {}  {v2_share:5.1}%",
+            bar(v2_share / 100.0)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(700));
+    }
+    let text = envoy.prometheus()?;
+    for arm in ["v1", "v2"] {
+        let l = [("rollout", "bandit-demo"), ("arm", arm)];
+        let trials = sample(&text, "ramp_bandit_trials", &l).unwrap_or(0.0);
+        let reward = sample(&text, "ramp_bandit_reward_micros", &l).unwrap_or(0.0) / 1e6;
+        println!(
+            "   ramp_bandit_trials{{arm=\"{arm}\"}} {trials:>5}  successes {reward:>5}  success rate {:.3}",
+            reward / trials.max(1.0)
+        );
+    }
+    v1.behaviour.fail_permille.store(0, Ordering::Relaxed);
+    v2.behaviour.fail_permille.store(0, Ordering::Relaxed);
+    Ok(())
+}
+
+/// A shadow model answers copies of live requests; the filter compares its predictions with v1's.
+fn shadow_demo() -> Result<()> {
+    use std::sync::atomic::Ordering;
+    println!("\n7. Shadow (compare mode): every request is also sent to a candidate that predicts 5% higher");
+    let primary = ModelServer::start("v1")?;
+    let candidate = ModelServer::start("shadow")?;
+    candidate
+        .behaviour
+        .prediction_milli
+        .store(1050, Ordering::Relaxed);
+    let config = ramp_tests::EnvoyConfig::from_repo("shadow.yaml")?
+        .upstream("model_v1", primary.port)?
+        .upstream("model_shadow", candidate.port)?;
+    let envoy = Envoy::start(&config, 2)?;
+    let replies = drive(&envoy.url("/predict?x=10"), 300, 2, no_headers);
+    let users_saw: std::collections::BTreeSet<String> = replies
+        .iter()
+        .map(|r| r.body["prediction"].to_string())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let text = envoy.prometheus()?;
+    let get = |n: &str| {
+        sample(
+            &text,
+            &format!("ramp_shadow_{n}"),
+            &[("rollout", "shadow-demo")],
+        )
+        .unwrap_or(0.0)
+    };
+    let pairs = get("pairs");
+    let mean = (get("diff_pos_micros") - get("diff_neg_micros")) / 1e6 / pairs.max(1.0);
+    println!(
+        "   users saw predictions {users_saw:?} (v1 only); the candidate answered {} copies",
+        candidate.served()
+    );
+    println!(
+        "   pairs {pairs}, status agreement {:.1}%, mean difference shadow - primary {mean:.3} (x = 10, so 0.5 expected)",
+        100.0 * get("status_agree") / pairs.max(1.0)
+    );
+    if let Some(line) = envoy
+        .log()
+        .lines()
+        .find_map(|l| l.split_once("ramp-shadow ").map(|(_, r)| r.to_owned()))
+    {
+        println!("   a record from Envoy's log: {line}");
+    }
     Ok(())
 }
