@@ -1,0 +1,348 @@
+//! The rollout's stage machine: from the state, the spec and one check of the current window, the
+//! next state and what to do. Pure (the caller passes the time), so a restart that reloads the state
+//! resumes the same stage, and every path is unit-tested.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::rules::{evaluate, ArmWindow, Verdict};
+use crate::spec::Spec;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Progressing,
+    Paused,
+    /// The candidate has all traffic.
+    Succeeded,
+    /// The candidate has no traffic because a rule (or an operator) said so.
+    RolledBack,
+    /// Stopped by an operator; the baseline has all traffic.
+    Aborted,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub stage: usize,
+    pub phase: Phase,
+    pub stage_started_ms: u64,
+    /// Consecutive failed checks in this stage.
+    pub failed_checks: u32,
+    /// Why the last check failed or the rollout stopped.
+    pub reason: Option<String>,
+}
+
+impl State {
+    pub fn start(now_ms: u64) -> Self {
+        Self {
+            stage: 0,
+            phase: Phase::Progressing,
+            stage_started_ms: now_ms,
+            failed_checks: 0,
+            reason: None,
+        }
+    }
+
+    /// (baseline, candidate) weights in percent that the filters should apply now.
+    pub fn weights(&self, spec: &Spec) -> (f64, f64) {
+        let candidate = match self.phase {
+            Phase::Succeeded => 100.0,
+            Phase::RolledBack | Phase::Aborted => 0.0,
+            Phase::Progressing | Phase::Paused => {
+                spec.stages.get(self.stage).map_or(0.0, |s| s.weight)
+            }
+        };
+        (100.0 - candidate, candidate)
+    }
+
+    fn enter_stage(&mut self, stage: usize, now_ms: u64) {
+        self.stage = stage;
+        self.stage_started_ms = now_ms;
+        self.failed_checks = 0;
+        self.reason = None;
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Stay in the stage (with why, when a rule is failing or data is missing).
+    Hold(Option<String>),
+    Advance {
+        to_stage: usize,
+    },
+    Promote,
+    RollBack {
+        reason: String,
+    },
+}
+
+/// One check of the current stage's window (counts since the stage started).
+pub fn step(
+    spec: &Spec,
+    state: &State,
+    now_ms: u64,
+    candidate: &ArmWindow,
+    baseline: &ArmWindow,
+) -> (State, Action) {
+    let mut next = state.clone();
+    if state.phase != Phase::Progressing {
+        return (next, Action::Hold(None));
+    }
+    let Some(stage) = spec.stages.get(state.stage) else {
+        next.phase = Phase::Succeeded;
+        return (next, Action::Promote);
+    };
+    let verdicts: Vec<Verdict> = stage
+        .rules
+        .iter()
+        .map(|r| evaluate(r, candidate, baseline))
+        .collect();
+    let failures: Vec<&str> = verdicts
+        .iter()
+        .filter_map(|v| match v {
+            Verdict::Fail { reason, .. } => Some(reason.as_str()),
+            _ => None,
+        })
+        .collect();
+    if !failures.is_empty() {
+        next.failed_checks += 1;
+        let reason = failures.join("; ");
+        next.reason = Some(reason.clone());
+        if next.failed_checks >= spec.failure_threshold {
+            next.phase = Phase::RolledBack;
+            let reason = format!("stage {} ({}%): {reason}", state.stage + 1, stage.weight);
+            next.reason = Some(reason.clone());
+            return (next, Action::RollBack { reason });
+        }
+        return (next, Action::Hold(Some(reason)));
+    }
+    next.failed_checks = 0;
+    next.reason = None;
+    // A 0% stage (blue-green's test stage) has no candidate traffic to judge; time decides.
+    let judged = stage.weight == 0.0 || verdicts.iter().all(|v| matches!(v, Verdict::Pass { .. }));
+    let waited = now_ms.saturating_sub(state.stage_started_ms) >= stage.min_duration_ms;
+    let served = stage.weight == 0.0 || candidate.requests >= stage.min_requests;
+    if !(judged && waited && served) {
+        let missing = verdicts.iter().find_map(|v| match v {
+            Verdict::NotEnoughData { samples, needed } => {
+                Some(format!("waiting for data: {samples} of {needed} samples"))
+            }
+            _ => None,
+        });
+        return (next, Action::Hold(missing));
+    }
+    if state.stage + 1 >= spec.stages.len() {
+        next.phase = Phase::Succeeded;
+        return (next, Action::Promote);
+    }
+    next.enter_stage(state.stage + 1, now_ms);
+    (
+        next,
+        Action::Advance {
+            to_stage: state.stage + 1,
+        },
+    )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    /// Next stage now, skipping the wait and the checks.
+    Promote,
+    /// Straight to 100%.
+    PromoteFull,
+    Pause,
+    Resume,
+    RollBack,
+    Abort,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("cannot {command} a rollout that is {phase}")]
+pub struct TransitionError {
+    pub command: &'static str,
+    pub phase: &'static str,
+}
+
+fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::Progressing => "progressing",
+        Phase::Paused => "paused",
+        Phase::Succeeded => "promoted",
+        Phase::RolledBack => "rolled back",
+        Phase::Aborted => "aborted",
+    }
+}
+
+/// An operator's command. Commands that make no sense in the current phase are errors, not no-ops.
+pub fn command(
+    spec: &Spec,
+    state: &State,
+    cmd: Command,
+    now_ms: u64,
+) -> Result<State, TransitionError> {
+    let refuse = |name| {
+        Err(TransitionError {
+            command: name,
+            phase: phase_name(state.phase),
+        })
+    };
+    let mut next = state.clone();
+    match (cmd, state.phase) {
+        (Command::Promote | Command::PromoteFull, Phase::Progressing | Phase::Paused) => {
+            if cmd == Command::PromoteFull || state.stage + 1 >= spec.stages.len() {
+                next.phase = Phase::Succeeded;
+                next.reason = Some("promoted by an operator".into());
+            } else {
+                next.enter_stage(state.stage + 1, now_ms);
+            }
+        }
+        (Command::Promote, _) => return refuse("promote"),
+        (Command::PromoteFull, _) => return refuse("promote"),
+        (Command::Pause, Phase::Progressing) => next.phase = Phase::Paused,
+        (Command::Pause, _) => return refuse("pause"),
+        (Command::Resume, Phase::Paused) => {
+            next.phase = Phase::Progressing;
+            next.failed_checks = 0;
+        }
+        (Command::Resume, _) => return refuse("resume"),
+        // Blue-green's promise: switch back at once, also after promotion, while the old arm runs.
+        (Command::RollBack, Phase::Progressing | Phase::Paused | Phase::Succeeded) => {
+            next.phase = Phase::RolledBack;
+            next.reason = Some("rolled back by an operator".into());
+        }
+        (Command::RollBack, _) => return refuse("roll back"),
+        (Command::Abort, Phase::Progressing | Phase::Paused) => {
+            next.phase = Phase::Aborted;
+            next.reason = Some("aborted by an operator".into());
+        }
+        (Command::Abort, _) => return refuse("abort"),
+    }
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = "name: r\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\nfailure_threshold: 2\nstages:\n  - {weight: 5, min_duration_s: 60, min_requests: 100, rules: [{metric: error_rate, max: 0.02}]}\n  - {weight: 50, min_duration_s: 60, min_requests: 100, rules: [{metric: error_rate, max: 0.02}]}\n  - {weight: 100}\n";
+
+    fn spec() -> Spec {
+        Spec::parse(SPEC).unwrap()
+    }
+
+    fn w(requests: u64, errors: u64) -> ArmWindow {
+        ArmWindow {
+            requests,
+            errors,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_healthy_candidate_walks_every_stage() {
+        let s = spec();
+        let mut st = State::start(0);
+        assert_eq!(st.weights(&s), (95.0, 5.0));
+        let (held, a) = step(&s, &st, 30_000, &w(500, 1), &w(9500, 20));
+        assert_eq!(
+            (a, held.stage),
+            (Action::Hold(None), 0),
+            "min duration not reached"
+        );
+        let (next, a) = step(&s, &st, 60_000, &w(50, 0), &w(950, 2));
+        assert!(
+            matches!(a, Action::Hold(Some(ref m)) if m.contains("waiting for data")),
+            "{a:?}"
+        );
+        st = next;
+        let (next, a) = step(&s, &st, 61_000, &w(500, 1), &w(9500, 20));
+        assert_eq!(a, Action::Advance { to_stage: 1 });
+        assert_eq!(
+            (next.stage, next.stage_started_ms, next.weights(&s)),
+            (1, 61_000, (50.0, 50.0))
+        );
+        let (next, a) = step(&s, &next, 121_000, &w(5000, 3), &w(5000, 3));
+        assert_eq!(a, Action::Advance { to_stage: 2 });
+        let (done, a) = step(&s, &next, 121_001, &w(0, 0), &w(0, 0));
+        assert_eq!(
+            (a, done.phase, done.weights(&s)),
+            (Action::Promote, Phase::Succeeded, (0.0, 100.0))
+        );
+    }
+
+    #[test]
+    fn two_failed_checks_in_a_row_roll_back_and_a_pass_resets_the_count() {
+        let s = spec();
+        let st = State::start(0);
+        let (one, a) = step(&s, &st, 1_000, &w(200, 10), &w(2000, 4));
+        assert!(
+            matches!(a, Action::Hold(Some(ref r)) if r.contains("error rate 0.0500 > max 0.02")),
+            "{a:?}"
+        );
+        // 1.0% passes: the count of consecutive failures starts over.
+        let (ok, _) = step(&s, &one, 2_000, &w(1000, 10), &w(4000, 4));
+        assert_eq!(ok.failed_checks, 0);
+        let (two, a) = step(&s, &one, 2_000, &w(300, 15), &w(3000, 6));
+        assert!(
+            matches!(a, Action::RollBack { ref reason } if reason.starts_with("stage 1 (5%)")),
+            "{a:?}"
+        );
+        assert_eq!(
+            (two.phase, two.weights(&s)),
+            (Phase::RolledBack, (100.0, 0.0))
+        );
+        let (still, a) = step(&s, &two, 9_000, &w(0, 0), &w(0, 0));
+        assert_eq!(
+            (a, still),
+            (Action::Hold(None), two),
+            "a rolled-back rollout stays rolled back"
+        );
+    }
+
+    #[test]
+    fn operator_commands_and_refusals() {
+        let s = spec();
+        let st = State::start(0);
+        let paused = command(&s, &st, Command::Pause, 5).unwrap();
+        assert_eq!(
+            step(&s, &paused, 999_999, &w(9999, 0), &w(1, 0)).1,
+            Action::Hold(None)
+        );
+        let resumed = command(&s, &paused, Command::Resume, 6).unwrap();
+        let next = command(&s, &resumed, Command::Promote, 7).unwrap();
+        assert_eq!((next.stage, next.stage_started_ms), (1, 7));
+        let full = command(&s, &next, Command::PromoteFull, 8).unwrap();
+        assert_eq!(full.phase, Phase::Succeeded);
+        let back = command(&s, &full, Command::RollBack, 9).unwrap();
+        assert_eq!(
+            back.weights(&s),
+            (100.0, 0.0),
+            "blue-green: switch back after promotion"
+        );
+        let e = command(&s, &back, Command::Promote, 10).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot promote a rollout that is rolled back"
+        );
+        assert!(command(&s, &st, Command::Resume, 1).is_err());
+        assert_eq!(
+            command(&s, &full, Command::Abort, 1)
+                .unwrap_err()
+                .to_string(),
+            "cannot abort a rollout that is promoted"
+        );
+    }
+
+    #[test]
+    fn blue_green_tests_at_zero_then_switches() {
+        let s = Spec::parse("name: bg\nstrategy: blue_green\narms: [{name: blue, role: baseline}, {name: green, role: candidate}]\nstages: [{weight: 0, min_duration_s: 10}, {weight: 100}]\n").unwrap();
+        let st = State::start(0);
+        assert_eq!(st.weights(&s), (100.0, 0.0));
+        let (next, a) = step(&s, &st, 10_000, &w(0, 0), &w(100, 0));
+        assert_eq!(
+            (a, next.weights(&s)),
+            (Action::Advance { to_stage: 1 }, (0.0, 100.0))
+        );
+    }
+}

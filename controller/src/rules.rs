@@ -1,0 +1,205 @@
+//! Whether a candidate passes a stage's rules over a window: absolute bounds on its own figures, or
+//! bounds relative to the baseline arm over the same window, each with a minimum sample size below
+//! which the rule neither passes nor fails.
+
+use crate::histogram::Histogram;
+use crate::spec::{Bound, Metric, Rule};
+
+/// One arm's figures over a window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ArmWindow {
+    pub requests: u64,
+    /// Responses that were 5xx.
+    pub errors: u64,
+    /// Latency in milliseconds.
+    pub latency: Histogram,
+    /// Predictions with reported ground truth, and how many were right.
+    pub labelled: u64,
+    pub correct: u64,
+}
+
+impl ArmWindow {
+    /// The metric's value and the samples it rests on.
+    fn value(&self, metric: Metric) -> (Option<f64>, u64) {
+        match metric {
+            Metric::ErrorRate => (
+                (self.requests > 0).then(|| self.errors as f64 / self.requests as f64),
+                self.requests,
+            ),
+            Metric::Accuracy => (
+                (self.labelled > 0).then(|| self.correct as f64 / self.labelled as f64),
+                self.labelled,
+            ),
+            m => (
+                m.percentile().and_then(|q| self.latency.quantile(q)),
+                self.latency.count(),
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Pass {
+        value: f64,
+    },
+    Fail {
+        value: f64,
+        reason: String,
+    },
+    /// Too few samples (candidate, or baseline for a relative bound) to judge.
+    NotEnoughData {
+        samples: u64,
+        needed: u64,
+    },
+}
+
+pub fn evaluate(rule: &Rule, candidate: &ArmWindow, baseline: &ArmWindow) -> Verdict {
+    let (value, samples) = candidate.value(rule.metric);
+    let Some(value) = value.filter(|_| samples >= rule.min_samples) else {
+        return Verdict::NotEnoughData {
+            samples,
+            needed: rule.min_samples,
+        };
+    };
+    let name = metric_name(rule.metric);
+    let fail = |reason: String| Verdict::Fail { value, reason };
+    match rule.bound {
+        Bound::Max(max) if value > max => fail(format!("{name} {value:.4} > max {max}")),
+        Bound::Min(min) if value < min => fail(format!("{name} {value:.4} < min {min}")),
+        Bound::WorseThanBaseline(allowed) => {
+            let (base, base_samples) = baseline.value(rule.metric);
+            let Some(base) = base.filter(|_| base_samples >= rule.min_samples) else {
+                return Verdict::NotEnoughData {
+                    samples: base_samples,
+                    needed: rule.min_samples,
+                };
+            };
+            let worse_by = if rule.metric.higher_is_worse() {
+                value - base
+            } else {
+                base - value
+            };
+            if worse_by > allowed {
+                fail(format!("{name} {value:.4} is {worse_by:.4} worse than baseline {base:.4} (allowed {allowed})"))
+            } else {
+                Verdict::Pass { value }
+            }
+        }
+        _ => Verdict::Pass { value },
+    }
+}
+
+fn metric_name(m: Metric) -> &'static str {
+    match m {
+        Metric::ErrorRate => "error rate",
+        Metric::LatencyP50 => "P50 latency (ms)",
+        Metric::LatencyP95 => "P95 latency (ms)",
+        Metric::LatencyP99 => "P99 latency (ms)",
+        Metric::Accuracy => "accuracy",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(metric: Metric, bound: Bound) -> Rule {
+        Rule {
+            metric,
+            bound,
+            min_samples: 100,
+        }
+    }
+
+    fn arm(requests: u64, errors: u64) -> ArmWindow {
+        ArmWindow {
+            requests,
+            errors,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn absolute_error_rate() {
+        let r = rule(Metric::ErrorRate, Bound::Max(0.02));
+        assert_eq!(
+            evaluate(&r, &arm(1000, 20), &arm(0, 0)),
+            Verdict::Pass { value: 0.02 }
+        );
+        assert!(matches!(
+            evaluate(&r, &arm(1000, 21), &arm(0, 0)),
+            Verdict::Fail { .. }
+        ));
+        assert_eq!(
+            evaluate(&r, &arm(99, 99), &arm(0, 0)),
+            Verdict::NotEnoughData {
+                samples: 99,
+                needed: 100
+            }
+        );
+    }
+
+    #[test]
+    fn relative_bounds_compare_with_the_baseline() {
+        let r = rule(Metric::ErrorRate, Bound::WorseThanBaseline(0.01));
+        assert!(
+            matches!(
+                evaluate(&r, &arm(1000, 25), &arm(10_000, 160)),
+                Verdict::Pass { .. }
+            ),
+            "2.5% vs 1.6%"
+        );
+        assert!(
+            matches!(
+                evaluate(&r, &arm(1000, 30), &arm(10_000, 160)),
+                Verdict::Fail { .. }
+            ),
+            "3.0% vs 1.6%"
+        );
+        assert!(matches!(
+            evaluate(&r, &arm(1000, 30), &arm(50, 0)),
+            Verdict::NotEnoughData { .. }
+        ));
+        let acc = rule(Metric::Accuracy, Bound::WorseThanBaseline(0.03));
+        let with = |labelled, correct| ArmWindow {
+            labelled,
+            correct,
+            ..Default::default()
+        };
+        assert!(
+            matches!(
+                evaluate(&acc, &with(200, 180), &with(1000, 920)),
+                Verdict::Pass { .. }
+            ),
+            "0.90 vs 0.92"
+        );
+        let Verdict::Fail { reason, .. } = evaluate(&acc, &with(200, 170), &with(1000, 920)) else {
+            panic!()
+        };
+        assert!(
+            reason.contains("0.0700 worse than baseline 0.9200"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn latency_percentiles_from_histograms() {
+        let r = rule(Metric::LatencyP95, Bound::Max(150.0));
+        let latency = Histogram {
+            buckets: vec![(100.0, 90), (250.0, 100), (f64::INFINITY, 100)],
+        };
+        // rank 95 is 5 of 10 into (100, 250]: 175 ms.
+        let w = ArmWindow {
+            latency,
+            ..Default::default()
+        };
+        assert_eq!(
+            evaluate(&r, &w, &ArmWindow::default()),
+            Verdict::Fail {
+                value: 175.0,
+                reason: "P95 latency (ms) 175.0000 > max 150".into()
+            }
+        );
+    }
+}

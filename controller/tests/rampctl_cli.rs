@@ -1,0 +1,59 @@
+//! `rampctl validate` as an operator runs it: a real process, real files, exit codes and output.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+fn rampctl(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_rampctl"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn validates_the_guides_schedule_and_prints_the_plan() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/canary.yaml");
+    let (code, out, _) = rampctl(&["validate", "-f", example]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("rollout fraud-model: v1 (baseline) -> v2 (candidate)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("stage 3:    25%  at least 3600 s and 2500 candidate requests"),
+        "{out}"
+    );
+    let (code, out, _) = rampctl(&["validate", "-f", example, "--json"]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, r#"{"name":"fraud-model","stages":5,"valid":true}"#)
+    );
+}
+
+#[test]
+fn a_bad_spec_exits_2_naming_the_field() {
+    let dir = std::env::temp_dir().join(format!("rampctl-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "name: r\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\nstages: [{weight: 5, rules: [{metric: error_rate, max: 1.5}]}, {weight: 100}]\n").unwrap();
+    let (code, _, err) = rampctl(&["validate", "-f", bad.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains(
+            "invalid rollout spec: stages[0].rules[0].max: a rate is a fraction in [0, 1], got 1.5"
+        ),
+        "{err}"
+    );
+    let (code, out, _) = rampctl(&["validate", "-f", bad.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 2);
+    assert!(out.contains(r#""field":"stages[0].rules[0].max""#), "{out}");
+    let (code, _, err) = rampctl(&["validate", "-f", "/nonexistent/spec.yaml"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("reading /nonexistent/spec.yaml"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
