@@ -51,6 +51,34 @@ pub struct RawConfig {
     /// Send a sample of requests to a shadow model as well; users only ever see the primary's answer.
     #[serde(default)]
     pub shadow: Option<RawShadow>,
+    /// Where the live rollout state comes from; without it the static weights apply.
+    #[serde(default)]
+    pub controller: Option<RawController>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawController {
+    /// Envoy cluster of `rampctl serve`.
+    pub cluster: String,
+    /// `:authority` of the calls; defaults to the cluster name.
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// How often one worker per Envoy polls the state, in ms.
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+}
+
+fn default_poll_ms() -> u64 {
+    1000
+}
+
+/// A validated controller section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Controller {
+    pub cluster: String,
+    pub authority: String,
+    pub poll_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -366,6 +394,7 @@ pub struct Rollout {
     pub override_: Option<Override>,
     pub response_header: Option<String>,
     pub shadow: Option<Shadow>,
+    pub controller: Option<Controller>,
 }
 
 impl Rollout {
@@ -476,6 +505,7 @@ impl Rollout {
             override_,
             response_header: raw.response_header.map(|h| h.to_ascii_lowercase()),
             shadow: raw.shadow.map(validate_shadow).transpose()?,
+            controller: raw.controller.map(validate_controller).transpose()?,
         })
     }
 
@@ -486,6 +516,23 @@ impl Rollout {
     pub fn arm_index(&self, name: &str) -> Option<usize> {
         arm_index(&self.arms, name)
     }
+}
+
+fn validate_controller(c: RawController) -> Result<Controller, ConfigError> {
+    if c.cluster.is_empty() {
+        return Err(ConfigError::new("controller.cluster", "must not be empty"));
+    }
+    if !(100..=60_000).contains(&c.poll_ms) {
+        return Err(ConfigError::new(
+            "controller.poll_ms",
+            format!("must be in [100, 60000], got {}", c.poll_ms),
+        ));
+    }
+    Ok(Controller {
+        authority: c.authority.unwrap_or_else(|| c.cluster.clone()),
+        cluster: c.cluster,
+        poll_ms: c.poll_ms,
+    })
 }
 
 fn validate_shadow(s: RawShadow) -> Result<Shadow, ConfigError> {

@@ -1,7 +1,7 @@
 //! The proxy-wasm glue: reads the host's config and request, calls the pure library, writes headers
 //! and metrics back. Kept thin; nothing here may panic (a panic traps the VM for the whole worker).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,6 +14,7 @@ use crate::config::{KeySource, Reward, Rollout, Shadow, ShadowMode};
 use crate::counters::{merged, shared_key, WorkerCounts, CREATE_ONLY_CAS};
 use crate::headermap::pairs;
 use crate::jsonpick::pick;
+use crate::live::{lease_key, state_key, Lease, LiveState};
 use crate::metrics::{all_arm_stat_names, class_index, fail_open_stat_name, PendingCounts};
 use crate::request::{cookie_value, must_strip, query_value, set_cookie_value, sticky_source};
 use crate::select::{choose, Reason, RequestKeys};
@@ -37,6 +38,17 @@ struct ArmMetrics {
     latency_ms: u32,
     /// Bandit gauges (trials, reward sum in millionths, recent share in ppm), when the bandit is on.
     bandit: Option<[u32; 3]>,
+}
+
+/// This worker's side of the live-state channel.
+struct LiveLink {
+    lease_key: String,
+    state_key: String,
+    /// CAS of the state document last applied, so an unchanged document is not parsed again.
+    applied: Cell<Option<u32>>,
+    ticks: Cell<u64>,
+    /// The poll in flight, if this worker holds the lease.
+    call: Cell<Option<u32>>,
 }
 
 /// Compare-mode shadow state of one worker: copies in flight, callouts by token, running totals.
@@ -64,7 +76,9 @@ const TICK: Duration = Duration::from_millis(500);
 /// What a worker's HTTP contexts share: the active config, its metrics and the live weights.
 struct Active {
     rollout: Rollout,
-    weights: Vec<f64>,
+    /// The static config's weights until the controller's live state replaces them.
+    weights: RefCell<Vec<f64>>,
+    live: Option<LiveLink>,
     metrics: Vec<ArmMetrics>,
     fail_open: u32,
     /// Counts not yet added to Envoy's counters: a hostcall per request and counter costs throughput,
@@ -179,6 +193,120 @@ struct RampRoot {
     rng: Option<Rc<RefCell<Rng>>>,
     /// This worker's shadow hand-off queue (registered at VM start).
     queue: Option<u32>,
+    /// Random id of this worker VM, for the poller lease.
+    worker_id: u64,
+}
+
+impl RampRoot {
+    /// Takes or renews the per-Envoy poller lease (three poll periods long); true if this worker holds it.
+    fn hold_lease(&self, link: &LiveLink, poll_ms: u64) -> bool {
+        let Ok((stored, cas)) = hostcalls::get_shared_data(&link.lease_key) else {
+            return false;
+        };
+        let now = now_ms();
+        if !Lease::may_take(stored.as_deref(), self.worker_id, now) {
+            return false;
+        }
+        let lease = Lease {
+            holder: self.worker_id,
+            until_ms: now + 3 * poll_ms,
+        };
+        let taken = hostcalls::set_shared_data(
+            &link.lease_key,
+            Some(&lease.encode()),
+            Some(cas.unwrap_or(CREATE_ONLY_CAS)),
+        )
+        .is_ok();
+        let previous = stored.as_deref().and_then(Lease::decode).map(|l| l.holder);
+        if taken && previous != Some(self.worker_id) {
+            log(
+                LogLevel::Info,
+                &format!(
+                    "ramp: worker {:016x} now polls the controller (lease was {previous:x?})",
+                    self.worker_id
+                ),
+            );
+        }
+        taken
+    }
+
+    /// The controller answered a poll: publish a valid, newer state to every worker via shared data.
+    fn on_state_polled(&self, active: &Active, link: &LiveLink, body_size: usize) {
+        link.call.set(None);
+        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten();
+        if status.as_deref() != Some(b"200") {
+            return; // Unreachable or unhappy controller: every worker keeps the state it has.
+        }
+        let body = self
+            .get_http_call_response_body(0, body_size)
+            .unwrap_or_default();
+        let doc =
+            match LiveState::parse(&body).and_then(|d| d.weights_for(&active.rollout).map(|_| d)) {
+                Ok(doc) => doc,
+                Err(e) => {
+                    log(
+                        LogLevel::Warn,
+                        &format!(
+                            "ramp: rollout {:?}: {e}; keeping the last good state",
+                            active.rollout.name
+                        ),
+                    );
+                    return;
+                }
+            };
+        let Ok((stored, cas)) = hostcalls::get_shared_data(&link.state_key) else {
+            return;
+        };
+        let newer = stored
+            .as_deref()
+            .and_then(|b| LiveState::parse(b).ok())
+            .is_none_or(|old| doc.version > old.version);
+        if newer {
+            let _ = hostcalls::set_shared_data(
+                &link.state_key,
+                Some(&body),
+                Some(cas.unwrap_or(CREATE_ONLY_CAS)),
+            );
+        }
+    }
+}
+
+/// Applies the newest state in shared data to this worker, if it changed since the last tick.
+fn apply_live_state(active: &Active, link: &LiveLink) {
+    let Ok((Some(bytes), cas)) = hostcalls::get_shared_data(&link.state_key) else {
+        return;
+    };
+    if cas == link.applied.get() {
+        return;
+    }
+    link.applied.set(cas);
+    match LiveState::parse(&bytes)
+        .and_then(|d| d.weights_for(&active.rollout).map(|w| (d.version, w)))
+    {
+        Ok((version, weights)) => {
+            if let Ok(mut current) = active.weights.try_borrow_mut() {
+                if *current != weights {
+                    log(
+                        LogLevel::Info,
+                        &format!(
+                            "ramp: rollout {:?}: live state version {version}: weights {weights:?}",
+                            active.rollout.name
+                        ),
+                    );
+                }
+                *current = weights;
+            }
+        }
+        Err(e) => log(
+            LogLevel::Warn,
+            &format!(
+                "ramp: rollout {:?}: {e}; keeping the last good state",
+                active.rollout.name
+            ),
+        ),
+    }
 }
 
 impl Context for RampRoot {
@@ -186,6 +314,10 @@ impl Context for RampRoot {
         let Some(active) = self.active.clone() else {
             return;
         };
+        if let Some(link) = active.live.as_ref().filter(|l| l.call.get() == Some(token)) {
+            self.on_state_polled(&active, link, body_size);
+            return;
+        }
         let (Some(state), Some(shadow)) = (&active.shadow, &active.rollout.shadow) else {
             return;
         };
@@ -251,6 +383,7 @@ impl RootContext for RampRoot {
         // cancelled when its request ends).
         self.queue =
             hostcalls::register_shared_queue(&format!("ramp.shadow.{:016x}", rng.u64(..))).ok();
+        self.worker_id = rng.u64(1..);
         self.rng = Some(Rc::new(RefCell::new(rng)));
         true
     }
@@ -307,8 +440,33 @@ impl RootContext for RampRoot {
     }
 
     fn on_tick(&mut self) {
-        if let Some(active) = &self.active {
-            active.flush();
+        let Some(active) = self.active.clone() else {
+            return;
+        };
+        active.flush();
+        if let (Some(link), Some(ctl)) = (&active.live, &active.rollout.controller) {
+            apply_live_state(&active, link);
+            let ticks = link.ticks.get() + 1;
+            link.ticks.set(ticks);
+            let every = (ctl.poll_ms / TICK.as_millis() as u64).max(1);
+            if ticks % every == 0 && link.call.get().is_none() && self.hold_lease(link, ctl.poll_ms)
+            {
+                let path = format!("/v1/rollouts/{}/state", active.rollout.name);
+                let headers = vec![
+                    (":method", "GET"),
+                    (":path", path.as_str()),
+                    (":authority", ctl.authority.as_str()),
+                ];
+                if let Ok(token) = self.dispatch_http_call(
+                    &ctl.cluster,
+                    headers,
+                    None,
+                    Vec::new(),
+                    Duration::from_secs(2),
+                ) {
+                    link.call.set(Some(token));
+                }
+            }
         }
     }
 
@@ -354,8 +512,16 @@ impl RootContext for RampRoot {
                     })),
                     _ => None,
                 };
+                let live = rollout.controller.as_ref().map(|_| LiveLink {
+                    lease_key: lease_key(&rollout.name),
+                    state_key: state_key(&rollout.name),
+                    applied: Cell::new(None),
+                    ticks: Cell::new(0),
+                    call: Cell::new(None),
+                });
                 self.active = Some(Rc::new(Active {
-                    weights: rollout.weights(),
+                    weights: RefCell::new(rollout.weights()),
+                    live,
                     pending: RefCell::new(PendingCounts::new(&rollout)),
                     bandit,
                     shadow,
@@ -650,8 +816,12 @@ impl HttpContext for RampHttp {
             .as_ref()
             .and_then(|b| b.counts.try_borrow().ok());
         let view = counts.as_ref().map_or(&[][..], |c| c.view());
+        let weights = active
+            .weights
+            .try_borrow()
+            .map_or_else(|_| rollout.weights(), |w| w.clone());
         let decision = match self.rng.try_borrow_mut() {
-            Ok(mut rng) => choose(rollout, &active.weights, view, keys, &mut rng),
+            Ok(mut rng) => choose(rollout, &weights, view, keys, &mut rng),
             Err(_) => {
                 active.count(|p| p.fail_open += 1);
                 crate::select::Decision {

@@ -12,6 +12,7 @@ pub mod counters;
 pub mod headermap;
 pub mod jsonpath;
 pub mod jsonpick;
+pub mod live;
 pub mod metrics;
 pub mod request;
 pub mod sample;

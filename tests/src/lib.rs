@@ -4,6 +4,7 @@
 pub mod client;
 pub mod envoy;
 pub mod prom;
+pub mod state_server;
 pub mod traffic;
 pub mod upstream;
 
@@ -38,4 +39,14 @@ pub fn two_arm_config(filter_config: &serde_json::Value, v1: u16, v2: u16) -> Re
         .upstream("model_v1", v1)?
         .upstream("model_v2", v2)?
         .plugin_config("ramp", filter_config)
+}
+
+/// The same, with the `rampctl` cluster pointed at a controller (or its stand-in) on `controller`.
+pub fn two_arm_config_with_controller(
+    filter_config: &serde_json::Value,
+    v1: u16,
+    v2: u16,
+    controller: u16,
+) -> Result<EnvoyConfig> {
+    two_arm_config(filter_config, v1, v2)?.upstream("rampctl", controller)
 }

@@ -5,6 +5,7 @@
 mod bad_config;
 mod bandit;
 mod hostile_input;
+mod live_state;
 mod metrics;
 mod override_header;
 mod shadow;

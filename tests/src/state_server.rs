@@ -1,0 +1,97 @@
+//! A stand-in for the controller's state endpoint, `GET /v1/rollouts/<rollout>/state`, serving a
+//! document the test sets, so the filter's side of the live-state channel is tested against real
+//! HTTP before `rampctl serve` exists. It counts polls, so a test can check one poller per Envoy.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+pub struct StateServer {
+    pub port: u16,
+    /// The body served (HTTP 200); `None` answers 503.
+    pub document: Arc<Mutex<Option<String>>>,
+    polls: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl StateServer {
+    pub fn start() -> std::io::Result<Self> {
+        Self::start_on("127.0.0.1:0")
+    }
+
+    /// Binds a given address (to come back on the same port after a simulated outage).
+    pub fn start_on(addr: &str) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr)?;
+        let port = listener.local_addr()?.port();
+        let document: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        let polls = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (doc, count, halt) = (document.clone(), polls.clone(), stop.clone());
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                if halt.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let (doc, count, halt) = (doc.clone(), count.clone(), halt.clone());
+                thread::spawn(move || serve(stream, &doc, &count, &halt));
+            }
+        });
+        Ok(Self {
+            port,
+            document,
+            polls,
+            stop,
+        })
+    }
+
+    pub fn set(&self, doc: &serde_json::Value) {
+        if let Ok(mut d) = self.document.lock() {
+            *d = Some(doc.to_string());
+        }
+    }
+
+    pub fn polls(&self) -> u64 {
+        self.polls.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for StateServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn serve(stream: TcpStream, doc: &Mutex<Option<String>>, polls: &AtomicU64, halt: &AtomicBool) {
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = Vec::new();
+        if reader.read_until(b'\n', &mut line).unwrap_or(0) == 0 || halt.load(Ordering::Relaxed) {
+            return;
+        }
+        loop {
+            let mut h = Vec::new();
+            if reader.read_until(b'\n', &mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            if h == b"\r\n" || h == b"\n" {
+                break;
+            }
+        }
+        polls.fetch_add(1, Ordering::SeqCst);
+        let body = doc.lock().ok().and_then(|d| d.clone());
+        let reply = match body {
+            Some(b) => format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{b}", b.len()),
+            None => "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n".to_owned(),
+        };
+        if writer.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
