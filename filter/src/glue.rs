@@ -16,6 +16,7 @@ use crate::headermap::pairs;
 use crate::jsonpick::pick;
 use crate::live::{lease_key, state_key, Lease, LiveState};
 use crate::metrics::{all_arm_stat_names, class_index, fail_open_stat_name, PendingCounts};
+use crate::report::{counts_key, instance_key, report_json, ArmReport};
 use crate::request::{cookie_value, must_strip, query_value, set_cookie_value, sticky_source};
 use crate::select::{choose, Reason, RequestKeys};
 use crate::shadow::{
@@ -49,6 +50,62 @@ struct LiveLink {
     ticks: Cell<u64>,
     /// The poll in flight, if this worker holds the lease.
     call: Cell<Option<u32>>,
+    /// The report in flight.
+    report_call: Cell<Option<u32>>,
+    /// This worker's counts not yet added into shared data, per arm.
+    report_pending: RefCell<Vec<ArmReport>>,
+    counts_keys: Vec<String>,
+    instance_key: String,
+}
+
+impl LiveLink {
+    /// Adds this worker's report counts into the per-Envoy totals in shared data (bounded CAS loop,
+    /// keeping what could not be written, as for the bandit counters).
+    fn flush_report_counts(&self) {
+        let Ok(mut pending) = self.report_pending.try_borrow_mut() else {
+            return;
+        };
+        for (delta, key) in pending.iter_mut().zip(&self.counts_keys) {
+            for _ in 0..8 {
+                if delta.is_zero() {
+                    break;
+                }
+                let Ok((stored, cas)) = hostcalls::get_shared_data(key) else {
+                    break;
+                };
+                let Some(total) = (match stored.as_deref() {
+                    None | Some([]) => Some(*delta),
+                    Some(b) => ArmReport::decode(b).map(|t| t.plus(delta)),
+                }) else {
+                    break;
+                };
+                match hostcalls::set_shared_data(
+                    key,
+                    Some(&total.encode()),
+                    Some(cas.unwrap_or(CREATE_ONLY_CAS)),
+                ) {
+                    Ok(()) => *delta = ArmReport::default(),
+                    Err(Status::CasMismatch) => continue,
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    /// This Envoy's id for reports: made once by whichever worker gets there first.
+    fn instance(&self, rng_value: u64) -> Option<String> {
+        if let Ok((Some(id), _)) = hostcalls::get_shared_data(&self.instance_key) {
+            return String::from_utf8(id).ok();
+        }
+        let fresh = format!("{rng_value:016x}");
+        let _ = hostcalls::set_shared_data(
+            &self.instance_key,
+            Some(fresh.as_bytes()),
+            Some(CREATE_ONLY_CAS),
+        );
+        let (id, _) = hostcalls::get_shared_data(&self.instance_key).ok()?;
+        String::from_utf8(id?).ok()
+    }
 }
 
 /// Compare-mode shadow state of one worker: copies in flight, callouts by token, running totals.
@@ -122,6 +179,18 @@ impl Active {
                         let _ = hostcalls::increment_metric(*id, v as i64);
                     }
                 }
+            }
+        }
+    }
+
+    fn report(&self, arm: usize, f: impl FnOnce(&mut ArmReport)) {
+        if let Some(Ok(mut pending)) = self
+            .live
+            .as_ref()
+            .map(|l| l.report_pending.try_borrow_mut())
+        {
+            if let Some(r) = pending.get_mut(arm) {
+                f(r);
             }
         }
     }
@@ -230,6 +299,47 @@ impl RampRoot {
         taken
     }
 
+    /// Posts this Envoy's cumulative counts (all workers, from shared data) to the controller.
+    fn send_report(&self, active: &Active, link: &LiveLink, ctl: &crate::config::Controller) {
+        let seed = self
+            .rng
+            .as_ref()
+            .and_then(|r| r.try_borrow_mut().ok().map(|mut r| r.u64(..)))
+            .unwrap_or(self.worker_id);
+        let Some(instance) = link.instance(seed) else {
+            return;
+        };
+        let arms: Vec<(&str, ArmReport)> = active
+            .rollout
+            .arms
+            .iter()
+            .zip(&link.counts_keys)
+            .map(|(arm, key)| {
+                let total = hostcalls::get_shared_data(key)
+                    .ok()
+                    .and_then(|(b, _)| ArmReport::decode(&b?));
+                (arm.name.as_str(), total.unwrap_or_default())
+            })
+            .collect();
+        let body = report_json(&instance, now_ms(), &arms);
+        let path = format!("/v1/rollouts/{}/reports", active.rollout.name);
+        let headers = vec![
+            (":method", "POST"),
+            (":path", path.as_str()),
+            (":authority", ctl.authority.as_str()),
+            ("content-type", "application/json"),
+        ];
+        if let Ok(token) = self.dispatch_http_call(
+            &ctl.cluster,
+            headers,
+            Some(body.as_bytes()),
+            Vec::new(),
+            Duration::from_secs(2),
+        ) {
+            link.report_call.set(Some(token));
+        }
+    }
+
     /// The controller answered a poll: publish a valid, newer state to every worker via shared data.
     fn on_state_polled(&self, active: &Active, link: &LiveLink, body_size: usize) {
         link.call.set(None);
@@ -316,6 +426,15 @@ impl Context for RampRoot {
         };
         if let Some(link) = active.live.as_ref().filter(|l| l.call.get() == Some(token)) {
             self.on_state_polled(&active, link, body_size);
+            return;
+        }
+        if let Some(link) = active
+            .live
+            .as_ref()
+            .filter(|l| l.report_call.get() == Some(token))
+        {
+            // A lost report is made up by the next one: totals are cumulative.
+            link.report_call.set(None);
             return;
         }
         let (Some(state), Some(shadow)) = (&active.shadow, &active.rollout.shadow) else {
@@ -445,6 +564,7 @@ impl RootContext for RampRoot {
         };
         active.flush();
         if let (Some(link), Some(ctl)) = (&active.live, &active.rollout.controller) {
+            link.flush_report_counts();
             apply_live_state(&active, link);
             let ticks = link.ticks.get() + 1;
             link.ticks.set(ticks);
@@ -465,6 +585,9 @@ impl RootContext for RampRoot {
                     Duration::from_secs(2),
                 ) {
                     link.call.set(Some(token));
+                }
+                if link.report_call.get().is_none() {
+                    self.send_report(&active, link, ctl);
                 }
             }
         }
@@ -518,6 +641,14 @@ impl RootContext for RampRoot {
                     applied: Cell::new(None),
                     ticks: Cell::new(0),
                     call: Cell::new(None),
+                    report_call: Cell::new(None),
+                    report_pending: RefCell::new(vec![ArmReport::default(); rollout.arms.len()]),
+                    counts_keys: rollout
+                        .arms
+                        .iter()
+                        .map(|a| counts_key(&rollout.name, &a.name))
+                        .collect(),
+                    instance_key: instance_key(&rollout.name),
                 });
                 self.active = Some(Rc::new(Active {
                     weights: RefCell::new(rollout.weights()),
@@ -840,6 +971,7 @@ impl HttpContext for RampHttp {
             self.set_http_request_header(&rollout.cluster_header, Some(cluster));
         }
         active.count(|p| p.add_request(decision.arm));
+        active.report(decision.arm, ArmReport::add_request);
         if let Some(shadow) = &rollout.shadow {
             self.start_shadow(&active, shadow, &serialized, end_of_stream);
         }
@@ -928,6 +1060,14 @@ impl RampHttp {
             let class = status.and_then(class_index);
             if let Some(class) = class {
                 active.count(|p| p.add_response(chosen.arm, class));
+            }
+            let elapsed_ms = self
+                .get_current_time()
+                .duration_since(chosen.started)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            if let Some(class) = class {
+                active.report(chosen.arm, |r| r.add_response(class, elapsed_ms));
             }
             let elapsed = self
                 .get_current_time()

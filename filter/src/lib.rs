@@ -14,6 +14,7 @@ pub mod jsonpath;
 pub mod jsonpick;
 pub mod live;
 pub mod metrics;
+pub mod report;
 pub mod request;
 pub mod sample;
 pub mod select;

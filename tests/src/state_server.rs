@@ -1,8 +1,9 @@
 //! A stand-in for the controller's state endpoint, `GET /v1/rollouts/<rollout>/state`, serving a
 //! document the test sets, so the filter's side of the live-state channel is tested against real
-//! HTTP before `rampctl serve` exists. It counts polls, so a test can check one poller per Envoy.
+//! HTTP before `rampctl serve` exists. It counts polls, so a test can check one poller per Envoy, and
+//! keeps the bodies of `POST /v1/rollouts/<rollout>/reports`.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,8 @@ pub struct StateServer {
     pub port: u16,
     /// The body served (HTTP 200); `None` answers 503.
     pub document: Arc<Mutex<Option<String>>>,
+    /// Report bodies received, oldest first.
+    pub reports: Arc<Mutex<Vec<String>>>,
     polls: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
@@ -28,20 +31,27 @@ impl StateServer {
         let document: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
         let polls = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (doc, count, halt) = (document.clone(), polls.clone(), stop.clone());
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let shared = Shared {
+            doc: document.clone(),
+            polls: polls.clone(),
+            halt: stop.clone(),
+            reports: reports.clone(),
+        };
         thread::spawn(move || {
             for stream in listener.incoming() {
-                if halt.load(Ordering::Relaxed) {
+                if shared.halt.load(Ordering::Relaxed) {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
-                let (doc, count, halt) = (doc.clone(), count.clone(), halt.clone());
-                thread::spawn(move || serve(stream, &doc, &count, &halt));
+                let shared = shared.clone();
+                thread::spawn(move || serve(stream, &shared));
             }
         });
         Ok(Self {
             port,
             document,
+            reports,
             polls,
             stop,
         })
@@ -65,16 +75,28 @@ impl Drop for StateServer {
     }
 }
 
-fn serve(stream: TcpStream, doc: &Mutex<Option<String>>, polls: &AtomicU64, halt: &AtomicBool) {
+#[derive(Clone)]
+struct Shared {
+    doc: Arc<Mutex<Option<String>>>,
+    polls: Arc<AtomicU64>,
+    halt: Arc<AtomicBool>,
+    reports: Arc<Mutex<Vec<String>>>,
+}
+
+fn serve(stream: TcpStream, shared: &Shared) {
     let Ok(mut writer) = stream.try_clone() else {
         return;
     };
     let mut reader = BufReader::new(stream);
     loop {
         let mut line = Vec::new();
-        if reader.read_until(b'\n', &mut line).unwrap_or(0) == 0 || halt.load(Ordering::Relaxed) {
+        if reader.read_until(b'\n', &mut line).unwrap_or(0) == 0
+            || shared.halt.load(Ordering::Relaxed)
+        {
             return;
         }
+        let post = line.starts_with(b"POST ");
+        let mut length = 0usize;
         loop {
             let mut h = Vec::new();
             if reader.read_until(b'\n', &mut h).unwrap_or(0) == 0 {
@@ -83,12 +105,26 @@ fn serve(stream: TcpStream, doc: &Mutex<Option<String>>, polls: &AtomicU64, halt
             if h == b"\r\n" || h == b"\n" {
                 break;
             }
+            let h = String::from_utf8_lossy(&h).to_ascii_lowercase();
+            if let Some(v) = h.strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
         }
-        polls.fetch_add(1, Ordering::SeqCst);
-        let body = doc.lock().ok().and_then(|d| d.clone());
-        let reply = match body {
-            Some(b) => format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{b}", b.len()),
-            None => "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n".to_owned(),
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let reply = if post {
+            if let Ok(mut r) = shared.reports.lock() {
+                r.push(String::from_utf8_lossy(&body).into_owned());
+            }
+            "HTTP/1.1 204 No Content\r\n\r\n".to_owned()
+        } else {
+            shared.polls.fetch_add(1, Ordering::SeqCst);
+            match shared.doc.lock().ok().and_then(|d| d.clone()) {
+                Some(b) => format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{b}", b.len()),
+                None => "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n".to_owned(),
+            }
         };
         if writer.write_all(reply.as_bytes()).is_err() {
             return;

@@ -97,3 +97,80 @@ fn workers_follow_the_controllers_weights_and_keep_the_last_good_state() {
     let v2_share = wait_for_split(&envoy, |n| (60..=140).contains(&n));
     assert!((60..=140).contains(&v2_share), "{v2_share} of 200 at 50/50");
 }
+
+#[test]
+fn each_envoy_reports_exact_cumulative_counts_for_all_its_workers() {
+    let (v1, v2) = (
+        ModelServer::start("v1").unwrap(),
+        ModelServer::start("v2").unwrap(),
+    );
+    v2.behaviour
+        .fail_every
+        .store(4, std::sync::atomic::Ordering::Relaxed);
+    let controller = StateServer::start().unwrap();
+    let cfg = json!({
+        "rollout": "reports",
+        "arms": [{"name": "v1", "weight": 50}, {"name": "v2", "weight": 50}],
+        "controller": {"cluster": "rampctl", "poll_ms": 500}
+    });
+    let envoy = Envoy::start(
+        &two_arm_config_with_controller(&cfg, v1.port, v2.port, controller.port).unwrap(),
+        4,
+    )
+    .unwrap();
+    let replies = drive(&envoy.url("/"), 2000, 4, no_headers);
+    let failed_v2 = replies
+        .iter()
+        .filter(|r| r.served_by == "v2" && r.status == 500)
+        .count() as u64;
+
+    // Reports are cumulative: wait until one covers everything that was served.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let last = loop {
+        let last: Option<serde_json::Value> = controller
+            .reports
+            .lock()
+            .unwrap()
+            .last()
+            .map(|r| serde_json::from_str(r).unwrap());
+        let total = last.as_ref().map_or(0, |r| {
+            r["arms"]["v1"]["requests"].as_u64().unwrap_or(0)
+                + r["arms"]["v2"]["requests"].as_u64().unwrap_or(0)
+        });
+        if total == 2000 || Instant::now() > deadline {
+            break last.unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let arm = |a: &str, f: &str| last["arms"][a][f].as_u64().unwrap();
+    assert_eq!(
+        (arm("v1", "requests"), arm("v2", "requests")),
+        (v1.served(), v2.served()),
+        "{last}"
+    );
+    assert_eq!(
+        last["arms"]["v2"]["responses"]["5xx"].as_u64(),
+        Some(failed_v2)
+    );
+    assert_eq!(
+        last["arms"]["v2"]["latency_ms"]["counts"][11].as_u64(),
+        Some(v2.served()),
+        "+Inf bucket = responses"
+    );
+
+    // One instance id per Envoy, and sequence numbers that only go up.
+    let reports: Vec<serde_json::Value> = controller
+        .reports
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_str(r).unwrap())
+        .collect();
+    let instances: std::collections::BTreeSet<&str> = reports
+        .iter()
+        .map(|r| r["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    let seqs: Vec<u64> = reports.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] <= w[1]), "{seqs:?}");
+}

@@ -1,0 +1,164 @@
+//! What an Envoy reports to the controller: per arm, cumulative request counts, responses by class
+//! and a latency histogram, summed over all its workers in shared data. Cumulative totals with an
+//! instance id and a sequence number mean a lost report is made up by the next one and a repeated
+//! one changes nothing.
+
+/// Upper bounds (ms) of the latency buckets; a last, unbounded bucket follows.
+pub const LATENCY_BOUNDS_MS: [u64; 11] = [5, 10, 25, 50, 100, 150, 250, 500, 1000, 2500, 5000];
+const SLOTS: usize = 1 + 4 + LATENCY_BOUNDS_MS.len() + 1;
+
+/// One arm's counts: requests, responses by class (2xx..5xx), latency buckets (not cumulative).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArmReport {
+    slots: [u64; SLOTS],
+}
+
+impl Default for ArmReport {
+    fn default() -> Self {
+        Self { slots: [0; SLOTS] }
+    }
+}
+
+impl ArmReport {
+    pub fn add_request(&mut self) {
+        self.slots[0] += 1;
+    }
+
+    /// A response of class `class` (0 = 2xx .. 3 = 5xx) after `latency_ms`.
+    pub fn add_response(&mut self, class: usize, latency_ms: u64) {
+        if let Some(c) = self.slots.get_mut(1 + class.min(3)) {
+            *c += 1;
+        }
+        let bucket = LATENCY_BOUNDS_MS
+            .iter()
+            .position(|&b| latency_ms <= b)
+            .unwrap_or(LATENCY_BOUNDS_MS.len());
+        self.slots[5 + bucket] += 1;
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.slots[0]
+    }
+
+    pub fn responses(&self) -> [u64; 4] {
+        [self.slots[1], self.slots[2], self.slots[3], self.slots[4]]
+    }
+
+    /// Cumulative bucket counts, as Prometheus lays them out (the last is +Inf).
+    pub fn cumulative_latency(&self) -> Vec<u64> {
+        self.slots[5..]
+            .iter()
+            .scan(0, |acc, &c| {
+                *acc += c;
+                Some(*acc)
+            })
+            .collect()
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.slots.iter().all(|&c| c == 0)
+    }
+
+    pub fn plus(&self, other: &ArmReport) -> ArmReport {
+        let mut out = *self;
+        for (a, b) in out.slots.iter_mut().zip(other.slots) {
+            *a = a.saturating_add(b);
+        }
+        out
+    }
+
+    pub fn minus(&self, other: &ArmReport) -> ArmReport {
+        let mut out = *self;
+        for (a, b) in out.slots.iter_mut().zip(other.slots) {
+            *a = a.saturating_sub(b);
+        }
+        out
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        self.slots.iter().flat_map(|c| c.to_le_bytes()).collect()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<ArmReport> {
+        if bytes.len() != SLOTS * 8 {
+            return None;
+        }
+        let mut slots = [0u64; SLOTS];
+        for (slot, chunk) in slots.iter_mut().zip(bytes.chunks_exact(8)) {
+            *slot = u64::from_le_bytes(chunk.try_into().ok()?);
+        }
+        Some(ArmReport { slots })
+    }
+}
+
+pub fn counts_key(rollout: &str, arm: &str) -> String {
+    format!("ramp.ctl.v1.{rollout}.counts.{arm}")
+}
+
+pub fn instance_key(rollout: &str) -> String {
+    format!("ramp.ctl.v1.{rollout}.instance")
+}
+
+/// The report body: `{"instance","seq","arms":{"v1":{"requests","responses":{"2xx",..},
+/// "latency_ms":{"le":[5,..,"+Inf"],"counts":[cumulative..]}}}}`. Hand-written JSON: serde's
+/// serializer would cost the wasm more than this function.
+pub fn report_json(instance: &str, seq: u64, arms: &[(&str, ArmReport)]) -> String {
+    let le: Vec<String> = LATENCY_BOUNDS_MS
+        .iter()
+        .map(u64::to_string)
+        .chain(["\"+Inf\"".to_owned()])
+        .collect();
+    let arms: Vec<String> = arms
+        .iter()
+        .map(|(name, r)| {
+            let [a, b, c, d] = r.responses();
+            let counts: Vec<String> = r.cumulative_latency().iter().map(u64::to_string).collect();
+            format!(
+                "\"{name}\":{{\"requests\":{},\"responses\":{{\"2xx\":{a},\"3xx\":{b},\"4xx\":{c},\"5xx\":{d}}},\"latency_ms\":{{\"le\":[{}],\"counts\":[{}]}}}}",
+                r.requests(),
+                le.join(","),
+                counts.join(",")
+            )
+        })
+        .collect();
+    format!(
+        "{{\"instance\":\"{instance}\",\"seq\":{seq},\"arms\":{{{}}}}}",
+        arms.join(",")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_merge_encode_and_render() {
+        let mut a = ArmReport::default();
+        a.add_request();
+        a.add_request();
+        a.add_response(0, 3);
+        a.add_response(3, 120);
+        a.add_response(9, 99_999);
+        let b = a.plus(&a);
+        assert_eq!(b.requests(), 4);
+        assert_eq!(b.responses(), [2, 0, 0, 4]);
+        assert_eq!(ArmReport::decode(&b.encode()), Some(b));
+        assert_eq!(ArmReport::decode(&[0; 7]), None);
+        assert_eq!(b.minus(&a), a);
+        let cum = a.cumulative_latency();
+        assert_eq!(
+            (cum[0], cum[5], cum[11]),
+            (1, 2, 3),
+            "<=5 ms, <=150 ms, +Inf"
+        );
+        let json = report_json("abc", 7, &[("v1", a)]);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["arms"]["v1"]["responses"]["5xx"], 2);
+        assert_eq!(v["arms"]["v1"]["latency_ms"]["le"][11], "+Inf");
+        assert_eq!(v["arms"]["v1"]["latency_ms"]["counts"][11], 3);
+        assert_eq!(
+            (v["instance"].as_str(), v["seq"].as_u64()),
+            (Some("abc"), Some(7))
+        );
+    }
+}
