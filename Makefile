@@ -70,6 +70,7 @@ wasm-test: toolchain $(WASM_BINDGEN_STAMP)
 	PATH="$(TOOLS)/bin:$$PATH" cargo test -p ramp-filter --target wasm32-unknown-unknown --test parity
 
 e2e: wasm venv
+	cargo build -p ramp-controller --bin rampctl
 	cargo test -p ramp-tests
 
 test: lint unit wasm-test e2e

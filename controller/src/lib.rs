@@ -4,4 +4,7 @@
 pub mod histogram;
 pub mod machine;
 pub mod rules;
+pub mod server;
 pub mod spec;
+pub mod store;
+pub mod window;

@@ -76,11 +76,14 @@ pub enum Action {
     },
 }
 
-/// One check of the current stage's window (counts since the stage started).
+/// One check. The rules judge `candidate` and `baseline`, the windows since the previous check (so
+/// a candidate that turns bad is caught within a check or two, however long it was healthy);
+/// `stage_requests` is what the candidate served since the stage began, for `min_requests`.
 pub fn step(
     spec: &Spec,
     state: &State,
     now_ms: u64,
+    stage_requests: u64,
     candidate: &ArmWindow,
     baseline: &ArmWindow,
 ) -> (State, Action) {
@@ -121,7 +124,7 @@ pub fn step(
     // A 0% stage (blue-green's test stage) has no candidate traffic to judge; time decides.
     let judged = stage.weight == 0.0 || verdicts.iter().all(|v| matches!(v, Verdict::Pass { .. }));
     let waited = now_ms.saturating_sub(state.stage_started_ms) >= stage.min_duration_ms;
-    let served = stage.weight == 0.0 || candidate.requests >= stage.min_requests;
+    let served = stage.weight == 0.0 || stage_requests >= stage.min_requests;
     if !(judged && waited && served) {
         let missing = verdicts.iter().find_map(|v| match v {
             Verdict::NotEnoughData { samples, needed } => {
@@ -244,27 +247,27 @@ mod tests {
         let s = spec();
         let mut st = State::start(0);
         assert_eq!(st.weights(&s), (95.0, 5.0));
-        let (held, a) = step(&s, &st, 30_000, &w(500, 1), &w(9500, 20));
+        let (held, a) = step(&s, &st, 30_000, 500, &w(500, 1), &w(9500, 20));
         assert_eq!(
             (a, held.stage),
             (Action::Hold(None), 0),
             "min duration not reached"
         );
-        let (next, a) = step(&s, &st, 60_000, &w(50, 0), &w(950, 2));
+        let (next, a) = step(&s, &st, 60_000, 50, &w(50, 0), &w(950, 2));
         assert!(
             matches!(a, Action::Hold(Some(ref m)) if m.contains("waiting for data")),
             "{a:?}"
         );
         st = next;
-        let (next, a) = step(&s, &st, 61_000, &w(500, 1), &w(9500, 20));
+        let (next, a) = step(&s, &st, 61_000, 500, &w(500, 1), &w(9500, 20));
         assert_eq!(a, Action::Advance { to_stage: 1 });
         assert_eq!(
             (next.stage, next.stage_started_ms, next.weights(&s)),
             (1, 61_000, (50.0, 50.0))
         );
-        let (next, a) = step(&s, &next, 121_000, &w(5000, 3), &w(5000, 3));
+        let (next, a) = step(&s, &next, 121_000, 5000, &w(5000, 3), &w(5000, 3));
         assert_eq!(a, Action::Advance { to_stage: 2 });
-        let (done, a) = step(&s, &next, 121_001, &w(0, 0), &w(0, 0));
+        let (done, a) = step(&s, &next, 121_001, 0, &w(0, 0), &w(0, 0));
         assert_eq!(
             (a, done.phase, done.weights(&s)),
             (Action::Promote, Phase::Succeeded, (0.0, 100.0))
@@ -275,15 +278,15 @@ mod tests {
     fn two_failed_checks_in_a_row_roll_back_and_a_pass_resets_the_count() {
         let s = spec();
         let st = State::start(0);
-        let (one, a) = step(&s, &st, 1_000, &w(200, 10), &w(2000, 4));
+        let (one, a) = step(&s, &st, 1_000, 200, &w(200, 10), &w(2000, 4));
         assert!(
             matches!(a, Action::Hold(Some(ref r)) if r.contains("error rate 0.0500 > max 0.02")),
             "{a:?}"
         );
         // 1.0% passes: the count of consecutive failures starts over.
-        let (ok, _) = step(&s, &one, 2_000, &w(1000, 10), &w(4000, 4));
+        let (ok, _) = step(&s, &one, 2_000, 1000, &w(1000, 10), &w(4000, 4));
         assert_eq!(ok.failed_checks, 0);
-        let (two, a) = step(&s, &one, 2_000, &w(300, 15), &w(3000, 6));
+        let (two, a) = step(&s, &one, 2_000, 300, &w(300, 15), &w(3000, 6));
         assert!(
             matches!(a, Action::RollBack { ref reason } if reason.starts_with("stage 1 (5%)")),
             "{a:?}"
@@ -292,7 +295,7 @@ mod tests {
             (two.phase, two.weights(&s)),
             (Phase::RolledBack, (100.0, 0.0))
         );
-        let (still, a) = step(&s, &two, 9_000, &w(0, 0), &w(0, 0));
+        let (still, a) = step(&s, &two, 9_000, 0, &w(0, 0), &w(0, 0));
         assert_eq!(
             (a, still),
             (Action::Hold(None), two),
@@ -306,7 +309,7 @@ mod tests {
         let st = State::start(0);
         let paused = command(&s, &st, Command::Pause, 5).unwrap();
         assert_eq!(
-            step(&s, &paused, 999_999, &w(9999, 0), &w(1, 0)).1,
+            step(&s, &paused, 999_999, 9999, &w(9999, 0), &w(1, 0)).1,
             Action::Hold(None)
         );
         let resumed = command(&s, &paused, Command::Resume, 6).unwrap();
@@ -339,7 +342,7 @@ mod tests {
         let s = Spec::parse("name: bg\nstrategy: blue_green\narms: [{name: blue, role: baseline}, {name: green, role: candidate}]\nstages: [{weight: 0, min_duration_s: 10}, {weight: 100}]\n").unwrap();
         let st = State::start(0);
         assert_eq!(st.weights(&s), (100.0, 0.0));
-        let (next, a) = step(&s, &st, 10_000, &w(0, 0), &w(100, 0));
+        let (next, a) = step(&s, &st, 10_000, 0, &w(0, 0), &w(100, 0));
         assert_eq!(
             (a, next.weights(&s)),
             (Action::Advance { to_stage: 1 }, (0.0, 100.0))

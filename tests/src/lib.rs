@@ -2,6 +2,7 @@
 //! loopback, and the helpers the tests, `make demo` and `make bench` share.
 
 pub mod client;
+pub mod controller;
 pub mod envoy;
 pub mod prom;
 pub mod state_server;

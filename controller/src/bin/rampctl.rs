@@ -1,5 +1,5 @@
-//! `rampctl`: the operator's command line for Ramp rollouts. So far it validates rollout specs and
-//! shows the plan they describe; `serve` and the rollout commands come with the controller service.
+//! `rampctl`: the operator's command line for Ramp rollouts. `rampctl serve` runs the controller;
+//! the other subcommands talk to its HTTP API (`--server`, `--token` or RAMPCTL_SERVER/RAMPCTL_TOKEN).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +17,17 @@ use ramp_controller::spec::{Bound, Spec};
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    /// The controller's address.
+    #[arg(
+        long,
+        global = true,
+        env = "RAMPCTL_SERVER",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    server: String,
+    /// Bearer token for calls that change a rollout.
+    #[arg(long, global = true, env = "RAMPCTL_TOKEN")]
+    token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -26,6 +37,69 @@ enum Cmd {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
         /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the controller: HTTP API, rollout loop, SQLite store.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value = "ramp.db")]
+        db: PathBuf,
+        /// Token that mutating calls must present (also RAMPCTL_SERVE_TOKEN).
+        #[arg(long = "auth-token", env = "RAMPCTL_SERVE_TOKEN")]
+        auth_token: Option<String>,
+    },
+    /// Start a rollout from a spec file.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// All rollouts.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One rollout: stage, weights, the current window's figures.
+    Status {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Next stage now (or, with --full, straight to 100%).
+    Promote {
+        name: String,
+        #[arg(long)]
+        full: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    Pause {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    Resume {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send all traffic back to the baseline now (also after promotion).
+    Rollback {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    Abort {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The rollout's events.
+    History {
+        name: String,
         #[arg(long)]
         json: bool,
     },
@@ -42,7 +116,66 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let api = Api {
+        server: cli.server.trim_end_matches('/').to_owned(),
+        token: cli.token,
+    };
     match cli.command {
+        Cmd::Serve {
+            listen,
+            db,
+            auth_token,
+        } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(ramp_controller::server::serve(
+                ramp_controller::server::Config {
+                    listen,
+                    db,
+                    token: auth_token,
+                },
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Apply { file, json } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            api.show(
+                api.call("POST", "/v1/rollouts", Some(text)),
+                json,
+                print_status,
+            )
+        }
+        Cmd::List { json } => api.show(api.call("GET", "/v1/rollouts", None), json, |v| {
+            for r in v["rollouts"].as_array().into_iter().flatten() {
+                print_status(r);
+            }
+        }),
+        Cmd::Status { name, json } => api.show(
+            api.call("GET", &format!("/v1/rollouts/{name}"), None),
+            json,
+            print_status,
+        ),
+        Cmd::Promote { name, full, json } => {
+            api.command(&name, if full { "promote_full" } else { "promote" }, json)
+        }
+        Cmd::Pause { name, json } => api.command(&name, "pause", json),
+        Cmd::Resume { name, json } => api.command(&name, "resume", json),
+        Cmd::Rollback { name, json } => api.command(&name, "roll_back", json),
+        Cmd::Abort { name, json } => api.command(&name, "abort", json),
+        Cmd::History { name, json } => api.show(
+            api.call("GET", &format!("/v1/rollouts/{name}/history"), None),
+            json,
+            |v| {
+                for e in v["events"].as_array().into_iter().flatten() {
+                    println!(
+                        "{}  {:<12} {}",
+                        e["at_ms"],
+                        e["kind"].as_str().unwrap_or(""),
+                        e["detail"].as_str().unwrap_or("")
+                    );
+                }
+            },
+        ),
         Cmd::Validate { file, json } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
@@ -71,6 +204,134 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+    }
+}
+
+struct Api {
+    server: String,
+    token: Option<String>,
+}
+
+impl Api {
+    /// The API's JSON answer, or its error message (with the HTTP status) as `Err`.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<serde_json::Value, String> {
+        let mut req = ureq::request(method, &format!("{}{path}", self.server));
+        if let Some(t) = &self.token {
+            req = req.set("authorization", &format!("Bearer {t}"));
+        }
+        let resp = match body {
+            Some(b) => req.set("content-type", "application/yaml").send_string(&b),
+            None => req.call(),
+        };
+        match resp {
+            Ok(r) => r
+                .into_string()
+                .map_err(|e| e.to_string())
+                .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string())),
+            Err(ureq::Error::Status(code, r)) => {
+                let v: serde_json::Value = r
+                    .into_string()
+                    .ok()
+                    .and_then(|t| serde_json::from_str(&t).ok())
+                    .unwrap_or_default();
+                Err(format!(
+                    "HTTP {code}: {}",
+                    v["error"].as_str().unwrap_or("(no message)")
+                ))
+            }
+            Err(e) => Err(format!(
+                "cannot reach the controller at {}: {e}",
+                self.server
+            )),
+        }
+    }
+
+    fn command(&self, name: &str, command: &str, json: bool) -> anyhow::Result<ExitCode> {
+        let body = serde_json::json!({ "command": command }).to_string();
+        let mut req = ureq::post(&format!("{}/v1/rollouts/{name}/commands", self.server))
+            .set("content-type", "application/json");
+        if let Some(t) = &self.token {
+            req = req.set("authorization", &format!("Bearer {t}"));
+        }
+        let answer = match req.send_string(&body) {
+            Ok(r) => r
+                .into_string()
+                .map_err(|e| e.to_string())
+                .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string())),
+            Err(ureq::Error::Status(code, r)) => {
+                let v: serde_json::Value = r
+                    .into_string()
+                    .ok()
+                    .and_then(|t| serde_json::from_str(&t).ok())
+                    .unwrap_or_default();
+                Err(format!(
+                    "HTTP {code}: {}",
+                    v["error"].as_str().unwrap_or("(no message)")
+                ))
+            }
+            Err(e) => Err(format!(
+                "cannot reach the controller at {}: {e}",
+                self.server
+            )),
+        };
+        self.show(answer, json, print_status)
+    }
+
+    fn show(
+        &self,
+        answer: Result<serde_json::Value, String>,
+        json: bool,
+        human: impl Fn(&serde_json::Value),
+    ) -> anyhow::Result<ExitCode> {
+        match answer {
+            Ok(v) if json => println!("{v}"),
+            Ok(v) => human(&v),
+            Err(e) => {
+                if json {
+                    println!("{}", serde_json::json!({ "error": e }));
+                } else {
+                    eprintln!("rampctl: {e}");
+                }
+                return Ok(ExitCode::from(2));
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn print_status(v: &serde_json::Value) {
+    let weights: Vec<String> = v["weights"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, w)| format!("{k} {w}%"))
+        .collect();
+    println!(
+        "{}: {} stage {}/{} [{}] version {}{}",
+        v["name"].as_str().unwrap_or("?"),
+        v["phase"].as_str().unwrap_or("?"),
+        v["stage"],
+        v["stages"],
+        weights.join(", "),
+        v["version"],
+        v["reason"]
+            .as_str()
+            .map(|r| format!("  ({r})"))
+            .unwrap_or_default()
+    );
+    for (arm, w) in v["window"].as_object().into_iter().flatten() {
+        println!(
+            "    {arm:<10} requests {:>7}  errors {:>5}  error rate {:.4}  p95 {} ms",
+            w["requests"],
+            w["errors"],
+            w["error_rate"].as_f64().unwrap_or(0.0),
+            w["p95_ms"]
+        );
     }
 }
 

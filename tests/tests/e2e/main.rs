@@ -8,6 +8,7 @@ mod hostile_input;
 mod live_state;
 mod metrics;
 mod override_header;
+mod rollout;
 mod shadow;
 mod split;
 mod sticky;

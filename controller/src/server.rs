@@ -1,0 +1,352 @@
+//! `rampctl serve`: the HTTP API (filters poll state and post reports; operators apply specs and
+//! send commands) and the loop that checks each progressing rollout on its interval. The decisions
+//! are `machine::step`; this module moves data between HTTP, SQLite and that function.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Path, State as AxState};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::machine::{self, Action, Command, Phase, State};
+use crate::spec::Spec;
+use crate::store::{Record, Store, StoreError};
+use crate::window::{sum_reports, window, Report, Totals};
+
+pub struct Config {
+    pub listen: SocketAddr,
+    pub db: PathBuf,
+    /// Bearer token required for mutating calls; `None` leaves them open (local use only).
+    pub token: Option<String>,
+}
+
+struct App {
+    store: Mutex<Store>,
+    token: Option<String>,
+}
+
+type Shared = Arc<App>;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs until the process is stopped.
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let app = Arc::new(App {
+        store: Mutex::new(Store::open(&cfg.db)?),
+        token: cfg.token,
+    });
+    let router = Router::new()
+        .route("/v1/rollouts", get(list).post(apply))
+        .route("/v1/rollouts/{name}", get(status))
+        .route("/v1/rollouts/{name}/state", get(live_state))
+        .route("/v1/rollouts/{name}/reports", post(report))
+        .route("/v1/rollouts/{name}/commands", post(command))
+        .route("/v1/rollouts/{name}/history", get(history))
+        .with_state(app.clone());
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+    eprintln!("rampctl: serving on http://{}", listener.local_addr()?);
+    tokio::spawn(check_loop(app));
+    axum::serve(listener, router).await?;
+    Ok(())
+}
+
+/// An API error: status and a JSON body `{"error": ..., "field": ...}`.
+struct ApiError(StatusCode, Value);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let code = match e {
+            StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+            StoreError::Exists(_) => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(code, json!({"error": e.to_string()}))
+    }
+}
+
+fn bad(code: StatusCode, msg: impl Into<String>) -> ApiError {
+    ApiError(code, json!({"error": msg.into()}))
+}
+
+fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &app.token else {
+        return Ok(());
+    };
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(token.as_str()) {
+        Ok(())
+    } else {
+        Err(bad(
+            StatusCode::UNAUTHORIZED,
+            "this call changes a rollout: it needs 'Authorization: Bearer <token>'",
+        ))
+    }
+}
+
+fn store(app: &App) -> Result<std::sync::MutexGuard<'_, Store>, ApiError> {
+    app.store
+        .lock()
+        .map_err(|_| bad(StatusCode::INTERNAL_SERVER_ERROR, "store lock poisoned"))
+}
+
+fn totals_of(store: &Store, name: &str) -> Result<Totals, StoreError> {
+    Ok(sum_reports(&store.reports(name)?))
+}
+
+fn summary(rec: &Record, spec: &Spec, totals: &Totals) -> Value {
+    let (bw, cw) = rec.state.weights(spec);
+    let arm = |name: &str| {
+        let w = window(totals, &rec.base, name);
+        json!({"requests": w.requests, "errors": w.errors,
+               "error_rate": if w.requests > 0 { w.errors as f64 / w.requests as f64 } else { 0.0 },
+               "p95_ms": w.latency.quantile(0.95)})
+    };
+    let stage = spec.stages.get(rec.state.stage);
+    json!({
+        "name": rec.name, "phase": rec.state.phase, "stage": rec.state.stage + 1, "stages": spec.stages.len(),
+        "weights": {spec.baseline.clone(): bw, spec.candidate.clone(): cw},
+        "version": rec.version, "failed_checks": rec.state.failed_checks, "reason": rec.state.reason,
+        "stage_started_ms": rec.state.stage_started_ms,
+        "stage_min_duration_ms": stage.map(|s| s.min_duration_ms), "stage_min_requests": stage.map(|s| s.min_requests),
+        "window": {spec.baseline.clone(): arm(&spec.baseline), spec.candidate.clone(): arm(&spec.candidate)},
+    })
+}
+
+fn load(store: &Store, name: &str) -> Result<(Record, Spec), ApiError> {
+    let rec = store.get(name)?;
+    let spec = Spec::parse(&rec.spec_text)
+        .map_err(|e| bad(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok((rec, spec))
+}
+
+async fn apply(
+    AxState(app): AxState<Shared>,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Response, ApiError> {
+    authorize(&app, &headers)?;
+    let spec = Spec::parse(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            json!({"error": e.to_string(), "field": e.field, "reason": e.reason}),
+        )
+    })?;
+    let mut store = store(&app)?;
+    let now = now_ms();
+    let rec = Record {
+        name: spec.name.clone(),
+        spec_text: body,
+        state: State::start(now),
+        version: 1,
+        base: totals_of(&store, &spec.name)?,
+    };
+    store.insert(&rec, now)?;
+    Ok((StatusCode::CREATED, Json(summary(&rec, &spec, &rec.base))).into_response())
+}
+
+async fn list(AxState(app): AxState<Shared>) -> Result<Json<Value>, ApiError> {
+    let store = store(&app)?;
+    let mut out = Vec::new();
+    for rec in store.list()? {
+        if let Ok(spec) = Spec::parse(&rec.spec_text) {
+            out.push(summary(&rec, &spec, &totals_of(&store, &rec.name)?));
+        }
+    }
+    Ok(Json(json!({"rollouts": out})))
+}
+
+async fn status(
+    AxState(app): AxState<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let store = store(&app)?;
+    let (rec, spec) = load(&store, &name)?;
+    Ok(Json(summary(&rec, &spec, &totals_of(&store, &name)?)))
+}
+
+/// What the filters poll.
+async fn live_state(
+    AxState(app): AxState<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let store = store(&app)?;
+    let (rec, spec) = load(&store, &name)?;
+    let (bw, cw) = rec.state.weights(&spec);
+    Ok(Json(json!({
+        "version": rec.version,
+        "weights": {spec.baseline.clone(): bw, spec.candidate.clone(): cw},
+        "rolled_back": rec.state.phase == Phase::RolledBack,
+    })))
+}
+
+async fn report(
+    AxState(app): AxState<Shared>,
+    Path(name): Path<String>,
+    body: String,
+) -> Result<StatusCode, ApiError> {
+    let parsed: Report = serde_json::from_str(&body)
+        .map_err(|e| bad(StatusCode::BAD_REQUEST, format!("report: {e}")))?;
+    store(&app)?.put_report(&name, &parsed, &body)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn command(
+    AxState(app): AxState<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&app, &headers)?;
+    let body: Value = serde_json::from_str(&body)
+        .map_err(|e| bad(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
+    let cmd: Command = serde_json::from_value(body["command"].clone()).map_err(|_| {
+        bad(
+            StatusCode::BAD_REQUEST,
+            "command: one of promote, promote_full, pause, resume, roll_back, abort",
+        )
+    })?;
+    let mut store = store(&app)?;
+    let (mut rec, spec) = load(&store, &name)?;
+    let now = now_ms();
+    let next = machine::command(&spec, &rec.state, cmd, now)
+        .map_err(|e| bad(StatusCode::CONFLICT, e.to_string()))?;
+    let totals = totals_of(&store, &name)?;
+    if next.stage != rec.state.stage {
+        rec.base = totals.clone();
+    }
+    if next.weights(&spec) != rec.state.weights(&spec) {
+        rec.version += 1;
+    }
+    rec.state = next;
+    store.update(&rec, Some(("command", &format!("{cmd:?}"))), now)?;
+    Ok(Json(summary(&rec, &spec, &totals)))
+}
+
+async fn history(
+    AxState(app): AxState<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let store = store(&app)?;
+    store.get(&name)?;
+    let events: Vec<Value> = store
+        .events(&name)?
+        .into_iter()
+        .map(|e| json!({"at_ms": e.at_ms, "kind": e.kind, "detail": e.detail}))
+        .collect();
+    Ok(Json(json!({"events": events})))
+}
+
+/// One check of a rollout: the record to store (if anything changed) and the event to log. Rules
+/// judge the window since `previous` (the totals at the last check, or the stage start).
+pub fn check(
+    rec: &Record,
+    spec: &Spec,
+    totals: &Totals,
+    previous: &Totals,
+    now: u64,
+) -> Option<(Record, Option<(String, String)>)> {
+    let stage_requests = window(totals, &rec.base, &spec.candidate).requests;
+    let candidate = window(totals, previous, &spec.candidate);
+    let baseline = window(totals, previous, &spec.baseline);
+    let (state, action) =
+        machine::step(spec, &rec.state, now, stage_requests, &candidate, &baseline);
+    if state == rec.state {
+        return None;
+    }
+    let mut next = rec.clone();
+    if state.weights(spec) != rec.state.weights(spec) {
+        next.version += 1;
+    }
+    if state.stage != rec.state.stage {
+        next.base = totals.clone();
+    }
+    next.state = state;
+    let event = match action {
+        Action::Advance { to_stage } => Some((
+            "advance".to_owned(),
+            format!(
+                "stage {} at {}%",
+                to_stage + 1,
+                spec.stages[to_stage].weight
+            ),
+        )),
+        Action::Promote => Some((
+            "promoted".to_owned(),
+            "candidate has all traffic".to_owned(),
+        )),
+        Action::RollBack { reason } => Some(("rolled_back".to_owned(), reason)),
+        Action::Hold(Some(reason)) if next.state.failed_checks > rec.state.failed_checks => {
+            Some(("check_failed".to_owned(), reason))
+        }
+        Action::Hold(_) => None,
+    };
+    Some((next, event))
+}
+
+async fn check_loop(app: Shared) {
+    let mut last: HashMap<String, (u64, Totals)> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let Ok(mut store) = app.store.lock() else {
+            continue;
+        };
+        let Ok(records) = store.list() else { continue };
+        let now = now_ms();
+        for rec in records {
+            if rec.state.phase != Phase::Progressing {
+                continue;
+            }
+            let Ok(spec) = Spec::parse(&rec.spec_text) else {
+                continue;
+            };
+            let due = last
+                .get(&rec.name)
+                .is_none_or(|(t, _)| now.saturating_sub(*t) >= spec.check_interval_ms);
+            if !due {
+                continue;
+            }
+            let Ok(totals) = totals_of(&store, &rec.name) else {
+                continue;
+            };
+            // After a restart, or in a new stage, the window starts at the stage's base.
+            let previous = match last.get(&rec.name) {
+                Some((_, t))
+                    if rec.state.stage_started_ms < now.saturating_sub(spec.check_interval_ms) =>
+                {
+                    t.clone()
+                }
+                _ => rec.base.clone(),
+            };
+            last.insert(rec.name.clone(), (now, totals.clone()));
+            if let Some((next, event)) = check(&rec, &spec, &totals, &previous, now) {
+                let event = event.as_ref().map(|(k, d)| (k.as_str(), d.as_str()));
+                if let Err(e) = store.update(&next, event, now) {
+                    eprintln!("rampctl: {}: {e}", rec.name);
+                } else if let Some((kind, detail)) = event {
+                    eprintln!("rampctl: {}: {kind}: {detail}", rec.name);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! The controller's durable state in SQLite: every rollout's spec, its state and live-state version,
+//! the totals its current stage started from, the newest report of each Envoy, and an event history.
+//! Every change is one transaction, so a restart resumes exactly where the last commit left off.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use thiserror::Error;
+
+use crate::machine::State;
+use crate::window::{Report, Totals};
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    #[error("rollout {0:?} already exists")]
+    Exists(String),
+    #[error("no rollout named {0:?}")]
+    NotFound(String),
+}
+
+/// One rollout as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub name: String,
+    pub spec_text: String,
+    pub state: State,
+    /// Bumped whenever the weights the filters should apply change.
+    pub version: u64,
+    /// Totals when the current stage began.
+    pub base: Totals,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub at_ms: u64,
+    pub kind: String,
+    pub detail: String,
+}
+
+pub struct Store {
+    db: Connection,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Connection::open(path)?;
+        db.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             CREATE TABLE IF NOT EXISTS rollouts (
+               name TEXT PRIMARY KEY, spec TEXT NOT NULL, state TEXT NOT NULL,
+               version INTEGER NOT NULL, base TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS reports (
+               rollout TEXT NOT NULL, instance TEXT NOT NULL, seq INTEGER NOT NULL, body TEXT NOT NULL,
+               PRIMARY KEY (rollout, instance));
+             CREATE TABLE IF NOT EXISTS events (
+               id INTEGER PRIMARY KEY AUTOINCREMENT, rollout TEXT NOT NULL, at_ms INTEGER NOT NULL,
+               kind TEXT NOT NULL, detail TEXT NOT NULL);",
+        )?;
+        Ok(Self { db })
+    }
+
+    pub fn insert(&mut self, rec: &Record, at_ms: u64) -> Result<(), StoreError> {
+        let tx = self.db.transaction()?;
+        let exists: Option<i64> = tx
+            .query_row("SELECT 1 FROM rollouts WHERE name = ?1", [&rec.name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if exists.is_some() {
+            return Err(StoreError::Exists(rec.name.clone()));
+        }
+        tx.execute(
+            "INSERT INTO rollouts (name, spec, state, version, base) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                rec.name,
+                rec.spec_text,
+                serde_json::to_string(&rec.state)?,
+                rec.version as i64,
+                serde_json::to_string(&rec.base)?
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO events (rollout, at_ms, kind, detail) VALUES (?1, ?2, 'applied', 'stage 1 started')",
+            params![rec.name, at_ms as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Result<Record, StoreError> {
+        self.db
+            .query_row(
+                "SELECT name, spec, state, version, base FROM rollouts WHERE name = ?1",
+                [name],
+                row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(name.to_owned()))?
+    }
+
+    pub fn list(&self) -> Result<Vec<Record>, StoreError> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT name, spec, state, version, base FROM rollouts ORDER BY name")?;
+        let rows = stmt.query_map([], row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    /// Writes a rollout's new state (and version and base) and an event, atomically.
+    pub fn update(
+        &mut self,
+        rec: &Record,
+        event: Option<(&str, &str)>,
+        at_ms: u64,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.transaction()?;
+        let n = tx.execute(
+            "UPDATE rollouts SET state = ?2, version = ?3, base = ?4 WHERE name = ?1",
+            params![
+                rec.name,
+                serde_json::to_string(&rec.state)?,
+                rec.version as i64,
+                serde_json::to_string(&rec.base)?
+            ],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(rec.name.clone()));
+        }
+        if let Some((kind, detail)) = event {
+            tx.execute(
+                "INSERT INTO events (rollout, at_ms, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+                params![rec.name, at_ms as i64, kind, detail],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Keeps `report` if it is newer than what is stored for its instance; returns whether it was.
+    pub fn put_report(
+        &mut self,
+        rollout: &str,
+        report: &Report,
+        body: &str,
+    ) -> Result<bool, StoreError> {
+        let n = self.db.execute(
+            "INSERT INTO reports (rollout, instance, seq, body) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (rollout, instance) DO UPDATE SET seq = excluded.seq, body = excluded.body
+             WHERE excluded.seq > reports.seq",
+            params![rollout, report.instance, report.seq as i64, body],
+        )?;
+        Ok(n > 0)
+    }
+
+    pub fn reports(&self, rollout: &str) -> Result<Vec<Report>, StoreError> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT body FROM reports WHERE rollout = ?1")?;
+        let bodies = stmt.query_map([rollout], |r| r.get::<_, String>(0))?;
+        bodies.map(|b| Ok(serde_json::from_str(&b?)?)).collect()
+    }
+
+    pub fn events(&self, rollout: &str) -> Result<Vec<Event>, StoreError> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT at_ms, kind, detail FROM events WHERE rollout = ?1 ORDER BY id")?;
+        let rows = stmt.query_map([rollout], |r| {
+            Ok(Event {
+                at_ms: r.get::<_, i64>(0)? as u64,
+                kind: r.get(1)?,
+                detail: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Record, StoreError>> {
+    let (name, spec_text, state, version, base): (String, String, String, i64, String) =
+        (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+    Ok((|| {
+        Ok(Record {
+            name,
+            spec_text,
+            state: serde_json::from_str(&state)?,
+            version: version as u64,
+            base: serde_json::from_str(&base)?,
+        })
+    })())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_reopening_and_reports_only_move_forward() {
+        let dir = std::env::temp_dir().join(format!("ramp-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ramp.db");
+        let rec = Record {
+            name: "r".into(),
+            spec_text: "x".into(),
+            state: State::start(5),
+            version: 1,
+            base: Totals::new(),
+        };
+        {
+            let mut s = Store::open(&path).unwrap();
+            s.insert(&rec, 5).unwrap();
+            assert!(matches!(s.insert(&rec, 6), Err(StoreError::Exists(_))));
+            let mut next = rec.clone();
+            next.state.stage = 1;
+            next.version = 2;
+            s.update(&next, Some(("advance", "to stage 2")), 7).unwrap();
+            let report = |seq| {
+                serde_json::from_value::<Report>(
+                    serde_json::json!({"instance": "a", "seq": seq, "arms": {}}),
+                )
+                .unwrap()
+            };
+            assert!(s
+                .put_report("r", &report(10), r#"{"instance":"a","seq":10,"arms":{}}"#)
+                .unwrap());
+            assert!(
+                !s.put_report("r", &report(9), r#"{"instance":"a","seq":9,"arms":{}}"#)
+                    .unwrap(),
+                "older: ignored"
+            );
+        }
+        let s = Store::open(&path).unwrap();
+        let got = s.get("r").unwrap();
+        assert_eq!((got.state.stage, got.version), (1, 2));
+        assert_eq!(s.reports("r").unwrap()[0].seq, 10);
+        assert_eq!(
+            s.events("r")
+                .unwrap()
+                .iter()
+                .map(|e| e.kind.as_str())
+                .collect::<Vec<_>>(),
+            vec!["applied", "advance"]
+        );
+        assert!(matches!(s.get("nope"), Err(StoreError::NotFound(_))));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

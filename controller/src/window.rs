@@ -1,0 +1,163 @@
+//! From the filters' reports to the windows the rules judge. Each Envoy reports cumulative per-arm
+//! totals under its instance id; the controller keeps the newest report per instance, sums them
+//! (one Envoy or many give the same totals), and a stage's window is the totals now minus the
+//! totals when the stage began.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::histogram::Histogram;
+use crate::rules::ArmWindow;
+
+/// One arm's cumulative figures.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ArmTotals {
+    pub requests: u64,
+    pub errors: u64,
+    /// Latency bucket bounds (ms; the last is infinite) and cumulative counts.
+    #[serde(with = "bounds")]
+    pub le: Vec<f64>,
+    pub counts: Vec<u64>,
+    /// Ground truth reported for this arm's predictions, and how many were right.
+    #[serde(default)]
+    pub labelled: u64,
+    #[serde(default)]
+    pub correct: u64,
+}
+
+pub type Totals = BTreeMap<String, ArmTotals>;
+
+/// JSON has no infinity (serde_json writes `null` and will not read it back as a number): store the
+/// +Inf bound as `null` on purpose, and read `null` back as +Inf.
+mod bounds {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(le: &[f64], s: S) -> Result<S::Ok, S::Error> {
+        le.iter()
+            .map(|b| b.is_finite().then_some(*b))
+            .collect::<Vec<_>>()
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+        Ok(Vec::<Option<f64>>::deserialize(d)?
+            .into_iter()
+            .map(|b| b.unwrap_or(f64::INFINITY))
+            .collect())
+    }
+}
+
+/// A filter's report, as `ramp_filter::report::report_json` writes it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Report {
+    pub instance: String,
+    pub seq: u64,
+    pub arms: BTreeMap<String, ReportedArm>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReportedArm {
+    pub requests: u64,
+    pub responses: BTreeMap<String, u64>,
+    pub latency_ms: ReportedLatency,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReportedLatency {
+    pub le: Vec<serde_json::Value>,
+    pub counts: Vec<u64>,
+}
+
+impl ReportedArm {
+    fn totals(&self) -> ArmTotals {
+        let le = self
+            .latency_ms
+            .le
+            .iter()
+            .map(|v| v.as_f64().unwrap_or(f64::INFINITY))
+            .collect();
+        ArmTotals {
+            requests: self.requests,
+            errors: self.responses.get("5xx").copied().unwrap_or(0),
+            le,
+            counts: self.latency_ms.counts.clone(),
+            labelled: 0,
+            correct: 0,
+        }
+    }
+}
+
+/// Sums the newest report of every instance.
+pub fn sum_reports<'a>(reports: impl IntoIterator<Item = &'a Report>) -> Totals {
+    let mut out = Totals::new();
+    for r in reports {
+        for (arm, figures) in &r.arms {
+            let t = figures.totals();
+            let acc = out.entry(arm.clone()).or_default();
+            acc.requests += t.requests;
+            acc.errors += t.errors;
+            if acc.le.is_empty() {
+                acc.le = t.le;
+                acc.counts = t.counts;
+            } else if acc.le == t.le {
+                for (a, b) in acc.counts.iter_mut().zip(&t.counts) {
+                    *a += b;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The window of one arm: `now` minus `base` (the totals when the stage began).
+pub fn window(now: &Totals, base: &Totals, arm: &str) -> ArmWindow {
+    let zero = ArmTotals::default();
+    let (n, b) = (
+        now.get(arm).unwrap_or(&zero),
+        base.get(arm).unwrap_or(&zero),
+    );
+    let hist = |t: &ArmTotals| Histogram {
+        buckets: t.le.iter().copied().zip(t.counts.iter().copied()).collect(),
+    };
+    ArmWindow {
+        requests: n.requests.saturating_sub(b.requests),
+        errors: n.errors.saturating_sub(b.errors),
+        latency: hist(n).since(&hist(b)).unwrap_or_else(|| hist(n)),
+        labelled: n.labelled.saturating_sub(b.labelled),
+        correct: n.correct.saturating_sub(b.correct),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(instance: &str, v2_requests: u64, v2_errors: u64) -> Report {
+        serde_json::from_value(serde_json::json!({
+            "instance": instance, "seq": 1,
+            "arms": {"v2": {"requests": v2_requests, "responses": {"2xx": v2_requests - v2_errors, "5xx": v2_errors},
+                             "latency_ms": {"le": [100, "+Inf"], "counts": [v2_requests, v2_requests]}}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn instances_add_up_and_windows_subtract_the_stage_start() {
+        let now = sum_reports(&[report("a", 300, 30), report("b", 200, 10)]);
+        assert_eq!(
+            (
+                now["v2"].requests,
+                now["v2"].errors,
+                now["v2"].counts.clone()
+            ),
+            (500, 40, vec![500, 500])
+        );
+        let base = sum_reports(&[report("a", 100, 0)]);
+        let w = window(&now, &base, "v2");
+        assert_eq!((w.requests, w.errors, w.latency.count()), (400, 40, 400));
+        assert_eq!(window(&now, &base, "v9"), ArmWindow::default());
+        let stored: Totals = serde_json::from_str(&serde_json::to_string(&now).unwrap()).unwrap();
+        assert_eq!(stored, now, "+Inf bounds survive the store");
+    }
+}

@@ -1,0 +1,147 @@
+//! `rampctl serve` as a real process for tests and the demo: port 0 (the address it bound is read
+//! from its log), its own database file, killed on drop and if the test process dies.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::envoy::repo_root;
+
+/// `$RAMPCTL_BIN`, else the debug build `make` prepares.
+pub fn rampctl_binary() -> PathBuf {
+    std::env::var_os("RAMPCTL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/debug/rampctl"))
+}
+
+pub struct Controller {
+    child: Option<Child>,
+    pub port: u16,
+    pub db: PathBuf,
+    pub token: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Controller {
+    /// Starts `rampctl serve` with the database at `db` (kept across restarts by the caller).
+    pub fn start(db: &Path, token: &str) -> Result<Self> {
+        let mut cmd = Command::new(rampctl_binary());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--db"])
+            .arg(db)
+            .args(["--auth-token", token])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // SAFETY: prctl only asks the kernel to kill the controller when we die.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .context("starting rampctl (run `make e2e`, which builds it)")?;
+        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("rampctl: serving on http://") {
+                    let _ = tx.send(addr.to_owned());
+                }
+                if let Ok(mut l) = sink.lock() {
+                    l.push(line);
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| anyhow!("rampctl did not start"))?;
+        let port = addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| anyhow!("bad address {addr}"))?;
+        Ok(Self {
+            child: Some(child),
+            port,
+            db: db.to_owned(),
+            token: token.to_owned(),
+            log,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Calls the API; returns the status and the JSON answer.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        auth: bool,
+    ) -> Result<(u16, serde_json::Value)> {
+        let mut req = ureq::request(method, &self.url(path));
+        if auth {
+            req = req.set("authorization", &format!("Bearer {}", self.token));
+        }
+        let resp = match body {
+            Some(b) => req.send_string(b),
+            None => req.call(),
+        };
+        let resp = match resp {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => bail!("{e}"),
+        };
+        let status = resp.status();
+        let text = resp.into_string()?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        ))
+    }
+
+    /// Polls the rollout's status until `done` holds or `timeout` passes; returns the last status.
+    pub fn wait_for(
+        &self,
+        name: &str,
+        timeout: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (_, v) = self.call("GET", &format!("/v1/rollouts/{name}"), None, false)?;
+            if done(&v) || Instant::now() > deadline {
+                return Ok(v);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,295 @@
+//! Whole rollouts: a real Envoy with the filter, a real `rampctl serve` process (its own SQLite
+//! file), model servers. A healthy candidate walks every stage to 100%; a candidate that starts
+//! failing is rolled back on its own, and the time from fault to 0% is measured.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ramp_tests::controller::Controller;
+use ramp_tests::{two_arm_config_with_controller, Client, Envoy, ModelServer};
+use serde_json::json;
+
+/// Sends requests until stopped, recording (when, arm) for each answer.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<(Instant, String)>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(url: String, connections: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..connections)
+            .map(|_| {
+                let (stop, seen, url) = (stop.clone(), seen.clone(), url.clone());
+                std::thread::spawn(move || {
+                    let client = Client::default();
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Ok(r) = client.get(&url, &[]) {
+                            seen.lock().unwrap().push((Instant::now(), r.served_by));
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            seen,
+            threads,
+        }
+    }
+
+    /// Share of answers from `arm` among those after `since`.
+    fn share_since(&self, arm: &str, since: Instant) -> (usize, usize) {
+        let seen = self.seen.lock().unwrap();
+        let after: Vec<_> = seen.iter().filter(|(t, _)| *t >= since).collect();
+        (after.iter().filter(|(_, a)| a == arm).count(), after.len())
+    }
+
+    fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn filter_config(rollout: &str) -> serde_json::Value {
+    json!({
+        "rollout": rollout,
+        "arms": [{"name": "v1", "weight": 100}, {"name": "v2", "weight": 0}],
+        "controller": {"cluster": "rampctl", "poll_ms": 250}
+    })
+}
+
+struct Setup {
+    v1: ModelServer,
+    v2: ModelServer,
+    controller: Controller,
+    envoy: Envoy,
+    _dir: tempfile::TempDir,
+}
+
+fn setup(rollout: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = Controller::start(&dir.path().join("ramp.db"), "s3cret").unwrap();
+    let (v1, v2) = (
+        ModelServer::start("v1").unwrap(),
+        ModelServer::start("v2").unwrap(),
+    );
+    let config =
+        two_arm_config_with_controller(&filter_config(rollout), v1.port, v2.port, controller.port)
+            .unwrap();
+    let envoy = Envoy::start(&config, 2).unwrap();
+    Setup {
+        v1,
+        v2,
+        controller,
+        envoy,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn a_healthy_candidate_is_promoted_through_every_stage() {
+    let s = setup("healthy");
+    let spec = "name: healthy\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 0.5\nfailure_threshold: 2\nstages:\n  - {weight: 10, min_duration_s: 2, min_requests: 20, rules: [{metric: error_rate, max: 0.05, min_samples: 5}]}\n  - {weight: 50, min_duration_s: 2, min_requests: 50, rules: [{metric: error_rate, max: 0.05, min_samples: 5}]}\n  - {weight: 100}\n";
+    let (code, _) = s
+        .controller
+        .call("POST", "/v1/rollouts", Some(spec), true)
+        .unwrap();
+    assert_eq!(code, 201);
+    let traffic = Traffic::start(s.envoy.url("/predict"), 3);
+    // Watch the split follow each stage: sample it while the controller says a stage is live.
+    let mut observed = Vec::new();
+    for stage in [1, 2] {
+        let v = s
+            .controller
+            .wait_for("healthy", Duration::from_secs(30), |v| {
+                v["stage"] == stage && v["phase"] == "progressing"
+            })
+            .unwrap();
+        assert_eq!(v["stage"], stage, "{v}");
+        std::thread::sleep(Duration::from_millis(1200)); // let the filters poll and apply it
+        let from = Instant::now();
+        std::thread::sleep(Duration::from_millis(700));
+        let (v2, n) = traffic.share_since("v2", from);
+        observed.push((stage, v2 as f64 / n.max(1) as f64, n));
+    }
+    let done = s
+        .controller
+        .wait_for("healthy", Duration::from_secs(30), |v| {
+            v["phase"] == "succeeded"
+        })
+        .unwrap();
+    assert_eq!(done["phase"], "succeeded", "{done}");
+    std::thread::sleep(Duration::from_millis(1200));
+    let from = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    let (v2, n) = traffic.share_since("v2", from);
+    traffic.finish();
+    eprintln!("observed canary share per stage: {observed:?}; after promotion {v2}/{n}");
+    assert!(
+        (0.02..0.25).contains(&observed[0].1),
+        "stage 1 (10%): {observed:?}"
+    );
+    assert!(
+        (0.35..0.65).contains(&observed[1].1),
+        "stage 2 (50%): {observed:?}"
+    );
+    assert_eq!(v2, n, "after promotion every request goes to the candidate");
+    let (_, history) = s
+        .controller
+        .call("GET", "/v1/rollouts/healthy/history", None, false)
+        .unwrap();
+    let kinds: Vec<&str> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec!["applied", "advance", "advance", "promoted"],
+        "{history}"
+    );
+    assert!(s.v1.served() > 0 && s.v2.served() > 0);
+}
+
+#[test]
+fn a_failing_candidate_is_rolled_back_within_seconds() {
+    let s = setup("faulty");
+    let spec = "name: faulty\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 1\nfailure_threshold: 2\nstages:\n  - {weight: 50, min_duration_s: 600, rules: [{metric: error_rate, max: 0.05, min_samples: 10}]}\n  - {weight: 100}\n";
+    assert_eq!(
+        s.controller
+            .call("POST", "/v1/rollouts", Some(spec), true)
+            .unwrap()
+            .0,
+        201
+    );
+    let traffic = Traffic::start(s.envoy.url("/predict"), 3);
+    std::thread::sleep(Duration::from_secs(3));
+    let (v2, n) = traffic.share_since("v2", Instant::now() - Duration::from_secs(1));
+    assert!(
+        v2 * 4 > n,
+        "the candidate serves its 50% while healthy: {v2}/{n}"
+    );
+
+    let fault = Instant::now();
+    s.v2.behaviour.fail_every.store(2, Ordering::Relaxed);
+    // The moment the filters route 0% to the candidate: the first instant after which no answer
+    // comes from v2 for a whole second.
+    let deadline = fault + Duration::from_secs(30);
+    let zero_at = loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let seen = traffic.seen.lock().unwrap();
+        let last_v2 = seen
+            .iter()
+            .rev()
+            .find(|(_, a)| a == "v2")
+            .map(|(t, _)| *t)
+            .unwrap_or(fault);
+        let quiet = seen
+            .last()
+            .is_some_and(|(t, _)| t.duration_since(last_v2) >= Duration::from_secs(1));
+        if quiet || Instant::now() > deadline {
+            break last_v2;
+        }
+    };
+    traffic.finish();
+    let took = zero_at.duration_since(fault);
+    eprintln!(
+        "fault -> filters route 0% to the candidate: {:.2} s (check interval 1 s, threshold 2)",
+        took.as_secs_f64()
+    );
+    let status = s
+        .controller
+        .wait_for("faulty", Duration::from_secs(5), |v| {
+            v["phase"] == "rolled_back"
+        })
+        .unwrap();
+    assert_eq!(status["phase"], "rolled_back", "{status}");
+    assert!(
+        status["reason"].as_str().unwrap().contains("error rate"),
+        "{status}"
+    );
+    assert!(took < Duration::from_secs(5), "rollback took {took:?}");
+    let results = ramp_tests::envoy::repo_root().join("tests/bench/results");
+    std::fs::create_dir_all(&results).unwrap();
+    std::fs::write(
+        results.join("rollback-time.txt"),
+        format!("fault to 0% routing: {:.2} s (check interval 1 s, failure threshold 2, filter poll 250 ms); from tests/tests/e2e/rollout.rs\n", took.as_secs_f64()),
+    )
+    .unwrap();
+}
+
+#[test]
+fn bad_specs_and_unauthorized_or_senseless_calls_are_refused() {
+    let s = setup("errors");
+    let good = "name: errors\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\nstages: [{weight: 100}]\n";
+    let (code, v) = s
+        .controller
+        .call("POST", "/v1/rollouts", Some(good), false)
+        .unwrap();
+    assert_eq!(code, 401, "{v}");
+    let (code, v) = s
+        .controller
+        .call(
+            "POST",
+            "/v1/rollouts",
+            Some("name: x\narms: []\nstages: []\n"),
+            true,
+        )
+        .unwrap();
+    assert_eq!((code, v["field"].as_str()), (400, Some("arms")), "{v}");
+    assert_eq!(
+        s.controller
+            .call("POST", "/v1/rollouts", Some(good), true)
+            .unwrap()
+            .0,
+        201
+    );
+    assert_eq!(
+        s.controller
+            .call("POST", "/v1/rollouts", Some(good), true)
+            .unwrap()
+            .0,
+        409,
+        "already exists"
+    );
+    let (code, v) = s
+        .controller
+        .call("GET", "/v1/rollouts/nope", None, false)
+        .unwrap();
+    assert_eq!(code, 404, "{v}");
+    let cmd = |c: &str| {
+        s.controller
+            .call(
+                "POST",
+                "/v1/rollouts/errors/commands",
+                Some(&json!({"command": c}).to_string()),
+                true,
+            )
+            .unwrap()
+    };
+    assert_eq!(cmd("roll_back").0, 200);
+    let (code, v) = cmd("promote");
+    assert_eq!(
+        (code, v["error"].as_str()),
+        (409, Some("cannot promote a rollout that is rolled back"))
+    );
+    assert_eq!(cmd("warp").0, 400);
+    let (code, _) = s
+        .controller
+        .call(
+            "POST",
+            "/v1/rollouts/errors/commands",
+            Some(r#"{"command":"pause"}"#),
+            false,
+        )
+        .unwrap();
+    assert_eq!(code, 401);
+}
