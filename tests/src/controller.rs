@@ -28,10 +28,15 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Starts `rampctl serve` with the database at `db` (kept across restarts by the caller).
+    /// Starts `rampctl serve` on a free port with the database at `db`.
     pub fn start(db: &Path, token: &str) -> Result<Self> {
+        Self::start_at(db, token, 0)
+    }
+
+    /// The same on a given port: a restarted controller comes back where the Envoys expect it.
+    pub fn start_at(db: &Path, token: &str, port: u16) -> Result<Self> {
         let mut cmd = Command::new(rampctl_binary());
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
             .arg(db)
             .args(["--auth-token", token])
             .stdin(Stdio::null())

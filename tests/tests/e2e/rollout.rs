@@ -293,3 +293,110 @@ fn bad_specs_and_unauthorized_or_senseless_calls_are_refused() {
         .unwrap();
     assert_eq!(code, 401);
 }
+
+#[test]
+fn killing_the_controller_keeps_the_split_and_a_restart_resumes_the_stage() {
+    let mut s = setup("restart");
+    let spec = "name: restart\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 0.5\nstages:\n  - {weight: 50, min_duration_s: 3600, rules: [{metric: error_rate, max: 0.05, min_samples: 5}]}\n  - {weight: 100}\n";
+    assert_eq!(
+        s.controller
+            .call("POST", "/v1/rollouts", Some(spec), true)
+            .unwrap()
+            .0,
+        201
+    );
+    let client = Client::default();
+    let drive = |n: usize| {
+        for _ in 0..n {
+            client.get(&s.envoy.url("/predict"), &[]).unwrap();
+        }
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    drive(400);
+    let window = |v: &serde_json::Value| {
+        v["window"]["v1"]["requests"].as_u64().unwrap_or(0)
+            + v["window"]["v2"]["requests"].as_u64().unwrap_or(0)
+    };
+    let before = s
+        .controller
+        .wait_for("restart", Duration::from_secs(10), |v| window(v) >= 400)
+        .unwrap();
+    assert_eq!(
+        (before["stage"].as_u64(), window(&before)),
+        (Some(1), 400),
+        "{before}"
+    );
+
+    // Controller down: the filters keep the 50/50 split they had.
+    let (db, port) = (s.controller.db.clone(), s.controller.port);
+    s.controller.stop();
+    let (v1_before, v2_before) = (s.v1.served(), s.v2.served());
+    drive(400);
+    let (d1, d2) = (s.v1.served() - v1_before, s.v2.served() - v2_before);
+    assert!(
+        (120..=280).contains(&d2),
+        "split while the controller is down: v1 {d1}, v2 {d2}"
+    );
+
+    // Back up on the same database: same stage, same stage start, and the counts served while it
+    // was down arrive with the next (cumulative) report, neither lost nor doubled.
+    let controller = Controller::start_at(&db, "s3cret", port).unwrap();
+    let after = controller
+        .wait_for("restart", Duration::from_secs(10), |v| window(v) >= 800)
+        .unwrap();
+    assert_eq!(after["stage"], before["stage"], "{after}");
+    assert_eq!(
+        after["stage_started_ms"], before["stage_started_ms"],
+        "{after}"
+    );
+    assert_eq!(window(&after), 800, "{after}");
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, later) = controller
+        .call("GET", "/v1/rollouts/restart", None, false)
+        .unwrap();
+    assert_eq!(
+        window(&later),
+        800,
+        "repeated reports do not double-count: {later}"
+    );
+}
+
+#[test]
+fn two_envoys_report_to_one_controller_and_their_totals_add_up() {
+    let s = setup("pair");
+    let second = Envoy::start(
+        &two_arm_config_with_controller(
+            &filter_config("pair"),
+            s.v1.port,
+            s.v2.port,
+            s.controller.port,
+        )
+        .unwrap(),
+        2,
+    )
+    .unwrap();
+    let spec = "name: pair\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 0.5\nstages:\n  - {weight: 30, min_duration_s: 3600}\n  - {weight: 100}\n";
+    assert_eq!(
+        s.controller
+            .call("POST", "/v1/rollouts", Some(spec), true)
+            .unwrap()
+            .0,
+        201
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    ramp_tests::drive(&s.envoy.url("/"), 300, 2, ramp_tests::no_headers);
+    ramp_tests::drive(&second.url("/"), 500, 2, ramp_tests::no_headers);
+    let arm = |v: &serde_json::Value, a: &str| v["window"][a]["requests"].as_u64().unwrap_or(0);
+    let v = s
+        .controller
+        .wait_for("pair", Duration::from_secs(10), |v| {
+            arm(v, "v1") + arm(v, "v2") >= 800
+        })
+        .unwrap();
+    assert_eq!(
+        (arm(&v, "v1"), arm(&v, "v2")),
+        (s.v1.served(), s.v2.served()),
+        "{v}"
+    );
+    assert_eq!(arm(&v, "v1") + arm(&v, "v2"), 800);
+}
