@@ -76,6 +76,7 @@ e2e: wasm venv
 test: lint unit wasm-test e2e
 
 demo: wasm venv
+	cargo build -q -p ramp-controller --bin rampctl
 	cargo run --release -q -p ramp-tests --bin ramp-demo
 
 bench: wasm venv

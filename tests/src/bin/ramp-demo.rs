@@ -1,5 +1,6 @@
-//! `make demo`: a real Envoy with the Ramp filter in front of two model servers. Shows the weighted
-//! split, sticky users, a canary ramp that never moves a user back, the override header, the per-arm
+//! `make demo`: real Envoys with the Ramp filter in front of model servers, and `rampctl serve`. First
+//! a healthy candidate walks its stages to 100% and a faulty one is rolled back on its own; then the
+//! filter alone: the weighted split, sticky users, a canary ramp that never moves a user back, the override header, the per-arm
 //! metrics, a bandit finding the better model and a shadow model compared with production, then
 //! stops everything. `RAMP_DEMO_HOLD=1` keeps it running for your own curls.
 
@@ -32,10 +33,128 @@ fn user_header(i: usize) -> Vec<(String, String)> {
     vec![("x-user-id".to_owned(), format!("user-{i}"))]
 }
 
+/// Prints one status line from the controller's API, with the split the client actually observed.
+fn status_line(status: &Value, observed_v2: f64) -> String {
+    let w = &status["weights"];
+    format!(
+        "   stage {}/{} {:<12} target v2 {:>5}%  observed v2 {} {:>5.1}%  window v2: {} req, error rate {:.3}{}",
+        status["stage"],
+        status["stages"],
+        status["phase"].as_str().unwrap_or("?"),
+        w["v2"],
+        bar(observed_v2 / 100.0),
+        observed_v2,
+        status["window"]["v2"]["requests"],
+        status["window"]["v2"]["error_rate"].as_f64().unwrap_or(0.0),
+        status["reason"].as_str().map(|r| format!("  ({r})")).unwrap_or_default()
+    )
+}
+
+/// Drives one rollout to its end, printing a live status line per second.
+fn watch_rollout(
+    controller: &ramp_tests::controller::Controller,
+    envoy: &Envoy,
+    name: &str,
+    mut on_second: impl FnMut(u32),
+) -> Result<Value> {
+    let client = ramp_tests::Client::default();
+    for second in 0..60 {
+        on_second(second);
+        let t = std::time::Instant::now();
+        let mut seen = (0, 0);
+        while t.elapsed() < std::time::Duration::from_secs(1) {
+            if let Ok(r) = client.get(&envoy.url("/predict"), &[]) {
+                seen = (seen.0 + usize::from(r.served_by == "v2"), seen.1 + 1);
+            }
+        }
+        let (_, status) = controller.call("GET", &format!("/v1/rollouts/{name}"), None, false)?;
+        println!(
+            "{}",
+            status_line(&status, 100.0 * seen.0 as f64 / seen.1.max(1) as f64)
+        );
+        if status["phase"] != "progressing" {
+            return Ok(status);
+        }
+    }
+    Ok(Value::Null)
+}
+
+/// The main act: `rampctl serve` walks a healthy candidate to 100% and rolls a faulty one back.
+fn rollout_demo() -> Result<()> {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir()?;
+    let controller =
+        ramp_tests::controller::Controller::start(&dir.path().join("ramp.db"), "demo-token")?;
+    println!(
+        "rampctl serve on {} (SQLite {})",
+        controller.url(""),
+        dir.path().join("ramp.db").display()
+    );
+    for (name, faulty) in [("healthy-model", false), ("faulty-model", true)] {
+        let (v1, v2) = (ModelServer::start("v1")?, ModelServer::start("v2")?);
+        let cfg = json!({"rollout": name, "arms": [{"name": "v1", "weight": 100}, {"name": "v2", "weight": 0}],
+                         "controller": {"cluster": "rampctl", "poll_ms": 250}});
+        let envoy = Envoy::start(
+            &ramp_tests::two_arm_config_with_controller(&cfg, v1.port, v2.port, controller.port)?,
+            2,
+        )?;
+        let spec = format!(
+            "name: {name}\narms: [{{name: v1, role: baseline}}, {{name: v2, role: candidate}}]\ncheck_interval_s: 1\nfailure_threshold: 2\nstages:\n  - {{weight: 10, min_duration_s: 3, min_requests: 20, rules: [{{metric: error_rate, max: 0.05, min_samples: 10}}]}}\n  - {{weight: 25, min_duration_s: 3, min_requests: 20, rules: [{{metric: error_rate, max: 0.05, min_samples: 10}}]}}\n  - {{weight: 50, min_duration_s: 3, min_requests: 20, rules: [{{metric: error_rate, max: 0.05, min_samples: 10}}]}}\n  - {{weight: 100}}\n"
+        );
+        println!(
+            "\n{} rollout {name:?}: stages 10% -> 25% -> 50% -> 100%, 3 s each, rolled back when the candidate's error rate passes 5% twice in a row",
+            if faulty { "B." } else { "A." }
+        );
+        let (code, answer) = controller.call("POST", "/v1/rollouts", Some(&spec), true)?;
+        anyhow::ensure!(code == 201, "apply failed: {answer}");
+        let mut fault_at = None;
+        let end = watch_rollout(&controller, &envoy, name, |second| {
+            if faulty && second == 5 {
+                v2.behaviour.fail_every.store(3, Ordering::Relaxed);
+                fault_at = Some(std::time::Instant::now());
+                println!("   >>> the candidate starts failing one request in three");
+            }
+        })?;
+        match (end["phase"].as_str(), fault_at) {
+            (Some("rolled_back"), Some(t)) => {
+                println!(
+                    "   rolled back automatically {:.1} s after the fault: {}",
+                    t.elapsed().as_secs_f64(),
+                    end["reason"].as_str().unwrap_or("")
+                );
+                std::thread::sleep(std::time::Duration::from_millis(800));
+                let after = drive(&envoy.url("/predict"), 200, 2, no_headers);
+                let on_v2 = after.iter().filter(|r| r.served_by == "v2").count();
+                println!("   the filters now send {on_v2} of 200 requests to the candidate");
+            }
+            (Some(phase), _) => println!("   finished: {phase}"),
+            _ => println!("   (still running after a minute)"),
+        }
+        let (_, history) =
+            controller.call("GET", &format!("/v1/rollouts/{name}/history"), None, false)?;
+        let events: Vec<String> = history["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                format!(
+                    "{} ({})",
+                    e["kind"].as_str().unwrap_or(""),
+                    e["detail"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        println!("   history: {}", events.join(" -> "));
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
+    println!("== Ramp demo ==");
+    rollout_demo()?;
     let v1 = ModelServer::start("v1")?;
     let v2 = ModelServer::start("v2")?;
-    println!("== Ramp demo ==");
+    println!("\n== The filter on its own ==");
     println!(
         "model servers: v1 on 127.0.0.1:{}, v2 on 127.0.0.1:{}",
         v1.port, v2.port
