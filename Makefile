@@ -70,6 +70,7 @@ wasm-test: toolchain $(WASM_BINDGEN_STAMP)
 	PATH="$(TOOLS)/bin:$$PATH" cargo test -p ramp-filter --target wasm32-unknown-unknown --test parity
 
 e2e: wasm venv
+	@command -v prometheus >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; }
 	cargo build -p ramp-controller --bin rampctl
 	cargo test -p ramp-tests
 

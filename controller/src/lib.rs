@@ -3,6 +3,7 @@
 
 pub mod histogram;
 pub mod machine;
+pub mod prometheus;
 pub mod rules;
 pub mod server;
 pub mod spec;

@@ -109,8 +109,15 @@ fn store(app: &App) -> Result<std::sync::MutexGuard<'_, Store>, ApiError> {
         .map_err(|_| bad(StatusCode::INTERNAL_SERVER_ERROR, "store lock poisoned"))
 }
 
-fn totals_of(store: &Store, name: &str) -> Result<Totals, StoreError> {
-    Ok(sum_reports(&store.reports(name)?))
+/// The rollout's cumulative totals from its source: the filters' reports, or Prometheus.
+fn totals_of(store: &Store, spec: &Spec) -> Result<Totals, ApiError> {
+    match &spec.prometheus {
+        Some(url) => {
+            tokio::task::block_in_place(|| crate::prometheus::fetch_totals(url, &spec.name))
+                .map_err(|e| bad(StatusCode::BAD_GATEWAY, e.to_string()))
+        }
+        None => Ok(sum_reports(&store.reports(&spec.name)?)),
+    }
 }
 
 fn summary(rec: &Record, spec: &Spec, totals: &Totals) -> Value {
@@ -158,7 +165,7 @@ async fn apply(
         spec_text: body,
         state: State::start(now),
         version: 1,
-        base: totals_of(&store, &spec.name)?,
+        base: totals_of(&store, &spec)?,
     };
     store.insert(&rec, now)?;
     Ok((StatusCode::CREATED, Json(summary(&rec, &spec, &rec.base))).into_response())
@@ -169,7 +176,7 @@ async fn list(AxState(app): AxState<Shared>) -> Result<Json<Value>, ApiError> {
     let mut out = Vec::new();
     for rec in store.list()? {
         if let Ok(spec) = Spec::parse(&rec.spec_text) {
-            out.push(summary(&rec, &spec, &totals_of(&store, &rec.name)?));
+            out.push(summary(&rec, &spec, &totals_of(&store, &spec)?));
         }
     }
     Ok(Json(json!({"rollouts": out})))
@@ -181,7 +188,7 @@ async fn status(
 ) -> Result<Json<Value>, ApiError> {
     let store = store(&app)?;
     let (rec, spec) = load(&store, &name)?;
-    Ok(Json(summary(&rec, &spec, &totals_of(&store, &name)?)))
+    Ok(Json(summary(&rec, &spec, &totals_of(&store, &spec)?)))
 }
 
 /// What the filters poll.
@@ -230,7 +237,7 @@ async fn command(
     let now = now_ms();
     let next = machine::command(&spec, &rec.state, cmd, now)
         .map_err(|e| bad(StatusCode::CONFLICT, e.to_string()))?;
-    let totals = totals_of(&store, &name)?;
+    let totals = totals_of(&store, &spec)?;
     if next.stage != rec.state.stage {
         rec.base = totals.clone();
     }
@@ -326,8 +333,15 @@ async fn check_loop(app: Shared) {
             if !due {
                 continue;
             }
-            let Ok(totals) = totals_of(&store, &rec.name) else {
-                continue;
+            let totals = match totals_of(&store, &spec) {
+                Ok(t) => t,
+                Err(ApiError(_, e)) => {
+                    eprintln!(
+                        "rampctl: {}: no figures this check: {}",
+                        rec.name, e["error"]
+                    );
+                    continue;
+                }
             };
             // After a restart, or in a new stage, the window starts at the stage's base.
             let previous = match last.get(&rec.name) {

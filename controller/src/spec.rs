@@ -140,6 +140,16 @@ pub struct RawSpec {
     /// Consecutive failed checks that roll back.
     #[serde(default = "default_threshold")]
     pub failure_threshold: u32,
+    /// Where the figures come from: the filters' own reports (default) or a Prometheus server.
+    #[serde(default)]
+    pub metrics: Option<RawMetrics>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Base URL of a Prometheus server that scrapes the Envoys' `/stats/prometheus`.
+    pub prometheus: String,
 }
 
 fn default_interval() -> f64 {
@@ -167,6 +177,8 @@ pub struct Spec {
     pub stages: Vec<Stage>,
     pub check_interval_ms: u64,
     pub failure_threshold: u32,
+    /// Prometheus base URL when the figures come from Prometheus; `None`: the filters' reports.
+    pub prometheus: Option<String>,
 }
 
 impl Spec {
@@ -260,6 +272,14 @@ impl Spec {
         if raw.failure_threshold == 0 {
             return Err(err("failure_threshold", "must be at least 1"));
         }
+        if let Some(m) = &raw.metrics {
+            if !(m.prometheus.starts_with("http://") || m.prometheus.starts_with("https://")) {
+                return Err(err(
+                    "metrics.prometheus",
+                    format!("{:?} is not an http(s) URL", m.prometheus),
+                ));
+            }
+        }
         Ok(Spec {
             name: raw.name,
             baseline: baselines[0].name.clone(),
@@ -268,6 +288,7 @@ impl Spec {
             stages,
             check_interval_ms: (raw.check_interval_s * 1000.0).round() as u64,
             failure_threshold: raw.failure_threshold,
+            prometheus: raw.metrics.map(|m| m.prometheus),
         })
     }
 }

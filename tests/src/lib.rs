@@ -5,6 +5,7 @@ pub mod client;
 pub mod controller;
 pub mod envoy;
 pub mod prom;
+pub mod prometheus;
 pub mod state_server;
 pub mod traffic;
 pub mod upstream;

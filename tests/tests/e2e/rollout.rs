@@ -400,3 +400,50 @@ fn two_envoys_report_to_one_controller_and_their_totals_add_up() {
     );
     assert_eq!(arm(&v, "v1") + arm(&v, "v2"), 800);
 }
+
+#[test]
+fn the_same_rollback_driven_by_prometheus() {
+    let s = setup("promfaulty");
+    let prometheus = ramp_tests::prometheus::Prometheus::start(&[s.envoy.admin_port]).unwrap();
+    let spec = format!(
+        "name: promfaulty\narms: [{{name: v1, role: baseline}}, {{name: v2, role: candidate}}]\ncheck_interval_s: 1\nfailure_threshold: 2\nmetrics: {{prometheus: '{}'}}\nstages:\n  - {{weight: 50, min_duration_s: 600, rules: [{{metric: error_rate, max: 0.05, min_samples: 10}}]}}\n  - {{weight: 100}}\n",
+        prometheus.url("")
+    );
+    let traffic = Traffic::start(s.envoy.url("/predict"), 3);
+    std::thread::sleep(Duration::from_secs(2)); // Prometheus has the counters before the rollout starts
+    assert_eq!(
+        s.controller
+            .call("POST", "/v1/rollouts", Some(&spec), true)
+            .unwrap()
+            .0,
+        201
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let healthy = s
+        .controller
+        .wait_for("promfaulty", Duration::from_secs(1), |_| true)
+        .unwrap();
+    assert_eq!(healthy["phase"], "progressing", "{healthy}");
+    assert!(
+        healthy["window"]["v2"]["requests"].as_u64().unwrap() > 0,
+        "figures arrive through Prometheus: {healthy}"
+    );
+
+    let fault = Instant::now();
+    s.v2.behaviour.fail_every.store(2, Ordering::Relaxed);
+    let status = s
+        .controller
+        .wait_for("promfaulty", Duration::from_secs(30), |v| {
+            v["phase"] == "rolled_back"
+        })
+        .unwrap();
+    let took = fault.elapsed();
+    traffic.finish();
+    eprintln!("Prometheus-driven rollback decided {:.2} s after the fault (scrape 1 s, check 1 s, threshold 2)", took.as_secs_f64());
+    assert_eq!(status["phase"], "rolled_back", "{status}");
+    assert!(
+        status["reason"].as_str().unwrap().contains("error rate"),
+        "{status}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}

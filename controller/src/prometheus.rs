@@ -1,0 +1,159 @@
+//! Prometheus as a metric source: the same cumulative per-arm counters the filters export on
+//! Envoy's `/stats/prometheus` (ramp_requests, ramp_responses, ramp_latency_ms_bucket), read with
+//! instant PromQL queries and summed over every Envoy Prometheus scrapes. The result has the shape of
+//! the filters' own reports, so windows and rules are computed the same way from either source.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::window::{ArmTotals, Totals};
+
+#[derive(Debug, Error)]
+pub enum PromError {
+    #[error("prometheus at {url}: {reason}")]
+    Query { url: String, reason: String },
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    status: String,
+    #[serde(default)]
+    data: Option<Data>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Data {
+    result: Vec<Sample>,
+}
+
+#[derive(Deserialize)]
+struct Sample {
+    metric: BTreeMap<String, String>,
+    value: (f64, String),
+}
+
+/// The PromQL queries for one rollout; `rollout` is validated to `[A-Za-z0-9_-]`, so it needs no
+/// escaping inside the label matcher.
+pub fn queries(rollout: &str) -> [String; 3] {
+    [
+        format!("sum by (arm) (ramp_requests{{rollout=\"{rollout}\"}})"),
+        format!("sum by (arm) (ramp_responses{{rollout=\"{rollout}\",class=\"5xx\"}})"),
+        format!("sum by (arm, le) (ramp_latency_ms_bucket{{rollout=\"{rollout}\"}})"),
+    ]
+}
+
+/// Builds totals from the three query answers (JSON bodies of `/api/v1/query`).
+pub fn totals_from_answers(requests: &str, errors: &str, buckets: &str) -> Result<Totals, String> {
+    let parse = |body: &str| -> Result<Vec<Sample>, String> {
+        let a: Answer =
+            serde_json::from_str(body).map_err(|e| format!("unexpected answer: {e}"))?;
+        if a.status != "success" {
+            return Err(a.error.unwrap_or_else(|| "query failed".into()));
+        }
+        Ok(a.data.map(|d| d.result).unwrap_or_default())
+    };
+    let value = |s: &Sample| {
+        s.value
+            .1
+            .parse::<f64>()
+            .map(|v| v.max(0.0).round() as u64)
+            .unwrap_or(0)
+    };
+    let mut out = Totals::new();
+    for s in parse(requests)? {
+        if let Some(arm) = s.metric.get("arm") {
+            out.entry(arm.clone()).or_default().requests = value(&s);
+        }
+    }
+    for s in parse(errors)? {
+        if let Some(arm) = s.metric.get("arm") {
+            out.entry(arm.clone()).or_default().errors = value(&s);
+        }
+    }
+    let mut per_arm: BTreeMap<String, Vec<(f64, u64)>> = BTreeMap::new();
+    for s in parse(buckets)? {
+        let (Some(arm), Some(le)) = (s.metric.get("arm"), s.metric.get("le")) else {
+            continue;
+        };
+        let bound = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().unwrap_or(f64::NAN)
+        };
+        if !bound.is_nan() {
+            per_arm
+                .entry(arm.clone())
+                .or_default()
+                .push((bound, value(&s)));
+        }
+    }
+    for (arm, mut b) in per_arm {
+        b.sort_by(|x, y| x.0.total_cmp(&y.0));
+        let t: &mut ArmTotals = out.entry(arm).or_default();
+        t.le = b.iter().map(|x| x.0).collect();
+        t.counts = b.iter().map(|x| x.1).collect();
+    }
+    Ok(out)
+}
+
+/// Queries Prometheus at `url` (e.g. `http://127.0.0.1:9090`) for the rollout's totals.
+pub fn fetch_totals(url: &str, rollout: &str) -> Result<Totals, PromError> {
+    let err = |reason: String| PromError::Query {
+        url: url.to_owned(),
+        reason,
+    };
+    let mut bodies = Vec::with_capacity(3);
+    for q in queries(rollout) {
+        let body = ureq::get(&format!("{}/api/v1/query", url.trim_end_matches('/')))
+            .query("query", &q)
+            .timeout(std::time::Duration::from_secs(5))
+            .call()
+            .map_err(|e| err(e.to_string()))?
+            .into_string()
+            .map_err(|e| err(e.to_string()))?;
+        bodies.push(body);
+    }
+    totals_from_answers(&bodies[0], &bodies[1], &bodies[2]).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers in the shape of Prometheus' HTTP API documentation (`/api/v1/query`, resultType vector).
+    #[test]
+    fn answers_become_totals() {
+        let v = |rows: &str| {
+            format!(r#"{{"status":"success","data":{{"resultType":"vector","result":[{rows}]}}}}"#)
+        };
+        let t = totals_from_answers(
+            &v(r#"{"metric":{"arm":"v1"},"value":[1.7e9,"900"]},{"metric":{"arm":"v2"},"value":[1.7e9,"100"]}"#),
+            &v(r#"{"metric":{"arm":"v2"},"value":[1.7e9,"7"]}"#),
+            &v(r#"{"metric":{"arm":"v2","le":"+Inf"},"value":[1.7e9,"100"]},{"metric":{"arm":"v2","le":"5"},"value":[1.7e9,"60"]}"#),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                t["v1"].requests,
+                t["v2"].requests,
+                t["v2"].errors,
+                t["v1"].errors
+            ),
+            (900, 100, 7, 0)
+        );
+        assert_eq!(
+            (t["v2"].le.clone(), t["v2"].counts.clone()),
+            (vec![5.0, f64::INFINITY], vec![60, 100])
+        );
+        let bad = totals_from_answers(
+            r#"{"status":"error","error":"parse error"}"#,
+            &v(""),
+            &v(""),
+        );
+        assert_eq!(bad, Err("parse error".into()));
+    }
+}

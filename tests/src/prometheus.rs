@@ -1,0 +1,82 @@
+//! A real Prometheus server (Debian's package) for tests: scrapes given Envoy admin endpoints every
+//! second from a config written to a temporary directory, on a free loopback port, killed on drop.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+pub struct Prometheus {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// Starts Prometheus scraping `/stats/prometheus` on each of `admin_ports`.
+    pub fn start(admin_ports: &[u16]) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let targets: Vec<String> = admin_ports
+            .iter()
+            .map(|p| format!("'127.0.0.1:{p}'"))
+            .collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: envoy\n    metrics_path: /stats/prometheus\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        );
+        std::fs::write(dir.path().join("prometheus.yml"), config)?;
+        // Prometheus cannot report a port it picked itself: take a free one and hand it over.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut cmd =
+            Command::new(std::env::var("RAMP_PROMETHEUS").unwrap_or_else(|_| "prometheus".into()));
+        cmd.arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        // SAFETY: prctl only asks the kernel to kill Prometheus when we die.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .context("starting prometheus (make e2e installs Debian's package)")?;
+        let mut p = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ureq::get(&p.url("/-/ready")).call().is_err() {
+            if Instant::now() > deadline || p.child.try_wait()?.is_some() {
+                bail!("prometheus did not become ready on port {port}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(p)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
