@@ -67,6 +67,9 @@ enum Cmd {
         name: String,
         #[arg(long)]
         json: bool,
+        /// Refresh every second until the rollout is promoted, rolled back or aborted.
+        #[arg(long)]
+        watch: bool,
     },
     /// Next stage now (or, with --full, straight to 100%).
     Promote {
@@ -150,11 +153,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_status(r);
             }
         }),
-        Cmd::Status { name, json } => api.show(
+        Cmd::Status {
+            name,
+            json,
+            watch: false,
+        } => api.show(
             api.call("GET", &format!("/v1/rollouts/{name}"), None),
             json,
             print_status,
         ),
+        Cmd::Status {
+            name,
+            json,
+            watch: true,
+        } => watch(&api, &name, json),
         Cmd::Promote { name, full, json } => {
             api.command(&name, if full { "promote_full" } else { "promote" }, json)
         }
@@ -304,6 +316,63 @@ impl Api {
     }
 }
 
+/// `status --watch`: a live view until the rollout ends.
+fn watch(api: &Api, name: &str, json: bool) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    let tty = std::io::stdout().is_terminal() && !json;
+    loop {
+        let v = match api.call("GET", &format!("/v1/rollouts/{name}"), None) {
+            Ok(v) => v,
+            Err(e) => return api.show(Err(e), json, print_status),
+        };
+        if tty {
+            print!("\x1b[2J\x1b[H");
+        }
+        if json {
+            println!("{v}");
+        } else {
+            print_status(&v);
+            print_stage_progress(&v);
+        }
+        if !matches!(v["phase"].as_str(), Some("progressing" | "paused")) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+/// Time spent in the stage against its minimum, as a bar, and the time left.
+fn print_stage_progress(v: &serde_json::Value) {
+    let (Some(started), Some(min)) = (
+        v["stage_started_ms"].as_u64(),
+        v["stage_min_duration_ms"].as_u64(),
+    ) else {
+        return;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let elapsed = now.saturating_sub(started);
+    let frac = if min == 0 {
+        1.0
+    } else {
+        (elapsed as f64 / min as f64).min(1.0)
+    };
+    let filled = (frac * 30.0).round() as usize;
+    println!(
+        "    stage time [{}{}] {:>3.0}%  {} s left; candidate requests {} of {} needed",
+        "#".repeat(filled),
+        ".".repeat(30 - filled),
+        frac * 100.0,
+        min.saturating_sub(elapsed) / 1000,
+        v["window"]
+            .as_object()
+            .and_then(|w| w.values().last())
+            .map_or(0, |w| w["requests"].as_u64().unwrap_or(0)),
+        v["stage_min_requests"]
+    );
+}
+
 fn print_status(v: &serde_json::Value) {
     let weights: Vec<String> = v["weights"]
         .as_object()
@@ -331,6 +400,8 @@ fn print_status(v: &serde_json::Value) {
             w["errors"],
             w["error_rate"].as_f64().unwrap_or(0.0),
             w["p95_ms"]
+                .as_f64()
+                .map_or("-".to_owned(), |p| format!("{p:.1}"))
         );
     }
 }
