@@ -130,7 +130,7 @@ fn summary(rec: &Record, spec: &Spec, totals: &Totals) -> Value {
     };
     let stage = spec.stages.get(rec.state.stage);
     json!({
-        "name": rec.name, "phase": rec.state.phase, "stage": rec.state.stage + 1, "stages": spec.stages.len(),
+        "name": rec.name, "baseline": spec.baseline, "candidate": spec.candidate, "phase": rec.state.phase, "stage": rec.state.stage + 1, "stages": spec.stages.len(),
         "weights": {spec.baseline.clone(): bw, spec.candidate.clone(): cw},
         "version": rec.version, "failed_checks": rec.state.failed_checks, "reason": rec.state.reason,
         "stage_started_ms": rec.state.stage_started_ms,

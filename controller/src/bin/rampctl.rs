@@ -365,10 +365,9 @@ fn print_stage_progress(v: &serde_json::Value) {
         ".".repeat(30 - filled),
         frac * 100.0,
         min.saturating_sub(elapsed) / 1000,
-        v["window"]
-            .as_object()
-            .and_then(|w| w.values().last())
-            .map_or(0, |w| w["requests"].as_u64().unwrap_or(0)),
+        v["candidate"]
+            .as_str()
+            .map_or(0, |c| v["window"][c]["requests"].as_u64().unwrap_or(0)),
         v["stage_min_requests"]
     );
 }
