@@ -447,3 +447,49 @@ fn the_same_rollback_driven_by_prometheus() {
     );
     assert!(took < Duration::from_secs(10), "{took:?}");
 }
+
+#[test]
+fn blue_green_switches_at_once_and_switches_back_after_promotion() {
+    let s = setup("bluegreen");
+    let spec = "name: bluegreen\nstrategy: blue_green\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 0.5\nstages: [{weight: 0, min_duration_s: 3600}, {weight: 100}]\n";
+    assert_eq!(
+        s.controller
+            .call("POST", "/v1/rollouts", Some(spec), true)
+            .unwrap()
+            .0,
+        201
+    );
+    let split = || {
+        std::thread::sleep(Duration::from_millis(1000)); // the filters poll every 250 ms
+        ramp_tests::count_by_arm(&ramp_tests::drive(
+            &s.envoy.url("/"),
+            100,
+            2,
+            ramp_tests::no_headers,
+        ))
+    };
+    assert_eq!(split().get("v1"), Some(&100), "green is tested at 0%");
+    let cmd = |c: &str| {
+        s.controller
+            .call(
+                "POST",
+                "/v1/rollouts/bluegreen/commands",
+                Some(&json!({"command": c}).to_string()),
+                true,
+            )
+            .unwrap()
+    };
+    assert_eq!(cmd("promote").0, 200);
+    assert_eq!(split().get("v2"), Some(&100), "switched to green at once");
+    let (_, v) = s
+        .controller
+        .call("GET", "/v1/rollouts/bluegreen", None, false)
+        .unwrap();
+    assert_eq!(v["phase"], "succeeded", "{v}");
+    assert_eq!(cmd("roll_back").0, 200);
+    assert_eq!(
+        split().get("v1"),
+        Some(&100),
+        "switched back to blue after promotion"
+    );
+}
