@@ -53,6 +53,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .route("/v1/rollouts/{name}/reports", post(report))
         .route("/v1/rollouts/{name}/commands", post(command))
         .route("/v1/rollouts/{name}/history", get(history))
+        .route("/v1/rollouts/{name}/feedback", post(feedback))
         .with_state(app.clone());
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     eprintln!("rampctl: serving on http://{}", listener.local_addr()?);
@@ -109,15 +110,76 @@ fn store(app: &App) -> Result<std::sync::MutexGuard<'_, Store>, ApiError> {
         .map_err(|_| bad(StatusCode::INTERNAL_SERVER_ERROR, "store lock poisoned"))
 }
 
-/// The rollout's cumulative totals from its source: the filters' reports, or Prometheus.
+/// The rollout's cumulative totals from its source (the filters' reports, or Prometheus), with the
+/// ground truth the applications reported.
 fn totals_of(store: &Store, spec: &Spec) -> Result<Totals, ApiError> {
-    match &spec.prometheus {
+    let mut totals = match &spec.prometheus {
         Some(url) => {
             tokio::task::block_in_place(|| crate::prometheus::fetch_totals(url, &spec.name))
-                .map_err(|e| bad(StatusCode::BAD_GATEWAY, e.to_string()))
+                .map_err(|e| bad(StatusCode::BAD_GATEWAY, e.to_string()))?
         }
-        None => Ok(sum_reports(&store.reports(&spec.name)?)),
+        None => sum_reports(&store.reports(&spec.name)?),
+    };
+    for (arm, labelled, correct, _, _) in store.feedback_totals(&spec.name)? {
+        let t = totals.entry(arm).or_default();
+        t.labelled = labelled;
+        t.correct = correct;
     }
+    Ok(totals)
+}
+
+/// Delayed feedback for one decision (the id the filter put in the decision header):
+/// `{"decision": "v2.00ab..", "correct": true}` (ground truth) and/or `"reward": 0.7`.
+async fn feedback(
+    AxState(app): AxState<Shared>,
+    Path(name): Path<String>,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    let v: Value = serde_json::from_str(&body)
+        .map_err(|e| bad(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
+    let decision = v["decision"].as_str().ok_or_else(|| {
+        bad(
+            StatusCode::BAD_REQUEST,
+            "decision: required, the id from the decision header",
+        )
+    })?;
+    let arm = decision.split_once('.').map(|(a, _)| a).unwrap_or("");
+    let correct = v
+        .get("correct")
+        .map(|c| {
+            c.as_bool()
+                .ok_or_else(|| bad(StatusCode::BAD_REQUEST, "correct: must be true or false"))
+        })
+        .transpose()?;
+    let reward = v
+        .get("reward")
+        .map(|r| {
+            r.as_f64()
+                .filter(|r| (0.0..=1.0).contains(r))
+                .ok_or_else(|| {
+                    bad(
+                        StatusCode::BAD_REQUEST,
+                        "reward: must be a number in [0, 1]",
+                    )
+                })
+        })
+        .transpose()?;
+    if correct.is_none() && reward.is_none() {
+        return Err(bad(
+            StatusCode::BAD_REQUEST,
+            "give correct (ground truth) or reward",
+        ));
+    }
+    let mut store = store(&app)?;
+    let (_, spec) = load(&store, &name)?;
+    if arm != spec.baseline && arm != spec.candidate {
+        return Err(bad(
+            StatusCode::BAD_REQUEST,
+            format!("decision: {decision:?} names no arm of rollout {name:?}"),
+        ));
+    }
+    let recorded = store.put_feedback(&name, decision, arm, correct, reward, now_ms())?;
+    Ok(Json(json!({"recorded": recorded})))
 }
 
 fn summary(rec: &Record, spec: &Spec, totals: &Totals) -> Value {
@@ -126,7 +188,8 @@ fn summary(rec: &Record, spec: &Spec, totals: &Totals) -> Value {
         let w = window(totals, &rec.base, name);
         json!({"requests": w.requests, "errors": w.errors,
                "error_rate": if w.requests > 0 { w.errors as f64 / w.requests as f64 } else { 0.0 },
-               "p95_ms": w.latency.quantile(0.95)})
+               "p95_ms": w.latency.quantile(0.95),
+               "accuracy": if w.labelled > 0 { Some(w.correct as f64 / w.labelled as f64) } else { None }, "labelled": w.labelled})
     };
     let stage = spec.stages.get(rec.state.stage);
     json!({

@@ -57,6 +57,10 @@ impl Store {
              CREATE TABLE IF NOT EXISTS reports (
                rollout TEXT NOT NULL, instance TEXT NOT NULL, seq INTEGER NOT NULL, body TEXT NOT NULL,
                PRIMARY KEY (rollout, instance));
+             CREATE TABLE IF NOT EXISTS feedback (
+               rollout TEXT NOT NULL, decision TEXT NOT NULL, arm TEXT NOT NULL,
+               correct INTEGER, reward REAL, at_ms INTEGER NOT NULL,
+               PRIMARY KEY (rollout, decision));
              CREATE TABLE IF NOT EXISTS events (
                id INTEGER PRIMARY KEY AUTOINCREMENT, rollout TEXT NOT NULL, at_ms INTEGER NOT NULL,
                kind TEXT NOT NULL, detail TEXT NOT NULL);",
@@ -163,6 +167,45 @@ impl Store {
             .prepare("SELECT body FROM reports WHERE rollout = ?1")?;
         let bodies = stmt.query_map([rollout], |r| r.get::<_, String>(0))?;
         bodies.map(|b| Ok(serde_json::from_str(&b?)?)).collect()
+    }
+
+    /// Records feedback for one decision, once: a repeat of the same decision id changes nothing and
+    /// returns false.
+    pub fn put_feedback(
+        &mut self,
+        rollout: &str,
+        decision: &str,
+        arm: &str,
+        correct: Option<bool>,
+        reward: Option<f64>,
+        at_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let n = self.db.execute(
+            "INSERT OR IGNORE INTO feedback (rollout, decision, arm, correct, reward, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![rollout, decision, arm, correct, reward, at_ms as i64],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Per arm: (labelled, correct, rewards, reward sum) over all feedback so far.
+    pub fn feedback_totals(
+        &self,
+        rollout: &str,
+    ) -> Result<Vec<(String, u64, u64, u64, f64)>, StoreError> {
+        let mut stmt = self.db.prepare(
+            "SELECT arm, COUNT(correct), COALESCE(SUM(correct), 0), COUNT(reward), COALESCE(SUM(reward), 0.0)
+             FROM feedback WHERE rollout = ?1 GROUP BY arm",
+        )?;
+        let rows = stmt.query_map([rollout], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, i64>(2)? as u64,
+                r.get::<_, i64>(3)? as u64,
+                r.get::<_, f64>(4)?,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn events(&self, rollout: &str) -> Result<Vec<Event>, StoreError> {

@@ -54,6 +54,9 @@ pub struct RawConfig {
     /// Where the live rollout state comes from; without it the static weights apply.
     #[serde(default)]
     pub controller: Option<RawController>,
+    /// Response header with a decision id (`<arm>.<random>`) the application can post feedback for.
+    #[serde(default)]
+    pub decision_header: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -395,6 +398,7 @@ pub struct Rollout {
     pub response_header: Option<String>,
     pub shadow: Option<Shadow>,
     pub controller: Option<Controller>,
+    pub decision_header: Option<String>,
 }
 
 impl Rollout {
@@ -506,6 +510,13 @@ impl Rollout {
             response_header: raw.response_header.map(|h| h.to_ascii_lowercase()),
             shadow: raw.shadow.map(validate_shadow).transpose()?,
             controller: raw.controller.map(validate_controller).transpose()?,
+            decision_header: match raw.decision_header {
+                Some(h) => {
+                    check_header("decision_header", &h)?;
+                    Some(h.to_ascii_lowercase())
+                }
+                None => None,
+            },
         })
     }
 

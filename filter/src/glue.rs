@@ -1105,6 +1105,11 @@ impl RampHttp {
         if let Some(cookie) = chosen.set_cookie {
             self.add_http_response_header("set-cookie", &cookie);
         }
+        if let (Some(header), Some(arm)) = (&rollout.decision_header, rollout.arms.get(chosen.arm))
+        {
+            let id = self.rng.try_borrow_mut().map_or(0, |mut r| r.u64(..));
+            self.set_http_response_header(header, Some(&format!("{}.{id:016x}", arm.name)));
+        }
         Action::Continue
     }
 }

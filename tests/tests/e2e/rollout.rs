@@ -493,3 +493,101 @@ fn blue_green_switches_at_once_and_switches_back_after_promotion() {
         "switched back to blue after promotion"
     );
 }
+
+#[test]
+fn ground_truth_posted_for_decisions_rolls_back_a_less_accurate_candidate() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = Controller::start(&dir.path().join("ramp.db"), "s3cret").unwrap();
+    let (v1, v2) = (
+        ModelServer::start("v1").unwrap(),
+        ModelServer::start("v2").unwrap(),
+    );
+    let mut cfg = filter_config("accuracy");
+    cfg["decision_header"] = json!("x-ramp-decision");
+    let envoy = Envoy::start(
+        &two_arm_config_with_controller(&cfg, v1.port, v2.port, controller.port).unwrap(),
+        2,
+    )
+    .unwrap();
+    let spec = "name: accuracy\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 0.5\nfailure_threshold: 2\nstages:\n  - {weight: 50, min_duration_s: 600, rules: [{metric: accuracy, max_worse_than_baseline: 0.1, min_samples: 20}]}\n  - {weight: 100}\n";
+    assert_eq!(
+        controller
+            .call("POST", "/v1/rollouts", Some(spec), true)
+            .unwrap()
+            .0,
+        201
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+
+    // The application learns the truth later and posts it per decision: v1 is right 9 times in 10,
+    // v2 half the time.
+    let client = Client::default();
+    let mut posted = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut first = None;
+    let status = loop {
+        let r = client.get(&envoy.url("/predict"), &[]).unwrap();
+        let decision = r
+            .headers
+            .iter()
+            .find(|(k, _)| k == "x-ramp-decision")
+            .map(|(_, v)| v.clone())
+            .expect("decision header");
+        assert!(
+            decision.starts_with(&format!("{}.", r.served_by)),
+            "{decision} names the arm that answered"
+        );
+        let n = if r.served_by == "v1" {
+            &mut posted.0
+        } else {
+            &mut posted.1
+        };
+        *n += 1;
+        let correct = if r.served_by == "v1" {
+            *n % 10 != 0
+        } else {
+            *n % 2 == 0
+        };
+        let body = json!({"decision": decision, "correct": correct}).to_string();
+        let (code, v) = controller
+            .call("POST", "/v1/rollouts/accuracy/feedback", Some(&body), false)
+            .unwrap();
+        assert_eq!((code, v["recorded"].as_bool()), (200, Some(true)), "{v}");
+        first.get_or_insert(body);
+        let (_, st) = controller
+            .call("GET", "/v1/rollouts/accuracy", None, false)
+            .unwrap();
+        if st["phase"] != "progressing" || Instant::now() > deadline {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(status["phase"], "rolled_back", "{status}");
+    assert!(
+        status["reason"].as_str().unwrap().contains("accuracy"),
+        "{status}"
+    );
+    // Feedback is counted once per decision, and must name an arm of the rollout.
+    let (code, v) = controller
+        .call(
+            "POST",
+            "/v1/rollouts/accuracy/feedback",
+            first.as_deref(),
+            false,
+        )
+        .unwrap();
+    assert_eq!(
+        (code, v["recorded"].as_bool()),
+        (200, Some(false)),
+        "a repeat changes nothing: {v}"
+    );
+    let (code, _) = controller
+        .call(
+            "POST",
+            "/v1/rollouts/accuracy/feedback",
+            Some(r#"{"decision":"v9.1","correct":true}"#),
+            false,
+        )
+        .unwrap();
+    assert_eq!(code, 400);
+}
