@@ -120,10 +120,10 @@ fn totals_of(store: &Store, spec: &Spec) -> Result<Totals, ApiError> {
         }
         None => sum_reports(&store.reports(&spec.name)?),
     };
-    for (arm, labelled, correct, _, _) in store.feedback_totals(&spec.name)? {
-        let t = totals.entry(arm).or_default();
-        t.labelled = labelled;
-        t.correct = correct;
+    for f in store.feedback_totals(&spec.name)? {
+        let t = totals.entry(f.arm).or_default();
+        t.labelled = f.labelled;
+        t.correct = f.correct;
     }
     Ok(totals)
 }

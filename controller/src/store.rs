@@ -45,6 +45,18 @@ pub struct Store {
     db: Connection,
 }
 
+/// Feedback for one arm, summed over all its decisions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArmFeedback {
+    pub arm: String,
+    /// Decisions with ground truth, and how many were right.
+    pub labelled: u64,
+    pub correct: u64,
+    /// Decisions with a reward, and their sum.
+    pub rewarded: u64,
+    pub reward_sum: f64,
+}
+
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Connection::open(path)?;
@@ -187,23 +199,20 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Per arm: (labelled, correct, rewards, reward sum) over all feedback so far.
-    pub fn feedback_totals(
-        &self,
-        rollout: &str,
-    ) -> Result<Vec<(String, u64, u64, u64, f64)>, StoreError> {
+    /// Per arm, all feedback so far.
+    pub fn feedback_totals(&self, rollout: &str) -> Result<Vec<ArmFeedback>, StoreError> {
         let mut stmt = self.db.prepare(
             "SELECT arm, COUNT(correct), COALESCE(SUM(correct), 0), COUNT(reward), COALESCE(SUM(reward), 0.0)
              FROM feedback WHERE rollout = ?1 GROUP BY arm",
         )?;
         let rows = stmt.query_map([rollout], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)? as u64,
-                r.get::<_, i64>(2)? as u64,
-                r.get::<_, i64>(3)? as u64,
-                r.get::<_, f64>(4)?,
-            ))
+            Ok(ArmFeedback {
+                arm: r.get(0)?,
+                labelled: r.get::<_, i64>(1)? as u64,
+                correct: r.get::<_, i64>(2)? as u64,
+                rewarded: r.get::<_, i64>(3)? as u64,
+                reward_sum: r.get(4)?,
+            })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
