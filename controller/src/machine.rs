@@ -76,16 +76,16 @@ pub enum Action {
     },
 }
 
-/// One check. The rules judge `candidate` and `baseline`, the windows since the previous check (so
-/// a candidate that turns bad is caught within a check or two, however long it was healthy);
+/// One check. `windows` gives, for each rule, the (candidate, baseline) windows it judges: the most
+/// recent ones holding enough samples, so a candidate that turns bad is caught within a check or
+/// two however long it was healthy, and sparse metrics (ground truth) still get judged.
 /// `stage_requests` is what the candidate served since the stage began, for `min_requests`.
 pub fn step(
     spec: &Spec,
     state: &State,
     now_ms: u64,
     stage_requests: u64,
-    candidate: &ArmWindow,
-    baseline: &ArmWindow,
+    windows: &dyn Fn(&crate::spec::Rule) -> (ArmWindow, ArmWindow),
 ) -> (State, Action) {
     let mut next = state.clone();
     if state.phase != Phase::Progressing {
@@ -98,7 +98,10 @@ pub fn step(
     let verdicts: Vec<Verdict> = stage
         .rules
         .iter()
-        .map(|r| evaluate(r, candidate, baseline))
+        .map(|r| {
+            let (candidate, baseline) = windows(r);
+            evaluate(r, &candidate, &baseline)
+        })
         .collect();
     let failures: Vec<&str> = verdicts
         .iter()
@@ -234,6 +237,11 @@ mod tests {
         Spec::parse(SPEC).unwrap()
     }
 
+    /// The same windows for every rule.
+    fn fixed(c: ArmWindow, b: ArmWindow) -> impl Fn(&crate::spec::Rule) -> (ArmWindow, ArmWindow) {
+        move |_| (c.clone(), b.clone())
+    }
+
     fn w(requests: u64, errors: u64) -> ArmWindow {
         ArmWindow {
             requests,
@@ -247,27 +255,27 @@ mod tests {
         let s = spec();
         let mut st = State::start(0);
         assert_eq!(st.weights(&s), (95.0, 5.0));
-        let (held, a) = step(&s, &st, 30_000, 500, &w(500, 1), &w(9500, 20));
+        let (held, a) = step(&s, &st, 30_000, 500, &fixed(w(500, 1), w(9500, 20)));
         assert_eq!(
             (a, held.stage),
             (Action::Hold(None), 0),
             "min duration not reached"
         );
-        let (next, a) = step(&s, &st, 60_000, 50, &w(50, 0), &w(950, 2));
+        let (next, a) = step(&s, &st, 60_000, 50, &fixed(w(50, 0), w(950, 2)));
         assert!(
             matches!(a, Action::Hold(Some(ref m)) if m.contains("waiting for data")),
             "{a:?}"
         );
         st = next;
-        let (next, a) = step(&s, &st, 61_000, 500, &w(500, 1), &w(9500, 20));
+        let (next, a) = step(&s, &st, 61_000, 500, &fixed(w(500, 1), w(9500, 20)));
         assert_eq!(a, Action::Advance { to_stage: 1 });
         assert_eq!(
             (next.stage, next.stage_started_ms, next.weights(&s)),
             (1, 61_000, (50.0, 50.0))
         );
-        let (next, a) = step(&s, &next, 121_000, 5000, &w(5000, 3), &w(5000, 3));
+        let (next, a) = step(&s, &next, 121_000, 5000, &fixed(w(5000, 3), w(5000, 3)));
         assert_eq!(a, Action::Advance { to_stage: 2 });
-        let (done, a) = step(&s, &next, 121_001, 0, &w(0, 0), &w(0, 0));
+        let (done, a) = step(&s, &next, 121_001, 0, &fixed(w(0, 0), w(0, 0)));
         assert_eq!(
             (a, done.phase, done.weights(&s)),
             (Action::Promote, Phase::Succeeded, (0.0, 100.0))
@@ -278,15 +286,15 @@ mod tests {
     fn two_failed_checks_in_a_row_roll_back_and_a_pass_resets_the_count() {
         let s = spec();
         let st = State::start(0);
-        let (one, a) = step(&s, &st, 1_000, 200, &w(200, 10), &w(2000, 4));
+        let (one, a) = step(&s, &st, 1_000, 200, &fixed(w(200, 10), w(2000, 4)));
         assert!(
             matches!(a, Action::Hold(Some(ref r)) if r.contains("error rate 0.0500 > max 0.02")),
             "{a:?}"
         );
         // 1.0% passes: the count of consecutive failures starts over.
-        let (ok, _) = step(&s, &one, 2_000, 1000, &w(1000, 10), &w(4000, 4));
+        let (ok, _) = step(&s, &one, 2_000, 1000, &fixed(w(1000, 10), w(4000, 4)));
         assert_eq!(ok.failed_checks, 0);
-        let (two, a) = step(&s, &one, 2_000, 300, &w(300, 15), &w(3000, 6));
+        let (two, a) = step(&s, &one, 2_000, 300, &fixed(w(300, 15), w(3000, 6)));
         assert!(
             matches!(a, Action::RollBack { ref reason } if reason.starts_with("stage 1 (5%)")),
             "{a:?}"
@@ -295,7 +303,7 @@ mod tests {
             (two.phase, two.weights(&s)),
             (Phase::RolledBack, (100.0, 0.0))
         );
-        let (still, a) = step(&s, &two, 9_000, 0, &w(0, 0), &w(0, 0));
+        let (still, a) = step(&s, &two, 9_000, 0, &fixed(w(0, 0), w(0, 0)));
         assert_eq!(
             (a, still),
             (Action::Hold(None), two),
@@ -309,7 +317,7 @@ mod tests {
         let st = State::start(0);
         let paused = command(&s, &st, Command::Pause, 5).unwrap();
         assert_eq!(
-            step(&s, &paused, 999_999, 9999, &w(9999, 0), &w(1, 0)).1,
+            step(&s, &paused, 999_999, 9999, &fixed(w(9999, 0), w(1, 0))).1,
             Action::Hold(None)
         );
         let resumed = command(&s, &paused, Command::Resume, 6).unwrap();
@@ -342,7 +350,7 @@ mod tests {
         let s = Spec::parse("name: bg\nstrategy: blue_green\narms: [{name: blue, role: baseline}, {name: green, role: candidate}]\nstages: [{weight: 0, min_duration_s: 10}, {weight: 100}]\n").unwrap();
         let st = State::start(0);
         assert_eq!(st.weights(&s), (100.0, 0.0));
-        let (next, a) = step(&s, &st, 10_000, 0, &w(0, 0), &w(100, 0));
+        let (next, a) = step(&s, &st, 10_000, 0, &fixed(w(0, 0), w(100, 0)));
         assert_eq!(
             (a, next.weights(&s)),
             (Action::Advance { to_stage: 1 }, (0.0, 100.0))

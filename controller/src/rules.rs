@@ -19,6 +19,11 @@ pub struct ArmWindow {
 }
 
 impl ArmWindow {
+    /// How many samples the metric rests on in this window.
+    pub fn samples(&self, metric: Metric) -> u64 {
+        self.value(metric).1
+    }
+
     /// The metric's value and the samples it rests on.
     fn value(&self, metric: Metric) -> (Option<f64>, u64) {
         match metric {

@@ -326,20 +326,36 @@ async fn history(
     Ok(Json(json!({"events": events})))
 }
 
-/// One check of a rollout: the record to store (if anything changed) and the event to log. Rules
-/// judge the window since `previous` (the totals at the last check, or the stage start).
+/// One check of a rollout: the record to store (if anything changed) and the event to log.
+/// `earlier` holds the totals of this stage's previous checks, newest first; each rule judges the
+/// most recent window (now minus one of them, or minus the stage base) that has its `min_samples`.
 pub fn check(
     rec: &Record,
     spec: &Spec,
     totals: &Totals,
-    previous: &Totals,
+    earlier: &[Totals],
     now: u64,
 ) -> Option<(Record, Option<(String, String)>)> {
     let stage_requests = window(totals, &rec.base, &spec.candidate).requests;
-    let candidate = window(totals, previous, &spec.candidate);
-    let baseline = window(totals, previous, &spec.baseline);
-    let (state, action) =
-        machine::step(spec, &rec.state, now, stage_requests, &candidate, &baseline);
+    let windows = |rule: &crate::spec::Rule| {
+        let pick = |from: &Totals| {
+            (
+                window(totals, from, &spec.candidate),
+                window(totals, from, &spec.baseline),
+            )
+        };
+        earlier
+            .iter()
+            .map(pick)
+            .find(|(c, b)| {
+                // Only a relative bound needs the baseline's samples too.
+                let relative = matches!(rule.bound, crate::spec::Bound::WorseThanBaseline(_));
+                c.samples(rule.metric) >= rule.min_samples
+                    && (!relative || b.samples(rule.metric) >= rule.min_samples)
+            })
+            .unwrap_or_else(|| pick(&rec.base))
+    };
+    let (state, action) = machine::step(spec, &rec.state, now, stage_requests, &windows);
     if state == rec.state {
         return None;
     }
@@ -374,7 +390,9 @@ pub fn check(
 }
 
 async fn check_loop(app: Shared) {
-    let mut last: HashMap<String, (u64, Totals)> = HashMap::new();
+    // Per rollout: when it was last checked, and the totals of this stage's checks, newest first.
+    let mut last: HashMap<String, (u64, usize, std::collections::VecDeque<Totals>)> =
+        HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tick.tick().await;
@@ -392,7 +410,7 @@ async fn check_loop(app: Shared) {
             };
             let due = last
                 .get(&rec.name)
-                .is_none_or(|(t, _)| now.saturating_sub(*t) >= spec.check_interval_ms);
+                .is_none_or(|(t, _, _)| now.saturating_sub(*t) >= spec.check_interval_ms);
             if !due {
                 continue;
             }
@@ -406,17 +424,19 @@ async fn check_loop(app: Shared) {
                     continue;
                 }
             };
-            // After a restart, or in a new stage, the window starts at the stage's base.
-            let previous = match last.get(&rec.name) {
-                Some((_, t))
-                    if rec.state.stage_started_ms < now.saturating_sub(spec.check_interval_ms) =>
-                {
-                    t.clone()
-                }
-                _ => rec.base.clone(),
-            };
-            last.insert(rec.name.clone(), (now, totals.clone()));
-            if let Some((next, event)) = check(&rec, &spec, &totals, &previous, now) {
+            // Snapshots belong to one stage; after a restart they start over from the stage's base.
+            let entry =
+                last.entry(rec.name.clone())
+                    .or_insert((now, rec.state.stage, Default::default()));
+            if entry.1 != rec.state.stage {
+                entry.2.clear();
+                entry.1 = rec.state.stage;
+            }
+            entry.0 = now;
+            let earlier: Vec<Totals> = entry.2.iter().cloned().collect();
+            entry.2.push_front(totals.clone());
+            entry.2.truncate(600);
+            if let Some((next, event)) = check(&rec, &spec, &totals, &earlier, now) {
                 let event = event.as_ref().map(|(k, d)| (k.as_str(), d.as_str()));
                 if let Err(e) = store.update(&next, event, now) {
                     eprintln!("rampctl: {}: {e}", rec.name);

@@ -27,15 +27,19 @@ fn metrics_count_requests_classes_and_latency_per_arm() {
     };
 
     let labels = |arm: &'static str| [("rollout", "metrics"), ("arm", arm)];
-    // Counters are live; histograms appear after Envoy's stats flush (0.5 s in test configs).
     let deadline = Instant::now() + Duration::from_secs(15);
     let text = loop {
         let text = setup.envoy.prometheus().unwrap();
-        let hist: f64 = ["v1", "v2"]
-            .iter()
-            .filter_map(|a| sample(&text, "ramp_latency_ms_count", &[("arm", a)]))
-            .sum();
-        if hist as usize == n || Instant::now() > deadline {
+        let total = |name: &str| -> f64 {
+            ["v1", "v2"]
+                .iter()
+                .filter_map(|a| sample(&text, name, &[("arm", a)]))
+                .sum()
+        };
+        // Counters are flushed on each worker's tick; histograms on Envoy's stats flush.
+        let done =
+            total("ramp_latency_ms_count") as usize == n && total("ramp_requests") as usize == n;
+        if done || Instant::now() > deadline {
             break text;
         }
         std::thread::sleep(Duration::from_millis(200));
