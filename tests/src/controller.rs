@@ -2,7 +2,6 @@
 //! from its log), its own database file, killed on drop and if the test process dies.
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -42,13 +41,7 @@ impl Controller {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        // SAFETY: prctl only asks the kernel to kill the controller when we die.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        crate::envoy::die_with_parent(&mut cmd);
         let mut child = cmd
             .spawn()
             .context("starting rampctl (run `make e2e`, which builds it)")?;

@@ -34,6 +34,18 @@ pub fn ramp_wasm() -> PathBuf {
     repo_root().join("target/ramp/ramp_filter.wasm")
 }
 
+/// Asks the kernel to kill the child when the process that started it dies, so a killed test run
+/// leaves no Envoy, controller or Prometheus behind.
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
 /// A config derived from a committed Envoy file.
 pub struct EnvoyConfig {
     doc: Value,
@@ -237,13 +249,7 @@ impl Envoy {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill Envoy when we die.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        die_with_parent(&mut cmd);
         cmd
     }
 

@@ -1,7 +1,6 @@
 //! A real Prometheus server (Debian's package) for tests: scrapes given Envoy admin endpoints every
 //! second from a config written to a temporary directory, on a free loopback port, killed on drop.
 
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -44,13 +43,7 @@ impl Prometheus {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-        // SAFETY: prctl only asks the kernel to kill Prometheus when we die.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        crate::envoy::die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .context("starting prometheus (make e2e installs Debian's package)")?;

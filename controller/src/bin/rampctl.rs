@@ -225,7 +225,8 @@ struct Api {
 }
 
 impl Api {
-    /// The API's JSON answer, or its error message (with the HTTP status) as `Err`.
+    /// The API's JSON answer, or its error message (with the HTTP status) as `Err`. `body` is a
+    /// spec (YAML) for `apply`, or JSON for commands.
     fn call(
         &self,
         method: &str,
@@ -237,20 +238,17 @@ impl Api {
             req = req.set("authorization", &format!("Bearer {t}"));
         }
         let resp = match body {
-            Some(b) => req.set("content-type", "application/yaml").send_string(&b),
+            Some(b) => req.send_string(&b),
             None => req.call(),
         };
+        let json = |r: ureq::Response| -> Option<serde_json::Value> {
+            serde_json::from_str(&r.into_string().ok()?).ok()
+        };
         match resp {
-            Ok(r) => r
-                .into_string()
-                .map_err(|e| e.to_string())
-                .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string())),
+            Ok(r) => json(r)
+                .ok_or_else(|| "the controller answered something that is not JSON".to_owned()),
             Err(ureq::Error::Status(code, r)) => {
-                let v: serde_json::Value = r
-                    .into_string()
-                    .ok()
-                    .and_then(|t| serde_json::from_str(&t).ok())
-                    .unwrap_or_default();
+                let v = json(r).unwrap_or_default();
                 Err(format!(
                     "HTTP {code}: {}",
                     v["error"].as_str().unwrap_or("(no message)")
@@ -265,33 +263,11 @@ impl Api {
 
     fn command(&self, name: &str, command: &str, json: bool) -> anyhow::Result<ExitCode> {
         let body = serde_json::json!({ "command": command }).to_string();
-        let mut req = ureq::post(&format!("{}/v1/rollouts/{name}/commands", self.server))
-            .set("content-type", "application/json");
-        if let Some(t) = &self.token {
-            req = req.set("authorization", &format!("Bearer {t}"));
-        }
-        let answer = match req.send_string(&body) {
-            Ok(r) => r
-                .into_string()
-                .map_err(|e| e.to_string())
-                .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string())),
-            Err(ureq::Error::Status(code, r)) => {
-                let v: serde_json::Value = r
-                    .into_string()
-                    .ok()
-                    .and_then(|t| serde_json::from_str(&t).ok())
-                    .unwrap_or_default();
-                Err(format!(
-                    "HTTP {code}: {}",
-                    v["error"].as_str().unwrap_or("(no message)")
-                ))
-            }
-            Err(e) => Err(format!(
-                "cannot reach the controller at {}: {e}",
-                self.server
-            )),
-        };
-        self.show(answer, json, print_status)
+        self.show(
+            self.call("POST", &format!("/v1/rollouts/{name}/commands"), Some(body)),
+            json,
+            print_status,
+        )
     }
 
     fn show(
