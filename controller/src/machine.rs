@@ -150,6 +150,21 @@ pub fn step(
     )
 }
 
+/// A pre-hook refused the step `step` had decided on: stay in the stage, count it as a failed
+/// check, and roll back once the failures reach the threshold.
+pub fn hook_failed(spec: &Spec, before: &State, reason: String) -> (State, Action) {
+    let mut next = before.clone();
+    next.failed_checks += 1;
+    if next.failed_checks >= spec.failure_threshold {
+        next.phase = Phase::RolledBack;
+        let reason = format!("stage {}: {reason}", before.stage + 1);
+        next.reason = Some(reason.clone());
+        return (next, Action::RollBack { reason });
+    }
+    next.reason = Some(reason.clone());
+    (next, Action::Hold(Some(reason)))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Command {
@@ -343,6 +358,21 @@ mod tests {
                 .to_string(),
             "cannot abort a rollout that is promoted"
         );
+    }
+
+    #[test]
+    fn failed_hooks_hold_then_roll_back() {
+        let s = spec();
+        let st = State::start(0);
+        let (one, a) = hook_failed(&s, &st, "hook failed".into());
+        assert_eq!(
+            (one.stage, one.failed_checks, one.phase),
+            (0, 1, Phase::Progressing)
+        );
+        assert_eq!(a, Action::Hold(Some("hook failed".into())));
+        let (two, a) = hook_failed(&s, &one, "hook failed".into());
+        assert_eq!(two.phase, Phase::RolledBack);
+        assert!(matches!(a, Action::RollBack { .. }));
     }
 
     #[test]

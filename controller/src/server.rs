@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::machine::{self, Action, Command, Phase, State};
-use crate::spec::Spec;
+use crate::spec::{HookPoint, Spec};
 use crate::store::{Record, Store, StoreError};
 use crate::window::{sum_reports, window, Report, Totals};
 
@@ -389,18 +389,54 @@ pub fn check(
     Some((next, event))
 }
 
+/// POSTs `event` to every hook at `point`; the first failure (after retries) is the error.
+fn run_hooks(spec: &Spec, point: HookPoint, event: &Value) -> Result<(), String> {
+    for hook in spec.hooks.iter().filter(|h| h.on == point) {
+        let mut last = String::new();
+        let ok = (0..=hook.retries).any(|_| {
+            let sent = ureq::post(&hook.url)
+                .timeout(Duration::from_secs_f64(hook.timeout_s))
+                .set("content-type", "application/json")
+                .send_string(&event.to_string());
+            match sent {
+                Ok(_) => true,
+                Err(e) => {
+                    last = e.to_string();
+                    false
+                }
+            }
+        });
+        if !ok {
+            return Err(format!("{point:?} hook {} failed: {last}", hook.url));
+        }
+    }
+    Ok(())
+}
+
+/// The hook point a decided transition must pass first, if any.
+fn pre_hook(spec: &Spec, before: &State, after: &State) -> Option<HookPoint> {
+    let (_, from) = before.weights(spec);
+    let (_, to) = after.weights(spec);
+    if to <= from {
+        None
+    } else if to >= 100.0 {
+        Some(HookPoint::BeforePromotion)
+    } else {
+        Some(HookPoint::BeforeStep)
+    }
+}
+
 async fn check_loop(app: Shared) {
-    // Per rollout: when it was last checked, and the totals of this stage's checks, newest first.
+    // Per rollout: when it was last checked, its stage then, and this stage's check totals, newest first.
     let mut last: HashMap<String, (u64, usize, std::collections::VecDeque<Totals>)> =
         HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tick.tick().await;
-        let Ok(mut store) = app.store.lock() else {
-            continue;
+        let records = match app.store.lock() {
+            Ok(store) => store.list().unwrap_or_default(),
+            Err(_) => continue,
         };
-        let Ok(records) = store.list() else { continue };
-        let now = now_ms();
         for rec in records {
             if rec.state.phase != Phase::Progressing {
                 continue;
@@ -408,20 +444,26 @@ async fn check_loop(app: Shared) {
             let Ok(spec) = Spec::parse(&rec.spec_text) else {
                 continue;
             };
+            let now = now_ms();
             let due = last
                 .get(&rec.name)
                 .is_none_or(|(t, _, _)| now.saturating_sub(*t) >= spec.check_interval_ms);
             if !due {
                 continue;
             }
-            let totals = match totals_of(&store, &spec) {
-                Ok(t) => t,
-                Err(ApiError(_, e)) => {
-                    eprintln!(
-                        "rampctl: {}: no figures this check: {}",
-                        rec.name, e["error"]
-                    );
+            let totals = {
+                let Ok(store) = app.store.lock() else {
                     continue;
+                };
+                match totals_of(&store, &spec) {
+                    Ok(t) => t,
+                    Err(ApiError(_, e)) => {
+                        eprintln!(
+                            "rampctl: {}: no figures this check: {}",
+                            rec.name, e["error"]
+                        );
+                        continue;
+                    }
                 }
             };
             // Snapshots belong to one stage; after a restart they start over from the stage's base.
@@ -436,12 +478,52 @@ async fn check_loop(app: Shared) {
             let earlier: Vec<Totals> = entry.2.iter().cloned().collect();
             entry.2.push_front(totals.clone());
             entry.2.truncate(600);
-            if let Some((next, event)) = check(&rec, &spec, &totals, &earlier, now) {
-                let event = event.as_ref().map(|(k, d)| (k.as_str(), d.as_str()));
-                if let Err(e) = store.update(&next, event, now) {
+            let Some((mut next, mut event)) = check(&rec, &spec, &totals, &earlier, now) else {
+                continue;
+            };
+            // Pre-hooks run without the store locked: the filters keep polling meanwhile.
+            if let Some(point) = pre_hook(&spec, &rec.state, &next.state) {
+                let (bw, cw) = next.state.weights(&spec);
+                let payload = json!({"rollout": rec.name, "hook": point, "to_stage": next.state.stage + 1,
+                                     "weights": {spec.baseline.clone(): bw, spec.candidate.clone(): cw}});
+                if let Err(why) = tokio::task::block_in_place(|| run_hooks(&spec, point, &payload))
+                {
+                    let (state, action) = machine::hook_failed(&spec, &rec.state, why.clone());
+                    next = Record {
+                        state,
+                        ..rec.clone()
+                    };
+                    event = Some(match action {
+                        Action::RollBack { reason } => {
+                            next.version = rec.version + 1;
+                            ("rolled_back".to_owned(), reason)
+                        }
+                        _ => ("hook_failed".to_owned(), why),
+                    });
+                }
+            }
+            let rolled_back = next.state.phase == Phase::RolledBack;
+            let saved = match app.store.lock() {
+                Ok(mut store) => store.update(
+                    &next,
+                    event.as_ref().map(|(k, d)| (k.as_str(), d.as_str())),
+                    now,
+                ),
+                Err(_) => continue,
+            };
+            match (saved, &event) {
+                (Err(e), _) => eprintln!("rampctl: {}: {e}", rec.name),
+                (Ok(()), Some((kind, detail))) => {
+                    eprintln!("rampctl: {}: {kind}: {detail}", rec.name)
+                }
+                _ => {}
+            }
+            if rolled_back {
+                let payload = json!({"rollout": rec.name, "hook": HookPoint::OnRollback, "reason": next.state.reason});
+                if let Err(e) = tokio::task::block_in_place(|| {
+                    run_hooks(&spec, HookPoint::OnRollback, &payload)
+                }) {
                     eprintln!("rampctl: {}: {e}", rec.name);
-                } else if let Some((kind, detail)) = event {
-                    eprintln!("rampctl: {}: {kind}: {detail}", rec.name);
                 }
             }
         }

@@ -143,6 +143,40 @@ pub struct RawSpec {
     /// Where the figures come from: the filters' own reports (default) or a Prometheus server.
     #[serde(default)]
     pub metrics: Option<RawMetrics>,
+    #[serde(default)]
+    pub hooks: Vec<Hook>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookPoint {
+    /// Before each move to a higher weight (not the final promotion).
+    BeforeStep,
+    /// Before the candidate gets all traffic.
+    BeforePromotion,
+    /// After a rollback (a notification: its answer changes nothing).
+    OnRollback,
+}
+
+/// An HTTP webhook: POSTed a JSON event; any 2xx passes. A failed pre-hook holds the step like a
+/// failed check (and counts toward the failure threshold).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hook {
+    pub on: HookPoint,
+    pub url: String,
+    #[serde(default = "default_hook_timeout")]
+    pub timeout_s: f64,
+    /// Extra attempts after a failure.
+    #[serde(default = "default_hook_retries")]
+    pub retries: u32,
+}
+
+fn default_hook_timeout() -> f64 {
+    5.0
+}
+fn default_hook_retries() -> u32 {
+    2
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -179,6 +213,7 @@ pub struct Spec {
     pub failure_threshold: u32,
     /// Prometheus base URL when the figures come from Prometheus; `None`: the filters' reports.
     pub prometheus: Option<String>,
+    pub hooks: Vec<Hook>,
 }
 
 impl Spec {
@@ -272,6 +307,17 @@ impl Spec {
         if raw.failure_threshold == 0 {
             return Err(err("failure_threshold", "must be at least 1"));
         }
+        for (i, h) in raw.hooks.iter().enumerate() {
+            if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
+                return Err(err(
+                    format!("hooks[{i}].url"),
+                    format!("{:?} is not an http(s) URL", h.url),
+                ));
+            }
+            if !(h.timeout_s.is_finite() && h.timeout_s > 0.0 && h.timeout_s <= 300.0) {
+                return Err(err(format!("hooks[{i}].timeout_s"), "must be in (0, 300]"));
+            }
+        }
         if let Some(m) = &raw.metrics {
             if !(m.prometheus.starts_with("http://") || m.prometheus.starts_with("https://")) {
                 return Err(err(
@@ -289,6 +335,7 @@ impl Spec {
             check_interval_ms: (raw.check_interval_s * 1000.0).round() as u64,
             failure_threshold: raw.failure_threshold,
             prometheus: raw.metrics.map(|m| m.prometheus),
+            hooks: raw.hooks,
         })
     }
 }

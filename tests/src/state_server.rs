@@ -13,8 +13,10 @@ pub struct StateServer {
     pub port: u16,
     /// The body served (HTTP 200); `None` answers 503.
     pub document: Arc<Mutex<Option<String>>>,
-    /// Report bodies received, oldest first.
+    /// Report (and webhook) bodies received, oldest first.
     pub reports: Arc<Mutex<Vec<String>>>,
+    /// When set, POSTs are answered 500 (a failing webhook).
+    pub fail_posts: Arc<AtomicBool>,
     polls: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
@@ -32,7 +34,9 @@ impl StateServer {
         let polls = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let reports = Arc::new(Mutex::new(Vec::new()));
+        let fail_posts = Arc::new(AtomicBool::new(false));
         let shared = Shared {
+            fail_posts: fail_posts.clone(),
             doc: document.clone(),
             polls: polls.clone(),
             halt: stop.clone(),
@@ -52,6 +56,7 @@ impl StateServer {
             port,
             document,
             reports,
+            fail_posts,
             polls,
             stop,
         })
@@ -77,6 +82,7 @@ impl Drop for StateServer {
 
 #[derive(Clone)]
 struct Shared {
+    fail_posts: Arc<AtomicBool>,
     doc: Arc<Mutex<Option<String>>>,
     polls: Arc<AtomicU64>,
     halt: Arc<AtomicBool>,
@@ -118,7 +124,11 @@ fn serve(stream: TcpStream, shared: &Shared) {
             if let Ok(mut r) = shared.reports.lock() {
                 r.push(String::from_utf8_lossy(&body).into_owned());
             }
-            "HTTP/1.1 204 No Content\r\n\r\n".to_owned()
+            if shared.fail_posts.load(Ordering::Relaxed) {
+                "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n".to_owned()
+            } else {
+                "HTTP/1.1 204 No Content\r\n\r\n".to_owned()
+            }
         } else {
             shared.polls.fetch_add(1, Ordering::SeqCst);
             match shared.doc.lock().ok().and_then(|d| d.clone()) {

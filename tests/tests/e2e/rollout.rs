@@ -591,3 +591,75 @@ fn ground_truth_posted_for_decisions_rolls_back_a_less_accurate_candidate() {
         .unwrap();
     assert_eq!(code, 400);
 }
+
+#[test]
+fn a_failing_pre_promotion_hook_holds_the_step_and_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = Controller::start(&dir.path().join("ramp.db"), "s3cret").unwrap();
+    let receiver = ramp_tests::state_server::StateServer::start().unwrap();
+    let spec = |name: &str| {
+        format!(
+            "name: {name}\narms: [{{name: v1, role: baseline}}, {{name: v2, role: candidate}}]\ncheck_interval_s: 0.5\nfailure_threshold: 2\nhooks:\n  - {{on: before_promotion, url: 'http://127.0.0.1:{p}/hook', timeout_s: 1, retries: 1}}\n  - {{on: on_rollback, url: 'http://127.0.0.1:{p}/hook', timeout_s: 1, retries: 0}}\nstages: [{{weight: 10, min_duration_s: 1}}, {{weight: 100}}]\n",
+            p = receiver.port
+        )
+    };
+    receiver.fail_posts.store(true, Ordering::Relaxed);
+    assert_eq!(
+        controller
+            .call("POST", "/v1/rollouts", Some(&spec("gated")), true)
+            .unwrap()
+            .0,
+        201
+    );
+    let v = controller
+        .wait_for("gated", Duration::from_secs(20), |v| {
+            v["phase"] != "progressing"
+        })
+        .unwrap();
+    assert_eq!(v["phase"], "rolled_back", "{v}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("BeforePromotion hook"),
+        "{v}"
+    );
+    let (_, h) = controller
+        .call("GET", "/v1/rollouts/gated/history", None, false)
+        .unwrap();
+    let kinds: Vec<&str> = h["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, vec!["applied", "hook_failed", "rolled_back"], "{h}");
+    let bodies = receiver.reports.lock().unwrap().clone();
+    assert_eq!(
+        bodies
+            .iter()
+            .filter(|b| b.contains("\"before_promotion\""))
+            .count(),
+        4,
+        "2 checks x (1 + 1 retry): {bodies:?}"
+    );
+    assert!(
+        bodies.last().unwrap().contains("\"on_rollback\""),
+        "{bodies:?}"
+    );
+
+    receiver.fail_posts.store(false, Ordering::Relaxed);
+    assert_eq!(
+        controller
+            .call("POST", "/v1/rollouts", Some(&spec("passes")), true)
+            .unwrap()
+            .0,
+        201
+    );
+    let v = controller
+        .wait_for("passes", Duration::from_secs(20), |v| {
+            v["phase"] != "progressing"
+        })
+        .unwrap();
+    assert_eq!(v["phase"], "succeeded", "{v}");
+}
