@@ -113,6 +113,15 @@ impl Controller {
         ))
     }
 
+    /// Applies a rollout spec with the token; an error unless the controller created it.
+    pub fn apply(&self, spec: &str) -> Result<serde_json::Value> {
+        let (code, v) = self.call("POST", "/v1/rollouts", Some(spec), true)?;
+        if code != 201 {
+            bail!("apply answered {code}: {v}");
+        }
+        Ok(v)
+    }
+
     /// Polls the rollout's status until `done` holds or `timeout` passes; returns the last status.
     pub fn wait_for(
         &self,

@@ -163,13 +163,7 @@ fn a_healthy_candidate_is_promoted_through_every_stage() {
 fn a_failing_candidate_is_rolled_back_within_seconds() {
     let s = setup("faulty");
     let spec = "name: faulty\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 1\nfailure_threshold: 2\nstages:\n  - {weight: 50, min_duration_s: 600, rules: [{metric: error_rate, max: 0.05, min_samples: 10}]}\n  - {weight: 100}\n";
-    assert_eq!(
-        s.controller
-            .call("POST", "/v1/rollouts", Some(spec), true)
-            .unwrap()
-            .0,
-        201
-    );
+    s.controller.apply(spec).unwrap();
     let traffic = Traffic::start(s.envoy.url("/predict"), 3);
     std::thread::sleep(Duration::from_secs(3));
     let (v2, n) = traffic.share_since("v2", Instant::now() - Duration::from_secs(1));
@@ -245,13 +239,7 @@ fn bad_specs_and_unauthorized_or_senseless_calls_are_refused() {
         )
         .unwrap();
     assert_eq!((code, v["field"].as_str()), (400, Some("arms")), "{v}");
-    assert_eq!(
-        s.controller
-            .call("POST", "/v1/rollouts", Some(good), true)
-            .unwrap()
-            .0,
-        201
-    );
+    s.controller.apply(good).unwrap();
     assert_eq!(
         s.controller
             .call("POST", "/v1/rollouts", Some(good), true)
@@ -298,13 +286,7 @@ fn bad_specs_and_unauthorized_or_senseless_calls_are_refused() {
 fn killing_the_controller_keeps_the_split_and_a_restart_resumes_the_stage() {
     let mut s = setup("restart");
     let spec = "name: restart\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 0.5\nstages:\n  - {weight: 50, min_duration_s: 3600, rules: [{metric: error_rate, max: 0.05, min_samples: 5}]}\n  - {weight: 100}\n";
-    assert_eq!(
-        s.controller
-            .call("POST", "/v1/rollouts", Some(spec), true)
-            .unwrap()
-            .0,
-        201
-    );
+    s.controller.apply(spec).unwrap();
     let client = Client::default();
     let drive = |n: usize| {
         for _ in 0..n {
@@ -376,13 +358,7 @@ fn two_envoys_report_to_one_controller_and_their_totals_add_up() {
     )
     .unwrap();
     let spec = "name: pair\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 0.5\nstages:\n  - {weight: 30, min_duration_s: 3600}\n  - {weight: 100}\n";
-    assert_eq!(
-        s.controller
-            .call("POST", "/v1/rollouts", Some(spec), true)
-            .unwrap()
-            .0,
-        201
-    );
+    s.controller.apply(spec).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     ramp_tests::drive(&s.envoy.url("/"), 300, 2, ramp_tests::no_headers);
     ramp_tests::drive(&second.url("/"), 500, 2, ramp_tests::no_headers);
@@ -411,13 +387,7 @@ fn the_same_rollback_driven_by_prometheus() {
     );
     let traffic = Traffic::start(s.envoy.url("/predict"), 3);
     std::thread::sleep(Duration::from_secs(2)); // Prometheus has the counters before the rollout starts
-    assert_eq!(
-        s.controller
-            .call("POST", "/v1/rollouts", Some(&spec), true)
-            .unwrap()
-            .0,
-        201
-    );
+    s.controller.apply(&spec).unwrap();
     std::thread::sleep(Duration::from_secs(4));
     let healthy = s
         .controller
@@ -452,13 +422,7 @@ fn the_same_rollback_driven_by_prometheus() {
 fn blue_green_switches_at_once_and_switches_back_after_promotion() {
     let s = setup("bluegreen");
     let spec = "name: bluegreen\nstrategy: blue_green\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 0.5\nstages: [{weight: 0, min_duration_s: 3600}, {weight: 100}]\n";
-    assert_eq!(
-        s.controller
-            .call("POST", "/v1/rollouts", Some(spec), true)
-            .unwrap()
-            .0,
-        201
-    );
+    s.controller.apply(spec).unwrap();
     let split = || {
         std::thread::sleep(Duration::from_millis(1000)); // the filters poll every 250 ms
         ramp_tests::count_by_arm(&ramp_tests::drive(
@@ -510,13 +474,7 @@ fn ground_truth_posted_for_decisions_rolls_back_a_less_accurate_candidate() {
     )
     .unwrap();
     let spec = "name: accuracy\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 0.5\nfailure_threshold: 2\nstages:\n  - {weight: 50, min_duration_s: 600, rules: [{metric: accuracy, max_worse_than_baseline: 0.1, min_samples: 20}]}\n  - {weight: 100}\n";
-    assert_eq!(
-        controller
-            .call("POST", "/v1/rollouts", Some(spec), true)
-            .unwrap()
-            .0,
-        201
-    );
+    controller.apply(spec).unwrap();
     std::thread::sleep(Duration::from_millis(1000));
 
     // The application learns the truth later and posts it per decision: v1 is right 9 times in 10,
@@ -604,13 +562,7 @@ fn a_failing_pre_promotion_hook_holds_the_step_and_rolls_back() {
         )
     };
     receiver.fail_posts.store(true, Ordering::Relaxed);
-    assert_eq!(
-        controller
-            .call("POST", "/v1/rollouts", Some(&spec("gated")), true)
-            .unwrap()
-            .0,
-        201
-    );
+    controller.apply(&spec("gated")).unwrap();
     let v = controller
         .wait_for("gated", Duration::from_secs(20), |v| {
             v["phase"] != "progressing"
@@ -649,13 +601,7 @@ fn a_failing_pre_promotion_hook_holds_the_step_and_rolls_back() {
     );
 
     receiver.fail_posts.store(false, Ordering::Relaxed);
-    assert_eq!(
-        controller
-            .call("POST", "/v1/rollouts", Some(&spec("passes")), true)
-            .unwrap()
-            .0,
-        201
-    );
+    controller.apply(&spec("passes")).unwrap();
     let v = controller
         .wait_for("passes", Duration::from_secs(20), |v| {
             v["phase"] != "progressing"
