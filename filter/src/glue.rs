@@ -12,7 +12,7 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Metr
 
 use crate::config::{KeySource, Reward, Rollout, Shadow, ShadowMode};
 use crate::counters::{merged, shared_key, WorkerCounts, CREATE_ONLY_CAS};
-use crate::headermap::pairs;
+use crate::headermap::{find, pairs};
 use crate::jsonpick::pick;
 use crate::live::{lease_key, state_key, Lease, LiveState};
 use crate::metrics::{all_arm_stat_names, class_index, fail_open_stat_name, PendingCounts};
@@ -770,12 +770,17 @@ impl Drop for RampHttp {
 }
 
 impl RampHttp {
-    fn sticky_key(&self, rollout: &Rollout) -> Option<String> {
+    fn sticky_key(rollout: &Rollout, serialized: &[u8]) -> Option<String> {
         let (source, name) = sticky_source(rollout)?;
         match source {
-            KeySource::Header => request_header(name),
-            KeySource::Cookie => cookie_value(&request_header("cookie")?, name).map(str::to_owned),
-            KeySource::Query => query_value(&request_header(":path")?, name).map(str::to_owned),
+            KeySource::Header => request_header(rollout, serialized, name),
+            KeySource::Cookie => {
+                cookie_value(&request_header(rollout, serialized, "cookie")?, name)
+                    .map(str::to_owned)
+            }
+            KeySource::Query => {
+                query_value(&request_header(rollout, serialized, ":path")?, name).map(str::to_owned)
+            }
         }
     }
 
@@ -788,11 +793,7 @@ impl RampHttp {
         serialized: &[u8],
         end_of_stream: bool,
     ) {
-        let header = |name: &str| {
-            pairs(serialized)
-                .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-        };
+        let header = |name: &str| request_header(&active.rollout, serialized, name);
         let method = header(":method").unwrap_or_default();
         let length = header("content-length").and_then(|l| l.trim().parse().ok());
         let draw = self.rng.try_borrow_mut().map_or(1.0, |mut r| r.f64());
@@ -890,14 +891,17 @@ impl RampHttp {
     }
 }
 
-/// A request header as text. The SDK's `get_http_request_header` panics on a value that is not UTF-8
-/// (any client can send one); the lossy form keeps the request path panic-free and stays
-/// deterministic, so such a sticky key still maps to one arm everywhere.
-fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
+/// A request header as text, from the header map read once per request (no hostcall). Headers
+/// the filter strips count as absent. Several values (HTTP/2 may split `cookie`) are joined with
+/// "; ". Lossy UTF-8: the SDK's own getter panics on a value that is not UTF-8, which any client can
+/// send; the lossy form stays deterministic, so such a sticky key still maps to one arm everywhere.
+fn request_header(rollout: &Rollout, serialized: &[u8], name: &str) -> Option<String> {
+    if must_strip(rollout, name.as_bytes()) {
+        return None;
+    }
+    let mut values = find(serialized, name).map(String::from_utf8_lossy);
+    let first = values.next()?.into_owned();
+    Some(values.fold(first, |acc, v| acc + "; " + &v))
 }
 
 #[link(wasm_import_module = "env")]
@@ -936,8 +940,8 @@ impl HttpContext for RampHttp {
         let override_value = rollout
             .override_
             .as_ref()
-            .and_then(|o| request_header(&o.header));
-        let sticky_key = self.sticky_key(rollout);
+            .and_then(|o| request_header(rollout, &serialized, &o.header));
+        let sticky_key = Self::sticky_key(rollout, &serialized);
         let keys = RequestKeys {
             override_value: override_value.as_deref(),
             sticky_key: sticky_key.as_deref(),
@@ -947,12 +951,19 @@ impl HttpContext for RampHttp {
             .as_ref()
             .and_then(|b| b.counts.try_borrow().ok());
         let view = counts.as_ref().map_or(&[][..], |c| c.view());
-        let weights = active
-            .weights
-            .try_borrow()
-            .map_or_else(|_| rollout.weights(), |w| w.clone());
+        // Borrowed, not cloned: this runs per request. (The borrow cannot fail on one thread; the
+        // static weights are only a panic-free fallback.)
+        let live_weights = active.weights.try_borrow().ok();
+        let static_weights;
+        let weights: &[f64] = match &live_weights {
+            Some(w) => w,
+            None => {
+                static_weights = rollout.weights();
+                &static_weights
+            }
+        };
         let decision = match self.rng.try_borrow_mut() {
-            Ok(mut rng) => choose(rollout, &weights, view, keys, &mut rng),
+            Ok(mut rng) => choose(rollout, weights, view, keys, &mut rng),
             Err(_) => {
                 active.count(|p| p.fail_open += 1);
                 crate::select::Decision {
@@ -1061,19 +1072,15 @@ impl RampHttp {
             if let Some(class) = class {
                 active.count(|p| p.add_response(chosen.arm, class));
             }
-            let elapsed_ms = self
-                .get_current_time()
-                .duration_since(chosen.started)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
-            if let Some(class) = class {
-                active.report(chosen.arm, |r| r.add_response(class, elapsed_ms));
-            }
+            // One clock read per response serves the histogram, the report, the shadow and the bandit.
             let elapsed = self
                 .get_current_time()
                 .duration_since(chosen.started)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
+            if let Some(class) = class {
+                active.report(chosen.arm, |r| r.add_response(class, elapsed));
+            }
             let _ = hostcalls::record_metric(m.latency_ms, elapsed);
             if let Some(copy) = self.shadow.as_mut() {
                 copy.primary = Some((status, elapsed));

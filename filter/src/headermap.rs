@@ -29,6 +29,13 @@ pub fn pairs(bytes: &[u8]) -> Pairs<'_> {
     }
 }
 
+/// The values of header `name` (ASCII case-insensitive), in order.
+pub fn find<'a>(serialized: &'a [u8], name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    pairs(serialized)
+        .filter(move |(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(_, v)| v)
+}
+
 fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
     let b = bytes.get(at..at.checked_add(4)?)?;
     Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -85,6 +92,17 @@ mod tests {
         let bytes = serialize(input);
         let got: Vec<_> = pairs(&bytes).collect();
         assert_eq!(got, input.to_vec());
+    }
+
+    #[test]
+    fn find_is_case_insensitive_and_keeps_order() {
+        let bytes = serialize(&[(b"cookie", b"a=1"), (b"X-User", b"u"), (b"Cookie", b"b=2")]);
+        assert_eq!(find(&bytes, "x-user").collect::<Vec<_>>(), vec![&b"u"[..]]);
+        assert_eq!(
+            find(&bytes, "cookie").collect::<Vec<_>>(),
+            vec![&b"a=1"[..], &b"b=2"[..]]
+        );
+        assert_eq!(find(&bytes, "missing").count(), 0);
     }
 
     #[test]
