@@ -6,11 +6,13 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::rules::{evaluate, ArmWindow, Verdict};
-use crate::spec::Spec;
+use crate::spec::{HookPoint, Spec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
+    /// The `before_start` hooks (smoke tests of the candidate, at 0%) have not passed yet.
+    Starting,
     Progressing,
     Paused,
     /// The candidate has all traffic.
@@ -30,27 +32,46 @@ pub struct State {
     pub failed_checks: u32,
     /// Why the last check failed or the rollout stopped.
     pub reason: Option<String>,
+    /// The candidate's weight an operator set (`rampctl set-weight`), instead of the stage's, until
+    /// `resume` or `promote`. Absent in states stored before the command existed.
+    #[serde(default)]
+    pub override_weight: Option<f64>,
 }
 
 impl State {
-    pub fn start(now_ms: u64) -> Self {
+    /// A new rollout: it waits in `Starting` at 0% when the spec has `before_start` hooks.
+    pub fn start(spec: &Spec, now_ms: u64) -> Self {
+        let smoke_test = spec.hooks.iter().any(|h| h.on == HookPoint::BeforeStart);
         Self {
             stage: 0,
-            phase: Phase::Progressing,
+            phase: if smoke_test {
+                Phase::Starting
+            } else {
+                Phase::Progressing
+            },
             stage_started_ms: now_ms,
             failed_checks: 0,
-            reason: None,
+            reason: smoke_test.then(|| "waiting for the before_start hooks".to_owned()),
+            override_weight: None,
         }
+    }
+
+    /// The `before_start` hooks passed: stage 1 begins now.
+    pub fn started(&self, now_ms: u64) -> Self {
+        let mut next = self.clone();
+        next.phase = Phase::Progressing;
+        next.enter_stage(0, now_ms);
+        next
     }
 
     /// (baseline, candidate) weights in percent that the filters should apply now.
     pub fn weights(&self, spec: &Spec) -> (f64, f64) {
         let candidate = match self.phase {
             Phase::Succeeded => 100.0,
-            Phase::RolledBack | Phase::Aborted => 0.0,
-            Phase::Progressing | Phase::Paused => {
-                spec.stages.get(self.stage).map_or(0.0, |s| s.weight)
-            }
+            Phase::RolledBack | Phase::Aborted | Phase::Starting => 0.0,
+            Phase::Progressing | Phase::Paused => self
+                .override_weight
+                .unwrap_or_else(|| spec.stages.get(self.stage).map_or(0.0, |s| s.weight)),
         };
         (100.0 - candidate, candidate)
     }
@@ -60,8 +81,12 @@ impl State {
         self.stage_started_ms = now_ms;
         self.failed_checks = 0;
         self.reason = None;
+        self.override_weight = None;
     }
 }
+
+/// What a rollout with `promotion: manual` says while it waits at the gate.
+pub const AWAITING_PROMOTION: &str = "ready for promotion: waiting for `rampctl promote`";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -141,6 +166,11 @@ pub fn step(
         next.phase = Phase::Succeeded;
         return (next, Action::Promote);
     }
+    // The manual gate: the last stage is full promotion, and only an operator opens it.
+    if spec.manual_promotion && state.stage + 2 == spec.stages.len() {
+        next.reason = Some(AWAITING_PROMOTION.to_owned());
+        return (next, Action::Hold(Some(AWAITING_PROMOTION.to_owned())));
+    }
     next.enter_stage(state.stage + 1, now_ms);
     (
         next,
@@ -165,8 +195,9 @@ pub fn hook_failed(spec: &Spec, before: &State, reason: String) -> (State, Actio
     (next, Action::Hold(Some(reason)))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// As the API takes it: `{"command": "pause"}`, `{"command": "set_weight", "weight": 30}`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
     /// Next stage now, skipping the wait and the checks.
     Promote,
@@ -176,17 +207,26 @@ pub enum Command {
     Resume,
     RollBack,
     Abort,
+    /// Hold the candidate at this weight (percent), paused, until `resume` or `promote`.
+    SetWeight {
+        weight: f64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("cannot {command} a rollout that is {phase}")]
-pub struct TransitionError {
-    pub command: &'static str,
-    pub phase: &'static str,
+pub enum CommandError {
+    #[error("cannot {command} a rollout that is {phase}")]
+    Transition {
+        command: &'static str,
+        phase: &'static str,
+    },
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
 }
 
 fn phase_name(p: Phase) -> &'static str {
     match p {
+        Phase::Starting => "starting",
         Phase::Progressing => "progressing",
         Phase::Paused => "paused",
         Phase::Succeeded => "promoted",
@@ -201,9 +241,9 @@ pub fn command(
     state: &State,
     cmd: Command,
     now_ms: u64,
-) -> Result<State, TransitionError> {
+) -> Result<State, CommandError> {
     let refuse = |name| {
-        Err(TransitionError {
+        Err(CommandError::Transition {
             command: name,
             phase: phase_name(state.phase),
         })
@@ -217,7 +257,10 @@ pub fn command(
             } else {
                 next.enter_stage(state.stage + 1, now_ms);
             }
+            next.override_weight = None;
         }
+        // Skips the smoke test: stage 1 starts now.
+        (Command::Promote, Phase::Starting) => next = state.started(now_ms),
         (Command::Promote, _) => return refuse("promote"),
         (Command::PromoteFull, _) => return refuse("promote"),
         (Command::Pause, Phase::Progressing) => next.phase = Phase::Paused,
@@ -225,19 +268,39 @@ pub fn command(
         (Command::Resume, Phase::Paused) => {
             next.phase = Phase::Progressing;
             next.failed_checks = 0;
+            next.override_weight = None;
+            next.reason = None;
         }
         (Command::Resume, _) => return refuse("resume"),
         // Blue-green's promise: switch back at once, also after promotion, while the old arm runs.
-        (Command::RollBack, Phase::Progressing | Phase::Paused | Phase::Succeeded) => {
+        (
+            Command::RollBack,
+            Phase::Starting | Phase::Progressing | Phase::Paused | Phase::Succeeded,
+        ) => {
             next.phase = Phase::RolledBack;
             next.reason = Some("rolled back by an operator".into());
         }
         (Command::RollBack, _) => return refuse("roll back"),
-        (Command::Abort, Phase::Progressing | Phase::Paused) => {
+        (Command::Abort, Phase::Starting | Phase::Progressing | Phase::Paused) => {
             next.phase = Phase::Aborted;
             next.reason = Some("aborted by an operator".into());
         }
         (Command::Abort, _) => return refuse("abort"),
+        (Command::SetWeight { weight }, Phase::Progressing | Phase::Paused) => {
+            if !(weight.is_finite() && (0.0..=100.0).contains(&weight)) {
+                return Err(CommandError::Invalid {
+                    field: "weight",
+                    reason: format!("must be a percentage in [0, 100], got {weight}"),
+                });
+            }
+            next.phase = Phase::Paused;
+            next.override_weight = Some(weight);
+            next.reason = Some(format!(
+                "weight set to {weight}% by an operator; `rampctl resume` returns to the stage's {}%",
+                spec.stages.get(state.stage).map_or(0.0, |s| s.weight)
+            ));
+        }
+        (Command::SetWeight { .. }, _) => return refuse("set the weight of"),
     }
     Ok(next)
 }
@@ -268,7 +331,7 @@ mod tests {
     #[test]
     fn a_healthy_candidate_walks_every_stage() {
         let s = spec();
-        let mut st = State::start(0);
+        let mut st = State::start(&s, 0);
         assert_eq!(st.weights(&s), (95.0, 5.0));
         let (held, a) = step(&s, &st, 30_000, 500, &fixed(w(500, 1), w(9500, 20)));
         assert_eq!(
@@ -300,7 +363,7 @@ mod tests {
     #[test]
     fn two_failed_checks_in_a_row_roll_back_and_a_pass_resets_the_count() {
         let s = spec();
-        let st = State::start(0);
+        let st = State::start(&s, 0);
         let (one, a) = step(&s, &st, 1_000, 200, &fixed(w(200, 10), w(2000, 4)));
         assert!(
             matches!(a, Action::Hold(Some(ref r)) if r.contains("error rate 0.0500 > max 0.02")),
@@ -329,7 +392,7 @@ mod tests {
     #[test]
     fn operator_commands_and_refusals() {
         let s = spec();
-        let st = State::start(0);
+        let st = State::start(&s, 0);
         let paused = command(&s, &st, Command::Pause, 5).unwrap();
         assert_eq!(
             step(&s, &paused, 999_999, 9999, &fixed(w(9999, 0), w(1, 0))).1,
@@ -363,7 +426,7 @@ mod tests {
     #[test]
     fn failed_hooks_hold_then_roll_back() {
         let s = spec();
-        let st = State::start(0);
+        let st = State::start(&s, 0);
         let (one, a) = hook_failed(&s, &st, "hook failed".into());
         assert_eq!(
             (one.stage, one.failed_checks, one.phase),
@@ -378,12 +441,91 @@ mod tests {
     #[test]
     fn blue_green_tests_at_zero_then_switches() {
         let s = Spec::parse("name: bg\nstrategy: blue_green\narms: [{name: blue, role: baseline}, {name: green, role: candidate}]\nstages: [{weight: 0, min_duration_s: 10}, {weight: 100}]\n").unwrap();
-        let st = State::start(0);
+        let st = State::start(&s, 0);
         assert_eq!(st.weights(&s), (100.0, 0.0));
         let (next, a) = step(&s, &st, 10_000, 0, &fixed(w(0, 0), w(100, 0)));
         assert_eq!(
             (a, next.weights(&s)),
             (Action::Advance { to_stage: 1 }, (0.0, 100.0))
         );
+    }
+
+    #[test]
+    fn set_weight_holds_the_candidate_until_resume_and_refuses_nonsense() {
+        let s = spec();
+        let st = State::start(&s, 0);
+        let held = command(&s, &st, Command::SetWeight { weight: 30.0 }, 5).unwrap();
+        assert_eq!(
+            (held.phase, held.weights(&s)),
+            (Phase::Paused, (70.0, 30.0))
+        );
+        assert_eq!(
+            step(&s, &held, 999_999, 9999, &fixed(w(9999, 0), w(1, 0))).1,
+            Action::Hold(None),
+            "no automatic step while an operator holds the weight"
+        );
+        let resumed = command(&s, &held, Command::Resume, 6).unwrap();
+        assert_eq!(resumed.weights(&s), (95.0, 5.0), "back to stage 1's 5%");
+        let promoted = command(&s, &held, Command::Promote, 7).unwrap();
+        assert_eq!((promoted.stage, promoted.weights(&s)), (1, (50.0, 50.0)));
+        assert_eq!(
+            command(&s, &st, Command::SetWeight { weight: 101.0 }, 8)
+                .unwrap_err()
+                .to_string(),
+            "weight: must be a percentage in [0, 100], got 101"
+        );
+        let back = command(&s, &st, Command::RollBack, 9).unwrap();
+        assert!(matches!(
+            command(&s, &back, Command::SetWeight { weight: 5.0 }, 10),
+            Err(CommandError::Transition { .. })
+        ));
+        // States stored before `override_weight` existed still load.
+        let old: State = serde_json::from_str(
+            r#"{"stage":1,"phase":"progressing","stage_started_ms":3,"failed_checks":0,"reason":null}"#,
+        )
+        .unwrap();
+        assert_eq!(old.override_weight, None);
+    }
+
+    #[test]
+    fn before_start_hooks_keep_the_candidate_at_zero_until_they_pass() {
+        let s = Spec::parse("name: r\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\nhooks: [{on: before_start, url: 'http://127.0.0.1:1/smoke'}]\nstages: [{weight: 10}, {weight: 100}]\n").unwrap();
+        let st = State::start(&s, 0);
+        assert_eq!((st.phase, st.weights(&s)), (Phase::Starting, (100.0, 0.0)));
+        assert_eq!(
+            step(&s, &st, 10, 0, &fixed(w(0, 0), w(0, 0))).1,
+            Action::Hold(None)
+        );
+        let go = st.started(50);
+        assert_eq!(
+            (go.phase, go.stage_started_ms, go.weights(&s)),
+            (Phase::Progressing, 50, (90.0, 10.0))
+        );
+        let (failed, _) = hook_failed(&s, &st, "smoke test failed".into());
+        let (gone, a) = hook_failed(&s, &failed, "smoke test failed".into());
+        assert!(matches!(a, Action::RollBack { .. }));
+        assert_eq!(
+            (gone.phase, gone.weights(&s)),
+            (Phase::RolledBack, (100.0, 0.0))
+        );
+    }
+
+    #[test]
+    fn manual_promotion_waits_at_the_gate_for_an_operator() {
+        let s = Spec::parse("name: r\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\npromotion: manual\nstages: [{weight: 10}, {weight: 50}, {weight: 100}]\n").unwrap();
+        let st = State::start(&s, 0);
+        let (st, a) = step(&s, &st, 1, 10, &fixed(w(10, 0), w(90, 0)));
+        assert_eq!(
+            a,
+            Action::Advance { to_stage: 1 },
+            "intermediate stages move on their own"
+        );
+        let (gate, a) = step(&s, &st, 2, 10, &fixed(w(10, 0), w(90, 0)));
+        assert_eq!(a, Action::Hold(Some(AWAITING_PROMOTION.into())));
+        assert_eq!((gate.stage, gate.weights(&s)), (1, (50.0, 50.0)));
+        let (still, _) = step(&s, &gate, 99_999, 10, &fixed(w(10, 0), w(90, 0)));
+        assert_eq!(still.stage, 1, "time alone does not open the gate");
+        let opened = command(&s, &gate, Command::Promote, 3).unwrap();
+        assert_eq!(opened.weights(&s), (0.0, 100.0));
     }
 }

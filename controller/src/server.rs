@@ -16,7 +16,8 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::machine::{self, Action, Command, Phase, State};
-use crate::spec::{HookPoint, Spec};
+use crate::rules::{evaluate, Verdict};
+use crate::spec::{Bound, HookPoint, Spec};
 use crate::store::{Record, Store, StoreError};
 use crate::window::{sum_reports, window, Report, Totals};
 
@@ -192,7 +193,31 @@ fn summary(rec: &Record, spec: &Spec, totals: &Totals) -> Value {
                "accuracy": if w.labelled > 0 { Some(w.correct as f64 / w.labelled as f64) } else { None }, "labelled": w.labelled})
     };
     let stage = spec.stages.get(rec.state.stage);
+    // The stage's rules against the stage's window so far, for `status`: figure, bound, verdict.
+    let checks: Vec<Value> = stage
+        .map(|s| s.rules.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|rule| {
+            let candidate = window(totals, &rec.base, &spec.candidate);
+            let baseline = window(totals, &rec.base, &spec.baseline);
+            let (verdict, value) = match evaluate(rule, &candidate, &baseline) {
+                Verdict::Pass { value } => ("pass", Some(value)),
+                Verdict::Fail { value, .. } => ("fail", Some(value)),
+                Verdict::NotEnoughData { .. } => ("not_enough_data", None),
+            };
+            let (bound, limit) = match rule.bound {
+                Bound::Max(v) => ("max", v),
+                Bound::Min(v) => ("min", v),
+                Bound::WorseThanBaseline(v) => ("max_worse_than_baseline", v),
+            };
+            json!({"metric": rule.metric, "bound": bound, "limit": limit, "value": value,
+                   "samples": candidate.samples(rule.metric), "min_samples": rule.min_samples, "verdict": verdict})
+        })
+        .collect();
     json!({
+        "checks": checks, "override_weight": rec.state.override_weight,
+        "promotion": if spec.manual_promotion { "manual" } else { "auto" },
         "name": rec.name, "baseline": spec.baseline, "candidate": spec.candidate, "phase": rec.state.phase, "stage": rec.state.stage + 1, "stages": spec.stages.len(),
         "weights": {spec.baseline.clone(): bw, spec.candidate.clone(): cw},
         "version": rec.version, "failed_checks": rec.state.failed_checks, "reason": rec.state.reason,
@@ -226,7 +251,7 @@ async fn apply(
     let rec = Record {
         name: spec.name.clone(),
         spec_text: body,
-        state: State::start(now),
+        state: State::start(&spec, now),
         version: 1,
         base: totals_of(&store, &spec)?,
     };
@@ -289,17 +314,27 @@ async fn command(
     authorize(&app, &headers)?;
     let body: Value = serde_json::from_str(&body)
         .map_err(|e| bad(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
-    let cmd: Command = serde_json::from_value(body["command"].clone()).map_err(|_| {
-        bad(
+    let cmd: Command = match serde_json::from_value(body.clone()) {
+        Ok(c) => c,
+        Err(_) if body["command"] == "set_weight" => {
+            return Err(bad(
+                StatusCode::BAD_REQUEST,
+                "weight: required with set_weight, the candidate's percentage in [0, 100]",
+            ))
+        }
+        Err(_) => return Err(bad(
             StatusCode::BAD_REQUEST,
-            "command: one of promote, promote_full, pause, resume, roll_back, abort",
-        )
-    })?;
+            "command: one of promote, promote_full, pause, resume, roll_back, abort, set_weight",
+        )),
+    };
     let mut store = store(&app)?;
     let (mut rec, spec) = load(&store, &name)?;
     let now = now_ms();
-    let next = machine::command(&spec, &rec.state, cmd, now)
-        .map_err(|e| bad(StatusCode::CONFLICT, e.to_string()))?;
+    let next = machine::command(&spec, &rec.state, cmd, now).map_err(|e| match e {
+        machine::CommandError::Transition { .. } => bad(StatusCode::CONFLICT, e.to_string()),
+        machine::CommandError::Invalid { .. } => bad(StatusCode::BAD_REQUEST, e.to_string()),
+    })?;
+    let rolled_back = next.phase == Phase::RolledBack && rec.state.phase != Phase::RolledBack;
     let totals = totals_of(&store, &spec)?;
     if next.stage != rec.state.stage {
         rec.base = totals.clone();
@@ -308,8 +343,30 @@ async fn command(
         rec.version += 1;
     }
     rec.state = next;
-    store.update(&rec, Some(("command", &format!("{cmd:?}"))), now)?;
+    store.update(&rec, Some(("command", &command_text(&cmd))), now)?;
+    drop(store);
+    if rolled_back {
+        // Told after the answer's state is stored; the hook's answer changes nothing.
+        let payload =
+            json!({"rollout": rec.name, "hook": HookPoint::OnRollback, "reason": rec.state.reason});
+        let hook_spec = spec.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = run_hooks(&hook_spec, HookPoint::OnRollback, &payload) {
+                eprintln!("rampctl: {}: {e}", payload["rollout"]);
+            }
+        });
+    }
     Ok(Json(summary(&rec, &spec, &totals)))
+}
+
+fn command_text(cmd: &Command) -> String {
+    match cmd {
+        Command::SetWeight { weight } => format!("set_weight {weight}%"),
+        other => serde_json::to_value(other)
+            .ok()
+            .and_then(|v| v["command"].as_str().map(str::to_owned))
+            .unwrap_or_default(),
+    }
 }
 
 async fn history(
@@ -384,6 +441,12 @@ pub fn check(
         Action::Hold(Some(reason)) if next.state.failed_checks > rec.state.failed_checks => {
             Some(("check_failed".to_owned(), reason))
         }
+        Action::Hold(Some(reason))
+            if reason == machine::AWAITING_PROMOTION
+                && rec.state.reason.as_deref() != Some(machine::AWAITING_PROMOTION) =>
+        {
+            Some(("awaiting_promotion".to_owned(), reason))
+        }
         Action::Hold(_) => None,
     };
     Some((next, event))
@@ -438,7 +501,7 @@ async fn check_loop(app: Shared) {
             Err(_) => continue,
         };
         for rec in records {
-            if rec.state.phase != Phase::Progressing {
+            if !matches!(rec.state.phase, Phase::Progressing | Phase::Starting) {
                 continue;
             }
             let Ok(spec) = Spec::parse(&rec.spec_text) else {
@@ -449,6 +512,12 @@ async fn check_loop(app: Shared) {
                 .get(&rec.name)
                 .is_none_or(|(t, _, _)| now.saturating_sub(*t) >= spec.check_interval_ms);
             if !due {
+                continue;
+            }
+            if rec.state.phase == Phase::Starting {
+                last.insert(rec.name.clone(), (now, rec.state.stage, Default::default()));
+                let (next, event) = smoke_test(&rec, &spec);
+                save(&app, &rec, &next, event, &spec, now);
                 continue;
             }
             let totals = {
@@ -502,30 +571,84 @@ async fn check_loop(app: Shared) {
                     });
                 }
             }
-            let rolled_back = next.state.phase == Phase::RolledBack;
-            let saved = match app.store.lock() {
-                Ok(mut store) => store.update(
-                    &next,
+            save(&app, &rec, &next, event, &spec, now);
+        }
+    }
+}
+
+/// The `before_start` hooks of a rollout in `Starting`: stage 1 begins when they pass; a failure
+/// counts like a failed check.
+fn smoke_test(rec: &Record, spec: &Spec) -> (Record, Option<(String, String)>) {
+    let payload =
+        json!({"rollout": rec.name, "hook": HookPoint::BeforeStart, "candidate": spec.candidate});
+    match tokio::task::block_in_place(|| run_hooks(spec, HookPoint::BeforeStart, &payload)) {
+        Ok(()) => (
+            Record {
+                state: rec.state.started(now_ms()),
+                version: rec.version + 1,
+                ..rec.clone()
+            },
+            Some((
+                "started".to_owned(),
+                "before_start hooks passed; stage 1 started".to_owned(),
+            )),
+        ),
+        Err(why) => {
+            let (state, action) = machine::hook_failed(spec, &rec.state, why.clone());
+            let next = Record {
+                state,
+                ..rec.clone()
+            };
+            let event = match action {
+                Action::RollBack { reason } => ("rolled_back".to_owned(), reason),
+                _ => ("hook_failed".to_owned(), why),
+            };
+            (next, Some(event))
+        }
+    }
+}
+
+/// Stores a check's outcome, unless the rollout changed meanwhile (an operator's command while the
+/// hooks ran): that command wins and this check is dropped. Tells the `on_rollback` hooks.
+fn save(
+    app: &App,
+    before: &Record,
+    next: &Record,
+    event: Option<(String, String)>,
+    spec: &Spec,
+    now: u64,
+) {
+    let saved = match app.store.lock() {
+        Ok(mut store) => match store.get(&before.name) {
+            Ok(current) if current.state == before.state && current.version == before.version => {
+                store.update(
+                    next,
                     event.as_ref().map(|(k, d)| (k.as_str(), d.as_str())),
                     now,
-                ),
-                Err(_) => continue,
-            };
-            match (saved, &event) {
-                (Err(e), _) => eprintln!("rampctl: {}: {e}", rec.name),
-                (Ok(()), Some((kind, detail))) => {
-                    eprintln!("rampctl: {}: {kind}: {detail}", rec.name)
-                }
-                _ => {}
+                )
             }
-            if rolled_back {
-                let payload = json!({"rollout": rec.name, "hook": HookPoint::OnRollback, "reason": next.state.reason});
-                if let Err(e) = tokio::task::block_in_place(|| {
-                    run_hooks(&spec, HookPoint::OnRollback, &payload)
-                }) {
-                    eprintln!("rampctl: {}: {e}", rec.name);
-                }
+            Ok(_) => {
+                eprintln!(
+                    "rampctl: {}: changed by an operator during the check; check dropped",
+                    before.name
+                );
+                return;
             }
+            Err(e) => Err(e),
+        },
+        Err(_) => return,
+    };
+    match (saved, &event) {
+        (Err(e), _) => eprintln!("rampctl: {}: {e}", before.name),
+        (Ok(()), Some((kind, detail))) => eprintln!("rampctl: {}: {kind}: {detail}", before.name),
+        _ => {}
+    }
+    if next.state.phase == Phase::RolledBack && before.state.phase != Phase::RolledBack {
+        let payload = json!({"rollout": before.name, "hook": HookPoint::OnRollback, "reason": next.state.reason});
+        if let Err(e) =
+            tokio::task::block_in_place(|| run_hooks(spec, HookPoint::OnRollback, &payload))
+        {
+            eprintln!("rampctl: {}: {e}", before.name);
         }
     }
 }

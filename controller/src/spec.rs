@@ -44,7 +44,7 @@ pub struct ArmSpec {
 }
 
 /// The quantity a rule checks on the candidate (and, for relative bounds, on the baseline).
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
     /// Share of responses that were 5xx.
@@ -145,11 +145,24 @@ pub struct RawSpec {
     pub metrics: Option<RawMetrics>,
     #[serde(default)]
     pub hooks: Vec<Hook>,
+    /// `manual`: the rollout waits before its last stage (100%) until `rampctl promote`.
+    #[serde(default)]
+    pub promotion: Promotion,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Promotion {
+    #[default]
+    Auto,
+    Manual,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HookPoint {
+    /// Before the rollout starts, while the candidate is at 0%: a smoke test of the candidate.
+    BeforeStart,
     /// Before each move to a higher weight (not the final promotion).
     BeforeStep,
     /// Before the candidate gets all traffic.
@@ -214,6 +227,7 @@ pub struct Spec {
     /// Prometheus base URL when the figures come from Prometheus; `None`: the filters' reports.
     pub prometheus: Option<String>,
     pub hooks: Vec<Hook>,
+    pub manual_promotion: bool,
 }
 
 impl Spec {
@@ -336,6 +350,7 @@ impl Spec {
             failure_threshold: raw.failure_threshold,
             prometheus: raw.metrics.map(|m| m.prometheus),
             hooks: raw.hooks,
+            manual_promotion: raw.promotion == Promotion::Manual,
         })
     }
 }

@@ -258,7 +258,13 @@ mod tests {
         let rec = Record {
             name: "r".into(),
             spec_text: "x".into(),
-            state: State::start(5),
+            state: State::start(
+                &crate::spec::Spec::parse(
+                    "name: r\narms: [{name: a, role: baseline}, {name: b, role: candidate}]\nstages: [{weight: 100}]",
+                )
+                .unwrap(),
+                5,
+            ),
             version: 1,
             base: Totals::new(),
         };

@@ -139,6 +139,24 @@ impl Controller {
         }
     }
 
+    /// Runs the `rampctl` command line against this controller (with the token when `auth`):
+    /// exit code, stdout, stderr.
+    pub fn cli(&self, args: &[&str], auth: bool) -> Result<(i32, String, String)> {
+        let mut cmd = Command::new(rampctl_binary());
+        cmd.args(args)
+            .env("RAMPCTL_SERVER", self.url(""))
+            .env_remove("RAMPCTL_TOKEN");
+        if auth {
+            cmd.env("RAMPCTL_TOKEN", &self.token);
+        }
+        let out = cmd.output().context("running rampctl")?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

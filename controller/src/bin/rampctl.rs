@@ -100,6 +100,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Hold the candidate at WEIGHT percent (pauses the rollout; `resume` returns to the schedule).
+    SetWeight {
+        name: String,
+        weight: f64,
+        #[arg(long)]
+        json: bool,
+    },
     /// The rollout's events.
     History {
         name: String,
@@ -174,6 +181,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Resume { name, json } => api.command(&name, "resume", json),
         Cmd::Rollback { name, json } => api.command(&name, "roll_back", json),
         Cmd::Abort { name, json } => api.command(&name, "abort", json),
+        Cmd::SetWeight { name, weight, json } => api.send_command(
+            &name,
+            serde_json::json!({"command": "set_weight", "weight": weight}),
+            json,
+        ),
         Cmd::History { name, json } => api.show(
             api.call("GET", &format!("/v1/rollouts/{name}/history"), None),
             json,
@@ -262,9 +274,21 @@ impl Api {
     }
 
     fn command(&self, name: &str, command: &str, json: bool) -> anyhow::Result<ExitCode> {
-        let body = serde_json::json!({ "command": command }).to_string();
+        self.send_command(name, serde_json::json!({ "command": command }), json)
+    }
+
+    fn send_command(
+        &self,
+        name: &str,
+        body: serde_json::Value,
+        json: bool,
+    ) -> anyhow::Result<ExitCode> {
         self.show(
-            self.call("POST", &format!("/v1/rollouts/{name}/commands"), Some(body)),
+            self.call(
+                "POST",
+                &format!("/v1/rollouts/{name}/commands"),
+                Some(body.to_string()),
+            ),
             json,
             print_status,
         )
@@ -310,7 +334,10 @@ fn watch(api: &Api, name: &str, json: bool) -> anyhow::Result<ExitCode> {
             print_status(&v);
             print_stage_progress(&v);
         }
-        if !matches!(v["phase"].as_str(), Some("progressing" | "paused")) {
+        if !matches!(
+            v["phase"].as_str(),
+            Some("starting" | "progressing" | "paused")
+        ) {
             return Ok(ExitCode::SUCCESS);
         }
         std::thread::sleep(std::time::Duration::from_secs(1));
@@ -353,7 +380,7 @@ fn print_status(v: &serde_json::Value) {
         .as_object()
         .into_iter()
         .flatten()
-        .map(|(k, w)| format!("{k} {w}%"))
+        .map(|(k, w)| format!("{k} {}%", w.as_f64().unwrap_or(f64::NAN)))
         .collect();
     println!(
         "{}: {} stage {}/{} [{}] version {}{}",
@@ -368,6 +395,26 @@ fn print_status(v: &serde_json::Value) {
             .map(|r| format!("  ({r})"))
             .unwrap_or_default()
     );
+    for c in v["checks"].as_array().into_iter().flatten() {
+        let verdict = c["verdict"].as_str().unwrap_or("?");
+        println!(
+            "    check {:<12} {:>10} {} {:<26} [{}]",
+            c["metric"].as_str().unwrap_or("?"),
+            c["value"]
+                .as_f64()
+                .map_or("-".to_owned(), |x| format!("{x:.4}")),
+            match c["bound"].as_str() {
+                Some("max") => "<=",
+                Some("min") => ">=",
+                _ => "vs baseline, worse by <=",
+            },
+            format!(
+                "{} ({} of {} samples)",
+                c["limit"], c["samples"], c["min_samples"]
+            ),
+            if verdict == "pass" { "ok" } else { verdict }
+        );
+    }
     for (arm, w) in v["window"].as_object().into_iter().flatten() {
         println!(
             "    {arm:<10} requests {:>7}  errors {:>5}  error rate {:.4}  p95 {} ms",

@@ -609,3 +609,150 @@ fn a_failing_pre_promotion_hook_holds_the_step_and_rolls_back() {
         .unwrap();
     assert_eq!(v["phase"], "succeeded", "{v}");
 }
+
+/// Candidate's share among `n` answers through `envoy`, after the filters had time to poll.
+fn candidate_share(envoy: &Envoy, n: usize) -> f64 {
+    std::thread::sleep(Duration::from_millis(1000)); // the filters poll every 250 ms
+    let seen = ramp_tests::count_by_arm(&ramp_tests::drive(
+        &envoy.url("/"),
+        n,
+        2,
+        ramp_tests::no_headers,
+    ));
+    *seen.get("v2").unwrap_or(&0) as f64 / n as f64
+}
+
+#[test]
+fn smoke_test_set_weight_and_the_manual_gate_drive_the_filters() {
+    let s = setup("gates");
+    let receiver = ramp_tests::state_server::StateServer::start().unwrap();
+    let spec = format!(
+        "name: gates\narms: [{{name: v1, role: baseline}}, {{name: v2, role: candidate}}]\ncheck_interval_s: 0.5\nfailure_threshold: 100\npromotion: manual\nhooks:\n  - {{on: before_start, url: 'http://127.0.0.1:{p}/smoke', timeout_s: 1, retries: 0}}\n  - {{on: on_rollback, url: 'http://127.0.0.1:{p}/rolled-back', timeout_s: 1, retries: 0}}\nstages: [{{weight: 20, min_duration_s: 1}}, {{weight: 50, min_duration_s: 1}}, {{weight: 100}}]\n",
+        p = receiver.port
+    );
+    // The smoke test fails: the rollout waits at 0%.
+    receiver.fail_posts.store(true, Ordering::Relaxed);
+    s.controller.apply(&spec).unwrap();
+    assert_eq!(
+        candidate_share(&s.envoy, 100),
+        0.0,
+        "no traffic before the smoke test passes"
+    );
+    let (_, v) = s
+        .controller
+        .call("GET", "/v1/rollouts/gates", None, false)
+        .unwrap();
+    assert_eq!(v["phase"], "starting", "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("BeforeStart hook"),
+        "{v}"
+    );
+    receiver.fail_posts.store(false, Ordering::Relaxed);
+    let v = s
+        .controller
+        .wait_for("gates", Duration::from_secs(10), |v| {
+            v["phase"] == "progressing"
+        })
+        .unwrap();
+    assert_eq!(v["weights"]["v2"], 20.0, "{v}");
+
+    // An operator holds the candidate at 80% with the command line; the filters follow.
+    let (code, out, err) = s
+        .controller
+        .cli(&["set-weight", "gates", "80"], true)
+        .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("paused") && out.contains("v2 80%"), "{out}");
+    let share = candidate_share(&s.envoy, 300);
+    assert!((0.70..=0.90).contains(&share), "80% set, {share} observed");
+    let (code, _, err) = s
+        .controller
+        .cli(&["set-weight", "gates", "150"], true)
+        .unwrap();
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("weight: must be a percentage in [0, 100], got 150"),
+        "{err}"
+    );
+    let (code, _, err) = s
+        .controller
+        .cli(&["set-weight", "gates", "10"], false)
+        .unwrap();
+    assert_eq!(code, 2);
+    assert!(err.contains("HTTP 401"), "unauthorized: {err}");
+
+    // Resume returns to the schedule; the rollout then stops at the manual gate, at 50%.
+    assert_eq!(s.controller.cli(&["resume", "gates"], true).unwrap().0, 0);
+    let v = s
+        .controller
+        .wait_for("gates", Duration::from_secs(15), |v| {
+            v["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("waiting for `rampctl promote`"))
+        })
+        .unwrap();
+    assert_eq!(
+        (v["stage"].as_u64(), v["phase"].as_str()),
+        (Some(2), Some("progressing")),
+        "{v}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, v) = s
+        .controller
+        .call("GET", "/v1/rollouts/gates", None, false)
+        .unwrap();
+    assert_eq!(
+        v["weights"]["v2"], 50.0,
+        "the gate holds past the stage's minimum: {v}"
+    );
+    let share = candidate_share(&s.envoy, 300);
+    assert!(
+        (0.40..=0.60).contains(&share),
+        "50% at the gate, {share} observed"
+    );
+
+    let (code, out, _) = s
+        .controller
+        .cli(&["promote", "gates", "--json"], true)
+        .unwrap();
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["weights"]["v2"], 100.0, "{v}");
+    assert_eq!(candidate_share(&s.envoy, 100), 1.0);
+
+    // An operator's rollback tells the on_rollback hooks too.
+    assert_eq!(s.controller.cli(&["rollback", "gates"], true).unwrap().0, 0);
+    assert_eq!(candidate_share(&s.envoy, 100), 0.0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !receiver
+        .reports
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|b| b.contains("on_rollback"))
+    {
+        assert!(Instant::now() < deadline, "no on_rollback hook call");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, out, _) = s
+        .controller
+        .cli(&["history", "gates", "--json"], false)
+        .unwrap();
+    let h: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let kinds: Vec<&str> = h["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for k in [
+        "applied",
+        "hook_failed",
+        "started",
+        "command",
+        "advance",
+        "awaiting_promotion",
+    ] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+}
