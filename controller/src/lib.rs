@@ -1,8 +1,10 @@
 //! Ramp's controller core: rollout specs, rule evaluation and the stage machine, as plain functions
 //! over data (no network, no clock), so every decision is unit-tested. `rampctl` is the binary edge.
 
+pub mod abtest;
 pub mod histogram;
 pub mod machine;
+pub mod posterior;
 pub mod prometheus;
 pub mod rules;
 pub mod server;

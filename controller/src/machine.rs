@@ -5,8 +5,9 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::abtest::{z_test, AbResult, Proportion, Winner};
 use crate::rules::{evaluate, ArmWindow, Verdict};
-use crate::spec::{HookPoint, Spec};
+use crate::spec::{AbMetric, AbTest, HookPoint, Spec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -104,12 +105,13 @@ pub enum Action {
 /// One check. `windows` gives, for each rule, the (candidate, baseline) windows it judges: the most
 /// recent ones holding enough samples, so a candidate that turns bad is caught within a check or
 /// two however long it was healthy, and sparse metrics (ground truth) still get judged.
-/// `stage_requests` is what the candidate served since the stage began, for `min_requests`.
+/// `stage_windows` is (candidate, baseline) since the stage began: `min_requests` counts the
+/// candidate's requests, and the A/B test reads both.
 pub fn step(
     spec: &Spec,
     state: &State,
     now_ms: u64,
-    stage_requests: u64,
+    stage_windows: &(ArmWindow, ArmWindow),
     windows: &dyn Fn(&crate::spec::Rule) -> (ArmWindow, ArmWindow),
 ) -> (State, Action) {
     let mut next = state.clone();
@@ -152,7 +154,8 @@ pub fn step(
     // A 0% stage (blue-green's test stage) has no candidate traffic to judge; time decides.
     let judged = stage.weight == 0.0 || verdicts.iter().all(|v| matches!(v, Verdict::Pass { .. }));
     let waited = now_ms.saturating_sub(state.stage_started_ms) >= stage.min_duration_ms;
-    let served = stage.weight == 0.0 || stage_requests >= stage.min_requests;
+    let (candidate, baseline) = stage_windows;
+    let served = stage.weight == 0.0 || candidate.requests >= stage.min_requests;
     if !(judged && waited && served) {
         let missing = verdicts.iter().find_map(|v| match v {
             Verdict::NotEnoughData { samples, needed } => {
@@ -161,6 +164,28 @@ pub fn step(
             _ => None,
         });
         return (next, Action::Hold(missing));
+    }
+    if let (Some(ab), 0) = (&spec.ab_test, state.stage) {
+        let fewest = candidate.requests.min(baseline.requests);
+        if fewest < ab.planned_per_arm {
+            let why = format!(
+                "waiting for the planned sample: {fewest} of {} requests per arm",
+                ab.planned_per_arm
+            );
+            return (next, Action::Hold(Some(why)));
+        }
+        match ab_verdict(ab, candidate, baseline) {
+            Ok(()) => {}
+            Err(AbOutcome::Worse(why)) => {
+                next.phase = Phase::RolledBack;
+                next.reason = Some(why.clone());
+                return (next, Action::RollBack { reason: why });
+            }
+            Err(AbOutcome::Undecided(why)) => {
+                next.reason = Some(why.clone());
+                return (next, Action::Hold(Some(why)));
+            }
+        }
     }
     if state.stage + 1 >= spec.stages.len() {
         next.phase = Phase::Succeeded;
@@ -178,6 +203,47 @@ pub fn step(
             to_stage: state.stage + 1,
         },
     )
+}
+
+enum AbOutcome {
+    /// The baseline is significantly better.
+    Worse(String),
+    /// Not significant (yet), or nothing to test.
+    Undecided(String),
+}
+
+/// The A/B test over the experiment stage: `Ok` when the candidate is significantly better.
+pub fn ab_result(ab: &AbTest, candidate: &ArmWindow, baseline: &ArmWindow) -> Option<AbResult> {
+    let proportion = |w: &ArmWindow| Proportion {
+        successes: match ab.metric {
+            AbMetric::Conversion => w.reward_micros as f64 / 1e6,
+            AbMetric::SuccessRate => w.requests.saturating_sub(w.errors) as f64,
+        },
+        trials: w.requests,
+    };
+    z_test(proportion(baseline), proportion(candidate), ab.confidence)
+}
+
+fn ab_verdict(ab: &AbTest, candidate: &ArmWindow, baseline: &ArmWindow) -> Result<(), AbOutcome> {
+    let Some(r) = ab_result(ab, candidate, baseline) else {
+        return Err(AbOutcome::Undecided(
+            "A/B test: no variation in the metric yet".to_owned(),
+        ));
+    };
+    let figures = format!(
+        "candidate {:.4} vs baseline {:.4}, p = {:.4}",
+        r.candidate_rate, r.baseline_rate, r.p_value
+    );
+    match r.winner {
+        Winner::Candidate => Ok(()),
+        Winner::Baseline => Err(AbOutcome::Worse(format!(
+            "A/B test: the candidate is worse ({figures})"
+        ))),
+        Winner::Neither => Err(AbOutcome::Undecided(format!(
+            "A/B test inconclusive at {}% confidence ({figures}); collecting more",
+            ab.confidence * 100.0
+        ))),
+    }
 }
 
 /// A pre-hook refused the step `step` had decided on: stay in the stage, count it as a failed
@@ -320,6 +386,11 @@ mod tests {
         move |_| (c.clone(), b.clone())
     }
 
+    /// Stage windows in which the candidate served `n` requests.
+    fn served(n: u64) -> (ArmWindow, ArmWindow) {
+        (w(n, 0), w(n, 0))
+    }
+
     fn w(requests: u64, errors: u64) -> ArmWindow {
         ArmWindow {
             requests,
@@ -333,27 +404,45 @@ mod tests {
         let s = spec();
         let mut st = State::start(&s, 0);
         assert_eq!(st.weights(&s), (95.0, 5.0));
-        let (held, a) = step(&s, &st, 30_000, 500, &fixed(w(500, 1), w(9500, 20)));
+        let (held, a) = step(
+            &s,
+            &st,
+            30_000,
+            &served(500),
+            &fixed(w(500, 1), w(9500, 20)),
+        );
         assert_eq!(
             (a, held.stage),
             (Action::Hold(None), 0),
             "min duration not reached"
         );
-        let (next, a) = step(&s, &st, 60_000, 50, &fixed(w(50, 0), w(950, 2)));
+        let (next, a) = step(&s, &st, 60_000, &served(50), &fixed(w(50, 0), w(950, 2)));
         assert!(
             matches!(a, Action::Hold(Some(ref m)) if m.contains("waiting for data")),
             "{a:?}"
         );
         st = next;
-        let (next, a) = step(&s, &st, 61_000, 500, &fixed(w(500, 1), w(9500, 20)));
+        let (next, a) = step(
+            &s,
+            &st,
+            61_000,
+            &served(500),
+            &fixed(w(500, 1), w(9500, 20)),
+        );
         assert_eq!(a, Action::Advance { to_stage: 1 });
         assert_eq!(
             (next.stage, next.stage_started_ms, next.weights(&s)),
             (1, 61_000, (50.0, 50.0))
         );
-        let (next, a) = step(&s, &next, 121_000, 5000, &fixed(w(5000, 3), w(5000, 3)));
+        let (next, a) = step(
+            &s,
+            &next,
+            121_000,
+            &served(5000),
+            &fixed(w(5000, 3), w(5000, 3)),
+        );
         assert_eq!(a, Action::Advance { to_stage: 2 });
-        let (done, a) = step(&s, &next, 121_001, 0, &fixed(w(0, 0), w(0, 0)));
+        let (done, a) = step(&s, &next, 121_001, &served(0), &fixed(w(0, 0), w(0, 0)));
         assert_eq!(
             (a, done.phase, done.weights(&s)),
             (Action::Promote, Phase::Succeeded, (0.0, 100.0))
@@ -364,15 +453,27 @@ mod tests {
     fn two_failed_checks_in_a_row_roll_back_and_a_pass_resets_the_count() {
         let s = spec();
         let st = State::start(&s, 0);
-        let (one, a) = step(&s, &st, 1_000, 200, &fixed(w(200, 10), w(2000, 4)));
+        let (one, a) = step(&s, &st, 1_000, &served(200), &fixed(w(200, 10), w(2000, 4)));
         assert!(
             matches!(a, Action::Hold(Some(ref r)) if r.contains("error rate 0.0500 > max 0.02")),
             "{a:?}"
         );
         // 1.0% passes: the count of consecutive failures starts over.
-        let (ok, _) = step(&s, &one, 2_000, 1000, &fixed(w(1000, 10), w(4000, 4)));
+        let (ok, _) = step(
+            &s,
+            &one,
+            2_000,
+            &served(1000),
+            &fixed(w(1000, 10), w(4000, 4)),
+        );
         assert_eq!(ok.failed_checks, 0);
-        let (two, a) = step(&s, &one, 2_000, 300, &fixed(w(300, 15), w(3000, 6)));
+        let (two, a) = step(
+            &s,
+            &one,
+            2_000,
+            &served(300),
+            &fixed(w(300, 15), w(3000, 6)),
+        );
         assert!(
             matches!(a, Action::RollBack { ref reason } if reason.starts_with("stage 1 (5%)")),
             "{a:?}"
@@ -381,7 +482,7 @@ mod tests {
             (two.phase, two.weights(&s)),
             (Phase::RolledBack, (100.0, 0.0))
         );
-        let (still, a) = step(&s, &two, 9_000, 0, &fixed(w(0, 0), w(0, 0)));
+        let (still, a) = step(&s, &two, 9_000, &served(0), &fixed(w(0, 0), w(0, 0)));
         assert_eq!(
             (a, still),
             (Action::Hold(None), two),
@@ -395,7 +496,14 @@ mod tests {
         let st = State::start(&s, 0);
         let paused = command(&s, &st, Command::Pause, 5).unwrap();
         assert_eq!(
-            step(&s, &paused, 999_999, 9999, &fixed(w(9999, 0), w(1, 0))).1,
+            step(
+                &s,
+                &paused,
+                999_999,
+                &served(9999),
+                &fixed(w(9999, 0), w(1, 0))
+            )
+            .1,
             Action::Hold(None)
         );
         let resumed = command(&s, &paused, Command::Resume, 6).unwrap();
@@ -443,7 +551,7 @@ mod tests {
         let s = Spec::parse("name: bg\nstrategy: blue_green\narms: [{name: blue, role: baseline}, {name: green, role: candidate}]\nstages: [{weight: 0, min_duration_s: 10}, {weight: 100}]\n").unwrap();
         let st = State::start(&s, 0);
         assert_eq!(st.weights(&s), (100.0, 0.0));
-        let (next, a) = step(&s, &st, 10_000, 0, &fixed(w(0, 0), w(100, 0)));
+        let (next, a) = step(&s, &st, 10_000, &served(0), &fixed(w(0, 0), w(100, 0)));
         assert_eq!(
             (a, next.weights(&s)),
             (Action::Advance { to_stage: 1 }, (0.0, 100.0))
@@ -460,7 +568,14 @@ mod tests {
             (Phase::Paused, (70.0, 30.0))
         );
         assert_eq!(
-            step(&s, &held, 999_999, 9999, &fixed(w(9999, 0), w(1, 0))).1,
+            step(
+                &s,
+                &held,
+                999_999,
+                &served(9999),
+                &fixed(w(9999, 0), w(1, 0))
+            )
+            .1,
             Action::Hold(None),
             "no automatic step while an operator holds the weight"
         );
@@ -493,7 +608,7 @@ mod tests {
         let st = State::start(&s, 0);
         assert_eq!((st.phase, st.weights(&s)), (Phase::Starting, (100.0, 0.0)));
         assert_eq!(
-            step(&s, &st, 10, 0, &fixed(w(0, 0), w(0, 0))).1,
+            step(&s, &st, 10, &served(0), &fixed(w(0, 0), w(0, 0))).1,
             Action::Hold(None)
         );
         let go = st.started(50);
@@ -514,18 +629,61 @@ mod tests {
     fn manual_promotion_waits_at_the_gate_for_an_operator() {
         let s = Spec::parse("name: r\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\npromotion: manual\nstages: [{weight: 10}, {weight: 50}, {weight: 100}]\n").unwrap();
         let st = State::start(&s, 0);
-        let (st, a) = step(&s, &st, 1, 10, &fixed(w(10, 0), w(90, 0)));
+        let (st, a) = step(&s, &st, 1, &served(10), &fixed(w(10, 0), w(90, 0)));
         assert_eq!(
             a,
             Action::Advance { to_stage: 1 },
             "intermediate stages move on their own"
         );
-        let (gate, a) = step(&s, &st, 2, 10, &fixed(w(10, 0), w(90, 0)));
+        let (gate, a) = step(&s, &st, 2, &served(10), &fixed(w(10, 0), w(90, 0)));
         assert_eq!(a, Action::Hold(Some(AWAITING_PROMOTION.into())));
         assert_eq!((gate.stage, gate.weights(&s)), (1, (50.0, 50.0)));
-        let (still, _) = step(&s, &gate, 99_999, 10, &fixed(w(10, 0), w(90, 0)));
+        let (still, _) = step(&s, &gate, 99_999, &served(10), &fixed(w(10, 0), w(90, 0)));
         assert_eq!(still.stage, 1, "time alone does not open the gate");
         let opened = command(&s, &gate, Command::Promote, 3).unwrap();
         assert_eq!(opened.weights(&s), (0.0, 100.0));
+    }
+
+    #[test]
+    fn the_ab_test_promotes_a_better_candidate_rolls_back_a_worse_one_and_waits_otherwise() {
+        let spec = |extra: &str| {
+            Spec::parse(&format!("name: ab\nstrategy: ab_test\narms: [{{name: a, role: baseline}}, {{name: b, role: candidate}}]\nab_test: {{metric: conversion, confidence: 0.95{extra}}}\nstages: [{{weight: 50, min_requests: 100}}, {{weight: 100}}]\n")).unwrap()
+        };
+        let conv = |requests: u64, conversions: u64| ArmWindow {
+            requests,
+            reward_micros: conversions * 1_000_000,
+            ..Default::default()
+        };
+        let s = spec("");
+        let st = State::start(&s, 0);
+        let at =
+            |c: ArmWindow, b: ArmWindow| step(&s, &st, 1, &(c.clone(), b.clone()), &fixed(c, b)).1;
+        // 25% vs 20% of 1000 each: p = 0.0074 (see abtest's statsmodels references).
+        assert_eq!(
+            at(conv(1000, 250), conv(1000, 200)),
+            Action::Advance { to_stage: 1 }
+        );
+        assert!(
+            matches!(at(conv(1000, 200), conv(1000, 250)), Action::RollBack { ref reason } if reason.contains("worse")),
+        );
+        // 3.58% vs 3.20% of 10000: an 11.9% lift, but p = 0.138.
+        assert!(
+            matches!(at(conv(10_000, 358), conv(10_000, 320)), Action::Hold(Some(ref r)) if r.contains("inconclusive") && r.contains("p = 0.1376")),
+        );
+        let planned = spec(", baseline_rate: 0.1, min_detectable_lift: 0.05");
+        assert_eq!(planned.ab_test.as_ref().unwrap().planned_per_arm, 57_756);
+        let (_, a) = step(
+            &planned,
+            &State::start(&planned, 0),
+            1,
+            &(conv(1000, 250), conv(1000, 200)),
+            &fixed(conv(1000, 250), conv(1000, 200)),
+        );
+        assert_eq!(
+            a,
+            Action::Hold(Some(
+                "waiting for the planned sample: 1000 of 57756 requests per arm".into()
+            ))
+        );
     }
 }

@@ -16,6 +16,8 @@ pub struct ArmWindow {
     /// Predictions with reported ground truth, and how many were right.
     pub labelled: u64,
     pub correct: u64,
+    /// Delayed rewards (conversions) posted for the arm's decisions, in millionths.
+    pub reward_micros: u64,
 }
 
 impl ArmWindow {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Path, State as AxState};
+use axum::extract::{Path, Query, State as AxState};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,10 +16,11 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::machine::{self, Action, Command, Phase, State};
+use crate::posterior::posterior;
 use crate::rules::{evaluate, Verdict};
 use crate::spec::{Bound, HookPoint, Spec};
 use crate::store::{Record, Store, StoreError};
-use crate::window::{sum_reports, window, Report, Totals};
+use crate::window::{remote_bandit, sum_reports, window, Report, Totals};
 
 pub struct Config {
     pub listen: SocketAddr,
@@ -125,6 +126,7 @@ fn totals_of(store: &Store, spec: &Spec) -> Result<Totals, ApiError> {
         let t = totals.entry(f.arm).or_default();
         t.labelled = f.labelled;
         t.correct = f.correct;
+        t.reward_micros = f.reward_micros;
     }
     Ok(totals)
 }
@@ -134,8 +136,11 @@ fn totals_of(store: &Store, spec: &Spec) -> Result<Totals, ApiError> {
 async fn feedback(
     AxState(app): AxState<Shared>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: String,
 ) -> Result<Json<Value>, ApiError> {
+    // Feedback steers rollbacks and the bandit: only callers holding the token may post it.
+    authorize(&app, &headers)?;
     let v: Value = serde_json::from_str(&body)
         .map_err(|e| bad(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
     let decision = v["decision"].as_str().ok_or_else(|| {
@@ -183,7 +188,26 @@ async fn feedback(
     Ok(Json(json!({"recorded": recorded})))
 }
 
-fn summary(rec: &Record, spec: &Spec, totals: &Totals) -> Value {
+/// The bandit counts of the whole fleet (every Envoy's newest report) plus the delayed rewards.
+fn fleet_bandit(
+    store: &Store,
+    spec: &Spec,
+    requester: Option<&str>,
+) -> Result<std::collections::BTreeMap<String, crate::window::BanditCounts>, StoreError> {
+    let delayed: std::collections::BTreeMap<String, u64> = store
+        .feedback_totals(&spec.name)?
+        .into_iter()
+        .map(|f| (f.arm, f.reward_micros))
+        .collect();
+    Ok(remote_bandit(
+        &store.reports(&spec.name)?,
+        requester,
+        &delayed,
+        &[&spec.baseline, &spec.candidate],
+    ))
+}
+
+fn summary(rec: &Record, spec: &Spec, totals: &Totals, store: &Store) -> Value {
     let (bw, cw) = rec.state.weights(spec);
     let arm = |name: &str| {
         let w = window(totals, &rec.base, name);
@@ -215,7 +239,30 @@ fn summary(rec: &Record, spec: &Spec, totals: &Totals) -> Value {
                    "samples": candidate.samples(rule.metric), "min_samples": rule.min_samples, "verdict": verdict})
         })
         .collect();
+    let stage_window = |arm: &str| window(totals, &rec.base, arm);
+    let ab_test = spec
+        .ab_test
+        .as_ref()
+        .filter(|_| rec.state.stage == 0)
+        .map(|ab| {
+            let (c, b) = (stage_window(&spec.candidate), stage_window(&spec.baseline));
+            json!({"metric": ab.metric, "planned_per_arm": ab.planned_per_arm,
+               "result": machine::ab_result(ab, &c, &b)})
+        });
+    let bandit = (spec.strategy == crate::spec::StrategyKind::Bandit)
+        .then(|| fleet_bandit(store, spec, None).ok())
+        .flatten()
+        .map(|counts| {
+            counts
+                .into_iter()
+                .map(|(arm, c)| {
+                    let p = posterior(c.trials, c.reward_micros as f64 / 1e6, 0.95);
+                    (arm, json!(p))
+                })
+                .collect::<serde_json::Map<_, _>>()
+        });
     json!({
+        "ab_test": ab_test, "bandit": bandit, "strategy": spec.strategy,
         "checks": checks, "override_weight": rec.state.override_weight,
         "promotion": if spec.manual_promotion { "manual" } else { "auto" },
         "name": rec.name, "baseline": spec.baseline, "candidate": spec.candidate, "phase": rec.state.phase, "stage": rec.state.stage + 1, "stages": spec.stages.len(),
@@ -256,7 +303,11 @@ async fn apply(
         base: totals_of(&store, &spec)?,
     };
     store.insert(&rec, now)?;
-    Ok((StatusCode::CREATED, Json(summary(&rec, &spec, &rec.base))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(summary(&rec, &spec, &rec.base, &store)),
+    )
+        .into_response())
 }
 
 async fn list(AxState(app): AxState<Shared>) -> Result<Json<Value>, ApiError> {
@@ -264,7 +315,7 @@ async fn list(AxState(app): AxState<Shared>) -> Result<Json<Value>, ApiError> {
     let mut out = Vec::new();
     for rec in store.list()? {
         if let Ok(spec) = Spec::parse(&rec.spec_text) {
-            out.push(summary(&rec, &spec, &totals_of(&store, &spec)?));
+            out.push(summary(&rec, &spec, &totals_of(&store, &spec)?, &store));
         }
     }
     Ok(Json(json!({"rollouts": out})))
@@ -276,21 +327,31 @@ async fn status(
 ) -> Result<Json<Value>, ApiError> {
     let store = store(&app)?;
     let (rec, spec) = load(&store, &name)?;
-    Ok(Json(summary(&rec, &spec, &totals_of(&store, &spec)?)))
+    Ok(Json(summary(
+        &rec,
+        &spec,
+        &totals_of(&store, &spec)?,
+        &store,
+    )))
 }
 
-/// What the filters poll.
+/// What the filters poll: the weights, and the bandit counts the asking Envoy (`?instance=`, as
+/// in its reports) does not hold itself.
 async fn live_state(
     AxState(app): AxState<Shared>,
     Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let store = store(&app)?;
     let (rec, spec) = load(&store, &name)?;
     let (bw, cw) = rec.state.weights(&spec);
+    let bandit = fleet_bandit(&store, &spec, query.get("instance").map(String::as_str))?;
     Ok(Json(json!({
         "version": rec.version,
+        "stage": rec.state.stage + 1,
         "weights": {spec.baseline.clone(): bw, spec.candidate.clone(): cw},
         "rolled_back": rec.state.phase == Phase::RolledBack,
+        "bandit": bandit,
     })))
 }
 
@@ -344,6 +405,7 @@ async fn command(
     }
     rec.state = next;
     store.update(&rec, Some(("command", &command_text(&cmd))), now)?;
+    let answer = summary(&rec, &spec, &totals, &store);
     drop(store);
     if rolled_back {
         // Told after the answer's state is stored; the hook's answer changes nothing.
@@ -356,7 +418,7 @@ async fn command(
             }
         });
     }
-    Ok(Json(summary(&rec, &spec, &totals)))
+    Ok(Json(answer))
 }
 
 fn command_text(cmd: &Command) -> String {
@@ -393,7 +455,10 @@ pub fn check(
     earlier: &[Totals],
     now: u64,
 ) -> Option<(Record, Option<(String, String)>)> {
-    let stage_requests = window(totals, &rec.base, &spec.candidate).requests;
+    let stage_windows = (
+        window(totals, &rec.base, &spec.candidate),
+        window(totals, &rec.base, &spec.baseline),
+    );
     let windows = |rule: &crate::spec::Rule| {
         let pick = |from: &Totals| {
             (
@@ -412,7 +477,7 @@ pub fn check(
             })
             .unwrap_or_else(|| pick(&rec.base))
     };
-    let (state, action) = machine::step(spec, &rec.state, now, stage_requests, &windows);
+    let (state, action) = machine::step(spec, &rec.state, now, &stage_windows, &windows);
     if state == rec.state {
         return None;
     }

@@ -26,7 +26,7 @@ pub enum Role {
     Candidate,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StrategyKind {
     /// Weighted stages 5% -> ... -> 100%.
@@ -34,6 +34,14 @@ pub enum StrategyKind {
     Canary,
     /// The candidate is tested at 0%, then switched to 100% at once.
     BlueGreen,
+    /// A fixed split (the first stage's weight) until the stage's minimums are met, then a
+    /// two-proportion z-test decides: promote a better candidate, roll back a worse one, hold when
+    /// the test is inconclusive.
+    AbTest,
+    /// Both arms live while the filters' bandit (strategy "bandit" in their config) shares the
+    /// traffic out; the controller guards with the rules, sums the bandit counts of every Envoy and
+    /// the delayed rewards, and pushes them back.
+    Bandit,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -148,6 +156,54 @@ pub struct RawSpec {
     /// `manual`: the rollout waits before its last stage (100%) until `rampctl promote`.
     #[serde(default)]
     pub promotion: Promotion,
+    /// The experiment of `strategy: ab_test`.
+    #[serde(default)]
+    pub ab_test: Option<RawAbTest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAbTest {
+    /// What "success" is for the test.
+    #[serde(default)]
+    pub metric: AbMetric,
+    /// Two-sided confidence level of the z-test, e.g. 0.95.
+    #[serde(default = "default_confidence")]
+    pub confidence: f64,
+    /// Sample-size planning: with the baseline's expected rate, the smallest relative lift worth
+    /// detecting and the power, the experiment also waits for that many requests per arm.
+    #[serde(default)]
+    pub baseline_rate: Option<f64>,
+    #[serde(default)]
+    pub min_detectable_lift: Option<f64>,
+    #[serde(default = "default_power")]
+    pub power: f64,
+}
+
+fn default_confidence() -> f64 {
+    0.95
+}
+fn default_power() -> f64 {
+    0.8
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AbMetric {
+    /// Rewards the application posted per decision (`/feedback`), over the arm's requests.
+    #[default]
+    Conversion,
+    /// Responses that were not 5xx, over the arm's requests.
+    SuccessRate,
+}
+
+/// A validated A/B experiment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AbTest {
+    pub metric: AbMetric,
+    pub confidence: f64,
+    /// Requests each arm needs before the test is read (0 without planning).
+    pub planned_per_arm: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -228,6 +284,7 @@ pub struct Spec {
     pub prometheus: Option<String>,
     pub hooks: Vec<Hook>,
     pub manual_promotion: bool,
+    pub ab_test: Option<AbTest>,
 }
 
 impl Spec {
@@ -312,6 +369,7 @@ impl Spec {
                 "blue_green has two stages: 0 (test the candidate) and 100 (switch)",
             ));
         }
+        let ab_test = validate_strategy(&raw, &stages)?;
         if !(raw.check_interval_s.is_finite() && raw.check_interval_s >= 0.1) {
             return Err(err(
                 "check_interval_s",
@@ -351,7 +409,92 @@ impl Spec {
             prometheus: raw.metrics.map(|m| m.prometheus),
             hooks: raw.hooks,
             manual_promotion: raw.promotion == Promotion::Manual,
+            ab_test,
         })
+    }
+}
+
+/// Each strategy's shape of stages, and the A/B experiment's settings.
+fn validate_strategy(raw: &RawSpec, stages: &[Stage]) -> Result<Option<AbTest>, SpecError> {
+    let live_both = |why: &str| {
+        match stages
+            .iter()
+            .enumerate()
+            .take(stages.len() - 1)
+            .find(|(_, s)| !(s.weight > 0.0 && s.weight < 100.0))
+        {
+            Some((i, s)) => Err(err(
+                format!("stages[{i}].weight"),
+                format!("{why}: every stage before the last keeps both arms live (0 < weight < 100), got {}", s.weight),
+            )),
+            None => Ok(()),
+        }
+    };
+    match raw.strategy {
+        StrategyKind::Canary | StrategyKind::BlueGreen => {
+            if raw.ab_test.is_some() {
+                return Err(err("ab_test", "only applies to strategy ab_test"));
+            }
+            Ok(None)
+        }
+        StrategyKind::Bandit => {
+            if raw.ab_test.is_some() {
+                return Err(err("ab_test", "only applies to strategy ab_test"));
+            }
+            live_both("bandit")?;
+            Ok(None)
+        }
+        StrategyKind::AbTest => {
+            if stages.len() != 2 {
+                return Err(err(
+                    "stages",
+                    "ab_test has two stages: the experiment (its weight is the candidate's share) and 100",
+                ));
+            }
+            live_both("ab_test")?;
+            let t = raw.ab_test.clone().ok_or_else(|| {
+                err(
+                    "ab_test",
+                    "required with strategy ab_test (metric, confidence)",
+                )
+            })?;
+            if !(t.confidence > 0.5 && t.confidence < 1.0) {
+                return Err(err(
+                    "ab_test.confidence",
+                    format!("must be in (0.5, 1), got {}", t.confidence),
+                ));
+            }
+            if !(t.power > 0.5 && t.power < 1.0) {
+                return Err(err(
+                    "ab_test.power",
+                    format!("must be in (0.5, 1), got {}", t.power),
+                ));
+            }
+            let planned_per_arm = match (t.baseline_rate, t.min_detectable_lift) {
+                (None, None) => 0,
+                (Some(rate), Some(lift)) => {
+                    crate::abtest::sample_size_per_arm(rate, lift, 1.0 - t.confidence, t.power)
+                        .map_err(|e| err(format!("ab_test.{}", e.field), e.reason))?
+                }
+                (Some(_), None) => {
+                    return Err(err(
+                        "ab_test.min_detectable_lift",
+                        "required with baseline_rate (sample-size planning needs both)",
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(err(
+                        "ab_test.baseline_rate",
+                        "required with min_detectable_lift (sample-size planning needs both)",
+                    ))
+                }
+            };
+            Ok(Some(AbTest {
+                metric: t.metric,
+                confidence: t.confidence,
+                planned_per_arm,
+            }))
+        }
     }
 }
 
@@ -487,6 +630,48 @@ mod tests {
                 "name: r\narms: [{name: v1, role: baseline}]\nstages: [{weight: 100}]\n".into(),
                 "arms",
                 "one baseline and one candidate",
+            ),
+            (
+                format!("strategy: bandit\n{}", base("[{weight: 0}, {weight: 100}]")),
+                "stages[0].weight",
+                "both arms live",
+            ),
+            (
+                format!(
+                    "strategy: ab_test\n{}",
+                    base("[{weight: 50}, {weight: 100}]")
+                ),
+                "ab_test",
+                "required",
+            ),
+            (
+                format!(
+                    "strategy: ab_test\nab_test: {{confidence: 1.5}}\n{}",
+                    base("[{weight: 50}, {weight: 100}]")
+                ),
+                "ab_test.confidence",
+                "(0.5, 1)",
+            ),
+            (
+                format!(
+                    "strategy: ab_test\nab_test: {{baseline_rate: 0.1}}\n{}",
+                    base("[{weight: 50}, {weight: 100}]")
+                ),
+                "ab_test.min_detectable_lift",
+                "needs both",
+            ),
+            (
+                format!(
+                    "strategy: ab_test\nab_test: {{}}\n{}",
+                    base("[{weight: 10}, {weight: 50}, {weight: 100}]")
+                ),
+                "stages",
+                "two stages",
+            ),
+            (
+                format!("ab_test: {{}}\n{}", base("[{weight: 100}]")),
+                "ab_test",
+                "only applies",
             ),
             (
                 "name: 'a b'\narms: []\nstages: []\n".into(),

@@ -52,9 +52,10 @@ pub struct ArmFeedback {
     /// Decisions with ground truth, and how many were right.
     pub labelled: u64,
     pub correct: u64,
-    /// Decisions with a reward, and their sum.
+    /// Decisions with a reward, and their sum in millionths (integers, as the filters count, so
+    /// sums are exact and the same in any order).
     pub rewarded: u64,
-    pub reward_sum: f64,
+    pub reward_micros: u64,
 }
 
 impl Store {
@@ -202,7 +203,7 @@ impl Store {
     /// Per arm, all feedback so far.
     pub fn feedback_totals(&self, rollout: &str) -> Result<Vec<ArmFeedback>, StoreError> {
         let mut stmt = self.db.prepare(
-            "SELECT arm, COUNT(correct), COALESCE(SUM(correct), 0), COUNT(reward), COALESCE(SUM(reward), 0.0)
+            "SELECT arm, COUNT(correct), COALESCE(SUM(correct), 0), COUNT(reward), COALESCE(SUM(CAST(ROUND(reward * 1000000) AS INTEGER)), 0)
              FROM feedback WHERE rollout = ?1 GROUP BY arm",
         )?;
         let rows = stmt.query_map([rollout], |r| {
@@ -211,7 +212,7 @@ impl Store {
                 labelled: r.get::<_, i64>(1)? as u64,
                 correct: r.get::<_, i64>(2)? as u64,
                 rewarded: r.get::<_, i64>(3)? as u64,
-                reward_sum: r.get(4)?,
+                reward_micros: r.get::<_, i64>(4)? as u64,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -24,6 +24,9 @@ pub struct ArmTotals {
     pub labelled: u64,
     #[serde(default)]
     pub correct: u64,
+    /// Delayed rewards posted for this arm's decisions, summed in millionths.
+    #[serde(default)]
+    pub reward_micros: u64,
 }
 
 pub type Totals = BTreeMap<String, ArmTotals>;
@@ -61,6 +64,51 @@ pub struct ReportedArm {
     pub requests: u64,
     pub responses: BTreeMap<String, u64>,
     pub latency_ms: ReportedLatency,
+    /// This Envoy's bandit totals for the arm, when the filter runs a bandit.
+    #[serde(default)]
+    pub bandit: Option<BanditCounts>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct BanditCounts {
+    pub trials: u64,
+    pub reward_micros: u64,
+}
+
+/// The bandit counts an Envoy does not hold itself: every other instance's newest report, plus the
+/// delayed rewards (millionths) posted per arm. Only `arms` are listed: a filter refuses a state that
+/// names an arm it does not have.
+pub fn remote_bandit<'a>(
+    reports: impl IntoIterator<Item = &'a Report>,
+    requester: Option<&str>,
+    delayed_reward_micros: &BTreeMap<String, u64>,
+    arms: &[&str],
+) -> BTreeMap<String, BanditCounts> {
+    let mut out: BTreeMap<String, BanditCounts> = arms
+        .iter()
+        .map(|a| {
+            let reward_micros = delayed_reward_micros.get(*a).copied().unwrap_or(0);
+            (
+                (*a).to_owned(),
+                BanditCounts {
+                    trials: 0,
+                    reward_micros,
+                },
+            )
+        })
+        .collect();
+    for r in reports {
+        if Some(r.instance.as_str()) == requester {
+            continue;
+        }
+        for (arm, figures) in &r.arms {
+            if let (Some(acc), Some(b)) = (out.get_mut(arm), figures.bandit) {
+                acc.trials += b.trials;
+                acc.reward_micros += b.reward_micros;
+            }
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,6 +132,7 @@ impl ReportedArm {
             counts: self.latency_ms.counts.clone(),
             labelled: 0,
             correct: 0,
+            reward_micros: 0,
         }
     }
 }
@@ -126,6 +175,7 @@ pub fn window(now: &Totals, base: &Totals, arm: &str) -> ArmWindow {
         latency: hist(n).since(&hist(b)).unwrap_or_else(|| hist(n)),
         labelled: n.labelled.saturating_sub(b.labelled),
         correct: n.correct.saturating_sub(b.correct),
+        reward_micros: n.reward_micros.saturating_sub(b.reward_micros),
     }
 }
 
@@ -159,5 +209,40 @@ mod tests {
         assert_eq!(window(&now, &base, "v9"), ArmWindow::default());
         let stored: Totals = serde_json::from_str(&serde_json::to_string(&now).unwrap()).unwrap();
         assert_eq!(stored, now, "+Inf bounds survive the store");
+    }
+
+    #[test]
+    fn remote_bandit_counts_leave_the_requester_out_and_add_delayed_rewards() {
+        let with_bandit = |instance: &str, trials: u64, micros: u64| -> Report {
+            let mut r = report(instance, trials, 0);
+            r.arms.get_mut("v2").unwrap().bandit = Some(BanditCounts {
+                trials,
+                reward_micros: micros,
+            });
+            r
+        };
+        let reports = [
+            with_bandit("a", 100, 60_000_000),
+            with_bandit("b", 50, 10_000_000),
+        ];
+        let delayed = BTreeMap::from([("v2".to_owned(), 5_000_000), ("v9".to_owned(), 1)]);
+        let for_a = remote_bandit(&reports, Some("a"), &delayed, &["v1", "v2"]);
+        assert_eq!(
+            for_a["v2"],
+            BanditCounts {
+                trials: 50,
+                reward_micros: 15_000_000
+            }
+        );
+        assert_eq!(for_a["v1"], BanditCounts::default());
+        assert!(!for_a.contains_key("v9"), "only the rollout's arms");
+        let everyone = remote_bandit(&reports, None, &BTreeMap::new(), &["v1", "v2"]);
+        assert_eq!(
+            everyone["v2"],
+            BanditCounts {
+                trials: 150,
+                reward_micros: 70_000_000
+            }
+        );
     }
 }

@@ -36,6 +36,24 @@ fn validates_the_guides_schedule_and_prints_the_plan() {
 }
 
 #[test]
+fn every_example_validates_and_the_ab_test_shows_its_planned_sample() {
+    for name in ["canary", "ab-test", "bandit"] {
+        let path = format!("{}/examples/{name}.yaml", env!("CARGO_MANIFEST_DIR"));
+        let (code, out, err) = rampctl(&["validate", "-f", &path]);
+        assert_eq!(code, 0, "{name}: {out}{err}");
+    }
+    let ab = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ab-test.yaml");
+    let (_, out, _) = rampctl(&["validate", "-f", ab]);
+    assert!(
+        out.contains(
+            "A/B test on Conversion at 95% confidence, planned sample 57756 requests per arm"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("manual promotion"), "{out}");
+}
+
+#[test]
 fn a_bad_spec_exits_2_naming_the_field() {
     let dir = std::env::temp_dir().join(format!("rampctl-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -207,6 +207,9 @@ pub enum RewardSource {
     Status,
     Latency,
     Header,
+    /// Delayed rewards (conversions) the application posts to the controller with the decision
+    /// id; the filter counts the trial, the controller sums the rewards and pushes them back.
+    Feedback,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -322,6 +325,8 @@ pub enum Reward {
     Status(Vec<StatusMatch>),
     LatencyBelowMs(u64),
     Header(String),
+    /// 0 at response time; the reward arrives later through the controller's live state.
+    Feedback,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,6 +349,7 @@ impl Reward {
             }),
             Reward::LatencyBelowMs(limit) => status < 500 && latency_ms <= *limit,
             Reward::Header(_) => return None,
+            Reward::Feedback => false,
         };
         Some(if ok { 1.0 } else { 0.0 })
     }
@@ -497,6 +503,16 @@ impl Rollout {
             .override_
             .map(|o| validate_override(o, &arms))
             .transpose()?;
+        if bandit
+            .as_ref()
+            .is_some_and(|b| b.reward == Reward::Feedback)
+            && (raw.controller.is_none() || raw.decision_header.is_none())
+        {
+            return Err(ConfigError::new(
+                "bandit.reward.source",
+                "\"feedback\" needs a controller section (rewards arrive in its live state) and a decision_header (the id the application posts rewards with)",
+            ));
+        }
         Ok(Self {
             name: raw.rollout,
             arms,
@@ -703,6 +719,7 @@ fn validate_bandit(b: RawBandit, arms: usize) -> Result<Bandit, ConfigError> {
             check_header("bandit.reward.name", &name)?;
             Reward::Header(name.to_ascii_lowercase())
         }
+        (RewardSource::Feedback, _) => Reward::Feedback,
     };
     Ok(Bandit {
         policy: b.policy,
@@ -914,6 +931,11 @@ mod tests {
                 "may only contain",
             ),
             (r#"{"rollout":"d","arms":[]}"#, "arms", "at least one"),
+            (
+                r#"{"rollout":"d","arms":[{"name":"a","weight":1}],"strategy":"bandit","bandit":{"policy":"thompson","reward":{"source":"feedback"}},"decision_header":"x-d"}"#,
+                "bandit.reward.source",
+                "needs a controller section",
+            ),
             (
                 r#"{"rollout":"d","arms":[{"name":"a","weight":"5"}]}"#,
                 "arms[0].weight",

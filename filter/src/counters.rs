@@ -88,6 +88,8 @@ pub struct WorkerCounts {
     view: Vec<ArmCounts>,
     /// Shared totals at the previous tick, to derive each arm's recent share of trials.
     previous: Vec<ArmCounts>,
+    /// Counts from outside this Envoy (other Envoys, delayed rewards), from the live state.
+    remote: Vec<ArmCounts>,
 }
 
 impl WorkerCounts {
@@ -97,7 +99,8 @@ impl WorkerCounts {
             shared: zero.clone(),
             pending: zero.clone(),
             view: zero.clone(),
-            previous: zero,
+            previous: zero.clone(),
+            remote: zero,
         }
     }
 
@@ -127,13 +130,24 @@ impl WorkerCounts {
 
     /// Shared data holds `total` for `arm` (which includes nothing still pending here).
     pub fn observed(&mut self, arm: usize, total: ArmCounts) {
-        if let (Some(s), Some(v), Some(p)) = (
+        if let (Some(s), Some(v), Some(p), Some(r)) = (
             self.shared.get_mut(arm),
             self.view.get_mut(arm),
             self.pending.get(arm),
+            self.remote.get(arm),
         ) {
             *s = total;
-            *v = total.plus(*p);
+            *v = total.plus(*p).plus(*r);
+        }
+    }
+
+    /// The live state's counts from outside this Envoy; the view becomes local plus remote.
+    pub fn set_remote(&mut self, remote: &[ArmCounts]) {
+        for arm in 0..self.remote.len() {
+            if let (Some(r), Some(&total)) = (self.remote.get_mut(arm), self.shared.get(arm)) {
+                *r = remote.get(arm).copied().unwrap_or_default();
+                self.observed(arm, total);
+            }
         }
     }
 
@@ -231,6 +245,28 @@ mod tests {
         );
         assert_eq!(w.recent_shares_ppm(), Some(vec![750_000, 250_000]));
         assert_eq!(w.recent_shares_ppm(), None);
+        // The fleet's counts add to the view, and a newer live state replaces (not adds to) them.
+        let fleet = ArmCounts {
+            trials: 100,
+            reward_micros: 90_000_000,
+        };
+        w.set_remote(&[ArmCounts::default(), fleet]);
+        w.set_remote(&[ArmCounts::default(), fleet]);
+        assert_eq!(
+            w.view()[1],
+            ArmCounts {
+                trials: 105,
+                reward_micros: 90_500_000
+            }
+        );
+        w.record(1, 1.0);
+        assert_eq!(w.view()[1].trials, 106);
+        w.set_remote(&[]);
+        assert_eq!(
+            w.view()[1].trials,
+            6,
+            "remote counts gone with a state that has none"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
 use crate::config::{KeySource, Reward, Rollout, Shadow, ShadowMode};
-use crate::counters::{merged, shared_key, WorkerCounts, CREATE_ONLY_CAS};
+use crate::counters::{merged, shared_key, ArmCounts, WorkerCounts, CREATE_ONLY_CAS};
 use crate::headermap::{find, pairs};
 use crate::jsonpick::pick;
 use crate::live::{lease_key, state_key, Lease, LiveState};
@@ -300,25 +300,38 @@ impl RampRoot {
     }
 
     /// Posts this Envoy's cumulative counts (all workers, from shared data) to the controller.
-    fn send_report(&self, active: &Active, link: &LiveLink, ctl: &crate::config::Controller) {
+    fn instance_id(&self, link: &LiveLink) -> Option<String> {
         let seed = self
             .rng
             .as_ref()
             .and_then(|r| r.try_borrow_mut().ok().map(|mut r| r.u64(..)))
             .unwrap_or(self.worker_id);
-        let Some(instance) = link.instance(seed) else {
+        link.instance(seed)
+    }
+
+    fn send_report(&self, active: &Active, link: &LiveLink, ctl: &crate::config::Controller) {
+        let Some(instance) = self.instance_id(link) else {
             return;
         };
-        let arms: Vec<(&str, ArmReport)> = active
+        let bandit_keys = active.bandit.as_ref().map(|b| b.keys.as_slice());
+        let arms: Vec<(&str, ArmReport, Option<ArmCounts>)> = active
             .rollout
             .arms
             .iter()
             .zip(&link.counts_keys)
-            .map(|(arm, key)| {
+            .enumerate()
+            .map(|(i, (arm, key))| {
                 let total = hostcalls::get_shared_data(key)
                     .ok()
                     .and_then(|(b, _)| ArmReport::decode(&b?));
-                (arm.name.as_str(), total.unwrap_or_default())
+                // This Envoy's bandit totals (all workers), for the other Envoys' live state.
+                let bandit = bandit_keys.and_then(|keys| keys.get(i)).map(|k| {
+                    hostcalls::get_shared_data(k)
+                        .ok()
+                        .and_then(|(b, _)| ArmCounts::decode(&b?))
+                        .unwrap_or_default()
+                });
+                (arm.name.as_str(), total.unwrap_or_default(), bandit)
             })
             .collect();
         let body = report_json(&instance, now_ms(), &arms);
@@ -392,10 +405,15 @@ fn apply_live_state(active: &Active, link: &LiveLink) {
         return;
     }
     link.applied.set(cas);
-    match LiveState::parse(&bytes)
-        .and_then(|d| d.weights_for(&active.rollout).map(|w| (d.version, w)))
-    {
-        Ok((version, weights)) => {
+    match LiveState::parse(&bytes).and_then(|d| {
+        let weights = d.weights_for(&active.rollout)?;
+        Ok((d.version, weights, d.bandit_for(&active.rollout)?))
+    }) {
+        Ok((version, weights, remote)) => {
+            if let Some(Ok(mut counts)) = active.bandit.as_ref().map(|b| b.counts.try_borrow_mut())
+            {
+                counts.set_remote(&remote);
+            }
             if let Ok(mut current) = active.weights.try_borrow_mut() {
                 if *current != weights {
                     log(
@@ -571,7 +589,12 @@ impl RootContext for RampRoot {
             let every = (ctl.poll_ms / TICK.as_millis() as u64).max(1);
             if ticks % every == 0 && link.call.get().is_none() && self.hold_lease(link, ctl.poll_ms)
             {
-                let path = format!("/v1/rollouts/{}/state", active.rollout.name);
+                // The instance lets the controller leave this Envoy's own bandit counts out.
+                let instance = self.instance_id(link).unwrap_or_default();
+                let path = format!(
+                    "/v1/rollouts/{}/state?instance={instance}",
+                    active.rollout.name
+                );
                 let headers = vec![
                     (":method", "GET"),
                     (":path", path.as_str()),

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::config::Rollout;
+use crate::counters::ArmCounts;
 
 /// As the controller serves it. Unknown fields are allowed: newer controllers may add some.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -16,6 +17,16 @@ pub struct LiveState {
     pub weights: BTreeMap<String, f64>,
     #[serde(default)]
     pub rolled_back: bool,
+    /// Bandit counts this Envoy does not hold itself: the other Envoys' (as they last reported)
+    /// plus the delayed rewards applications posted. Added to the local counts, never replacing them.
+    #[serde(default)]
+    pub bandit: BTreeMap<String, RemoteCounts>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct RemoteCounts {
+    pub trials: u64,
+    pub reward_micros: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -28,6 +39,8 @@ pub enum LiveError {
     BadWeight(String),
     #[error("live state weights: every arm would get 0")]
     AllZero,
+    #[error("live state bandit.{0}: no such arm in this filter's config")]
+    UnknownBanditArm(String),
 }
 
 impl LiveState {
@@ -49,6 +62,21 @@ impl LiveState {
         }
         if out.iter().all(|&w| w == 0.0) {
             return Err(LiveError::AllZero);
+        }
+        Ok(out)
+    }
+
+    /// The remote bandit counts, parallel to the config's arms.
+    pub fn bandit_for(&self, rollout: &Rollout) -> Result<Vec<ArmCounts>, LiveError> {
+        let mut out = vec![ArmCounts::default(); rollout.arms.len()];
+        for (name, c) in &self.bandit {
+            let i = rollout
+                .arm_index(name)
+                .ok_or_else(|| LiveError::UnknownBanditArm(name.clone()))?;
+            out[i] = ArmCounts {
+                trials: c.trials,
+                reward_micros: c.reward_micros,
+            };
         }
         Ok(out)
     }
@@ -123,6 +151,28 @@ mod tests {
         assert_eq!(zero.weights_for(&r), Err(LiveError::AllZero));
         let neg = LiveState::parse(br#"{"version":5,"weights":{"v1":-1}}"#).unwrap();
         assert_eq!(neg.weights_for(&r), Err(LiveError::BadWeight("v1".into())));
+        let counted = LiveState::parse(
+            br#"{"version":6,"weights":{"v1":1},"bandit":{"v2":{"trials":40,"reward_micros":3000000}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            counted.bandit_for(&r),
+            Ok(vec![
+                ArmCounts::default(),
+                ArmCounts {
+                    trials: 40,
+                    reward_micros: 3_000_000
+                }
+            ])
+        );
+        let stray = LiveState::parse(
+            br#"{"version":6,"weights":{"v1":1},"bandit":{"v7":{"trials":1,"reward_micros":0}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            stray.bandit_for(&r),
+            Err(LiveError::UnknownBanditArm("v7".into()))
+        );
         assert!(matches!(
             LiveState::parse(b"<html>"),
             Err(LiveError::Json(_))

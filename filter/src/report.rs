@@ -3,6 +3,8 @@
 //! instance id and a sequence number mean a lost report is made up by the next one and a repeated
 //! one changes nothing.
 
+use crate::counters::ArmCounts;
+
 /// Upper bounds (ms) of the latency buckets; a last, unbounded bucket follows.
 pub const LATENCY_BOUNDS_MS: [u64; 11] = [5, 10, 25, 50, 100, 150, 250, 500, 1000, 2500, 5000];
 const SLOTS: usize = 1 + 4 + LATENCY_BOUNDS_MS.len() + 1;
@@ -102,7 +104,13 @@ pub fn instance_key(rollout: &str) -> String {
 /// The report body: `{"instance","seq","arms":{"v1":{"requests","responses":{"2xx",..},
 /// "latency_ms":{"le":[5,..,"+Inf"],"counts":[cumulative..]}}}}`. Hand-written JSON: serde's
 /// serializer would cost the wasm more than this function.
-pub fn report_json(instance: &str, seq: u64, arms: &[(&str, ArmReport)]) -> String {
+/// With the bandit on, each arm also carries `"bandit":{"trials","reward_micros"}`: this Envoy's
+/// totals, which the controller adds into the other Envoys' live state.
+pub fn report_json(
+    instance: &str,
+    seq: u64,
+    arms: &[(&str, ArmReport, Option<ArmCounts>)],
+) -> String {
     let le: Vec<String> = LATENCY_BOUNDS_MS
         .iter()
         .map(u64::to_string)
@@ -110,11 +118,17 @@ pub fn report_json(instance: &str, seq: u64, arms: &[(&str, ArmReport)]) -> Stri
         .collect();
     let arms: Vec<String> = arms
         .iter()
-        .map(|(name, r)| {
+        .map(|(name, r, bandit)| {
             let [a, b, c, d] = r.responses();
             let counts: Vec<String> = r.cumulative_latency().iter().map(u64::to_string).collect();
+            let bandit = bandit.map_or(String::new(), |k| {
+                format!(
+                    ",\"bandit\":{{\"trials\":{},\"reward_micros\":{}}}",
+                    k.trials, k.reward_micros
+                )
+            });
             format!(
-                "\"{name}\":{{\"requests\":{},\"responses\":{{\"2xx\":{a},\"3xx\":{b},\"4xx\":{c},\"5xx\":{d}}},\"latency_ms\":{{\"le\":[{}],\"counts\":[{}]}}}}",
+                "\"{name}\":{{\"requests\":{},\"responses\":{{\"2xx\":{a},\"3xx\":{b},\"4xx\":{c},\"5xx\":{d}}},\"latency_ms\":{{\"le\":[{}],\"counts\":[{}]}}{bandit}}}",
                 r.requests(),
                 le.join(","),
                 counts.join(",")
@@ -151,11 +165,18 @@ mod tests {
             (1, 2, 3),
             "<=5 ms, <=150 ms, +Inf"
         );
-        let json = report_json("abc", 7, &[("v1", a)]);
+        let bandit = ArmCounts {
+            trials: 9,
+            reward_micros: 4_500_000,
+        };
+        let json = report_json("abc", 7, &[("v1", a, None), ("v2", a, Some(bandit))]);
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["arms"]["v1"]["responses"]["5xx"], 2);
         assert_eq!(v["arms"]["v1"]["latency_ms"]["le"][11], "+Inf");
         assert_eq!(v["arms"]["v1"]["latency_ms"]["counts"][11], 3);
+        assert!(v["arms"]["v1"].get("bandit").is_none());
+        assert_eq!(v["arms"]["v2"]["bandit"]["reward_micros"], 4_500_000);
+        assert_eq!(v["arms"]["v2"]["requests"], 2);
         assert_eq!(
             (v["instance"].as_str(), v["seq"].as_u64()),
             (Some("abc"), Some(7))

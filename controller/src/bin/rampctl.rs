@@ -415,6 +415,35 @@ fn print_status(v: &serde_json::Value) {
             if verdict == "pass" { "ok" } else { verdict }
         );
     }
+    if let Some(ab) = v["ab_test"].as_object() {
+        let r = &ab["result"];
+        match r["p_value"].as_f64() {
+            Some(p) => println!(
+                "    A/B {}: candidate {:.4} vs baseline {:.4}, lift {}, p = {p:.4}, {:.0}% interval of the difference [{:.4}, {:.4}], winner: {}",
+                ab["metric"].as_str().unwrap_or("?"),
+                r["candidate_rate"].as_f64().unwrap_or(0.0),
+                r["baseline_rate"].as_f64().unwrap_or(0.0),
+                r["relative_lift"].as_f64().map_or("-".to_owned(), |l| format!("{:+.1}%", l * 100.0)),
+                r["confidence"].as_f64().unwrap_or(0.0) * 100.0,
+                r["interval"][0].as_f64().unwrap_or(0.0),
+                r["interval"][1].as_f64().unwrap_or(0.0),
+                r["winner"].as_str().unwrap_or("?"),
+            ),
+            None => println!("    A/B {}: no result yet", ab["metric"].as_str().unwrap_or("?")),
+        }
+        if let Some(n) = ab["planned_per_arm"].as_u64().filter(|&n| n > 0) {
+            println!("    A/B planned sample: {n} requests per arm");
+        }
+    }
+    for (arm, p) in v["bandit"].as_object().into_iter().flatten() {
+        println!(
+            "    bandit {arm:<10} trials {:>7}  reward rate {:.4}  95% credible [{:.4}, {:.4}]",
+            p["trials"],
+            p["mean"].as_f64().unwrap_or(0.0),
+            p["interval"][0].as_f64().unwrap_or(0.0),
+            p["interval"][1].as_f64().unwrap_or(0.0)
+        );
+    }
     for (arm, w) in v["window"].as_object().into_iter().flatten() {
         println!(
             "    {arm:<10} requests {:>7}  errors {:>5}  error rate {:.4}  p95 {} ms",
@@ -430,9 +459,22 @@ fn print_status(v: &serde_json::Value) {
 
 fn print_plan(spec: &Spec) {
     println!(
-        "rollout {}: {} (baseline) -> {} (candidate), check every {} ms, roll back after {} failed checks",
-        spec.name, spec.baseline, spec.candidate, spec.check_interval_ms, spec.failure_threshold
+        "rollout {}: {} (baseline) -> {} (candidate), strategy {:?}, check every {} ms, roll back after {} failed checks{}",
+        spec.name, spec.baseline, spec.candidate, spec.strategy, spec.check_interval_ms, spec.failure_threshold,
+        if spec.manual_promotion { ", manual promotion" } else { "" }
     );
+    if let Some(ab) = &spec.ab_test {
+        println!(
+            "  A/B test on {:?} at {}% confidence{}",
+            ab.metric,
+            ab.confidence * 100.0,
+            if ab.planned_per_arm > 0 {
+                format!(", planned sample {} requests per arm", ab.planned_per_arm)
+            } else {
+                String::new()
+            }
+        );
+    }
     for (i, s) in spec.stages.iter().enumerate() {
         let rules: Vec<String> = s
             .rules

@@ -508,7 +508,7 @@ fn ground_truth_posted_for_decisions_rolls_back_a_less_accurate_candidate() {
         };
         let body = json!({"decision": decision, "correct": correct}).to_string();
         let (code, v) = controller
-            .call("POST", "/v1/rollouts/accuracy/feedback", Some(&body), false)
+            .call("POST", "/v1/rollouts/accuracy/feedback", Some(&body), true)
             .unwrap();
         assert_eq!((code, v["recorded"].as_bool()), (200, Some(true)), "{v}");
         first.get_or_insert(body);
@@ -531,7 +531,7 @@ fn ground_truth_posted_for_decisions_rolls_back_a_less_accurate_candidate() {
             "POST",
             "/v1/rollouts/accuracy/feedback",
             first.as_deref(),
-            false,
+            true,
         )
         .unwrap();
     assert_eq!(
@@ -544,10 +544,19 @@ fn ground_truth_posted_for_decisions_rolls_back_a_less_accurate_candidate() {
             "POST",
             "/v1/rollouts/accuracy/feedback",
             Some(r#"{"decision":"v9.1","correct":true}"#),
-            false,
+            true,
         )
         .unwrap();
     assert_eq!(code, 400);
+    let (code, _) = controller
+        .call(
+            "POST",
+            "/v1/rollouts/accuracy/feedback",
+            Some(r#"{"decision":"v1.1","correct":true}"#),
+            false,
+        )
+        .unwrap();
+    assert_eq!(code, 401, "feedback steers rollbacks: it needs the token");
 }
 
 #[test]
