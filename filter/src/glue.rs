@@ -365,27 +365,34 @@ impl RampRoot {
         let body = self
             .get_http_call_response_body(0, body_size)
             .unwrap_or_default();
-        let doc =
-            match LiveState::parse(&body).and_then(|d| d.weights_for(&active.rollout).map(|_| d)) {
-                Ok(doc) => doc,
-                Err(e) => {
-                    log(
-                        LogLevel::Warn,
-                        &format!(
-                            "ramp: rollout {:?}: {e}; keeping the last good state",
-                            active.rollout.name
-                        ),
-                    );
-                    return;
-                }
-            };
+        let checked = LiveState::parse(&body).and_then(|d| {
+            d.weights_for(&active.rollout)?;
+            d.bandit_for(&active.rollout)?;
+            Ok(d)
+        });
+        let doc = match checked {
+            Ok(doc) => doc,
+            Err(e) => {
+                log(
+                    LogLevel::Warn,
+                    &format!(
+                        "ramp: rollout {:?}: {e}; keeping the last good state",
+                        active.rollout.name
+                    ),
+                );
+                return;
+            }
+        };
         let Ok((stored, cas)) = hostcalls::get_shared_data(&link.state_key) else {
             return;
         };
         let newer = stored
             .as_deref()
             .and_then(|b| LiveState::parse(b).ok())
-            .is_none_or(|old| doc.version > old.version);
+            // Same version, new content: the fleet's bandit counts moved while the weights did not.
+            .is_none_or(|old| {
+                doc.version > old.version || (doc.version == old.version && doc != old)
+            });
         if newer {
             let _ = hostcalls::set_shared_data(
                 &link.state_key,

@@ -1,0 +1,206 @@
+//! Strategies that need the whole fleet: a bandit whose counts the controller sums over every Envoy
+//! and the delayed rewards applications post, and an A/B test decided by a z-test on conversions.
+//! Real Envoys with the filter, a real `rampctl serve`, model servers.
+
+use std::time::{Duration, Instant};
+
+use ramp_tests::controller::Controller;
+use ramp_tests::{two_arm_config_with_controller, Client, Envoy, ModelServer};
+use serde_json::{json, Value};
+
+fn decision_of(r: &ramp_tests::Reply) -> String {
+    r.headers
+        .iter()
+        .find(|(k, _)| k == "x-ramp-decision")
+        .map(|(_, v)| v.clone())
+        .expect("decision header")
+}
+
+/// Posts a conversion (reward 1) for one decision, with the token.
+fn convert(controller: &Controller, rollout: &str, decision: &str) {
+    let body = json!({"decision": decision, "reward": 1.0}).to_string();
+    let (code, v) = controller
+        .call(
+            "POST",
+            &format!("/v1/rollouts/{rollout}/feedback"),
+            Some(&body),
+            true,
+        )
+        .unwrap();
+    assert_eq!((code, v["recorded"].as_bool()), (200, Some(true)), "{v}");
+}
+
+/// The fleet's bandit counts as the controller serves them to an Envoy it has no report from.
+fn fleet_counts(controller: &Controller, rollout: &str) -> Value {
+    controller
+        .call("GET", &format!("/v1/rollouts/{rollout}/state"), None, false)
+        .unwrap()
+        .1["bandit"]
+        .clone()
+}
+
+#[test]
+fn a_fresh_envoy_starts_from_what_the_fleet_learned_and_counts_are_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = Controller::start(&dir.path().join("ramp.db"), "s3cret").unwrap();
+    let (v1, v2) = (
+        ModelServer::start("v1").unwrap(),
+        ModelServer::start("v2").unwrap(),
+    );
+    let cfg = json!({
+        "rollout": "fleet",
+        "arms": [{"name": "v1", "weight": 1}, {"name": "v2", "weight": 1}],
+        "strategy": "bandit",
+        "bandit": {"policy": "thompson", "reward": {"source": "feedback"}},
+        "decision_header": "x-ramp-decision",
+        "controller": {"cluster": "rampctl", "poll_ms": 250}
+    });
+    let config = two_arm_config_with_controller(&cfg, v1.port, v2.port, controller.port).unwrap();
+    let (a, b) = (
+        Envoy::start(&config, 2).unwrap(),
+        Envoy::start(&config, 2).unwrap(),
+    );
+    controller
+        .apply("name: fleet\nstrategy: bandit\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 0.5\nstages: [{weight: 50, min_duration_s: 3600}, {weight: 100}]\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+
+    // Through Envoy A only: the application converts 1 in 10 of v1's decisions, 9 in 10 of v2's.
+    let client = Client::default();
+    let (mut seen, mut converted) = ([0u64; 2], [0u64; 2]);
+    for _ in 0..400 {
+        let r = client.get(&a.url("/predict"), &[]).unwrap();
+        let i = usize::from(r.served_by == "v2");
+        seen[i] += 1;
+        let converts = if i == 0 {
+            seen[0] % 10 == 0
+        } else {
+            seen[1] % 10 != 0
+        };
+        if converts {
+            convert(&controller, "fleet", &decision_of(&r));
+            converted[i] += 1;
+        }
+    }
+    assert_eq!(seen, [v1.served(), v2.served()]);
+    assert!(
+        seen[0] >= 40 && seen[1] >= 40,
+        "both arms explored: {seen:?}"
+    );
+
+    // Exact: the fleet's trials are the requests served, its rewards the conversions posted.
+    let want = json!({
+        "v1": {"trials": seen[0], "reward_micros": converted[0] * 1_000_000},
+        "v2": {"trials": seen[1], "reward_micros": converted[1] * 1_000_000},
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fleet_counts(&controller, "fleet") != want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(fleet_counts(&controller, "fleet"), want);
+
+    // Envoy B has served nothing, yet it polls A's counts and the rewards: it favours v2 at once.
+    std::thread::sleep(Duration::from_millis(1500));
+    let replies = ramp_tests::drive(&b.url("/predict"), 200, 1, ramp_tests::no_headers);
+    let on_b = ramp_tests::count_by_arm(&replies);
+    // With ~10% vs ~90% over tens of trials each, Thompson picks v1 with probability < 1e-6 per
+    // request; the 5% allowance is for the first ticks.
+    assert!(
+        on_b.get("v2").copied().unwrap_or(0) >= 190,
+        "a fresh Envoy uses the fleet's counts: {on_b:?} (fleet: {want})"
+    );
+
+    let total = json!({
+        "v1": {"trials": v1.served(), "reward_micros": converted[0] * 1_000_000},
+        "v2": {"trials": v2.served(), "reward_micros": converted[1] * 1_000_000},
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fleet_counts(&controller, "fleet") != total && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        fleet_counts(&controller, "fleet"),
+        total,
+        "two Envoys' trials add up exactly"
+    );
+    assert_eq!(v1.served() + v2.served(), 600);
+    let (_, status) = controller
+        .call("GET", "/v1/rollouts/fleet", None, false)
+        .unwrap();
+    let (lo, hi) = (
+        status["bandit"]["v2"]["interval"][0].as_f64().unwrap(),
+        status["bandit"]["v2"]["interval"][1].as_f64().unwrap(),
+    );
+    assert!(lo < hi && hi <= 1.0, "credible interval {status}");
+}
+
+#[test]
+fn an_ab_test_on_conversions_promotes_the_significantly_better_candidate() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = Controller::start(&dir.path().join("ramp.db"), "s3cret").unwrap();
+    let (v1, v2) = (
+        ModelServer::start("v1").unwrap(),
+        ModelServer::start("v2").unwrap(),
+    );
+    let cfg = json!({
+        "rollout": "ab",
+        "arms": [{"name": "v1", "weight": 100}, {"name": "v2", "weight": 0}],
+        "decision_header": "x-ramp-decision",
+        "controller": {"cluster": "rampctl", "poll_ms": 250}
+    });
+    let envoy = Envoy::start(
+        &two_arm_config_with_controller(&cfg, v1.port, v2.port, controller.port).unwrap(),
+        2,
+    )
+    .unwrap();
+    controller
+        .apply("name: ab\nstrategy: ab_test\nab_test: {metric: conversion, confidence: 0.95}\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 0.5\nstages: [{weight: 50, min_requests: 300}, {weight: 100}]\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+
+    // v1 converts 1 in 7 (14%), v2 1 in 3 (33%): with 300 a side, z is about 5.
+    let client = Client::default();
+    let mut seen = [0u64; 2];
+    let mut during = Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let r = client.get(&envoy.url("/predict"), &[]).unwrap();
+        let i = usize::from(r.served_by == "v2");
+        seen[i] += 1;
+        if (i == 0 && seen[0] % 7 == 0) || (i == 1 && seen[1] % 3 == 0) {
+            convert(&controller, "ab", &decision_of(&r));
+        }
+        if (seen[0] + seen[1]) % 50 == 0 {
+            let (_, st) = controller
+                .call("GET", "/v1/rollouts/ab", None, false)
+                .unwrap();
+            if st["stage"] == 1 && st["ab_test"]["result"].is_object() {
+                during = st.clone();
+            }
+            if st["phase"] != "progressing" || st["stage"] != 1 || Instant::now() > deadline {
+                break st;
+            }
+        }
+    };
+    assert_eq!(status["weights"]["v2"], 100.0, "{status}");
+    let result = &during["ab_test"]["result"];
+    assert!(
+        (0.40..0.60).contains(&(seen[1] as f64 / (seen[0] + seen[1]) as f64)),
+        "the experiment split 50/50: {seen:?}"
+    );
+    assert!(
+        result["candidate_rate"].as_f64().unwrap() > result["baseline_rate"].as_f64().unwrap(),
+        "{during}"
+    );
+    let (_, h) = controller
+        .call("GET", "/v1/rollouts/ab/history", None, false)
+        .unwrap();
+    assert!(
+        h["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "advance" && e["detail"] == "stage 2 at 100%"),
+        "{h}"
+    );
+}
