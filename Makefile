@@ -19,9 +19,10 @@ WASM := $(WASM_DIR)/ramp_filter.wasm
 WASM_OPT_FLAGS := -O3 --strip-debug --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int --enable-mutable-globals
 # Release filter size budget. Issue 2 set 300 KB for weighted/sticky/override, which measured 283 KB;
 # the bandit and the shadow compare mode (callouts, pairing, JSON pointer) bring it to ~318 KB, the
-# live-state channel (lease, polling, state documents) to ~340 KB, so the budget is 360 KB. It still
-# fails the build on unexplained growth.
-WASM_MAX_BYTES := 360000
+# live-state channel (lease, polling, state documents) to ~340 KB, the fleet's bandit counts and the
+# shadow totals in that channel (issue 5) to ~362 KB, so the budget is 372 KB. It still fails the
+# build on unexplained growth.
+WASM_MAX_BYTES := 372000
 
 .PHONY: help toolchain venv wasm lint unit wasm-test e2e test demo bench sim clean
 

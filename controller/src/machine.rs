@@ -151,11 +151,16 @@ pub fn step(
     }
     next.failed_checks = 0;
     next.reason = None;
-    // A 0% stage (blue-green's test stage) has no candidate traffic to judge; time decides.
-    let judged = stage.weight == 0.0 || verdicts.iter().all(|v| matches!(v, Verdict::Pass { .. }));
+    // A 0% stage's rules are shadow rules (the spec allows no others there); without any, time decides.
+    let judged = verdicts.iter().all(|v| matches!(v, Verdict::Pass { .. }));
     let waited = now_ms.saturating_sub(state.stage_started_ms) >= stage.min_duration_ms;
     let (candidate, baseline) = stage_windows;
-    let served = stage.weight == 0.0 || candidate.requests >= stage.min_requests;
+    // At 0% the candidate serves nobody; `min_requests` counts the copies compared instead.
+    let served = if stage.weight == 0.0 {
+        candidate.shadow.pairs >= stage.min_requests
+    } else {
+        candidate.requests >= stage.min_requests
+    };
     if !(judged && waited && served) {
         let missing = verdicts.iter().find_map(|v| match v {
             Verdict::NotEnoughData { samples, needed } => {
@@ -685,5 +690,40 @@ mod tests {
                 "waiting for the planned sample: 1000 of 57756 requests per arm".into()
             ))
         );
+    }
+
+    #[test]
+    fn a_shadow_rollout_is_judged_on_mirrored_copies_at_zero_percent() {
+        let s = Spec::parse("name: sh\nstrategy: shadow\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\nfailure_threshold: 1\nstages:\n  - {weight: 0, min_requests: 200, rules: [{metric: shadow_agreement, min: 0.9, min_samples: 100}, {metric: shadow_error_rate, max: 0.05, min_samples: 100}]}\n  - {weight: 100}\n").unwrap();
+        let copies = |pairs: u64, failed: u64, labelled: u64, agree: u64| ArmWindow {
+            shadow: crate::rules::ShadowFigures {
+                pairs,
+                failed,
+                labelled,
+                agree,
+            },
+            ..Default::default()
+        };
+        let st = State::start(&s, 0);
+        assert_eq!(st.weights(&s), (100.0, 0.0));
+        let at = |c: ArmWindow| step(&s, &st, 1, &(c.clone(), w(0, 0)), &fixed(c, w(500, 0)));
+        assert!(
+            matches!(at(copies(50, 0, 50, 50)).1, Action::Hold(Some(ref r)) if r.contains("50 of 100")),
+            "too few copies to judge"
+        );
+        assert!(
+            matches!(at(copies(150, 0, 150, 150)).1, Action::Hold(None)),
+            "judged fine, but min_requests counts copies: 150 of 200"
+        );
+        assert_eq!(
+            at(copies(300, 3, 297, 290)).1,
+            Action::Advance { to_stage: 1 }
+        );
+        let (back, a) = at(copies(300, 3, 297, 200));
+        assert!(
+            matches!(a, Action::RollBack { ref reason } if reason.contains("shadow agreement 0.6734 < min 0.9")),
+            "{a:?}"
+        );
+        assert_eq!(back.weights(&s), (100.0, 0.0));
     }
 }

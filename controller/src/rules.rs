@@ -18,6 +18,31 @@ pub struct ArmWindow {
     pub correct: u64,
     /// Delayed rewards (conversions) posted for the arm's decisions, in millionths.
     pub reward_micros: u64,
+    /// Copies of live requests mirrored to this arm and compared with the primary's answers.
+    pub shadow: ShadowFigures,
+}
+
+/// Shadow comparison counts (filter compare mode), cumulative or over a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShadowFigures {
+    /// Copies whose answer was paired with the primary's.
+    pub pairs: u64,
+    /// Of those, the copy failed: 5xx or no answer in time.
+    pub failed: u64,
+    /// Pairs where both answers had a value to compare, and how many of those agreed.
+    pub labelled: u64,
+    pub agree: u64,
+}
+
+impl ShadowFigures {
+    pub fn since(&self, base: &ShadowFigures) -> ShadowFigures {
+        ShadowFigures {
+            pairs: self.pairs.saturating_sub(base.pairs),
+            failed: self.failed.saturating_sub(base.failed),
+            labelled: self.labelled.saturating_sub(base.labelled),
+            agree: self.agree.saturating_sub(base.agree),
+        }
+    }
 }
 
 impl ArmWindow {
@@ -36,6 +61,16 @@ impl ArmWindow {
             Metric::Accuracy => (
                 (self.labelled > 0).then(|| self.correct as f64 / self.labelled as f64),
                 self.labelled,
+            ),
+            Metric::ShadowAgreement => (
+                (self.shadow.labelled > 0)
+                    .then(|| self.shadow.agree as f64 / self.shadow.labelled as f64),
+                self.shadow.labelled,
+            ),
+            Metric::ShadowErrorRate => (
+                (self.shadow.pairs > 0)
+                    .then(|| self.shadow.failed as f64 / self.shadow.pairs as f64),
+                self.shadow.pairs,
             ),
             m => (
                 m.percentile().and_then(|q| self.latency.quantile(q)),
@@ -104,6 +139,8 @@ fn metric_name(m: Metric) -> &'static str {
         Metric::LatencyP95 => "P95 latency (ms)",
         Metric::LatencyP99 => "P99 latency (ms)",
         Metric::Accuracy => "accuracy",
+        Metric::ShadowAgreement => "shadow agreement",
+        Metric::ShadowErrorRate => "shadow error rate",
     }
 }
 

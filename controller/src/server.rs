@@ -20,7 +20,7 @@ use crate::posterior::posterior;
 use crate::rules::{evaluate, Verdict};
 use crate::spec::{Bound, HookPoint, Spec};
 use crate::store::{Record, Store, StoreError};
-use crate::window::{remote_bandit, sum_reports, window, Report, Totals};
+use crate::window::{remote_bandit, sum_reports, sum_shadow, window, Report, Totals};
 
 pub struct Config {
     pub listen: SocketAddr,
@@ -122,6 +122,9 @@ fn totals_of(store: &Store, spec: &Spec) -> Result<Totals, ApiError> {
         }
         None => sum_reports(&store.reports(&spec.name)?),
     };
+    // Copies are mirrored to the candidate; only the filters report comparisons (either source).
+    totals.entry(spec.candidate.clone()).or_default().shadow =
+        sum_shadow(&store.reports(&spec.name)?);
     for f in store.feedback_totals(&spec.name)? {
         let t = totals.entry(f.arm).or_default();
         t.labelled = f.labelled;
@@ -214,7 +217,8 @@ fn summary(rec: &Record, spec: &Spec, totals: &Totals, store: &Store) -> Value {
         json!({"requests": w.requests, "errors": w.errors,
                "error_rate": if w.requests > 0 { w.errors as f64 / w.requests as f64 } else { 0.0 },
                "p95_ms": w.latency.quantile(0.95),
-               "accuracy": if w.labelled > 0 { Some(w.correct as f64 / w.labelled as f64) } else { None }, "labelled": w.labelled})
+               "accuracy": if w.labelled > 0 { Some(w.correct as f64 / w.labelled as f64) } else { None }, "labelled": w.labelled,
+               "shadow": w.shadow})
     };
     let stage = spec.stages.get(rec.state.stage);
     // The stage's rules against the stage's window so far, for `status`: figure, bound, verdict.

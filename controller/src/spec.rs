@@ -42,6 +42,9 @@ pub enum StrategyKind {
     /// traffic out; the controller guards with the rules, sums the bandit counts of every Envoy and
     /// the delayed rewards, and pushes them back.
     Bandit,
+    /// The candidate serves no user: the filters mirror live requests to it (shadow compare mode)
+    /// and the first stage's shadow rules judge its answers; then it is switched to 100%.
+    Shadow,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -63,6 +66,11 @@ pub enum Metric {
     LatencyP99,
     /// Share of predictions that matched ground truth reported through the API.
     Accuracy,
+    /// Share of mirrored copies whose answer (the filter's `shadow.json_pointer`) equals the
+    /// primary's: judged at 0%, with no user seeing the candidate.
+    ShadowAgreement,
+    /// Share of mirrored copies that failed (5xx or timeout).
+    ShadowErrorRate,
 }
 
 impl Metric {
@@ -75,9 +83,14 @@ impl Metric {
         }
     }
 
-    /// Whether larger values are worse (latency, errors) or better (accuracy).
+    /// Whether larger values are worse (latency, errors) or better (accuracy, agreement).
     pub fn higher_is_worse(self) -> bool {
-        !matches!(self, Metric::Accuracy)
+        !matches!(self, Metric::Accuracy | Metric::ShadowAgreement)
+    }
+
+    /// Judged on mirrored copies, so it has data while the candidate serves no user.
+    pub fn is_shadow(self) -> bool {
+        matches!(self, Metric::ShadowAgreement | Metric::ShadowErrorRate)
     }
 }
 
@@ -430,7 +443,34 @@ fn validate_strategy(raw: &RawSpec, stages: &[Stage]) -> Result<Option<AbTest>, 
             None => Ok(()),
         }
     };
+    // At 0% the candidate serves nobody: only rules on mirrored copies have anything to judge.
+    for (i, s) in stages.iter().enumerate().filter(|(_, s)| s.weight == 0.0) {
+        if let Some(j) = s.rules.iter().position(|r| !r.metric.is_shadow()) {
+            return Err(err(
+                format!("stages[{i}].rules[{j}].metric"),
+                "a 0% stage serves no user: only shadow_agreement and shadow_error_rate can be judged there",
+            ));
+        }
+    }
     match raw.strategy {
+        StrategyKind::Shadow => {
+            if raw.ab_test.is_some() {
+                return Err(err("ab_test", "only applies to strategy ab_test"));
+            }
+            if !(stages.len() == 2 && stages[0].weight == 0.0) {
+                return Err(err(
+                    "stages",
+                    "shadow has two stages: 0 (mirrored copies judged by shadow rules) and 100",
+                ));
+            }
+            if stages[0].rules.is_empty() {
+                return Err(err(
+                    "stages[0].rules",
+                    "shadow needs at least one rule (shadow_agreement, shadow_error_rate) to judge the copies",
+                ));
+            }
+            Ok(None)
+        }
         StrategyKind::Canary | StrategyKind::BlueGreen => {
             if raw.ab_test.is_some() {
                 return Err(err("ab_test", "only applies to strategy ab_test"));
@@ -522,7 +562,10 @@ fn validate_rule(r: &RawRule, field: &str) -> Result<Rule, SpecError> {
             format!("must be a finite number >= 0, got {value}"),
         ));
     }
-    let rate = matches!(r.metric, Metric::ErrorRate | Metric::Accuracy);
+    let rate = !matches!(
+        r.metric,
+        Metric::LatencyP50 | Metric::LatencyP95 | Metric::LatencyP99
+    );
     if rate && value > 1.0 {
         return Err(err(
             format!("{field}.{name}"),
@@ -539,7 +582,7 @@ fn validate_rule(r: &RawRule, field: &str) -> Result<Rule, SpecError> {
         (false, Bound::Max(_)) => {
             return Err(err(
                 format!("{field}.max"),
-                "accuracy is bounded below: use min",
+                "this metric is bounded below (higher is better): use min",
             ))
         }
         _ => {}
@@ -667,6 +710,24 @@ mod tests {
                 ),
                 "stages",
                 "two stages",
+            ),
+            (
+                format!(
+                    "strategy: blue_green\n{}",
+                    base("[{weight: 0, rules: [{metric: error_rate, max: 0.1}]}, {weight: 100}]")
+                ),
+                "stages[0].rules[0].metric",
+                "only shadow_agreement and shadow_error_rate",
+            ),
+            (
+                format!("strategy: shadow\n{}", base("[{weight: 0}, {weight: 100}]")),
+                "stages[0].rules",
+                "at least one rule",
+            ),
+            (
+                base("[{weight: 100, rules: [{metric: shadow_agreement, max: 0.9}]}]"),
+                "stages[0].rules[0].max",
+                "use min",
             ),
             (
                 format!("ab_test: {{}}\n{}", base("[{weight: 100}]")),

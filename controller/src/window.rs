@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::histogram::Histogram;
-use crate::rules::ArmWindow;
+use crate::rules::{ArmWindow, ShadowFigures};
 
 /// One arm's cumulative figures.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -27,6 +27,9 @@ pub struct ArmTotals {
     /// Delayed rewards posted for this arm's decisions, summed in millionths.
     #[serde(default)]
     pub reward_micros: u64,
+    /// Shadow comparisons of copies mirrored to this arm.
+    #[serde(default)]
+    pub shadow: ShadowFigures,
 }
 
 pub type Totals = BTreeMap<String, ArmTotals>;
@@ -57,6 +60,22 @@ pub struct Report {
     pub instance: String,
     pub seq: u64,
     pub arms: BTreeMap<String, ReportedArm>,
+    /// The filter's shadow compare-mode totals (`ramp_filter::shadow::TOTAL_NAMES`), when on.
+    #[serde(default)]
+    pub shadow: Option<BTreeMap<String, u64>>,
+}
+
+/// The shadow comparisons of every instance's newest report.
+pub fn sum_shadow<'a>(reports: impl IntoIterator<Item = &'a Report>) -> ShadowFigures {
+    let mut out = ShadowFigures::default();
+    for s in reports.into_iter().filter_map(|r| r.shadow.as_ref()) {
+        let get = |k: &str| s.get(k).copied().unwrap_or(0);
+        out.pairs += get("pairs");
+        out.failed += get("shadow_errors") + get("shadow_timeouts");
+        out.labelled += get("labelled_pairs");
+        out.agree += get("label_agree");
+    }
+    out
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,6 +152,7 @@ impl ReportedArm {
             labelled: 0,
             correct: 0,
             reward_micros: 0,
+            shadow: ShadowFigures::default(),
         }
     }
 }
@@ -176,6 +196,7 @@ pub fn window(now: &Totals, base: &Totals, arm: &str) -> ArmWindow {
         labelled: n.labelled.saturating_sub(b.labelled),
         correct: n.correct.saturating_sub(b.correct),
         reward_micros: n.reward_micros.saturating_sub(b.reward_micros),
+        shadow: n.shadow.since(&b.shadow),
     }
 }
 
@@ -242,6 +263,32 @@ mod tests {
             BanditCounts {
                 trials: 150,
                 reward_micros: 70_000_000
+            }
+        );
+    }
+
+    #[test]
+    fn shadow_comparisons_of_every_instance_add_up() {
+        let with_shadow = |instance: &str, pairs: u64, agree: u64| -> Report {
+            serde_json::from_value(serde_json::json!({
+                "instance": instance, "seq": 1, "arms": {},
+                "shadow": {"sent": pairs + 1, "pairs": pairs, "shadow_errors": 1, "shadow_timeouts": 2,
+                           "labelled_pairs": pairs - 3, "label_agree": agree, "mirrored": 0}
+            }))
+            .unwrap()
+        };
+        let total = sum_shadow(&[
+            with_shadow("a", 100, 90),
+            with_shadow("b", 50, 40),
+            report("c", 1, 0),
+        ]);
+        assert_eq!(
+            total,
+            ShadowFigures {
+                pairs: 150,
+                failed: 6,
+                labelled: 144,
+                agree: 130
             }
         );
     }

@@ -56,24 +56,6 @@ pub fn shared_key(rollout: &str, arm: &str) -> String {
     format!("ramp.bandit.v1.{rollout}.{arm}")
 }
 
-/// Shared data under one of our keys holds bytes that are not a counter: never overwrite them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("shared data holds {len} bytes that are not Ramp counters")]
-pub struct ForeignValue {
-    pub len: usize,
-}
-
-/// The value to write when adding `delta` to what shared data holds (`None`: key not created yet).
-/// `Err` when the stored bytes are not ours; the caller keeps its delta and reports it.
-pub fn merged(stored: Option<&[u8]>, delta: ArmCounts) -> Result<ArmCounts, ForeignValue> {
-    match stored {
-        None | Some([]) => Ok(delta),
-        Some(bytes) => ArmCounts::decode(bytes)
-            .map(|c| c.plus(delta))
-            .ok_or(ForeignValue { len: bytes.len() }),
-    }
-}
-
 /// A CAS that no stored value carries (the host's CAS counter would have to land on exactly this
 /// value), used to create a key: if another worker created it first the write fails with a CAS
 /// mismatch and is retried as an update, where CAS 0 would silently overwrite that worker's counts.
@@ -182,15 +164,16 @@ mod tests {
         };
         assert_eq!(ArmCounts::decode(&c.encode()), Some(c));
         assert_eq!(ArmCounts::decode(&[1, 2, 3]), None);
-        assert_eq!(merged(Some(&[9; 15]), c), Err(ForeignValue { len: 15 }));
-        assert_eq!(merged(None, c), Ok(c));
+        // Adding into shared data goes through report::add_le_u64s, on the same layout.
+        let sum = crate::report::add_le_u64s(Some(&c.encode()), &[c.trials, c.reward_micros]);
         assert_eq!(
-            merged(Some(&c.encode()), c),
-            Ok(ArmCounts {
+            sum.as_deref().and_then(ArmCounts::decode),
+            Some(ArmCounts {
                 trials: 14,
                 reward_micros: 6_500_000
             })
         );
+        assert_eq!(crate::report::add_le_u64s(Some(&[9; 15]), &[1, 1]), None);
     }
 
     #[test]

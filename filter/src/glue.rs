@@ -11,12 +11,14 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
 use crate::config::{KeySource, Reward, Rollout, Shadow, ShadowMode};
-use crate::counters::{merged, shared_key, ArmCounts, WorkerCounts, CREATE_ONLY_CAS};
+use crate::counters::{shared_key, ArmCounts, WorkerCounts, CREATE_ONLY_CAS};
 use crate::headermap::{find, pairs};
 use crate::jsonpick::pick;
 use crate::live::{lease_key, state_key, Lease, LiveState};
 use crate::metrics::{all_arm_stat_names, class_index, fail_open_stat_name, PendingCounts};
-use crate::report::{counts_key, instance_key, report_json, ArmReport};
+use crate::report::{
+    add_le_u64s, counts_key, decode_le_u64s, instance_key, report_json, shadow_key, ArmReport,
+};
 use crate::request::{cookie_value, must_strip, query_value, set_cookie_value, sticky_source};
 use crate::select::{choose, Reason, RequestKeys};
 use crate::shadow::{
@@ -56,38 +58,47 @@ struct LiveLink {
     report_pending: RefCell<Vec<ArmReport>>,
     counts_keys: Vec<String>,
     instance_key: String,
+    /// Shadow comparison totals of this worker not yet in shared data (empty: compare mode is off).
+    shadow_pending: RefCell<Vec<u64>>,
+    shadow_key: String,
+}
+
+/// Adds `delta` into the u64 array under `key` in shared data (bounded read-modify-CAS loop) and
+/// returns the new total; `None` when it could not (contention, foreign bytes under our key): the
+/// caller keeps the delta for the next tick, so nothing is lost or counted twice.
+fn cas_add(key: &str, delta: &[u64]) -> Option<Vec<u8>> {
+    for _ in 0..8 {
+        let (stored, cas) = hostcalls::get_shared_data(key).ok()?;
+        let Some(total) = add_le_u64s(stored.as_deref(), delta) else {
+            log(
+                LogLevel::Warn,
+                &format!("ramp: shared data {key:?} holds foreign bytes; not merging"),
+            );
+            return None;
+        };
+        match hostcalls::set_shared_data(key, Some(&total), Some(cas.unwrap_or(CREATE_ONLY_CAS))) {
+            Ok(()) => return Some(total),
+            Err(Status::CasMismatch) => continue,
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 impl LiveLink {
-    /// Adds this worker's report counts into the per-Envoy totals in shared data (bounded CAS loop,
-    /// keeping what could not be written, as for the bandit counters).
+    /// Adds this worker's report counts (and shadow totals) into the per-Envoy totals in shared
+    /// data, keeping what could not be written, as for the bandit counters.
     fn flush_report_counts(&self) {
-        let Ok(mut pending) = self.report_pending.try_borrow_mut() else {
-            return;
-        };
-        for (delta, key) in pending.iter_mut().zip(&self.counts_keys) {
-            for _ in 0..8 {
-                if delta.is_zero() {
-                    break;
+        if let Ok(mut pending) = self.report_pending.try_borrow_mut() {
+            for (delta, key) in pending.iter_mut().zip(&self.counts_keys) {
+                if !delta.is_zero() && cas_add(key, delta.slots()).is_some() {
+                    *delta = ArmReport::default();
                 }
-                let Ok((stored, cas)) = hostcalls::get_shared_data(key) else {
-                    break;
-                };
-                let Some(total) = (match stored.as_deref() {
-                    None | Some([]) => Some(*delta),
-                    Some(b) => ArmReport::decode(b).map(|t| t.plus(delta)),
-                }) else {
-                    break;
-                };
-                match hostcalls::set_shared_data(
-                    key,
-                    Some(&total.encode()),
-                    Some(cas.unwrap_or(CREATE_ONLY_CAS)),
-                ) {
-                    Ok(()) => *delta = ArmReport::default(),
-                    Err(Status::CasMismatch) => continue,
-                    Err(_) => break,
-                }
+            }
+        }
+        if let Ok(mut shadow) = self.shadow_pending.try_borrow_mut() {
+            if shadow.iter().any(|&v| v > 0) && cas_add(&self.shadow_key, &shadow).is_some() {
+                shadow.iter_mut().for_each(|v| *v = 0);
             }
         }
     }
@@ -174,6 +185,15 @@ impl Active {
                 let expired = st.book.expire(now_ms(), max_age);
                 st.totals.unpaired += expired as u64;
                 let values = st.totals.take();
+                if let Some(Ok(mut pending)) = self
+                    .live
+                    .as_ref()
+                    .map(|l| l.shadow_pending.try_borrow_mut())
+                {
+                    for (p, v) in pending.iter_mut().zip(values) {
+                        *p = p.saturating_add(v);
+                    }
+                }
                 for (id, v) in st.metrics.iter().zip(values) {
                     if v > 0 {
                         let _ = hostcalls::increment_metric(*id, v as i64);
@@ -206,36 +226,19 @@ impl Active {
 /// Each arm is a bounded read-modify-CAS loop; a delta that cannot be written (contention, foreign
 /// bytes under our key) stays pending for the next tick, so no trial is lost or counted twice.
 fn sync_bandit_counts(keys: &[String], counts: &mut WorkerCounts) {
-    const ATTEMPTS: usize = 8;
     for (arm, key) in keys.iter().enumerate() {
         let delta = counts.pending(arm);
-        for _ in 0..ATTEMPTS {
-            let Ok((stored, cas)) = hostcalls::get_shared_data(key) else {
-                break;
-            };
-            let Ok(total) = merged(stored.as_deref(), delta) else {
-                log(
-                    LogLevel::Warn,
-                    &format!("ramp: shared data {key:?} holds foreign bytes; not merging"),
-                );
-                break;
-            };
-            if delta.is_zero() {
+        if delta.is_zero() {
+            if let Some(total) = hostcalls::get_shared_data(key)
+                .ok()
+                .and_then(|(b, _)| ArmCounts::decode(&b?))
+            {
                 counts.observed(arm, total);
-                break;
             }
-            match hostcalls::set_shared_data(
-                key,
-                Some(&total.encode()),
-                Some(cas.unwrap_or(CREATE_ONLY_CAS)),
-            ) {
-                Ok(()) => {
-                    counts.flushed(arm, delta, total);
-                    break;
-                }
-                Err(Status::CasMismatch) => continue,
-                Err(_) => break,
-            }
+        } else if let Some(total) =
+            cas_add(key, &[delta.trials, delta.reward_micros]).and_then(|t| ArmCounts::decode(&t))
+        {
+            counts.flushed(arm, delta, total);
         }
     }
 }
@@ -334,7 +337,17 @@ impl RampRoot {
                 (arm.name.as_str(), total.unwrap_or_default(), bandit)
             })
             .collect();
-        let body = report_json(&instance, now_ms(), &arms);
+        let shadow = link
+            .shadow_pending
+            .try_borrow()
+            .is_ok_and(|p| !p.is_empty())
+            .then(|| {
+                hostcalls::get_shared_data(&link.shadow_key)
+                    .ok()
+                    .and_then(|(b, _)| b)
+                    .map_or(vec![0; TOTAL_NAMES.len()], |b| decode_le_u64s(&b))
+            });
+        let body = report_json(&instance, now_ms(), &arms, shadow.as_deref());
         let path = format!("/v1/rollouts/{}/reports", active.rollout.name);
         let headers = vec![
             (":method", "POST"),
@@ -679,6 +692,18 @@ impl RootContext for RampRoot {
                         .map(|a| counts_key(&rollout.name, &a.name))
                         .collect(),
                     instance_key: instance_key(&rollout.name),
+                    shadow_pending: RefCell::new(
+                        if rollout
+                            .shadow
+                            .as_ref()
+                            .is_some_and(|s| s.mode == ShadowMode::Compare)
+                        {
+                            vec![0; TOTAL_NAMES.len()]
+                        } else {
+                            Vec::new()
+                        },
+                    ),
+                    shadow_key: shadow_key(&rollout.name),
                 });
                 self.active = Some(Rc::new(Active {
                     weights: RefCell::new(rollout.weights()),

@@ -4,6 +4,7 @@
 //! one changes nothing.
 
 use crate::counters::ArmCounts;
+use crate::shadow::TOTAL_NAMES;
 
 /// Upper bounds (ms) of the latency buckets; a last, unbounded bucket follows.
 pub const LATENCY_BOUNDS_MS: [u64; 11] = [5, 10, 25, 50, 100, 150, 250, 500, 1000, 2500, 5000];
@@ -81,6 +82,10 @@ impl ArmReport {
         self.slots.iter().flat_map(|c| c.to_le_bytes()).collect()
     }
 
+    pub fn slots(&self) -> &[u64] {
+        &self.slots
+    }
+
     pub fn decode(bytes: &[u8]) -> Option<ArmReport> {
         if bytes.len() != SLOTS * 8 {
             return None;
@@ -91,6 +96,39 @@ impl ArmReport {
         }
         Some(ArmReport { slots })
     }
+}
+
+/// `stored` (little-endian u64s, or nothing yet) plus `delta`, encoded; `None` when the stored bytes
+/// are not an array of `delta`'s length (never overwrite a value that is not ours).
+pub fn add_le_u64s(stored: Option<&[u8]>, delta: &[u64]) -> Option<Vec<u8>> {
+    let sum = |i: usize, d: u64| -> Option<u64> {
+        match stored {
+            None | Some([]) => Some(d),
+            Some(b) => {
+                let chunk = b.get(i * 8..i * 8 + 8)?;
+                Some(u64::from_le_bytes(chunk.try_into().ok()?).saturating_add(d))
+            }
+        }
+    };
+    if stored.is_some_and(|b| !b.is_empty() && b.len() != delta.len() * 8) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(delta.len() * 8);
+    for (i, &d) in delta.iter().enumerate() {
+        out.extend_from_slice(&sum(i, d)?.to_le_bytes());
+    }
+    Some(out)
+}
+
+pub fn decode_le_u64s(bytes: &[u8]) -> Vec<u64> {
+    bytes
+        .chunks_exact(8)
+        .map(|c| c.try_into().map_or(0, u64::from_le_bytes))
+        .collect()
+}
+
+pub fn shadow_key(rollout: &str) -> String {
+    format!("ramp.ctl.v1.{rollout}.shadow")
 }
 
 pub fn counts_key(rollout: &str, arm: &str) -> String {
@@ -106,10 +144,12 @@ pub fn instance_key(rollout: &str) -> String {
 /// serializer would cost the wasm more than this function.
 /// With the bandit on, each arm also carries `"bandit":{"trials","reward_micros"}`: this Envoy's
 /// totals, which the controller adds into the other Envoys' live state.
+/// With shadow compare mode on, `"shadow":{"sent",..}` carries this Envoy's comparison totals.
 pub fn report_json(
     instance: &str,
     seq: u64,
     arms: &[(&str, ArmReport, Option<ArmCounts>)],
+    shadow: Option<&[u64]>,
 ) -> String {
     let le: Vec<String> = LATENCY_BOUNDS_MS
         .iter()
@@ -135,8 +175,16 @@ pub fn report_json(
             )
         })
         .collect();
+    let shadow = shadow.map_or(String::new(), |values| {
+        let fields: Vec<String> = TOTAL_NAMES
+            .iter()
+            .zip(values)
+            .map(|(name, v)| format!("\"{name}\":{v}"))
+            .collect();
+        format!(",\"shadow\":{{{}}}", fields.join(","))
+    });
     format!(
-        "{{\"instance\":\"{instance}\",\"seq\":{seq},\"arms\":{{{}}}}}",
+        "{{\"instance\":\"{instance}\",\"seq\":{seq},\"arms\":{{{}}}{shadow}}}",
         arms.join(",")
     )
 }
@@ -169,7 +217,7 @@ mod tests {
             trials: 9,
             reward_micros: 4_500_000,
         };
-        let json = report_json("abc", 7, &[("v1", a, None), ("v2", a, Some(bandit))]);
+        let json = report_json("abc", 7, &[("v1", a, None), ("v2", a, Some(bandit))], None);
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["arms"]["v1"]["responses"]["5xx"], 2);
         assert_eq!(v["arms"]["v1"]["latency_ms"]["le"][11], "+Inf");
@@ -177,9 +225,31 @@ mod tests {
         assert!(v["arms"]["v1"].get("bandit").is_none());
         assert_eq!(v["arms"]["v2"]["bandit"]["reward_micros"], 4_500_000);
         assert_eq!(v["arms"]["v2"]["requests"], 2);
+        assert!(v.get("shadow").is_none());
         assert_eq!(
             (v["instance"].as_str(), v["seq"].as_u64()),
             (Some("abc"), Some(7))
         );
+        let mut values = [0u64; 15];
+        values[1] = 40;
+        values[14] = 7;
+        let with_shadow: serde_json::Value =
+            serde_json::from_str(&report_json("abc", 8, &[], Some(&values))).unwrap();
+        assert_eq!(
+            (
+                with_shadow["shadow"]["pairs"].as_u64(),
+                with_shadow["shadow"]["labelled_pairs"].as_u64()
+            ),
+            (Some(40), Some(7))
+        );
+    }
+
+    #[test]
+    fn u64_arrays_add_in_place_and_foreign_bytes_are_left_alone() {
+        let first = add_le_u64s(None, &[1, 2, 3]).unwrap();
+        let second = add_le_u64s(Some(&first), &[10, 0, u64::MAX]).unwrap();
+        assert_eq!(decode_le_u64s(&second), vec![11, 2, u64::MAX]);
+        assert_eq!(add_le_u64s(Some(&[1, 2, 3]), &[1]), None);
+        assert_eq!(add_le_u64s(Some(&second), &[1, 2]), None, "length differs");
     }
 }

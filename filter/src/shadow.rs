@@ -244,10 +244,12 @@ pub struct Totals {
     pub dropped: u64,
     pub unpaired: u64,
     pub mirrored: u64,
+    /// Pairs where both answers had a value at the JSON pointer: the denominator of `label_agree`.
+    pub labelled_pairs: u64,
 }
 
 /// Stat names, in the order of [`Totals::values`].
-pub const TOTAL_NAMES: [&str; 14] = [
+pub const TOTAL_NAMES: [&str; 15] = [
     "sent",
     "pairs",
     "status_agree",
@@ -262,6 +264,7 @@ pub const TOTAL_NAMES: [&str; 14] = [
     "dropped",
     "unpaired",
     "mirrored",
+    "labelled_pairs",
 ];
 
 impl Totals {
@@ -274,6 +277,7 @@ impl Totals {
             _ => {}
         }
         if let Some(agree) = c.label_agree {
+            self.labelled_pairs += 1;
             self.label_agree += u64::from(agree);
         }
         if let Some(d) = c.value_diff.filter(|d| d.is_finite()) {
@@ -288,7 +292,7 @@ impl Totals {
         }
     }
 
-    pub fn values(&self) -> [u64; 14] {
+    pub fn values(&self) -> [u64; 15] {
         [
             self.sent,
             self.pairs,
@@ -304,11 +308,12 @@ impl Totals {
             self.dropped,
             self.unpaired,
             self.mirrored,
+            self.labelled_pairs,
         ]
     }
 
     /// Zeroes the fields whose counts were handed to the host.
-    pub fn take(&mut self) -> [u64; 14] {
+    pub fn take(&mut self) -> [u64; 15] {
         std::mem::take(self).values()
     }
 }

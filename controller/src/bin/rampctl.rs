@@ -445,6 +445,13 @@ fn print_status(v: &serde_json::Value) {
         );
     }
     for (arm, w) in v["window"].as_object().into_iter().flatten() {
+        let copies = &w["shadow"];
+        if copies["pairs"].as_u64().unwrap_or(0) > 0 {
+            println!(
+                "    {arm:<10} shadow copies {:>7}  failed {:>5}  agreement {} of {}",
+                copies["pairs"], copies["failed"], copies["agree"], copies["labelled"]
+            );
+        }
         println!(
             "    {arm:<10} requests {:>7}  errors {:>5}  error rate {:.4}  p95 {} ms",
             w["requests"],

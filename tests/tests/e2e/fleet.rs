@@ -1,6 +1,7 @@
-//! Strategies that need the whole fleet: a bandit whose counts the controller sums over every Envoy
-//! and the delayed rewards applications post, and an A/B test decided by a z-test on conversions.
-//! Real Envoys with the filter, a real `rampctl serve`, model servers.
+//! Strategies beyond the canary: a bandit whose counts the controller sums over every Envoy and the
+//! delayed rewards applications post, an A/B test decided by a z-test on conversions, and a shadow
+//! rollout judged on mirrored copies while the candidate serves no user. Real Envoys with the
+//! filter, a real `rampctl serve`, model servers.
 
 use std::time::{Duration, Instant};
 
@@ -203,4 +204,78 @@ fn an_ab_test_on_conversions_promotes_the_significantly_better_candidate() {
             .any(|e| e["kind"] == "advance" && e["detail"] == "stage 2 at 100%"),
         "{h}"
     );
+}
+
+/// A shadow rollout of v2 through one Envoy: copies of every request go to v2 (compare mode on the
+/// `prediction` field); requests carry `x` = 1 one time in `one_in`, else 0, so a candidate that
+/// scales its prediction disagrees exactly on those.
+fn shadow_rollout(name: &str, v2_scale_milli: u64, one_in: u64) -> (Value, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = Controller::start(&dir.path().join("ramp.db"), "s3cret").unwrap();
+    let (v1, v2) = (
+        ModelServer::start("v1").unwrap(),
+        ModelServer::start("v2").unwrap(),
+    );
+    v2.behaviour
+        .prediction_milli
+        .store(v2_scale_milli, std::sync::atomic::Ordering::Relaxed);
+    let cfg = json!({
+        "rollout": name,
+        "arms": [{"name": "v1", "weight": 100}, {"name": "v2", "weight": 0}],
+        "shadow": {"cluster": "model_v2", "mode": "compare", "percent": 100, "json_pointer": "/prediction"},
+        "controller": {"cluster": "rampctl", "poll_ms": 250}
+    });
+    let envoy = Envoy::start(
+        &two_arm_config_with_controller(&cfg, v1.port, v2.port, controller.port).unwrap(),
+        2,
+    )
+    .unwrap();
+    controller
+        .apply(&format!("name: {name}\nstrategy: shadow\narms: [{{name: v1, role: baseline}}, {{name: v2, role: candidate}}]\ncheck_interval_s: 0.5\nfailure_threshold: 2\nstages:\n  - {{weight: 0, min_requests: 300, rules: [{{metric: shadow_agreement, min: 0.95, min_samples: 100}}, {{metric: shadow_error_rate, max: 0.02, min_samples: 100}}]}}\n  - {{weight: 100}}\n"))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let client = Client::default();
+    let mut arms = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut i = 0u64;
+    let status = loop {
+        i += 1;
+        let x = u64::from(i % one_in == 0);
+        let r = client
+            .get(&envoy.url(&format!("/predict?x={x}")), &[])
+            .unwrap();
+        arms.push(r.served_by);
+        if i % 50 == 0 {
+            let (_, st) = controller
+                .call("GET", &format!("/v1/rollouts/{name}"), None, false)
+                .unwrap();
+            if st["phase"] != "progressing" || st["stage"] != 1 || Instant::now() > deadline {
+                break st;
+            }
+        }
+    };
+    (status, arms)
+}
+
+#[test]
+fn a_shadow_candidate_that_agrees_is_promoted_without_serving_anyone_first() {
+    let (status, arms) = shadow_rollout("shadowok", 1000, 10);
+    assert_eq!(status["weights"]["v2"], 100.0, "{status}");
+    let served_by_v2_before = arms.iter().rev().skip(60).filter(|a| *a == "v2").count();
+    assert_eq!(
+        served_by_v2_before, 0,
+        "no user reached v2 while it was judged"
+    );
+    // Promotion needs 300 compared copies (min_requests at 0%) with the rules passing on 100+.
+    assert!(arms.len() >= 300, "promoted after {} requests", arms.len());
+}
+
+#[test]
+fn a_shadow_candidate_that_disagrees_is_rolled_back_and_never_serves() {
+    // v2 answers 1.1 where v1 answers 1: it disagrees on 1 request in 5 (agreement 0.8 < 0.95).
+    let (status, arms) = shadow_rollout("shadowbad", 1100, 5);
+    assert_eq!(status["phase"], "rolled_back", "{status}");
+    let reason = status["reason"].as_str().unwrap();
+    assert!(reason.contains("shadow agreement 0.8"), "{reason}");
+    assert!(arms.iter().all(|a| a == "v1"), "v2 never served a user");
 }
