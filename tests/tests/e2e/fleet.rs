@@ -240,12 +240,12 @@ fn shadow_rollout(name: &str, v2_scale_milli: u64, one_in: u64) -> (Value, Vec<S
     let mut i = 0u64;
     let status = loop {
         i += 1;
-        let x = u64::from(i % one_in == 0);
+        let x = u64::from(i.is_multiple_of(one_in));
         let r = client
             .get(&envoy.url(&format!("/predict?x={x}")), &[])
             .unwrap();
         arms.push(r.served_by);
-        if i % 50 == 0 {
+        if i.is_multiple_of(50) {
             let (_, st) = controller
                 .call("GET", &format!("/v1/rollouts/{name}"), None, false)
                 .unwrap();
