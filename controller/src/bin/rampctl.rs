@@ -409,7 +409,7 @@ fn print_status(v: &serde_json::Value) {
                 _ => "vs baseline, worse by <=",
             },
             format!(
-                "{} ({} of {} samples)",
+                "{} ({} samples, judged from {})",
                 c["limit"], c["samples"], c["min_samples"]
             ),
             if verdict == "pass" { "ok" } else { verdict }

@@ -109,6 +109,15 @@ fn rollout_demo() -> Result<()> {
         anyhow::ensure!(code == 201, "apply failed: {answer}");
         let mut fault_at = None;
         let end = watch_rollout(&controller, &envoy, name, |second| {
+            if !faulty && second == 4 {
+                // What an operator sees: the real command line against the same controller.
+                println!("   $ rampctl status {name}");
+                if let Ok((_, out, _)) = controller.cli(&["status", name], false) {
+                    for line in out.lines() {
+                        println!("   | {line}");
+                    }
+                }
+            }
             if faulty && second == 5 {
                 v2.behaviour.fail_every.store(3, Ordering::Relaxed);
                 fault_at = Some(std::time::Instant::now());
