@@ -134,3 +134,51 @@ fn plugin_config_is_a_valid_ramp_config_and_subsets_match_arms() {
         arms[rollout.baseline]
     );
 }
+
+/// The controller's manifests agree with the WasmPlugin that points at them: the cluster name is
+/// Istio's `outbound|<port>||<service FQDN>` for the Service, the container listens on that port on
+/// every interface, its store is on the persistent volume, and the token comes from the Secret.
+#[test]
+fn the_controller_manifests_match_the_plugins_controller_section() {
+    let text = std::fs::read_to_string(repo_root().join("istio/rampctl.yaml")).unwrap();
+    let docs: Vec<Value> = text
+        .split("\n---\n")
+        .map(|d| serde_yaml::from_str(d).unwrap())
+        .collect();
+    let of = |kind: &str| docs.iter().find(|d| d["kind"] == kind).unwrap();
+    let (service, set, secret) = (of("Service"), of("StatefulSet"), of("Secret"));
+    let fqdn = format!(
+        "{}.{}.svc.cluster.local",
+        service["metadata"]["name"].as_str().unwrap(),
+        service["metadata"]["namespace"].as_str().unwrap()
+    );
+    let port = service["spec"]["ports"][0]["port"].as_u64().unwrap();
+    let plugin = manifest("wasmplugin.yaml");
+    let ctl = &plugin["spec"]["pluginConfig"]["controller"];
+    assert_eq!(ctl["cluster"], format!("outbound|{port}||{fqdn}"));
+    assert_eq!(ctl["authority"], format!("{fqdn}:{port}"));
+    assert_eq!(set["spec"]["replicas"], 1, "SQLite: one writer");
+    let container = &set["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        &args[..3],
+        &["serve", "--listen", &format!("0.0.0.0:{port}")[..]]
+    );
+    let db = args[args.iter().position(|a| *a == "--db").unwrap() + 1];
+    let mount = container["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    assert!(db.starts_with(mount), "{db} is on the volume {mount}");
+    assert_eq!(
+        container["env"][0]["valueFrom"]["secretKeyRef"]["name"],
+        secret["metadata"]["name"]
+    );
+    assert_eq!(container["env"][0]["name"], "RAMPCTL_SERVE_TOKEN");
+    assert_eq!(
+        set["spec"]["selector"]["matchLabels"],
+        service["spec"]["selector"]
+    );
+}
