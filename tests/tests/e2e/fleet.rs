@@ -52,7 +52,8 @@ fn a_fresh_envoy_starts_from_what_the_fleet_learned_and_counts_are_exact() {
         "rollout": "fleet",
         "arms": [{"name": "v1", "weight": 1}, {"name": "v2", "weight": 1}],
         "strategy": "bandit",
-        "bandit": {"policy": "thompson", "reward": {"source": "feedback"}},
+        // The warm-up makes phase 1 explore both arms however fast A learns from the rewards.
+        "bandit": {"policy": "thompson", "warmup": 40, "reward": {"source": "feedback"}},
         "decision_header": "x-ramp-decision",
         "controller": {"cluster": "rampctl", "poll_ms": 250}
     });
@@ -86,7 +87,7 @@ fn a_fresh_envoy_starts_from_what_the_fleet_learned_and_counts_are_exact() {
     assert_eq!(seen, [v1.served(), v2.served()]);
     assert!(
         seen[0] >= 40 && seen[1] >= 40,
-        "both arms explored: {seen:?}"
+        "the warm-up explores both arms: {seen:?}"
     );
 
     // Exact: the fleet's trials are the requests served, its rewards the conversions posted.
@@ -276,6 +277,13 @@ fn a_shadow_candidate_that_disagrees_is_rolled_back_and_never_serves() {
     let (status, arms) = shadow_rollout("shadowbad", 1100, 5);
     assert_eq!(status["phase"], "rolled_back", "{status}");
     let reason = status["reason"].as_str().unwrap();
-    assert!(reason.contains("shadow agreement 0.8"), "{reason}");
+    // One copy in five disagrees; a check's window need not hold an exact multiple of five.
+    let agreement: f64 = reason
+        .split("shadow agreement ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1.0);
+    assert!((0.75..=0.85).contains(&agreement), "{reason}");
     assert!(arms.iter().all(|a| a == "v1"), "v2 never served a user");
 }
