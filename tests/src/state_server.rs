@@ -17,6 +17,8 @@ pub struct StateServer {
     pub reports: Arc<Mutex<Vec<String>>>,
     /// When set, POSTs are answered 500 (a failing webhook).
     pub fail_posts: Arc<AtomicBool>,
+    /// POSTs are answered after this many milliseconds (a slow webhook).
+    pub post_delay_ms: Arc<AtomicU64>,
     polls: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
@@ -35,8 +37,10 @@ impl StateServer {
         let stop = Arc::new(AtomicBool::new(false));
         let reports = Arc::new(Mutex::new(Vec::new()));
         let fail_posts = Arc::new(AtomicBool::new(false));
+        let post_delay_ms = Arc::new(AtomicU64::new(0));
         let shared = Shared {
             fail_posts: fail_posts.clone(),
+            post_delay_ms: post_delay_ms.clone(),
             doc: document.clone(),
             polls: polls.clone(),
             halt: stop.clone(),
@@ -57,6 +61,7 @@ impl StateServer {
             document,
             reports,
             fail_posts,
+            post_delay_ms,
             polls,
             stop,
         })
@@ -83,6 +88,7 @@ impl Drop for StateServer {
 #[derive(Clone)]
 struct Shared {
     fail_posts: Arc<AtomicBool>,
+    post_delay_ms: Arc<AtomicU64>,
     doc: Arc<Mutex<Option<String>>>,
     polls: Arc<AtomicU64>,
     halt: Arc<AtomicBool>,
@@ -124,6 +130,8 @@ fn serve(stream: TcpStream, shared: &Shared) {
             if let Ok(mut r) = shared.reports.lock() {
                 r.push(String::from_utf8_lossy(&body).into_owned());
             }
+            let delay = shared.post_delay_ms.load(Ordering::Relaxed);
+            thread::sleep(std::time::Duration::from_millis(delay));
             if shared.fail_posts.load(Ordering::Relaxed) {
                 "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n".to_owned()
             } else {

@@ -765,3 +765,45 @@ fn smoke_test_set_weight_and_the_manual_gate_drive_the_filters() {
         assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
     }
 }
+
+#[test]
+fn an_operators_pause_during_a_slow_hook_is_not_overwritten_by_the_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = Controller::start(&dir.path().join("ramp.db"), "s3cret").unwrap();
+    let receiver = ramp_tests::state_server::StateServer::start().unwrap();
+    receiver.post_delay_ms.store(2000, Ordering::Relaxed);
+    let spec = format!(
+        "name: slowhook\narms: [{{name: v1, role: baseline}}, {{name: v2, role: candidate}}]\ncheck_interval_s: 0.5\nhooks: [{{on: before_step, url: 'http://127.0.0.1:{}/hook', timeout_s: 5, retries: 0}}]\nstages: [{{weight: 10}}, {{weight: 50}}, {{weight: 100}}]\n",
+        receiver.port
+    );
+    controller.apply(&spec).unwrap();
+    // The check has decided to step up to 50% and waits on the slow hook; the operator pauses.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while receiver.reports.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the hook was never called");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, v) = controller
+        .call(
+            "POST",
+            "/v1/rollouts/slowhook/commands",
+            Some(r#"{"command":"pause"}"#),
+            true,
+        )
+        .unwrap();
+    assert_eq!((code, v["phase"].as_str()), (200, Some("paused")), "{v}");
+    std::thread::sleep(Duration::from_millis(3000));
+    let (_, v) = controller
+        .call("GET", "/v1/rollouts/slowhook", None, false)
+        .unwrap();
+    assert_eq!(
+        (v["phase"].as_str(), v["weights"]["v2"].as_f64()),
+        (Some("paused"), Some(10.0)),
+        "the pause stands; the check that started before it was dropped: {v}"
+    );
+    assert!(
+        controller.log().iter().any(|l| l.contains("check dropped")),
+        "{:?}",
+        controller.log()
+    );
+}
