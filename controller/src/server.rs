@@ -115,16 +115,16 @@ fn store(app: &App) -> Result<std::sync::MutexGuard<'_, Store>, ApiError> {
 /// The rollout's cumulative totals from its source (the filters' reports, or Prometheus), with the
 /// ground truth the applications reported.
 fn totals_of(store: &Store, spec: &Spec) -> Result<Totals, ApiError> {
+    let reports = store.reports(&spec.name)?;
     let mut totals = match &spec.prometheus {
         Some(url) => {
             tokio::task::block_in_place(|| crate::prometheus::fetch_totals(url, &spec.name))
                 .map_err(|e| bad(StatusCode::BAD_GATEWAY, e.to_string()))?
         }
-        None => sum_reports(&store.reports(&spec.name)?),
+        None => sum_reports(&reports),
     };
     // Copies are mirrored to the candidate; only the filters report comparisons (either source).
-    totals.entry(spec.candidate.clone()).or_default().shadow =
-        sum_shadow(&store.reports(&spec.name)?);
+    totals.entry(spec.candidate.clone()).or_default().shadow = sum_shadow(&reports);
     for f in store.feedback_totals(&spec.name)? {
         let t = totals.entry(f.arm).or_default();
         t.labelled = f.labelled;
@@ -222,13 +222,15 @@ fn summary(rec: &Record, spec: &Spec, totals: &Totals, store: &Store) -> Value {
     };
     let stage = spec.stages.get(rec.state.stage);
     // The stage's rules against the stage's window so far, for `status`: figure, bound, verdict.
+    let (candidate, baseline) = (
+        window(totals, &rec.base, &spec.candidate),
+        window(totals, &rec.base, &spec.baseline),
+    );
     let checks: Vec<Value> = stage
         .map(|s| s.rules.as_slice())
         .unwrap_or_default()
         .iter()
         .map(|rule| {
-            let candidate = window(totals, &rec.base, &spec.candidate);
-            let baseline = window(totals, &rec.base, &spec.baseline);
             let (verdict, value) = match evaluate(rule, &candidate, &baseline) {
                 Verdict::Pass { value } => ("pass", Some(value)),
                 Verdict::Fail { value, .. } => ("fail", Some(value)),
@@ -243,15 +245,13 @@ fn summary(rec: &Record, spec: &Spec, totals: &Totals, store: &Store) -> Value {
                    "samples": candidate.samples(rule.metric), "min_samples": rule.min_samples, "verdict": verdict})
         })
         .collect();
-    let stage_window = |arm: &str| window(totals, &rec.base, arm);
     let ab_test = spec
         .ab_test
         .as_ref()
         .filter(|_| rec.state.stage == 0)
         .map(|ab| {
-            let (c, b) = (stage_window(&spec.candidate), stage_window(&spec.baseline));
             json!({"metric": ab.metric, "planned_per_arm": ab.planned_per_arm,
-               "result": machine::ab_result(ab, &c, &b)})
+                   "result": machine::ab_result(ab, &candidate, &baseline)})
         });
     let bandit = (spec.strategy == crate::spec::StrategyKind::Bandit)
         .then(|| fleet_bandit(store, spec, None).ok())
@@ -412,15 +412,9 @@ async fn command(
     let answer = summary(&rec, &spec, &totals, &store);
     drop(store);
     if rolled_back {
-        // Told after the answer's state is stored; the hook's answer changes nothing.
-        let payload =
-            json!({"rollout": rec.name, "hook": HookPoint::OnRollback, "reason": rec.state.reason});
-        let hook_spec = spec.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = run_hooks(&hook_spec, HookPoint::OnRollback, &payload) {
-                eprintln!("rampctl: {}: {e}", payload["rollout"]);
-            }
-        });
+        // Told after the answer's state is stored, without holding up the answer.
+        let reason = rec.state.reason.clone();
+        tokio::task::spawn_blocking(move || notify_rollback(&spec, reason.as_deref()));
     }
     Ok(Json(answer))
 }
@@ -713,11 +707,14 @@ fn save(
         _ => {}
     }
     if next.state.phase == Phase::RolledBack && before.state.phase != Phase::RolledBack {
-        let payload = json!({"rollout": before.name, "hook": HookPoint::OnRollback, "reason": next.state.reason});
-        if let Err(e) =
-            tokio::task::block_in_place(|| run_hooks(spec, HookPoint::OnRollback, &payload))
-        {
-            eprintln!("rampctl: {}: {e}", before.name);
-        }
+        tokio::task::block_in_place(|| notify_rollback(spec, next.state.reason.as_deref()));
+    }
+}
+
+/// Tells the `on_rollback` hooks; their answer changes nothing, a failure is only logged.
+fn notify_rollback(spec: &Spec, reason: Option<&str>) {
+    let payload = json!({"rollout": spec.name, "hook": HookPoint::OnRollback, "reason": reason});
+    if let Err(e) = run_hooks(spec, HookPoint::OnRollback, &payload) {
+        eprintln!("rampctl: {}: {e}", spec.name);
     }
 }

@@ -32,11 +32,9 @@ impl ArmCounts {
         }
     }
 
-    pub fn encode(&self) -> [u8; 16] {
-        let mut out = [0; 16];
-        out[..8].copy_from_slice(&self.trials.to_le_bytes());
-        out[8..].copy_from_slice(&self.reward_micros.to_le_bytes());
-        out
+    /// The counts in shared data's layout (`report::add_le_u64s`, `decode`).
+    pub fn slots(&self) -> [u64; 2] {
+        [self.trials, self.reward_micros]
     }
 
     /// `None` for anything that is not exactly 16 bytes: never merge into a value we do not own.
@@ -162,10 +160,10 @@ mod tests {
             trials: 7,
             reward_micros: 3_250_000,
         };
-        assert_eq!(ArmCounts::decode(&c.encode()), Some(c));
+        let stored = crate::report::add_le_u64s(None, &c.slots()).unwrap();
+        assert_eq!(ArmCounts::decode(&stored), Some(c));
         assert_eq!(ArmCounts::decode(&[1, 2, 3]), None);
-        // Adding into shared data goes through report::add_le_u64s, on the same layout.
-        let sum = crate::report::add_le_u64s(Some(&c.encode()), &[c.trials, c.reward_micros]);
+        let sum = crate::report::add_le_u64s(Some(&stored), &c.slots());
         assert_eq!(
             sum.as_deref().and_then(ArmCounts::decode),
             Some(ArmCounts {

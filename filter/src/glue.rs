@@ -235,8 +235,7 @@ fn sync_bandit_counts(keys: &[String], counts: &mut WorkerCounts) {
             {
                 counts.observed(arm, total);
             }
-        } else if let Some(total) =
-            cas_add(key, &[delta.trials, delta.reward_micros]).and_then(|t| ArmCounts::decode(&t))
+        } else if let Some(total) = cas_add(key, &delta.slots()).and_then(|t| ArmCounts::decode(&t))
         {
             counts.flushed(arm, delta, total);
         }
@@ -302,7 +301,7 @@ impl RampRoot {
         taken
     }
 
-    /// Posts this Envoy's cumulative counts (all workers, from shared data) to the controller.
+    /// This Envoy's instance id (see `LiveLink::instance`).
     fn instance_id(&self, link: &LiveLink) -> Option<String> {
         let seed = self
             .rng
@@ -312,6 +311,7 @@ impl RampRoot {
         link.instance(seed)
     }
 
+    /// Posts this Envoy's cumulative counts (all workers, from shared data) to the controller.
     fn send_report(&self, active: &Active, link: &LiveLink, ctl: &crate::config::Controller) {
         let Some(instance) = self.instance_id(link) else {
             return;

@@ -62,26 +62,7 @@ impl ArmReport {
         self.slots.iter().all(|&c| c == 0)
     }
 
-    pub fn plus(&self, other: &ArmReport) -> ArmReport {
-        let mut out = *self;
-        for (a, b) in out.slots.iter_mut().zip(other.slots) {
-            *a = a.saturating_add(b);
-        }
-        out
-    }
-
-    pub fn minus(&self, other: &ArmReport) -> ArmReport {
-        let mut out = *self;
-        for (a, b) in out.slots.iter_mut().zip(other.slots) {
-            *a = a.saturating_sub(b);
-        }
-        out
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        self.slots.iter().flat_map(|c| c.to_le_bytes()).collect()
-    }
-
+    /// The counts in shared data's layout (`add_le_u64s`, `decode`).
     pub fn slots(&self) -> &[u64] {
         &self.slots
     }
@@ -201,12 +182,13 @@ mod tests {
         a.add_response(0, 3);
         a.add_response(3, 120);
         a.add_response(9, 99_999);
-        let b = a.plus(&a);
+        // Two workers' counts added in shared data, as the filter does on tick.
+        let once = add_le_u64s(None, a.slots()).unwrap();
+        let b = ArmReport::decode(&add_le_u64s(Some(&once), a.slots()).unwrap()).unwrap();
         assert_eq!(b.requests(), 4);
         assert_eq!(b.responses(), [2, 0, 0, 4]);
-        assert_eq!(ArmReport::decode(&b.encode()), Some(b));
+        assert_eq!(ArmReport::decode(&once), Some(a));
         assert_eq!(ArmReport::decode(&[0; 7]), None);
-        assert_eq!(b.minus(&a), a);
         let cum = a.cumulative_latency();
         assert_eq!(
             (cum[0], cum[5], cum[11]),
