@@ -217,7 +217,7 @@ enum AbOutcome {
     Undecided(String),
 }
 
-/// The A/B test over the experiment stage: `Ok` when the candidate is significantly better.
+/// The A/B test over the experiment stage's windows; `None` when it cannot be computed yet.
 pub fn ab_result(ab: &AbTest, candidate: &ArmWindow, baseline: &ArmWindow) -> Option<AbResult> {
     let proportion = |w: &ArmWindow| Proportion {
         successes: match ab.metric {
@@ -229,6 +229,7 @@ pub fn ab_result(ab: &AbTest, candidate: &ArmWindow, baseline: &ArmWindow) -> Op
     z_test(proportion(baseline), proportion(candidate), ab.confidence)
 }
 
+/// `Ok` when the candidate is significantly better, else why not.
 fn ab_verdict(ab: &AbTest, candidate: &ArmWindow, baseline: &ArmWindow) -> Result<(), AbOutcome> {
     let Some(r) = ab_result(ab, candidate, baseline) else {
         return Err(AbOutcome::Undecided(
