@@ -27,11 +27,14 @@ pub struct Config {
     pub db: PathBuf,
     /// Bearer token required for mutating calls; `None` leaves them open (local use only).
     pub token: Option<String>,
+    /// Bearer token the filters' reports must carry (their `controller.token_env`); `None`: open.
+    pub report_token: Option<String>,
 }
 
 struct App {
     store: Mutex<Store>,
     token: Option<String>,
+    report_token: Option<String>,
 }
 
 type Shared = Arc<App>;
@@ -47,6 +50,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let app = Arc::new(App {
         store: Mutex::new(Store::open(&cfg.db)?),
         token: cfg.token,
+        report_token: cfg.report_token,
     });
     let router = Router::new()
         .route("/v1/rollouts", get(list).post(apply))
@@ -88,20 +92,36 @@ fn bad(code: StatusCode, msg: impl Into<String>) -> ApiError {
     ApiError(code, json!({"error": msg.into()}))
 }
 
-fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = &app.token else {
-        return Ok(());
-    };
-    let given = headers
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if given == Some(token.as_str()) {
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    match &app.token {
+        Some(token) if bearer(headers) != Some(token.as_str()) => Err(bad(
+            StatusCode::UNAUTHORIZED,
+            "this call changes a rollout: it needs 'Authorization: Bearer <token>'",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Reports steer rollbacks like commands do; with `--report-token` they must carry it (or the
+/// operator's token).
+fn authorize_report(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(report_token) = &app.report_token else {
+        return Ok(());
+    };
+    let given = bearer(headers);
+    if given == Some(report_token.as_str()) || (given.is_some() && given == app.token.as_deref()) {
         Ok(())
     } else {
         Err(bad(
             StatusCode::UNAUTHORIZED,
-            "this call changes a rollout: it needs 'Authorization: Bearer <token>'",
+            "reports need 'Authorization: Bearer <report token>' (the filter's controller.token_env)",
         ))
     }
 }
@@ -362,8 +382,10 @@ async fn live_state(
 async fn report(
     AxState(app): AxState<Shared>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: String,
 ) -> Result<StatusCode, ApiError> {
+    authorize_report(&app, &headers)?;
     let parsed: Report = serde_json::from_str(&body)
         .map_err(|e| bad(StatusCode::BAD_REQUEST, format!("report: {e}")))?;
     store(&app)?.put_report(&name, &parsed, &body)?;

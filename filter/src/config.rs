@@ -70,6 +70,11 @@ pub struct RawController {
     /// How often one worker per Envoy polls the state, in ms.
     #[serde(default = "default_poll_ms")]
     pub poll_ms: u64,
+    /// Name of an environment variable of the wasm VM (Envoy `vm_config.environment_variables`,
+    /// Istio `vmConfig.env`) holding the bearer token the reports carry (`rampctl serve
+    /// --report-token`). An env var, not the config, so the token can come from a Secret.
+    #[serde(default)]
+    pub token_env: Option<String>,
 }
 
 fn default_poll_ms() -> u64 {
@@ -82,6 +87,7 @@ pub struct Controller {
     pub cluster: String,
     pub authority: String,
     pub poll_ms: u64,
+    pub token_env: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -555,10 +561,21 @@ fn validate_controller(c: RawController) -> Result<Controller, ConfigError> {
             format!("must be in [100, 60000], got {}", c.poll_ms),
         ));
     }
+    if let Some(name) = &c.token_env {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(ConfigError::new(
+                "controller.token_env",
+                format!(
+                    "{name:?} is not an environment variable name (ASCII letters, digits, '_')"
+                ),
+            ));
+        }
+    }
     Ok(Controller {
         authority: c.authority.unwrap_or_else(|| c.cluster.clone()),
         cluster: c.cluster,
         poll_ms: c.poll_ms,
+        token_env: c.token_env,
     })
 }
 
@@ -931,6 +948,11 @@ mod tests {
                 "may only contain",
             ),
             (r#"{"rollout":"d","arms":[]}"#, "arms", "at least one"),
+            (
+                r#"{"rollout":"d","arms":[{"name":"a","weight":1}],"controller":{"cluster":"c","token_env":"MY TOKEN"}}"#,
+                "controller.token_env",
+                "not an environment variable name",
+            ),
             (
                 r#"{"rollout":"d","arms":[{"name":"a","weight":1}],"strategy":"bandit","bandit":{"policy":"thompson","reward":{"source":"feedback"}},"decision_header":"x-d"}"#,
                 "bandit.reward.source",

@@ -58,6 +58,8 @@ struct LiveLink {
     report_pending: RefCell<Vec<ArmReport>>,
     counts_keys: Vec<String>,
     instance_key: String,
+    /// `Authorization` value of the reports, when `controller.token_env` names a token.
+    report_auth: Option<String>,
     /// Shadow comparison totals of this worker not yet in shared data (empty: compare mode is off).
     shadow_pending: RefCell<Vec<u64>>,
     shadow_key: String,
@@ -349,12 +351,15 @@ impl RampRoot {
             });
         let body = report_json(&instance, now_ms(), &arms, shadow.as_deref());
         let path = format!("/v1/rollouts/{}/reports", active.rollout.name);
-        let headers = vec![
+        let mut headers = vec![
             (":method", "POST"),
             (":path", path.as_str()),
             (":authority", ctl.authority.as_str()),
             ("content-type", "application/json"),
         ];
+        if let Some(auth) = &link.report_auth {
+            headers.push(("authorization", auth.as_str()));
+        }
         if let Ok(token) = self.dispatch_http_call(
             &ctl.cluster,
             headers,
@@ -646,6 +651,24 @@ impl RootContext for RampRoot {
                 return false;
             }
         };
+        // The report token comes from the VM's environment (a Secret), not from the config.
+        let report_auth = match rollout
+            .controller
+            .as_ref()
+            .and_then(|c| c.token_env.as_ref())
+        {
+            None => None,
+            Some(name) => match std::env::var(name) {
+                Ok(token) if !token.is_empty() => Some(format!("Bearer {token}")),
+                _ => {
+                    log(
+                        LogLevel::Error,
+                        &format!("ramp: invalid ramp config: controller.token_env: {name} is not set in the wasm VM (vm_config.environment_variables); config refused"),
+                    );
+                    return false;
+                }
+            },
+        };
         match define_metrics(&rollout) {
             Ok((metrics, fail_open)) => {
                 log(
@@ -692,6 +715,7 @@ impl RootContext for RampRoot {
                         .map(|a| counts_key(&rollout.name, &a.name))
                         .collect(),
                     instance_key: instance_key(&rollout.name),
+                    report_auth: report_auth.clone(),
                     shadow_pending: RefCell::new(
                         if rollout
                             .shadow

@@ -34,10 +34,16 @@ impl Controller {
 
     /// The same on a given port: a restarted controller comes back where the Envoys expect it.
     pub fn start_at(db: &Path, token: &str, port: u16) -> Result<Self> {
+        Self::start_with(db, token, port, &[])
+    }
+
+    /// The same with more `serve` arguments (`--report-token ...`).
+    pub fn start_with(db: &Path, token: &str, port: u16, extra: &[&str]) -> Result<Self> {
         let mut cmd = Command::new(rampctl_binary());
         cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
             .arg(db)
             .args(["--auth-token", token])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

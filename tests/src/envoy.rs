@@ -120,6 +120,22 @@ impl EnvoyConfig {
             .ok_or_else(|| anyhow!("no wasm plugin named {plugin:?}"))
     }
 
+    /// Sets an environment variable of the wasm VM of plugin `plugin`
+    /// (`vm_config.environment_variables.key_values`).
+    pub fn vm_env(mut self, plugin: &str, key: &str, value: &str) -> Result<Self> {
+        let mut found = false;
+        for wasm in self.wasm_filters() {
+            if wasm["name"].as_str() == Some(plugin) {
+                wasm["vm_config"]["environment_variables"]["key_values"][key] =
+                    Value::String(value.to_owned());
+                found = true;
+            }
+        }
+        found
+            .then_some(self)
+            .ok_or_else(|| anyhow!("no wasm plugin named {plugin:?}"))
+    }
+
     pub fn to_yaml(&self) -> Result<String> {
         Ok(serde_yaml::to_string(&self.doc)?)
     }

@@ -177,6 +177,17 @@ fn the_controller_manifests_match_the_plugins_controller_section() {
         secret["metadata"]["name"]
     );
     assert_eq!(container["env"][0]["name"], "RAMPCTL_SERVE_TOKEN");
+    assert_eq!(container["env"][1]["name"], "RAMPCTL_REPORT_TOKEN");
+    // The token variable the filter reads is one the plugin passes into its VM.
+    let token_env = ctl["token_env"].as_str().unwrap();
+    assert!(
+        plugin["spec"]["vmConfig"]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == token_env),
+        "{token_env} is not in vmConfig.env"
+    );
     assert_eq!(
         set["spec"]["selector"]["matchLabels"],
         service["spec"]["selector"]

@@ -49,6 +49,10 @@ enum Cmd {
         /// Token that mutating calls must present (also RAMPCTL_SERVE_TOKEN).
         #[arg(long = "auth-token", env = "RAMPCTL_SERVE_TOKEN")]
         auth_token: Option<String>,
+        /// Token the filters' reports must present (their controller.token_env; also
+        /// RAMPCTL_REPORT_TOKEN). Without it reports are accepted from anyone who can reach the API.
+        #[arg(long = "report-token", env = "RAMPCTL_REPORT_TOKEN")]
+        report_token: Option<String>,
     },
     /// Start a rollout from a spec file.
     Apply {
@@ -135,6 +139,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             db,
             auth_token,
+            report_token,
         } => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(ramp_controller::server::serve(
@@ -142,6 +147,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     listen,
                     db,
                     token: auth_token,
+                    report_token,
                 },
             ))?;
             Ok(ExitCode::SUCCESS)

@@ -807,3 +807,73 @@ fn an_operators_pause_during_a_slow_hook_is_not_overwritten_by_the_check() {
         controller.log()
     );
 }
+
+#[test]
+fn reports_must_carry_the_report_token_the_controller_asks_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = Controller::start_with(
+        &dir.path().join("ramp.db"),
+        "s3cret",
+        0,
+        &["--report-token", "proxy-token"],
+    )
+    .unwrap();
+    let (v1, v2) = (
+        ModelServer::start("v1").unwrap(),
+        ModelServer::start("v2").unwrap(),
+    );
+    let mut cfg = filter_config("signed");
+    cfg["controller"]["token_env"] = json!("RAMP_REPORT_TOKEN");
+    let config = |token: Option<&str>| {
+        let c = two_arm_config_with_controller(&cfg, v1.port, v2.port, controller.port).unwrap();
+        match token {
+            Some(t) => c.vm_env("ramp", "RAMP_REPORT_TOKEN", t).unwrap(),
+            None => c,
+        }
+    };
+    // Without the variable in the VM, Envoy refuses the config and says which field needs it.
+    let refused = Envoy::start_expecting_refusal(&config(None)).unwrap();
+    assert!(
+        refused.contains("controller.token_env: RAMP_REPORT_TOKEN is not set in the wasm VM"),
+        "{refused}"
+    );
+    let signed = Envoy::start(&config(Some("proxy-token")), 2).unwrap();
+    let forged = Envoy::start(&config(Some("guess")), 2).unwrap();
+    controller
+        .apply("name: signed\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 0.5\nstages: [{weight: 30, min_duration_s: 3600}, {weight: 100}]\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    ramp_tests::drive(&signed.url("/"), 200, 2, ramp_tests::no_headers);
+    let forged_replies = ramp_tests::drive(&forged.url("/"), 300, 2, ramp_tests::no_headers);
+    assert!(
+        forged_replies.iter().all(|r| r.status == 200),
+        "an Envoy whose reports are refused keeps serving"
+    );
+    let counted = |v: &serde_json::Value| {
+        v["window"]["v1"]["requests"].as_u64().unwrap_or(0)
+            + v["window"]["v2"]["requests"].as_u64().unwrap_or(0)
+    };
+    let v = controller
+        .wait_for("signed", Duration::from_secs(10), |v| counted(v) >= 200)
+        .unwrap();
+    assert_eq!(counted(&v), 200, "{v}");
+    // Long enough for several of the forged Envoy's reports: none is counted.
+    std::thread::sleep(Duration::from_millis(2000));
+    let (_, v) = controller
+        .call("GET", "/v1/rollouts/signed", None, false)
+        .unwrap();
+    assert_eq!(
+        counted(&v),
+        200,
+        "only the Envoy with the token is counted: {v}"
+    );
+    let (code, _) = controller
+        .call(
+            "POST",
+            "/v1/rollouts/signed/reports",
+            Some(r#"{"instance":"x","seq":1,"arms":{}}"#),
+            false,
+        )
+        .unwrap();
+    assert_eq!(code, 401);
+}
