@@ -84,6 +84,8 @@ demo: wasm venv
 bench: wasm venv
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	cargo run --release -q -p ramp-tests --bin ramp-bench
+	cargo build --release -q -p ramp-controller --bin rampctl
+	RAMPCTL_BIN=target/release/rampctl cargo run --release -q -p ramp-tests --bin ramp-bench-controller
 
 sim: toolchain
 	cargo run --release -q -p ramp-tests --bin ramp-sim

@@ -20,7 +20,7 @@ use crate::posterior::posterior;
 use crate::rules::{evaluate, Verdict};
 use crate::spec::{Bound, HookPoint, Spec};
 use crate::store::{Record, Store, StoreError};
-use crate::window::{remote_bandit, sum_reports, sum_shadow, window, Report, Totals};
+use crate::window::{sum_reports, sum_shadow, window, Report, Totals};
 
 pub struct Config {
     pub listen: SocketAddr,
@@ -211,26 +211,19 @@ async fn feedback(
     Ok(Json(json!({"recorded": recorded})))
 }
 
-/// The bandit counts of the whole fleet (every Envoy's newest report) plus the delayed rewards.
+/// The bandit counts of the whole fleet (every Envoy's newest report) plus the delayed rewards,
+/// without what `requester` (an Envoy's instance id) holds itself.
 fn fleet_bandit(
-    store: &Store,
+    store: &mut Store,
     spec: &Spec,
     requester: Option<&str>,
 ) -> Result<std::collections::BTreeMap<String, crate::window::BanditCounts>, StoreError> {
-    let delayed: std::collections::BTreeMap<String, u64> = store
-        .feedback_totals(&spec.name)?
-        .into_iter()
-        .map(|f| (f.arm, f.reward_micros))
-        .collect();
-    Ok(remote_bandit(
-        &store.reports(&spec.name)?,
-        requester,
-        &delayed,
-        &[&spec.baseline, &spec.candidate],
-    ))
+    Ok(store
+        .fleet(&spec.name)?
+        .remote(requester, &[&spec.baseline, &spec.candidate]))
 }
 
-fn summary(rec: &Record, spec: &Spec, totals: &Totals, store: &Store) -> Value {
+fn summary(rec: &Record, spec: &Spec, totals: &Totals, store: &mut Store) -> Value {
     let (bw, cw) = rec.state.weights(spec);
     let arm = |name: &str| {
         let w = window(totals, &rec.base, name);
@@ -329,17 +322,18 @@ async fn apply(
     store.insert(&rec, now)?;
     Ok((
         StatusCode::CREATED,
-        Json(summary(&rec, &spec, &rec.base, &store)),
+        Json(summary(&rec, &spec, &rec.base, &mut store)),
     )
         .into_response())
 }
 
 async fn list(AxState(app): AxState<Shared>) -> Result<Json<Value>, ApiError> {
-    let store = store(&app)?;
+    let mut store = store(&app)?;
     let mut out = Vec::new();
     for rec in store.list()? {
         if let Ok(spec) = Spec::parse(&rec.spec_text) {
-            out.push(summary(&rec, &spec, &totals_of(&store, &spec)?, &store));
+            let totals = totals_of(&store, &spec)?;
+            out.push(summary(&rec, &spec, &totals, &mut store));
         }
     }
     Ok(Json(json!({"rollouts": out})))
@@ -349,14 +343,10 @@ async fn status(
     AxState(app): AxState<Shared>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = store(&app)?;
+    let mut store = store(&app)?;
     let (rec, spec) = load(&store, &name)?;
-    Ok(Json(summary(
-        &rec,
-        &spec,
-        &totals_of(&store, &spec)?,
-        &store,
-    )))
+    let totals = totals_of(&store, &spec)?;
+    Ok(Json(summary(&rec, &spec, &totals, &mut store)))
 }
 
 /// What the filters poll: the weights, and the bandit counts the asking Envoy (`?instance=`, as
@@ -366,10 +356,10 @@ async fn live_state(
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = store(&app)?;
+    let mut store = store(&app)?;
     let (rec, spec) = load(&store, &name)?;
     let (bw, cw) = rec.state.weights(&spec);
-    let bandit = fleet_bandit(&store, &spec, query.get("instance").map(String::as_str))?;
+    let bandit = fleet_bandit(&mut store, &spec, query.get("instance").map(String::as_str))?;
     Ok(Json(json!({
         "version": rec.version,
         "stage": rec.state.stage + 1,
@@ -431,7 +421,7 @@ async fn command(
     }
     rec.state = next;
     store.update(&rec, Some(("command", &command_text(&cmd))), now)?;
-    let answer = summary(&rec, &spec, &totals, &store);
+    let answer = summary(&rec, &spec, &totals, &mut store);
     drop(store);
     if rolled_back {
         // Told after the answer's state is stored, without holding up the answer.

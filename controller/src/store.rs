@@ -2,13 +2,14 @@
 //! the totals its current stage started from, the newest report of each Envoy, and an event history.
 //! Every change is one transaction, so a restart resumes exactly where the last commit left off.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use thiserror::Error;
 
 use crate::machine::State;
-use crate::window::{Report, Totals};
+use crate::window::{FleetCounts, Report, Totals};
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -43,6 +44,10 @@ pub struct Event {
 
 pub struct Store {
     db: Connection,
+    /// Per rollout, the fleet's bandit counts, built from the tables on first use and then kept
+    /// current by `put_report` and `put_feedback` (every write goes through them), so the filters'
+    /// polls cost no scan.
+    fleet: HashMap<String, FleetCounts>,
 }
 
 /// Feedback for one arm, summed over all its decisions.
@@ -78,7 +83,10 @@ impl Store {
                id INTEGER PRIMARY KEY AUTOINCREMENT, rollout TEXT NOT NULL, at_ms INTEGER NOT NULL,
                kind TEXT NOT NULL, detail TEXT NOT NULL);",
         )?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            fleet: HashMap::new(),
+        })
     }
 
     pub fn insert(&mut self, rec: &Record, at_ms: u64) -> Result<(), StoreError> {
@@ -171,6 +179,11 @@ impl Store {
              WHERE excluded.seq > reports.seq",
             params![rollout, report.instance, report.seq as i64, body],
         )?;
+        if n > 0 {
+            if let Some(f) = self.fleet.get_mut(rollout) {
+                f.reported(report);
+            }
+        }
         Ok(n > 0)
     }
 
@@ -197,7 +210,28 @@ impl Store {
             "INSERT OR IGNORE INTO feedback (rollout, decision, arm, correct, reward, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![rollout, decision, arm, correct, reward, at_ms as i64],
         )?;
+        if let (true, Some(r), Some(f)) = (n > 0, reward, self.fleet.get_mut(rollout)) {
+            // Rounded as the SQL sum in `feedback_totals` rounds each row.
+            f.rewarded(arm, (r * 1e6).round() as u64);
+        }
         Ok(n > 0)
+    }
+
+    /// The fleet's bandit counts of `rollout` (see `FleetCounts`).
+    pub fn fleet(&mut self, rollout: &str) -> Result<&FleetCounts, StoreError> {
+        if !self.fleet.contains_key(rollout) {
+            let mut f = FleetCounts::default();
+            for r in self.reports(rollout)? {
+                f.reported(&r);
+            }
+            for fb in self.feedback_totals(rollout)? {
+                f.rewarded(&fb.arm, fb.reward_micros);
+            }
+            self.fleet.insert(rollout.to_owned(), f);
+        }
+        self.fleet
+            .get(rollout)
+            .ok_or_else(|| StoreError::NotFound(rollout.to_owned()))
     }
 
     /// Per arm, all feedback so far.
@@ -305,6 +339,54 @@ mod tests {
             vec!["applied", "advance"]
         );
         assert!(matches!(s.get("nope"), Err(StoreError::NotFound(_))));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The fleet counts kept up to date write by write equal the ones a restarted controller
+    /// rebuilds from the tables; an older report and a repeated feedback change neither.
+    #[test]
+    fn fleet_counts_kept_in_memory_match_a_rebuild_from_the_tables() {
+        let dir = std::env::temp_dir().join(format!("ramp-fleet-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ramp.db");
+        let report = |instance: &str, seq: u64, trials: u64| {
+            let v = serde_json::json!({"instance": instance, "seq": seq, "arms": {"v2": {
+                "requests": trials, "responses": {}, "latency_ms": {"le": [], "counts": []},
+                "bandit": {"trials": trials, "reward_micros": trials * 250_000}}}});
+            (
+                serde_json::from_value::<Report>(v.clone()).unwrap(),
+                v.to_string(),
+            )
+        };
+        let arms = ["v1", "v2"];
+        let live = {
+            let mut s = Store::open(&path).unwrap();
+            assert_eq!(s.fleet("r").unwrap().remote(None, &arms)["v2"].trials, 0);
+            for (instance, seq, trials) in [("a", 1, 10), ("b", 1, 5), ("a", 2, 30), ("a", 1, 99)] {
+                let (r, body) = report(instance, seq, trials);
+                s.put_report("r", &r, &body).unwrap();
+            }
+            s.put_feedback("r", "v2.1", "v2", None, Some(1.0), 1)
+                .unwrap();
+            s.put_feedback("r", "v2.1", "v2", None, Some(1.0), 2)
+                .unwrap();
+            s.put_feedback("r", "v2.2", "v2", Some(true), Some(0.3333333), 3)
+                .unwrap();
+            s.fleet("r").unwrap().clone()
+        };
+        let rebuilt = Store::open(&path).unwrap().fleet("r").unwrap().clone();
+        assert_eq!(live.remote(None, &arms), rebuilt.remote(None, &arms));
+        assert_eq!(
+            live.remote(Some("a"), &arms),
+            rebuilt.remote(Some("a"), &arms)
+        );
+        assert_eq!(
+            live.remote(None, &arms)["v2"],
+            crate::window::BanditCounts {
+                trials: 35,
+                reward_micros: 35 * 250_000 + 1_000_000 + 333_333
+            }
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
