@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::envoy::repo_root;
+use crate::upstream::ModelServer;
 
 /// `$RAMPCTL_BIN`, else the debug build `make` prepares.
 pub fn rampctl_binary() -> PathBuf {
@@ -174,5 +175,34 @@ impl Controller {
 impl Drop for Controller {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// What most rollout tests start with: a controller on a fresh database (token `s3cret`) and the
+/// two model servers, v1 and v2, that the Envoys route to.
+pub struct Rig {
+    pub controller: Controller,
+    pub v1: ModelServer,
+    pub v2: ModelServer,
+    /// Holds the database; removed when the rig is dropped.
+    pub dir: tempfile::TempDir,
+}
+
+impl Rig {
+    pub fn start() -> Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// The same with more `rampctl serve` arguments.
+    pub fn start_with(serve_args: &[&str]) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let controller =
+            Controller::start_with(&dir.path().join("ramp.db"), "s3cret", 0, serve_args)?;
+        Ok(Self {
+            controller,
+            v1: ModelServer::start("v1")?,
+            v2: ModelServer::start("v2")?,
+            dir,
+        })
     }
 }

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use ramp_tests::controller::Controller;
-use ramp_tests::{two_arm_config_with_controller, Client, Envoy, ModelServer};
+use ramp_tests::controller::{Controller, Rig};
+use ramp_tests::{two_arm_config_with_controller, Client, Envoy};
 use serde_json::{json, Value};
 
 fn decision_of(r: &ramp_tests::Reply) -> String {
@@ -42,12 +42,8 @@ fn fleet_counts(controller: &Controller, rollout: &str) -> Value {
 
 #[test]
 fn a_fresh_envoy_starts_from_what_the_fleet_learned_and_counts_are_exact() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = Controller::start(&dir.path().join("ramp.db"), "s3cret").unwrap();
-    let (v1, v2) = (
-        ModelServer::start("v1").unwrap(),
-        ModelServer::start("v2").unwrap(),
-    );
+    let rig = Rig::start().unwrap();
+    let (controller, v1, v2) = (&rig.controller, &rig.v1, &rig.v2);
     let cfg = json!({
         "rollout": "fleet",
         "arms": [{"name": "v1", "weight": 1}, {"name": "v2", "weight": 1}],
@@ -80,7 +76,7 @@ fn a_fresh_envoy_starts_from_what_the_fleet_learned_and_counts_are_exact() {
             seen[1] % 10 != 0
         };
         if converts {
-            convert(&controller, "fleet", &decision_of(&r));
+            convert(controller, "fleet", &decision_of(&r));
             converted[i] += 1;
         }
     }
@@ -96,10 +92,10 @@ fn a_fresh_envoy_starts_from_what_the_fleet_learned_and_counts_are_exact() {
         "v2": {"trials": seen[1], "reward_micros": converted[1] * 1_000_000},
     });
     let deadline = Instant::now() + Duration::from_secs(10);
-    while fleet_counts(&controller, "fleet") != want && Instant::now() < deadline {
+    while fleet_counts(controller, "fleet") != want && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(fleet_counts(&controller, "fleet"), want);
+    assert_eq!(fleet_counts(controller, "fleet"), want);
 
     // Envoy B has served nothing, yet it polls A's counts and the rewards: it favours v2 at once.
     std::thread::sleep(Duration::from_millis(1500));
@@ -117,11 +113,11 @@ fn a_fresh_envoy_starts_from_what_the_fleet_learned_and_counts_are_exact() {
         "v2": {"trials": v2.served(), "reward_micros": converted[1] * 1_000_000},
     });
     let deadline = Instant::now() + Duration::from_secs(10);
-    while fleet_counts(&controller, "fleet") != total && Instant::now() < deadline {
+    while fleet_counts(controller, "fleet") != total && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(
-        fleet_counts(&controller, "fleet"),
+        fleet_counts(controller, "fleet"),
         total,
         "two Envoys' trials add up exactly"
     );
@@ -138,12 +134,8 @@ fn a_fresh_envoy_starts_from_what_the_fleet_learned_and_counts_are_exact() {
 
 #[test]
 fn an_ab_test_on_conversions_promotes_the_significantly_better_candidate() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = Controller::start(&dir.path().join("ramp.db"), "s3cret").unwrap();
-    let (v1, v2) = (
-        ModelServer::start("v1").unwrap(),
-        ModelServer::start("v2").unwrap(),
-    );
+    let rig = Rig::start().unwrap();
+    let (controller, v1, v2) = (&rig.controller, &rig.v1, &rig.v2);
     let cfg = json!({
         "rollout": "ab",
         "arms": [{"name": "v1", "weight": 100}, {"name": "v2", "weight": 0}],
@@ -170,7 +162,7 @@ fn an_ab_test_on_conversions_promotes_the_significantly_better_candidate() {
         let i = usize::from(r.served_by == "v2");
         seen[i] += 1;
         if (i == 0 && seen[0] % 7 == 0) || (i == 1 && seen[1] % 3 == 0) {
-            convert(&controller, "ab", &decision_of(&r));
+            convert(controller, "ab", &decision_of(&r));
         }
         if (seen[0] + seen[1]) % 50 == 0 {
             let (_, st) = controller
@@ -211,12 +203,8 @@ fn an_ab_test_on_conversions_promotes_the_significantly_better_candidate() {
 /// `prediction` field); requests carry `x` = 1 one time in `one_in`, else 0, so a candidate that
 /// scales its prediction disagrees exactly on those.
 fn shadow_rollout(name: &str, v2_scale_milli: u64, one_in: u64) -> (Value, Vec<String>) {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = Controller::start(&dir.path().join("ramp.db"), "s3cret").unwrap();
-    let (v1, v2) = (
-        ModelServer::start("v1").unwrap(),
-        ModelServer::start("v2").unwrap(),
-    );
+    let rig = Rig::start().unwrap();
+    let (controller, v1, v2) = (&rig.controller, &rig.v1, &rig.v2);
     v2.behaviour
         .prediction_milli
         .store(v2_scale_milli, std::sync::atomic::Ordering::Relaxed);

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ramp_tests::controller::Controller;
+use ramp_tests::controller::{Controller, Rig};
 use ramp_tests::{two_arm_config_with_controller, Client, Envoy, ModelServer};
 use serde_json::json;
 
@@ -74,12 +74,12 @@ struct Setup {
 }
 
 fn setup(rollout: &str) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = Controller::start(&dir.path().join("ramp.db"), "s3cret").unwrap();
-    let (v1, v2) = (
-        ModelServer::start("v1").unwrap(),
-        ModelServer::start("v2").unwrap(),
-    );
+    let Rig {
+        controller,
+        v1,
+        v2,
+        dir,
+    } = Rig::start().unwrap();
     let config =
         two_arm_config_with_controller(&filter_config(rollout), v1.port, v2.port, controller.port)
             .unwrap();
@@ -460,12 +460,8 @@ fn blue_green_switches_at_once_and_switches_back_after_promotion() {
 
 #[test]
 fn ground_truth_posted_for_decisions_rolls_back_a_less_accurate_candidate() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = Controller::start(&dir.path().join("ramp.db"), "s3cret").unwrap();
-    let (v1, v2) = (
-        ModelServer::start("v1").unwrap(),
-        ModelServer::start("v2").unwrap(),
-    );
+    let rig = Rig::start().unwrap();
+    let (controller, v1, v2) = (&rig.controller, &rig.v1, &rig.v2);
     let mut cfg = filter_config("accuracy");
     cfg["decision_header"] = json!("x-ramp-decision");
     let envoy = Envoy::start(
@@ -810,18 +806,8 @@ fn an_operators_pause_during_a_slow_hook_is_not_overwritten_by_the_check() {
 
 #[test]
 fn reports_must_carry_the_report_token_the_controller_asks_for() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = Controller::start_with(
-        &dir.path().join("ramp.db"),
-        "s3cret",
-        0,
-        &["--report-token", "proxy-token"],
-    )
-    .unwrap();
-    let (v1, v2) = (
-        ModelServer::start("v1").unwrap(),
-        ModelServer::start("v2").unwrap(),
-    );
+    let rig = Rig::start_with(&["--report-token", "proxy-token"]).unwrap();
+    let (controller, v1, v2) = (&rig.controller, &rig.v1, &rig.v2);
     let mut cfg = filter_config("signed");
     cfg["controller"]["token_env"] = json!("RAMP_REPORT_TOKEN");
     let config = |token: Option<&str>| {
