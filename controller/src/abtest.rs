@@ -129,6 +129,10 @@ pub fn sample_size_per_arm(
 mod tests {
     use super::*;
 
+    fn p(successes: f64, trials: u64) -> Proportion {
+        Proportion { successes, trials }
+    }
+
     fn close(a: f64, b: f64, tol: f64) -> bool {
         (a - b).abs() <= tol
     }
@@ -139,66 +143,22 @@ mod tests {
     #[test]
     fn z_test_matches_statsmodels() {
         // The guide's example: A 320/10000, B 358/10000.
-        let r = z_test(
-            Proportion {
-                successes: 320.0,
-                trials: 10_000,
-            },
-            Proportion {
-                successes: 358.0,
-                trials: 10_000,
-            },
-            0.95,
-        )
-        .unwrap();
+        let r = z_test(p(320.0, 10_000), p(358.0, 10_000), 0.95).unwrap();
         assert!(close(r.z, 1.4847649560685205, 1e-9), "{r:?}");
         assert!(close(r.p_value, 0.13760609805062635, 1e-7), "{r:?}");
         assert!(close(r.relative_lift.unwrap(), 0.11875, 1e-12));
         assert_eq!(r.winner, Winner::Neither, "11.9% lift, but p = 0.138");
 
-        let r = z_test(
-            Proportion {
-                successes: 200.0,
-                trials: 1000,
-            },
-            Proportion {
-                successes: 250.0,
-                trials: 1000,
-            },
-            0.95,
-        )
-        .unwrap();
+        let r = z_test(p(200.0, 1000), p(250.0, 1000), 0.95).unwrap();
         assert!(close(r.z, 2.677397763008329, 1e-9), "{r:?}");
         assert!(close(r.p_value, 0.007419649261025687, 1e-8), "{r:?}");
         assert!(close(r.interval.0, 0.013463621687539826, 1e-7), "{r:?}");
         assert!(close(r.interval.1, 0.08653637831246015, 1e-7), "{r:?}");
         assert_eq!(r.winner, Winner::Candidate);
-        let swapped = z_test(
-            Proportion {
-                successes: 250.0,
-                trials: 1000,
-            },
-            Proportion {
-                successes: 200.0,
-                trials: 1000,
-            },
-            0.95,
-        )
-        .unwrap();
+        let swapped = z_test(p(250.0, 1000), p(200.0, 1000), 0.95).unwrap();
         assert_eq!(swapped.winner, Winner::Baseline);
         // At 99% (NormalDist): (0.0019830595637865336, 0.09801694043621345).
-        let r99 = z_test(
-            Proportion {
-                successes: 200.0,
-                trials: 1000,
-            },
-            Proportion {
-                successes: 250.0,
-                trials: 1000,
-            },
-            0.99,
-        )
-        .unwrap();
+        let r99 = z_test(p(200.0, 1000), p(250.0, 1000), 0.99).unwrap();
         assert!(
             close(r99.interval.0, 0.0019830595637865336, 1e-7),
             "{r99:?}"
@@ -208,10 +168,6 @@ mod tests {
 
     #[test]
     fn untestable_inputs_give_none() {
-        let p = |s: f64, n: u64| Proportion {
-            successes: s,
-            trials: n,
-        };
         assert_eq!(z_test(p(0.0, 0), p(1.0, 10), 0.95), None);
         assert_eq!(z_test(p(0.0, 10), p(0.0, 10), 0.95), None, "no variation");
         assert_eq!(z_test(p(10.0, 10), p(10.0, 10), 0.95), None);

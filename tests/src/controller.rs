@@ -120,6 +120,17 @@ impl Controller {
         ))
     }
 
+    /// Sends an operator command (`{"command": ...}`) with the token; status and answer.
+    pub fn command(&self, rollout: &str, command: &str) -> Result<(u16, serde_json::Value)> {
+        let body = serde_json::json!({ "command": command }).to_string();
+        self.call(
+            "POST",
+            &format!("/v1/rollouts/{rollout}/commands"),
+            Some(&body),
+            true,
+        )
+    }
+
     /// Applies a rollout spec with the token; an error unless the controller created it.
     pub fn apply(&self, spec: &str) -> Result<serde_json::Value> {
         let (code, v) = self.call("POST", "/v1/rollouts", Some(spec), true)?;

@@ -253,16 +253,7 @@ fn bad_specs_and_unauthorized_or_senseless_calls_are_refused() {
         .call("GET", "/v1/rollouts/nope", None, false)
         .unwrap();
     assert_eq!(code, 404, "{v}");
-    let cmd = |c: &str| {
-        s.controller
-            .call(
-                "POST",
-                "/v1/rollouts/errors/commands",
-                Some(&json!({"command": c}).to_string()),
-                true,
-            )
-            .unwrap()
-    };
+    let cmd = |c: &str| s.controller.command("errors", c).unwrap();
     assert_eq!(cmd("roll_back").0, 200);
     let (code, v) = cmd("promote");
     assert_eq!(
@@ -433,16 +424,7 @@ fn blue_green_switches_at_once_and_switches_back_after_promotion() {
         ))
     };
     assert_eq!(split().get("v1"), Some(&100), "green is tested at 0%");
-    let cmd = |c: &str| {
-        s.controller
-            .call(
-                "POST",
-                "/v1/rollouts/bluegreen/commands",
-                Some(&json!({"command": c}).to_string()),
-                true,
-            )
-            .unwrap()
-    };
+    let cmd = |c: &str| s.controller.command("bluegreen", c).unwrap();
     assert_eq!(cmd("promote").0, 200);
     assert_eq!(split().get("v2"), Some(&100), "switched to green at once");
     let (_, v) = s
@@ -779,14 +761,7 @@ fn an_operators_pause_during_a_slow_hook_is_not_overwritten_by_the_check() {
         assert!(Instant::now() < deadline, "the hook was never called");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (code, v) = controller
-        .call(
-            "POST",
-            "/v1/rollouts/slowhook/commands",
-            Some(r#"{"command":"pause"}"#),
-            true,
-        )
-        .unwrap();
+    let (code, v) = controller.command("slowhook", "pause").unwrap();
     assert_eq!((code, v["phase"].as_str()), (200, Some("paused")), "{v}");
     std::thread::sleep(Duration::from_millis(3000));
     let (_, v) = controller
