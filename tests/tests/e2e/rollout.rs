@@ -97,11 +97,7 @@ fn setup(rollout: &str) -> Setup {
 fn a_healthy_candidate_is_promoted_through_every_stage() {
     let s = setup("healthy");
     let spec = "name: healthy\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 0.5\nfailure_threshold: 2\nstages:\n  - {weight: 10, min_duration_s: 2, min_requests: 20, rules: [{metric: error_rate, max: 0.05, min_samples: 5}]}\n  - {weight: 50, min_duration_s: 2, min_requests: 50, rules: [{metric: error_rate, max: 0.05, min_samples: 5}]}\n  - {weight: 100}\n";
-    let (code, _) = s
-        .controller
-        .call("POST", "/v1/rollouts", Some(spec), true)
-        .unwrap();
-    assert_eq!(code, 201);
+    s.controller.apply(spec).unwrap();
     let traffic = Traffic::start(s.envoy.url("/predict"), 3);
     // Watch the split follow each stage: sample it while the controller says a stage is live.
     let mut observed = Vec::new();
