@@ -1,4 +1,4 @@
-//! The manifests under `istio/` against the CRD schemas Istio publishes (`../shared/istio-crds/`),
+//! The manifests under `istio/` against the CRD schemas Istio publishes (vendored in `istio/crds/`),
 //! the way `kubectl apply --validate=strict` would check them, and the WasmPlugin's `pluginConfig`
 //! against Ramp's own config validation.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -11,7 +11,7 @@ use serde_json::Value;
 fn crd_dir() -> PathBuf {
     std::env::var_os("RAMP_ISTIO_CRDS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("../shared/istio-crds"))
+        .unwrap_or_else(|| repo_root().join("istio/crds"))
 }
 
 fn yaml(path: PathBuf) -> Value {
