@@ -2,12 +2,17 @@
 //! over data (no network, no clock), so every decision is unit-tested. `rampctl` is the binary edge.
 
 pub mod abtest;
+pub mod auth;
 pub mod histogram;
 pub mod machine;
 pub mod posterior;
 pub mod prometheus;
+pub mod reconciler;
+pub mod redact;
+pub mod registry;
 pub mod rules;
 pub mod server;
 pub mod spec;
 pub mod store;
+pub mod summary;
 pub mod window;

@@ -1,26 +1,34 @@
 //! `rampctl serve`: the HTTP API (filters poll state and post reports; operators apply specs and
-//! send commands) and the loop that checks each progressing rollout on its interval. The decisions
-//! are `machine::step`; this module moves data between HTTP, SQLite and that function.
+//! send commands). Concurrency model: each rollout has a published snapshot (`registry`) that
+//! polls read and long-poll on, never waiting on a check; one reconciler task per rollout
+//! (`reconciler`) does the checks and their IO; SQLite is touched on blocking threads only, for
+//! one statement or transaction at a time; reports are validated on arrival, kept in memory and
+//! written to SQLite in batches by one flusher task.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Path, Query, State as AxState};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State as AxState};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::machine::{self, Action, Command, Phase, State};
-use crate::posterior::posterior;
-use crate::rules::{evaluate, Verdict};
-use crate::spec::{Bound, HookPoint, Spec};
+use crate::auth::Tokens;
+use crate::machine::{self, Command, Phase, State};
+use crate::reconciler::{notify_rollback, totals_now};
+use crate::redact::redact_text;
+use crate::registry::{Accepted, Loaded, Pending, ReportBook, Rollout, View};
+use crate::spec::{Spec, MAX_SPEC_BYTES};
 use crate::store::{Record, Store, StoreError};
-use crate::window::{sum_reports, sum_shadow, window, Report, Totals};
+use crate::summary::summary;
+use crate::window::Report;
 
 pub struct Config {
     pub listen: SocketAddr,
@@ -31,13 +39,24 @@ pub struct Config {
     pub report_token: Option<String>,
 }
 
-struct App {
-    store: Mutex<Store>,
-    token: Option<String>,
-    report_token: Option<String>,
-}
+/// Largest report body (a report of two arms with shadow totals is about 1 KB).
+pub const MAX_REPORT_BYTES: usize = 64 * 1024;
+/// Largest feedback or command body.
+pub const MAX_SMALL_BYTES: usize = 4 * 1024;
+/// Longest a state poll may wait for a change (`wait_ms`).
+pub const MAX_WAIT_MS: u64 = 30_000;
+/// How often accepted reports are written to SQLite. Reports are cumulative, so a crash loses
+/// nothing that the Envoys' next reports do not bring back.
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
 
-type Shared = Arc<App>;
+pub struct App {
+    /// SQLite. Locked only on blocking threads (`App::db`), for one statement or transaction.
+    store: Mutex<Store>,
+    /// The rollouts by name. Held only to look one up or add one.
+    rollouts: RwLock<BTreeMap<String, Arc<Rollout>>>,
+    pending: Mutex<Pending>,
+    tokens: Tokens,
+}
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -45,31 +64,200 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+impl App {
+    /// Runs `f` on the store, on a blocking thread.
+    pub async fn db<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let app = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut store = app.store.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut store)
+        })
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Undecodable(format!("store task: {e}"))))
+    }
+
+    fn rollout(&self, name: &str) -> Option<Arc<Rollout>> {
+        self.rollouts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    fn all(&self) -> Vec<Arc<Rollout>> {
+        self.rollouts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Stores `next` if the rollout is still `before`, and publishes it in the same critical
+    /// section (so two writers' snapshots cannot be published out of order). False: changed
+    /// meanwhile, nothing written.
+    pub async fn commit(
+        self: &Arc<Self>,
+        handle: &Arc<Rollout>,
+        before: &Record,
+        next: &Record,
+        spec: &Arc<Spec>,
+        event: Option<(String, String)>,
+        at_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let (handle, before, next, spec) =
+            (handle.clone(), before.clone(), next.clone(), spec.clone());
+        self.db(move |store| {
+            let event = event.as_ref().map(|(k, d)| (k.as_str(), d.as_str()));
+            let saved = store.update_if(&before, &next, event, at_ms)?;
+            if saved {
+                handle.publish_record(next, spec);
+            }
+            Ok(saved)
+        })
+        .await
+    }
+}
+
 /// Runs until the process is stopped.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let tokens = Tokens::new(cfg.token, cfg.report_token)?;
+    let db = cfg.db.clone();
+    let (store, loaded) = tokio::task::spawn_blocking(move || load(&db)).await??;
     let app = Arc::new(App {
-        store: Mutex::new(Store::open(&cfg.db)?),
-        token: cfg.token,
-        report_token: cfg.report_token,
+        store: Mutex::new(store),
+        rollouts: RwLock::new(BTreeMap::new()),
+        pending: Mutex::new(Pending::default()),
+        tokens,
     });
+    for handle in loaded {
+        register(&app, handle);
+    }
+    let small = DefaultBodyLimit::max(MAX_SMALL_BYTES);
     let router = Router::new()
-        .route("/v1/rollouts", get(list).post(apply))
+        .route(
+            "/v1/rollouts",
+            get(list)
+                .post(apply)
+                .layer(DefaultBodyLimit::max(MAX_SPEC_BYTES)),
+        )
         .route("/v1/rollouts/{name}", get(status))
         .route("/v1/rollouts/{name}/state", get(live_state))
-        .route("/v1/rollouts/{name}/reports", post(report))
-        .route("/v1/rollouts/{name}/commands", post(command))
+        .route(
+            "/v1/rollouts/{name}/reports",
+            post(report).layer(DefaultBodyLimit::max(MAX_REPORT_BYTES)),
+        )
+        .route("/v1/rollouts/{name}/commands", post(command).layer(small))
         .route("/v1/rollouts/{name}/history", get(history))
-        .route("/v1/rollouts/{name}/feedback", post(feedback))
+        .route("/v1/rollouts/{name}/feedback", post(feedback).layer(small))
         .with_state(app.clone());
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     eprintln!("rampctl: serving on http://{}", listener.local_addr()?);
-    tokio::spawn(check_loop(app));
+    tokio::spawn(flush_reports(app));
     axum::serve(listener, router).await?;
     Ok(())
 }
 
-/// An API error: status and a JSON body `{"error": ..., "field": ...}`.
-struct ApiError(StatusCode, Value);
+/// Opens the store and reads every rollout back. A row or spec that cannot be decoded becomes a
+/// rollout in phase `error` (logged, shown by `list` and `status`); the others go on.
+fn load(db: &std::path::Path) -> anyhow::Result<(Store, Vec<Rollout>)> {
+    let store = Store::open(db)?;
+    let mut out = Vec::new();
+    for (name, row) in store.list()? {
+        let loaded = row.and_then(|rec| {
+            let spec = Spec::parse(&rec.spec_text)
+                .map_err(|e| StoreError::Undecodable(format!("stored spec: {e}")))?;
+            Ok((rec, spec))
+        });
+        let mut book = ReportBook::default();
+        let view = match loaded {
+            Ok((rec, spec)) => {
+                let arms = [spec.baseline.as_str(), spec.candidate.as_str()];
+                for r in store.reports(&name)? {
+                    match r.map_err(|e| e.to_string()).and_then(|r| {
+                        r.validate(&arms).map_err(|e| e.to_string())?;
+                        Ok(r)
+                    }) {
+                        Ok(r) => {
+                            book.accept(r);
+                        }
+                        Err(e) => eprintln!("rampctl: {name}: a stored report was skipped: {e}"),
+                    }
+                }
+                book.unsaved.clear();
+                for f in store.feedback_totals(&name)? {
+                    book.fleet.rewarded(&f.arm, f.reward_micros);
+                    book.feedback.insert(f.arm.clone(), f);
+                }
+                View {
+                    loaded: Loaded::Ok {
+                        rec,
+                        spec: Arc::new(spec),
+                    },
+                    figures: None,
+                }
+            }
+            Err(e) => {
+                let reason = format!("cannot be loaded: {e}");
+                eprintln!("rampctl: rollout {name:?} {reason}");
+                View {
+                    loaded: Loaded::Error { reason },
+                    figures: None,
+                }
+            }
+        };
+        out.push(Rollout::new(name, view, book));
+    }
+    Ok((store, out))
+}
+
+fn register(app: &Arc<App>, handle: Rollout) -> Arc<Rollout> {
+    let handle = Arc::new(handle);
+    app.rollouts
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(handle.name.clone(), handle.clone());
+    tokio::spawn(crate::reconciler::run(app.clone(), handle.clone()));
+    handle
+}
+
+/// Writes the reports accepted since the last pass, in one transaction.
+async fn flush_reports(app: Arc<App>) {
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    loop {
+        tick.tick().await;
+        let mut batch: Vec<(String, Report)> = Vec::new();
+        for handle in app.all() {
+            let mut book = handle.reports();
+            for instance in std::mem::take(&mut book.unsaved) {
+                if let Some(r) = book.newest.get(&instance) {
+                    batch.push((handle.name.clone(), r.clone()));
+                }
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let failed = batch.clone();
+        let written = app
+            .db(move |s| s.put_reports(batch.iter().map(|(n, r)| (n.as_str(), r))))
+            .await;
+        if let Err(e) = written {
+            eprintln!("rampctl: reports not written (kept for the next pass): {e}");
+            for (name, r) in failed {
+                if let Some(h) = app.rollout(&name) {
+                    h.reports().unsaved.insert(r.instance);
+                }
+            }
+        }
+    }
+}
+
+/// An API error: status and a JSON body `{"error": ..., "field": ..., "reason": ...}`.
+pub struct ApiError(StatusCode, Value);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -92,274 +280,135 @@ fn bad(code: StatusCode, msg: impl Into<String>) -> ApiError {
     ApiError(code, json!({"error": msg.into()}))
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+/// A 4xx that names the field.
+fn field_error(code: StatusCode, field: &str, reason: impl Into<String>) -> ApiError {
+    let reason = reason.into();
+    ApiError(
+        code,
+        json!({"error": format!("{field}: {reason}"), "field": field, "reason": reason}),
+    )
+}
+
+/// The body, or 413 naming the limit.
+fn body(b: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    b.map_err(|e| {
+        let code = e.status();
+        if code == StatusCode::PAYLOAD_TOO_LARGE {
+            field_error(code, "body", format!("larger than {limit} bytes"))
+        } else {
+            field_error(code, "body", e.body_text())
+        }
+    })
+}
+
+fn json_body(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| field_error(StatusCode::BAD_REQUEST, "body", e.to_string()))
 }
 
 fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
-    match &app.token {
-        Some(token) if bearer(headers) != Some(token.as_str()) => Err(bad(
-            StatusCode::UNAUTHORIZED,
-            "this call changes a rollout: it needs 'Authorization: Bearer <token>'",
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// Reports steer rollbacks like commands do; with `--report-token` they must carry it (or the
-/// operator's token).
-fn authorize_report(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(report_token) = &app.report_token else {
-        return Ok(());
-    };
-    let given = bearer(headers);
-    if given == Some(report_token.as_str()) || (given.is_some() && given == app.token.as_deref()) {
+    let given = headers.get("authorization").map(|v| v.as_bytes());
+    if app.tokens.operator_may(given) {
         Ok(())
     } else {
         Err(bad(
             StatusCode::UNAUTHORIZED,
-            "reports need 'Authorization: Bearer <report token>' (the filter's controller.token_env)",
+            "this call changes a rollout: it needs 'Authorization: Bearer <token>'",
         ))
     }
 }
 
-fn store(app: &App) -> Result<std::sync::MutexGuard<'_, Store>, ApiError> {
-    app.store
-        .lock()
-        .map_err(|_| bad(StatusCode::INTERNAL_SERVER_ERROR, "store lock poisoned"))
+fn not_found(name: &str) -> ApiError {
+    let shown: String = name.chars().take(64).collect();
+    bad(StatusCode::NOT_FOUND, format!("no rollout named {shown:?}"))
 }
 
-/// The rollout's cumulative totals from its source (the filters' reports, or Prometheus), with the
-/// ground truth the applications reported.
-fn totals_of(store: &Store, spec: &Spec) -> Result<Totals, ApiError> {
-    let reports = store.reports(&spec.name)?;
-    let mut totals = match &spec.prometheus {
-        Some(url) => {
-            tokio::task::block_in_place(|| crate::prometheus::fetch_totals(url, &spec.name))
-                .map_err(|e| bad(StatusCode::BAD_GATEWAY, e.to_string()))?
+/// The rollout and its loaded record and spec, or 404 / 503 (cannot be loaded).
+fn loaded(app: &App, name: &str) -> Result<(Arc<Rollout>, Record, Arc<Spec>), ApiError> {
+    let handle = app.rollout(name).ok_or_else(|| not_found(name))?;
+    let view = handle.current();
+    match &view.loaded {
+        Loaded::Ok { rec, spec } => {
+            let (rec, spec) = (rec.clone(), spec.clone());
+            Ok((handle, rec, spec))
         }
-        None => sum_reports(&reports),
-    };
-    // Copies are mirrored to the candidate; only the filters report comparisons (either source).
-    totals.entry(spec.candidate.clone()).or_default().shadow = sum_shadow(&reports);
-    for f in store.feedback_totals(&spec.name)? {
-        let t = totals.entry(f.arm).or_default();
-        t.labelled = f.labelled;
-        t.correct = f.correct;
-        t.reward_micros = f.reward_micros;
+        Loaded::Error { reason } => Err(bad(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("rollout {name:?} {reason}"),
+        )),
     }
-    Ok(totals)
 }
 
-/// Delayed feedback for one decision (the id the filter put in the decision header):
-/// `{"decision": "v2.00ab..", "correct": true}` (ground truth) and/or `"reward": 0.7`.
-async fn feedback(
-    AxState(app): AxState<Shared>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: String,
-) -> Result<Json<Value>, ApiError> {
-    // Feedback steers rollbacks and the bandit: only callers holding the token may post it.
-    authorize(&app, &headers)?;
-    let v: Value = serde_json::from_str(&body)
-        .map_err(|e| bad(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
-    let decision = v["decision"].as_str().ok_or_else(|| {
-        bad(
-            StatusCode::BAD_REQUEST,
-            "decision: required, the id from the decision header",
-        )
-    })?;
-    let arm = decision.split_once('.').map(|(a, _)| a).unwrap_or("");
-    let correct = v
-        .get("correct")
-        .map(|c| {
-            c.as_bool()
-                .ok_or_else(|| bad(StatusCode::BAD_REQUEST, "correct: must be true or false"))
-        })
-        .transpose()?;
-    let reward = v
-        .get("reward")
-        .map(|r| {
-            r.as_f64()
-                .filter(|r| (0.0..=1.0).contains(r))
-                .ok_or_else(|| {
-                    bad(
-                        StatusCode::BAD_REQUEST,
-                        "reward: must be a number in [0, 1]",
-                    )
-                })
-        })
-        .transpose()?;
-    if correct.is_none() && reward.is_none() {
-        return Err(bad(
-            StatusCode::BAD_REQUEST,
-            "give correct (ground truth) or reward",
-        ));
-    }
-    let mut store = store(&app)?;
-    let (_, spec) = load(&store, &name)?;
-    if arm != spec.baseline && arm != spec.candidate {
-        return Err(bad(
-            StatusCode::BAD_REQUEST,
-            format!("decision: {decision:?} names no arm of rollout {name:?}"),
-        ));
-    }
-    let recorded = store.put_feedback(&name, decision, arm, correct, reward, now_ms())?;
-    Ok(Json(json!({"recorded": recorded})))
+fn named(name: &str, view: &View) -> Value {
+    let mut v = summary(view);
+    v["name"] = json!(name);
+    v
 }
 
-/// The bandit counts of the whole fleet (every Envoy's newest report) plus the delayed rewards,
-/// without what `requester` (an Envoy's instance id) holds itself.
-fn fleet_bandit(
-    store: &mut Store,
-    spec: &Spec,
-    requester: Option<&str>,
-) -> Result<std::collections::BTreeMap<String, crate::window::BanditCounts>, StoreError> {
-    Ok(store
-        .fleet(&spec.name)?
-        .remote(requester, &[&spec.baseline, &spec.candidate]))
-}
-
-fn summary(rec: &Record, spec: &Spec, totals: &Totals, store: &mut Store) -> Value {
-    let (bw, cw) = rec.state.weights(spec);
-    let arm = |name: &str| {
-        let w = window(totals, &rec.base, name);
-        json!({"requests": w.requests, "errors": w.errors,
-               "error_rate": if w.requests > 0 { w.errors as f64 / w.requests as f64 } else { 0.0 },
-               "p95_ms": w.latency.quantile(0.95),
-               "accuracy": if w.labelled > 0 { Some(w.correct as f64 / w.labelled as f64) } else { None }, "labelled": w.labelled,
-               "shadow": w.shadow})
-    };
-    let stage = spec.stages.get(rec.state.stage);
-    // The stage's rules against the stage's window so far, for `status`: figure, bound, verdict.
-    let (candidate, baseline) = (
-        window(totals, &rec.base, &spec.candidate),
-        window(totals, &rec.base, &spec.baseline),
-    );
-    let checks: Vec<Value> = stage
-        .map(|s| s.rules.as_slice())
-        .unwrap_or_default()
+async fn list(AxState(app): AxState<Arc<App>>) -> Json<Value> {
+    let out: Vec<Value> = app
+        .all()
         .iter()
-        .map(|rule| {
-            let (verdict, value) = match evaluate(rule, &candidate, &baseline) {
-                Verdict::Pass { value } => ("pass", Some(value)),
-                Verdict::Fail { value, .. } => ("fail", Some(value)),
-                Verdict::NotEnoughData { .. } => ("not_enough_data", None),
-            };
-            let (bound, limit) = match rule.bound {
-                Bound::Max(v) => ("max", v),
-                Bound::Min(v) => ("min", v),
-                Bound::WorseThanBaseline(v) => ("max_worse_than_baseline", v),
-            };
-            json!({"metric": rule.metric, "bound": bound, "limit": limit, "value": value,
-                   "samples": candidate.samples(rule.metric), "min_samples": rule.min_samples, "verdict": verdict})
-        })
+        .map(|h| named(&h.name, &h.current()))
         .collect();
-    let ab_test = spec
-        .ab_test
-        .as_ref()
-        .filter(|_| rec.state.stage == 0)
-        .map(|ab| {
-            json!({"metric": ab.metric, "planned_per_arm": ab.planned_per_arm,
-                   "result": machine::ab_result(ab, &candidate, &baseline)})
-        });
-    let bandit = (spec.strategy == crate::spec::StrategyKind::Bandit)
-        .then(|| fleet_bandit(store, spec, None).ok())
-        .flatten()
-        .map(|counts| {
-            counts
-                .into_iter()
-                .map(|(arm, c)| {
-                    let p = posterior(c.trials, c.reward_micros as f64 / 1e6, 0.95);
-                    (arm, json!(p))
-                })
-                .collect::<serde_json::Map<_, _>>()
-        });
-    json!({
-        "ab_test": ab_test, "bandit": bandit, "strategy": spec.strategy,
-        "checks": checks, "override_weight": rec.state.override_weight,
-        "promotion": if spec.manual_promotion { "manual" } else { "auto" },
-        "name": rec.name, "baseline": spec.baseline, "candidate": spec.candidate, "phase": rec.state.phase, "stage": rec.state.stage + 1, "stages": spec.stages.len(),
-        "weights": {spec.baseline.clone(): bw, spec.candidate.clone(): cw},
-        "version": rec.version, "failed_checks": rec.state.failed_checks, "reason": rec.state.reason,
-        "stage_started_ms": rec.state.stage_started_ms,
-        "stage_min_duration_ms": stage.map(|s| s.min_duration_ms), "stage_min_requests": stage.map(|s| s.min_requests),
-        "window": {spec.baseline.clone(): arm(&spec.baseline), spec.candidate.clone(): arm(&spec.candidate)},
-    })
-}
-
-fn load(store: &Store, name: &str) -> Result<(Record, Spec), ApiError> {
-    let rec = store.get(name)?;
-    let spec = Spec::parse(&rec.spec_text)
-        .map_err(|e| bad(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    Ok((rec, spec))
-}
-
-async fn apply(
-    AxState(app): AxState<Shared>,
-    headers: HeaderMap,
-    body: String,
-) -> Result<Response, ApiError> {
-    authorize(&app, &headers)?;
-    let spec = Spec::parse(&body).map_err(|e| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            json!({"error": e.to_string(), "field": e.field, "reason": e.reason}),
-        )
-    })?;
-    let mut store = store(&app)?;
-    let now = now_ms();
-    let rec = Record {
-        name: spec.name.clone(),
-        spec_text: body,
-        state: State::start(&spec, now),
-        version: 1,
-        base: totals_of(&store, &spec)?,
-    };
-    store.insert(&rec, now)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(summary(&rec, &spec, &rec.base, &mut store)),
-    )
-        .into_response())
-}
-
-async fn list(AxState(app): AxState<Shared>) -> Result<Json<Value>, ApiError> {
-    let mut store = store(&app)?;
-    let mut out = Vec::new();
-    for rec in store.list()? {
-        if let Ok(spec) = Spec::parse(&rec.spec_text) {
-            let totals = totals_of(&store, &spec)?;
-            out.push(summary(&rec, &spec, &totals, &mut store));
-        }
-    }
-    Ok(Json(json!({"rollouts": out})))
+    Json(json!({"rollouts": out}))
 }
 
 async fn status(
-    AxState(app): AxState<Shared>,
+    AxState(app): AxState<Arc<App>>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut store = store(&app)?;
-    let (rec, spec) = load(&store, &name)?;
-    let totals = totals_of(&store, &spec)?;
-    Ok(Json(summary(&rec, &spec, &totals, &mut store)))
+    let handle = app.rollout(&name).ok_or_else(|| not_found(&name))?;
+    Ok(Json(named(&name, &handle.current())))
+}
+
+fn query_u64(query: &HashMap<String, String>, field: &str) -> Result<Option<u64>, ApiError> {
+    query
+        .get(field)
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                field_error(
+                    StatusCode::BAD_REQUEST,
+                    field,
+                    "must be a whole number of at most 20 digits",
+                )
+            })
+        })
+        .transpose()
 }
 
 /// What the filters poll: the weights, and the bandit counts the asking Envoy (`?instance=`, as
-/// in its reports) does not hold itself.
+/// in its reports) does not hold itself. With `?version=N&wait_ms=M` the answer waits (at most
+/// `MAX_WAIT_MS`) until the state's version is no longer N: a filter whose poll is open learns a
+/// rollback as soon as it is decided.
 async fn live_state(
-    AxState(app): AxState<Shared>,
+    AxState(app): AxState<Arc<App>>,
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut store = store(&app)?;
-    let (rec, spec) = load(&store, &name)?;
-    let (bw, cw) = rec.state.weights(&spec);
-    let bandit = fleet_bandit(&mut store, &spec, query.get("instance").map(String::as_str))?;
+    let handle = app.rollout(&name).ok_or_else(|| not_found(&name))?;
+    let known = query_u64(&query, "version")?;
+    let wait = query_u64(&query, "wait_ms")?.unwrap_or(0).min(MAX_WAIT_MS);
+    let mut rx = handle.view.subscribe();
+    if let Some(known) = known.filter(|_| wait > 0) {
+        let changed = rx.wait_for(|v| v.version() != Some(known));
+        let _ = tokio::time::timeout(Duration::from_millis(wait), changed).await;
+    }
+    let view = rx.borrow().clone();
+    let (rec, spec) = match &view.loaded {
+        Loaded::Ok { rec, spec } => (rec, spec),
+        Loaded::Error { reason } => {
+            return Err(bad(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("rollout {name:?} {reason}"),
+            ))
+        }
+    };
+    let (bw, cw) = rec.state.weights(spec);
+    let bandit = handle.reports().fleet.remote(
+        query.get("instance").map(String::as_str),
+        &[&spec.baseline, &spec.candidate],
+    );
     Ok(Json(json!({
         "version": rec.version,
         "stage": rec.state.stage + 1,
@@ -369,66 +418,184 @@ async fn live_state(
     })))
 }
 
+/// A filter's report: parsed and validated here, once, against the rollout's arms; kept in memory
+/// (the newest per instance) and written to SQLite by the flusher.
 async fn report(
-    AxState(app): AxState<Shared>,
+    AxState(app): AxState<Arc<App>>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: String,
-) -> Result<StatusCode, ApiError> {
-    authorize_report(&app, &headers)?;
-    let parsed: Report = serde_json::from_str(&body)
-        .map_err(|e| bad(StatusCode::BAD_REQUEST, format!("report: {e}")))?;
-    store(&app)?.put_report(&name, &parsed, &body)?;
-    Ok(StatusCode::NO_CONTENT)
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let given = headers.get("authorization").map(|v| v.as_bytes());
+    if !app.tokens.reporter_may(given) {
+        return Err(bad(
+            StatusCode::UNAUTHORIZED,
+            "reports need 'Authorization: Bearer <report token>' (the filter's controller.token_env)",
+        ));
+    }
+    let raw = body(raw, MAX_REPORT_BYTES)?;
+    let parsed: Report = serde_json::from_slice(&raw)
+        .map_err(|e| field_error(StatusCode::BAD_REQUEST, "report", e.to_string()))?;
+    let Some(handle) = app.rollout(&name) else {
+        ramp_protocol::names::check_name(&name)
+            .map_err(|r| field_error(StatusCode::NOT_FOUND, "rollout", r))?;
+        // Before `rampctl apply`: kept in memory only, as the rollout's starting point.
+        parsed
+            .validate(&parsed.arms.keys().map(String::as_str).collect::<Vec<_>>())
+            .map_err(|e| field_error(StatusCode::BAD_REQUEST, &e.field, e.reason))?;
+        let kept = app
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keep(&name, parsed);
+        return Ok(if kept {
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({"accepted": "no rollout of this name yet: kept in memory (not stored) as its starting point"})),
+            )
+                .into_response()
+        } else {
+            not_found(&name).into_response()
+        });
+    };
+    let (_, _, spec) = loaded(&app, &name)?;
+    parsed
+        .validate(&[&spec.baseline, &spec.candidate])
+        .map_err(|e| field_error(StatusCode::BAD_REQUEST, &e.field, e.reason))?;
+    let accepted = handle.reports().accept(parsed);
+    match accepted {
+        Accepted::Newer | Accepted::Stale => Ok(StatusCode::NO_CONTENT.into_response()),
+        Accepted::Full => Err(bad(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "instance: this rollout already has reports from {} Envoys",
+                crate::registry::MAX_INSTANCES
+            ),
+        )),
+    }
+}
+
+async fn apply(
+    AxState(app): AxState<Arc<App>>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&app, &headers)?;
+    let raw = body(raw, MAX_SPEC_BYTES)?;
+    let text = String::from_utf8(raw.to_vec())
+        .map_err(|_| field_error(StatusCode::BAD_REQUEST, "body", "not UTF-8"))?;
+    let parsed = {
+        let text = text.clone();
+        tokio::task::spawn_blocking(move || Spec::parse(&text))
+            .await
+            .map_err(|e| bad(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    };
+    let spec = Arc::new(parsed.map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            json!({"error": e.to_string(), "field": e.field, "reason": e.reason}),
+        )
+    })?);
+    if app.rollout(&spec.name).is_some() {
+        return Err(StoreError::Exists(spec.name.clone()).into());
+    }
+    let mut book = ReportBook::default();
+    let earlier = app
+        .pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take(&spec.name, &[&spec.baseline, &spec.candidate]);
+    for r in earlier {
+        book.accept(r);
+    }
+    let handle = Rollout::new(
+        spec.name.clone(),
+        View {
+            loaded: Loaded::Error {
+                reason: "being applied".into(),
+            },
+            figures: None,
+        },
+        book,
+    );
+    let base = totals_now(&handle, &spec)
+        .await
+        .map_err(|e| bad(StatusCode::BAD_GATEWAY, e))?;
+    let now = now_ms();
+    let rec = Record {
+        name: spec.name.clone(),
+        spec_text: text,
+        state: State::start(&spec, now),
+        version: 1,
+        base,
+    };
+    let stored = rec.clone();
+    app.db(move |s| s.insert(&stored, now)).await?;
+    handle.publish_record(rec.clone(), spec.clone());
+    let answer = summary(&handle.current());
+    register(&app, handle);
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
 async fn command(
-    AxState(app): AxState<Shared>,
+    AxState(app): AxState<Arc<App>>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: String,
+    raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&app, &headers)?;
-    let body: Value = serde_json::from_str(&body)
-        .map_err(|e| bad(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
-    let cmd: Command = match serde_json::from_value(body.clone()) {
+    let v = json_body(&body(raw, MAX_SMALL_BYTES)?)?;
+    let cmd: Command = match serde_json::from_value(v.clone()) {
         Ok(c) => c,
-        Err(_) if body["command"] == "set_weight" => {
-            return Err(bad(
+        Err(_) if v["command"] == "set_weight" => {
+            return Err(field_error(
                 StatusCode::BAD_REQUEST,
-                "weight: required with set_weight, the candidate's percentage in [0, 100]",
+                "weight",
+                "required with set_weight, the candidate's percentage in [0, 100]",
             ))
         }
-        Err(_) => return Err(bad(
-            StatusCode::BAD_REQUEST,
-            "command: one of promote, promote_full, pause, resume, roll_back, abort, set_weight",
-        )),
+        Err(_) => {
+            return Err(field_error(
+                StatusCode::BAD_REQUEST,
+                "command",
+                "one of promote, promote_full, pause, resume, roll_back, abort, set_weight",
+            ))
+        }
     };
-    let mut store = store(&app)?;
-    let (mut rec, spec) = load(&store, &name)?;
-    let now = now_ms();
-    let next = machine::command(&spec, &rec.state, cmd, now).map_err(|e| match e {
-        machine::CommandError::Transition { .. } => bad(StatusCode::CONFLICT, e.to_string()),
-        machine::CommandError::Invalid { .. } => bad(StatusCode::BAD_REQUEST, e.to_string()),
-    })?;
-    let rolled_back = next.phase == Phase::RolledBack && rec.state.phase != Phase::RolledBack;
-    let totals = totals_of(&store, &spec)?;
-    if next.stage != rec.state.stage {
-        rec.base = totals.clone();
+    // Another writer (the reconciler) may commit in between: then decide again on its result.
+    for _ in 0..5 {
+        let (handle, rec, spec) = loaded(&app, &name)?;
+        let now = now_ms();
+        let state = machine::command(&spec, &rec.state, cmd, now).map_err(|e| match e {
+            machine::CommandError::Transition { .. } => bad(StatusCode::CONFLICT, e.to_string()),
+            machine::CommandError::Invalid { field, ref reason } => {
+                field_error(StatusCode::BAD_REQUEST, field, reason.clone())
+            }
+        })?;
+        let mut next = rec.clone();
+        if state.stage != rec.state.stage {
+            next.base = totals_now(&handle, &spec)
+                .await
+                .map_err(|e| bad(StatusCode::BAD_GATEWAY, e))?;
+        }
+        if state.weights(&spec) != rec.state.weights(&spec) {
+            next.version += 1;
+        }
+        next.state = state;
+        let event = Some(("command".to_owned(), command_text(&cmd)));
+        if app.commit(&handle, &rec, &next, &spec, event, now).await? {
+            handle.wake.notify_one();
+            if next.state.phase == Phase::RolledBack && rec.state.phase != Phase::RolledBack {
+                // Told after the answer's state is stored, without holding up the answer.
+                tokio::spawn(notify_rollback(spec.clone(), next.state.reason.clone()));
+            }
+            return Ok(Json(summary(&handle.current())));
+        }
     }
-    if next.weights(&spec) != rec.state.weights(&spec) {
-        rec.version += 1;
-    }
-    rec.state = next;
-    store.update(&rec, Some(("command", &command_text(&cmd))), now)?;
-    let answer = summary(&rec, &spec, &totals, &mut store);
-    drop(store);
-    if rolled_back {
-        // Told after the answer's state is stored, without holding up the answer.
-        let reason = rec.state.reason.clone();
-        tokio::task::spawn_blocking(move || notify_rollback(&spec, reason.as_deref()));
-    }
-    Ok(Json(answer))
+    Err(bad(
+        StatusCode::CONFLICT,
+        "the rollout kept changing while this command was applied; send it again",
+    ))
 }
 
 fn command_text(cmd: &Command) -> String {
@@ -442,291 +609,99 @@ fn command_text(cmd: &Command) -> String {
 }
 
 async fn history(
-    AxState(app): AxState<Shared>,
+    AxState(app): AxState<Arc<App>>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = store(&app)?;
-    store.get(&name)?;
-    let events: Vec<Value> = store
-        .events(&name)?
+    if app.rollout(&name).is_none() {
+        return Err(not_found(&name));
+    }
+    let events = app.db(move |s| s.events(&name)).await?;
+    let events: Vec<Value> = events
         .into_iter()
-        .map(|e| json!({"at_ms": e.at_ms, "kind": e.kind, "detail": e.detail}))
+        .map(|e| json!({"at_ms": e.at_ms, "kind": e.kind, "detail": redact_text(&e.detail)}))
         .collect();
     Ok(Json(json!({"events": events})))
 }
 
-/// One check of a rollout: the record to store (if anything changed) and the event to log.
-/// `earlier` holds the totals of this stage's previous checks, newest first; each rule judges the
-/// most recent window (now minus one of them, or minus the stage base) that has its `min_samples`.
-pub fn check(
-    rec: &Record,
-    spec: &Spec,
-    totals: &Totals,
-    earlier: &[Totals],
-    now: u64,
-) -> Option<(Record, Option<(String, String)>)> {
-    let stage_windows = (
-        window(totals, &rec.base, &spec.candidate),
-        window(totals, &rec.base, &spec.baseline),
-    );
-    let windows = |rule: &crate::spec::Rule| {
-        let pick = |from: &Totals| {
-            (
-                window(totals, from, &spec.candidate),
-                window(totals, from, &spec.baseline),
-            )
-        };
-        earlier
-            .iter()
-            .map(pick)
-            .find(|(c, b)| {
-                // Only a relative bound needs the baseline's samples too.
-                let relative = matches!(rule.bound, crate::spec::Bound::WorseThanBaseline(_));
-                c.samples(rule.metric) >= rule.min_samples
-                    && (!relative || b.samples(rule.metric) >= rule.min_samples)
+/// Delayed feedback for one decision (the id the filter put in the decision header):
+/// `{"decision": "v2.00000000000000ab", "correct": true}` (ground truth) and/or `"reward": 0.7`.
+async fn feedback(
+    AxState(app): AxState<Arc<App>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    // Feedback steers rollbacks and the bandit: only callers holding the token may post it.
+    authorize(&app, &headers)?;
+    let v = json_body(&body(raw, MAX_SMALL_BYTES)?)?;
+    if let Some(extra) = v.as_object().and_then(|o| {
+        o.keys()
+            .find(|k| !["decision", "correct", "reward"].contains(&k.as_str()))
+    }) {
+        let shown: String = extra.chars().take(32).collect();
+        return Err(field_error(
+            StatusCode::BAD_REQUEST,
+            &shown,
+            "unknown field (decision, correct, reward)",
+        ));
+    }
+    let decision = v["decision"].as_str().ok_or_else(|| {
+        field_error(
+            StatusCode::BAD_REQUEST,
+            "decision",
+            "required, the id from the decision header",
+        )
+    })?;
+    let (arm, _) = ramp_protocol::decision::parse_decision(decision)
+        .map_err(|r| field_error(StatusCode::BAD_REQUEST, "decision", r))?;
+    let correct = v
+        .get("correct")
+        .map(|c| {
+            c.as_bool().ok_or_else(|| {
+                field_error(StatusCode::BAD_REQUEST, "correct", "must be true or false")
             })
-            .unwrap_or_else(|| pick(&rec.base))
-    };
-    let (state, action) = machine::step(spec, &rec.state, now, &stage_windows, &windows);
-    if state == rec.state {
-        return None;
+        })
+        .transpose()?;
+    let reward = v
+        .get("reward")
+        .map(|r| {
+            r.as_f64()
+                .filter(|r| (0.0..=1.0).contains(r))
+                .ok_or_else(|| {
+                    field_error(
+                        StatusCode::BAD_REQUEST,
+                        "reward",
+                        "must be a number in [0, 1]",
+                    )
+                })
+        })
+        .transpose()?;
+    if correct.is_none() && reward.is_none() {
+        return Err(field_error(
+            StatusCode::BAD_REQUEST,
+            "correct",
+            "give correct (ground truth) or reward",
+        ));
     }
-    let mut next = rec.clone();
-    if state.weights(spec) != rec.state.weights(spec) {
-        next.version += 1;
+    let (handle, _, spec) = loaded(&app, &name)?;
+    if arm != spec.baseline && arm != spec.candidate {
+        return Err(field_error(
+            StatusCode::BAD_REQUEST,
+            "decision",
+            format!("{decision:?} names no arm of rollout {name:?}"),
+        ));
     }
-    if state.stage != rec.state.stage {
-        next.base = totals.clone();
+    let (rollout, decision, arm) = (name.clone(), decision.to_owned(), arm.to_owned());
+    let arm_again = arm.clone();
+    let recorded = app
+        .db(move |s| s.put_feedback(&rollout, &decision, &arm, correct, reward, now_ms()))
+        .await?;
+    if recorded {
+        // Rounded as the SQL sum in `feedback_totals` rounds each row.
+        let micros = reward.map(|r| (r * 1e6).round() as u64);
+        handle
+            .reports()
+            .feedback_recorded(&arm_again, correct, micros);
     }
-    next.state = state;
-    let event = match action {
-        Action::Advance { to_stage } => Some((
-            "advance".to_owned(),
-            format!(
-                "stage {} at {}%",
-                to_stage + 1,
-                spec.stages[to_stage].weight
-            ),
-        )),
-        Action::Promote => Some((
-            "promoted".to_owned(),
-            "candidate has all traffic".to_owned(),
-        )),
-        Action::RollBack { reason } => Some(("rolled_back".to_owned(), reason)),
-        Action::Hold(Some(reason)) if next.state.failed_checks > rec.state.failed_checks => {
-            Some(("check_failed".to_owned(), reason))
-        }
-        Action::Hold(Some(reason))
-            if reason == machine::AWAITING_PROMOTION
-                && rec.state.reason.as_deref() != Some(machine::AWAITING_PROMOTION) =>
-        {
-            Some(("awaiting_promotion".to_owned(), reason))
-        }
-        Action::Hold(_) => None,
-    };
-    Some((next, event))
-}
-
-/// POSTs `event` to every hook at `point`; the first failure (after retries) is the error.
-fn run_hooks(spec: &Spec, point: HookPoint, event: &Value) -> Result<(), String> {
-    for hook in spec.hooks.iter().filter(|h| h.on == point) {
-        let mut last = String::new();
-        let ok = (0..=hook.retries).any(|_| {
-            let sent = ureq::post(&hook.url)
-                .timeout(Duration::from_secs_f64(hook.timeout_s))
-                .set("content-type", "application/json")
-                .send_string(&event.to_string());
-            match sent {
-                Ok(_) => true,
-                Err(e) => {
-                    last = e.to_string();
-                    false
-                }
-            }
-        });
-        if !ok {
-            return Err(format!("{point:?} hook {} failed: {last}", hook.url));
-        }
-    }
-    Ok(())
-}
-
-/// The hook point a decided transition must pass first, if any.
-fn pre_hook(spec: &Spec, before: &State, after: &State) -> Option<HookPoint> {
-    let (_, from) = before.weights(spec);
-    let (_, to) = after.weights(spec);
-    if to <= from {
-        None
-    } else if to >= 100.0 {
-        Some(HookPoint::BeforePromotion)
-    } else {
-        Some(HookPoint::BeforeStep)
-    }
-}
-
-async fn check_loop(app: Shared) {
-    // Per rollout: when it was last checked, its stage then, and this stage's check totals, newest first.
-    let mut last: HashMap<String, (u64, usize, std::collections::VecDeque<Totals>)> =
-        HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        tick.tick().await;
-        let records = match app.store.lock() {
-            Ok(store) => store.list().unwrap_or_default(),
-            Err(_) => continue,
-        };
-        for rec in records {
-            if !matches!(rec.state.phase, Phase::Progressing | Phase::Starting) {
-                continue;
-            }
-            let Ok(spec) = Spec::parse(&rec.spec_text) else {
-                continue;
-            };
-            let now = now_ms();
-            let due = last
-                .get(&rec.name)
-                .is_none_or(|(t, _, _)| now.saturating_sub(*t) >= spec.check_interval_ms);
-            if !due {
-                continue;
-            }
-            if rec.state.phase == Phase::Starting {
-                last.insert(rec.name.clone(), (now, rec.state.stage, Default::default()));
-                let (next, event) = smoke_test(&rec, &spec);
-                save(&app, &rec, &next, event, &spec, now);
-                continue;
-            }
-            let totals = {
-                let Ok(store) = app.store.lock() else {
-                    continue;
-                };
-                match totals_of(&store, &spec) {
-                    Ok(t) => t,
-                    Err(ApiError(_, e)) => {
-                        eprintln!(
-                            "rampctl: {}: no figures this check: {}",
-                            rec.name, e["error"]
-                        );
-                        continue;
-                    }
-                }
-            };
-            // Snapshots belong to one stage; after a restart they start over from the stage's base.
-            let entry =
-                last.entry(rec.name.clone())
-                    .or_insert((now, rec.state.stage, Default::default()));
-            if entry.1 != rec.state.stage {
-                entry.2.clear();
-                entry.1 = rec.state.stage;
-            }
-            entry.0 = now;
-            let earlier: Vec<Totals> = entry.2.iter().cloned().collect();
-            entry.2.push_front(totals.clone());
-            entry.2.truncate(600);
-            let Some((mut next, mut event)) = check(&rec, &spec, &totals, &earlier, now) else {
-                continue;
-            };
-            // Pre-hooks run without the store locked: the filters keep polling meanwhile.
-            if let Some(point) = pre_hook(&spec, &rec.state, &next.state) {
-                let (bw, cw) = next.state.weights(&spec);
-                let payload = json!({"rollout": rec.name, "hook": point, "to_stage": next.state.stage + 1,
-                                     "weights": {spec.baseline.clone(): bw, spec.candidate.clone(): cw}});
-                if let Err(why) = tokio::task::block_in_place(|| run_hooks(&spec, point, &payload))
-                {
-                    let (state, action) = machine::hook_failed(&spec, &rec.state, why.clone());
-                    next = Record {
-                        state,
-                        ..rec.clone()
-                    };
-                    event = Some(match action {
-                        Action::RollBack { reason } => {
-                            next.version = rec.version + 1;
-                            ("rolled_back".to_owned(), reason)
-                        }
-                        _ => ("hook_failed".to_owned(), why),
-                    });
-                }
-            }
-            save(&app, &rec, &next, event, &spec, now);
-        }
-    }
-}
-
-/// The `before_start` hooks of a rollout in `Starting`: stage 1 begins when they pass; a failure
-/// counts like a failed check.
-fn smoke_test(rec: &Record, spec: &Spec) -> (Record, Option<(String, String)>) {
-    let payload =
-        json!({"rollout": rec.name, "hook": HookPoint::BeforeStart, "candidate": spec.candidate});
-    match tokio::task::block_in_place(|| run_hooks(spec, HookPoint::BeforeStart, &payload)) {
-        Ok(()) => (
-            Record {
-                state: rec.state.started(now_ms()),
-                version: rec.version + 1,
-                ..rec.clone()
-            },
-            Some((
-                "started".to_owned(),
-                "before_start hooks passed; stage 1 started".to_owned(),
-            )),
-        ),
-        Err(why) => {
-            let (state, action) = machine::hook_failed(spec, &rec.state, why.clone());
-            let next = Record {
-                state,
-                ..rec.clone()
-            };
-            let event = match action {
-                Action::RollBack { reason } => ("rolled_back".to_owned(), reason),
-                _ => ("hook_failed".to_owned(), why),
-            };
-            (next, Some(event))
-        }
-    }
-}
-
-/// Stores a check's outcome, unless the rollout changed meanwhile (an operator's command while the
-/// hooks ran): that command wins and this check is dropped. Tells the `on_rollback` hooks.
-fn save(
-    app: &App,
-    before: &Record,
-    next: &Record,
-    event: Option<(String, String)>,
-    spec: &Spec,
-    now: u64,
-) {
-    let saved = match app.store.lock() {
-        Ok(mut store) => match store.get(&before.name) {
-            Ok(current) if current.state == before.state && current.version == before.version => {
-                store.update(
-                    next,
-                    event.as_ref().map(|(k, d)| (k.as_str(), d.as_str())),
-                    now,
-                )
-            }
-            Ok(_) => {
-                eprintln!(
-                    "rampctl: {}: changed by an operator during the check; check dropped",
-                    before.name
-                );
-                return;
-            }
-            Err(e) => Err(e),
-        },
-        Err(_) => return,
-    };
-    match (saved, &event) {
-        (Err(e), _) => eprintln!("rampctl: {}: {e}", before.name),
-        (Ok(()), Some((kind, detail))) => eprintln!("rampctl: {}: {kind}: {detail}", before.name),
-        _ => {}
-    }
-    if next.state.phase == Phase::RolledBack && before.state.phase != Phase::RolledBack {
-        tokio::task::block_in_place(|| notify_rollback(spec, next.state.reason.as_deref()));
-    }
-}
-
-/// Tells the `on_rollback` hooks; their answer changes nothing, a failure is only logged.
-fn notify_rollback(spec: &Spec, reason: Option<&str>) {
-    let payload = json!({"rollout": spec.name, "hook": HookPoint::OnRollback, "reason": reason});
-    if let Err(e) = run_hooks(spec, HookPoint::OnRollback, &payload) {
-        eprintln!("rampctl: {}: {e}", spec.name);
-    }
+    Ok(Json(json!({"recorded": recorded})))
 }

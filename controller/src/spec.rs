@@ -50,6 +50,7 @@ pub enum StrategyKind {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArmSpec {
+    #[serde(deserialize_with = "text")]
     pub name: String,
     pub role: Role,
 }
@@ -150,6 +151,7 @@ pub struct RawStage {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSpec {
+    #[serde(deserialize_with = "text")]
     pub name: String,
     pub arms: Vec<ArmSpec>,
     #[serde(default)]
@@ -254,6 +256,11 @@ pub struct Hook {
     pub retries: u32,
 }
 
+/// Extra attempts a hook may ask for; the attempts together also stop at `HOOK_BUDGET_S`.
+pub const MAX_HOOK_RETRIES: u32 = 10;
+/// Longest a hook point's hooks may take together (all attempts), in seconds; past it they fail.
+pub const HOOK_BUDGET_S: f64 = 300.0;
+
 fn default_hook_timeout() -> f64 {
     5.0
 }
@@ -300,9 +307,94 @@ pub struct Spec {
     pub ab_test: Option<AbTest>,
 }
 
+/// A YAML string and nothing else: `name: 123` is a number, not the name "123".
+fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string (quote names that look like numbers or booleans)")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+    }
+    d.deserialize_any(Text)
+}
+
+/// Largest spec accepted, in bytes (a real one is a few KB).
+pub const MAX_SPEC_BYTES: usize = 256 * 1024;
+/// Deepest nesting of YAML/JSON collections accepted (a real spec nests 5 deep). The YAML parser
+/// takes time quadratic in the depth, so depth is checked before parsing.
+pub const MAX_SPEC_DEPTH: usize = 32;
+
+/// Refuses a text too large or too deeply nested to be a spec, in one linear pass: flow
+/// collections (`[`, `{`) outside quotes and comments, and block nesting by indentation (two
+/// columns a level, as `rampctl validate` writes; wider indents count as fewer levels).
+fn check_shape(text: &str) -> Result<(), SpecError> {
+    if text.len() > MAX_SPEC_BYTES {
+        return Err(err(
+            "(root)",
+            format!(
+                "{} bytes is more than a spec may have ({MAX_SPEC_BYTES})",
+                text.len()
+            ),
+        ));
+    }
+    let too_deep = || {
+        err(
+            "(root)",
+            format!("nested more than {MAX_SPEC_DEPTH} levels deep"),
+        )
+    };
+    let (mut depth, mut quote, mut comment, mut line_start, mut prev) =
+        (0usize, None::<char>, false, true, ' ');
+    let mut indent = 0usize;
+    for c in text.chars() {
+        if c == '\n' {
+            comment = false;
+            line_start = true;
+            indent = 0;
+            prev = c;
+            continue;
+        }
+        if line_start {
+            if c == ' ' || c == '-' {
+                indent += 1;
+                if indent / 2 > MAX_SPEC_DEPTH * 2 {
+                    return Err(too_deep());
+                }
+                prev = c;
+                continue;
+            }
+            line_start = false;
+        }
+        match (quote, c) {
+            _ if comment => {}
+            (Some('"'), '"') if prev != '\\' => quote = None,
+            (Some('\''), '\'') => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '#') if prev.is_whitespace() => comment = true,
+            (None, '[' | '{') => {
+                depth += 1;
+                if depth > MAX_SPEC_DEPTH {
+                    return Err(too_deep());
+                }
+            }
+            (None, ']' | '}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        prev = c;
+    }
+    Ok(())
+}
+
 impl Spec {
-    /// Parses YAML (or JSON, which is YAML) and validates it.
+    /// Parses YAML (or JSON, which is YAML) and validates it. Linear-time shape checks (size,
+    /// nesting) come first; callers on an async runtime run this on a blocking thread.
     pub fn parse(text: &str) -> Result<Self, SpecError> {
+        check_shape(text)?;
         let raw: RawSpec = serde_yaml::from_str(text).map_err(|e| {
             let msg = e.to_string();
             // serde_yaml prefixes the path: "stages[0].weight: invalid type: ..."
@@ -315,16 +407,11 @@ impl Spec {
     }
 
     pub fn validate(raw: RawSpec) -> Result<Self, SpecError> {
-        if raw.name.is_empty()
-            || !raw
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(err(
-                "name",
-                format!("{:?}: use ASCII letters, digits, '-' and '_'", raw.name),
-            ));
+        // The filter's own rule: a rollout or arm it would refuse could never be served.
+        ramp_protocol::names::check_name(&raw.name).map_err(|r| err("name", r))?;
+        for (i, arm) in raw.arms.iter().enumerate() {
+            ramp_protocol::names::check_name(&arm.name)
+                .map_err(|r| err(format!("arms[{i}].name"), r))?;
         }
         let role = |r: Role| raw.arms.iter().filter(|a| a.role == r).collect::<Vec<_>>();
         let (baselines, candidates) = (role(Role::Baseline), role(Role::Candidate));
@@ -401,6 +488,12 @@ impl Spec {
             }
             if !(h.timeout_s.is_finite() && h.timeout_s > 0.0 && h.timeout_s <= 300.0) {
                 return Err(err(format!("hooks[{i}].timeout_s"), "must be in (0, 300]"));
+            }
+            if h.retries > MAX_HOOK_RETRIES {
+                return Err(err(
+                    format!("hooks[{i}].retries"),
+                    format!("at most {MAX_HOOK_RETRIES}, got {}", h.retries),
+                ));
             }
         }
         if let Some(m) = &raw.metrics {

@@ -54,44 +54,22 @@ mod bounds {
     }
 }
 
-/// A filter's report, as `ramp_filter::report::report_json` writes it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Report {
-    pub instance: String,
-    pub seq: u64,
-    pub arms: BTreeMap<String, ReportedArm>,
-    /// The filter's shadow compare-mode totals (`ramp_filter::shadow::TOTAL_NAMES`), when on.
-    #[serde(default)]
-    pub shadow: Option<BTreeMap<String, u64>>,
-}
+pub use ramp_protocol::report::{ArmReport as ReportedArm, BanditCounts, Report};
 
-/// The shadow comparisons of every instance's newest report.
+/// The shadow comparisons of every instance's newest report (sums saturate at u64::MAX; reports
+/// are validated to at most 2^53 each, so that takes over 2,048 reporters at the limit).
 pub fn sum_shadow<'a>(reports: impl IntoIterator<Item = &'a Report>) -> ShadowFigures {
     let mut out = ShadowFigures::default();
     for s in reports.into_iter().filter_map(|r| r.shadow.as_ref()) {
         let get = |k: &str| s.get(k).copied().unwrap_or(0);
-        out.pairs += get("pairs");
-        out.failed += get("shadow_errors") + get("shadow_timeouts");
-        out.labelled += get("labelled_pairs");
-        out.agree += get("label_agree");
+        out.pairs = out.pairs.saturating_add(get("pairs"));
+        out.failed = out
+            .failed
+            .saturating_add(get("shadow_errors").saturating_add(get("shadow_timeouts")));
+        out.labelled = out.labelled.saturating_add(get("labelled_pairs"));
+        out.agree = out.agree.saturating_add(get("label_agree"));
     }
     out
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct ReportedArm {
-    pub requests: u64,
-    pub responses: BTreeMap<String, u64>,
-    pub latency_ms: ReportedLatency,
-    /// This Envoy's bandit totals for the arm, when the filter runs a bandit.
-    #[serde(default)]
-    pub bandit: Option<BanditCounts>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-pub struct BanditCounts {
-    pub trials: u64,
-    pub reward_micros: u64,
 }
 
 /// The bandit counts of a rollout's fleet, kept up to date report by report so that a poll costs
@@ -122,14 +100,14 @@ impl FleetCounts {
         }
         for (arm, c) in &new {
             let t = self.total.entry(arm.clone()).or_default();
-            t.trials += c.trials;
-            t.reward_micros += c.reward_micros;
+            *t = t.saturating_add(*c);
         }
         self.by_instance.insert(report.instance.clone(), new);
     }
 
     pub fn rewarded(&mut self, arm: &str, reward_micros: u64) {
-        *self.delayed.entry(arm.to_owned()).or_default() += reward_micros;
+        let d = self.delayed.entry(arm.to_owned()).or_default();
+        *d = d.saturating_add(reward_micros);
     }
 
     /// What an Envoy does not hold itself: every other instance's totals plus the delayed rewards
@@ -146,8 +124,10 @@ impl FleetCounts {
                     arm.to_owned(),
                     BanditCounts {
                         trials: total.trials.saturating_sub(mine.trials),
-                        reward_micros: total.reward_micros.saturating_sub(mine.reward_micros)
-                            + delayed,
+                        reward_micros: total
+                            .reward_micros
+                            .saturating_sub(mine.reward_micros)
+                            .saturating_add(delayed),
                     },
                 )
             })
@@ -155,48 +135,34 @@ impl FleetCounts {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct ReportedLatency {
-    pub le: Vec<serde_json::Value>,
-    pub counts: Vec<u64>,
-}
-
-impl ReportedArm {
-    fn totals(&self) -> ArmTotals {
-        let le = self
-            .latency_ms
-            .le
-            .iter()
-            .map(|v| v.as_f64().unwrap_or(f64::INFINITY))
-            .collect();
-        ArmTotals {
-            requests: self.requests,
-            errors: self.responses.get("5xx").copied().unwrap_or(0),
-            le,
-            counts: self.latency_ms.counts.clone(),
-            labelled: 0,
-            correct: 0,
-            reward_micros: 0,
-            shadow: ShadowFigures::default(),
-        }
+/// One arm's report as totals.
+fn arm_totals(arm: &ReportedArm) -> ArmTotals {
+    ArmTotals {
+        requests: arm.requests,
+        errors: arm.responses.get("5xx").copied().unwrap_or(0),
+        le: arm.latency_ms.le.iter().map(|l| l.0).collect(),
+        counts: arm.latency_ms.counts.clone(),
+        ..ArmTotals::default()
     }
 }
 
-/// Sums the newest report of every instance.
+/// Sums the newest report of every instance. Sums saturate at u64::MAX instead of wrapping: each
+/// report is validated to at most 2^53 per counter, so a sum saturates only past 2,048 reporters
+/// all at that limit, and then it stays at the ceiling rather than turning small.
 pub fn sum_reports<'a>(reports: impl IntoIterator<Item = &'a Report>) -> Totals {
     let mut out = Totals::new();
     for r in reports {
         for (arm, figures) in &r.arms {
-            let t = figures.totals();
+            let t = arm_totals(figures);
             let acc = out.entry(arm.clone()).or_default();
-            acc.requests += t.requests;
-            acc.errors += t.errors;
+            acc.requests = acc.requests.saturating_add(t.requests);
+            acc.errors = acc.errors.saturating_add(t.errors);
             if acc.le.is_empty() {
                 acc.le = t.le;
                 acc.counts = t.counts;
             } else if acc.le == t.le {
                 for (a, b) in acc.counts.iter_mut().zip(&t.counts) {
-                    *a += b;
+                    *a = a.saturating_add(*b);
                 }
             }
         }

@@ -822,24 +822,10 @@ fn validate_override(o: RawOverride, arms: &[Arm]) -> Result<Override, ConfigErr
     })
 }
 
-/// Rollout and arm names become parts of Envoy stat names and header values, so they stay plain.
+/// Rollout and arm names become parts of Envoy stat names and header values, so they stay plain
+/// (the rule is the wire protocol's, shared with rampctl's specs).
 fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
-    if name.is_empty() {
-        return Err(ConfigError::new(field, "must not be empty"));
-    }
-    if name.len() > 64 {
-        return Err(ConfigError::new(field, "must be at most 64 characters"));
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(ConfigError::new(
-            field,
-            format!("{name:?} may only contain ASCII letters, digits, '-' and '_'"),
-        ));
-    }
-    Ok(())
+    ramp_protocol::names::check_name(name).map_err(|reason| ConfigError::new(field, reason))
 }
 
 fn check_header(field: &str, name: &str) -> Result<(), ConfigError> {

@@ -52,6 +52,12 @@ struct LiveLink {
     ticks: Cell<u64>,
     /// The poll in flight, if this worker holds the lease.
     call: Cell<Option<u32>>,
+    /// The version of the last state polled, sent with the next poll so the controller can hold
+    /// it open until the state changes (long poll).
+    known_version: Cell<Option<u64>>,
+    /// When the next poll may start (ms): a poll period after the previous one started, or at
+    /// once after an answer that brought a new version.
+    next_poll_ms: Cell<u64>,
     /// The report in flight.
     report_call: Cell<Option<u32>>,
     /// This worker's counts not yet added into shared data, per arm.
@@ -140,8 +146,11 @@ struct BanditState {
     keys: Vec<String>,
 }
 
-/// How often a worker flushes its counters into Envoy's stats.
-const TICK: Duration = Duration::from_millis(500);
+/// How often a worker flushes its counters into Envoy's stats and applies the newest live state:
+/// a rollback the poller learned reaches every worker within one tick.
+const TICK: Duration = Duration::from_millis(100);
+/// Extra time a long poll's callout gets beyond the wait it asked the controller for.
+const POLL_SLACK: Duration = Duration::from_secs(2);
 
 /// What a worker's HTTP contexts share: the active config, its metrics and the live weights.
 struct Active {
@@ -303,6 +312,44 @@ impl RampRoot {
         taken
     }
 
+    /// Asks the controller for the live state. With a known version the poll waits up to a poll
+    /// period for a change (`version` and `wait_ms`), so a decision reaches this Envoy at once;
+    /// a controller that does not wait answers at once, and the next poll starts a period later.
+    fn poll_state(
+        &self,
+        active: &Active,
+        link: &LiveLink,
+        ctl: &crate::config::Controller,
+        now: u64,
+    ) {
+        // The instance lets the controller leave this Envoy's own bandit counts out.
+        let instance = self.instance_id(link).unwrap_or_default();
+        let wait = link
+            .known_version
+            .get()
+            .map(|v| format!("&version={v}&wait_ms={}", ctl.poll_ms))
+            .unwrap_or_default();
+        let path = format!(
+            "/v1/rollouts/{}/state?instance={instance}{wait}",
+            active.rollout.name
+        );
+        let headers = vec![
+            (":method", "GET"),
+            (":path", path.as_str()),
+            (":authority", ctl.authority.as_str()),
+        ];
+        link.next_poll_ms.set(now + ctl.poll_ms);
+        if let Ok(token) = self.dispatch_http_call(
+            &ctl.cluster,
+            headers,
+            None,
+            Vec::new(),
+            Duration::from_millis(ctl.poll_ms) + POLL_SLACK,
+        ) {
+            link.call.set(Some(token));
+        }
+    }
+
     /// This Envoy's instance id (see `LiveLink::instance`).
     fn instance_id(&self, link: &LiveLink) -> Option<String> {
         let seed = self
@@ -401,6 +448,11 @@ impl RampRoot {
                 return;
             }
         };
+        if link.known_version.get() != Some(doc.version) {
+            // A change answered the long poll early: ask again at once, with the new version.
+            link.next_poll_ms.set(0);
+        }
+        link.known_version.set(Some(doc.version));
         let Ok((stored, cas)) = hostcalls::get_shared_data(&link.state_key) else {
             return;
         };
@@ -417,6 +469,8 @@ impl RampRoot {
                 Some(&body),
                 Some(cas.unwrap_or(CREATE_ONLY_CAS)),
             );
+            // This worker need not wait for its tick; the others apply it on theirs.
+            apply_live_state(active, link);
         }
     }
 }
@@ -612,29 +666,14 @@ impl RootContext for RampRoot {
             let ticks = link.ticks.get() + 1;
             link.ticks.set(ticks);
             let every = (ctl.poll_ms / TICK.as_millis() as u64).max(1);
-            if ticks % every == 0 && link.call.get().is_none() && self.hold_lease(link, ctl.poll_ms)
-            {
-                // The instance lets the controller leave this Envoy's own bandit counts out.
-                let instance = self.instance_id(link).unwrap_or_default();
-                let path = format!(
-                    "/v1/rollouts/{}/state?instance={instance}",
-                    active.rollout.name
-                );
-                let headers = vec![
-                    (":method", "GET"),
-                    (":path", path.as_str()),
-                    (":authority", ctl.authority.as_str()),
-                ];
-                if let Ok(token) = self.dispatch_http_call(
-                    &ctl.cluster,
-                    headers,
-                    None,
-                    Vec::new(),
-                    Duration::from_secs(2),
-                ) {
-                    link.call.set(Some(token));
+            let report_due = ticks % every == 0;
+            let now = now_ms();
+            let poll_due = link.call.get().is_none() && now >= link.next_poll_ms.get();
+            if (report_due || poll_due) && self.hold_lease(link, ctl.poll_ms) {
+                if poll_due {
+                    self.poll_state(&active, link, ctl, now);
                 }
-                if link.report_call.get().is_none() {
+                if report_due && link.report_call.get().is_none() {
                     self.send_report(&active, link, ctl);
                 }
             }
@@ -707,6 +746,8 @@ impl RootContext for RampRoot {
                     applied: Cell::new(None),
                     ticks: Cell::new(0),
                     call: Cell::new(None),
+                    known_version: Cell::new(None),
+                    next_poll_ms: Cell::new(0),
                     report_call: Cell::new(None),
                     report_pending: RefCell::new(vec![ArmReport::default(); rollout.arms.len()]),
                     counts_keys: rollout
@@ -1194,7 +1235,8 @@ impl RampHttp {
         if let (Some(header), Some(arm)) = (&rollout.decision_header, rollout.arms.get(chosen.arm))
         {
             let id = self.rng.try_borrow_mut().map_or(0, |mut r| r.u64(..));
-            self.set_http_response_header(header, Some(&format!("{}.{id:016x}", arm.name)));
+            let decision = ramp_protocol::decision::format_decision(&arm.name, id);
+            self.set_http_response_header(header, Some(&decision));
         }
         Action::Continue
     }

@@ -6,8 +6,7 @@
 use crate::counters::ArmCounts;
 use crate::shadow::TOTAL_NAMES;
 
-/// Upper bounds (ms) of the latency buckets; a last, unbounded bucket follows.
-pub const LATENCY_BOUNDS_MS: [u64; 11] = [5, 10, 25, 50, 100, 150, 250, 500, 1000, 2500, 5000];
+pub use ramp_protocol::report::LATENCY_BOUNDS_MS;
 const SLOTS: usize = 1 + 4 + LATENCY_BOUNDS_MS.len() + 1;
 
 /// One arm's counts: requests, responses by class (2xx..5xx), latency buckets (not cumulative).

@@ -248,24 +248,8 @@ pub struct Totals {
     pub labelled_pairs: u64,
 }
 
-/// Stat names, in the order of [`Totals::values`].
-pub const TOTAL_NAMES: [&str; 15] = [
-    "sent",
-    "pairs",
-    "status_agree",
-    "value_pairs",
-    "label_agree",
-    "diff_pos_micros",
-    "diff_neg_micros",
-    "diff_sq_micros",
-    "shadow_errors",
-    "shadow_timeouts",
-    "skipped_body",
-    "dropped",
-    "unpaired",
-    "mirrored",
-    "labelled_pairs",
-];
+/// Stat names, in the order of [`Totals::values`] (the wire protocol's report keys).
+pub use ramp_protocol::report::SHADOW_TOTAL_NAMES as TOTAL_NAMES;
 
 impl Totals {
     pub fn add(&mut self, p: &Pair, c: &Comparison) {

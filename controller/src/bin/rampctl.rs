@@ -401,10 +401,26 @@ fn print_status(v: &serde_json::Value) {
             .map(|r| format!("  ({r})"))
             .unwrap_or_default()
     );
+    if let Some(at) = v["checked_at_ms"].as_u64() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        println!(
+            "    last check {:.1} s ago (stage {}): each rule on the window it was judged on",
+            now.saturating_sub(at) as f64 / 1000.0,
+            v["checked_stage"]
+        );
+    }
+    if let Some(e) = v["figures_error"].as_str() {
+        println!("    no figures at the last check: {e}");
+    }
     for c in v["checks"].as_array().into_iter().flatten() {
         let verdict = c["verdict"].as_str().unwrap_or("?");
+        let stage = c["stage_value"]
+            .as_f64()
+            .map_or("-".to_owned(), |x| format!("{x:.4}"));
         println!(
-            "    check {:<12} {:>10} {} {:<26} [{}]",
+            "    check {:<12} {:>10} {} {:<26} [{}]   stage so far {stage} ({} samples)",
             c["metric"].as_str().unwrap_or("?"),
             c["value"]
                 .as_f64()
@@ -418,7 +434,8 @@ fn print_status(v: &serde_json::Value) {
                 "{} ({} samples, judged from {})",
                 c["limit"], c["samples"], c["min_samples"]
             ),
-            if verdict == "pass" { "ok" } else { verdict }
+            if verdict == "pass" { "ok" } else { verdict },
+            c["stage_samples"]
         );
     }
     if let Some(ab) = v["ab_test"].as_object() {
@@ -449,6 +466,9 @@ fn print_status(v: &serde_json::Value) {
             p["interval"][0].as_f64().unwrap_or(0.0),
             p["interval"][1].as_f64().unwrap_or(0.0)
         );
+    }
+    if v["window"].as_object().is_some_and(|w| !w.is_empty()) {
+        println!("    stage so far (since the stage began, at the last check):");
     }
     for (arm, w) in v["window"].as_object().into_iter().flatten() {
         let copies = &w["shadow"];

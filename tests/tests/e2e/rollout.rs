@@ -376,9 +376,12 @@ fn the_same_rollback_driven_by_prometheus() {
     std::thread::sleep(Duration::from_secs(2)); // Prometheus has the counters before the rollout starts
     s.controller.apply(&spec).unwrap();
     std::thread::sleep(Duration::from_secs(4));
+    // Status shows the last check's figures: wait for a check after Prometheus' first scrapes.
     let healthy = s
         .controller
-        .wait_for("promfaulty", Duration::from_secs(1), |_| true)
+        .wait_for("promfaulty", Duration::from_secs(5), |v| {
+            v["window"]["v2"]["requests"].as_u64().unwrap_or(0) > 0
+        })
         .unwrap();
     assert_eq!(healthy["phase"], "progressing", "{healthy}");
     assert!(

@@ -1,0 +1,403 @@
+//! One task per rollout, in the manner of kube-rs' `reconcile -> Action { requeue_after }`: read
+//! the rollout's figures, run the pure `machine::step` on them, run the hooks the decision needs,
+//! store the result if nobody changed the rollout meanwhile, publish it, and sleep until the next
+//! check or a wake-up. All IO (Prometheus, hooks, SQLite) happens here, without any lock held
+//! across it, so a slow hook or metric source delays only its own rollout.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::machine::{self, Action, Phase, State};
+use crate::redact::redact_text;
+use crate::registry::{Loaded, Rollout};
+use crate::rules::ArmWindow;
+use crate::server::{now_ms, App};
+use crate::spec::{Bound, HookPoint, Rule, Spec, HOOK_BUDGET_S};
+use crate::store::Record;
+use crate::summary::figures;
+use crate::window::{window, Totals};
+
+/// Longest a Prometheus source may take to answer one check.
+const PROMETHEUS_BUDGET: Duration = Duration::from_secs(10);
+/// Check totals kept per stage: the windows rules may look back over.
+const KEPT_CHECKS: usize = 600;
+
+/// The rollout's cumulative totals now: the filters' reports (or Prometheus), the shadow
+/// comparisons and the feedback. No lock is held while Prometheus answers.
+pub async fn totals_now(handle: &Rollout, spec: &Spec) -> Result<Totals, String> {
+    let (from_reports, shadow, feedback) = {
+        let book = handle.reports();
+        (
+            spec.prometheus.is_none().then(|| book.totals()),
+            book.shadow(),
+            book.feedback.clone(),
+        )
+    };
+    let mut totals = match (from_reports, &spec.prometheus) {
+        (Some(t), _) => t,
+        (None, None) => Totals::new(),
+        (None, Some(url)) => {
+            let (url, name) = (url.clone(), spec.name.clone());
+            let query =
+                tokio::task::spawn_blocking(move || crate::prometheus::fetch_totals(&url, &name));
+            match tokio::time::timeout(PROMETHEUS_BUDGET, query).await {
+                Ok(Ok(Ok(t))) => t,
+                Ok(Ok(Err(e))) => return Err(redact_text(&e.to_string())),
+                Ok(Err(e)) => return Err(format!("prometheus query task: {e}")),
+                Err(_) => {
+                    return Err(format!(
+                        "prometheus did not answer within {} s",
+                        PROMETHEUS_BUDGET.as_secs()
+                    ))
+                }
+            }
+        }
+    };
+    // Copies are mirrored to the candidate; only the filters report comparisons (either source).
+    totals.entry(spec.candidate.clone()).or_default().shadow = shadow;
+    for (arm, f) in feedback {
+        let t = totals.entry(arm).or_default();
+        t.labelled = f.labelled;
+        t.correct = f.correct;
+        t.reward_micros = f.reward_micros;
+    }
+    Ok(totals)
+}
+
+/// For each rule of the current stage, the (candidate, baseline) windows it is judged on: the most
+/// recent one (now minus an earlier check's totals, newest first) that holds its `min_samples`,
+/// else the whole stage.
+pub fn judged_windows(
+    rec: &Record,
+    spec: &Spec,
+    totals: &Totals,
+    earlier: &[Totals],
+) -> Vec<(ArmWindow, ArmWindow)> {
+    let pick = |from: &Totals| {
+        (
+            window(totals, from, &spec.candidate),
+            window(totals, from, &spec.baseline),
+        )
+    };
+    let rules: &[Rule] = spec
+        .stages
+        .get(rec.state.stage)
+        .map(|s| s.rules.as_slice())
+        .unwrap_or_default();
+    rules
+        .iter()
+        .map(|rule| {
+            // Only a relative bound needs the baseline's samples too.
+            let relative = matches!(rule.bound, Bound::WorseThanBaseline(_));
+            earlier
+                .iter()
+                .map(pick)
+                .find(|(c, b)| {
+                    c.samples(rule.metric) >= rule.min_samples
+                        && (!relative || b.samples(rule.metric) >= rule.min_samples)
+                })
+                .unwrap_or_else(|| pick(&rec.base))
+        })
+        .collect()
+}
+
+/// One check of a progressing rollout on the windows `judged_windows` chose: the record to store
+/// (if anything changed) and the event to log.
+pub fn check(
+    rec: &Record,
+    spec: &Spec,
+    totals: &Totals,
+    judged: &[(ArmWindow, ArmWindow)],
+    now: u64,
+) -> Option<(Record, Option<(String, String)>)> {
+    let stage_windows = (
+        window(totals, &rec.base, &spec.candidate),
+        window(totals, &rec.base, &spec.baseline),
+    );
+    let rules: &[Rule] = spec
+        .stages
+        .get(rec.state.stage)
+        .map(|s| s.rules.as_slice())
+        .unwrap_or_default();
+    let windows = |rule: &Rule| {
+        rules
+            .iter()
+            .position(|r| std::ptr::eq(r, rule))
+            .and_then(|i| judged.get(i).cloned())
+            .unwrap_or_else(|| stage_windows.clone())
+    };
+    let (state, action) = machine::step(spec, &rec.state, now, &stage_windows, &windows);
+    if state == rec.state {
+        return None;
+    }
+    let mut next = rec.clone();
+    if state.weights(spec) != rec.state.weights(spec) {
+        next.version += 1;
+    }
+    if state.stage != rec.state.stage {
+        next.base = totals.clone();
+    }
+    next.state = state;
+    let event = match action {
+        Action::Advance { to_stage } => Some((
+            "advance".to_owned(),
+            format!(
+                "stage {} at {}%",
+                to_stage + 1,
+                spec.stages[to_stage].weight
+            ),
+        )),
+        Action::Promote => Some((
+            "promoted".to_owned(),
+            "candidate has all traffic".to_owned(),
+        )),
+        Action::RollBack { reason } => Some(("rolled_back".to_owned(), reason)),
+        Action::Hold(Some(reason)) if next.state.failed_checks > rec.state.failed_checks => {
+            Some(("check_failed".to_owned(), reason))
+        }
+        Action::Hold(Some(reason))
+            if reason == machine::AWAITING_PROMOTION
+                && rec.state.reason.as_deref() != Some(machine::AWAITING_PROMOTION) =>
+        {
+            Some(("awaiting_promotion".to_owned(), reason))
+        }
+        Action::Hold(_) => None,
+    };
+    Some((next, event))
+}
+
+/// POSTs `event` to every hook at `point`; the first failure (after retries) is the error. All
+/// attempts together stop at `HOOK_BUDGET_S`. Blocking: run it on a blocking thread.
+pub fn run_hooks(spec: &Spec, point: HookPoint, event: &Value) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs_f64(HOOK_BUDGET_S);
+    for hook in spec.hooks.iter().filter(|h| h.on == point) {
+        let mut last = String::new();
+        let ok = (0..=hook.retries).any(|_| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                last = format!("out of the hooks' {HOOK_BUDGET_S} s budget");
+                return false;
+            }
+            let sent = ureq::post(&hook.url)
+                .timeout(Duration::from_secs_f64(hook.timeout_s).min(left))
+                .set("content-type", "application/json")
+                .send_string(&event.to_string());
+            match sent {
+                Ok(_) => true,
+                Err(e) => {
+                    last = e.to_string();
+                    false
+                }
+            }
+        });
+        if !ok {
+            return Err(redact_text(&format!(
+                "{point:?} hook {} failed: {last}",
+                hook.url
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn hooks(spec: &Arc<Spec>, point: HookPoint, event: Value) -> Result<(), String> {
+    let spec = spec.clone();
+    tokio::task::spawn_blocking(move || run_hooks(&spec, point, &event))
+        .await
+        .unwrap_or_else(|e| Err(format!("hook task: {e}")))
+}
+
+/// The hook point a decided transition must pass first, if any.
+fn pre_hook(spec: &Spec, before: &State, after: &State) -> Option<HookPoint> {
+    let (_, from) = before.weights(spec);
+    let (_, to) = after.weights(spec);
+    if to <= from {
+        None
+    } else if to >= 100.0 {
+        Some(HookPoint::BeforePromotion)
+    } else {
+        Some(HookPoint::BeforeStep)
+    }
+}
+
+/// A failed pre-hook: the check's decision is replaced by `machine::hook_failed`'s.
+fn after_failed_hook(rec: &Record, spec: &Spec, why: String) -> (Record, (String, String)) {
+    let (state, action) = machine::hook_failed(spec, &rec.state, why.clone());
+    let mut next = Record {
+        state,
+        ..rec.clone()
+    };
+    let event = match action {
+        Action::RollBack { reason } => {
+            if next.state.weights(spec) != rec.state.weights(spec) {
+                next.version = rec.version + 1;
+            }
+            ("rolled_back".to_owned(), reason)
+        }
+        _ => ("hook_failed".to_owned(), why),
+    };
+    (next, event)
+}
+
+/// The checks of one stage so far (their totals, newest first).
+#[derive(Default)]
+struct History {
+    stage: Option<usize>,
+    earlier: VecDeque<Totals>,
+}
+
+/// The reconciler of one rollout; runs until the process ends.
+pub async fn run(app: Arc<App>, handle: Arc<Rollout>) {
+    let mut history = History::default();
+    let mut figured = false;
+    loop {
+        let view = handle.current();
+        let Loaded::Ok { rec, spec } = &view.loaded else {
+            handle.wake.notified().await;
+            continue;
+        };
+        let terminal = matches!(
+            rec.state.phase,
+            Phase::Succeeded | Phase::RolledBack | Phase::Aborted
+        );
+        if terminal && figured {
+            // The figures of the deciding check stay what status shows.
+            handle.wake.notified().await;
+            continue;
+        }
+        let interval = Duration::from_millis(spec.check_interval_ms);
+        reconcile(&app, &handle, rec, spec, &mut history).await;
+        figured = true;
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = handle.wake.notified() => {}
+        }
+    }
+}
+
+/// One pass: figures, then (progressing or starting) the decision, its hooks and its storage.
+async fn reconcile(
+    app: &Arc<App>,
+    handle: &Arc<Rollout>,
+    rec: &Record,
+    spec: &Arc<Spec>,
+    history: &mut History,
+) {
+    let now = now_ms();
+    let totals = match totals_now(handle, spec).await {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("rampctl: {}: no figures this check: {why}", rec.name);
+            let mut f = handle
+                .current()
+                .figures
+                .as_deref()
+                .cloned()
+                .unwrap_or_else(|| json!({}));
+            f["figures_error"] = json!(why);
+            handle.publish_figures(f);
+            return;
+        }
+    };
+    // Snapshots belong to one stage; after a restart they start over from the stage's base.
+    if history.stage != Some(rec.state.stage) {
+        history.earlier.clear();
+        history.stage = Some(rec.state.stage);
+    }
+    let judged = judged_windows(rec, spec, &totals, history.earlier.make_contiguous());
+    history.earlier.push_front(totals.clone());
+    history.earlier.truncate(KEPT_CHECKS);
+    let fleet = (spec.strategy == crate::spec::StrategyKind::Bandit).then(|| {
+        handle
+            .reports()
+            .fleet
+            .remote(None, &[&spec.baseline, &spec.candidate])
+    });
+    handle.publish_figures(figures(rec, spec, &totals, &judged, fleet.as_ref(), now));
+    let (next, event) = match rec.state.phase {
+        Phase::Starting => smoke_test(rec, spec).await,
+        Phase::Progressing => {
+            let Some((mut next, mut event)) = check(rec, spec, &totals, &judged, now) else {
+                return;
+            };
+            if let Some(point) = pre_hook(spec, &rec.state, &next.state) {
+                let (bw, cw) = next.state.weights(spec);
+                let payload = json!({"rollout": rec.name, "hook": point, "to_stage": next.state.stage + 1,
+                                     "weights": {spec.baseline.clone(): bw, spec.candidate.clone(): cw}});
+                if let Err(why) = hooks(spec, point, payload).await {
+                    let (n, e) = after_failed_hook(rec, spec, why);
+                    (next, event) = (n, Some(e));
+                }
+            }
+            (next, event)
+        }
+        _ => return,
+    };
+    save(app, handle, rec, &next, event, spec).await;
+}
+
+/// The `before_start` hooks of a rollout in `Starting`: stage 1 begins when they pass; a failure
+/// counts like a failed check.
+async fn smoke_test(rec: &Record, spec: &Arc<Spec>) -> (Record, Option<(String, String)>) {
+    let payload =
+        json!({"rollout": rec.name, "hook": HookPoint::BeforeStart, "candidate": spec.candidate});
+    match hooks(spec, HookPoint::BeforeStart, payload).await {
+        Ok(()) => (
+            Record {
+                state: rec.state.started(now_ms()),
+                version: rec.version + 1,
+                ..rec.clone()
+            },
+            Some((
+                "started".to_owned(),
+                "before_start hooks passed; stage 1 started".to_owned(),
+            )),
+        ),
+        Err(why) => {
+            let (next, event) = after_failed_hook(rec, spec, why);
+            (next, Some(event))
+        }
+    }
+}
+
+/// Stores a check's outcome, unless the rollout changed meanwhile (an operator's command while the
+/// hooks ran): that command wins and this check is dropped. Tells the `on_rollback` hooks.
+async fn save(
+    app: &Arc<App>,
+    handle: &Arc<Rollout>,
+    before: &Record,
+    next: &Record,
+    event: Option<(String, String)>,
+    spec: &Arc<Spec>,
+) {
+    let name = before.name.clone();
+    let saved = app
+        .commit(handle, before, next, spec, event.clone(), now_ms())
+        .await;
+    match (&saved, &event) {
+        (Err(e), _) => eprintln!("rampctl: {name}: {e}"),
+        (Ok(false), _) => {
+            eprintln!("rampctl: {name}: changed by an operator during the check; check dropped");
+            return;
+        }
+        (Ok(true), Some((kind, detail))) => eprintln!("rampctl: {name}: {kind}: {detail}"),
+        _ => {}
+    }
+    if saved.is_ok_and(|s| s)
+        && next.state.phase == Phase::RolledBack
+        && before.state.phase != Phase::RolledBack
+    {
+        notify_rollback(spec.clone(), next.state.reason.clone()).await;
+    }
+}
+
+/// Tells the `on_rollback` hooks; their answer changes nothing, a failure is only logged.
+pub async fn notify_rollback(spec: Arc<Spec>, reason: Option<String>) {
+    let payload = json!({"rollout": spec.name, "hook": HookPoint::OnRollback, "reason": reason});
+    if let Err(e) = hooks(&spec, HookPoint::OnRollback, payload).await {
+        eprintln!("rampctl: {}: {e}", spec.name);
+    }
+}

@@ -1,0 +1,250 @@
+//! What `rampctl serve` holds in memory per rollout, so reads never wait on a check: the published
+//! view (record, spec and the figures of the last check) behind a `watch` channel that polls read
+//! and long-polls wait on, and the newest report of each Envoy with the fleet's bandit counts
+//! behind a mutex that is only ever held for a few additions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::Value;
+use tokio::sync::{watch, Notify};
+
+use crate::spec::Spec;
+use crate::store::{ArmFeedback, Record};
+use crate::window::{sum_reports, sum_shadow, FleetCounts, Report, Totals};
+
+/// Most Envoys one rollout keeps reports of; a new instance past it is refused (429).
+pub const MAX_INSTANCES: usize = 10_000;
+
+/// A rollout as the API serves it.
+#[derive(Debug, Clone)]
+pub enum Loaded {
+    Ok {
+        rec: Record,
+        spec: Arc<Spec>,
+    },
+    /// Its row or spec cannot be decoded: shown as phase `error` with the reason; the others go on.
+    Error {
+        reason: String,
+    },
+}
+
+/// The snapshot readers get.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub loaded: Loaded,
+    /// The last check's figures (what the reconciler judged), `None` before the first.
+    pub figures: Option<Arc<Value>>,
+}
+
+impl View {
+    /// The live-state version, for long polls (`None` for a rollout that cannot be loaded).
+    pub fn version(&self) -> Option<u64> {
+        match &self.loaded {
+            Loaded::Ok { rec, .. } => Some(rec.version),
+            Loaded::Error { .. } => None,
+        }
+    }
+}
+
+/// Each Envoy's newest report and what follows from them.
+#[derive(Debug, Default)]
+pub struct ReportBook {
+    pub newest: BTreeMap<String, Report>,
+    pub fleet: FleetCounts,
+    /// Reports accepted since the last write to the store.
+    pub unsaved: BTreeSet<String>,
+    /// Feedback per arm (ground truth and rewards), kept current as it is posted.
+    pub feedback: BTreeMap<String, ArmFeedback>,
+}
+
+/// What `ReportBook::accept` did with a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    Newer,
+    /// Its `seq` is not above the stored one: a repeat or a late arrival, changing nothing.
+    Stale,
+    /// A new instance beyond `MAX_INSTANCES`.
+    Full,
+}
+
+impl ReportBook {
+    /// Feedback for one decision to `arm` was recorded (the first for that decision).
+    pub fn feedback_recorded(
+        &mut self,
+        arm: &str,
+        correct: Option<bool>,
+        reward_micros: Option<u64>,
+    ) {
+        let f = self
+            .feedback
+            .entry(arm.to_owned())
+            .or_insert_with(|| ArmFeedback {
+                arm: arm.to_owned(),
+                labelled: 0,
+                correct: 0,
+                rewarded: 0,
+                reward_micros: 0,
+            });
+        if let Some(c) = correct {
+            f.labelled = f.labelled.saturating_add(1);
+            f.correct = f.correct.saturating_add(u64::from(c));
+        }
+        if let Some(r) = reward_micros {
+            f.rewarded = f.rewarded.saturating_add(1);
+            f.reward_micros = f.reward_micros.saturating_add(r);
+            self.fleet.rewarded(arm, r);
+        }
+    }
+
+    pub fn accept(&mut self, report: Report) -> Accepted {
+        match self.newest.get(&report.instance) {
+            Some(old) if old.seq >= report.seq => return Accepted::Stale,
+            None if self.newest.len() >= MAX_INSTANCES => return Accepted::Full,
+            _ => {}
+        }
+        self.fleet.reported(&report);
+        self.unsaved.insert(report.instance.clone());
+        self.newest.insert(report.instance.clone(), report);
+        Accepted::Newer
+    }
+
+    /// The rollout's totals from the reports (Prometheus sources replace the request figures).
+    pub fn totals(&self) -> Totals {
+        sum_reports(self.newest.values())
+    }
+
+    pub fn shadow(&self) -> crate::rules::ShadowFigures {
+        sum_shadow(self.newest.values())
+    }
+}
+
+/// One rollout's handle, shared by the API handlers and its reconciler task.
+pub struct Rollout {
+    pub name: String,
+    pub view: watch::Sender<Arc<View>>,
+    reports: Mutex<ReportBook>,
+    /// Wakes the reconciler early (an operator's command changed the state).
+    pub wake: Notify,
+}
+
+impl Rollout {
+    pub fn new(name: String, view: View, book: ReportBook) -> Self {
+        Self {
+            name,
+            view: watch::Sender::new(Arc::new(view)),
+            reports: Mutex::new(book),
+            wake: Notify::new(),
+        }
+    }
+
+    pub fn current(&self) -> Arc<View> {
+        self.view.borrow().clone()
+    }
+
+    /// The report book. Holders only add, compare or copy: no IO and nothing unbounded. A
+    /// poisoned lock (a panic elsewhere while held) still holds consistent data: every change
+    /// to the book is made in an order that leaves it whole.
+    pub fn reports(&self) -> MutexGuard<'_, ReportBook> {
+        self.reports.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes a new record (keeping the figures), if it is not older than the published one.
+    pub fn publish_record(&self, rec: Record, spec: Arc<Spec>) {
+        self.view.send_modify(|v| {
+            let figures = v.figures.clone();
+            *v = Arc::new(View {
+                loaded: Loaded::Ok { rec, spec },
+                figures,
+            });
+        });
+    }
+
+    pub fn publish_figures(&self, figures: Value) {
+        self.view.send_modify(|v| {
+            *v = Arc::new(View {
+                loaded: v.loaded.clone(),
+                figures: Some(Arc::new(figures)),
+            });
+        });
+    }
+}
+
+/// Reports for rollouts not applied yet: kept in memory only (never stored), for a few rollouts
+/// and instances, so the counts an Envoy had before `rampctl apply` become the rollout's starting
+/// point instead of counting as the first stage's traffic.
+#[derive(Debug, Default)]
+pub struct Pending {
+    books: BTreeMap<String, ReportBook>,
+}
+
+/// Rollout names with pending reports, and instances per name, kept at most.
+pub const MAX_PENDING_ROLLOUTS: usize = 32;
+pub const MAX_PENDING_INSTANCES: usize = 1_000;
+
+impl Pending {
+    /// Keeps `report` for `rollout`; false when the bounds are reached.
+    pub fn keep(&mut self, rollout: &str, report: Report) -> bool {
+        if !self.books.contains_key(rollout) && self.books.len() >= MAX_PENDING_ROLLOUTS {
+            return false;
+        }
+        let book = self.books.entry(rollout.to_owned()).or_default();
+        if !book.newest.contains_key(&report.instance) && book.newest.len() >= MAX_PENDING_INSTANCES
+        {
+            return false;
+        }
+        book.accept(report) != Accepted::Full
+    }
+
+    /// The pending reports of `rollout` whose arms are all `arms` (the others are dropped).
+    pub fn take(&mut self, rollout: &str, arms: &[&str]) -> Vec<Report> {
+        self.books
+            .remove(rollout)
+            .map(|b| {
+                b.newest
+                    .into_values()
+                    .filter(|r| r.validate(arms).is_ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(instance: &str, seq: u64, requests: u64) -> Report {
+        serde_json::from_value(serde_json::json!({
+            "instance": instance, "seq": seq,
+            "arms": {"v2": {"requests": requests, "responses": {"2xx": requests},
+                "latency_ms": {"le": [5,10,25,50,100,150,250,500,1000,2500,5000,"+Inf"],
+                               "counts": vec![requests; 12]}}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn newer_reports_replace_older_ones_and_repeats_change_nothing() {
+        let mut book = ReportBook::default();
+        assert_eq!(book.accept(report("a", 2, 10)), Accepted::Newer);
+        assert_eq!(book.accept(report("a", 2, 99)), Accepted::Stale);
+        assert_eq!(book.accept(report("a", 1, 99)), Accepted::Stale);
+        assert_eq!(book.accept(report("b", 1, 5)), Accepted::Newer);
+        assert_eq!(book.totals()["v2"].requests, 15);
+        assert_eq!(book.accept(report("a", 3, 20)), Accepted::Newer);
+        assert_eq!(book.totals()["v2"].requests, 25);
+    }
+
+    #[test]
+    fn pending_reports_are_bounded_and_filtered_by_the_applied_arms() {
+        let mut p = Pending::default();
+        for i in 0..MAX_PENDING_ROLLOUTS {
+            assert!(p.keep(&format!("r{i}"), report("a", 1, 1)));
+        }
+        assert!(!p.keep("one-too-many", report("a", 1, 1)));
+        assert_eq!(p.take("r0", &["v1", "v2"]).len(), 1);
+        assert!(p.take("r1", &["v1", "v3"]).is_empty(), "v2 is not an arm");
+        assert!(p.take("r0", &["v1", "v2"]).is_empty(), "taken once");
+    }
+}

@@ -1,0 +1,127 @@
+//! What `status`, `list` and the answers to `apply` and commands show of a rollout: its state
+//! (from the published record) and the figures of the reconciler's last check, which are the
+//! figures the rules were judged on, with the stage's figures beside them, labelled.
+
+use serde_json::{json, Value};
+
+use crate::machine::{self, State};
+use crate::posterior::posterior;
+use crate::registry::{Loaded, View};
+use crate::rules::{evaluate, ArmWindow, Verdict};
+use crate::spec::{Bound, Spec, StrategyKind};
+use crate::store::Record;
+use crate::window::{window, BanditCounts, Totals};
+
+/// The state part of a rollout's summary.
+pub fn state_summary(rec: &Record, spec: &Spec) -> Value {
+    let (bw, cw) = rec.state.weights(spec);
+    let stage = spec.stages.get(rec.state.stage);
+    json!({
+        "name": rec.name, "baseline": spec.baseline, "candidate": spec.candidate,
+        "strategy": spec.strategy, "phase": rec.state.phase,
+        "stage": rec.state.stage + 1, "stages": spec.stages.len(),
+        "weights": {spec.baseline.clone(): bw, spec.candidate.clone(): cw},
+        "version": rec.version, "failed_checks": rec.state.failed_checks, "reason": rec.state.reason,
+        "override_weight": rec.state.override_weight,
+        "promotion": if spec.manual_promotion { "manual" } else { "auto" },
+        "stage_started_ms": rec.state.stage_started_ms,
+        "stage_min_duration_ms": stage.map(|s| s.min_duration_ms),
+        "stage_min_requests": stage.map(|s| s.min_requests),
+    })
+}
+
+/// A rollout as `status` shows it: state, then the last check's figures (empty before it).
+pub fn summary(view: &View) -> Value {
+    let mut out = match &view.loaded {
+        Loaded::Ok { rec, spec } => state_summary(rec, spec),
+        Loaded::Error { reason } => {
+            return json!({"phase": "error", "reason": reason});
+        }
+    };
+    let figures = view.figures.as_deref().cloned().unwrap_or_else(|| {
+        json!({"checks": [], "window": {}, "ab_test": null, "bandit": null, "checked_at_ms": null})
+    });
+    if let (Some(o), Value::Object(f)) = (out.as_object_mut(), figures) {
+        o.extend(f);
+    }
+    out
+}
+
+fn arm_figures(w: &ArmWindow) -> Value {
+    json!({"requests": w.requests, "errors": w.errors,
+           "error_rate": if w.requests > 0 { w.errors as f64 / w.requests as f64 } else { 0.0 },
+           "p95_ms": w.latency.quantile(0.95),
+           "accuracy": (w.labelled > 0).then(|| w.correct as f64 / w.labelled as f64),
+           "labelled": w.labelled, "shadow": w.shadow})
+}
+
+/// The figures of one check: per rule the windows it was judged on (`judged`, one pair per rule
+/// of the current stage: candidate, baseline), and the stage's windows so far beside them.
+pub fn figures(
+    rec: &Record,
+    spec: &Spec,
+    totals: &Totals,
+    judged: &[(ArmWindow, ArmWindow)],
+    fleet_bandit: Option<&std::collections::BTreeMap<String, BanditCounts>>,
+    checked_at_ms: u64,
+) -> Value {
+    let state: &State = &rec.state;
+    let (candidate, baseline) = (
+        window(totals, &rec.base, &spec.candidate),
+        window(totals, &rec.base, &spec.baseline),
+    );
+    let rules = spec
+        .stages
+        .get(state.stage)
+        .map(|s| s.rules.as_slice())
+        .unwrap_or_default();
+    let checks: Vec<Value> = rules
+        .iter()
+        .zip(judged)
+        .map(|(rule, (c, b))| {
+            let (verdict, value) = match evaluate(rule, c, b) {
+                Verdict::Pass { value } => ("pass", Some(value)),
+                Verdict::Fail { value, .. } => ("fail", Some(value)),
+                Verdict::NotEnoughData { .. } => ("not_enough_data", None),
+            };
+            let stage_value = match evaluate(rule, &candidate, &baseline) {
+                Verdict::Pass { value } | Verdict::Fail { value, .. } => Some(value),
+                Verdict::NotEnoughData { .. } => None,
+            };
+            let (bound, limit) = match rule.bound {
+                Bound::Max(v) => ("max", v),
+                Bound::Min(v) => ("min", v),
+                Bound::WorseThanBaseline(v) => ("max_worse_than_baseline", v),
+            };
+            json!({"metric": rule.metric, "bound": bound, "limit": limit,
+                   "value": value, "samples": c.samples(rule.metric),
+                   "min_samples": rule.min_samples, "verdict": verdict,
+                   "stage_value": stage_value, "stage_samples": candidate.samples(rule.metric)})
+        })
+        .collect();
+    let ab_test = spec
+        .ab_test
+        .as_ref()
+        .filter(|_| state.stage == 0)
+        .map(|ab| {
+            json!({"metric": ab.metric, "planned_per_arm": ab.planned_per_arm,
+               "result": machine::ab_result(ab, &candidate, &baseline)})
+        });
+    let bandit = (spec.strategy == StrategyKind::Bandit)
+        .then_some(fleet_bandit)
+        .flatten()
+        .map(|counts| {
+            counts
+                .iter()
+                .map(|(arm, c)| {
+                    let p = posterior(c.trials, c.reward_micros as f64 / 1e6, 0.95);
+                    (arm.clone(), json!(p))
+                })
+                .collect::<serde_json::Map<_, _>>()
+        });
+    json!({
+        "checks": checks, "ab_test": ab_test, "bandit": bandit,
+        "checked_at_ms": checked_at_ms, "checked_stage": state.stage + 1,
+        "window": {spec.baseline.clone(): arm_figures(&baseline), spec.candidate.clone(): arm_figures(&candidate)},
+    })
+}

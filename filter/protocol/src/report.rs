@@ -1,0 +1,379 @@
+//! What an Envoy posts to `POST /v1/rollouts/<rollout>/reports`: its cumulative per-arm counts
+//! under an instance id and a sequence number (so a lost report is made up by the next and a
+//! repeated one changes nothing). The filter writes this JSON by hand to stay small; these types
+//! read it, and `validate` is the controller's check at the edge: every counter bounded and
+//! consistent, so sums over the fleet cannot overflow or be steered by one bad reporter.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::names::check_instance;
+use crate::FieldError;
+
+/// Upper bounds (ms) of the latency buckets; a last, unbounded bucket follows.
+pub const LATENCY_BOUNDS_MS: [u64; 11] = [5, 10, 25, 50, 100, 150, 250, 500, 1000, 2500, 5000];
+
+/// The shadow compare-mode totals a report may carry, in the filter's order.
+pub const SHADOW_TOTAL_NAMES: [&str; 15] = [
+    "sent",
+    "pairs",
+    "status_agree",
+    "value_pairs",
+    "label_agree",
+    "diff_pos_micros",
+    "diff_neg_micros",
+    "diff_sq_micros",
+    "shadow_errors",
+    "shadow_timeouts",
+    "skipped_body",
+    "dropped",
+    "unpaired",
+    "mirrored",
+    "labelled_pairs",
+];
+
+/// Largest count a report may carry: 2^53. No Envoy counts that far (285 years at a million
+/// requests a second), the value is exact as a JSON number everywhere, and sums over 2,048
+/// reporters still fit in a u64 (the controller saturates beyond that rather than wrap).
+pub const MAX_COUNT: u64 = 1 << 53;
+
+/// Largest sequence number: it is stored as SQLite's signed 64-bit integer.
+pub const MAX_SEQ: u64 = i64::MAX as u64;
+
+/// The response classes a report counts.
+pub const RESPONSE_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    pub instance: String,
+    pub seq: u64,
+    pub arms: BTreeMap<String, ArmReport>,
+    /// Shadow compare-mode totals (`SHADOW_TOTAL_NAMES`), when compare mode is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<BTreeMap<String, u64>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArmReport {
+    pub requests: u64,
+    /// By class, `2xx` to `5xx`.
+    pub responses: BTreeMap<String, u64>,
+    pub latency_ms: Latency,
+    /// This Envoy's bandit totals for the arm, when the filter runs a bandit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandit: Option<BanditCounts>,
+}
+
+/// Cumulative latency buckets as Prometheus lays them out: `le` bounds in ms, the last `"+Inf"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Latency {
+    pub le: Vec<Le>,
+    pub counts: Vec<u64>,
+}
+
+/// One bucket bound: a number, or the string `"+Inf"` (JSON has no infinity).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Le(pub f64);
+
+impl Serialize for Le {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_finite() {
+            s.serialize_f64(self.0)
+        } else {
+            s.serialize_str("+Inf")
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Le {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(v) if v.is_finite() => Ok(Le(v)),
+            Raw::Text(t) if t == "+Inf" => Ok(Le(f64::INFINITY)),
+            _ => Err(serde::de::Error::custom(
+                "a bucket bound is a finite number or \"+Inf\"",
+            )),
+        }
+    }
+}
+
+/// A bandit's trials and summed rewards (millionths, so sums are exact in any order).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BanditCounts {
+    pub trials: u64,
+    pub reward_micros: u64,
+}
+
+impl BanditCounts {
+    /// Both counts added, saturating at u64::MAX rather than wrapping.
+    pub fn saturating_add(self, other: BanditCounts) -> BanditCounts {
+        BanditCounts {
+            trials: self.trials.saturating_add(other.trials),
+            reward_micros: self.reward_micros.saturating_add(other.reward_micros),
+        }
+    }
+}
+
+fn bounded(field: impl Into<String>, v: u64) -> Result<u64, FieldError> {
+    if v > MAX_COUNT {
+        Err(FieldError::new(
+            field,
+            format!("{v} is above the largest count a report may carry (2^53)"),
+        ))
+    } else {
+        Ok(v)
+    }
+}
+
+impl Report {
+    /// Checks everything the controller relies on, against the rollout's `arms`. The first
+    /// problem found names its field.
+    pub fn validate(&self, arms: &[&str]) -> Result<(), FieldError> {
+        check_instance(&self.instance).map_err(|r| FieldError::new("instance", r))?;
+        if self.seq > MAX_SEQ {
+            return Err(FieldError::new(
+                "seq",
+                format!(
+                    "{} is above the largest sequence number, 2^63 - 1",
+                    self.seq
+                ),
+            ));
+        }
+        for (name, arm) in &self.arms {
+            if !arms.contains(&name.as_str()) {
+                let shown: String = name.chars().take(64).collect();
+                return Err(FieldError::new(
+                    format!("arms.{shown}"),
+                    format!("not an arm of this rollout ({})", arms.join(", ")),
+                ));
+            }
+            arm.validate(&format!("arms.{name}"))?;
+        }
+        if let Some(shadow) = &self.shadow {
+            validate_shadow(shadow)?;
+        }
+        Ok(())
+    }
+}
+
+impl ArmReport {
+    fn validate(&self, at: &str) -> Result<(), FieldError> {
+        let requests = bounded(format!("{at}.requests"), self.requests)?;
+        let mut answered: u64 = 0;
+        for (class, &n) in &self.responses {
+            if !RESPONSE_CLASSES.contains(&class.as_str()) {
+                let shown: String = class.chars().take(16).collect();
+                return Err(FieldError::new(
+                    format!("{at}.responses.{shown}"),
+                    "response classes are 2xx, 3xx, 4xx and 5xx",
+                ));
+            }
+            answered = answered.saturating_add(bounded(format!("{at}.responses.{class}"), n)?);
+        }
+        if answered > requests {
+            return Err(FieldError::new(
+                format!("{at}.responses"),
+                format!("{answered} responses for {requests} requests"),
+            ));
+        }
+        let lat = &self.latency_ms;
+        let expected: Vec<f64> = LATENCY_BOUNDS_MS
+            .iter()
+            .map(|&b| b as f64)
+            .chain([f64::INFINITY])
+            .collect();
+        if lat.le.iter().map(|l| l.0).ne(expected.iter().copied()) {
+            return Err(FieldError::new(
+                format!("{at}.latency_ms.le"),
+                format!("must be the filter's bucket bounds {LATENCY_BOUNDS_MS:?} and \"+Inf\""),
+            ));
+        }
+        if lat.counts.len() != lat.le.len() {
+            return Err(FieldError::new(
+                format!("{at}.latency_ms.counts"),
+                format!("{} counts for {} bounds", lat.counts.len(), lat.le.len()),
+            ));
+        }
+        if lat.counts.windows(2).any(|w| w[1] < w[0]) {
+            return Err(FieldError::new(
+                format!("{at}.latency_ms.counts"),
+                "cumulative counts must not decrease",
+            ));
+        }
+        if let Some(&last) = lat.counts.last() {
+            if last > answered {
+                return Err(FieldError::new(
+                    format!("{at}.latency_ms.counts"),
+                    format!("{last} timed responses for {answered} responses"),
+                ));
+            }
+        }
+        if let Some(b) = self.bandit {
+            let trials = bounded(format!("{at}.bandit.trials"), b.trials)?;
+            if b.reward_micros > trials.saturating_mul(1_000_000) {
+                return Err(FieldError::new(
+                    format!("{at}.bandit.reward_micros"),
+                    format!(
+                        "{} is more than one reward (10^6) per trial ({trials} trials)",
+                        b.reward_micros
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn validate_shadow(shadow: &BTreeMap<String, u64>) -> Result<(), FieldError> {
+    for (name, &v) in shadow {
+        if !SHADOW_TOTAL_NAMES.contains(&name.as_str()) {
+            let shown: String = name.chars().take(32).collect();
+            return Err(FieldError::new(
+                format!("shadow.{shown}"),
+                "not a shadow total the filter reports",
+            ));
+        }
+        // Sums of differences (micros) may grow large; counts of copies may not.
+        if !name.starts_with("diff_") {
+            bounded(format!("shadow.{name}"), v)?;
+        }
+    }
+    let get = |k: &str| shadow.get(k).copied().unwrap_or(0);
+    let checks = [
+        (
+            "shadow.shadow_errors",
+            get("shadow_errors").saturating_add(get("shadow_timeouts")),
+            "pairs",
+            get("pairs"),
+        ),
+        (
+            "shadow.labelled_pairs",
+            get("labelled_pairs"),
+            "pairs",
+            get("pairs"),
+        ),
+        (
+            "shadow.label_agree",
+            get("label_agree"),
+            "labelled_pairs",
+            get("labelled_pairs"),
+        ),
+    ];
+    for (field, v, of, limit) in checks {
+        if v > limit {
+            return Err(FieldError::new(
+                field,
+                format!("{v} is more than {of} ({limit})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> String {
+        // As the filter's `report_json` writes it.
+        r#"{"instance":"00ab","seq":17,"arms":{"v2":{"requests":10,"responses":{"2xx":8,"3xx":0,"4xx":0,"5xx":2},"latency_ms":{"le":[5,10,25,50,100,150,250,500,1000,2500,5000,"+Inf"],"counts":[1,2,3,4,5,6,7,8,9,10,10,10]},"bandit":{"trials":10,"reward_micros":4000000}}},"shadow":{"sent":3,"pairs":3,"labelled_pairs":2,"label_agree":1}}"#.to_owned()
+    }
+
+    fn parsed(text: &str) -> Report {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn a_report_as_the_filter_writes_it_round_trips_and_validates() {
+        let r = parsed(&sample());
+        assert_eq!(r.validate(&["v1", "v2"]), Ok(()));
+        assert_eq!(r.arms["v2"].latency_ms.le[11], Le(f64::INFINITY));
+        let again: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(again, r);
+    }
+
+    fn refused(edit: impl Fn(&mut serde_json::Value)) -> FieldError {
+        let mut v: serde_json::Value = serde_json::from_str(&sample()).unwrap();
+        edit(&mut v);
+        let r: Report = serde_json::from_value(v).unwrap();
+        r.validate(&["v1", "v2"]).unwrap_err()
+    }
+
+    #[test]
+    fn every_inconsistent_or_oversized_counter_is_refused_by_name() {
+        let f = |e: FieldError| e.field;
+        assert_eq!(f(refused(|v| v["instance"] = "".into())), "instance");
+        assert_eq!(
+            f(refused(|v| v["instance"] = "x".repeat(10_000).into())),
+            "instance"
+        );
+        assert_eq!(f(refused(|v| v["seq"] = u64::MAX.into())), "seq");
+        assert_eq!(
+            f(refused(|v| v["arms"]["v9"] = v["arms"]["v2"].clone())),
+            "arms.v9"
+        );
+        assert_eq!(
+            f(refused(|v| v["arms"]["v2"]["requests"] = u64::MAX.into())),
+            "arms.v2.requests"
+        );
+        assert_eq!(
+            f(refused(|v| v["arms"]["v2"]["responses"]["5xx"] = 20.into())),
+            "arms.v2.responses"
+        );
+        assert_eq!(
+            f(refused(|v| v["arms"]["v2"]["responses"]["6xx"] = 0.into())),
+            "arms.v2.responses.6xx"
+        );
+        assert_eq!(
+            f(refused(
+                |v| v["arms"]["v2"]["latency_ms"]["le"][0] = 1.into()
+            )),
+            "arms.v2.latency_ms.le"
+        );
+        assert_eq!(
+            f(refused(
+                |v| v["arms"]["v2"]["latency_ms"]["counts"][0] = 5.into()
+            )),
+            "arms.v2.latency_ms.counts"
+        );
+        assert_eq!(
+            f(refused(
+                |v| v["arms"]["v2"]["bandit"]["reward_micros"] = 11_000_000.into()
+            )),
+            "arms.v2.bandit.reward_micros"
+        );
+        assert_eq!(
+            f(refused(
+                |v| v["arms"]["v2"]["bandit"]["trials"] = (MAX_COUNT + 1).into()
+            )),
+            "arms.v2.bandit.trials"
+        );
+        assert_eq!(
+            f(refused(|v| v["shadow"]["label_agree"] = 5.into())),
+            "shadow.label_agree"
+        );
+        assert_eq!(
+            f(refused(|v| v["shadow"]["bogus"] = 0.into())),
+            "shadow.bogus"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_bounds_do_not_parse() {
+        let extra = sample().replacen("{\"instance\"", "{\"junk\":[1,2],\"instance\"", 1);
+        assert!(serde_json::from_str::<Report>(&extra).is_err());
+        let inf = sample().replace("\"+Inf\"", "\"inf\"");
+        assert!(serde_json::from_str::<Report>(&inf).is_err());
+    }
+}
