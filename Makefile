@@ -64,7 +64,7 @@ lint: toolchain
 	cargo clippy --target wasm32-wasip1 -p ramp-filter -p ramp-empty-filter --all-targets -- -D warnings
 
 unit: toolchain
-	cargo test -p ramp-filter -p ramp-controller
+	cargo test -p ramp-protocol -p ramp-filter -p ramp-controller
 
 # The pure library's golden vectors, compiled to wasm and run under Node: same hashes, same arms.
 wasm-test: toolchain $(WASM_BINDGEN_STAMP)
