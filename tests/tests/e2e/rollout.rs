@@ -85,8 +85,7 @@ fn setup_with(filter: serde_json::Value) -> Setup {
         dir,
     } = Rig::start().unwrap();
     let config =
-        two_arm_config_with_controller(&filter, v1.port, v2.port, controller.port)
-            .unwrap();
+        two_arm_config_with_controller(&filter, v1.port, v2.port, controller.port).unwrap();
     let envoy = Envoy::start(&config, 2).unwrap();
     Setup {
         v1,
@@ -237,7 +236,9 @@ fn a_failing_candidate_is_rolled_back_within_seconds() {
     };
     let decision_to_zero_ms = wall(zero_at) - decided_ms as i64;
     let fault_to_decision_ms = decided_ms as i64 - wall(fault);
-    eprintln!("decision -> 0%: {decision_to_zero_ms} ms; fault -> decision: {fault_to_decision_ms} ms");
+    eprintln!(
+        "decision -> 0%: {decision_to_zero_ms} ms; fault -> decision: {fault_to_decision_ms} ms"
+    );
     assert!(
         decision_to_zero_ms <= 300,
         "decision -> every filter at 0% took {decision_to_zero_ms} ms"
