@@ -32,8 +32,7 @@ fn mutate(base: Value, paths: Vec<(usize, Option<Value>)>) -> Value {
         let mut at = &mut v;
         // Walk down `pick`'s digits through objects, then replace or remove there.
         let mut p = pick;
-        loop {
-            let Some(obj) = at.as_object_mut() else { break };
+        while let Some(obj) = at.as_object_mut() {
             if obj.is_empty() {
                 break;
             }
