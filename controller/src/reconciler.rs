@@ -268,11 +268,13 @@ pub async fn run(app: Arc<App>, handle: Arc<Rollout>) {
             handle.wake.notified().await;
             continue;
         }
-        let interval = Duration::from_millis(spec.check_interval_ms);
+        // Checks start a fixed interval apart, however long each took (a fault is caught within
+        // threshold + 1 intervals, not that plus the checks' own time).
+        let due = tokio::time::Instant::now() + Duration::from_millis(spec.check_interval_ms);
         reconcile(&app, &handle, rec, spec, &mut history).await;
         figured = true;
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep_until(due) => {}
             _ = handle.wake.notified() => {}
         }
     }
