@@ -315,7 +315,6 @@ async fn reconcile(
     let fleet = (spec.strategy == crate::spec::StrategyKind::Bandit).then(|| {
         handle
             .reports()
-            .fleet
             .remote(None, &[&spec.baseline, &spec.candidate])
     });
     handle.publish_figures(figures(rec, spec, &totals, &judged, fleet.as_ref(), now));

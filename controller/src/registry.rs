@@ -11,7 +11,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::spec::Spec;
 use crate::store::{ArmFeedback, Record};
-use crate::window::{sum_reports, sum_shadow, FleetCounts, Report, Totals};
+use crate::window::{sum_reports, sum_shadow, BanditCounts, Report, Totals};
 
 /// Most Envoys one rollout keeps reports of; a new instance past it is refused (429).
 pub const MAX_INSTANCES: usize = 10_000;
@@ -47,11 +47,13 @@ impl View {
     }
 }
 
-/// Each Envoy's newest report and what follows from them.
+/// Each Envoy's newest report and what follows from them. The fleet's bandit sums are kept
+/// current report by report, so a poll costs a few additions, not a scan of every report.
 #[derive(Debug, Default)]
 pub struct ReportBook {
     pub newest: BTreeMap<String, Report>,
-    pub fleet: FleetCounts,
+    /// Per arm, the bandit counts of every instance's newest report, summed (saturating).
+    bandit_total: BTreeMap<String, BanditCounts>,
     /// Reports accepted since the last write to the store.
     pub unsaved: BTreeSet<String>,
     /// Feedback per arm (ground truth and rewards), kept current as it is posted.
@@ -93,17 +95,60 @@ impl ReportBook {
         if let Some(r) = reward_micros {
             f.rewarded = f.rewarded.saturating_add(1);
             f.reward_micros = f.reward_micros.saturating_add(r);
-            self.fleet.rewarded(arm, r);
         }
     }
 
+    /// What an Envoy does not hold itself: every other instance's bandit counts plus the delayed
+    /// rewards (`requester` `None`: the whole fleet). Only `arms` are listed: a filter refuses a
+    /// state that names an arm it does not have.
+    pub fn remote(&self, requester: Option<&str>, arms: &[&str]) -> BTreeMap<String, BanditCounts> {
+        let own = requester.and_then(|r| self.newest.get(r));
+        arms.iter()
+            .map(|&arm| {
+                let total = self.bandit_total.get(arm).copied().unwrap_or_default();
+                let mine = own.map(|r| bandit_of(r, arm)).unwrap_or_default();
+                let delayed = self.feedback.get(arm).map_or(0, |f| f.reward_micros);
+                (
+                    arm.to_owned(),
+                    BanditCounts {
+                        trials: total.trials.saturating_sub(mine.trials),
+                        reward_micros: total
+                            .reward_micros
+                            .saturating_sub(mine.reward_micros)
+                            .saturating_add(delayed),
+                    },
+                )
+            })
+            .collect()
+    }
+
     pub fn accept(&mut self, report: Report) -> Accepted {
+        self.accept_within(report, MAX_INSTANCES)
+    }
+
+    /// `accept`, with room for at most `max_instances` Envoys.
+    fn accept_within(&mut self, report: Report, max_instances: usize) -> Accepted {
         match self.newest.get(&report.instance) {
             Some(old) if old.seq >= report.seq => return Accepted::Stale,
-            None if self.newest.len() >= MAX_INSTANCES => return Accepted::Full,
+            None if self.newest.len() >= max_instances => return Accepted::Full,
             _ => {}
         }
-        self.fleet.reported(&report);
+        let old = self.newest.get(&report.instance);
+        let arms: BTreeSet<&String> = report
+            .arms
+            .keys()
+            .chain(old.iter().flat_map(|o| o.arms.keys()))
+            .collect();
+        for arm in arms {
+            // The instance's old counts leave the sum and its new ones join it.
+            let before = old.map(|o| bandit_of(o, arm)).unwrap_or_default();
+            let t = self.bandit_total.entry(arm.clone()).or_default();
+            *t = BanditCounts {
+                trials: t.trials.saturating_sub(before.trials),
+                reward_micros: t.reward_micros.saturating_sub(before.reward_micros),
+            }
+            .saturating_add(bandit_of(&report, arm));
+        }
         self.unsaved.insert(report.instance.clone());
         self.newest.insert(report.instance.clone(), report);
         Accepted::Newer
@@ -117,6 +162,15 @@ impl ReportBook {
     pub fn shadow(&self) -> crate::rules::ShadowFigures {
         sum_shadow(self.newest.values())
     }
+}
+
+/// `report`'s bandit counts for `arm` (zero when it has none).
+fn bandit_of(report: &Report, arm: &str) -> BanditCounts {
+    report
+        .arms
+        .get(arm)
+        .and_then(|a| a.bandit)
+        .unwrap_or_default()
 }
 
 /// One rollout's handle, shared by the API handlers and its reconciler task.
@@ -234,6 +288,49 @@ mod tests {
         assert_eq!(book.totals()["v2"].requests, 15);
         assert_eq!(book.accept(report("a", 3, 20)), Accepted::Newer);
         assert_eq!(book.totals()["v2"].requests, 25);
+    }
+
+    #[test]
+    fn fleet_counts_leave_the_requester_out_add_delayed_rewards_and_replace_reports() {
+        let with_bandit = |instance: &str, seq: u64, trials: u64, micros: u64| -> Report {
+            let mut r = report(instance, seq, trials);
+            r.arms.get_mut("v2").unwrap().bandit = Some(BanditCounts {
+                trials,
+                reward_micros: micros,
+            });
+            r
+        };
+        let mut book = ReportBook::default();
+        book.accept(with_bandit("a", 1, 60, 30_000_000));
+        book.accept(with_bandit("a", 2, 100, 60_000_000)); // newer totals replace, not add
+        book.accept(with_bandit("b", 1, 50, 10_000_000));
+        book.feedback_recorded("v2", None, Some(5_000_000));
+        book.feedback_recorded("v9", None, Some(1));
+        let for_a = book.remote(Some("a"), &["v1", "v2"]);
+        assert_eq!(
+            for_a["v2"],
+            BanditCounts {
+                trials: 50,
+                reward_micros: 15_000_000
+            }
+        );
+        assert_eq!(for_a["v1"], BanditCounts::default());
+        assert!(!for_a.contains_key("v9"), "only the rollout's arms");
+        assert_eq!(
+            book.remote(None, &["v1", "v2"])["v2"],
+            BanditCounts {
+                trials: 150,
+                reward_micros: 75_000_000
+            }
+        );
+        assert_eq!(
+            book.remote(Some("stranger"), &["v2"])["v2"].trials,
+            150,
+            "an instance with no report yet gets everything"
+        );
+        // An arm that leaves an instance's report leaves the sum too.
+        book.accept(report("b", 2, 0));
+        assert_eq!(book.remote(None, &["v2"])["v2"].trials, 100);
     }
 
     #[test]

@@ -189,7 +189,6 @@ fn load(db: &std::path::Path) -> anyhow::Result<(Store, Vec<Rollout>)> {
                 }
                 book.unsaved.clear();
                 for f in store.feedback_totals(&name)? {
-                    book.fleet.rewarded(&f.arm, f.reward_micros);
                     book.feedback.insert(f.arm.clone(), f);
                 }
                 View {
@@ -241,15 +240,19 @@ async fn flush_reports(app: Arc<App>) {
         if batch.is_empty() {
             continue;
         }
-        let failed = batch.clone();
+        // Which instances to mark unsaved again if the write fails (names, not the reports).
+        let marks: Vec<(String, String)> = batch
+            .iter()
+            .map(|(name, r)| (name.clone(), r.instance.clone()))
+            .collect();
         let written = app
             .db(move |s| s.put_reports(batch.iter().map(|(n, r)| (n.as_str(), r))))
             .await;
         if let Err(e) = written {
             eprintln!("rampctl: reports not written (kept for the next pass): {e}");
-            for (name, r) in failed {
+            for (name, instance) in marks {
                 if let Some(h) = app.rollout(&name) {
-                    h.reports().unsaved.insert(r.instance);
+                    h.reports().unsaved.insert(instance);
                 }
             }
         }
@@ -318,25 +321,40 @@ fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// An operator's small JSON body (a command, feedback): authorized, at most `MAX_SMALL_BYTES`.
+fn operator_json(
+    app: &App,
+    headers: &HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Value, ApiError> {
+    authorize(app, headers)?;
+    json_body(&body(raw, MAX_SMALL_BYTES)?)
+}
+
 fn not_found(name: &str) -> ApiError {
     let shown: String = name.chars().take(64).collect();
     bad(StatusCode::NOT_FOUND, format!("no rollout named {shown:?}"))
+}
+
+/// The view's record and spec, or 503: the rollout cannot be loaded (the filters keep their
+/// last state).
+fn ok_or_503<'a>(name: &str, view: &'a View) -> Result<(&'a Record, &'a Arc<Spec>), ApiError> {
+    match &view.loaded {
+        Loaded::Ok { rec, spec } => Ok((rec, spec)),
+        Loaded::Error { reason } => Err(bad(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("rollout {name:?} {reason}"),
+        )),
+    }
 }
 
 /// The rollout and its loaded record and spec, or 404 / 503 (cannot be loaded).
 fn loaded(app: &App, name: &str) -> Result<(Arc<Rollout>, Record, Arc<Spec>), ApiError> {
     let handle = app.rollout(name).ok_or_else(|| not_found(name))?;
     let view = handle.current();
-    match &view.loaded {
-        Loaded::Ok { rec, spec } => {
-            let (rec, spec) = (rec.clone(), spec.clone());
-            Ok((handle, rec, spec))
-        }
-        Loaded::Error { reason } => Err(bad(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("rollout {name:?} {reason}"),
-        )),
-    }
+    let (rec, spec) = ok_or_503(name, &view)?;
+    let (rec, spec) = (rec.clone(), spec.clone());
+    Ok((handle, rec, spec))
 }
 
 fn named(name: &str, view: &View) -> Value {
@@ -395,17 +413,9 @@ async fn live_state(
         let _ = tokio::time::timeout(Duration::from_millis(wait), changed).await;
     }
     let view = rx.borrow().clone();
-    let (rec, spec) = match &view.loaded {
-        Loaded::Ok { rec, spec } => (rec, spec),
-        Loaded::Error { reason } => {
-            return Err(bad(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("rollout {name:?} {reason}"),
-            ))
-        }
-    };
+    let (rec, spec) = ok_or_503(&name, &view)?;
     let (bw, cw) = rec.state.weights(spec);
-    let bandit = handle.reports().fleet.remote(
+    let bandit = handle.reports().remote(
         query.get("instance").map(String::as_str),
         &[&spec.baseline, &spec.candidate],
     );
@@ -508,6 +518,8 @@ async fn apply(
     for r in earlier {
         book.accept(r);
     }
+    // Not registered until stored, so no reader sees this placeholder view; the record
+    // replaces it once the base totals (which need the report book) are known.
     let handle = Rollout::new(
         spec.name.clone(),
         View {
@@ -543,8 +555,7 @@ async fn command(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&app, &headers)?;
-    let v = json_body(&body(raw, MAX_SMALL_BYTES)?)?;
+    let v = operator_json(&app, &headers, raw)?;
     let cmd: Command = match serde_json::from_value(v.clone()) {
         Ok(c) => c,
         Err(_) if v["command"] == "set_weight" => {
@@ -632,8 +643,7 @@ async fn feedback(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     // Feedback steers rollbacks and the bandit: only callers holding the token may post it.
-    authorize(&app, &headers)?;
-    let v = json_body(&body(raw, MAX_SMALL_BYTES)?)?;
+    let v = operator_json(&app, &headers, raw)?;
     if let Some(extra) = v.as_object().and_then(|o| {
         o.keys()
             .find(|k| !["decision", "correct", "reward"].contains(&k.as_str()))

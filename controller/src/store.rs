@@ -603,18 +603,15 @@ mod tests {
             rebuilt.accept(r.unwrap());
         }
         for f in s.feedback_totals("r").unwrap() {
-            rebuilt.fleet.rewarded(&f.arm, f.reward_micros);
+            rebuilt.feedback.insert(f.arm.clone(), f);
         }
+        assert_eq!(live.remote(None, &arms), rebuilt.remote(None, &arms));
         assert_eq!(
-            live.fleet.remote(None, &arms),
-            rebuilt.fleet.remote(None, &arms)
+            live.remote(Some("a"), &arms),
+            rebuilt.remote(Some("a"), &arms)
         );
         assert_eq!(
-            live.fleet.remote(Some("a"), &arms),
-            rebuilt.fleet.remote(Some("a"), &arms)
-        );
-        assert_eq!(
-            live.fleet.remote(None, &arms)["v2"],
+            live.remote(None, &arms)["v2"],
             crate::window::BanditCounts {
                 trials: 35,
                 reward_micros: 35 * 250_000 + 1_000_000 + 333_333

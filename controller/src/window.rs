@@ -72,69 +72,6 @@ pub fn sum_shadow<'a>(reports: impl IntoIterator<Item = &'a Report>) -> ShadowFi
     out
 }
 
-/// The bandit counts of a rollout's fleet, kept up to date report by report so that a poll costs
-/// a few additions, not a scan of every Envoy's report: each instance's newest totals, their sum,
-/// and the delayed rewards (millionths) posted per arm.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct FleetCounts {
-    by_instance: BTreeMap<String, BTreeMap<String, BanditCounts>>,
-    total: BTreeMap<String, BanditCounts>,
-    delayed: BTreeMap<String, u64>,
-}
-
-impl FleetCounts {
-    /// `report` replaced the instance's previous one (it was newer).
-    pub fn reported(&mut self, report: &Report) {
-        let new: BTreeMap<String, BanditCounts> = report
-            .arms
-            .iter()
-            .filter_map(|(arm, f)| Some((arm.clone(), f.bandit?)))
-            .collect();
-        if let Some(old) = self.by_instance.get(&report.instance) {
-            for (arm, c) in old {
-                if let Some(t) = self.total.get_mut(arm) {
-                    t.trials = t.trials.saturating_sub(c.trials);
-                    t.reward_micros = t.reward_micros.saturating_sub(c.reward_micros);
-                }
-            }
-        }
-        for (arm, c) in &new {
-            let t = self.total.entry(arm.clone()).or_default();
-            *t = t.saturating_add(*c);
-        }
-        self.by_instance.insert(report.instance.clone(), new);
-    }
-
-    pub fn rewarded(&mut self, arm: &str, reward_micros: u64) {
-        let d = self.delayed.entry(arm.to_owned()).or_default();
-        *d = d.saturating_add(reward_micros);
-    }
-
-    /// What an Envoy does not hold itself: every other instance's totals plus the delayed rewards
-    /// (`requester` `None`: the whole fleet). Only `arms` are listed: a filter refuses a state that
-    /// names an arm it does not have.
-    pub fn remote(&self, requester: Option<&str>, arms: &[&str]) -> BTreeMap<String, BanditCounts> {
-        let own = requester.and_then(|r| self.by_instance.get(r));
-        arms.iter()
-            .map(|&arm| {
-                let total = self.total.get(arm).copied().unwrap_or_default();
-                let mine = own.and_then(|o| o.get(arm)).copied().unwrap_or_default();
-                let delayed = self.delayed.get(arm).copied().unwrap_or(0);
-                (
-                    arm.to_owned(),
-                    BanditCounts {
-                        trials: total.trials.saturating_sub(mine.trials),
-                        reward_micros: total
-                            .reward_micros
-                            .saturating_sub(mine.reward_micros)
-                            .saturating_add(delayed),
-                    },
-                )
-            })
-            .collect()
-    }
-}
-
 /// One arm's report as totals.
 fn arm_totals(arm: &ReportedArm) -> ArmTotals {
     ArmTotals {
@@ -221,46 +158,6 @@ mod tests {
         assert_eq!(window(&now, &base, "v9"), ArmWindow::default());
         let stored: Totals = serde_json::from_str(&serde_json::to_string(&now).unwrap()).unwrap();
         assert_eq!(stored, now, "+Inf bounds survive the store");
-    }
-
-    #[test]
-    fn fleet_counts_leave_the_requester_out_add_delayed_rewards_and_replace_reports() {
-        let with_bandit = |instance: &str, trials: u64, micros: u64| -> Report {
-            let mut r = report(instance, trials, 0);
-            r.arms.get_mut("v2").unwrap().bandit = Some(BanditCounts {
-                trials,
-                reward_micros: micros,
-            });
-            r
-        };
-        let mut fleet = FleetCounts::default();
-        fleet.reported(&with_bandit("a", 60, 30_000_000));
-        fleet.reported(&with_bandit("a", 100, 60_000_000)); // newer totals replace, not add
-        fleet.reported(&with_bandit("b", 50, 10_000_000));
-        fleet.rewarded("v2", 5_000_000);
-        fleet.rewarded("v9", 1);
-        let for_a = fleet.remote(Some("a"), &["v1", "v2"]);
-        assert_eq!(
-            for_a["v2"],
-            BanditCounts {
-                trials: 50,
-                reward_micros: 15_000_000
-            }
-        );
-        assert_eq!(for_a["v1"], BanditCounts::default());
-        assert!(!for_a.contains_key("v9"), "only the rollout's arms");
-        assert_eq!(
-            fleet.remote(None, &["v1", "v2"])["v2"],
-            BanditCounts {
-                trials: 150,
-                reward_micros: 75_000_000
-            }
-        );
-        assert_eq!(
-            fleet.remote(Some("stranger"), &["v2"])["v2"].trials,
-            150,
-            "an instance with no report yet gets everything"
-        );
     }
 
     #[test]

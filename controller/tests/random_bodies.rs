@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::Api;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -76,7 +77,7 @@ fn fingerprint(s: &common::Serve) -> Value {
 #[test]
 fn random_bodies_never_get_a_5xx_nor_change_state_when_refused() {
     let s = common::start(&common::temp_dir("props"));
-    s.apply("name: p\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 60\nstages: [{weight: 10, min_duration_s: 3600}, {weight: 100}]");
+    s.applied("name: p\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 60\nstages: [{weight: 10, min_duration_s: 3600}, {weight: 100}]");
     let report = common::report("inst", 1, &[("v1", 10, 1), ("v2", 5, 0)]);
     let feedback = json!({"decision": "v2.00000000000000ab", "correct": true, "reward": 0.5});
     let command = json!({"command": "set_weight", "weight": 20});
@@ -98,7 +99,7 @@ fn random_bodies_never_get_a_5xx_nor_change_state_when_refused() {
             };
             let body = mutate(base, edits).to_string();
             let before = fingerprint(&s);
-            let (code, answer) = s.call("POST", path, Some(&body), auth);
+            let (code, answer) = s.req("POST", path, Some(&body), auth);
             prop_assert!(code < 500, "{path} {body} -> {code} {answer}");
             if code >= 400 {
                 prop_assert_eq!(
@@ -111,12 +112,12 @@ fn random_bodies_never_get_a_5xx_nor_change_state_when_refused() {
             }
             if kind == 2 && code == 200 {
                 // Put the rollout back where the next case expects it.
-                let (c, _) = s.call("POST", path, Some(r#"{"command":"resume"}"#), true);
+                let (c, _) = s.req("POST", path, Some(r#"{"command":"resume"}"#), true);
                 prop_assert!(c == 200 || c == 409);
             }
             if kind == 3 && code == 201 {
                 // A second apply of the same name is a conflict, not a failure.
-                prop_assert_eq!(s.call("POST", path, Some(&body), true).0, 409);
+                prop_assert_eq!(s.req("POST", path, Some(&body), true).0, 409);
             }
             Ok(())
         })

@@ -9,7 +9,8 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{report, start, temp_dir, try_start, SlowServer, EMPTY_PROMETHEUS, TOKEN};
+use common::{report, start, temp_dir, try_start, Api, TOKEN};
+use ramp_tests::canned::{CannedServer as SlowServer, EMPTY_PROMETHEUS};
 use serde_json::json;
 
 const ARMS: &str = "arms: [{name: v1, role: baseline}, {name: v2, role: candidate}]";
@@ -25,7 +26,7 @@ fn canary(name: &str, extra: &str) -> String {
 #[test]
 fn item1_huge_counts_are_refused_or_summed_without_wrapping() {
     let s = start(&temp_dir("huge"));
-    s.apply(&canary(
+    s.applied(&canary(
         "huge",
         "stages: [{weight: 50, min_duration_s: 600}, {weight: 100}]",
     ));
@@ -44,7 +45,7 @@ fn item1_huge_counts_are_refused_or_summed_without_wrapping() {
         r["arms"]["v2"]["responses"]["2xx"] = json!(limit);
         assert_eq!(s.report("huge", &r).0, 204);
     }
-    let v = s.wait_for("huge", Duration::from_secs(5), |v| {
+    let v = s.wait_until("huge", Duration::from_secs(5), |v| {
         v["window"]["v2"]["requests"].as_u64().unwrap_or(0) > 0
     });
     assert_eq!(
@@ -52,7 +53,7 @@ fn item1_huge_counts_are_refused_or_summed_without_wrapping() {
         Some(2 * limit),
         "{v}"
     );
-    assert_eq!(s.call("GET", "/v1/rollouts", None, false).0, 200);
+    assert_eq!(s.req("GET", "/v1/rollouts", None, false).0, 200);
     assert_eq!(s.timed_poll("huge").0, 200);
 }
 
@@ -61,7 +62,7 @@ fn item1_huge_counts_are_refused_or_summed_without_wrapping() {
 #[test]
 fn item2_a_bandit_with_ten_million_trials_still_answers() {
     let s = start(&temp_dir("bandit"));
-    s.apply(&format!(
+    s.applied(&format!(
         "name: b\n{ARMS}\nstrategy: bandit\ncheck_interval_s: 0.2\nstages: [{{weight: 50, min_duration_s: 600}}, {{weight: 100}}]"
     ));
     let mut r = report("a", 1, &[("v1", 10_000_000, 0), ("v2", 10_000_000, 0)]);
@@ -70,7 +71,7 @@ fn item2_a_bandit_with_ten_million_trials_still_answers() {
         json!({"trials": 10_000_000u64, "reward_micros": 10_000_000_000_000u64});
     assert_eq!(s.report("b", &r).0, 204);
     let t = Instant::now();
-    let v = s.wait_for("b", Duration::from_secs(5), |v| {
+    let v = s.wait_until("b", Duration::from_secs(5), |v| {
         v["bandit"]["v1"]["trials"] == 10_000_000
     });
     assert!(t.elapsed() < Duration::from_secs(5));
@@ -95,12 +96,12 @@ fn item2_a_bandit_with_ten_million_trials_still_answers() {
 #[test]
 fn item3_a_slow_or_dead_prometheus_delays_no_poll_and_breaks_no_list() {
     let s = start(&temp_dir("prom"));
-    let prom = SlowServer::start(0, 200, EMPTY_PROMETHEUS);
-    s.apply(&canary(
+    let prom = SlowServer::start(0, 200, EMPTY_PROMETHEUS).unwrap();
+    s.applied(&canary(
         "other",
         "stages: [{weight: 50, min_duration_s: 600}, {weight: 100}]",
     ));
-    s.apply(&canary(
+    s.applied(&canary(
         "promslow",
         &format!("metrics: {{prometheus: '{}'}}\nstages: [{{weight: 50, min_duration_s: 600}}, {{weight: 100}}]", prom.url()),
     ));
@@ -117,11 +118,11 @@ fn item3_a_slow_or_dead_prometheus_delays_no_poll_and_breaks_no_list() {
     assert!(worst < Duration::from_millis(500), "slowest poll {worst:?}");
     prom.delay_ms.store(0, Ordering::Relaxed);
     prom.status.store(503, Ordering::Relaxed);
-    let v = s.wait_for("promslow", Duration::from_secs(10), |v| {
+    let v = s.wait_until("promslow", Duration::from_secs(10), |v| {
         v["figures_error"].is_string()
     });
     assert!(v["figures_error"].as_str().unwrap().contains("503"), "{v}");
-    let (code, list) = s.call("GET", "/v1/rollouts", None, false);
+    let (code, list) = s.req("GET", "/v1/rollouts", None, false);
     assert_eq!(code, 200, "{list}");
     assert_eq!(list["rollouts"].as_array().unwrap().len(), 2);
 }
@@ -131,8 +132,8 @@ fn item3_a_slow_or_dead_prometheus_delays_no_poll_and_breaks_no_list() {
 #[test]
 fn item4_a_slow_hook_delays_only_its_own_rollout() {
     let s = start(&temp_dir("hooks"));
-    let hook = SlowServer::start(5000, 200, "{}");
-    s.apply(&canary(
+    let hook = SlowServer::start(5000, 200, "{}").unwrap();
+    s.applied(&canary(
         "hooked",
         &format!("hooks: [{{on: before_promotion, url: '{}/hook', timeout_s: 10, retries: 0}}]\nstages: [{{weight: 10}}, {{weight: 100}}]", hook.url()),
     ));
@@ -141,8 +142,8 @@ fn item4_a_slow_hook_delays_only_its_own_rollout() {
         assert!(t.elapsed() < Duration::from_secs(5), "hook never called");
         std::thread::sleep(Duration::from_millis(20));
     }
-    s.apply(&canary("free", "stages: [{weight: 10}, {weight: 100}]"));
-    let v = s.wait_for("free", Duration::from_secs(3), |v| {
+    s.applied(&canary("free", "stages: [{weight: 10}, {weight: 100}]"));
+    let v = s.wait_until("free", Duration::from_secs(3), |v| {
         v["phase"] == "succeeded"
     });
     assert_eq!(v["weights"]["v2"], 100.0);
@@ -155,7 +156,7 @@ fn item4_a_slow_hook_delays_only_its_own_rollout() {
         "progressing",
         "still in its hook"
     );
-    let (code, v) = s.call(
+    let (code, v) = s.req(
         "POST",
         "/v1/rollouts",
         Some(&canary("greedy", "hooks: [{on: before_step, url: 'http://127.0.0.1:1/', retries: 11}]\nstages: [{weight: 10}, {weight: 100}]")),
@@ -175,15 +176,15 @@ fn item5_an_undecodable_row_is_shown_as_error_and_the_others_go_on() {
     let dir = temp_dir("badrow");
     {
         let s = start(&dir);
-        s.apply(&canary(
+        s.applied(&canary(
             "broken",
             "stages: [{weight: 10, min_duration_s: 600}, {weight: 100}]",
         ));
-        s.apply(&canary(
+        s.applied(&canary(
             "healthy",
             "stages: [{weight: 10, min_duration_s: 1}, {weight: 100}]",
         ));
-        s.call(
+        s.req(
             "POST",
             "/v1/rollouts/healthy/commands",
             Some(r#"{"command":"pause"}"#),
@@ -198,7 +199,7 @@ fn item5_an_undecodable_row_is_shown_as_error_and_the_others_go_on() {
     .unwrap();
     drop(db);
     let s = start(&dir);
-    let (code, list) = s.call("GET", "/v1/rollouts", None, false);
+    let (code, list) = s.req("GET", "/v1/rollouts", None, false);
     assert_eq!(code, 200);
     let broken = list["rollouts"]
         .as_array()
@@ -214,18 +215,16 @@ fn item5_an_undecodable_row_is_shown_as_error_and_the_others_go_on() {
     );
     assert_eq!(s.timed_poll("broken").0, 503);
     assert!(s
-        .log
-        .lock()
-        .unwrap()
+        .log()
         .iter()
         .any(|l| l.contains("\"broken\" cannot be loaded")));
-    s.call(
+    s.req(
         "POST",
         "/v1/rollouts/healthy/commands",
         Some(r#"{"command":"resume"}"#),
         true,
     );
-    s.wait_for("healthy", Duration::from_secs(5), |v| {
+    s.wait_until("healthy", Duration::from_secs(5), |v| {
         v["phase"] == "succeeded"
     });
 }
@@ -235,7 +234,7 @@ fn item5_an_undecodable_row_is_shown_as_error_and_the_others_go_on() {
 #[test]
 fn item6_huge_or_deeply_nested_specs_are_refused_at_once() {
     let s = start(&temp_dir("nested"));
-    s.apply(&canary(
+    s.applied(&canary(
         "x",
         "stages: [{weight: 10, min_duration_s: 600}, {weight: 100}]",
     ));
@@ -243,7 +242,7 @@ fn item6_huge_or_deeply_nested_specs_are_refused_at_once() {
     let (code, v) = s.oversized("/v1/rollouts", 256 * 1024 + 1024);
     assert_eq!((code, v["field"].as_str()), (413, Some("body")), "{v}");
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    let (code, v) = s.call("POST", "/v1/rollouts", Some(&deep), true);
+    let (code, v) = s.req("POST", "/v1/rollouts", Some(&deep), true);
     assert_eq!(code, 400);
     assert!(
         v["reason"]
@@ -262,7 +261,7 @@ fn item6_huge_or_deeply_nested_specs_are_refused_at_once() {
 #[test]
 fn item7_reports_and_feedback_are_validated_at_the_edge() {
     let s = start(&temp_dir("reports"));
-    s.apply(&canary(
+    s.applied(&canary(
         "r",
         "stages: [{weight: 50, min_duration_s: 600}, {weight: 100}]",
     ));
@@ -295,10 +294,10 @@ fn item7_reports_and_feedback_are_validated_at_the_edge() {
     // Newest wins by seq, whatever order they arrive in.
     assert_eq!(s.report("r", &report("a", 1_000, &[("v2", 100, 0)])).0, 204);
     assert_eq!(s.report("r", &report("a", 999, &[("v2", 5, 0)])).0, 204);
-    s.wait_for("r", Duration::from_secs(5), |v| {
+    s.wait_until("r", Duration::from_secs(5), |v| {
         v["window"]["v2"]["requests"] == 100
     });
-    let feedback = |body: &str| s.call("POST", "/v1/rollouts/r/feedback", Some(body), true);
+    let feedback = |body: &str| s.req("POST", "/v1/rollouts/r/feedback", Some(body), true);
     let (code, v) = s.oversized("/v1/rollouts/r/feedback", 4 * 1024 + 1024);
     assert_eq!((code, v["field"].as_str()), (413, Some("body")), "{v}");
     let (code, v) = feedback(r#"{"decision": "v2.12", "correct": true}"#);
@@ -315,7 +314,7 @@ fn item7_reports_and_feedback_are_validated_at_the_edge() {
 fn item8_a_second_serve_on_the_same_database_refuses_to_start() {
     let dir = temp_dir("twice");
     let _first = start(&dir);
-    let second = try_start(&dir, &["--auth-token", TOKEN]);
+    let second = try_start(&dir, TOKEN);
     let log = second.err().expect("the second serve must not start");
     assert!(log.contains("in use by another rampctl serve"), "{log}");
 }
@@ -325,19 +324,19 @@ fn item8_a_second_serve_on_the_same_database_refuses_to_start() {
 #[test]
 fn item9_credentials_in_urls_never_leave() {
     let s = start(&temp_dir("secrets"));
-    s.apply(&canary(
+    s.applied(&canary(
         "sec",
         "failure_threshold: 1\nhooks: [{on: before_promotion, url: 'http://admin:hunter2@127.0.0.1:1/hook?api_key=k3y', timeout_s: 1, retries: 0}]\nstages: [{weight: 10}, {weight: 100}]",
     ));
-    let v = s.wait_for("sec", Duration::from_secs(10), |v| {
+    let v = s.wait_until("sec", Duration::from_secs(10), |v| {
         v["phase"] == "rolled_back"
     });
-    let history = s.call("GET", "/v1/rollouts/sec/history", None, false).1;
+    let history = s.req("GET", "/v1/rollouts/sec/history", None, false).1;
     for text in [v.to_string(), history.to_string()] {
         assert!(!text.contains("hunter2") && !text.contains("k3y"), "{text}");
         assert!(text.contains("***@127.0.0.1:1/hook?api_key=***"), "{text}");
     }
-    let (code, v) = s.call(
+    let (code, v) = s.req(
         "POST",
         "/v1/rollouts",
         Some(&canary("prom", "metrics: {prometheus: 'http://u:pw0rd@127.0.0.1:1/?token=t0k'}\nstages: [{weight: 10}, {weight: 100}]")),
@@ -368,7 +367,7 @@ fn item10_names_tokens_and_a_damaged_database() {
         ),
     ] {
         let spec = format!("{spec}\nstages: [{{weight: 100}}]");
-        let (code, v) = s.call("POST", "/v1/rollouts", Some(&spec), true);
+        let (code, v) = s.req("POST", "/v1/rollouts", Some(&spec), true);
         assert_eq!(
             (code, v["field"].as_str()),
             (400, Some(field)),
@@ -379,11 +378,11 @@ fn item10_names_tokens_and_a_damaged_database() {
         .set("authorization", &format!("bearer {TOKEN}"))
         .send_string(&canary("lower", "stages: [{weight: 100}]"));
     assert_eq!(lower.map(|r| r.status()).ok(), Some(201));
-    let empty = try_start(&temp_dir("empty-token"), &["--auth-token", ""]);
+    let empty = try_start(&temp_dir("empty-token"), "");
     assert!(empty.err().unwrap().contains("empty token"));
     let dir = temp_dir("damaged");
     std::fs::write(dir.join("ramp.db"), vec![0x5Au8; 64 * 1024]).unwrap();
-    let log = try_start(&dir, &["--auth-token", TOKEN]).err().unwrap();
+    let log = try_start(&dir, TOKEN).err().unwrap();
     assert!(
         log.contains("damaged") || log.contains("not a database"),
         "{log}"
@@ -395,17 +394,17 @@ fn item10_names_tokens_and_a_damaged_database() {
 #[test]
 fn item11_status_shows_the_figures_the_loop_judged() {
     let s = start(&temp_dir("judged"));
-    s.apply(&canary(
+    s.applied(&canary(
         "j",
         "failure_threshold: 1\nstages:\n  - {weight: 50, min_duration_s: 600, rules: [{metric: error_rate, max: 0.05, min_samples: 10}]}\n  - {weight: 100}",
     ));
     assert_eq!(s.report("j", &report("a", 1, &[("v2", 1000, 0)])).0, 204);
-    s.wait_for("j", Duration::from_secs(5), |v| {
+    s.wait_until("j", Duration::from_secs(5), |v| {
         v["checks"][0]["samples"] == 1000
     });
     std::thread::sleep(Duration::from_millis(500)); // later checks: nothing new
     assert_eq!(s.report("j", &report("a", 2, &[("v2", 1020, 20)])).0, 204);
-    let v = s.wait_for("j", Duration::from_secs(5), |v| v["phase"] == "rolled_back");
+    let v = s.wait_until("j", Duration::from_secs(5), |v| v["phase"] == "rolled_back");
     let check = &v["checks"][0];
     assert_eq!(check["verdict"], "fail", "{v}");
     assert_eq!(
@@ -422,7 +421,7 @@ fn item11_status_shows_the_figures_the_loop_judged() {
 #[test]
 fn a_long_poll_returns_as_soon_as_the_version_changes() {
     let s = start(&temp_dir("longpoll"));
-    s.apply(&canary(
+    s.applied(&canary(
         "lp",
         "stages: [{weight: 50, min_duration_s: 600}, {weight: 100}]",
     ));
@@ -433,7 +432,7 @@ fn a_long_poll_returns_as_soon_as_the_version_changes() {
         (Instant::now(), v)
     });
     std::thread::sleep(Duration::from_millis(500));
-    let (code, _) = s.call(
+    let (code, _) = s.req(
         "POST",
         "/v1/rollouts/lp/commands",
         Some(r#"{"command":"roll_back"}"#),
@@ -449,7 +448,7 @@ fn a_long_poll_returns_as_soon_as_the_version_changes() {
     );
     assert!(answered.saturating_duration_since(decided) < Duration::from_millis(100));
     let t = Instant::now();
-    let (code, v) = s.call(
+    let (code, v) = s.req(
         "GET",
         "/v1/rollouts/lp/state?version=2&wait_ms=300",
         None,
@@ -460,6 +459,6 @@ fn a_long_poll_returns_as_soon_as_the_version_changes() {
         t.elapsed() >= Duration::from_millis(280),
         "waited for a change that did not come"
     );
-    let (code, v) = s.call("GET", "/v1/rollouts/lp/state?version=x", None, false);
+    let (code, v) = s.req("GET", "/v1/rollouts/lp/state?version=x", None, false);
     assert_eq!((code, v["field"].as_str()), (400, Some("version")));
 }

@@ -669,13 +669,20 @@ impl RootContext for RampRoot {
             let report_due = ticks % every == 0;
             let now = now_ms();
             let poll_due = link.call.get().is_none() && now >= link.next_poll_ms.get();
-            if (report_due || poll_due) && self.hold_lease(link, ctl.poll_ms) {
-                if poll_due {
-                    self.poll_state(&active, link, ctl, now);
-                }
-                if report_due && link.report_call.get().is_none() {
-                    self.send_report(&active, link, ctl);
-                }
+            if !(report_due || poll_due) {
+                return;
+            }
+            if !self.hold_lease(link, ctl.poll_ms) {
+                // Another worker polls: look at the lease again a poll period from now, not on
+                // every tick.
+                link.next_poll_ms.set(now + ctl.poll_ms);
+                return;
+            }
+            if poll_due {
+                self.poll_state(&active, link, ctl, now);
+            }
+            if report_due && link.report_call.get().is_none() {
+                self.send_report(&active, link, ctl);
             }
         }
     }

@@ -40,7 +40,19 @@ impl Controller {
 
     /// The same with more `serve` arguments (`--report-token ...`).
     pub fn start_with(db: &Path, token: &str, port: u16, extra: &[&str]) -> Result<Self> {
-        let mut cmd = Command::new(rampctl_binary());
+        Self::start_binary(&rampctl_binary(), db, token, port, extra)
+    }
+
+    /// The same with a given `rampctl` binary (a crate's own tests pass the one cargo built for
+    /// them). When it exits instead of serving, the error holds its log.
+    pub fn start_binary(
+        binary: &Path,
+        db: &Path,
+        token: &str,
+        port: u16,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let mut cmd = Command::new(binary);
         cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
             .arg(db)
             .args(["--auth-token", token])
@@ -59,16 +71,23 @@ impl Controller {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line.strip_prefix("rampctl: serving on http://") {
-                    let _ = tx.send(addr.to_owned());
+                    let _ = tx.send(Some(addr.to_owned()));
                 }
                 if let Ok(mut l) = sink.lock() {
                     l.push(line);
                 }
             }
+            let _ = tx.send(None); // it exited
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .map_err(|_| anyhow!("rampctl did not start"))?;
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Some(addr)) => addr,
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let said = log.lock().map(|l| l.join("\n")).unwrap_or_default();
+                bail!("rampctl did not start: {said}");
+            }
+        };
         let port = addr
             .rsplit(':')
             .next()
@@ -85,6 +104,11 @@ impl Controller {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The process id, while it runs (for CPU accounting in benchmarks).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn log(&self) -> Vec<String> {

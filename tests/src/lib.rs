@@ -1,6 +1,7 @@
 //! Ramp's end-to-end harness: real Envoy processes with the built filter, test model servers on
 //! loopback, and the helpers the tests, `make demo` and `make bench` share.
 
+pub mod canned;
 pub mod client;
 pub mod controller;
 pub mod envoy;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use ramp_controller::server::now_ms;
 use ramp_controller::spec::{Bound, Spec};
 
 #[derive(Parser)]
@@ -358,10 +359,7 @@ fn print_stage_progress(v: &serde_json::Value) {
     ) else {
         return;
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let elapsed = now.saturating_sub(started);
+    let elapsed = now_ms().saturating_sub(started);
     let frac = if min == 0 {
         1.0
     } else {
@@ -402,12 +400,9 @@ fn print_status(v: &serde_json::Value) {
             .unwrap_or_default()
     );
     if let Some(at) = v["checked_at_ms"].as_u64() {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
         println!(
             "    last check {:.1} s ago (stage {}): each rule on the window it was judged on",
-            now.saturating_sub(at) as f64 / 1000.0,
+            now_ms().saturating_sub(at) as f64 / 1000.0,
             v["checked_stage"]
         );
     }
