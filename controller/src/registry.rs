@@ -51,7 +51,8 @@ impl View {
 /// current report by report, so a poll costs a few additions, not a scan of every report.
 #[derive(Debug, Default)]
 pub struct ReportBook {
-    pub newest: BTreeMap<String, Report>,
+    /// Shared, so the flusher copies pointers, not reports, while it holds the lock.
+    pub newest: BTreeMap<String, Arc<Report>>,
     /// Per arm, the bandit counts of every instance's newest report, summed (saturating).
     bandit_total: BTreeMap<String, BanditCounts>,
     /// Reports accepted since the last write to the store.
@@ -150,17 +151,17 @@ impl ReportBook {
             .saturating_add(bandit_of(&report, arm));
         }
         self.unsaved.insert(report.instance.clone());
-        self.newest.insert(report.instance.clone(), report);
+        self.newest.insert(report.instance.clone(), Arc::new(report));
         Accepted::Newer
     }
 
     /// The rollout's totals from the reports (Prometheus sources replace the request figures).
     pub fn totals(&self) -> Totals {
-        sum_reports(self.newest.values())
+        sum_reports(self.newest.values().map(|r| &**r))
     }
 
     pub fn shadow(&self) -> crate::rules::ShadowFigures {
-        sum_shadow(self.newest.values())
+        sum_shadow(self.newest.values().map(|r| &**r))
     }
 }
 
@@ -243,11 +244,7 @@ impl Pending {
             return false;
         }
         let book = self.books.entry(rollout.to_owned()).or_default();
-        if !book.newest.contains_key(&report.instance) && book.newest.len() >= MAX_PENDING_INSTANCES
-        {
-            return false;
-        }
-        book.accept(report) != Accepted::Full
+        book.accept_within(report, MAX_PENDING_INSTANCES) != Accepted::Full
     }
 
     /// The pending reports of `rollout` whose arms are all `arms` (the others are dropped).
@@ -257,6 +254,7 @@ impl Pending {
             .map(|b| {
                 b.newest
                     .into_values()
+                    .map(Arc::unwrap_or_clone)
                     .filter(|r| r.validate(arms).is_ok())
                     .collect()
             })

@@ -228,7 +228,7 @@ async fn flush_reports(app: Arc<App>) {
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     loop {
         tick.tick().await;
-        let mut batch: Vec<(String, Report)> = Vec::new();
+        let mut batch: Vec<(String, Arc<Report>)> = Vec::new();
         for handle in app.all() {
             let mut book = handle.reports();
             for instance in std::mem::take(&mut book.unsaved) {
@@ -246,7 +246,7 @@ async fn flush_reports(app: Arc<App>) {
             .map(|(name, r)| (name.clone(), r.instance.clone()))
             .collect();
         let written = app
-            .db(move |s| s.put_reports(batch.iter().map(|(n, r)| (n.as_str(), r))))
+            .db(move |s| s.put_reports(batch.iter().map(|(n, r)| (n.as_str(), &**r))))
             .await;
         if let Err(e) = written {
             eprintln!("rampctl: reports not written (kept for the next pass): {e}");
