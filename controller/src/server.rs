@@ -213,14 +213,14 @@ fn load(db: &std::path::Path) -> anyhow::Result<(Store, Vec<Rollout>)> {
     Ok((store, out))
 }
 
-fn register(app: &Arc<App>, handle: Rollout) -> Arc<Rollout> {
+/// Makes the rollout visible to the API and starts its reconciler.
+fn register(app: &Arc<App>, handle: Rollout) {
     let handle = Arc::new(handle);
     app.rollouts
         .write()
         .unwrap_or_else(|p| p.into_inner())
         .insert(handle.name.clone(), handle.clone());
-    tokio::spawn(crate::reconciler::run(app.clone(), handle.clone()));
-    handle
+    tokio::spawn(crate::reconciler::run(app.clone(), handle));
 }
 
 /// Writes the reports accepted since the last pass, in one transaction.
