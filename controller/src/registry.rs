@@ -151,7 +151,8 @@ impl ReportBook {
             .saturating_add(bandit_of(&report, arm));
         }
         self.unsaved.insert(report.instance.clone());
-        self.newest.insert(report.instance.clone(), Arc::new(report));
+        self.newest
+            .insert(report.instance.clone(), Arc::new(report));
         Accepted::Newer
     }
 

@@ -212,9 +212,18 @@ fn main() -> Result<()> {
             "another rollout's before_promotion hook takes 5 s",
             slow_hook,
         ),
-        ("200 clients post reports at 10 Hz each (2,000 reports/s)", paced),
-        ("200 clients post reports as fast as they can (CPU saturated)", flat_out),
-        ("control: the same 200 clients at 10 Hz post to another server", control),
+        (
+            "200 clients post reports at 10 Hz each (2,000 reports/s)",
+            paced,
+        ),
+        (
+            "200 clients post reports as fast as they can (CPU saturated)",
+            flat_out,
+        ),
+        (
+            "control: the same 200 clients at 10 Hz post to another server",
+            control,
+        ),
     ];
     for (what, p99) in &loads {
         println!(
