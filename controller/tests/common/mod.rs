@@ -27,8 +27,12 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 /// `rampctl serve` on `dir/ramp.db` with operator token `token`; `Err` holds its log when it
 /// exited instead of serving.
 pub fn try_start(dir: &Path, token: &str) -> Result<Serve, String> {
-    let binary = Path::new(env!("CARGO_BIN_EXE_rampctl"));
-    Serve::start_binary(binary, &dir.join("ramp.db"), token, 0, &[]).map_err(|e| format!("{e:#}"))
+    // RAMPCTL_UNDER_TEST runs these tests against another build (e.g. an older commit's, to
+    // see which of them fail there).
+    let binary = std::env::var_os("RAMPCTL_UNDER_TEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rampctl")));
+    Serve::start_binary(&binary, &dir.join("ramp.db"), token, 0, &[]).map_err(|e| format!("{e:#}"))
 }
 
 pub fn start(dir: &Path) -> Serve {
