@@ -271,8 +271,8 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "instance": instance, "seq": seq,
             "arms": {"v2": {"requests": requests, "responses": {"2xx": requests},
-                "latency_ms": {"le": [5,10,25,50,100,150,250,500,1000,2500,5000,"+Inf"],
-                               "counts": vec![requests; 12]}}}
+                "latency_ms": {"le": ramp_protocol::report::latency_le(),
+                               "counts": vec![requests; 52]}}}
         }))
         .unwrap()
     }

@@ -29,6 +29,7 @@ use crate::spec::{Spec, MAX_SPEC_BYTES};
 use crate::store::{Record, Store, StoreError};
 use crate::summary::summary;
 use crate::window::Report;
+use ramp_protocol::live::LiveState;
 
 pub struct Config {
     pub listen: SocketAddr,
@@ -403,7 +404,7 @@ async fn live_state(
     AxState(app): AxState<Arc<App>>,
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<LiveState>, ApiError> {
     let handle = app.rollout(&name).ok_or_else(|| not_found(&name))?;
     let known = query_u64(&query, "version")?;
     let wait = query_u64(&query, "wait_ms")?.unwrap_or(0).min(MAX_WAIT_MS);
@@ -419,13 +420,13 @@ async fn live_state(
         query.get("instance").map(String::as_str),
         &[&spec.baseline, &spec.candidate],
     );
-    Ok(Json(json!({
-        "version": rec.version,
-        "stage": rec.state.stage + 1,
-        "weights": {spec.baseline.clone(): bw, spec.candidate.clone(): cw},
-        "rolled_back": rec.state.phase == Phase::RolledBack,
-        "bandit": bandit,
-    })))
+    Ok(Json(LiveState {
+        version: rec.version,
+        stage: Some(rec.state.stage as u64 + 1),
+        weights: [(spec.baseline.clone(), bw), (spec.candidate.clone(), cw)].into(),
+        rolled_back: rec.state.phase == Phase::RolledBack,
+        bandit,
+    }))
 }
 
 /// A filter's report: parsed and validated here, once, against the rollout's arms; kept in memory

@@ -2,50 +2,22 @@
 //! millionths, as two little-endian u64s. Integers, so adding the deltas of many workers and Envoys
 //! is exact and order-independent (floating-point sums are neither).
 
-/// Rewards are in [0, 1]; stored in millionths.
-pub const REWARD_SCALE: f64 = 1_000_000.0;
+/// The wire protocol's counts (trials, reward sum in millionths): one type on both sides.
+pub use ramp_protocol::report::{BanditCounts as ArmCounts, REWARD_SCALE};
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ArmCounts {
-    pub trials: u64,
-    pub reward_micros: u64,
+/// The counts in shared data's layout (`report::add_le_u64s`, [`decode_counts`]).
+pub fn counts_slots(c: &ArmCounts) -> [u64; 2] {
+    [c.trials, c.reward_micros]
 }
 
-impl ArmCounts {
-    pub fn add_trial(&mut self, reward: f64) {
-        self.trials += 1;
-        self.reward_micros += (reward.clamp(0.0, 1.0) * REWARD_SCALE).round() as u64;
-    }
-
-    pub fn reward(&self) -> f64 {
-        self.reward_micros as f64 / REWARD_SCALE
-    }
-
-    pub fn is_zero(&self) -> bool {
-        self.trials == 0 && self.reward_micros == 0
-    }
-
-    pub fn plus(self, other: ArmCounts) -> ArmCounts {
-        ArmCounts {
-            trials: self.trials.saturating_add(other.trials),
-            reward_micros: self.reward_micros.saturating_add(other.reward_micros),
-        }
-    }
-
-    /// The counts in shared data's layout (`report::add_le_u64s`, `decode`).
-    pub fn slots(&self) -> [u64; 2] {
-        [self.trials, self.reward_micros]
-    }
-
-    /// `None` for anything that is not exactly 16 bytes: never merge into a value we do not own.
-    pub fn decode(bytes: &[u8]) -> Option<ArmCounts> {
-        let bytes: &[u8; 16] = bytes.try_into().ok()?;
-        let (t, r) = bytes.split_at(8);
-        Some(ArmCounts {
-            trials: u64::from_le_bytes(t.try_into().ok()?),
-            reward_micros: u64::from_le_bytes(r.try_into().ok()?),
-        })
-    }
+/// `None` for anything that is not exactly 16 bytes: never merge into a value we do not own.
+pub fn decode_counts(bytes: &[u8]) -> Option<ArmCounts> {
+    let bytes: &[u8; 16] = bytes.try_into().ok()?;
+    let (t, r) = bytes.split_at(8);
+    Some(ArmCounts {
+        trials: u64::from_le_bytes(t.try_into().ok()?),
+        reward_micros: u64::from_le_bytes(r.try_into().ok()?),
+    })
 }
 
 /// Shared-data key of one arm's counters. Prefixed, since Istio leaves `vm_id` empty and every plugin
@@ -117,7 +89,7 @@ impl WorkerCounts {
             self.remote.get(arm),
         ) {
             *s = total;
-            *v = total.plus(*p).plus(*r);
+            *v = total.saturating_add(*p).saturating_add(*r);
         }
     }
 
@@ -160,12 +132,12 @@ mod tests {
             trials: 7,
             reward_micros: 3_250_000,
         };
-        let stored = crate::report::add_le_u64s(None, &c.slots()).unwrap();
-        assert_eq!(ArmCounts::decode(&stored), Some(c));
-        assert_eq!(ArmCounts::decode(&[1, 2, 3]), None);
-        let sum = crate::report::add_le_u64s(Some(&stored), &c.slots());
+        let stored = crate::report::add_le_u64s(None, &counts_slots(&c)).unwrap();
+        assert_eq!(decode_counts(&stored), Some(c));
+        assert_eq!(decode_counts(&[1, 2, 3]), None);
+        let sum = crate::report::add_le_u64s(Some(&stored), &counts_slots(&c));
         assert_eq!(
-            sum.as_deref().and_then(ArmCounts::decode),
+            sum.as_deref().and_then(decode_counts),
             Some(ArmCounts {
                 trials: 14,
                 reward_micros: 6_500_000

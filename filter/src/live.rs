@@ -1,33 +1,14 @@
-//! The live rollout state the controller pushes: a versioned document of arm weights. The filter
-//! validates it against its own arms and keeps the last good state when a document is bad; which
-//! worker polls is decided by a lease in shared data, so each Envoy polls once, not once per worker.
+//! The live rollout state the controller pushes (the protocol's [`LiveState`]), checked against
+//! this filter's arms once, by the worker that polled it, and handed to the other workers as a
+//! small binary [`Applied`] in shared data: a change is parsed and validated once per Envoy, not
+//! once per worker. Which worker polls is decided by a lease in shared data, so each Envoy polls
+//! once, not once per worker.
 
-use std::collections::BTreeMap;
-
-use serde::Deserialize;
 use thiserror::Error;
 
 use crate::config::Rollout;
 use crate::counters::ArmCounts;
-
-/// As the controller serves it. Unknown fields are allowed: newer controllers may add some.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct LiveState {
-    pub version: u64,
-    pub weights: BTreeMap<String, f64>,
-    #[serde(default)]
-    pub rolled_back: bool,
-    /// Bandit counts this Envoy does not hold itself: the other Envoys' (as they last reported)
-    /// plus the delayed rewards applications posted. Added to the local counts, never replacing them.
-    #[serde(default)]
-    pub bandit: BTreeMap<String, RemoteCounts>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub struct RemoteCounts {
-    pub trials: u64,
-    pub reward_micros: u64,
-}
+pub use ramp_protocol::live::LiveState;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum LiveError {
@@ -43,42 +24,103 @@ pub enum LiveError {
     UnknownBanditArm(String),
 }
 
-impl LiveState {
-    pub fn parse(bytes: &[u8]) -> Result<Self, LiveError> {
-        serde_json::from_slice(bytes).map_err(|e| LiveError::Json(e.to_string()))
-    }
+pub fn parse(bytes: &[u8]) -> Result<LiveState, LiveError> {
+    serde_json::from_slice(bytes).map_err(|e| LiveError::Json(e.to_string()))
+}
 
-    /// The weights to apply, parallel to the config's arms; arms the document leaves out get 0.
-    pub fn weights_for(&self, rollout: &Rollout) -> Result<Vec<f64>, LiveError> {
-        let mut out = vec![0.0; rollout.arms.len()];
-        for (name, &w) in &self.weights {
+/// A live state checked against this filter's arms: what every worker applies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    pub version: u64,
+    /// Parallel to the config's arms; arms the document left out got 0.
+    pub weights: Vec<f64>,
+    /// The remote bandit counts, parallel to the config's arms.
+    pub bandit: Vec<ArmCounts>,
+}
+
+/// Marks the binary form, so bytes some other plugin left under our key are never applied.
+const MAGIC: &[u8; 4] = b"RLS1";
+
+impl Applied {
+    pub fn check(doc: &LiveState, rollout: &Rollout) -> Result<Applied, LiveError> {
+        let mut weights = vec![0.0; rollout.arms.len()];
+        for (name, &w) in &doc.weights {
             let i = rollout
                 .arm_index(name)
                 .ok_or_else(|| LiveError::UnknownArm(name.clone()))?;
             if !(w.is_finite() && w >= 0.0) {
                 return Err(LiveError::BadWeight(name.clone()));
             }
-            out[i] = w;
+            weights[i] = w;
         }
-        if out.iter().all(|&w| w == 0.0) {
+        if weights.iter().all(|&w| w == 0.0) {
             return Err(LiveError::AllZero);
         }
-        Ok(out)
-    }
-
-    /// The remote bandit counts, parallel to the config's arms.
-    pub fn bandit_for(&self, rollout: &Rollout) -> Result<Vec<ArmCounts>, LiveError> {
-        let mut out = vec![ArmCounts::default(); rollout.arms.len()];
-        for (name, c) in &self.bandit {
+        let mut bandit = vec![ArmCounts::default(); rollout.arms.len()];
+        for (name, c) in &doc.bandit {
             let i = rollout
                 .arm_index(name)
                 .ok_or_else(|| LiveError::UnknownBanditArm(name.clone()))?;
-            out[i] = ArmCounts {
-                trials: c.trials,
-                reward_micros: c.reward_micros,
-            };
+            bandit[i] = *c;
         }
-        Ok(out)
+        Ok(Applied {
+            version: doc.version,
+            weights,
+            bandit,
+        })
+    }
+
+    /// `RLS1`, the version, then per arm its weight's bits, trials and reward (little-endian).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(12 + self.weights.len() * 24);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.version.to_le_bytes());
+        for (w, c) in self.weights.iter().zip(&self.bandit) {
+            out.extend_from_slice(&w.to_bits().to_le_bytes());
+            out.extend_from_slice(&c.trials.to_le_bytes());
+            out.extend_from_slice(&c.reward_micros.to_le_bytes());
+        }
+        out
+    }
+
+    /// The binary form for a config of `arms` arms; `None` for anything else (another config's
+    /// state, foreign bytes), which is then ignored.
+    pub fn decode(bytes: &[u8], arms: usize) -> Option<Applied> {
+        let rest = bytes.strip_prefix(MAGIC)?;
+        if rest.len() != 8 + arms * 24 {
+            return None;
+        }
+        let word = |i: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(
+                rest.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+            ))
+        };
+        let mut weights = Vec::with_capacity(arms);
+        let mut bandit = Vec::with_capacity(arms);
+        for a in 0..arms {
+            let w = f64::from_bits(word(1 + a * 3)?);
+            if !(w.is_finite() && w >= 0.0) {
+                return None;
+            }
+            weights.push(w);
+            bandit.push(ArmCounts {
+                trials: word(2 + a * 3)?,
+                reward_micros: word(3 + a * 3)?,
+            });
+        }
+        Some(Applied {
+            version: word(0)?,
+            weights,
+            bandit,
+        })
+    }
+
+    /// Whether this state should replace `stored` in shared data: a newer version, or the same
+    /// version with new content (the fleet's bandit counts moved while the weights did not).
+    pub fn replaces(&self, stored: Option<&Applied>) -> bool {
+        stored.is_none_or(|old| {
+            self.version > old.version || (self.version == old.version && self != old)
+        })
     }
 }
 
@@ -119,7 +161,7 @@ pub fn lease_key(rollout: &str) -> String {
 }
 
 pub fn state_key(rollout: &str) -> String {
-    format!("ramp.ctl.v1.{rollout}.state")
+    format!("ramp.ctl.v2.{rollout}.state")
 }
 
 #[cfg(test)]
@@ -133,30 +175,35 @@ mod tests {
         .unwrap()
     }
 
+    fn checked(text: &str) -> Result<Applied, LiveError> {
+        Applied::check(&parse(text.as_bytes())?, &rollout())
+    }
+
     #[test]
     fn weights_follow_the_document_and_bad_ones_are_refused() {
-        let r = rollout();
-        let doc =
-            LiveState::parse(br#"{"version":3,"weights":{"v2":25,"v1":75},"stage":2}"#).unwrap();
-        assert_eq!(doc.weights_for(&r), Ok(vec![75.0, 25.0]));
-        let only =
-            LiveState::parse(br#"{"version":4,"weights":{"v2":100},"rolled_back":false}"#).unwrap();
-        assert_eq!(only.weights_for(&r), Ok(vec![0.0, 100.0]));
-        let unknown = LiveState::parse(br#"{"version":5,"weights":{"v3":1}}"#).unwrap();
         assert_eq!(
-            unknown.weights_for(&r),
+            checked(r#"{"version":3,"weights":{"v2":25,"v1":75},"stage":2}"#).map(|a| a.weights),
+            Ok(vec![75.0, 25.0])
+        );
+        assert_eq!(
+            checked(r#"{"version":4,"weights":{"v2":100},"rolled_back":false}"#).map(|a| a.weights),
+            Ok(vec![0.0, 100.0])
+        );
+        assert_eq!(
+            checked(r#"{"version":5,"weights":{"v3":1}}"#),
             Err(LiveError::UnknownArm("v3".into()))
         );
-        let zero = LiveState::parse(br#"{"version":5,"weights":{"v1":0}}"#).unwrap();
-        assert_eq!(zero.weights_for(&r), Err(LiveError::AllZero));
-        let neg = LiveState::parse(br#"{"version":5,"weights":{"v1":-1}}"#).unwrap();
-        assert_eq!(neg.weights_for(&r), Err(LiveError::BadWeight("v1".into())));
-        let counted = LiveState::parse(
-            br#"{"version":6,"weights":{"v1":1},"bandit":{"v2":{"trials":40,"reward_micros":3000000}}}"#,
-        )
-        .unwrap();
         assert_eq!(
-            counted.bandit_for(&r),
+            checked(r#"{"version":5,"weights":{"v1":0}}"#),
+            Err(LiveError::AllZero)
+        );
+        assert_eq!(
+            checked(r#"{"version":5,"weights":{"v1":-1}}"#),
+            Err(LiveError::BadWeight("v1".into()))
+        );
+        assert_eq!(
+            checked(r#"{"version":6,"weights":{"v1":1},"bandit":{"v2":{"trials":40,"reward_micros":3000000}}}"#)
+                .map(|a| a.bandit),
             Ok(vec![
                 ArmCounts::default(),
                 ArmCounts {
@@ -165,18 +212,38 @@ mod tests {
                 }
             ])
         );
-        let stray = LiveState::parse(
-            br#"{"version":6,"weights":{"v1":1},"bandit":{"v7":{"trials":1,"reward_micros":0}}}"#,
-        )
-        .unwrap();
         assert_eq!(
-            stray.bandit_for(&r),
+            checked(
+                r#"{"version":6,"weights":{"v1":1},"bandit":{"v7":{"trials":1,"reward_micros":0}}}"#
+            ),
             Err(LiveError::UnknownBanditArm("v7".into()))
         );
-        assert!(matches!(
-            LiveState::parse(b"<html>"),
-            Err(LiveError::Json(_))
-        ));
+        assert!(matches!(checked("<html>"), Err(LiveError::Json(_))));
+    }
+
+    #[test]
+    fn the_binary_form_round_trips_and_refuses_foreign_bytes() {
+        let a = checked(r#"{"version":6,"weights":{"v1":0.5,"v2":99.5},"bandit":{"v2":{"trials":40,"reward_micros":3000000}}}"#).unwrap();
+        let bytes = a.encode();
+        assert_eq!(Applied::decode(&bytes, 2), Some(a.clone()));
+        assert_eq!(Applied::decode(&bytes, 3), None, "another config's arms");
+        assert_eq!(Applied::decode(&bytes[1..], 2), None);
+        assert_eq!(Applied::decode(b"{\"version\":1}", 2), None);
+        let mut bad = bytes.clone();
+        bad[12..20].copy_from_slice(&f64::NAN.to_bits().to_le_bytes());
+        assert_eq!(
+            Applied::decode(&bad, 2),
+            None,
+            "a weight no check would pass"
+        );
+        // Newer versions replace; the same version replaces only with new content.
+        let mut newer = a.clone();
+        assert!(!newer.replaces(Some(&a)));
+        newer.bandit[1].trials += 1;
+        assert!(newer.replaces(Some(&a)));
+        newer.version = 5;
+        assert!(!newer.replaces(Some(&a)), "an older version never replaces");
+        assert!(a.replaces(None));
     }
 
     #[test]

@@ -1,7 +1,11 @@
-//! Envoy stat names for the per-arm metrics. The names carry the rollout and arm as dotted segments;
-//! the `stats_tags` in our Envoy configs turn them into `rollout`, `arm` and `class` labels.
+//! Envoy stat names for the per-arm metrics, and the per-worker tally that feeds them. The names
+//! carry the rollout and arm as dotted segments; the `stats_tags` in our Envoy configs turn them
+//! into `rollout`, `arm`, `class` and `le` labels.
+
+use ramp_protocol::report::bound_ms_text;
 
 use crate::config::Rollout;
+use crate::report::{ArmReport, LATENCY_BOUNDS_US};
 
 /// Response classes counted per arm; anything else (1xx, unparsable) is not counted as a response.
 pub const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
@@ -11,7 +15,10 @@ pub const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 pub struct ArmStatNames {
     pub requests: String,
     pub responses: [String; 4],
-    pub latency_ms: String,
+    /// One counter per latency bucket, cumulative (`le`), the report's bounds then `+Inf`:
+    /// `latency_ms_bucket.le_0.1` .. `latency_ms_bucket.le_+Inf`. Counters, so a worker adds a
+    /// tick's responses in one call per bucket instead of one histogram call per response.
+    pub latency_buckets: Vec<String>,
     /// Bandit gauges, from the shared totals: trials, reward sum in millionths, and the arm's share of
     /// the trials added during the last tick, in parts per million.
     pub bandit_trials: String,
@@ -24,7 +31,12 @@ pub fn arm_stat_names(rollout: &str, arm: &str) -> ArmStatNames {
     ArmStatNames {
         requests: format!("{prefix}.requests"),
         responses: CLASSES.map(|c| format!("{prefix}.responses.{c}")),
-        latency_ms: format!("{prefix}.latency_ms"),
+        latency_buckets: LATENCY_BOUNDS_US
+            .iter()
+            .map(|&b| bound_ms_text(b))
+            .chain(["+Inf".to_owned()])
+            .map(|le| format!("{prefix}.latency_ms_bucket.le_{le}"))
+            .collect(),
         bandit_trials: format!("{prefix}.bandit_trials"),
         bandit_reward_micros: format!("{prefix}.bandit_reward_micros"),
         bandit_share_ppm: format!("{prefix}.bandit_share_ppm"),
@@ -44,42 +56,38 @@ pub fn fail_open_stat_name(rollout: &str) -> String {
     format!("ramp.rollout.{rollout}.fail_open")
 }
 
-/// Per-arm counts a worker has not yet added to Envoy's counters.
+/// What a worker counted since its last tick, per arm: one tally per request feeds both Envoy's
+/// counters and the reports (counted once, flushed twice).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PendingCounts {
-    pub arms: Vec<PendingArm>,
+pub struct Tally {
+    pub arms: Vec<ArmReport>,
     pub fail_open: u64,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PendingArm {
-    pub requests: u64,
-    /// Indexed like [`CLASSES`].
-    pub responses: [u64; 4],
-}
-
-impl PendingCounts {
-    pub fn new(rollout: &Rollout) -> Self {
+impl Tally {
+    pub fn new(arms: usize) -> Self {
         Self {
-            arms: vec![PendingArm::default(); rollout.arms.len()],
+            arms: vec![ArmReport::default(); arms],
             fail_open: 0,
         }
     }
 
     pub fn add_request(&mut self, arm: usize) {
         if let Some(a) = self.arms.get_mut(arm) {
-            a.requests += 1;
+            a.add_request();
         }
     }
 
-    pub fn add_response(&mut self, arm: usize, class: usize) {
-        if let Some(c) = self
-            .arms
-            .get_mut(arm)
-            .and_then(|a| a.responses.get_mut(class))
-        {
-            *c += 1;
+    pub fn add_response(&mut self, arm: usize, class: usize, latency_us: u64) {
+        if let Some(a) = self.arms.get_mut(arm) {
+            a.add_response(class, latency_us);
         }
+    }
+
+    /// Hands over the counts and starts a new tally.
+    pub fn take(&mut self) -> Tally {
+        let fresh = Tally::new(self.arms.len());
+        std::mem::replace(self, fresh)
     }
 }
 
@@ -103,25 +111,28 @@ mod tests {
         let n = arm_stat_names("demo", "v1");
         assert_eq!(n.requests, "ramp.rollout.demo.arm.v1.requests");
         assert_eq!(n.responses[3], "ramp.rollout.demo.arm.v1.responses.5xx");
-        assert_eq!(n.latency_ms, "ramp.rollout.demo.arm.v1.latency_ms");
+        assert_eq!(
+            n.latency_buckets[0],
+            "ramp.rollout.demo.arm.v1.latency_ms_bucket.le_0.1"
+        );
+        assert_eq!(
+            n.latency_buckets[51],
+            "ramp.rollout.demo.arm.v1.latency_ms_bucket.le_+Inf"
+        );
     }
 
     #[test]
-    fn pending_counts_ignore_out_of_range_indices() {
-        let r = Rollout::from_json(br#"{"rollout":"t","arms":[{"name":"a","weight":1}]}"#).unwrap();
-        let mut p = PendingCounts::new(&r);
-        p.add_request(0);
-        p.add_request(7);
-        p.add_response(0, 3);
-        p.add_response(0, 9);
-        p.add_response(3, 0);
-        assert_eq!(
-            p.arms,
-            vec![PendingArm {
-                requests: 1,
-                responses: [0, 0, 0, 1]
-            }]
-        );
+    fn the_tally_ignores_out_of_range_indices_and_starts_over_when_taken() {
+        let mut t = Tally::new(1);
+        t.add_request(0);
+        t.add_request(7);
+        t.add_response(0, 3, 250);
+        t.add_response(0, 9, 250);
+        t.add_response(3, 0, 250);
+        let taken = t.take();
+        assert_eq!(taken.arms[0].requests(), 1);
+        assert_eq!(taken.arms[0].responses(), [0, 0, 0, 2]);
+        assert_eq!(t, Tally::new(1));
     }
 
     #[test]

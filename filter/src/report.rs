@@ -1,13 +1,15 @@
 //! What an Envoy reports to the controller: per arm, cumulative request counts, responses by class
-//! and a latency histogram, summed over all its workers in shared data. Cumulative totals with an
+//! and a latency histogram, summed over all its workers in shared data. The same counts, taken
+//! once per request, feed Envoy's own counters (see `metrics::Tally`). Cumulative totals with an
 //! instance id and a sequence number mean a lost report is made up by the next one and a repeated
 //! one changes nothing.
 
 use crate::counters::ArmCounts;
 use crate::shadow::TOTAL_NAMES;
 
-pub use ramp_protocol::report::LATENCY_BOUNDS_MS;
-const SLOTS: usize = 1 + 4 + LATENCY_BOUNDS_MS.len() + 1;
+use ramp_protocol::report::bound_ms_text;
+pub use ramp_protocol::report::LATENCY_BOUNDS_US;
+const SLOTS: usize = 1 + 4 + LATENCY_BOUNDS_US.len() + 1;
 
 /// One arm's counts: requests, responses by class (2xx..5xx), latency buckets (not cumulative).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,16 +28,16 @@ impl ArmReport {
         self.slots[0] += 1;
     }
 
-    /// A response of class `class` (0 = 2xx .. 3 = 5xx) after `latency_ms`.
-    pub fn add_response(&mut self, class: usize, latency_ms: u64) {
+    /// A response of class `class` (0 = 2xx .. 3 = 5xx) after `latency_us`.
+    pub fn add_response(&mut self, class: usize, latency_us: u64) {
         if let Some(c) = self.slots.get_mut(1 + class.min(3)) {
             *c += 1;
         }
-        let bucket = LATENCY_BOUNDS_MS
-            .iter()
-            .position(|&b| latency_ms <= b)
-            .unwrap_or(LATENCY_BOUNDS_MS.len());
-        self.slots[5 + bucket] += 1;
+        // Bounds are inclusive upper bounds, as Prometheus' `le`.
+        let bucket = LATENCY_BOUNDS_US.partition_point(|&b| b < latency_us);
+        if let Some(c) = self.slots.get_mut(5 + bucket) {
+            *c += 1;
+        }
     }
 
     pub fn requests(&self) -> u64 {
@@ -59,6 +61,13 @@ impl ArmReport {
 
     pub fn is_zero(&self) -> bool {
         self.slots.iter().all(|&c| c == 0)
+    }
+
+    /// Adds `other`'s counts (saturating: shared data never wraps).
+    pub fn add(&mut self, other: &ArmReport) {
+        for (a, b) in self.slots.iter_mut().zip(other.slots) {
+            *a = a.saturating_add(b);
+        }
     }
 
     /// The counts in shared data's layout (`add_le_u64s`, `decode`).
@@ -108,11 +117,11 @@ pub fn decode_le_u64s(bytes: &[u8]) -> Vec<u64> {
 }
 
 pub fn shadow_key(rollout: &str) -> String {
-    format!("ramp.ctl.v1.{rollout}.shadow")
+    format!("ramp.ctl.v2.{rollout}.shadow")
 }
 
 pub fn counts_key(rollout: &str, arm: &str) -> String {
-    format!("ramp.ctl.v1.{rollout}.counts.{arm}")
+    format!("ramp.ctl.v2.{rollout}.counts.{arm}")
 }
 
 pub fn instance_key(rollout: &str) -> String {
@@ -120,7 +129,8 @@ pub fn instance_key(rollout: &str) -> String {
 }
 
 /// The report body: `{"instance","seq","arms":{"v1":{"requests","responses":{"2xx",..},
-/// "latency_ms":{"le":[5,..,"+Inf"],"counts":[cumulative..]}}}}`. Hand-written JSON: serde's
+/// "latency_ms":{"le":[0.1,..,60000,"+Inf"],"counts":[cumulative..]}}}}`, the protocol's
+/// `Report` (a test reads it back with those serde types and writes it again, to the same JSON). Hand-written JSON: serde's
 /// serializer would cost the wasm more than this function.
 /// With the bandit on, each arm also carries `"bandit":{"trials","reward_micros"}`: this Envoy's
 /// totals, which the controller adds into the other Envoys' live state.
@@ -131,9 +141,9 @@ pub fn report_json(
     arms: &[(&str, ArmReport, Option<ArmCounts>)],
     shadow: Option<&[u64]>,
 ) -> String {
-    let le: Vec<String> = LATENCY_BOUNDS_MS
+    let le: Vec<String> = LATENCY_BOUNDS_US
         .iter()
-        .map(u64::to_string)
+        .map(|&b| bound_ms_text(b))
         .chain(["\"+Inf\"".to_owned()])
         .collect();
     let arms: Vec<String> = arms
@@ -173,14 +183,16 @@ pub fn report_json(
 mod tests {
     use super::*;
 
+    use ramp_protocol::report::{Report, MAX_COUNT};
+
     #[test]
     fn counts_merge_encode_and_render() {
         let mut a = ArmReport::default();
         a.add_request();
         a.add_request();
-        a.add_response(0, 3);
-        a.add_response(3, 120);
-        a.add_response(9, 99_999);
+        a.add_response(0, 100);
+        a.add_response(3, 120_000);
+        a.add_response(9, 99_999_999);
         // Two workers' counts added in shared data, as the filter does on tick.
         let once = add_le_u64s(None, a.slots()).unwrap();
         let b = ArmReport::decode(&add_le_u64s(Some(&once), a.slots()).unwrap()).unwrap();
@@ -189,40 +201,73 @@ mod tests {
         assert_eq!(ArmReport::decode(&once), Some(a));
         assert_eq!(ArmReport::decode(&[0; 7]), None);
         let cum = a.cumulative_latency();
+        // 0.1 ms lands in `le 0.1` (inclusive); 120 ms in `le 200` (index 28); 100 s in +Inf.
         assert_eq!(
-            (cum[0], cum[5], cum[11]),
-            (1, 2, 3),
-            "<=5 ms, <=150 ms, +Inf"
+            (cum[0], cum[27], cum[28], cum[50], cum[51]),
+            (1, 1, 2, 2, 3)
         );
+    }
+
+    /// The hand-written JSON against the protocol's serde types, both ways: it parses into a
+    /// `Report` with the same counts, passes the controller's validation, and serde writes that
+    /// `Report` back as the same JSON document.
+    #[test]
+    fn the_hand_written_report_is_the_protocols_report_both_ways() {
+        let mut a = ArmReport::default();
+        for (i, us) in [50, 100, 101, 950, 1_000, 59_999_999, 60_000_001]
+            .iter()
+            .enumerate()
+        {
+            a.add_request();
+            a.add_response(i % 4, *us);
+        }
         let bandit = ArmCounts {
             trials: 9,
             reward_micros: 4_500_000,
         };
-        let json = report_json("abc", 7, &[("v1", a, None), ("v2", a, Some(bandit))], None);
-        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(v["arms"]["v1"]["responses"]["5xx"], 2);
-        assert_eq!(v["arms"]["v1"]["latency_ms"]["le"][11], "+Inf");
-        assert_eq!(v["arms"]["v1"]["latency_ms"]["counts"][11], 3);
-        assert!(v["arms"]["v1"].get("bandit").is_none());
-        assert_eq!(v["arms"]["v2"]["bandit"]["reward_micros"], 4_500_000);
-        assert_eq!(v["arms"]["v2"]["requests"], 2);
-        assert!(v.get("shadow").is_none());
-        assert_eq!(
-            (v["instance"].as_str(), v["seq"].as_u64()),
-            (Some("abc"), Some(7))
+        let mut shadow = [0u64; TOTAL_NAMES.len()];
+        shadow[0] = 41;
+        shadow[1] = 40;
+        shadow[14] = 7;
+        shadow[15] = 1;
+        let text = report_json(
+            "00ab",
+            7,
+            &[("v1", a, None), ("v2", a, Some(bandit))],
+            Some(&shadow),
         );
-        let mut values = [0u64; 15];
-        values[1] = 40;
-        values[14] = 7;
-        let with_shadow: serde_json::Value =
-            serde_json::from_str(&report_json("abc", 8, &[], Some(&values))).unwrap();
+        let parsed: Report = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed.validate(&["v1", "v2"]), Ok(()));
+        let v1 = &parsed.arms["v1"];
+        assert_eq!(v1.requests, a.requests());
+        assert_eq!(v1.responses["5xx"], a.responses()[3]);
+        assert_eq!(v1.latency_ms.counts, a.cumulative_latency());
+        assert_eq!(
+            v1.latency_ms.counts[..3],
+            [2, 3, 3],
+            "0.05 and 0.1 ms in le 0.1; 0.101 ms in le 0.2"
+        );
+        assert_eq!(parsed.arms["v2"].bandit, Some(bandit));
+        assert!(v1.bandit.is_none());
+        let totals = parsed.shadow.as_ref().unwrap();
         assert_eq!(
             (
-                with_shadow["shadow"]["pairs"].as_u64(),
-                with_shadow["shadow"]["labelled_pairs"].as_u64()
+                totals["pairs"],
+                totals["labelled_pairs"],
+                totals["shadow_refused"]
             ),
-            (Some(40), Some(7))
+            (40, 7, 1)
         );
+        let by_serde = serde_json::to_value(&parsed).unwrap();
+        let by_hand: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(by_serde, by_hand);
+        assert!(report_json("x", 1, &[], None)
+            .parse::<serde_json::Value>()
+            .is_ok());
+        let no_shadow: Report =
+            serde_json::from_str(&report_json("x", 1, &[("v1", a, None)], None)).unwrap();
+        assert!(no_shadow.shadow.is_none());
+        assert!(a.requests() < MAX_COUNT);
     }
 
     #[test]

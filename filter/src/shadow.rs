@@ -48,12 +48,63 @@ pub fn copy_header(name: &str) -> bool {
     !lower.starts_with("x-ramp-") && !DROP.contains(&lower.as_str())
 }
 
-/// One side's answer. `status` is `None` when there was none (timeout, reset, unreachable).
+/// One side's answer. `status` is `None` when the model gave none (timeout, reset, unreachable),
+/// and `failure` then says which.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observed {
     pub status: Option<u32>,
     pub latency_ms: u64,
     pub value: Option<Scalar>,
+    pub failure: Option<Failure>,
+}
+
+/// Why a copy got no answer from the shadow model itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No answer within `timeout_ms`.
+    Timeout,
+    /// No connection: refused, reset before an answer, or no healthy host.
+    Refused,
+}
+
+impl Failure {
+    fn name(self) -> &'static str {
+        match self {
+            Failure::Timeout => "timeout",
+            Failure::Refused => "refused",
+        }
+    }
+}
+
+/// Envoy's router marks every answer that came from an upstream with this header; its own local
+/// replies (504 on timeout, 503 on a failed connection) do not carry it.
+pub const UPSTREAM_TIME_HEADER: &str = "x-envoy-upstream-service-time";
+
+/// Tells the shadow model's own answer from Envoy's local reply about it. A callout's `status`
+/// (`None`: the stream was reset with no answer), whether the answer came from the upstream
+/// (`UPSTREAM_TIME_HEADER` present), and the start of its body. A 5xx that Envoy made itself is
+/// a timeout (504, "upstream request timeout") or a failed connection (503, "upstream connect
+/// error ...", "no healthy upstream"), not the model's error. `timed_out`: the answer came no
+/// sooner than the callout's timeout.
+pub fn classify_callout(
+    status: Option<u32>,
+    from_upstream: bool,
+    body: &[u8],
+    timed_out: bool,
+) -> Option<Failure> {
+    let status = match status {
+        None if timed_out => return Some(Failure::Timeout),
+        None => return Some(Failure::Refused),
+        Some(s) => s,
+    };
+    if from_upstream || status < 500 {
+        return None;
+    }
+    if status == 504 || timed_out || body.starts_with(b"upstream request timeout") {
+        Some(Failure::Timeout)
+    } else {
+        Some(Failure::Refused)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -246,6 +297,8 @@ pub struct Totals {
     pub mirrored: u64,
     /// Pairs where both answers had a value at the JSON pointer: the denominator of `label_agree`.
     pub labelled_pairs: u64,
+    /// Copies that reached no shadow model (refused, reset, no healthy host).
+    pub shadow_refused: u64,
 }
 
 /// Stat names, in the order of [`Totals::values`] (the wire protocol's report keys).
@@ -255,9 +308,10 @@ impl Totals {
     pub fn add(&mut self, p: &Pair, c: &Comparison) {
         self.pairs += 1;
         self.status_agree += u64::from(c.status_agree);
-        match p.shadow.status {
-            None => self.shadow_timeouts += 1,
-            Some(s) if s >= 500 => self.shadow_errors += 1,
+        match (p.shadow.failure, p.shadow.status) {
+            (Some(Failure::Timeout), _) => self.shadow_timeouts += 1,
+            (Some(Failure::Refused), _) | (None, None) => self.shadow_refused += 1,
+            (None, Some(s)) if s >= 500 => self.shadow_errors += 1,
             _ => {}
         }
         if let Some(agree) = c.label_agree {
@@ -276,7 +330,7 @@ impl Totals {
         }
     }
 
-    pub fn values(&self) -> [u64; 15] {
+    pub fn values(&self) -> [u64; TOTAL_NAMES.len()] {
         [
             self.sent,
             self.pairs,
@@ -293,11 +347,12 @@ impl Totals {
             self.unpaired,
             self.mirrored,
             self.labelled_pairs,
+            self.shadow_refused,
         ]
     }
 
     /// Zeroes the fields whose counts were handed to the host.
-    pub fn take(&mut self) -> [u64; 15] {
+    pub fn take(&mut self) -> [u64; TOTAL_NAMES.len()] {
         std::mem::take(self).values()
     }
 }
@@ -311,8 +366,12 @@ pub fn record_line(rollout: &str, p: &Pair, c: &Comparison) -> String {
         _ => "null".to_owned(),
     };
     let status = |s: Option<u32>| s.map_or("null".to_owned(), |s| s.to_string());
+    let failure = p
+        .shadow
+        .failure
+        .map_or("null".to_owned(), |f| format!("\"{}\"", f.name()));
     format!(
-        "ramp-shadow {{\"rollout\":{},\"request_id\":{},\"primary\":{{\"status\":{},\"latency_ms\":{},\"value\":{}}},\"shadow\":{{\"status\":{},\"latency_ms\":{},\"value\":{}}},\"status_agree\":{},\"value_diff\":{}}}",
+        "ramp-shadow {{\"rollout\":{},\"request_id\":{},\"primary\":{{\"status\":{},\"latency_ms\":{},\"value\":{}}},\"shadow\":{{\"status\":{},\"latency_ms\":{},\"value\":{},\"failure\":{}}},\"status_agree\":{},\"value_diff\":{}}}",
         json_string(rollout),
         json_string(&p.request_id),
         status(p.primary.status),
@@ -321,6 +380,7 @@ pub fn record_line(rollout: &str, p: &Pair, c: &Comparison) -> String {
         status(p.shadow.status),
         p.shadow.latency_ms,
         num(&p.shadow.value),
+        failure,
         c.status_agree,
         c.value_diff.filter(|d| d.is_finite()).map_or("null".to_owned(), |d| format!("{d}")),
     )
@@ -358,6 +418,7 @@ mod tests {
             status,
             latency_ms: ms,
             value: Some(Scalar::Number(v)),
+            failure: None,
         }
     }
 
@@ -425,12 +486,21 @@ mod tests {
                 status: None,
                 latency_ms: 1000,
                 value: None,
+                failure: Some(Failure::Timeout),
             },
         };
         t.add(&down, &compare(&down));
+        let mut refused = down.clone();
+        refused.shadow.failure = Some(Failure::Refused);
+        t.add(&refused, &compare(&refused));
+        let mut erring = down.clone();
+        (erring.shadow.failure, erring.shadow.status) = (None, Some(500));
+        t.add(&erring, &compare(&erring));
+        assert_eq!((t.pairs, t.status_agree, t.value_pairs), (4, 1, 1));
         assert_eq!(
-            (t.pairs, t.status_agree, t.value_pairs, t.shadow_timeouts),
-            (2, 1, 1, 1)
+            (t.shadow_timeouts, t.shadow_refused, t.shadow_errors),
+            (1, 1, 1),
+            "a timeout, a refused connection and the model's own 500, each counted once"
         );
         assert_eq!((t.diff_pos_micros, t.diff_sq_micros), (250_000, 62_500));
         let line = record_line("r", &pair, &c);
@@ -442,7 +512,40 @@ mod tests {
             line.ends_with("\"status_agree\":true,\"value_diff\":0.25}"),
             "{line}"
         );
-        assert_eq!(t.take()[1], 2);
+        assert!(line.contains("\"failure\":null"), "{line}");
+        assert!(record_line("r", &down, &compare(&down)).contains("\"failure\":\"timeout\""));
+        assert_eq!(t.take()[1], 4);
         assert_eq!(t, Totals::default());
+    }
+
+    #[test]
+    fn envoys_local_replies_are_not_the_models_errors() {
+        // Bodies as Envoy 1.40's router writes them (source/common/router/router.cc).
+        let c = classify_callout;
+        assert_eq!(
+            c(Some(504), false, b"upstream request timeout", true),
+            Some(Failure::Timeout)
+        );
+        assert_eq!(
+            c(Some(504), false, b"upstream request timeout", false),
+            Some(Failure::Timeout)
+        );
+        assert_eq!(
+            c(Some(503), false, b"upstream connect error or disconnect/reset before headers. reset reason: connection failure", false),
+            Some(Failure::Refused)
+        );
+        assert_eq!(
+            c(Some(503), false, b"no healthy upstream", false),
+            Some(Failure::Refused)
+        );
+        assert_eq!(c(None, false, b"", false), Some(Failure::Refused));
+        assert_eq!(c(None, false, b"", true), Some(Failure::Timeout));
+        assert_eq!(
+            c(Some(500), true, b"boom", false),
+            None,
+            "the model's own 500"
+        );
+        assert_eq!(c(Some(504), true, b"", true), None, "the model's own 504");
+        assert_eq!(c(Some(200), false, b"ok", true), None);
     }
 }

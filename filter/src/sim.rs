@@ -41,7 +41,7 @@ pub fn simulate(b: &Bandit, s: &Scenario, seed: u64) -> Outcome {
         regret += best - s.rates[arm];
         if s.delay == 0 || step % s.delay == 0 {
             for (sh, p) in shared.iter_mut().zip(pending.iter_mut()) {
-                *sh = sh.plus(std::mem::take(p));
+                *sh = sh.saturating_add(std::mem::take(p));
             }
         }
         if s.checkpoints.contains(&step) {

@@ -150,8 +150,8 @@ pub fn report(instance: &str, seq: u64, arms: &[(&str, u64, u64)]) -> Value {
             serde_json::json!({
                 "requests": requests,
                 "responses": {"2xx": requests - errors, "3xx": 0, "4xx": 0, "5xx": errors},
-                "latency_ms": {"le": [5,10,25,50,100,150,250,500,1000,2500,5000,"+Inf"],
-                               "counts": vec![requests; 12]}
+                "latency_ms": {"le": ramp_protocol::report::latency_le(),
+                               "counts": vec![requests; 52]}
             }),
         );
     }

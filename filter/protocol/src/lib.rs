@@ -1,10 +1,11 @@
 //! The wire contract between Ramp's filters and `rampctl`, defined once so the two sides cannot
-//! drift: the name rules, the report a filter posts, the decision id it hands out, the latency
-//! bucket bounds. Plain data and checks, no IO; both the wasm filter and the controller depend on it.
+//! drift: the name rules, the report a filter posts, the live state it polls, the decision id it
+//! hands out, the latency bucket bounds. Plain data and checks, no IO; both the wasm filter and the controller depend on it.
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod decision;
+pub mod live;
 pub mod names;
 pub mod report;
 

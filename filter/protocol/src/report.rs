@@ -11,11 +11,54 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::names::check_instance;
 use crate::FieldError;
 
-/// Upper bounds (ms) of the latency buckets; a last, unbounded bucket follows.
-pub const LATENCY_BOUNDS_MS: [u64; 11] = [5, 10, 25, 50, 100, 150, 250, 500, 1000, 2500, 5000];
+/// Upper bounds of the latency buckets in microseconds; a last, unbounded bucket follows.
+/// Log-linear (1 to 9 in every decade) from 0.1 ms to 60 s: a sub-millisecond model and a long
+/// LLM call are both resolved to within one step of their decade. Reports and Envoy's own
+/// counters (`metrics::latency_bucket_names` in the filter) use exactly these bounds, so both
+/// sources give the same percentile.
+pub const LATENCY_BOUNDS_US: [u64; 51] = latency_bounds();
+
+const fn latency_bounds() -> [u64; 51] {
+    let mut out = [0u64; 51];
+    let mut i = 0;
+    let mut decade = 100;
+    while i < 51 {
+        let step = (i % 9) as u64 + 1;
+        out[i] = step * decade;
+        if step == 9 {
+            decade *= 10;
+        }
+        i += 1;
+    }
+    out
+}
+
+/// A bound as reports and stat names write it, in milliseconds: `0.1`, `2`, `60000`.
+pub fn bound_ms_text(us: u64) -> String {
+    let (ms, frac) = (us / 1000, us % 1000);
+    if frac == 0 {
+        ms.to_string()
+    } else {
+        format!("{ms}.{}", format!("{frac:03}").trim_end_matches('0'))
+    }
+}
+
+/// The `le` list every report's latency carries: the bounds in ms, then `+Inf`.
+pub fn latency_le() -> Vec<Le> {
+    LATENCY_BOUNDS_US
+        .iter()
+        .map(|&b| Le(bound_ms(b)))
+        .chain([Le(f64::INFINITY)])
+        .collect()
+}
+
+/// A bound in milliseconds, as a report's `le` carries it.
+pub fn bound_ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
 
 /// The shadow compare-mode totals a report may carry, in the filter's order.
-pub const SHADOW_TOTAL_NAMES: [&str; 15] = [
+pub const SHADOW_TOTAL_NAMES: [&str; 16] = [
     "sent",
     "pairs",
     "status_agree",
@@ -31,6 +74,7 @@ pub const SHADOW_TOTAL_NAMES: [&str; 15] = [
     "unpaired",
     "mirrored",
     "labelled_pairs",
+    "shadow_refused",
 ];
 
 /// Largest count a report may carry: 2^53. No Envoy counts that far (285 years at a million
@@ -81,7 +125,10 @@ pub struct Le(pub f64);
 
 impl Serialize for Le {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.0.is_finite() {
+        if self.0.is_finite() && self.0.fract() == 0.0 && self.0.abs() < 1e15 {
+            // Whole bounds as integers, as the filter writes them (`60000`, not `60000.0`).
+            s.serialize_i64(self.0 as i64)
+        } else if self.0.is_finite() {
             s.serialize_f64(self.0)
         } else {
             s.serialize_str("+Inf")
@@ -115,7 +162,25 @@ pub struct BanditCounts {
     pub reward_micros: u64,
 }
 
+/// Rewards are in [0, 1]; counted in millionths.
+pub const REWARD_SCALE: f64 = 1_000_000.0;
+
 impl BanditCounts {
+    pub fn add_trial(&mut self, reward: f64) {
+        self.trials = self.trials.saturating_add(1);
+        let micros = (reward.clamp(0.0, 1.0) * REWARD_SCALE).round() as u64;
+        self.reward_micros = self.reward_micros.saturating_add(micros);
+    }
+
+    /// The summed reward as a number.
+    pub fn reward(&self) -> f64 {
+        self.reward_micros as f64 / REWARD_SCALE
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.trials == 0 && self.reward_micros == 0
+    }
+
     /// Both counts added, saturating at u64::MAX rather than wrapping.
     pub fn saturating_add(self, other: BanditCounts) -> BanditCounts {
         BanditCounts {
@@ -188,15 +253,15 @@ impl ArmReport {
             ));
         }
         let lat = &self.latency_ms;
-        let expected: Vec<f64> = LATENCY_BOUNDS_MS
+        let expected: Vec<f64> = LATENCY_BOUNDS_US
             .iter()
-            .map(|&b| b as f64)
+            .map(|&b| bound_ms(b))
             .chain([f64::INFINITY])
             .collect();
         if lat.le.iter().map(|l| l.0).ne(expected.iter().copied()) {
             return Err(FieldError::new(
                 format!("{at}.latency_ms.le"),
-                format!("must be the filter's bucket bounds {LATENCY_BOUNDS_MS:?} and \"+Inf\""),
+                "must be the filter's bucket bounds (0.1 ms to 60000 ms, 1 to 9 in each decade) and \"+Inf\"".to_owned(),
             ));
         }
         if lat.counts.len() != lat.le.len() {
@@ -253,7 +318,9 @@ fn validate_shadow(shadow: &BTreeMap<String, u64>) -> Result<(), FieldError> {
     let checks = [
         (
             "shadow.shadow_errors",
-            get("shadow_errors").saturating_add(get("shadow_timeouts")),
+            get("shadow_errors")
+                .saturating_add(get("shadow_timeouts"))
+                .saturating_add(get("shadow_refused")),
             "pairs",
             get("pairs"),
         ),
@@ -286,8 +353,47 @@ mod tests {
     use super::*;
 
     fn sample() -> String {
-        // As the filter's `report_json` writes it.
-        r#"{"instance":"00ab","seq":17,"arms":{"v2":{"requests":10,"responses":{"2xx":8,"3xx":0,"4xx":0,"5xx":2},"latency_ms":{"le":[5,10,25,50,100,150,250,500,1000,2500,5000,"+Inf"],"counts":[1,2,3,4,5,6,7,8,9,10,10,10]},"bandit":{"trials":10,"reward_micros":4000000}}},"shadow":{"sent":3,"pairs":3,"labelled_pairs":2,"label_agree":1}}"#.to_owned()
+        // As the filter's `report_json` writes it (the filter's own test checks it writes this).
+        let le: Vec<String> = LATENCY_BOUNDS_US
+            .iter()
+            .map(|&b| bound_ms_text(b))
+            .chain(["\"+Inf\"".to_owned()])
+            .collect();
+        let counts: Vec<String> = (0..=LATENCY_BOUNDS_US.len())
+            .map(|i| (i / 5).min(10).to_string())
+            .collect();
+        format!(
+            r#"{{"instance":"00ab","seq":17,"arms":{{"v2":{{"requests":10,"responses":{{"2xx":8,"3xx":0,"4xx":0,"5xx":2}},"latency_ms":{{"le":[{}],"counts":[{}]}},"bandit":{{"trials":10,"reward_micros":4000000}}}}}},"shadow":{{"sent":3,"pairs":3,"labelled_pairs":2,"label_agree":1}}}}"#,
+            le.join(","),
+            counts.join(",")
+        )
+    }
+
+    #[test]
+    fn bounds_are_log_linear_from_a_tenth_of_a_millisecond_to_a_minute() {
+        assert_eq!(&LATENCY_BOUNDS_US[..3], &[100, 200, 300]);
+        assert_eq!(&LATENCY_BOUNDS_US[8..11], &[900, 1000, 2000]);
+        assert_eq!(LATENCY_BOUNDS_US[50], 60_000_000);
+        assert!(LATENCY_BOUNDS_US.windows(2).all(|w| w[0] < w[1]));
+        let texts: Vec<String> = [100, 250, 1000, 1500, 60_000_000]
+            .iter()
+            .map(|&b| bound_ms_text(b))
+            .collect();
+        assert_eq!(texts, ["0.1", "0.25", "1", "1.5", "60000"]);
+        for &b in &LATENCY_BOUNDS_US {
+            assert_eq!(bound_ms_text(b).parse::<f64>().unwrap(), bound_ms(b));
+        }
+    }
+
+    #[test]
+    fn bandit_counts_add_rewards_in_millionths() {
+        let mut c = BanditCounts::default();
+        c.add_trial(0.25);
+        c.add_trial(7.0);
+        c.add_trial(f64::NAN);
+        assert_eq!((c.trials, c.reward_micros), (3, 1_250_000));
+        assert!((c.reward() - 1.25).abs() < 1e-12);
+        assert!(!c.is_zero() && BanditCounts::default().is_zero());
     }
 
     fn parsed(text: &str) -> Report {
@@ -298,7 +404,7 @@ mod tests {
     fn a_report_as_the_filter_writes_it_round_trips_and_validates() {
         let r = parsed(&sample());
         assert_eq!(r.validate(&["v1", "v2"]), Ok(()));
-        assert_eq!(r.arms["v2"].latency_ms.le[11], Le(f64::INFINITY));
+        assert_eq!(r.arms["v2"].latency_ms.le[51], Le(f64::INFINITY));
         let again: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(again, r);
     }

@@ -25,8 +25,8 @@ const ARMS: &str = "arms: [{name: v1, role: baseline}, {name: v2, role: candidat
 fn report(instance: usize, seq: u64) -> String {
     let arm = |n: u64| {
         json!({"requests": n, "responses": {"2xx": n, "3xx": 0, "4xx": 0, "5xx": 0},
-               "latency_ms": {"le": [5, 10, 25, 50, 100, 150, 250, 500, 1000, 2500, 5000, "+Inf"],
-                              "counts": vec![n; 12]},
+               "latency_ms": {"le": ramp_protocol::report::latency_le(),
+                              "counts": vec![n; 52]},
                "bandit": {"trials": n, "reward_micros": n * 500_000}})
     };
     json!({"instance": format!("envoy-{instance}"), "seq": seq,

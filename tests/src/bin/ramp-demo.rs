@@ -263,7 +263,7 @@ fn main() -> Result<()> {
             get("ramp_requests", &[]),
             get("ramp_responses", &[("class", "2xx")]),
             get("ramp_responses", &[("class", "5xx")]),
-            get("ramp_latency_ms_count", &[])
+            get("ramp_latency_ms_bucket", &[("le", "+Inf")])
         );
     }
 

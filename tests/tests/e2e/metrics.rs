@@ -36,9 +36,15 @@ fn metrics_count_requests_classes_and_latency_per_arm() {
                 .filter_map(|a| sample(&text, name, &[("arm", a)]))
                 .sum()
         };
-        // Counters are flushed on each worker's tick; histograms on Envoy's stats flush.
-        let done =
-            total("ramp_latency_ms_count") as usize == n && total("ramp_requests") as usize == n;
+        let total_inf = |name: &str| -> f64 {
+            ["v1", "v2"]
+                .iter()
+                .filter_map(|a| sample(&text, name, &[("arm", a), ("le", "+Inf")]))
+                .sum()
+        };
+        // Counters (latency buckets too) are flushed on each worker's tick.
+        let done = total_inf("ramp_latency_ms_bucket") as usize == n
+            && total("ramp_requests") as usize == n;
         if done || Instant::now() > deadline {
             break text;
         }
@@ -65,7 +71,7 @@ fn metrics_count_requests_classes_and_latency_per_arm() {
         );
         assert_eq!(get("ramp_responses", &[("class", "4xx")]), 0, "{arm}");
         assert_eq!(
-            get("ramp_latency_ms_count", &[]),
+            get("ramp_latency_ms_bucket", &[("le", "+Inf")]),
             server.served() as usize,
             "{arm}"
         );

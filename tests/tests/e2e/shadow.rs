@@ -315,3 +315,65 @@ fn a_slow_failing_or_dead_shadow_never_touches_the_user() {
         }
     }
 }
+
+/// A shadow that answers late, one that cannot be reached and one that answers 500 are three
+/// different problems: only the last is the model's error (`shadow_error_rate`). Envoy's own
+/// local replies (504 on timeout, 503 on a failed connection) are recognised as such.
+#[test]
+fn timeouts_refused_connections_and_the_models_errors_are_counted_apart() {
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let n = 20;
+    for (name, slow_ms, fail, port, counted) in [
+        ("late", 2000, false, None, "shadow_timeouts"),
+        ("closed", 0, false, Some(dead_port), "shadow_refused"),
+        ("erring", 0, true, None, "shadow_errors"),
+    ] {
+        let cfg = shadow_config(
+            name,
+            json!({"cluster": "model_shadow", "mode": "compare", "timeout_ms": 1000}),
+        );
+        let s = start(&cfg, port);
+        s.shadow
+            .behaviour
+            .delay_ms
+            .store(slow_ms, Ordering::Relaxed);
+        if fail {
+            s.shadow.behaviour.fail_every.store(1, Ordering::Relaxed);
+        }
+        let client = Client::default();
+        for i in 0..n {
+            let r = client
+                .get(&s.envoy.url(&format!("/predict?x={i}")), &[])
+                .unwrap();
+            assert_eq!(r.status, 200, "{name}: the user sees the primary");
+        }
+        let got = counter(&s.envoy, name, counted, |v| v >= n as f64);
+        assert_eq!(got, n as f64, "{name}: every copy counted in {counted}");
+        for other in ["shadow_timeouts", "shadow_refused", "shadow_errors"] {
+            if other != counted {
+                assert_eq!(
+                    counter(&s.envoy, name, other, |_| true),
+                    0.0,
+                    "{name}: nothing counted in {other}"
+                );
+            }
+        }
+        let failures: Vec<Value> = records(&s.envoy)
+            .into_iter()
+            .map(|r| r["shadow"]["failure"].clone())
+            .collect();
+        let want = match counted {
+            "shadow_timeouts" => json!("timeout"),
+            "shadow_refused" => json!("refused"),
+            _ => Value::Null,
+        };
+        assert!(
+            failures.len() == n && failures.iter().all(|f| *f == want),
+            "{name}: records say {failures:?}"
+        );
+    }
+}

@@ -1,0 +1,451 @@
+//! The worker's orchestration against the in-memory host: what used to be provable only inside
+//! Envoy (CAS conflicts, the lease, the newer-state rule, rewards, shadow pairing, request cost).
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::counters::decode_counts;
+use crate::memhost::MemHost;
+use crate::report::ArmReport;
+
+const CONTROLLED: &str = r#"{"rollout":"r","arms":[{"name":"v1","weight":100},{"name":"v2","weight":0}],
+    "controller":{"cluster":"rampctl","poll_ms":500}}"#;
+
+fn worker(host: &MemHost, config: &str, seed: u64) -> Worker<MemHost> {
+    let mut w = Worker::start(host.clone(), seed);
+    let ok = w.configure(config.as_bytes());
+    assert!(ok, "config refused: {:?}", host.with(|m| m.logs.clone()));
+    w
+}
+
+/// One request through the worker's request path; returns the arm it was routed to.
+fn request(w: &Worker<MemHost>, host: &MemHost, headers: &[(&str, &str)], status: u32) -> String {
+    host.new_request(headers);
+    let mut x = w.exchange();
+    x.on_request_headers(true);
+    let arm = host
+        .header_of(Map::Request, "x-ramp-arm")
+        .unwrap_or_default();
+    host.advance_ms(1);
+    host.respond(status, &[], b"");
+    x.on_response_headers(true);
+    arm
+}
+
+fn polls(host: &MemHost) -> Vec<crate::memhost::SentCallout> {
+    host.with(|m| {
+        m.callouts
+            .iter()
+            .filter(|c| c.header(":path").is_some_and(|p| p.contains("/state")))
+            .cloned()
+            .collect()
+    })
+}
+
+fn answer_poll(w: &mut Worker<MemHost>, host: &MemHost, token: u32, doc: &Value) {
+    let body = doc.to_string();
+    host.callout_answer(Some(200), &[], body.as_bytes());
+    w.on_callout(token, body.len());
+}
+
+#[test]
+fn a_cas_conflict_keeps_the_delta_for_the_next_tick() {
+    let host = MemHost::default();
+    let mut a = worker(&host, CONTROLLED, 1);
+    let mut b = worker(&host, CONTROLLED, 2);
+    for _ in 0..3 {
+        request(&a, &host, &[], 200);
+    }
+    request(&b, &host, &[], 200);
+    a.tick();
+    b.tick();
+    for _ in 0..5 {
+        request(&a, &host, &[], 500);
+    }
+    // Every conditional write of the next tick loses to "another worker".
+    host.with(|m| m.conflicts = 1_000);
+    a.tick();
+    host.with(|m| m.conflicts = 0);
+    let key = counts_key("r", "v1");
+    let stored = || {
+        host.shared_get(&key)
+            .and_then(|(b, _)| ArmReport::decode(&b?))
+            .unwrap()
+    };
+    assert_eq!(stored().requests(), 4, "the lost tick added nothing");
+    a.tick();
+    assert_eq!(stored().requests(), 9, "and nothing was lost either");
+    assert_eq!(stored().responses(), [4, 0, 0, 5]);
+    // Envoy's counters saw each request once, although it was flushed to two places.
+    assert_eq!(host.metric("ramp.rollout.r.arm.v1.requests"), Some(9));
+    assert_eq!(
+        host.metric("ramp.rollout.r.arm.v1.latency_ms_bucket.le_1"),
+        Some(9)
+    );
+    assert_eq!(
+        host.metric("ramp.rollout.r.arm.v1.latency_ms_bucket.le_0.9"),
+        Some(0)
+    );
+}
+
+#[test]
+fn bandit_trials_survive_contention_exactly() {
+    let config = r#"{"rollout":"b","arms":[{"name":"v1","weight":1},{"name":"v2","weight":1}],
+        "strategy":"bandit","bandit":{"policy":"epsilon_greedy","epsilon":0.5}}"#;
+    let host = MemHost::default();
+    let mut a = worker(&host, config, 3);
+    let mut b = worker(&host, config, 4);
+    for _ in 0..40 {
+        request(&a, &host, &[], 200);
+        request(&b, &host, &[], 503);
+    }
+    a.tick();
+    host.with(|m| m.conflicts = 1_000);
+    b.tick();
+    host.with(|m| m.conflicts = 0);
+    b.tick();
+    a.tick();
+    let total = |arm: &str| {
+        host.shared_get(&shared_key("b", arm))
+            .and_then(|(v, _)| decode_counts(&v?))
+            .unwrap_or_default()
+    };
+    let (v1, v2) = (total("v1"), total("v2"));
+    assert_eq!(v1.trials + v2.trials, 80);
+    assert_eq!(
+        (v1.reward_micros + v2.reward_micros) / 1_000_000,
+        40,
+        "a's 40 successes, b's 40 failures"
+    );
+}
+
+#[test]
+fn the_lease_passes_to_another_worker_when_the_holder_stops() {
+    let host = MemHost::default();
+    host.with(|m| m.now_us = 1_000_000_000);
+    let mut a = worker(&host, CONTROLLED, 5);
+    let mut b = worker(&host, CONTROLLED, 6);
+    a.tick();
+    b.tick();
+    assert_eq!(polls(&host).len(), 1, "one poller per Envoy");
+    // `a` stops (its VM is gone): after three poll periods its lease is free.
+    for _ in 0..25 {
+        host.advance_ms(TICK_MS);
+        b.tick();
+    }
+    assert_eq!(polls(&host).len(), 2, "b took over");
+    assert!(host.logged("now polls the controller"));
+    // And `a`, back, does not poll beside it.
+    a.tick();
+    assert_eq!(polls(&host).len(), 2);
+}
+
+#[test]
+fn stale_and_invalid_states_are_refused_and_the_last_good_kept() {
+    let host = MemHost::default();
+    let mut a = worker(&host, CONTROLLED, 7);
+    let mut b = worker(&host, CONTROLLED, 8);
+    a.tick();
+    let token = polls(&host)[0].token;
+    answer_poll(
+        &mut a,
+        &host,
+        token,
+        &json!({"version": 5, "weights": {"v2": 100}, "stage": 5}),
+    );
+    assert_eq!(
+        request(&a, &host, &[], 200),
+        "v2",
+        "the poller applies at once"
+    );
+    assert_eq!(request(&b, &host, &[], 200), "v1", "b has not ticked yet");
+    b.tick();
+    assert_eq!(request(&b, &host, &[], 200), "v2", "b applies on its tick");
+    let next = |w: &mut Worker<MemHost>| {
+        host.advance_ms(600);
+        w.tick();
+        polls(&host).last().unwrap().token
+    };
+    let t = next(&mut a);
+    assert!(polls(&host)
+        .last()
+        .unwrap()
+        .header(":path")
+        .unwrap()
+        .contains("version=5&wait_ms=500"));
+    answer_poll(
+        &mut a,
+        &host,
+        t,
+        &json!({"version": 4, "weights": {"v1": 100}}),
+    );
+    let t = next(&mut a);
+    answer_poll(
+        &mut a,
+        &host,
+        t,
+        &json!({"version": 6, "weights": {"v9": 100}}),
+    );
+    let t = next(&mut a);
+    answer_poll(
+        &mut a,
+        &host,
+        t,
+        &json!({"version": 6, "weights": {"v1": -1}}),
+    );
+    let t = next(&mut a);
+    host.callout_answer(Some(503), &[], b"{}");
+    a.on_callout(t, 2);
+    b.tick();
+    for w in [&a, &b] {
+        assert_eq!(
+            request(w, &host, &[], 200),
+            "v2",
+            "the last good state stays"
+        );
+    }
+    assert!(host.logged("weights.v9: no such arm"));
+    // Foreign bytes under the key are never applied either.
+    host.shared_set(&state_key("r"), b"{\"version\":99}", 0)
+        .unwrap();
+    b.tick();
+    assert_eq!(request(&b, &host, &[], 200), "v2");
+}
+
+#[test]
+fn the_reward_is_read_from_each_source() {
+    let cases = [
+        (json!({"source": "status"}), 200, None, 1_000_000),
+        (json!({"source": "status"}), 503, None, 0),
+        (
+            json!({"source": "status", "success": ["404"]}),
+            404,
+            None,
+            1_000_000,
+        ),
+        (
+            json!({"source": "latency", "threshold_ms": 5}),
+            200,
+            None,
+            1_000_000,
+        ),
+        (
+            json!({"source": "latency", "threshold_ms": 5}),
+            503,
+            None,
+            0,
+        ),
+        (json!({"source": "header"}), 200, Some("0.25"), 250_000),
+        (json!({"source": "header"}), 200, Some("7"), 0),
+        (
+            json!({"source": "header", "name": "x-score"}),
+            200,
+            Some("0.5"),
+            500_000,
+        ),
+    ];
+    for (reward, status, header, micros) in cases {
+        let config = json!({"rollout": "w", "arms": [{"name": "v1", "weight": 1}],
+            "strategy": "bandit", "bandit": {"policy": "thompson", "reward": reward.clone()}});
+        let host = MemHost::default();
+        let mut w = worker(&host, &config.to_string(), 9);
+        host.new_request(&[]);
+        let mut x = w.exchange();
+        x.on_request_headers(true);
+        host.advance_ms(1);
+        let name = reward["name"].as_str().unwrap_or("x-ramp-reward");
+        let extra: Vec<(&str, &str)> = header.map(|v| (name, v)).into_iter().collect();
+        host.respond(status, &extra, b"");
+        x.on_response_headers(true);
+        if header.is_some() {
+            assert_eq!(
+                host.header_of(Map::Response, name),
+                None,
+                "{reward}: header removed"
+            );
+        }
+        w.tick();
+        let c = host
+            .shared_get(&shared_key("w", "v1"))
+            .and_then(|(b, _)| decode_counts(&b?))
+            .unwrap();
+        assert_eq!(
+            (c.trials, c.reward_micros),
+            (1, micros),
+            "{reward} {status} {header:?}"
+        );
+    }
+}
+
+const SHADOWED: &str = r#"{"rollout":"s","arms":[{"name":"v1","weight":1}],
+    "shadow":{"cluster":"model_shadow","mode":"compare","timeout_ms":1000,"json_pointer":"/p"}}"#;
+
+/// Sends one request with a shadow copy; returns the copy's callout token.
+fn shadowed_request(w: &mut Worker<MemHost>, host: &MemHost) -> (Exchange<MemHost>, u32) {
+    host.new_request(&[(":method", "GET"), ("x-request-id", "rid")]);
+    let mut x = w.exchange();
+    x.on_request_headers(true);
+    let queue = host.with(|m| m.queues.len() as u32 - 1);
+    w.on_queue_ready(queue);
+    let copy = host.with(|m| m.callouts.last().cloned()).unwrap();
+    assert_eq!(
+        (copy.cluster.as_str(), copy.timeout_ms),
+        ("model_shadow", 1000)
+    );
+    assert_eq!(copy.header("x-ramp-shadow-copy"), Some("1"));
+    assert!(copy.body.is_none());
+    (x, copy.token)
+}
+
+fn primary_answers(x: &mut Exchange<MemHost>, host: &MemHost, body: &[u8]) {
+    host.respond(200, &[], body);
+    x.on_response_headers(false);
+    x.on_response_body(body.len(), true);
+}
+
+fn shadow_totals(host: &MemHost) -> [u64; 4] {
+    let get = |n: &str| {
+        host.metric(&format!("ramp.rollout.s.shadow.{n}"))
+            .unwrap_or(0)
+    };
+    [
+        get("pairs"),
+        get("shadow_timeouts"),
+        get("shadow_refused"),
+        get("shadow_errors"),
+    ]
+}
+
+#[test]
+fn shadow_pairs_form_in_either_order() {
+    let host = MemHost::default();
+    let mut w = worker(&host, SHADOWED, 10);
+    // The primary first, then the shadow.
+    let (mut x, token) = shadowed_request(&mut w, &host);
+    primary_answers(&mut x, &host, br#"{"p":1.0}"#);
+    drop(x);
+    host.callout_answer(Some(200), &[(UPSTREAM_TIME_HEADER, "3")], br#"{"p":1.5}"#);
+    w.on_callout(token, 9);
+    // The shadow first, then the primary.
+    let (mut x, token) = shadowed_request(&mut w, &host);
+    host.callout_answer(Some(200), &[(UPSTREAM_TIME_HEADER, "3")], br#"{"p":2.0}"#);
+    w.on_callout(token, 9);
+    primary_answers(&mut x, &host, br#"{"p":2.0}"#);
+    drop(x);
+    w.tick();
+    assert_eq!(shadow_totals(&host), [2, 0, 0, 0]);
+    assert_eq!(host.metric("ramp.rollout.s.shadow.value_pairs"), Some(2));
+    assert_eq!(
+        host.metric("ramp.rollout.s.shadow.diff_pos_micros"),
+        Some(500_000)
+    );
+    let lines = host.with(|m| {
+        m.logs
+            .iter()
+            .filter(|(_, l)| l.starts_with("ramp-shadow "))
+            .count()
+    });
+    assert_eq!(lines, 2);
+}
+
+/// A callout's status, headers, body and how long after sending it arrives (ms).
+type Answer<'a> = (Option<u32>, &'a [(&'a str, &'a str)], &'a [u8], u64);
+
+#[test]
+fn timeouts_refusals_and_the_models_errors_are_told_apart() {
+    let host = MemHost::default();
+    let mut w = worker(&host, SHADOWED, 11);
+    let answers: [Answer; 4] = [
+        // Envoy's local reply after `timeout_ms`.
+        (Some(504), &[], b"upstream request timeout", 1000),
+        // Envoy's local reply for a closed port.
+        (
+            Some(503),
+            &[],
+            b"upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+            2,
+        ),
+        // The model's own 500, which went through Envoy's router.
+        (Some(500), &[(UPSTREAM_TIME_HEADER, "1")], b"boom", 2),
+        // A reset with no answer at all.
+        (None, &[], b"", 2),
+    ];
+    for (status, headers, body, after_ms) in answers {
+        let (mut x, token) = shadowed_request(&mut w, &host);
+        primary_answers(&mut x, &host, br#"{"p":1}"#);
+        drop(x);
+        host.advance_ms(after_ms);
+        host.callout_answer(status, headers, body);
+        w.on_callout(token, body.len());
+    }
+    w.tick();
+    assert_eq!(shadow_totals(&host), [4, 1, 2, 1]);
+}
+
+#[test]
+fn a_copy_with_no_answer_expires_unpaired() {
+    let host = MemHost::default();
+    let mut w = worker(&host, SHADOWED, 12);
+    let (mut x, _token) = shadowed_request(&mut w, &host);
+    primary_answers(&mut x, &host, br#"{"p":1}"#);
+    drop(x);
+    host.advance_ms(1000 + 10_001);
+    w.tick();
+    assert_eq!(host.metric("ramp.rollout.s.shadow.unpaired"), Some(1));
+    assert_eq!(shadow_totals(&host)[0], 0);
+}
+
+#[test]
+fn a_weighted_request_costs_five_host_calls() {
+    let host = MemHost::default();
+    let w = worker(
+        &host,
+        r#"{"rollout":"c","arms":[{"name":"v1","weight":1},{"name":"v2","weight":1}]}"#,
+        13,
+    );
+    request(&w, &host, &[(":path", "/"), ("x-ramp-arm", "v2")], 200);
+    let calls = host.with(|m| m.calls.clone());
+    // Headers read once, the routing header set (replacing the client's), two clock reads, the
+    // status read; counters wait for the tick.
+    assert_eq!(
+        calls,
+        ["request_header_pairs", "set_header", "now", "header", "now"],
+    );
+}
+
+#[test]
+fn the_report_carries_every_workers_counts_and_is_the_protocols_report() {
+    let config = r#"{"rollout":"r","arms":[{"name":"v1","weight":1},{"name":"v2","weight":1}],
+        "controller":{"cluster":"rampctl","poll_ms":200,"token_env":"RAMP_TOKEN"}}"#;
+    let host = MemHost::default();
+    host.with(|m| m.env.insert("RAMP_TOKEN".into(), "s3cret".into()));
+    let mut a = worker(&host, config, 14);
+    let mut b = worker(&host, config, 15);
+    for _ in 0..30 {
+        request(&a, &host, &[], 200);
+        request(&b, &host, &[], 404);
+    }
+    a.tick(); // takes the lease and polls
+    b.tick(); // adds its counts to shared data
+    a.tick(); // reports
+    let sent = host.with(|m| m.callouts.clone());
+    let poll = &sent[0];
+    assert_eq!((poll.cluster.as_str(), poll.timeout_ms), ("rampctl", 2_200));
+    let report = sent
+        .iter()
+        .find(|c| c.header(":path") == Some("/v1/rollouts/r/reports"))
+        .expect("a report on the second tick");
+    assert_eq!(report.header("authorization"), Some("Bearer s3cret"));
+    let parsed: ramp_protocol::report::Report =
+        serde_json::from_slice(report.body.as_deref().unwrap()).unwrap();
+    assert_eq!(parsed.validate(&["v1", "v2"]), Ok(()));
+    let arms = &parsed.arms;
+    assert_eq!(arms["v1"].requests + arms["v2"].requests, 60);
+    let fours: u64 = arms.values().map(|a| a.responses["4xx"]).sum();
+    assert_eq!(fours, 30, "b's answers, counted once");
+    // Without the token in the VM's environment the config is refused, naming the field.
+    let other = MemHost::default();
+    let mut w = Worker::start(other.clone(), 16);
+    assert!(!w.configure(config.as_bytes()));
+    assert!(other.logged("controller.token_env: RAMP_TOKEN is not set"));
+}
