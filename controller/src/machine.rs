@@ -700,6 +700,7 @@ mod tests {
             shadow: crate::rules::ShadowFigures {
                 pairs,
                 failed,
+                unreachable: 0,
                 labelled,
                 agree,
             },

@@ -27,8 +27,12 @@ pub struct ArmWindow {
 pub struct ShadowFigures {
     /// Copies whose answer was paired with the primary's.
     pub pairs: u64,
-    /// Of those, the copy failed: 5xx or no answer in time.
+    /// Of those, the shadow model itself answered 5xx.
     pub failed: u64,
+    /// Of those, no answer came from the model: Envoy timed the copy out or could not connect.
+    /// Not the model's error, so not in `shadow_error_rate`; shown so a dead shadow is visible.
+    #[serde(default)]
+    pub unreachable: u64,
     /// Pairs where both answers had a value to compare, and how many of those agreed.
     pub labelled: u64,
     pub agree: u64,
@@ -39,6 +43,7 @@ impl ShadowFigures {
         ShadowFigures {
             pairs: self.pairs.saturating_sub(base.pairs),
             failed: self.failed.saturating_sub(base.failed),
+            unreachable: self.unreachable.saturating_sub(base.unreachable),
             labelled: self.labelled.saturating_sub(base.labelled),
             agree: self.agree.saturating_sub(base.agree),
         }
@@ -67,11 +72,15 @@ impl ArmWindow {
                     .then(|| self.shadow.agree as f64 / self.shadow.labelled as f64),
                 self.shadow.labelled,
             ),
-            Metric::ShadowErrorRate => (
-                (self.shadow.pairs > 0)
-                    .then(|| self.shadow.failed as f64 / self.shadow.pairs as f64),
-                self.shadow.pairs,
-            ),
+            Metric::ShadowErrorRate => {
+                // Over the copies the model answered: a timeout or a refused connection is
+                // Envoy's reply, not the model's error (issue 11).
+                let answered = self.shadow.pairs.saturating_sub(self.shadow.unreachable);
+                (
+                    (answered > 0).then(|| self.shadow.failed as f64 / answered as f64),
+                    answered,
+                )
+            }
             m => (
                 m.percentile().and_then(|q| self.latency.quantile(q)),
                 self.latency.count(),
@@ -147,6 +156,25 @@ fn metric_name(m: Metric) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shadow_error_rate_is_over_the_copies_the_model_answered() {
+        let w = |pairs, failed, unreachable| ArmWindow {
+            shadow: ShadowFigures {
+                pairs,
+                failed,
+                unreachable,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(w(100, 5, 50).value(Metric::ShadowErrorRate), (Some(0.1), 50));
+        assert_eq!(
+            w(100, 0, 100).value(Metric::ShadowErrorRate),
+            (None, 0),
+            "a shadow nobody reached has no error rate, and no samples to pass a stage on"
+        );
+    }
 
     fn rule(metric: Metric, bound: Bound) -> Rule {
         Rule {

@@ -63,9 +63,10 @@ pub fn sum_shadow<'a>(reports: impl IntoIterator<Item = &'a Report>) -> ShadowFi
     for s in reports.into_iter().filter_map(|r| r.shadow.as_ref()) {
         let get = |k: &str| s.get(k).copied().unwrap_or(0);
         out.pairs = out.pairs.saturating_add(get("pairs"));
-        out.failed = out
-            .failed
-            .saturating_add(get("shadow_errors").saturating_add(get("shadow_timeouts")));
+        out.failed = out.failed.saturating_add(get("shadow_errors"));
+        out.unreachable = out.unreachable.saturating_add(
+            get("shadow_timeouts").saturating_add(get("shadow_refused")),
+        );
         out.labelled = out.labelled.saturating_add(get("labelled_pairs"));
         out.agree = out.agree.saturating_add(get("label_agree"));
     }
@@ -165,7 +166,7 @@ mod tests {
         let with_shadow = |instance: &str, pairs: u64, agree: u64| -> Report {
             serde_json::from_value(serde_json::json!({
                 "instance": instance, "seq": 1, "arms": {},
-                "shadow": {"sent": pairs + 1, "pairs": pairs, "shadow_errors": 1, "shadow_timeouts": 2,
+                "shadow": {"sent": pairs + 1, "pairs": pairs, "shadow_errors": 1, "shadow_timeouts": 2, "shadow_refused": 1,
                            "labelled_pairs": pairs - 3, "label_agree": agree, "mirrored": 0}
             }))
             .unwrap()
@@ -179,7 +180,8 @@ mod tests {
             total,
             ShadowFigures {
                 pairs: 150,
-                failed: 6,
+                failed: 2,
+                unreachable: 6,
                 labelled: 144,
                 agree: 130
             }
