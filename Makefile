@@ -44,10 +44,10 @@ $(ENVOY):
 venv: $(ENVOY)
 
 wasm: toolchain
-	cargo build --release --target wasm32-wasip1 -p ramp-filter -p ramp-empty-filter
+	cargo build --release --target wasm32-wasip1 -p ramp-filter -p ramp-empty-filter -p ramp-naive-router
 	@command -v wasm-opt >/dev/null || { apt-get update -qq && apt-get install -y -qq binaryen; }
 	@mkdir -p $(WASM_DIR)
-	@for f in ramp_filter ramp_empty_filter; do \
+	@for f in ramp_filter ramp_empty_filter ramp_naive_router; do \
 	  wasm-opt $(WASM_OPT_FLAGS) target/wasm32-wasip1/release/$$f.wasm -o $(WASM_DIR)/$$f.wasm; done
 	@size=$$(stat -c %s $(WASM)); echo "ramp_filter.wasm: $$size bytes (budget $(WASM_MAX_BYTES))"; \
 	  test $$size -le $(WASM_MAX_BYTES) || { echo "wasm over its size budget" >&2; exit 1; }
@@ -61,7 +61,7 @@ $(WASM_BINDGEN_STAMP):
 lint: toolchain
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy --target wasm32-wasip1 -p ramp-filter -p ramp-empty-filter --all-targets -- -D warnings
+	cargo clippy --target wasm32-wasip1 -p ramp-filter -p ramp-empty-filter -p ramp-naive-router --all-targets -- -D warnings
 
 unit: toolchain
 	cargo test -p ramp-protocol -p ramp-filter -p ramp-controller

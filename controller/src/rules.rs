@@ -168,7 +168,10 @@ mod tests {
             },
             ..Default::default()
         };
-        assert_eq!(w(100, 5, 50).value(Metric::ShadowErrorRate), (Some(0.1), 50));
+        assert_eq!(
+            w(100, 5, 50).value(Metric::ShadowErrorRate),
+            (Some(0.1), 50)
+        );
         assert_eq!(
             w(100, 0, 100).value(Metric::ShadowErrorRate),
             (None, 0),

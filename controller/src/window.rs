@@ -64,9 +64,9 @@ pub fn sum_shadow<'a>(reports: impl IntoIterator<Item = &'a Report>) -> ShadowFi
         let get = |k: &str| s.get(k).copied().unwrap_or(0);
         out.pairs = out.pairs.saturating_add(get("pairs"));
         out.failed = out.failed.saturating_add(get("shadow_errors"));
-        out.unreachable = out.unreachable.saturating_add(
-            get("shadow_timeouts").saturating_add(get("shadow_refused")),
-        );
+        out.unreachable = out
+            .unreachable
+            .saturating_add(get("shadow_timeouts").saturating_add(get("shadow_refused")));
         out.labelled = out.labelled.saturating_add(get("labelled_pairs"));
         out.agree = out.agree.saturating_add(get("label_agree"));
     }

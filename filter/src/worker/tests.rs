@@ -396,7 +396,7 @@ fn a_copy_with_no_answer_expires_unpaired() {
 }
 
 #[test]
-fn a_weighted_request_costs_five_host_calls() {
+fn a_request_costs_five_host_calls_and_counters_wait_for_the_tick() {
     let host = MemHost::default();
     let w = worker(
         &host,
@@ -411,6 +411,27 @@ fn a_weighted_request_costs_five_host_calls() {
         calls,
         ["request_header_pairs", "set_header", "now", "header", "now"],
     );
+    // The benchmark's sticky and bandit configs: the same, plus the response header sticky sets.
+    for (config, extra) in [
+        (
+            r#"{"rollout":"s","arms":[{"name":"v1","weight":90},{"name":"v2","weight":10}],
+               "sticky":{"source":"header","name":"x-user-id"},"response_header":"x-ramp-arm"}"#,
+            &["set_header"][..],
+        ),
+        (
+            r#"{"rollout":"b","arms":[{"name":"v1","weight":1},{"name":"v2","weight":1}],
+               "strategy":"bandit","bandit":{"policy":"thompson"}}"#,
+            &[][..],
+        ),
+    ] {
+        let host = MemHost::default();
+        let w = worker(&host, config, 14);
+        request(&w, &host, &[(":path", "/"), ("x-user-id", "user-7")], 200);
+        let calls = host.with(|m| m.calls.clone());
+        let mut want = vec!["request_header_pairs", "set_header", "now", "header", "now"];
+        want.extend_from_slice(extra);
+        assert_eq!(calls, want, "{config}");
+    }
 }
 
 #[test]

@@ -930,7 +930,10 @@ fn a_sub_millisecond_candidate_passes_a_3_ms_p95_rule_and_both_sources_agree() {
         "histogram_quantile(0.95, sum by (le) (ramp_latency_ms_bucket{rollout=\"submilli\",arm=\"v2\"}))",
     );
     let answer = ramp_tests::Client::default()
-        .get(&prometheus.url(&format!("/api/v1/query?query={query}")), &[])
+        .get(
+            &prometheus.url(&format!("/api/v1/query?query={query}")),
+            &[],
+        )
         .unwrap();
     let from_prometheus: f64 = answer.body["data"]["result"][0]["value"][1]
         .as_str()
@@ -945,7 +948,10 @@ fn a_sub_millisecond_candidate_passes_a_3_ms_p95_rule_and_both_sources_agree() {
         bucket_of(from_reports).abs_diff(bucket_of(from_prometheus)) <= 1,
         "reports {from_reports} ms vs Prometheus {from_prometheus} ms"
     );
-    assert!(from_reports < 3.0, "a local model answers in well under 3 ms: {status}");
+    assert!(
+        from_reports < 3.0,
+        "a local model answers in well under 3 ms: {status}"
+    );
     // Traffic again, so the stage's rule windows have samples, and the candidate is promoted.
     let traffic = Traffic::start(s.envoy.url("/predict"), 2);
     let done = s
