@@ -20,9 +20,12 @@ WASM_OPT_FLAGS := -O3 --strip-debug --enable-bulk-memory --enable-sign-ext --ena
 # Release filter size budget. Issue 2 set 300 KB for weighted/sticky/override, which measured 283 KB;
 # the bandit and the shadow compare mode (callouts, pairing, JSON pointer) bring it to ~318 KB, the
 # live-state channel (lease, polling, state documents) to ~340 KB, the fleet's bandit counts and the
-# shadow totals in that channel (issue 5) to ~362 KB, so the budget is 372 KB. It still fails the
-# build on unexplained growth.
-WASM_MAX_BYTES := 372000
+# shadow totals in that channel (issue 5) to ~362 KB, so the budget was 372 KB; the Host-trait worker,
+# the 0.1 ms..60 s bucket counters and the shadow outcome classes (issue 11) measured 368 KB. The
+# shadow verdicts' exact prediction sums (128-bit moments merged in shared data, disagreement
+# thresholds, Prometheus sums; issue 13) bring it to ~380 KB, so the budget is 384 KB. It still
+# fails the build on unexplained growth.
+WASM_MAX_BYTES := 384000
 
 .PHONY: help toolchain venv wasm lint unit wasm-test e2e test demo bench sim clean
 

@@ -12,6 +12,7 @@ pub mod redact;
 pub mod registry;
 pub mod rules;
 pub mod server;
+pub mod shadowstats;
 pub mod spec;
 pub mod store;
 pub mod summary;

@@ -703,6 +703,7 @@ mod tests {
                 unreachable: 0,
                 labelled,
                 agree,
+                moments: Default::default(),
             },
             ..Default::default()
         };

@@ -2,8 +2,14 @@
 //! bounds relative to the baseline arm over the same window, each with a minimum sample size below
 //! which the rule neither passes nor fails.
 
+use ramp_protocol::moments::ShadowMoments;
+
 use crate::histogram::Histogram;
+use crate::shadowstats::{equivalence_reach, shadow_stats};
 use crate::spec::{Bound, Metric, Rule};
+
+/// The guide's promotion criterion keeps "no significant difference" at this level.
+pub const GUIDE_T_TEST_P: f64 = 0.05;
 
 /// One arm's figures over a window.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -23,7 +29,7 @@ pub struct ArmWindow {
 }
 
 /// Shadow comparison counts (filter compare mode), cumulative or over a window.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ShadowFigures {
     /// Copies whose answer was paired with the primary's.
     pub pairs: u64,
@@ -36,11 +42,19 @@ pub struct ShadowFigures {
     /// Pairs where both answers had a value to compare, and how many of those agreed.
     pub labelled: u64,
     pub agree: u64,
+    /// The exact sums of the numeric prediction pairs (compare mode with a JSON pointer).
+    #[serde(default)]
+    pub moments: ShadowMoments,
 }
 
 impl ShadowFigures {
     pub fn since(&self, base: &ShadowFigures) -> ShadowFigures {
         ShadowFigures {
+            // A restarted source (counts went down): this window is everything it has now.
+            moments: self
+                .moments
+                .since(&base.moments)
+                .unwrap_or_else(|| self.moments.clone()),
             pairs: self.pairs.saturating_sub(base.pairs),
             failed: self.failed.saturating_sub(base.failed),
             unreachable: self.unreachable.saturating_sub(base.unreachable),
@@ -81,6 +95,18 @@ impl ArmWindow {
                     answered,
                 )
             }
+            Metric::ShadowCorrelation
+            | Metric::ShadowMeanDiff
+            | Metric::ShadowEquivalent
+            | Metric::ShadowGuide => {
+                let stats = shadow_stats(&self.shadow.moments);
+                let value = stats.as_ref().and_then(|s| match metric {
+                    Metric::ShadowCorrelation | Metric::ShadowGuide => s.correlation,
+                    Metric::ShadowMeanDiff => Some(s.mean_diff.abs()),
+                    _ => equivalence_reach(s),
+                });
+                (value, self.shadow.moments.n)
+            }
             m => (
                 m.percentile().and_then(|q| self.latency.quantile(q)),
                 self.latency.count(),
@@ -115,6 +141,16 @@ pub fn evaluate(rule: &Rule, candidate: &ArmWindow, baseline: &ArmWindow) -> Ver
     };
     let name = metric_name(rule.metric);
     let fail = |reason: String| Verdict::Fail { value, reason };
+    if rule.metric == Metric::ShadowGuide {
+        // The guide's recommendation: correlation above the bound and a paired t-test that finds
+        // no significant difference.
+        let p = shadow_stats(&candidate.shadow.moments).and_then(|s| s.t_p);
+        if let Some(p) = p.filter(|&p| p <= GUIDE_T_TEST_P) {
+            return fail(format!(
+                "paired t-test finds a difference (p = {p:.3e} <= {GUIDE_T_TEST_P})"
+            ));
+        }
+    }
     match rule.bound {
         Bound::Max(max) if value > max => fail(format!("{name} {value:.4} > max {max}")),
         Bound::Min(min) if value < min => fail(format!("{name} {value:.4} < min {min}")),
@@ -150,12 +186,72 @@ fn metric_name(m: Metric) -> &'static str {
         Metric::Accuracy => "accuracy",
         Metric::ShadowAgreement => "shadow agreement",
         Metric::ShadowErrorRate => "shadow error rate",
+        Metric::ShadowCorrelation => "shadow correlation",
+        Metric::ShadowMeanDiff => "shadow |mean difference|",
+        Metric::ShadowEquivalent => "shadow 90% interval of the mean difference reaches",
+        Metric::ShadowGuide => "shadow correlation (guide preset)",
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn paired(pairs: impl Iterator<Item = (f64, f64)>) -> ArmWindow {
+        let mut m = ShadowMoments::default();
+        for (x, y) in pairs {
+            let (xq, yq) = ((x * 1e6).round() as i128, (y * 1e6).round() as i128);
+            m.n += 1;
+            m.sum_x.0 += xq;
+            m.sum_y.0 += yq;
+            m.sum_xx.0 += xq * xq;
+            m.sum_yy.0 += yq * yq;
+            m.sum_xy.0 += xq * yq;
+        }
+        ArmWindow {
+            shadow: ShadowFigures {
+                moments: m,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn shadow_comparison_rules_judge_the_predictions() {
+        let xs = || (0..200).map(|i| 0.2 + (i % 50) as f64 / 100.0);
+        // 5% higher: correlated, but not the same model.
+        let scaled = paired(xs().map(|x| (x, x * 1.05)));
+        // The same model up to a tiny alternating wobble.
+        let same = paired(
+            xs().enumerate()
+                .map(|(i, x)| (x, x + if i % 2 == 0 { 0.001 } else { -0.001 })),
+        );
+        let check = |metric, bound, w: &ArmWindow| {
+            matches!(
+                evaluate(&rule(metric, bound), w, &ArmWindow::default()),
+                Verdict::Pass { .. }
+            )
+        };
+        assert!(!check(Metric::ShadowEquivalent, Bound::Max(0.01), &scaled));
+        assert!(check(Metric::ShadowEquivalent, Bound::Max(0.01), &same));
+        assert!(check(Metric::ShadowCorrelation, Bound::Min(0.95), &scaled));
+        assert!(!check(Metric::ShadowMeanDiff, Bound::Max(0.01), &scaled));
+        assert!(check(Metric::ShadowMeanDiff, Bound::Max(0.01), &same));
+        // The guide's preset: correlated, but the t-test sees the 5% bias, so it does not pass...
+        assert!(!check(Metric::ShadowGuide, Bound::Min(0.95), &scaled));
+        // ...and passes the wobble, as it should.
+        assert!(check(Metric::ShadowGuide, Bound::Min(0.95), &same));
+        let few = paired(xs().take(3).map(|x| (x, x)));
+        assert!(matches!(
+            evaluate(
+                &rule(Metric::ShadowEquivalent, Bound::Max(0.01)),
+                &few,
+                &ArmWindow::default()
+            ),
+            Verdict::NotEnoughData { samples: 3, .. }
+        ));
+    }
 
     #[test]
     fn the_shadow_error_rate_is_over_the_copies_the_model_answered() {

@@ -70,8 +70,18 @@ pub enum Metric {
     /// Share of mirrored copies whose answer (the filter's `shadow.json_pointer`) equals the
     /// primary's: judged at 0%, with no user seeing the candidate.
     ShadowAgreement,
-    /// Share of mirrored copies that failed (5xx or timeout).
+    /// Share of the copies the shadow model answered with a 5xx.
     ShadowErrorRate,
+    /// Pearson's correlation between the primary's and the shadow's predictions (use `min`).
+    ShadowCorrelation,
+    /// |mean of shadow - primary| in the predictions' unit (use `max`).
+    ShadowMeanDiff,
+    /// Equivalence (TOST at 5%): passes when the 90% confidence interval of the mean difference
+    /// lies within +-`max`, the tolerance, in the predictions' unit.
+    ShadowEquivalent,
+    /// The deployment-strategies guide's recommendation: correlation >= `min` (the guide: 0.95)
+    /// and a paired t-test with p > 0.05.
+    ShadowGuide,
 }
 
 impl Metric {
@@ -86,12 +96,26 @@ impl Metric {
 
     /// Whether larger values are worse (latency, errors) or better (accuracy, agreement).
     pub fn higher_is_worse(self) -> bool {
-        !matches!(self, Metric::Accuracy | Metric::ShadowAgreement)
+        !matches!(
+            self,
+            Metric::Accuracy
+                | Metric::ShadowAgreement
+                | Metric::ShadowCorrelation
+                | Metric::ShadowGuide
+        )
     }
 
     /// Judged on mirrored copies, so it has data while the candidate serves no user.
     pub fn is_shadow(self) -> bool {
-        matches!(self, Metric::ShadowAgreement | Metric::ShadowErrorRate)
+        matches!(
+            self,
+            Metric::ShadowAgreement
+                | Metric::ShadowErrorRate
+                | Metric::ShadowCorrelation
+                | Metric::ShadowMeanDiff
+                | Metric::ShadowEquivalent
+                | Metric::ShadowGuide
+        )
     }
 }
 
@@ -541,7 +565,7 @@ fn validate_strategy(raw: &RawSpec, stages: &[Stage]) -> Result<Option<AbTest>, 
         if let Some(j) = s.rules.iter().position(|r| !r.metric.is_shadow()) {
             return Err(err(
                 format!("stages[{i}].rules[{j}].metric"),
-                "a 0% stage serves no user: only shadow_agreement and shadow_error_rate can be judged there",
+                "a 0% stage serves no user: only shadow rules (shadow_agreement, shadow_error_rate, shadow_correlation, shadow_mean_diff, shadow_equivalent, shadow_guide) can be judged there",
             ));
         }
     }
@@ -559,7 +583,7 @@ fn validate_strategy(raw: &RawSpec, stages: &[Stage]) -> Result<Option<AbTest>, 
             if stages[0].rules.is_empty() {
                 return Err(err(
                     "stages[0].rules",
-                    "shadow needs at least one rule (shadow_agreement, shadow_error_rate) to judge the copies",
+                    "shadow needs at least one rule (shadow_agreement, shadow_error_rate, shadow_correlation, shadow_mean_diff, shadow_equivalent, shadow_guide) to judge the copies",
                 ));
             }
             Ok(None)
@@ -657,8 +681,31 @@ fn validate_rule(r: &RawRule, field: &str) -> Result<Rule, SpecError> {
     }
     let rate = !matches!(
         r.metric,
-        Metric::LatencyP50 | Metric::LatencyP95 | Metric::LatencyP99
+        Metric::LatencyP50
+            | Metric::LatencyP95
+            | Metric::LatencyP99
+            | Metric::ShadowMeanDiff
+            | Metric::ShadowEquivalent
     );
+    let paired = matches!(
+        r.metric,
+        Metric::ShadowCorrelation
+            | Metric::ShadowMeanDiff
+            | Metric::ShadowEquivalent
+            | Metric::ShadowGuide
+    );
+    if paired && matches!(bound, Bound::WorseThanBaseline(_)) {
+        return Err(err(
+            format!("{field}.max_worse_than_baseline"),
+            "a shadow comparison is already relative to the primary: use max or min",
+        ));
+    }
+    if r.metric == Metric::ShadowEquivalent && value == 0.0 {
+        return Err(err(
+            format!("{field}.max"),
+            "the equivalence tolerance must be > 0",
+        ));
+    }
     if rate && value > 1.0 {
         return Err(err(
             format!("{field}.{name}"),
@@ -810,7 +857,22 @@ mod tests {
                     base("[{weight: 0, rules: [{metric: error_rate, max: 0.1}]}, {weight: 100}]")
                 ),
                 "stages[0].rules[0].metric",
-                "only shadow_agreement and shadow_error_rate",
+                "only shadow rules",
+            ),
+            (
+                base("[{weight: 0, rules: [{metric: shadow_equivalent, max: 0}]}, {weight: 100}]"),
+                "stages[0].rules[0].max",
+                "tolerance must be > 0",
+            ),
+            (
+                base("[{weight: 0, rules: [{metric: shadow_correlation, max: 0.9}]}, {weight: 100}]"),
+                "stages[0].rules[0].max",
+                "use min",
+            ),
+            (
+                base("[{weight: 0, rules: [{metric: shadow_mean_diff, max_worse_than_baseline: 0.1}]}, {weight: 100}]"),
+                "stages[0].rules[0].max_worse_than_baseline",
+                "already relative",
             ),
             (
                 format!("strategy: shadow\n{}", base("[{weight: 0}, {weight: 100}]")),

@@ -8,7 +8,8 @@ use crate::machine::{self, State};
 use crate::posterior::posterior;
 use crate::registry::{Loaded, View};
 use crate::rules::{evaluate, ArmWindow, Verdict};
-use crate::spec::{Bound, Spec, StrategyKind};
+use crate::shadowstats::{shadow_stats, tost_p};
+use crate::spec::{Bound, Metric, Spec, StrategyKind};
 use crate::store::Record;
 use crate::window::{window, BanditCounts, Totals};
 
@@ -52,7 +53,8 @@ fn arm_figures(w: &ArmWindow) -> Value {
            "error_rate": if w.requests > 0 { w.errors as f64 / w.requests as f64 } else { 0.0 },
            "p95_ms": w.latency.quantile(0.95),
            "accuracy": (w.labelled > 0).then(|| w.correct as f64 / w.labelled as f64),
-           "labelled": w.labelled, "shadow": w.shadow})
+           "labelled": w.labelled, "shadow": w.shadow,
+           "shadow_stats": shadow_stats(&w.shadow.moments)})
 }
 
 /// The figures of one check: per rule the windows it was judged on (`judged`, one pair per rule
@@ -93,10 +95,23 @@ pub fn figures(
                 Bound::Min(v) => ("min", v),
                 Bound::WorseThanBaseline(v) => ("max_worse_than_baseline", v),
             };
-            json!({"metric": rule.metric, "bound": bound, "limit": limit,
+            let mut check = json!({"metric": rule.metric, "bound": bound, "limit": limit,
                    "value": value, "samples": c.samples(rule.metric),
                    "min_samples": rule.min_samples, "verdict": verdict,
-                   "stage_value": stage_value, "stage_samples": candidate.samples(rule.metric)})
+                   "stage_value": stage_value, "stage_samples": candidate.samples(rule.metric)});
+            // The evidence behind a shadow verdict: TOST's p-value for the tolerance, the paired
+            // t-test's for the guide's preset.
+            let stats = shadow_stats(&c.shadow.moments);
+            match rule.metric {
+                Metric::ShadowEquivalent => {
+                    check["tost_p"] = json!(stats.as_ref().and_then(|s| tost_p(s, limit)));
+                }
+                Metric::ShadowGuide => {
+                    check["t_test_p"] = json!(stats.as_ref().and_then(|s| s.t_p));
+                }
+                _ => {}
+            }
+            check
         })
         .collect();
     let ab_test = spec

@@ -132,6 +132,10 @@ pub struct RawShadow {
     /// compare: the JSON pointer of the prediction in both answers, e.g. `/prediction`.
     #[serde(default)]
     pub json_pointer: Option<String>,
+    /// compare: absolute differences between the two predictions to count pairs beyond (at most
+    /// four, ascending), e.g. `[0.01, 0.1]`: the "large disagreements" of the comparison.
+    #[serde(default)]
+    pub disagreement_thresholds: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -385,6 +389,7 @@ pub struct Shadow {
     pub max_pending: usize,
     pub authority: String,
     pub json_pointer: Option<String>,
+    pub disagreement_thresholds: Vec<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -621,7 +626,24 @@ fn validate_shadow(s: RawShadow) -> Result<Shadow, ConfigError> {
             "only applies to mode \"compare\"",
         ));
     }
+    let thresholds = &s.disagreement_thresholds;
+    if thresholds.len() > ramp_protocol::moments::MAX_THRESHOLDS
+        || thresholds.iter().any(|t| !(t.is_finite() && *t > 0.0))
+        || thresholds.windows(2).any(|w| w[1] <= w[0])
+    {
+        return Err(ConfigError::new(
+            "shadow.disagreement_thresholds",
+            "at most 4 absolute differences, each > 0, ascending",
+        ));
+    }
+    if !thresholds.is_empty() && s.json_pointer.is_none() {
+        return Err(ConfigError::new(
+            "shadow.disagreement_thresholds",
+            "needs shadow.json_pointer (the predictions to compare)",
+        ));
+    }
     Ok(Shadow {
+        disagreement_thresholds: s.disagreement_thresholds,
         authority: s.authority.unwrap_or_else(|| s.cluster.clone()),
         cluster: s.cluster,
         mode: s.mode,
@@ -1096,6 +1118,16 @@ mod tests {
                 "[0, 100]",
             ),
             (r#"{"cluster":""}"#, "shadow.cluster", "empty"),
+            (
+                r#"{"cluster":"m","mode":"compare","json_pointer":"/p","disagreement_thresholds":[0.1,0.01]}"#,
+                "shadow.disagreement_thresholds",
+                "ascending",
+            ),
+            (
+                r#"{"cluster":"m","mode":"compare","disagreement_thresholds":[0.1]}"#,
+                "shadow.disagreement_thresholds",
+                "json_pointer",
+            ),
             (
                 r#"{"cluster":"m","methods":["PO ST"]}"#,
                 "shadow.methods[0]",

@@ -124,6 +124,10 @@ pub fn counts_key(rollout: &str, arm: &str) -> String {
     format!("ramp.ctl.v2.{rollout}.counts.{arm}")
 }
 
+pub fn moments_key(rollout: &str) -> String {
+    format!("ramp.ctl.v2.{rollout}.moments")
+}
+
 pub fn instance_key(rollout: &str) -> String {
     format!("ramp.ctl.v1.{rollout}.instance")
 }
@@ -134,12 +138,14 @@ pub fn instance_key(rollout: &str) -> String {
 /// serializer would cost the wasm more than this function.
 /// With the bandit on, each arm also carries `"bandit":{"trials","reward_micros"}`: this Envoy's
 /// totals, which the controller adds into the other Envoys' live state.
-/// With shadow compare mode on, `"shadow":{"sent",..}` carries this Envoy's comparison totals.
+/// With shadow compare mode on, `"shadow":{"sent",..}` carries this Envoy's comparison totals,
+/// and `shadow_moments` (already JSON, `shadow::moments_json`) the exact prediction sums.
 pub fn report_json(
     instance: &str,
     seq: u64,
     arms: &[(&str, ArmReport, Option<ArmCounts>)],
     shadow: Option<&[u64]>,
+    moments: Option<&str>,
 ) -> String {
     let le: Vec<String> = LATENCY_BOUNDS_US
         .iter()
@@ -173,8 +179,9 @@ pub fn report_json(
             .collect();
         format!(",\"shadow\":{{{}}}", fields.join(","))
     });
+    let moments = moments.map_or(String::new(), |m| format!(",\"shadow_moments\":{m}"));
     format!(
-        "{{\"instance\":\"{instance}\",\"seq\":{seq},\"arms\":{{{}}}{shadow}}}",
+        "{{\"instance\":\"{instance}\",\"seq\":{seq},\"arms\":{{{}}}{shadow}{moments}}}",
         arms.join(",")
     )
 }
@@ -230,11 +237,21 @@ mod tests {
         shadow[1] = 40;
         shadow[14] = 7;
         shadow[15] = 1;
+        shadow[16] = 3_500_000;
+        let mut moments = crate::shadow::ShadowMoments {
+            thresholds: vec![0.01, 0.5],
+            beyond: vec![0, 0],
+            ..Default::default()
+        };
+        for (x, y) in [(1.0, 1.5), (-2.25, -2.0), (1e9, -1e9)] {
+            crate::shadow::add_moments(&mut moments, x, y);
+        }
         let text = report_json(
             "00ab",
             7,
             &[("v1", a, None), ("v2", a, Some(bandit))],
             Some(&shadow),
+            Some(&crate::shadow::moments_json(&moments)),
         );
         let parsed: Report = serde_json::from_str(&text).unwrap();
         assert_eq!(parsed.validate(&["v1", "v2"]), Ok(()));
@@ -258,14 +275,24 @@ mod tests {
             ),
             (40, 7, 1)
         );
+        assert_eq!(parsed.shadow_moments.as_ref(), Some(&moments));
+        let m = &moments;
+        assert_eq!(
+            (m.n, m.beyond.as_slice(), m.max_abs_diff_micros),
+            (3, &[3, 1][..], 2_000_000_000_000_000)
+        );
+        assert_eq!(
+            m.sum_xy.0,
+            1_500_000_000_000 + 4_500_000_000_000 - 10i128.pow(30)
+        );
         let by_serde = serde_json::to_value(&parsed).unwrap();
         let by_hand: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(by_serde, by_hand);
-        assert!(report_json("x", 1, &[], None)
+        assert!(report_json("x", 1, &[], None, None)
             .parse::<serde_json::Value>()
             .is_ok());
         let no_shadow: Report =
-            serde_json::from_str(&report_json("x", 1, &[("v1", a, None)], None)).unwrap();
+            serde_json::from_str(&report_json("x", 1, &[("v1", a, None)], None, None)).unwrap();
         assert!(no_shadow.shadow.is_none());
         assert!(a.requests() < MAX_COUNT);
     }

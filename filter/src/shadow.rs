@@ -1,6 +1,10 @@
 //! Shadow traffic: which requests to copy, which headers the copy carries, and pairing the shadow's
 //! answer with the primary's (they finish in either order) into a comparison, a log record and
-//! running totals. Pure; the glue moves bytes and time in and out.
+//! running totals and the exact sums of the predictions. Pure; the worker moves bytes and time in
+//! and out.
+
+pub use ramp_protocol::moments::ShadowMoments;
+use ramp_protocol::moments::{Wide, MAX_MOMENT_VALUE, MOMENT_SCALE};
 
 use crate::config::Shadow;
 use crate::jsonpick::Scalar;
@@ -299,6 +303,118 @@ pub struct Totals {
     pub labelled_pairs: u64,
     /// Copies that reached no shadow model (refused, reset, no healthy host).
     pub shadow_refused: u64,
+    /// Sums over numeric pairs of the primary's prediction x and the shadow's y, in millionths
+    /// (signed sums split by sign, as Envoy's counters only grow): Prometheus' view of the
+    /// correlation. The exact sums for the controller are [`ShadowMoments`].
+    pub sum_x_pos_micros: u64,
+    pub sum_x_neg_micros: u64,
+    pub sum_y_pos_micros: u64,
+    pub sum_y_neg_micros: u64,
+    pub sum_xx_micros: u64,
+    pub sum_yy_micros: u64,
+    pub sum_xy_pos_micros: u64,
+    pub sum_xy_neg_micros: u64,
+}
+
+/// A pair's predictions as numbers within the range the sums take (see `ramp_protocol::moments`).
+pub fn numeric_pair(p: &Pair) -> Option<(f64, f64)> {
+    match (&p.primary.value, &p.shadow.value) {
+        (Some(Scalar::Number(x)), Some(Scalar::Number(y)))
+            if x.abs() <= MAX_MOMENT_VALUE && y.abs() <= MAX_MOMENT_VALUE =>
+        {
+            Some((*x, *y))
+        }
+        _ => None,
+    }
+}
+
+/// Adds one pair of predictions to the exact sums: x and y as integers in millionths, squares and
+/// products of those integers in 128 bits.
+pub fn add_moments(m: &mut ShadowMoments, x: f64, y: f64) {
+    // |x| <= 10^9, so x in millionths fits in 64 bits (a 128-bit float cast costs wasm size).
+    let (xq, yq) = (
+        (x * MOMENT_SCALE).round() as i64 as i128,
+        (y * MOMENT_SCALE).round() as i64 as i128,
+    );
+    m.n += 1;
+    m.sum_x.0 += xq;
+    m.sum_y.0 += yq;
+    m.sum_xx.0 += xq * xq;
+    m.sum_yy.0 += yq * yq;
+    m.sum_xy.0 += xq * yq;
+    let diff = (yq - xq).unsigned_abs() as u64;
+    m.max_abs_diff_micros = m.max_abs_diff_micros.max(diff);
+    for (t, b) in m.thresholds.iter().zip(m.beyond.iter_mut()) {
+        if (y - x).abs() > *t {
+            *b += 1;
+        }
+    }
+}
+
+/// The sums in shared data: n, the five sums as (low, high) words, the maximum, then one count
+/// per threshold; little-endian u64s.
+pub fn encode_moments(m: &ShadowMoments) -> Vec<u8> {
+    let mut words = vec![m.n];
+    for w in [m.sum_x, m.sum_y, m.sum_xx, m.sum_yy, m.sum_xy] {
+        words.push(w.0 as u64);
+        words.push((w.0 >> 64) as u64);
+    }
+    words.push(m.max_abs_diff_micros);
+    words.extend_from_slice(&m.beyond);
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+/// The sums as `encode_moments` wrote them, for a config with `thresholds`; `None` for another
+/// layout (never merge into bytes that are not ours).
+pub fn decode_moments(bytes: &[u8], thresholds: &[f64]) -> Option<ShadowMoments> {
+    let words = crate::report::decode_le_u64s(bytes);
+    if bytes.len() != (12 + thresholds.len()) * 8 {
+        return None;
+    }
+    let wide = |i: usize| {
+        Wide((words[i] as i128 & 0xFFFF_FFFF_FFFF_FFFF) | ((words[i + 1] as i128) << 64))
+    };
+    Some(ShadowMoments {
+        n: words[0],
+        sum_x: wide(1),
+        sum_y: wide(3),
+        sum_xx: wide(5),
+        sum_yy: wide(7),
+        sum_xy: wide(9),
+        max_abs_diff_micros: words[11],
+        thresholds: thresholds.to_vec(),
+        beyond: words[12..].to_vec(),
+    })
+}
+
+/// A sum as the protocol's `Wide` writes it (`ramp_protocol::moments::wide_text`), without
+/// core's 128-bit decimal formatting (kilobytes of wasm): decimal while it fits in 64 bits, else
+/// sign and 32 hex digits.
+fn wide_text(v: i128) -> String {
+    match i64::try_from(v) {
+        Ok(small) => small.to_string(),
+        Err(_) => {
+            let (sign, m) = (if v < 0 { "-" } else { "" }, v.unsigned_abs());
+            format!("{sign}0x{:016x}{:016x}", (m >> 64) as u64, m as u64)
+        }
+    }
+}
+
+/// The report's `"shadow_moments"` object, hand-written as the rest of the report.
+pub fn moments_json(m: &ShadowMoments) -> String {
+    let list = |v: Vec<String>| v.join(",");
+    format!(
+        "{{\"n\":{},\"sum_x\":\"{}\",\"sum_y\":\"{}\",\"sum_xx\":\"{}\",\"sum_yy\":\"{}\",\"sum_xy\":\"{}\",\"max_abs_diff_micros\":{},\"thresholds\":[{}],\"beyond\":[{}]}}",
+        m.n,
+        wide_text(m.sum_x.0),
+        wide_text(m.sum_y.0),
+        wide_text(m.sum_xx.0),
+        wide_text(m.sum_yy.0),
+        wide_text(m.sum_xy.0),
+        m.max_abs_diff_micros,
+        list(m.thresholds.iter().map(|t| format!("{t}")).collect()),
+        list(m.beyond.iter().map(u64::to_string).collect()),
+    )
 }
 
 /// Stat names, in the order of [`Totals::values`] (the wire protocol's report keys).
@@ -328,6 +444,26 @@ impl Totals {
             }
             self.diff_sq_micros += (d * d * 1e6).round() as u64;
         }
+        if let Some((x, y)) = numeric_pair(p) {
+            let split = |v: f64, pos: &mut u64, neg: &mut u64| {
+                let micros = (v.abs() * 1e6).round() as u64;
+                if v >= 0.0 {
+                    *pos = pos.saturating_add(micros);
+                } else {
+                    *neg = neg.saturating_add(micros);
+                }
+            };
+            split(x, &mut self.sum_x_pos_micros, &mut self.sum_x_neg_micros);
+            split(y, &mut self.sum_y_pos_micros, &mut self.sum_y_neg_micros);
+            split(
+                x * y,
+                &mut self.sum_xy_pos_micros,
+                &mut self.sum_xy_neg_micros,
+            );
+            let sq = |v: f64| (v * v * 1e6).round() as u64;
+            self.sum_xx_micros = self.sum_xx_micros.saturating_add(sq(x));
+            self.sum_yy_micros = self.sum_yy_micros.saturating_add(sq(y));
+        }
     }
 
     pub fn values(&self) -> [u64; TOTAL_NAMES.len()] {
@@ -348,6 +484,14 @@ impl Totals {
             self.mirrored,
             self.labelled_pairs,
             self.shadow_refused,
+            self.sum_x_pos_micros,
+            self.sum_x_neg_micros,
+            self.sum_y_pos_micros,
+            self.sum_y_neg_micros,
+            self.sum_xx_micros,
+            self.sum_yy_micros,
+            self.sum_xy_pos_micros,
+            self.sum_xy_neg_micros,
         ]
     }
 
@@ -516,6 +660,21 @@ mod tests {
         assert!(record_line("r", &down, &compare(&down)).contains("\"failure\":\"timeout\""));
         assert_eq!(t.take()[1], 4);
         assert_eq!(t, Totals::default());
+    }
+
+    #[test]
+    fn wide_sums_print_as_core_prints_them() {
+        for v in [
+            0,
+            7,
+            -7,
+            10i128.pow(18),
+            -(10i128.pow(30)) - 5,
+            i128::MAX,
+            i128::MIN + 1,
+        ] {
+            assert_eq!(wide_text(v), ramp_protocol::moments::wide_text(v));
+        }
     }
 
     #[test]

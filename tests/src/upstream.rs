@@ -23,6 +23,15 @@ pub struct Behaviour {
     pub reward_micros: AtomicU64,
     /// The answer's `prediction` is the query parameter `x` times this, in thousandths (0: 1000).
     pub prediction_milli: AtomicU64,
+    /// Gaussian noise added to the prediction: its standard deviation in millionths (0: none).
+    pub noise_sd_micros: AtomicU64,
+}
+
+/// A standard normal draw (Box-Muller).
+fn standard_normal() -> f64 {
+    let u = fastrand::f64().max(f64::MIN_POSITIVE);
+    let v = fastrand::f64();
+    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
 }
 
 impl Behaviour {
@@ -156,7 +165,15 @@ fn serve_connection(stream: TcpStream, ctx: &Shared) {
             0 => 1000,
             m => m,
         };
-        let prediction = x.map(|x| x * scale as f64 / 1000.0);
+        let noise_sd = ctx.behaviour.noise_sd_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let prediction = x.map(|x| {
+            let noise = if noise_sd > 0.0 {
+                noise_sd * standard_normal()
+            } else {
+                0.0
+            };
+            x * scale as f64 / 1000.0 + noise
+        });
         let body = serde_json::json!({
             "arm": ctx.arm, "headers": ramp_headers, "path": req.path,
             "prediction": prediction, "body_len": req.body_len,

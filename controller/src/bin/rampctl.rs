@@ -414,8 +414,13 @@ fn print_status(v: &serde_json::Value) {
         let stage = c["stage_value"]
             .as_f64()
             .map_or("-".to_owned(), |x| format!("{x:.4}"));
+        let evidence = match (c["tost_p"].as_f64(), c["t_test_p"].as_f64()) {
+            (Some(p), _) => format!("  TOST p {p:.3e}"),
+            (_, Some(p)) => format!("  paired t-test p {p:.3e}"),
+            _ => String::new(),
+        };
         println!(
-            "    check {:<12} {:>10} {} {:<26} [{}]   stage so far {stage} ({} samples)",
+            "    check {:<12} {:>10} {} {:<26} [{}]   stage so far {stage} ({} samples){evidence}",
             c["metric"].as_str().unwrap_or("?"),
             c["value"]
                 .as_f64()
@@ -469,8 +474,31 @@ fn print_status(v: &serde_json::Value) {
         let copies = &w["shadow"];
         if copies["pairs"].as_u64().unwrap_or(0) > 0 {
             println!(
-                "    {arm:<10} shadow copies {:>7}  failed {:>5}  agreement {} of {}",
-                copies["pairs"], copies["failed"], copies["agree"], copies["labelled"]
+                "    {arm:<10} shadow copies {:>7}  model errors {:>5}  unreachable {:>5}  agreement {} of {}",
+                copies["pairs"], copies["failed"], copies["unreachable"], copies["agree"], copies["labelled"]
+            );
+        }
+        let st = &w["shadow_stats"];
+        if st.is_object() {
+            let num =
+                |v: &serde_json::Value| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.4}"));
+            println!(
+                "    {arm:<10} shadow predictions {} pairs: mean diff {} (sd {}), correlation {}, paired t {} (p {}), 90% interval of the mean diff [{}, {}], max |diff| {}{}",
+                st["n"],
+                num(&st["mean_diff"]),
+                num(&st["sd_diff"]),
+                num(&st["correlation"]),
+                num(&st["t"]),
+                st["t_p"].as_f64().map_or("-".to_owned(), |p| format!("{p:.3e}")),
+                num(&st["ci90"][0]),
+                num(&st["ci90"][1]),
+                num(&st["max_abs_diff"]),
+                st["beyond"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|b| format!(", beyond {}: {}", b[0], b[1]))
+                    .collect::<String>()
             );
         }
         println!(

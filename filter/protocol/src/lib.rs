@@ -6,6 +6,7 @@
 
 pub mod decision;
 pub mod live;
+pub mod moments;
 pub mod names;
 pub mod report;
 

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::moments::ShadowMoments;
 use crate::names::check_instance;
 use crate::FieldError;
 
@@ -58,7 +59,7 @@ pub fn bound_ms(us: u64) -> f64 {
 }
 
 /// The shadow compare-mode totals a report may carry, in the filter's order.
-pub const SHADOW_TOTAL_NAMES: [&str; 16] = [
+pub const SHADOW_TOTAL_NAMES: [&str; 24] = [
     "sent",
     "pairs",
     "status_agree",
@@ -75,6 +76,14 @@ pub const SHADOW_TOTAL_NAMES: [&str; 16] = [
     "mirrored",
     "labelled_pairs",
     "shadow_refused",
+    "sum_x_pos_micros",
+    "sum_x_neg_micros",
+    "sum_y_pos_micros",
+    "sum_y_neg_micros",
+    "sum_xx_micros",
+    "sum_yy_micros",
+    "sum_xy_pos_micros",
+    "sum_xy_neg_micros",
 ];
 
 /// Largest count a report may carry: 2^53. No Envoy counts that far (285 years at a million
@@ -97,6 +106,9 @@ pub struct Report {
     /// Shadow compare-mode totals (`SHADOW_TOTAL_NAMES`), when compare mode is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<BTreeMap<String, u64>>,
+    /// The sums of the numeric prediction pairs, when compare mode has a JSON pointer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_moments: Option<ShadowMoments>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -228,6 +240,9 @@ impl Report {
         if let Some(shadow) = &self.shadow {
             validate_shadow(shadow)?;
         }
+        if let Some(m) = &self.shadow_moments {
+            m.validate()?;
+        }
         Ok(())
     }
 }
@@ -309,8 +324,8 @@ fn validate_shadow(shadow: &BTreeMap<String, u64>) -> Result<(), FieldError> {
                 "not a shadow total the filter reports",
             ));
         }
-        // Sums of differences (micros) may grow large; counts of copies may not.
-        if !name.starts_with("diff_") {
+        // Sums of differences and predictions (micros) may grow large; counts of copies may not.
+        if !(name.starts_with("diff_") || name.starts_with("sum_")) {
             bounded(format!("shadow.{name}"), v)?;
         }
     }

@@ -380,7 +380,7 @@ impl<H: Host> Exchange<H> {
             failure: None,
         };
         if let Some(pair) = st.book.primary_done(copy.id, seen) {
-            super::record_pair(&self.host, &active.rollout.name, &mut st.totals, &pair);
+            super::record_pair(&self.host, &active.rollout.name, &mut st, &pair);
         }
     }
 }

@@ -21,10 +21,12 @@ use crate::jsonpick::pick;
 use crate::live::{lease_key, parse, state_key, Applied, Lease};
 use crate::metrics::{all_arm_stat_names, fail_open_stat_name, Tally};
 use crate::report::{
-    add_le_u64s, counts_key, decode_le_u64s, instance_key, report_json, shadow_key, ArmReport,
+    add_le_u64s, counts_key, decode_le_u64s, instance_key, moments_key, report_json, shadow_key,
+    ArmReport,
 };
 use crate::shadow::{
-    classify_callout, compare, record_line, Book, Observed, Pair, Totals, TOTAL_NAMES,
+    add_moments, classify_callout, compare, decode_moments, encode_moments, moments_json,
+    numeric_pair, record_line, Book, Observed, Pair, ShadowMoments, Totals, TOTAL_NAMES,
     UPSTREAM_TIME_HEADER,
 };
 
@@ -85,6 +87,17 @@ struct ShadowState {
     queue: Option<u32>,
     /// Envoy counter ids, in the order of `shadow::TOTAL_NAMES`.
     metrics: Vec<u32>,
+    /// Exact sums of the numeric prediction pairs not yet in shared data (compare mode with a
+    /// JSON pointer), and their Envoy metrics: the maximum |difference| gauge, then one counter per
+    /// disagreement threshold.
+    moments: Option<MomentsState>,
+}
+
+struct MomentsState {
+    pending: ShadowMoments,
+    key: String,
+    max_gauge: u32,
+    beyond_counters: Vec<u32>,
 }
 
 /// The bandit's per-worker state: counts, and the shared-data key of each arm.
@@ -135,9 +148,19 @@ pub struct Worker<H: Host + Clone> {
 /// returns the new total; `None` when it could not (contention, foreign bytes under our key): the
 /// caller keeps the delta for the next tick, so nothing is lost or counted twice.
 fn cas_add(host: &impl Host, key: &str, delta: &[u64]) -> Option<Vec<u8>> {
+    cas_merge(host, key, |stored| add_le_u64s(stored, delta))
+}
+
+/// The bounded read-modify-CAS loop of [`cas_add`], for any merge: `merge` returns the new value
+/// from the stored one, or `None` when the stored bytes are not ours.
+fn cas_merge(
+    host: &impl Host,
+    key: &str,
+    merge: impl Fn(Option<&[u8]>) -> Option<Vec<u8>>,
+) -> Option<Vec<u8>> {
     for _ in 0..8 {
         let (stored, cas) = host.shared_get(key)?;
-        let Some(total) = add_le_u64s(stored.as_deref(), delta) else {
+        let Some(total) = merge(stored.as_deref()) else {
             host.log(
                 Level::Warn,
                 &format!("ramp: shared data {key:?} holds foreign bytes; not merging"),
@@ -245,6 +268,7 @@ impl<H: Host + Clone> Worker<H> {
                 next_id: 0,
                 queue: self.queue,
                 metrics,
+                moments: self.moments_state(&rollout),
             })),
             _ => None,
         };
@@ -326,6 +350,69 @@ impl<H: Host + Clone> Worker<H> {
                 )
             })
             .collect()
+    }
+
+    /// The exact prediction sums, when compare mode compares values (a JSON pointer).
+    fn moments_state(&self, rollout: &Rollout) -> Option<MomentsState> {
+        let sh = rollout
+            .shadow
+            .as_ref()
+            .filter(|s| s.mode == ShadowMode::Compare && s.json_pointer.is_some())?;
+        let prefix = format!("ramp.rollout.{}.shadow", rollout.name);
+        let beyond_counters = sh
+            .disagreement_thresholds
+            .iter()
+            .map(|t| {
+                self.host
+                    .define_metric(MetricKind::Counter, &format!("{prefix}.beyond.gt_{t}"))
+            })
+            .collect::<Option<_>>()?;
+        Some(MomentsState {
+            pending: ShadowMoments {
+                thresholds: sh.disagreement_thresholds.clone(),
+                beyond: vec![0; sh.disagreement_thresholds.len()],
+                ..ShadowMoments::default()
+            },
+            key: moments_key(&rollout.name),
+            max_gauge: self
+                .host
+                .define_metric(MetricKind::Gauge, &format!("{prefix}.max_abs_diff_micros"))?,
+            beyond_counters,
+        })
+    }
+
+    /// Adds this worker's prediction sums into shared data (exact: integer sums, the maximum by
+    /// max) and shows the Envoy's maximum; what cannot be written waits for the next tick.
+    fn flush_moments(&self, m: &mut MomentsState) {
+        if m.pending.n == 0 {
+            return;
+        }
+        let thresholds = m.pending.thresholds.clone();
+        let merged = cas_merge(&self.host, &m.key, |stored| {
+            let mut total = match stored {
+                None | Some([]) => ShadowMoments {
+                    thresholds: thresholds.clone(),
+                    beyond: vec![0; thresholds.len()],
+                    ..ShadowMoments::default()
+                },
+                Some(b) => decode_moments(b, &thresholds)?,
+            };
+            total.add(&m.pending);
+            Some(encode_moments(&total))
+        });
+        let Some(total) = merged.and_then(|b| decode_moments(&b, &thresholds)) else {
+            return;
+        };
+        for (&id, &n) in m.beyond_counters.iter().zip(&m.pending.beyond) {
+            self.add(id, n);
+        }
+        self.host
+            .record_metric(m.max_gauge, total.max_abs_diff_micros);
+        m.pending = ShadowMoments {
+            beyond: vec![0; thresholds.len()],
+            thresholds,
+            ..ShadowMoments::default()
+        };
     }
 
     /// Every tick: counters to Envoy and shared data, the newest live state applied, and (on the
@@ -411,6 +498,9 @@ impl<H: Host + Clone> Worker<H> {
                 }
                 for (&id, v) in st.metrics.iter().zip(values) {
                     self.add(id, v);
+                }
+                if let Some(m) = st.moments.as_mut() {
+                    self.flush_moments(m);
                 }
             }
         }
@@ -593,7 +683,23 @@ impl<H: Host + Clone> Worker<H> {
             .then(|| {
                 shared(&link.shadow_key).map_or(vec![0; TOTAL_NAMES.len()], |b| decode_le_u64s(&b))
             });
-        let body = report_json(&instance, self.now_ms(), &arms, shadow.as_deref());
+        let moments = active
+            .shadow
+            .as_ref()
+            .and_then(|st| st.try_borrow().ok())
+            .and_then(|st| {
+                let m = st.moments.as_ref()?;
+                let stored = shared(&m.key)?;
+                decode_moments(&stored, &m.pending.thresholds)
+            })
+            .map(|m| moments_json(&m));
+        let body = report_json(
+            &instance,
+            self.now_ms(),
+            &arms,
+            shadow.as_deref(),
+            moments.as_deref(),
+        );
         let path = format!("/v1/rollouts/{}/reports", active.rollout.name);
         let mut headers = vec![
             (":method", "POST"),
@@ -768,7 +874,7 @@ impl<H: Host + Clone> Worker<H> {
             failure,
         };
         if let Some(pair) = st.book.shadow_done(id, seen) {
-            record_pair(&self.host, &active.rollout.name, &mut st.totals, &pair);
+            record_pair(&self.host, &active.rollout.name, &mut st, &pair);
         }
     }
 
@@ -817,7 +923,7 @@ impl<H: Host + Clone> Worker<H> {
                         failure: Some(crate::shadow::Failure::Refused),
                     };
                     if let Some(pair) = st.book.shadow_done(id, failed) {
-                        record_pair(&self.host, &active.rollout.name, &mut st.totals, &pair);
+                        record_pair(&self.host, &active.rollout.name, &mut st, &pair);
                     }
                 }
             }
@@ -825,9 +931,12 @@ impl<H: Host + Clone> Worker<H> {
     }
 }
 
-/// A completed pair: its log record and the totals.
-fn record_pair(host: &impl Host, rollout: &str, totals: &mut Totals, pair: &Pair) {
+/// A completed pair: its log record, the totals and the prediction sums.
+fn record_pair(host: &impl Host, rollout: &str, st: &mut ShadowState, pair: &Pair) {
     let c = compare(pair);
-    totals.add(pair, &c);
+    st.totals.add(pair, &c);
+    if let (Some(m), Some((x, y))) = (st.moments.as_mut(), numeric_pair(pair)) {
+        add_moments(&mut m.pending, x, y);
+    }
     host.log(Level::Info, &record_line(rollout, pair, &c));
 }

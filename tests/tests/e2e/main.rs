@@ -11,5 +11,6 @@ mod metrics;
 mod override_header;
 mod rollout;
 mod shadow;
+mod shadow_verdicts;
 mod split;
 mod sticky;
