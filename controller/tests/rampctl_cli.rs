@@ -37,7 +37,7 @@ fn validates_the_guides_schedule_and_prints_the_plan() {
 
 #[test]
 fn every_example_validates_and_the_ab_test_shows_its_planned_sample() {
-    for name in ["canary", "ab-test", "bandit"] {
+    for name in ["canary", "ab-test", "bandit", "shadow"] {
         let path = format!("{}/examples/{name}.yaml", env!("CARGO_MANIFEST_DIR"));
         let (code, out, err) = rampctl(&["validate", "-f", &path]);
         assert_eq!(code, 0, "{name}: {out}{err}");
