@@ -55,7 +55,11 @@ impl HttpContext for Router {
         let user = self
             .get_http_request_header("x-user-id")
             .unwrap_or_default();
-        let arm = if user.len().is_multiple_of(10) { "v2" } else { "v1" };
+        let arm = if user.len().is_multiple_of(10) {
+            "v2"
+        } else {
+            "v1"
+        };
         self.set_http_request_header("x-ramp-arm", Some(arm));
         if self.latency.is_some() {
             self.started = Some(self.get_current_time());
