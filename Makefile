@@ -33,7 +33,7 @@ help:
 	@echo "make demo   build, start Envoy with the filter and two model servers, show the split and stickiness"
 	@echo "make test   lint, unit tests, wasm parity tests under Node, end-to-end tests in a real Envoy"
 	@echo "make bench  throughput: no filter vs empty wasm filter vs Ramp, written to tests/bench/results/"
-	@echo "make sim    bandit regret simulation (2 and 5 arms, tick delays), written to tests/bench/results/"
+	@echo "make sim    bandit regret (2 and 5 arms, tick delays) and the decisions (A/A, power, SRM), written to tests/bench/results/"
 
 toolchain:
 	@rustup toolchain install 1.95.0 --profile minimal --component rustfmt,clippy --target wasm32-wasip1,wasm32-unknown-unknown >/dev/null 2>&1 || rustup show active-toolchain
@@ -92,6 +92,7 @@ bench: wasm venv
 
 sim: toolchain
 	cargo run --release -q -p ramp-tests --bin ramp-sim
+	cargo run --release -q -p ramp-tests --bin ramp-sim-decisions
 
 clean:
 	cargo clean

@@ -7,6 +7,7 @@ use thiserror::Error;
 
 use crate::abtest::{z_test, AbResult, Proportion, Winner};
 use crate::rules::{evaluate, ArmWindow, Verdict};
+use crate::sequential::{msprt, SequentialResult, SrmResult};
 use crate::spec::{AbMetric, AbTest, HookPoint, Spec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,10 +114,31 @@ pub fn step(
     now_ms: u64,
     stage_windows: &(ArmWindow, ArmWindow),
     windows: &dyn Fn(&crate::spec::Rule) -> (ArmWindow, ArmWindow),
+    srm: Option<&SrmResult>,
 ) -> (State, Action) {
     let mut next = state.clone();
     if state.phase != Phase::Progressing {
         return (next, Action::Hold(None));
+    }
+    // A split that is not the configured one makes every comparison meaningless: hold (paused,
+    // an operator resumes) and decide nothing from this data.
+    if let Some(s) = srm.filter(|s| s.mismatch) {
+        let shares = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{:.1}", x * 100.0))
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        let why = format!(
+            "sample ratio mismatch: expected {}, observed {}, p = {:.1e} (baseline/candidate requests {:?}); resume once the cause is fixed",
+            shares(&s.expected),
+            shares(&s.observed),
+            s.p_value,
+            s.counts
+        );
+        next.phase = Phase::Paused;
+        next.reason = Some(why.clone());
+        return (next, Action::Hold(Some(why)));
     }
     let Some(stage) = spec.stages.get(state.stage) else {
         next.phase = Phase::Succeeded;
@@ -170,23 +192,20 @@ pub fn step(
         });
         return (next, Action::Hold(missing));
     }
+    let mut evidence = None;
     if let (Some(ab), 0) = (&spec.ab_test, state.stage) {
-        let fewest = candidate.requests.min(baseline.requests);
-        if fewest < ab.planned_per_arm {
-            let why = format!(
-                "waiting for the planned sample: {fewest} of {} requests per arm",
-                ab.planned_per_arm
-            );
-            return (next, Action::Hold(Some(why)));
-        }
+        // The sequential test needs no planned sample: its guarantee holds at every check.
         match ab_verdict(ab, candidate, baseline) {
-            Ok(()) => {}
-            Err(AbOutcome::Worse(why)) => {
+            AbOutcome::Better(why) => {
+                // The evidence stays in the record (and the history) after the promotion.
+                evidence = Some(why);
+            }
+            AbOutcome::Worse(why) => {
                 next.phase = Phase::RolledBack;
                 next.reason = Some(why.clone());
                 return (next, Action::RollBack { reason: why });
             }
-            Err(AbOutcome::Undecided(why)) => {
+            AbOutcome::Undecided(why) => {
                 next.reason = Some(why.clone());
                 return (next, Action::Hold(Some(why)));
             }
@@ -202,6 +221,9 @@ pub fn step(
         return (next, Action::Hold(Some(AWAITING_PROMOTION.to_owned())));
     }
     next.enter_stage(state.stage + 1, now_ms);
+    if evidence.is_some() {
+        next.reason = evidence;
+    }
     (
         next,
         Action::Advance {
@@ -211,44 +233,78 @@ pub fn step(
 }
 
 enum AbOutcome {
+    /// The candidate is significantly better: promote, with this evidence.
+    Better(String),
     /// The baseline is significantly better.
     Worse(String),
     /// Not significant (yet), or nothing to test.
     Undecided(String),
 }
 
-/// The A/B test over the experiment stage's windows; `None` when it cannot be computed yet.
-pub fn ab_result(ab: &AbTest, candidate: &ArmWindow, baseline: &ArmWindow) -> Option<AbResult> {
-    let proportion = |w: &ArmWindow| Proportion {
+fn proportion(ab: &AbTest, w: &ArmWindow) -> Proportion {
+    Proportion {
         successes: match ab.metric {
             AbMetric::Conversion => w.reward_micros as f64 / 1e6,
             AbMetric::SuccessRate => w.requests.saturating_sub(w.errors) as f64,
         },
         trials: w.requests,
-    };
-    z_test(proportion(baseline), proportion(candidate), ab.confidence)
+    }
 }
 
-/// `Ok` when the candidate is significantly better, else why not.
-fn ab_verdict(ab: &AbTest, candidate: &ArmWindow, baseline: &ArmWindow) -> Result<(), AbOutcome> {
+/// The A/B test that decides, over the experiment stage's windows: the mSPRT, valid at every
+/// check; `None` when it cannot be computed yet.
+pub fn ab_result(
+    ab: &AbTest,
+    candidate: &ArmWindow,
+    baseline: &ArmWindow,
+) -> Option<SequentialResult> {
+    msprt(
+        proportion(ab, baseline),
+        proportion(ab, candidate),
+        1.0 - ab.confidence,
+        ab.mixture_sd,
+    )
+}
+
+/// The fixed-horizon z-test on the same windows, shown beside the sequential test for reference
+/// only: re-run at every check it would declare winners far more often than 1 - confidence.
+pub fn ab_fixed_horizon(
+    ab: &AbTest,
+    candidate: &ArmWindow,
+    baseline: &ArmWindow,
+) -> Option<AbResult> {
+    z_test(
+        proportion(ab, baseline),
+        proportion(ab, candidate),
+        ab.confidence,
+    )
+}
+
+/// The sequential test's verdict, with its evidence.
+fn ab_verdict(ab: &AbTest, candidate: &ArmWindow, baseline: &ArmWindow) -> AbOutcome {
     let Some(r) = ab_result(ab, candidate, baseline) else {
-        return Err(AbOutcome::Undecided(
-            "A/B test: no variation in the metric yet".to_owned(),
-        ));
+        return AbOutcome::Undecided("A/B test: no variation in the metric yet".to_owned());
     };
     let figures = format!(
-        "candidate {:.4} vs baseline {:.4}, p = {:.4}",
-        r.candidate_rate, r.baseline_rate, r.p_value
+        "mSPRT: candidate {:.4} vs baseline {:.4}, always-valid p = {:.4}, {}% confidence sequence of the difference [{:.4}, {:.4}]",
+        r.candidate_rate,
+        r.baseline_rate,
+        r.p_value,
+        ab.confidence * 100.0,
+        r.interval.0,
+        r.interval.1
     );
     match r.winner {
-        Winner::Candidate => Ok(()),
-        Winner::Baseline => Err(AbOutcome::Worse(format!(
-            "A/B test: the candidate is worse ({figures})"
-        ))),
-        Winner::Neither => Err(AbOutcome::Undecided(format!(
+        Winner::Candidate => {
+            AbOutcome::Better(format!("A/B test: the candidate is better ({figures})"))
+        }
+        Winner::Baseline => {
+            AbOutcome::Worse(format!("A/B test: the candidate is worse ({figures})"))
+        }
+        Winner::Neither => AbOutcome::Undecided(format!(
             "A/B test inconclusive at {}% confidence ({figures}); collecting more",
             ab.confidence * 100.0
-        ))),
+        )),
     }
 }
 
@@ -380,6 +436,17 @@ pub fn command(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A check with no sample-ratio result (the SRM check has its own tests below).
+    fn step(
+        spec: &Spec,
+        state: &State,
+        now_ms: u64,
+        stage_windows: &(ArmWindow, ArmWindow),
+        windows: &dyn Fn(&crate::spec::Rule) -> (ArmWindow, ArmWindow),
+    ) -> (State, Action) {
+        super::step(spec, state, now_ms, stage_windows, windows, None)
+    }
 
     const SPEC: &str = "name: r\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\nfailure_threshold: 2\nstages:\n  - {weight: 5, min_duration_s: 60, min_requests: 100, rules: [{metric: error_rate, max: 0.02}]}\n  - {weight: 50, min_duration_s: 60, min_requests: 100, rules: [{metric: error_rate, max: 0.02}]}\n  - {weight: 100}\n";
 
@@ -664,33 +731,93 @@ mod tests {
         let st = State::start(&s, 0);
         let at =
             |c: ArmWindow, b: ArmWindow| step(&s, &st, 1, &(c.clone(), b.clone()), &fixed(c, b)).1;
-        // 25% vs 20% of 1000 each: p = 0.0074 (see abtest's statsmodels references).
-        assert_eq!(
-            at(conv(1000, 250), conv(1000, 200)),
-            Action::Advance { to_stage: 1 }
+        // 25% vs 20% of 1000 each: the fixed-horizon z-test's p is 0.0074 (abtest's statsmodels
+        // references), but one look of a test that is looked at every check needs more: the
+        // mSPRT (mixture sd 0.05) says p = 0.12 and keeps collecting.
+        assert!(
+            matches!(at(conv(1000, 250), conv(1000, 200)), Action::Hold(Some(ref r)) if r.contains("inconclusive")),
+        );
+        // The same rates over 4000 a side decide: promoted, with the evidence kept in the record.
+        let (promoted, a) = step(
+            &s,
+            &st,
+            1,
+            &(conv(4000, 1000), conv(4000, 800)),
+            &fixed(conv(4000, 1000), conv(4000, 800)),
+        );
+        assert_eq!(a, Action::Advance { to_stage: 1 });
+        assert!(
+            promoted
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("mSPRT") && r.contains("better")),
+            "{promoted:?}"
         );
         assert!(
-            matches!(at(conv(1000, 200), conv(1000, 250)), Action::RollBack { ref reason } if reason.contains("worse")),
+            matches!(at(conv(4000, 800), conv(4000, 1000)), Action::RollBack { ref reason } if reason.contains("worse")),
         );
-        // 3.58% vs 3.20% of 10000: an 11.9% lift, but p = 0.138.
+        // 3.58% vs 3.20% of 10000: an 11.9% lift, inconclusive.
         assert!(
-            matches!(at(conv(10_000, 358), conv(10_000, 320)), Action::Hold(Some(ref r)) if r.contains("inconclusive") && r.contains("p = 0.1376")),
+            matches!(at(conv(10_000, 358), conv(10_000, 320)), Action::Hold(Some(ref r)) if r.contains("inconclusive")),
         );
+        // Planning figures give the fixed-horizon plan (shown) and the mixture sd (0.1 * 0.05);
+        // the sequential test does not wait for the plan.
         let planned = spec(", baseline_rate: 0.1, min_detectable_lift: 0.05");
-        assert_eq!(planned.ab_test.as_ref().unwrap().planned_per_arm, 57_756);
+        let ab = planned.ab_test.as_ref().unwrap();
+        assert_eq!(
+            (ab.planned_per_arm, ab.mixture_sd),
+            (57_756, 0.005000000000000001)
+        );
         let (_, a) = step(
             &planned,
             &State::start(&planned, 0),
             1,
-            &(conv(1000, 250), conv(1000, 200)),
-            &fixed(conv(1000, 250), conv(1000, 200)),
+            &(conv(20_000, 5000), conv(20_000, 4000)),
+            &fixed(conv(20_000, 5000), conv(20_000, 4000)),
+        );
+        assert_eq!(a, Action::Advance { to_stage: 1 });
+    }
+
+    #[test]
+    fn a_sample_ratio_mismatch_pauses_before_any_verdict() {
+        let s = Spec::parse(
+            "name: r
+arms: [{name: v1, role: baseline}, {name: v2, role: candidate}]
+stages: [{weight: 50}, {weight: 100}]
+",
+        )
+        .unwrap();
+        let st = State::start(&s, 0);
+        let healthy = (w(5500, 0), w(4500, 0));
+        let skewed = crate::sequential::srm(&[5500, 4500], &[50.0, 50.0], 0.01).unwrap();
+        let (paused, a) = super::step(
+            &s,
+            &st,
+            1,
+            &healthy,
+            &fixed(w(5500, 0), w(4500, 0)),
+            Some(&skewed),
+        );
+        assert_eq!(paused.phase, Phase::Paused);
+        assert!(
+            matches!(a, Action::Hold(Some(ref r)) if r.starts_with("sample ratio mismatch: expected 50.0/50.0, observed 55.0/45.0, p = ")),
+            "{a:?}"
+        );
+        let fine = crate::sequential::srm(&[5020, 4980], &[50.0, 50.0], 0.01).unwrap();
+        let (next, a) = super::step(
+            &s,
+            &st,
+            1,
+            &healthy,
+            &fixed(w(5500, 0), w(4500, 0)),
+            Some(&fine),
         );
         assert_eq!(
-            a,
-            Action::Hold(Some(
-                "waiting for the planned sample: 1000 of 57756 requests per arm".into()
-            ))
+            (next.phase, a),
+            (Phase::Progressing, Action::Advance { to_stage: 1 })
         );
+        let resumed = command(&s, &paused, Command::Resume, 2).unwrap();
+        assert_eq!(resumed.phase, Phase::Progressing, "an operator resumes");
     }
 
     #[test]

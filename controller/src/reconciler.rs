@@ -112,6 +112,7 @@ pub fn check(
     totals: &Totals,
     judged: &[(ArmWindow, ArmWindow)],
     now: u64,
+    srm: Option<&crate::sequential::SrmResult>,
 ) -> Option<(Record, Option<(String, String)>)> {
     let stage_windows = (
         window(totals, &rec.base, &spec.candidate),
@@ -129,7 +130,7 @@ pub fn check(
             .and_then(|i| judged.get(i).cloned())
             .unwrap_or_else(|| stage_windows.clone())
     };
-    let (state, action) = machine::step(spec, &rec.state, now, &stage_windows, &windows);
+    let (state, action) = machine::step(spec, &rec.state, now, &stage_windows, &windows, srm);
     if state == rec.state {
         return None;
     }
@@ -141,19 +142,28 @@ pub fn check(
         next.base = totals.clone();
     }
     next.state = state;
+    // A decision's evidence (the A/B test's figures) goes into its event.
+    let evidence = next
+        .state
+        .reason
+        .as_deref()
+        .map_or(String::new(), |r| format!("; {r}"));
     let event = match action {
         Action::Advance { to_stage } => Some((
             "advance".to_owned(),
             format!(
-                "stage {} at {}%",
+                "stage {} at {}%{evidence}",
                 to_stage + 1,
                 spec.stages[to_stage].weight
             ),
         )),
         Action::Promote => Some((
             "promoted".to_owned(),
-            "candidate has all traffic".to_owned(),
+            format!("candidate has all traffic{evidence}"),
         )),
+        Action::Hold(Some(reason)) if next.state.phase == Phase::Paused => {
+            Some(("paused".to_owned(), reason))
+        }
         Action::RollBack { reason } => Some(("rolled_back".to_owned(), reason)),
         Action::Hold(Some(reason)) if next.state.failed_checks > rec.state.failed_checks => {
             Some(("check_failed".to_owned(), reason))
@@ -247,6 +257,50 @@ fn after_failed_hook(rec: &Record, spec: &Spec, why: String) -> (Record, (String
 struct History {
     stage: Option<usize>,
     earlier: VecDeque<Totals>,
+    /// Where the sample-ratio check's window starts: the totals at the first check a settling
+    /// time after the split in force began (the filters apply a new split within a poll), kept
+    /// for as long as that split is in force (same stage, same weights, not paused since).
+    srm_base: Option<(SrmKey, Totals)>,
+}
+
+/// What the split in force is: the stage, its weights (bits) and when the stage started.
+type SrmKey = (usize, u64, u64);
+
+/// Time after a split begins before the sample-ratio check counts requests: the filters apply a
+/// new state within a poll (long polls: at once; worker ticks: 100 ms) and reports lag a poll.
+pub const SRM_SETTLE_MS: u64 = 3_000;
+/// The sample-ratio check's level: the chance it ever stops a correct split, over the whole
+/// stage however long, is at most 1% (Ville's inequality for the Bayes factor martingale).
+pub const SRM_ALPHA: f64 = 0.01;
+
+/// The sample-ratio check on the requests since `history`'s base for the split in force, taking
+/// the base when it is due; `None` before that, or without two live arms.
+fn srm_check(
+    history: &mut History,
+    rec: &Record,
+    spec: &Spec,
+    totals: &Totals,
+    now: u64,
+) -> Option<crate::sequential::SrmResult> {
+    let (bw, cw) = rec.state.weights(spec);
+    let key = (rec.state.stage, cw.to_bits(), rec.state.stage_started_ms);
+    if rec.state.phase != Phase::Progressing || !(bw > 0.0 && cw > 0.0) {
+        history.srm_base = None;
+        return None;
+    }
+    match &history.srm_base {
+        Some((k, base)) if *k == key => {
+            let b = window(totals, base, &spec.baseline).requests;
+            let c = window(totals, base, &spec.candidate).requests;
+            crate::sequential::srm(&[b, c], &[bw, cw], SRM_ALPHA)
+        }
+        _ => {
+            if now.saturating_sub(rec.state.stage_started_ms) >= SRM_SETTLE_MS {
+                history.srm_base = Some((key, totals.clone()));
+            }
+            None
+        }
+    }
 }
 
 /// The reconciler of one rollout; runs until the process ends.
@@ -310,6 +364,7 @@ async fn reconcile(
         history.stage = Some(rec.state.stage);
     }
     let judged = judged_windows(rec, spec, &totals, history.earlier.make_contiguous());
+    let srm = srm_check(history, rec, spec, &totals, now);
     history.earlier.push_front(totals.clone());
     history.earlier.truncate(KEPT_CHECKS);
     let fleet = (spec.strategy == crate::spec::StrategyKind::Bandit).then(|| {
@@ -317,11 +372,14 @@ async fn reconcile(
             .reports()
             .remote(None, &[&spec.baseline, &spec.candidate])
     });
-    handle.publish_figures(figures(rec, spec, &totals, &judged, fleet.as_ref(), now));
+    let mut shown = figures(rec, spec, &totals, &judged, fleet.as_ref(), now);
+    shown["sample_ratio"] = json!(srm);
+    handle.publish_figures(shown);
     let (next, event) = match rec.state.phase {
         Phase::Starting => smoke_test(rec, spec).await,
         Phase::Progressing => {
-            let Some((mut next, mut event)) = check(rec, spec, &totals, &judged, now) else {
+            let Some((mut next, mut event)) = check(rec, spec, &totals, &judged, now, srm.as_ref())
+            else {
                 return;
             };
             if let Some(point) = pre_hook(spec, &rec.state, &next.state) {

@@ -206,11 +206,18 @@ pub struct RawAbTest {
     /// What "success" is for the test.
     #[serde(default)]
     pub metric: AbMetric,
-    /// Two-sided confidence level of the z-test, e.g. 0.95.
+    /// Confidence level: the sequential test's error rate is 1 - confidence however often the
+    /// rollout is checked, e.g. 0.95.
     #[serde(default = "default_confidence")]
     pub confidence: f64,
+    /// The sequential test's tuning: the standard deviation of the normal mixture over the
+    /// difference of the two rates (absolute). Default: baseline_rate * min_detectable_lift when
+    /// both are given, else 0.05. Closest to the effect expected decides soonest.
+    #[serde(default)]
+    pub mixture_sd: Option<f64>,
     /// Sample-size planning: with the baseline's expected rate, the smallest relative lift worth
-    /// detecting and the power, the experiment also waits for that many requests per arm.
+    /// detecting and the power, the fixed-horizon plan (shown for reference; the sequential test
+    /// needs no fixed sample).
     #[serde(default)]
     pub baseline_rate: Option<f64>,
     #[serde(default)]
@@ -241,9 +248,14 @@ pub enum AbMetric {
 pub struct AbTest {
     pub metric: AbMetric,
     pub confidence: f64,
-    /// Requests each arm needs before the test is read (0 without planning).
+    /// The fixed-horizon plan's requests per arm (0 without planning); shown, not waited for.
     pub planned_per_arm: u64,
+    /// The mSPRT mixture's standard deviation over the difference of rates.
+    pub mixture_sd: f64,
 }
+
+/// The mixture sd without planning figures: a difference of 5 points of rate.
+pub const DEFAULT_MIXTURE_SD: f64 = 0.05;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -646,10 +658,22 @@ fn validate_strategy(raw: &RawSpec, stages: &[Stage]) -> Result<Option<AbTest>, 
                     ))
                 }
             };
+            let mixture_sd = match (t.mixture_sd, t.baseline_rate, t.min_detectable_lift) {
+                (Some(sd), _, _) => sd,
+                (None, Some(rate), Some(lift)) => rate * lift,
+                _ => DEFAULT_MIXTURE_SD,
+            };
+            if !(mixture_sd > 0.0 && mixture_sd <= 1.0) {
+                return Err(err(
+                    "ab_test.mixture_sd",
+                    format!("must be in (0, 1] (a difference of rates), got {mixture_sd}"),
+                ));
+            }
             Ok(Some(AbTest {
                 metric: t.metric,
                 confidence: t.confidence,
                 planned_per_arm,
+                mixture_sd,
             }))
         }
     }

@@ -120,7 +120,9 @@ pub fn figures(
         .filter(|_| state.stage == 0)
         .map(|ab| {
             json!({"metric": ab.metric, "planned_per_arm": ab.planned_per_arm,
-               "result": machine::ab_result(ab, &candidate, &baseline)})
+               "test": "mSPRT (always valid)", "mixture_sd": ab.mixture_sd,
+               "result": machine::ab_result(ab, &candidate, &baseline),
+               "fixed_horizon": machine::ab_fixed_horizon(ab, &candidate, &baseline)})
         });
     let bandit = (spec.strategy == StrategyKind::Bandit)
         .then_some(fleet_bandit)

@@ -442,21 +442,35 @@ fn print_status(v: &serde_json::Value) {
         let r = &ab["result"];
         match r["p_value"].as_f64() {
             Some(p) => println!(
-                "    A/B {}: candidate {:.4} vs baseline {:.4}, lift {}, p = {p:.4}, {:.0}% interval of the difference [{:.4}, {:.4}], winner: {}",
+                "    A/B {} (mSPRT, valid at every check): candidate {:.4} vs baseline {:.4}, lift {}, always-valid p = {p:.4}, {:.0}% confidence sequence of the difference [{:.4}, {:.4}], winner: {}",
                 ab["metric"].as_str().unwrap_or("?"),
                 r["candidate_rate"].as_f64().unwrap_or(0.0),
                 r["baseline_rate"].as_f64().unwrap_or(0.0),
                 r["relative_lift"].as_f64().map_or("-".to_owned(), |l| format!("{:+.1}%", l * 100.0)),
-                r["confidence"].as_f64().unwrap_or(0.0) * 100.0,
+                (1.0 - r["alpha"].as_f64().unwrap_or(0.0)) * 100.0,
                 r["interval"][0].as_f64().unwrap_or(0.0),
                 r["interval"][1].as_f64().unwrap_or(0.0),
                 r["winner"].as_str().unwrap_or("?"),
             ),
             None => println!("    A/B {}: no result yet", ab["metric"].as_str().unwrap_or("?")),
         }
-        if let Some(n) = ab["planned_per_arm"].as_u64().filter(|&n| n > 0) {
-            println!("    A/B planned sample: {n} requests per arm");
+        let f = &ab["fixed_horizon"];
+        if let Some(p) = f["p_value"].as_f64() {
+            println!(
+                "    A/B for reference only, fixed-horizon z-test on the same data (not valid when looked at repeatedly): z = {:.3}, p = {p:.4}",
+                f["z"].as_f64().unwrap_or(0.0)
+            );
         }
+        if let Some(n) = ab["planned_per_arm"].as_u64().filter(|&n| n > 0) {
+            println!("    A/B fixed-horizon plan (reference): {n} requests per arm");
+        }
+    }
+    if let Some(s) = v["sample_ratio"].as_object() {
+        println!(
+            "    sample ratio (baseline/candidate) expected {:?}, observed {:?}, always-valid p = {:.3e}{}",
+            s["expected"], s["observed"], s["p_value"].as_f64().unwrap_or(1.0),
+            if s["mismatch"] == true { "  MISMATCH" } else { "" }
+        );
     }
     for (arm, p) in v["bandit"].as_object().into_iter().flatten() {
         println!(

@@ -194,7 +194,11 @@ fn an_ab_test_on_conversions_promotes_the_significantly_better_candidate() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|e| e["kind"] == "advance" && e["detail"] == "stage 2 at 100%"),
+            .any(|e| e["kind"] == "advance"
+                && e["detail"]
+                    .as_str()
+                    .is_some_and(|d| d
+                        .starts_with("stage 2 at 100%; A/B test: the candidate is better (mSPRT"))),
         "{h}"
     );
 }

@@ -1,0 +1,233 @@
+//! Tests whose error guarantees hold however often they are looked at, for decisions a rollout
+//! re-checks every few seconds:
+//! - the A/B comparison: the mixture sequential probability ratio test (mSPRT) of Johari,
+//!   Koomen, Pekelis and Walsh ("Always Valid Inference: Continuous Monitoring of A/B Tests",
+//!   Operations Research 2022) on the difference of two rates with a normal mixture N(0, tau^2)
+//!   over the effect, giving an always-valid p-value and a confidence sequence;
+//! - the sample-ratio check: the Dirichlet-multinomial sequential test of Lindon and Malek
+//!   ("Anytime-Valid Inference for Multinomial Count Data", NeurIPS 2022), whose Bayes factor is a
+//!   martingale under the configured split, so the chance it ever crosses 1/alpha is at most alpha.
+//!
+//! Closed forms only (ln-gamma from statrs), so every call ends in bounded time.
+
+use serde::Serialize;
+use statrs::function::gamma::ln_gamma;
+
+use crate::abtest::{Proportion, Winner};
+
+/// The mSPRT's figures at one look.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SequentialResult {
+    pub baseline_rate: f64,
+    pub candidate_rate: f64,
+    /// candidate - baseline.
+    pub difference: f64,
+    pub relative_lift: Option<f64>,
+    /// The mixture likelihood ratio against "no difference".
+    pub likelihood_ratio: f64,
+    /// min(1, 1 / likelihood ratio): a p-value valid at any look (the decision is made at the
+    /// first look where it falls below alpha).
+    pub p_value: f64,
+    /// The confidence sequence for the difference at level 1 - alpha: covers the true difference
+    /// at every look at once with probability 1 - alpha.
+    pub interval: (f64, f64),
+    pub alpha: f64,
+    /// The mixture's standard deviation over the difference (the test's tuning parameter).
+    pub tau: f64,
+    pub winner: Winner,
+}
+
+/// The mSPRT of `candidate` against `baseline` at level `alpha` with mixture sd `tau`; `None`
+/// while an arm has no trials or neither rate varies.
+pub fn msprt(
+    baseline: Proportion,
+    candidate: Proportion,
+    alpha: f64,
+    tau: f64,
+) -> Option<SequentialResult> {
+    if baseline.trials == 0
+        || candidate.trials == 0
+        || tau.is_nan()
+        || tau <= 0.0
+        || !(alpha > 0.0 && alpha < 1.0)
+    {
+        return None;
+    }
+    let (pa, pb) = (baseline.rate(), candidate.rate());
+    let v = pa * (1.0 - pa) / baseline.trials as f64 + pb * (1.0 - pb) / candidate.trials as f64;
+    if !(v.is_finite() && v > 0.0) {
+        return None;
+    }
+    let theta = pb - pa;
+    let t2 = tau * tau;
+    let ln_lambda = 0.5 * (v / (v + t2)).ln() + theta * theta * t2 / (2.0 * v * (v + t2));
+    let p_value = (-ln_lambda).exp().min(1.0);
+    let half = ((v * (v + t2) / t2) * (2.0 * (1.0 / alpha).ln() + ((v + t2) / v).ln())).sqrt();
+    let winner = match (p_value < alpha, theta > 0.0) {
+        (false, _) => Winner::Neither,
+        (true, true) => Winner::Candidate,
+        (true, false) => Winner::Baseline,
+    };
+    Some(SequentialResult {
+        baseline_rate: pa,
+        candidate_rate: pb,
+        difference: theta,
+        relative_lift: (pa > 0.0).then(|| theta / pa),
+        likelihood_ratio: ln_lambda.exp(),
+        p_value,
+        interval: (theta - half, theta + half),
+        alpha,
+        tau,
+        winner,
+    })
+}
+
+/// The sample-ratio check at one look.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SrmResult {
+    /// The configured split (shares summing to 1) and the observed one.
+    pub expected: Vec<f64>,
+    pub observed: Vec<f64>,
+    pub counts: Vec<u64>,
+    pub bayes_factor: f64,
+    /// min(1, 1 / Bayes factor): valid at any look.
+    pub p_value: f64,
+    pub alpha: f64,
+    pub mismatch: bool,
+}
+
+/// The prior's concentration: Dirichlet(k * expected). Lindon and Malek's default scale; larger
+/// values react later to large mismatches and sooner to small ones.
+pub const SRM_CONCENTRATION: f64 = 100.0;
+
+/// The Dirichlet-multinomial test of `counts` against the shares `weights` (any positive scale)
+/// at level `alpha`. Arms with weight 0 must have no requests (any is a mismatch, p = 0); they are
+/// left out of the test otherwise. `None` with fewer than two live arms.
+pub fn srm(counts: &[u64], weights: &[f64], alpha: f64) -> Option<SrmResult> {
+    if counts.len() != weights.len() || weights.iter().any(|w| !(w.is_finite() && *w >= 0.0)) {
+        return None;
+    }
+    let total_w: f64 = weights.iter().sum();
+    let n: u64 = counts.iter().sum();
+    if total_w.is_nan() || total_w <= 0.0 {
+        return None;
+    }
+    let expected: Vec<f64> = weights.iter().map(|w| w / total_w).collect();
+    let observed: Vec<f64> = counts
+        .iter()
+        .map(|&c| if n > 0 { c as f64 / n as f64 } else { 0.0 })
+        .collect();
+    let live: Vec<usize> = (0..weights.len()).filter(|&i| expected[i] > 0.0).collect();
+    let stray = (0..weights.len()).any(|i| expected[i] == 0.0 && counts[i] > 0);
+    if live.len() < 2 && !stray {
+        return None;
+    }
+    let ln_bf = if stray {
+        f64::INFINITY
+    } else {
+        let a: Vec<f64> = live
+            .iter()
+            .map(|&i| SRM_CONCENTRATION * expected[i])
+            .collect();
+        let c: Vec<f64> = live.iter().map(|&i| counts[i] as f64).collect();
+        let ln_beta = |x: &[f64]| -> f64 {
+            x.iter().map(|&v| ln_gamma(v)).sum::<f64>() - ln_gamma(x.iter().sum())
+        };
+        let posterior: Vec<f64> = a.iter().zip(&c).map(|(a, c)| a + c).collect();
+        let ln_null: f64 = live
+            .iter()
+            .zip(&c)
+            .map(|(&i, &c)| c * expected[i].ln())
+            .sum();
+        ln_beta(&posterior) - ln_beta(&a) - ln_null
+    };
+    let p_value = (-ln_bf).exp().min(1.0);
+    Some(SrmResult {
+        expected,
+        observed,
+        counts: counts.to_vec(),
+        bayes_factor: ln_bf.exp(),
+        p_value,
+        alpha,
+        mismatch: p_value < alpha,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prop(successes: u64, trials: u64) -> Proportion {
+        Proportion {
+            successes: successes as f64,
+            trials,
+        }
+    }
+
+    fn close(got: f64, want: f64, rel: f64) -> bool {
+        (got - want).abs() <= rel * want.abs()
+    }
+
+    /// Reference values by numerical integration of the mixture likelihood ratio, independent of
+    /// the closed form (scipy 1.17.1):
+    ///   V = pa(1-pa)/na + pb(1-pb)/nb
+    ///   f = lambda th: norm.pdf(theta_hat, th, sqrt(V)) * norm.pdf(th, 0, tau)
+    ///   Lambda = integrate.quad(f, -1, 1, points=[theta_hat])[0] / norm.pdf(theta_hat, 0, sqrt(V))
+    /// 1000/10000 vs 1100/10000, tau 0.01 -> 3.7361767519202256
+    /// 500/5000 vs 560/5000, tau 0.02     -> 1.6688372954032358
+    /// 100/1000 vs 100/1000, tau 0.01     -> 0.8017837257372735
+    #[test]
+    fn the_mixture_likelihood_ratio_matches_numerical_integration() {
+        for (a, b, tau, want) in [
+            (
+                prop(1000, 10_000),
+                prop(1100, 10_000),
+                0.01,
+                3.7361767519202256,
+            ),
+            (prop(500, 5000), prop(560, 5000), 0.02, 1.6688372954032358),
+            (prop(100, 1000), prop(100, 1000), 0.01, 0.8017837257372735),
+        ] {
+            let r = msprt(a, b, 0.05, tau).unwrap();
+            assert!(close(r.likelihood_ratio, want, 1e-6), "{r:?} vs {want}");
+            assert!(close(r.p_value, (1.0 / want).min(1.0), 1e-6));
+            assert_eq!(r.winner, Winner::Neither);
+            // The confidence sequence excludes 0 exactly when the p-value is below alpha.
+            assert!(r.interval.0 < 0.0 && r.interval.1 > 0.0, "{r:?}");
+        }
+        let clear = msprt(prop(1000, 10_000), prop(1300, 10_000), 0.05, 0.01).unwrap();
+        assert_eq!(clear.winner, Winner::Candidate);
+        assert!(clear.interval.0 > 0.0 && clear.p_value < 0.05, "{clear:?}");
+        assert!(
+            msprt(prop(0, 100), prop(0, 100), 0.05, 0.01).is_none(),
+            "no variation"
+        );
+        assert!(msprt(prop(0, 0), prop(1, 10), 0.05, 0.01).is_none());
+    }
+
+    /// Reference values: for two arms the Dirichlet-multinomial is the beta-binomial, so the
+    /// Bayes factor of a sequence is (scipy 1.17.1)
+    ///   stats.betabinom.pmf(n1, n, k*p0, k*(1-p0)) / stats.binom.pmf(n1, n, p0), k = 100
+    /// 4900/5100 at 0.5 -> 0.7192747246562986; 5020/4980 at 0.5 -> 0.10744034738627518;
+    /// 900/1100 at 0.5 -> 3035.630639742884; 3000/7000 at 0.25 -> 3.2203635023340306e26.
+    #[test]
+    fn the_srm_bayes_factor_matches_the_beta_binomial() {
+        for (n1, n2, p0, want) in [
+            (4900, 5100, 0.5, 0.7192747246562986),
+            (5020, 4980, 0.5, 0.10744034738627518),
+            (900, 1100, 0.5, 3035.630639742884),
+            (3000, 7000, 0.25, 3.2203635023340306e26),
+        ] {
+            let r = srm(&[n1, n2], &[p0, 1.0 - p0], 0.01).unwrap();
+            assert!(close(r.bayes_factor, want, 1e-8), "{r:?} vs {want}");
+        }
+        let r = srm(&[900, 1100], &[50.0, 50.0], 0.01).unwrap();
+        assert!(r.mismatch && r.p_value < 0.001, "{r:?}");
+        assert_eq!(r.observed, vec![0.45, 0.55]);
+        assert!(!srm(&[5020, 4980], &[1.0, 1.0], 0.01).unwrap().mismatch);
+        // A request to an arm at weight 0 is a mismatch outright; no live pair, nothing to test.
+        assert!(srm(&[10, 1], &[100.0, 0.0], 0.01).unwrap().mismatch);
+        assert!(srm(&[10, 0], &[100.0, 0.0], 0.01).is_none());
+        assert!(srm(&[1, 2], &[1.0], 0.01).is_none());
+    }
+}

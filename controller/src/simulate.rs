@@ -1,0 +1,185 @@
+//! Seeded simulations of the decisions a check makes, through the same functions (`machine::ab_result`,
+//! `machine::ab_fixed_horizon`, `sequential::srm`): how often an A/A test declares a winner when
+//! it is looked at every 1,000 requests, how soon a real lift is found, how often a correct split
+//! is flagged and how soon a wrong one is. `make sim` runs them large (tests/bench/results/
+//! decisions.md); the unit tests run them small and hold the guarantees.
+
+use fastrand::Rng;
+use serde::Serialize;
+
+use crate::abtest::Winner;
+use crate::machine::{ab_fixed_horizon, ab_result};
+use crate::rules::ArmWindow;
+use crate::sequential::srm;
+use crate::spec::AbTest;
+
+/// Successes in `n` Bernoulli(p) trials.
+fn binomial(rng: &mut Rng, n: u64, p: f64) -> u64 {
+    (0..n).filter(|_| rng.f64() < p).count() as u64
+}
+
+fn conversions(requests: u64, conversions: u64) -> ArmWindow {
+    ArmWindow {
+        requests,
+        reward_micros: conversions * 1_000_000,
+        ..Default::default()
+    }
+}
+
+/// What the A/B simulation found.
+#[derive(Debug, Clone, Serialize)]
+pub struct AbSim {
+    pub experiments: usize,
+    /// Experiments where the sequential test declared a winner at some look.
+    pub sequential_decided: usize,
+    /// ... of those, for the candidate.
+    pub sequential_candidate: usize,
+    /// Experiments where the fixed-horizon z-test, re-run at every look, declared a winner.
+    pub fixed_every_look_decided: usize,
+    /// Experiments where the fixed-horizon z-test at the last look only declared a winner.
+    pub fixed_once_decided: usize,
+    /// Requests per arm at the sequential decisions (sorted).
+    pub requests_at_decision: Vec<u64>,
+}
+
+impl AbSim {
+    pub fn rate(count: usize, of: usize) -> (f64, f64) {
+        let p = count as f64 / of.max(1) as f64;
+        (p, (p * (1.0 - p) / of.max(1) as f64).sqrt())
+    }
+
+    pub fn median_requests(&self) -> Option<u64> {
+        self.requests_at_decision
+            .get(self.requests_at_decision.len() / 2)
+            .copied()
+    }
+}
+
+/// `experiments` A/B experiments with rates `baseline` and `candidate`, a look every `step`
+/// requests per arm up to `horizon`, seeded.
+pub fn ab_sim(
+    ab: &AbTest,
+    baseline: f64,
+    candidate: f64,
+    experiments: usize,
+    step: u64,
+    horizon: u64,
+    seed: u64,
+) -> AbSim {
+    let mut rng = Rng::with_seed(seed);
+    let mut out = AbSim {
+        experiments,
+        sequential_decided: 0,
+        sequential_candidate: 0,
+        fixed_every_look_decided: 0,
+        fixed_once_decided: 0,
+        requests_at_decision: Vec::new(),
+    };
+    for _ in 0..experiments {
+        let (mut n, mut a, mut b) = (0, 0, 0);
+        let (mut sequential, mut fixed_any) = (None, false);
+        while n < horizon {
+            n += step;
+            a += binomial(&mut rng, step, baseline);
+            b += binomial(&mut rng, step, candidate);
+            let (bw, cw) = (conversions(n, a), conversions(n, b));
+            if sequential.is_none() {
+                if let Some(r) = ab_result(ab, &cw, &bw).filter(|r| r.winner != Winner::Neither) {
+                    sequential = Some((r.winner, n));
+                }
+            }
+            let fixed = ab_fixed_horizon(ab, &cw, &bw).is_some_and(|r| r.winner != Winner::Neither);
+            fixed_any |= fixed;
+            if n >= horizon && fixed {
+                out.fixed_once_decided += 1;
+            }
+        }
+        if let Some((winner, at)) = sequential {
+            out.sequential_decided += 1;
+            out.sequential_candidate += usize::from(winner == Winner::Candidate);
+            out.requests_at_decision.push(at);
+        }
+        out.fixed_every_look_decided += usize::from(fixed_any);
+    }
+    out.requests_at_decision.sort_unstable();
+    out
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SrmSim {
+    pub runs: usize,
+    /// Runs the check flagged at some look.
+    pub flagged: usize,
+    /// Total requests at the first flag (sorted).
+    pub requests_at_flag: Vec<u64>,
+}
+
+/// `runs` splits where a request goes to the candidate with probability `candidate_share`,
+/// checked against a 50/50 configuration at level `alpha` every `step` requests up to `horizon`.
+pub fn srm_sim(
+    candidate_share: f64,
+    runs: usize,
+    step: u64,
+    horizon: u64,
+    alpha: f64,
+    seed: u64,
+) -> SrmSim {
+    let mut rng = Rng::with_seed(seed);
+    let mut out = SrmSim {
+        runs,
+        flagged: 0,
+        requests_at_flag: Vec::new(),
+    };
+    for _ in 0..runs {
+        let (mut n, mut c) = (0, 0);
+        while n < horizon {
+            n += step;
+            c += binomial(&mut rng, step, candidate_share);
+            if srm(&[n - c, c], &[50.0, 50.0], alpha).is_some_and(|r| r.mismatch) {
+                out.flagged += 1;
+                out.requests_at_flag.push(n);
+                break;
+            }
+        }
+    }
+    out.requests_at_flag.sort_unstable();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconciler::SRM_ALPHA;
+    use crate::spec::Spec;
+
+    fn ab() -> AbTest {
+        Spec::parse("name: ab\nstrategy: ab_test\narms: [{name: a, role: baseline}, {name: b, role: candidate}]\nab_test: {metric: conversion, confidence: 0.95, baseline_rate: 0.1, min_detectable_lift: 0.1}\nstages: [{weight: 50}, {weight: 100}]\n")
+            .unwrap()
+            .ab_test
+            .unwrap()
+    }
+
+    /// A smaller run of `make sim`'s: 300 A/A experiments, 10% conversion, a look every 1,000
+    /// requests per arm up to 30,000 (30 looks). The sequential test's false-positive rate stays
+    /// within 0.05 + 2 standard errors; the z-test re-run at every look does not.
+    #[test]
+    fn an_aa_test_looked_at_every_check_keeps_its_error_rate() {
+        let s = ab_sim(&ab(), 0.1, 0.1, 300, 1000, 30_000, 7);
+        let (rate, se) = AbSim::rate(s.sequential_decided, s.experiments);
+        assert!(rate <= 0.05 + 2.0 * se, "{rate} +- {se}: {s:?}");
+        let (peeking, _) = AbSim::rate(s.fixed_every_look_decided, s.experiments);
+        assert!(
+            peeking > 0.1,
+            "the peeking z-test is far above 5%: {peeking}"
+        );
+    }
+
+    /// A smaller SRM run: 50/50 never flagged in 200 runs (the bound is 1%); 45/55 always found.
+    #[test]
+    fn the_srm_check_rarely_flags_a_correct_split_and_finds_a_wrong_one() {
+        let fine = srm_sim(0.5, 200, 1000, 50_000, SRM_ALPHA, 3);
+        assert!(fine.flagged <= 4, "{fine:?}");
+        let wrong = srm_sim(0.55, 50, 1000, 50_000, SRM_ALPHA, 4);
+        assert_eq!(wrong.flagged, 50, "{wrong:?}");
+    }
+}
