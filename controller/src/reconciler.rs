@@ -269,6 +269,9 @@ type SrmKey = (usize, u64, u64);
 /// Time after a split begins before the sample-ratio check counts requests: the filters apply a
 /// new state within a poll (long polls: at once; worker ticks: 100 ms) and reports lag a poll.
 pub const SRM_SETTLE_MS: u64 = 3_000;
+/// The same through Prometheus, whose figures lag by its scrape interval (15 to 30 s is common):
+/// a base taken before the scrape that saw the new split would count the old split's requests.
+pub const SRM_SETTLE_PROMETHEUS_MS: u64 = 60_000;
 /// The sample-ratio check's level: the chance it ever stops a correct split, over the whole
 /// stage however long, is at most 1% (Ville's inequality for the Bayes factor martingale).
 pub const SRM_ALPHA: f64 = 0.01;
@@ -295,7 +298,16 @@ fn srm_check(
             crate::sequential::srm(&[b, c], &[bw, cw], SRM_ALPHA)
         }
         _ => {
-            if now.saturating_sub(rec.state.stage_started_ms) >= SRM_SETTLE_MS {
+            let settle = if spec.prometheus.is_some() {
+                SRM_SETTLE_PROMETHEUS_MS
+            } else {
+                SRM_SETTLE_MS
+            }
+            .max(2 * spec.check_interval_ms);
+            // A source with nothing yet is no base: the next figures would count every request
+            // since the Envoys started, the old split's included.
+            let has_data = totals.values().any(|t| t.requests > 0);
+            if has_data && now.saturating_sub(rec.state.stage_started_ms) >= settle {
                 history.srm_base = Some((key, totals.clone()));
             }
             None

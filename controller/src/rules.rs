@@ -200,13 +200,7 @@ mod tests {
     fn paired(pairs: impl Iterator<Item = (f64, f64)>) -> ArmWindow {
         let mut m = ShadowMoments::default();
         for (x, y) in pairs {
-            let (xq, yq) = ((x * 1e6).round() as i128, (y * 1e6).round() as i128);
-            m.n += 1;
-            m.sum_x.0 += xq;
-            m.sum_y.0 += yq;
-            m.sum_xx.0 += xq * xq;
-            m.sum_yy.0 += yq * yq;
-            m.sum_xy.0 += xq * yq;
+            m.add_pair(x, y);
         }
         ArmWindow {
             shadow: ShadowFigures {

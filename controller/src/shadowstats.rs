@@ -182,14 +182,7 @@ mod tests {
     fn moments(pairs: &[(f64, f64)]) -> ShadowMoments {
         let mut m = ShadowMoments::default();
         for &(x, y) in pairs {
-            let (xq, yq) = ((x * 1e6).round() as i128, (y * 1e6).round() as i128);
-            m.n += 1;
-            m.sum_x.0 += xq;
-            m.sum_y.0 += yq;
-            m.sum_xx.0 += xq * xq;
-            m.sum_yy.0 += yq * yq;
-            m.sum_xy.0 += xq * yq;
-            m.max_abs_diff_micros = m.max_abs_diff_micros.max((yq - xq).unsigned_abs() as u64);
+            m.add_pair(x, y);
         }
         m
     }

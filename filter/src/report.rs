@@ -244,7 +244,7 @@ mod tests {
             ..Default::default()
         };
         for (x, y) in [(1.0, 1.5), (-2.25, -2.0), (1e9, -1e9)] {
-            crate::shadow::add_moments(&mut moments, x, y);
+            moments.add_pair(x, y);
         }
         let text = report_json(
             "00ab",

@@ -4,7 +4,7 @@
 //! and out.
 
 pub use ramp_protocol::moments::ShadowMoments;
-use ramp_protocol::moments::{Wide, MAX_MOMENT_VALUE, MOMENT_SCALE};
+use ramp_protocol::moments::{Wide, MAX_MOMENT_VALUE};
 
 use crate::config::Shadow;
 use crate::jsonpick::Scalar;
@@ -325,29 +325,6 @@ pub fn numeric_pair(p: &Pair) -> Option<(f64, f64)> {
             Some((*x, *y))
         }
         _ => None,
-    }
-}
-
-/// Adds one pair of predictions to the exact sums: x and y as integers in millionths, squares and
-/// products of those integers in 128 bits.
-pub fn add_moments(m: &mut ShadowMoments, x: f64, y: f64) {
-    // |x| <= 10^9, so x in millionths fits in 64 bits (a 128-bit float cast costs wasm size).
-    let (xq, yq) = (
-        (x * MOMENT_SCALE).round() as i64 as i128,
-        (y * MOMENT_SCALE).round() as i64 as i128,
-    );
-    m.n += 1;
-    m.sum_x.0 += xq;
-    m.sum_y.0 += yq;
-    m.sum_xx.0 += xq * xq;
-    m.sum_yy.0 += yq * yq;
-    m.sum_xy.0 += xq * yq;
-    let diff = (yq - xq).unsigned_abs() as u64;
-    m.max_abs_diff_micros = m.max_abs_diff_micros.max(diff);
-    for (t, b) in m.thresholds.iter().zip(m.beyond.iter_mut()) {
-        if (y - x).abs() > *t {
-            *b += 1;
-        }
     }
 }
 

@@ -93,6 +93,30 @@ pub struct ShadowMoments {
 }
 
 impl ShadowMoments {
+    /// Adds one pair of predictions (x the primary's, y the shadow's; both within
+    /// +-`MAX_MOMENT_VALUE`): x and y as integers in millionths, squares and products of those
+    /// integers in 128 bits, the largest |y - x|, and the thresholds |y - x| exceeds.
+    pub fn add_pair(&mut self, x: f64, y: f64) {
+        // |x| <= 10^9, so x in millionths fits in 64 bits (a 128-bit float cast costs wasm size).
+        let (xq, yq) = (
+            (x * MOMENT_SCALE).round() as i64 as i128,
+            (y * MOMENT_SCALE).round() as i64 as i128,
+        );
+        self.n += 1;
+        self.sum_x.0 += xq;
+        self.sum_y.0 += yq;
+        self.sum_xx.0 += xq * xq;
+        self.sum_yy.0 += yq * yq;
+        self.sum_xy.0 += xq * yq;
+        let diff = (yq - xq).unsigned_abs() as u64;
+        self.max_abs_diff_micros = self.max_abs_diff_micros.max(diff);
+        for (t, b) in self.thresholds.iter().zip(self.beyond.iter_mut()) {
+            if (y - x).abs() > *t {
+                *b += 1;
+            }
+        }
+    }
+
     pub fn validate(&self) -> Result<(), FieldError> {
         let at = |f: &str| format!("shadow_moments.{f}");
         if self.n > MAX_COUNT {

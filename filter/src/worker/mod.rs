@@ -25,9 +25,8 @@ use crate::report::{
     ArmReport,
 };
 use crate::shadow::{
-    add_moments, classify_callout, compare, decode_moments, encode_moments, moments_json,
-    numeric_pair, record_line, Book, Observed, Pair, ShadowMoments, Totals, TOTAL_NAMES,
-    UPSTREAM_TIME_HEADER,
+    classify_callout, compare, decode_moments, encode_moments, moments_json, numeric_pair,
+    record_line, Book, Observed, Pair, ShadowMoments, Totals, TOTAL_NAMES, UPSTREAM_TIME_HEADER,
 };
 
 /// How often a worker flushes its counters into Envoy's stats and applies the newest live state:
@@ -936,7 +935,7 @@ fn record_pair(host: &impl Host, rollout: &str, st: &mut ShadowState, pair: &Pai
     let c = compare(pair);
     st.totals.add(pair, &c);
     if let (Some(m), Some((x, y))) = (st.moments.as_mut(), numeric_pair(pair)) {
-        add_moments(&mut m.pending, x, y);
+        m.pending.add_pair(x, y);
     }
     host.log(Level::Info, &record_line(rollout, pair, &c));
 }

@@ -254,17 +254,22 @@ fn paired_latencies(a: &Envoy, b: &Envoy, n: usize) -> (Vec<f64>, Vec<f64>) {
     (la, lb)
 }
 
+/// A loopback port nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 #[test]
 fn a_slow_failing_or_dead_shadow_never_touches_the_user() {
     let baseline = start(
         &json!({"rollout": "plain", "arms": [{"name": "v1", "weight": 100}]}),
         None,
     );
-    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let dead_port = closed_port();
     for (name, slow_ms, fail, port) in [
         ("slow", 2000, false, None),
         ("failing", 0, true, None),
@@ -321,11 +326,7 @@ fn a_slow_failing_or_dead_shadow_never_touches_the_user() {
 /// local replies (504 on timeout, 503 on a failed connection) are recognised as such.
 #[test]
 fn timeouts_refused_connections_and_the_models_errors_are_counted_apart() {
-    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let dead_port = closed_port();
     let n = 20;
     for (name, slow_ms, fail, port, counted) in [
         ("late", 2000, false, None, "shadow_timeouts"),
