@@ -7,6 +7,7 @@ pub mod histogram;
 pub mod machine;
 pub mod posterior;
 pub mod prometheus;
+pub mod ranktest;
 pub mod reconciler;
 pub mod redact;
 pub mod registry;

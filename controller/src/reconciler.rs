@@ -90,8 +90,10 @@ pub fn judged_windows(
     rules
         .iter()
         .map(|rule| {
-            // Only a relative bound needs the baseline's samples too.
-            let relative = matches!(rule.bound, Bound::WorseThanBaseline(_));
+            // Only a relative bound (or a comparison of distributions) needs the baseline's
+            // samples too.
+            let relative = matches!(rule.bound, Bound::WorseThanBaseline(_))
+                || rule.metric == crate::spec::Metric::LatencySlower;
             earlier
                 .iter()
                 .map(pick)
@@ -470,5 +472,60 @@ pub async fn notify_rollback(spec: Arc<Spec>, reason: Option<String>) {
     let payload = json!({"rollout": spec.name, "hook": HookPoint::OnRollback, "reason": reason});
     if let Err(e) = hooks(&spec, HookPoint::OnRollback, payload).await {
         eprintln!("rampctl: {}: {e}", spec.name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::window::ArmTotals;
+
+    fn totals(v1: u64, v2: u64) -> Totals {
+        let arm = |requests| ArmTotals {
+            requests,
+            ..Default::default()
+        };
+        [("v1".to_owned(), arm(v1)), ("v2".to_owned(), arm(v2))].into()
+    }
+
+    fn record(spec: &Spec) -> Record {
+        Record {
+            name: "r".into(),
+            spec_text: String::new(),
+            state: machine::State::start(spec, 0),
+            version: 1,
+            base: Totals::default(),
+        }
+    }
+
+    /// The SRM window starts after the settling time, at the first check with figures, and
+    /// counts only what came after: the old split's requests before it do not make a mismatch.
+    #[test]
+    fn the_srm_window_starts_after_the_split_settled() {
+        let spec = Spec::parse("name: r\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 1\nstages: [{weight: 50}, {weight: 100}]\n").unwrap();
+        let rec = record(&spec);
+        let mut h = History::default();
+        assert!(srm_check(&mut h, &rec, &spec, &Totals::default(), 5_000).is_none());
+        assert!(h.srm_base.is_none(), "no figures yet: no base");
+        // 9,000 requests all to v1 before the split took effect, then an even split.
+        assert!(srm_check(&mut h, &rec, &spec, &totals(9_000, 100), 2_000).is_none());
+        assert!(h.srm_base.is_none(), "before the settling time");
+        assert!(srm_check(&mut h, &rec, &spec, &totals(9_000, 100), 3_000).is_none());
+        let fine = srm_check(&mut h, &rec, &spec, &totals(14_020, 5_080), 4_000).unwrap();
+        assert!(!fine.mismatch, "{fine:?}");
+        assert_eq!(fine.counts, vec![5_020, 4_980]);
+        let skewed = srm_check(&mut h, &rec, &spec, &totals(25_000, 10_000), 5_000).unwrap();
+        assert!(skewed.mismatch, "16,000/9,900: {skewed:?}");
+        // Paused: the window ends; after a resume it starts again from then.
+        let mut paused = rec.clone();
+        paused.state.phase = Phase::Paused;
+        assert!(srm_check(&mut h, &paused, &spec, &totals(25_000, 10_000), 6_000).is_none());
+        assert!(h.srm_base.is_none());
+        assert!(srm_check(&mut h, &rec, &spec, &totals(25_000, 10_000), 7_000).is_none());
+        let after = srm_check(&mut h, &rec, &spec, &totals(25_500, 10_500), 8_000).unwrap();
+        assert!(
+            !after.mismatch && after.counts == vec![500, 500],
+            "{after:?}"
+        );
     }
 }

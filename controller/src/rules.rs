@@ -5,6 +5,7 @@
 use ramp_protocol::moments::ShadowMoments;
 
 use crate::histogram::Histogram;
+use crate::ranktest::candidate_slower;
 use crate::shadowstats::{equivalence_reach, shadow_stats};
 use crate::spec::{Bound, Metric, Rule};
 
@@ -132,6 +133,9 @@ pub enum Verdict {
 }
 
 pub fn evaluate(rule: &Rule, candidate: &ArmWindow, baseline: &ArmWindow) -> Verdict {
+    if rule.metric == Metric::LatencySlower {
+        return latency_slower(rule, candidate, baseline);
+    }
     let (value, samples) = candidate.value(rule.metric);
     let Some(value) = value.filter(|_| samples >= rule.min_samples) else {
         return Verdict::NotEnoughData {
@@ -177,12 +181,39 @@ pub fn evaluate(rule: &Rule, candidate: &ArmWindow, baseline: &ArmWindow) -> Ver
     }
 }
 
+/// Level of the Mann-Whitney test behind `latency_slower`.
+pub const LATENCY_SLOWER_ALPHA: f64 = 0.01;
+
+/// `latency_slower`: the candidate's latency distribution against the baseline's, same window.
+fn latency_slower(rule: &Rule, candidate: &ArmWindow, baseline: &ArmWindow) -> Verdict {
+    let fewest = candidate.latency.count().min(baseline.latency.count());
+    let result = candidate_slower(&candidate.latency, &baseline.latency);
+    let Some(r) = result.filter(|_| fewest >= rule.min_samples) else {
+        return Verdict::NotEnoughData {
+            samples: fewest,
+            needed: rule.min_samples,
+        };
+    };
+    let value = r.probability_slower;
+    match rule.bound {
+        Bound::Max(max) if value > max && r.p_value < LATENCY_SLOWER_ALPHA => Verdict::Fail {
+            value,
+            reason: format!(
+                "candidate slower than baseline: P(a candidate request is slower) {value:.3} > max {max}, Mann-Whitney p = {:.1e}",
+                r.p_value
+            ),
+        },
+        _ => Verdict::Pass { value },
+    }
+}
+
 fn metric_name(m: Metric) -> &'static str {
     match m {
         Metric::ErrorRate => "error rate",
         Metric::LatencyP50 => "P50 latency (ms)",
         Metric::LatencyP95 => "P95 latency (ms)",
         Metric::LatencyP99 => "P99 latency (ms)",
+        Metric::LatencySlower => "P(candidate request slower)",
         Metric::Accuracy => "accuracy",
         Metric::ShadowAgreement => "shadow agreement",
         Metric::ShadowErrorRate => "shadow error rate",
@@ -245,6 +276,45 @@ mod tests {
             ),
             Verdict::NotEnoughData { samples: 3, .. }
         ));
+    }
+
+    #[test]
+    fn latency_slower_compares_the_distributions() {
+        let lat = |per_bucket: &[u64]| {
+            let mut total = 0;
+            let mut buckets: Vec<(f64, u64)> = per_bucket
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| {
+                    total += c;
+                    ((i + 1) as f64, total)
+                })
+                .collect();
+            buckets.push((f64::INFINITY, total));
+            ArmWindow {
+                latency: Histogram { buckets },
+                ..Default::default()
+            }
+        };
+        let r = rule(Metric::LatencySlower, Bound::Max(0.55));
+        // Slower by one bucket for most requests: P(slower) 0.68, p = 0.00037 (ranktest's scipy
+        // reference), but too few samples for this rule's 100.
+        let slower = lat(&[3, 10, 25, 12, 5]);
+        let base = lat(&[8, 20, 15, 6, 1]);
+        assert!(matches!(
+            evaluate(&r, &slower, &base),
+            Verdict::NotEnoughData { samples: 50, .. }
+        ));
+        let many = |w: &[u64]| lat(&w.iter().map(|c| c * 10).collect::<Vec<_>>());
+        assert!(matches!(
+            evaluate(&r, &many(&[3, 10, 25, 12, 5]), &many(&[8, 20, 15, 6, 1])),
+            Verdict::Fail { ref reason, .. } if reason.contains("Mann-Whitney")
+        ));
+        // The same distribution: passes, P(slower) 0.5.
+        assert_eq!(
+            evaluate(&r, &many(&[8, 20, 15, 6, 1]), &many(&[8, 20, 15, 6, 1])),
+            Verdict::Pass { value: 0.5 }
+        );
     }
 
     #[test]

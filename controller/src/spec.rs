@@ -65,6 +65,10 @@ pub enum Metric {
     LatencyP50,
     LatencyP95,
     LatencyP99,
+    /// The probability that a candidate request is slower than a baseline one over the same
+    /// window (Mann-Whitney on the two latency histograms; use `max`, e.g. 0.55): fails when it is
+    /// above `max` and the test finds the candidate slower (one-sided p < 0.01).
+    LatencySlower,
     /// Share of predictions that matched ground truth reported through the API.
     Accuracy,
     /// Share of mirrored copies whose answer (the filter's `shadow.json_pointer`) equals the
@@ -718,6 +722,12 @@ fn validate_rule(r: &RawRule, field: &str) -> Result<Rule, SpecError> {
             | Metric::ShadowEquivalent
             | Metric::ShadowGuide
     );
+    if r.metric == Metric::LatencySlower && matches!(bound, Bound::WorseThanBaseline(_)) {
+        return Err(err(
+            format!("{field}.max_worse_than_baseline"),
+            "latency_slower already compares with the baseline: use max (a probability, e.g. 0.55)",
+        ));
+    }
     if paired && matches!(bound, Bound::WorseThanBaseline(_)) {
         return Err(err(
             format!("{field}.max_worse_than_baseline"),

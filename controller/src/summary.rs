@@ -109,6 +109,11 @@ pub fn figures(
                 Metric::ShadowGuide => {
                     check["t_test_p"] = json!(stats.as_ref().and_then(|s| s.t_p));
                 }
+                Metric::LatencySlower => {
+                    check["mann_whitney_p"] =
+                        json!(crate::ranktest::candidate_slower(&c.latency, &b.latency)
+                            .map(|r| r.p_value));
+                }
                 _ => {}
             }
             check

@@ -414,9 +414,14 @@ fn print_status(v: &serde_json::Value) {
         let stage = c["stage_value"]
             .as_f64()
             .map_or("-".to_owned(), |x| format!("{x:.4}"));
-        let evidence = match (c["tost_p"].as_f64(), c["t_test_p"].as_f64()) {
-            (Some(p), _) => format!("  TOST p {p:.3e}"),
-            (_, Some(p)) => format!("  paired t-test p {p:.3e}"),
+        let evidence = match (
+            c["tost_p"].as_f64(),
+            c["t_test_p"].as_f64(),
+            c["mann_whitney_p"].as_f64(),
+        ) {
+            (Some(p), _, _) => format!("  TOST p {p:.3e}"),
+            (_, Some(p), _) => format!("  paired t-test p {p:.3e}"),
+            (_, _, Some(p)) => format!("  Mann-Whitney p {p:.3e}"),
             _ => String::new(),
         };
         println!(
