@@ -93,7 +93,10 @@ pub fn judged_windows(
             // Only a relative bound (or a comparison of distributions) needs the baseline's
             // samples too.
             let relative = matches!(rule.bound, Bound::WorseThanBaseline(_))
-                || rule.metric == crate::spec::Metric::LatencySlower;
+                || matches!(
+                    rule.metric,
+                    crate::spec::Metric::LatencySlower | crate::spec::Metric::ErrorRateVsBaseline
+                );
             earlier
                 .iter()
                 .map(pick)

@@ -82,6 +82,8 @@ impl ArmWindow {
                 (self.labelled > 0).then(|| self.correct as f64 / self.labelled as f64),
                 self.labelled,
             ),
+            // Judged against the baseline in `evaluate`; its samples are the requests.
+            Metric::ErrorRateVsBaseline => (None, self.requests),
             Metric::ShadowAgreement => (
                 (self.shadow.labelled > 0)
                     .then(|| self.shadow.agree as f64 / self.shadow.labelled as f64),
@@ -136,6 +138,9 @@ pub fn evaluate(rule: &Rule, candidate: &ArmWindow, baseline: &ArmWindow) -> Ver
     if rule.metric == Metric::LatencySlower {
         return latency_slower(rule, candidate, baseline);
     }
+    if rule.metric == Metric::ErrorRateVsBaseline {
+        return error_rate_vs_baseline(rule, candidate, baseline);
+    }
     let (value, samples) = candidate.value(rule.metric);
     let Some(value) = value.filter(|_| samples >= rule.min_samples) else {
         return Verdict::NotEnoughData {
@@ -181,6 +186,48 @@ pub fn evaluate(rule: &Rule, candidate: &ArmWindow, baseline: &ArmWindow) -> Ver
     }
 }
 
+/// Confidence of the sequence behind `error_rate_vs_baseline`.
+pub const ERROR_EXCESS_CONFIDENCE: f64 = 0.95;
+/// Its mixture sd: an excess of one point of error rate.
+pub const ERROR_EXCESS_MIXTURE_SD: f64 = 0.01;
+
+/// `error_rate_vs_baseline`: fails when the candidate's error rate exceeds the baseline's by more
+/// than `max` with 95% confidence, by the mSPRT's confidence sequence (valid at every check).
+fn error_rate_vs_baseline(rule: &Rule, candidate: &ArmWindow, baseline: &ArmWindow) -> Verdict {
+    let fewest = candidate.requests.min(baseline.requests);
+    let rate = |w: &ArmWindow| crate::abtest::Proportion {
+        successes: w.errors as f64,
+        trials: w.requests,
+    };
+    let result = crate::sequential::msprt(
+        rate(baseline),
+        rate(candidate),
+        1.0 - ERROR_EXCESS_CONFIDENCE,
+        ERROR_EXCESS_MIXTURE_SD,
+    );
+    if fewest < rule.min_samples {
+        return Verdict::NotEnoughData {
+            samples: fewest,
+            needed: rule.min_samples,
+        };
+    }
+    // No errors on either arm (no variation): no excess to see.
+    let Some(r) = result else {
+        return Verdict::Pass { value: 0.0 };
+    };
+    let value = r.difference;
+    match rule.bound {
+        Bound::Max(max) if r.interval.0 > max => Verdict::Fail {
+            value,
+            reason: format!(
+                "error rate {:.4} vs baseline {:.4}: the excess is above {max} with 95% confidence (always-valid interval [{:.4}, {:.4}])",
+                r.candidate_rate, r.baseline_rate, r.interval.0, r.interval.1
+            ),
+        },
+        _ => Verdict::Pass { value },
+    }
+}
+
 /// Level of the Mann-Whitney test behind `latency_slower`.
 pub const LATENCY_SLOWER_ALPHA: f64 = 0.01;
 
@@ -214,6 +261,7 @@ fn metric_name(m: Metric) -> &'static str {
         Metric::LatencyP95 => "P95 latency (ms)",
         Metric::LatencyP99 => "P99 latency (ms)",
         Metric::LatencySlower => "P(candidate request slower)",
+        Metric::ErrorRateVsBaseline => "error rate minus the baseline's",
         Metric::Accuracy => "accuracy",
         Metric::ShadowAgreement => "shadow agreement",
         Metric::ShadowErrorRate => "shadow error rate",
@@ -276,6 +324,34 @@ mod tests {
             ),
             Verdict::NotEnoughData { samples: 3, .. }
         ));
+    }
+
+    #[test]
+    fn error_rate_vs_baseline_needs_confidence_not_a_point_estimate() {
+        let r = rule(Metric::ErrorRateVsBaseline, Bound::Max(0.01));
+        let arm = |requests, errors| ArmWindow {
+            requests,
+            errors,
+            ..Default::default()
+        };
+        // 3% vs 1% over 200 each: the point estimate is 0.02 above, but the interval is wide.
+        assert!(matches!(
+            evaluate(&r, &arm(200, 6), &arm(200, 2)),
+            Verdict::Pass { .. }
+        ));
+        // The same rates over 20,000 each: the excess is surely above 0.01.
+        assert!(matches!(
+            evaluate(&r, &arm(20_000, 600), &arm(20_000, 200)),
+            Verdict::Fail { ref reason, .. } if reason.contains("95% confidence")
+        ));
+        assert!(matches!(
+            evaluate(&r, &arm(50, 50), &arm(50, 0)),
+            Verdict::NotEnoughData { .. }
+        ));
+        assert_eq!(
+            evaluate(&r, &arm(500, 0), &arm(500, 0)),
+            Verdict::Pass { value: 0.0 }
+        );
     }
 
     #[test]

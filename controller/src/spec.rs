@@ -65,6 +65,10 @@ pub enum Metric {
     LatencyP50,
     LatencyP95,
     LatencyP99,
+    /// The candidate's error rate minus the baseline's over the same window (use `max`, the
+    /// excess allowed, e.g. 0.01): fails only when the 95% confidence sequence of the difference
+    /// (the mSPRT's, valid however often it is checked) lies wholly above `max`.
+    ErrorRateVsBaseline,
     /// The probability that a candidate request is slower than a baseline one over the same
     /// window (Mann-Whitney on the two latency histograms; use `max`, e.g. 0.55): fails when it is
     /// above `max` and the test finds the candidate slower (one-sided p < 0.01).
@@ -722,10 +726,14 @@ fn validate_rule(r: &RawRule, field: &str) -> Result<Rule, SpecError> {
             | Metric::ShadowEquivalent
             | Metric::ShadowGuide
     );
-    if r.metric == Metric::LatencySlower && matches!(bound, Bound::WorseThanBaseline(_)) {
+    if matches!(
+        r.metric,
+        Metric::LatencySlower | Metric::ErrorRateVsBaseline
+    ) && matches!(bound, Bound::WorseThanBaseline(_))
+    {
         return Err(err(
             format!("{field}.max_worse_than_baseline"),
-            "latency_slower already compares with the baseline: use max (a probability, e.g. 0.55)",
+            "this metric already compares with the baseline: use max",
         ));
     }
     if paired && matches!(bound, Bound::WorseThanBaseline(_)) {
