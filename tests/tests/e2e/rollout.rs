@@ -965,3 +965,34 @@ fn a_sub_millisecond_candidate_passes_a_3_ms_p95_rule_and_both_sources_agree() {
     traffic.finish();
     assert_eq!(done["phase"], "succeeded", "{done}");
 }
+
+/// A candidate 3 ms slower than the baseline on every request, judged by `latency_slower`: the
+/// Mann-Whitney test on the two arms' histograms over the same window finds it slower and the
+/// rollout is rolled back, with the effect size and p in the reason.
+#[test]
+fn a_candidate_slower_than_the_baseline_is_rolled_back_by_the_rank_test() {
+    let s = setup("slower");
+    s.v2.behaviour.delay_ms.store(3, Ordering::Relaxed);
+    let spec = "name: slower\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 0.5\nfailure_threshold: 2\nstages:\n  - {weight: 50, min_duration_s: 60, rules: [{metric: latency_slower, max: 0.55, min_samples: 200}]}\n  - {weight: 100}\n";
+    s.controller.apply(spec).unwrap();
+    let traffic = Traffic::start(s.envoy.url("/predict"), 3);
+    let status = s
+        .controller
+        .wait_for("slower", Duration::from_secs(30), |v| {
+            v["phase"] == "rolled_back"
+        })
+        .unwrap();
+    traffic.finish();
+    assert_eq!(status["phase"], "rolled_back", "{status}");
+    let reason = status["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("candidate slower than baseline") && reason.contains("Mann-Whitney p"),
+        "{reason}"
+    );
+    let check = &status["checks"][0];
+    assert!(
+        check["value"].as_f64().unwrap() > 0.9,
+        "nearly every pair is slower: {check}"
+    );
+    assert!(check["mann_whitney_p"].as_f64().unwrap() < 0.01, "{check}");
+}
