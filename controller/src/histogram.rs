@@ -10,6 +10,21 @@ pub struct Histogram {
 }
 
 impl Histogram {
+    /// From counts per bucket (not cumulative) with bounds 1, 2, .. and `+Inf` after them.
+    pub fn from_bucket_counts(per_bucket: &[u64]) -> Histogram {
+        let mut total = 0;
+        let mut buckets: Vec<(f64, u64)> = per_bucket
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                total += c;
+                ((i + 1) as f64, total)
+            })
+            .collect();
+        buckets.push((f64::INFINITY, total));
+        Histogram { buckets }
+    }
+
     pub fn count(&self) -> u64 {
         self.buckets.last().map_or(0, |b| b.1)
     }

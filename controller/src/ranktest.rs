@@ -85,17 +85,7 @@ mod tests {
     use super::*;
 
     fn hist(per_bucket: &[u64]) -> Histogram {
-        let mut total = 0;
-        let mut buckets: Vec<(f64, u64)> = per_bucket
-            .iter()
-            .enumerate()
-            .map(|(i, &c)| {
-                total += c;
-                ((i + 1) as f64, total)
-            })
-            .collect();
-        buckets.push((f64::INFINITY, total));
-        Histogram { buckets }
+        Histogram::from_bucket_counts(per_bucket)
     }
 
     /// Reference values: scipy 1.17.1 on the same data, each observation its bucket's index,

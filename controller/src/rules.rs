@@ -356,21 +356,9 @@ mod tests {
 
     #[test]
     fn latency_slower_compares_the_distributions() {
-        let lat = |per_bucket: &[u64]| {
-            let mut total = 0;
-            let mut buckets: Vec<(f64, u64)> = per_bucket
-                .iter()
-                .enumerate()
-                .map(|(i, &c)| {
-                    total += c;
-                    ((i + 1) as f64, total)
-                })
-                .collect();
-            buckets.push((f64::INFINITY, total));
-            ArmWindow {
-                latency: Histogram { buckets },
-                ..Default::default()
-            }
+        let lat = |per_bucket: &[u64]| ArmWindow {
+            latency: Histogram::from_bucket_counts(per_bucket),
+            ..Default::default()
         };
         let r = rule(Metric::LatencySlower, Bound::Max(0.55));
         // Slower by one bucket for most requests: P(slower) 0.68, p = 0.00037 (ranktest's scipy

@@ -254,6 +254,26 @@ fn paired_latencies(a: &Envoy, b: &Envoy, n: usize) -> (Vec<f64>, Vec<f64>) {
     (la, lb)
 }
 
+/// A compare-mode setup whose shadow answers after `slow_ms`, fails every request when `fail`,
+/// or (with `port`) is a closed port.
+fn misbehaving_shadow(
+    name: &str,
+    shadow: Value,
+    slow_ms: u64,
+    fail: bool,
+    port: Option<u16>,
+) -> ShadowSetup {
+    let s = start(&shadow_config(name, shadow), port);
+    s.shadow
+        .behaviour
+        .delay_ms
+        .store(slow_ms, Ordering::Relaxed);
+    if fail {
+        s.shadow.behaviour.fail_every.store(1, Ordering::Relaxed);
+    }
+    s
+}
+
 /// A loopback port nothing listens on (bound, then released).
 fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -275,18 +295,13 @@ fn a_slow_failing_or_dead_shadow_never_touches_the_user() {
         ("failing", 0, true, None),
         ("dead", 0, false, Some(dead_port)),
     ] {
-        let cfg = shadow_config(
+        let s = misbehaving_shadow(
             name,
             json!({"cluster": "model_shadow", "mode": "compare", "timeout_ms": 3000, "json_pointer": "/prediction"}),
+            slow_ms,
+            fail,
+            port,
         );
-        let s = start(&cfg, port);
-        s.shadow
-            .behaviour
-            .delay_ms
-            .store(slow_ms, Ordering::Relaxed);
-        if fail {
-            s.shadow.behaviour.fail_every.store(1, Ordering::Relaxed);
-        }
         let (with, without) = paired_latencies(&s.envoy, &baseline.envoy, 2000);
         let (p50, p99) = (
             percentile(&with, 0.5) / percentile(&without, 0.5),
@@ -333,18 +348,13 @@ fn timeouts_refused_connections_and_the_models_errors_are_counted_apart() {
         ("closed", 0, false, Some(dead_port), "shadow_refused"),
         ("erring", 0, true, None, "shadow_errors"),
     ] {
-        let cfg = shadow_config(
+        let s = misbehaving_shadow(
             name,
             json!({"cluster": "model_shadow", "mode": "compare", "timeout_ms": 1000}),
+            slow_ms,
+            fail,
+            port,
         );
-        let s = start(&cfg, port);
-        s.shadow
-            .behaviour
-            .delay_ms
-            .store(slow_ms, Ordering::Relaxed);
-        if fail {
-            s.shadow.behaviour.fail_every.store(1, Ordering::Relaxed);
-        }
         let client = Client::default();
         for i in 0..n {
             let r = client
