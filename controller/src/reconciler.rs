@@ -92,11 +92,8 @@ pub fn judged_windows(
         .map(|rule| {
             // Only a relative bound (or a comparison of distributions) needs the baseline's
             // samples too.
-            let relative = matches!(rule.bound, Bound::WorseThanBaseline(_))
-                || matches!(
-                    rule.metric,
-                    crate::spec::Metric::LatencySlower | crate::spec::Metric::ErrorRateVsBaseline
-                );
+            let relative =
+                matches!(rule.bound, Bound::WorseThanBaseline(_)) || rule.metric.against_baseline();
             earlier
                 .iter()
                 .map(pick)

@@ -113,6 +113,12 @@ impl Metric {
         )
     }
 
+    /// Compares the candidate with the baseline itself (so it needs both arms' samples, and a
+    /// `max_worse_than_baseline` bound would compare twice).
+    pub fn against_baseline(self) -> bool {
+        matches!(self, Metric::LatencySlower | Metric::ErrorRateVsBaseline)
+    }
+
     /// Judged on mirrored copies, so it has data while the candidate serves no user.
     pub fn is_shadow(self) -> bool {
         matches!(
@@ -726,11 +732,7 @@ fn validate_rule(r: &RawRule, field: &str) -> Result<Rule, SpecError> {
             | Metric::ShadowEquivalent
             | Metric::ShadowGuide
     );
-    if matches!(
-        r.metric,
-        Metric::LatencySlower | Metric::ErrorRateVsBaseline
-    ) && matches!(bound, Bound::WorseThanBaseline(_))
-    {
+    if r.metric.against_baseline() && matches!(bound, Bound::WorseThanBaseline(_)) {
         return Err(err(
             format!("{field}.max_worse_than_baseline"),
             "this metric already compares with the baseline: use max",

@@ -58,13 +58,15 @@ pub use ramp_protocol::report::{ArmReport as ReportedArm, BanditCounts, Report};
 
 /// The shadow comparisons of every instance's newest report (sums saturate at u64::MAX; reports
 /// are validated to at most 2^53 each, so that takes over 2,048 reporters at the limit).
-pub fn sum_shadow<'a>(reports: impl IntoIterator<Item = &'a Report> + Clone) -> ShadowFigures {
+pub fn sum_shadow<'a>(reports: impl IntoIterator<Item = &'a Report>) -> ShadowFigures {
     let mut out = ShadowFigures::default();
-    for s in reports
-        .clone()
-        .into_iter()
-        .filter_map(|r| r.shadow.as_ref())
-    {
+    for r in reports {
+        if let Some(m) = &r.shadow_moments {
+            out.moments.add(m);
+        }
+        let Some(s) = r.shadow.as_ref() else {
+            continue;
+        };
         let get = |k: &str| s.get(k).copied().unwrap_or(0);
         out.pairs = out.pairs.saturating_add(get("pairs"));
         out.failed = out.failed.saturating_add(get("shadow_errors"));
@@ -73,11 +75,6 @@ pub fn sum_shadow<'a>(reports: impl IntoIterator<Item = &'a Report> + Clone) -> 
             .saturating_add(get("shadow_timeouts").saturating_add(get("shadow_refused")));
         out.labelled = out.labelled.saturating_add(get("labelled_pairs"));
         out.agree = out.agree.saturating_add(get("label_agree"));
-    }
-    for r in reports {
-        if let Some(m) = &r.shadow_moments {
-            out.moments.add(m);
-        }
     }
     out
 }

@@ -8,7 +8,6 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
-use crate::headermap::pairs;
 use crate::host::{Body, Callout, Host, Level, Map, MetricKind, SetError, Shared};
 
 #[derive(Debug, Clone)]
@@ -128,21 +127,13 @@ impl MemHost {
     }
 }
 
-/// The ABI's serialized map: count, then (name len, value len) pairs, then the NUL-terminated
-/// names and values (proxy-wasm spec, `proxy_get_header_map_pairs`).
+/// The ABI's serialized map of `map` (`headermap::serialize`).
 fn serialize(map: &[(String, String)]) -> Vec<u8> {
-    let mut out = (map.len() as u32).to_le_bytes().to_vec();
-    for (k, v) in map {
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in map {
-        out.extend_from_slice(k.as_bytes());
-        out.push(0);
-        out.extend_from_slice(v.as_bytes());
-        out.push(0);
-    }
-    out
+    let pairs: Vec<(&[u8], &[u8])> = map
+        .iter()
+        .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+        .collect();
+    crate::headermap::serialize(&pairs)
 }
 
 impl Host for MemHost {
@@ -309,24 +300,5 @@ impl Host for MemHost {
             let end = (start + size).min(b.len());
             Some(b.get(start.min(end)..end)?.to_vec())
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn serialized_maps_read_back_with_the_filters_parser() {
-        let map = vec![
-            (":path".to_owned(), "/p".to_owned()),
-            ("x-a".to_owned(), "1".to_owned()),
-        ];
-        let bytes = serialize(&map);
-        let read: Vec<(&[u8], &[u8])> = pairs(&bytes).collect();
-        assert_eq!(
-            read,
-            vec![(&b":path"[..], &b"/p"[..]), (&b"x-a"[..], &b"1"[..])]
-        );
     }
 }

@@ -4,7 +4,7 @@
 //! and out.
 
 pub use ramp_protocol::moments::ShadowMoments;
-use ramp_protocol::moments::{Wide, MAX_MOMENT_VALUE};
+use ramp_protocol::moments::{wide_text, Wide, MAX_MOMENT_VALUE};
 
 use crate::config::Shadow;
 use crate::jsonpick::Scalar;
@@ -362,19 +362,6 @@ pub fn decode_moments(bytes: &[u8], thresholds: &[f64]) -> Option<ShadowMoments>
         thresholds: thresholds.to_vec(),
         beyond: words[12..].to_vec(),
     })
-}
-
-/// A sum as the protocol's `Wide` writes it (`ramp_protocol::moments::wide_text`), without
-/// core's 128-bit decimal formatting (kilobytes of wasm): decimal while it fits in 64 bits, else
-/// sign and 32 hex digits.
-fn wide_text(v: i128) -> String {
-    match i64::try_from(v) {
-        Ok(small) => small.to_string(),
-        Err(_) => {
-            let (sign, m) = (if v < 0 { "-" } else { "" }, v.unsigned_abs());
-            format!("{sign}0x{:016x}{:016x}", (m >> 64) as u64, m as u64)
-        }
-    }
 }
 
 /// The report's `"shadow_moments"` object, hand-written as the rest of the report.

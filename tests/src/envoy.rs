@@ -366,6 +366,15 @@ impl Envoy {
         std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
     }
 
+    /// The shadow pair records (`ramp-shadow {...}` lines) this Envoy has logged, parsed.
+    pub fn shadow_records(&self) -> Vec<serde_json::Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| l.split_once("ramp-shadow "))
+            .filter_map(|(_, json)| serde_json::from_str(json).ok())
+            .collect()
+    }
+
     pub fn prometheus(&self) -> Result<String> {
         Ok(ureq::get(&self.admin_url("/stats/prometheus"))
             .call()?

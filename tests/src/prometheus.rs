@@ -62,6 +62,15 @@ impl Prometheus {
         Ok(p)
     }
 
+    /// An instant query through the HTTP API; the JSON answer.
+    pub fn query(&self, promql: &str) -> Result<serde_json::Value> {
+        let body = ureq::get(&self.url("/api/v1/query"))
+            .query("query", promql)
+            .call()?
+            .into_string()?;
+        Ok(serde_json::from_str(&body)?)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }

@@ -25,13 +25,14 @@ pub const MAX_THRESHOLDS: usize = 4;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Wide(pub i128);
 
-/// `Wide`'s text form.
+/// `Wide`'s text form, written as two 64-bit halves: the filter uses it too, and core's 128-bit
+/// formatting would cost it kilobytes of wasm.
 pub fn wide_text(v: i128) -> String {
     match i64::try_from(v) {
         Ok(small) => small.to_string(),
         Err(_) => {
             let (sign, m) = (if v < 0 { "-" } else { "" }, v.unsigned_abs());
-            format!("{sign}0x{m:032x}")
+            format!("{sign}0x{:016x}{:016x}", (m >> 64) as u64, m as u64)
         }
     }
 }
@@ -93,6 +94,15 @@ pub struct ShadowMoments {
 }
 
 impl ShadowMoments {
+    /// No pairs yet, counting beyond `thresholds`.
+    pub fn with_thresholds(thresholds: &[f64]) -> ShadowMoments {
+        ShadowMoments {
+            thresholds: thresholds.to_vec(),
+            beyond: vec![0; thresholds.len()],
+            ..ShadowMoments::default()
+        }
+    }
+
     /// Adds one pair of predictions (x the primary's, y the shadow's; both within
     /// +-`MAX_MOMENT_VALUE`): x and y as integers in millionths, squares and products of those
     /// integers in 128 bits, the largest |y - x|, and the thresholds |y - x| exceeds.
@@ -203,8 +213,7 @@ impl ShadowMoments {
     /// Adds another Envoy's sums (saturating counts; sums are bounded by validation).
     pub fn add(&mut self, other: &ShadowMoments) {
         if self.n == 0 && self.thresholds.is_empty() {
-            self.thresholds.clone_from(&other.thresholds);
-            self.beyond = vec![0; other.beyond.len()];
+            *self = ShadowMoments::with_thresholds(&other.thresholds);
         }
         self.n = self.n.saturating_add(other.n);
         for (a, b) in [

@@ -367,11 +367,7 @@ impl<H: Host + Clone> Worker<H> {
             })
             .collect::<Option<_>>()?;
         Some(MomentsState {
-            pending: ShadowMoments {
-                thresholds: sh.disagreement_thresholds.clone(),
-                beyond: vec![0; sh.disagreement_thresholds.len()],
-                ..ShadowMoments::default()
-            },
+            pending: ShadowMoments::with_thresholds(&sh.disagreement_thresholds),
             key: moments_key(&rollout.name),
             max_gauge: self
                 .host
@@ -389,11 +385,7 @@ impl<H: Host + Clone> Worker<H> {
         let thresholds = m.pending.thresholds.clone();
         let merged = cas_merge(&self.host, &m.key, |stored| {
             let mut total = match stored {
-                None | Some([]) => ShadowMoments {
-                    thresholds: thresholds.clone(),
-                    beyond: vec![0; thresholds.len()],
-                    ..ShadowMoments::default()
-                },
+                None | Some([]) => ShadowMoments::with_thresholds(&thresholds),
                 Some(b) => decode_moments(b, &thresholds)?,
             };
             total.add(&m.pending);
@@ -407,11 +399,7 @@ impl<H: Host + Clone> Worker<H> {
         }
         self.host
             .record_metric(m.max_gauge, total.max_abs_diff_micros);
-        m.pending = ShadowMoments {
-            beyond: vec![0; thresholds.len()],
-            thresholds,
-            ..ShadowMoments::default()
-        };
+        m.pending = ShadowMoments::with_thresholds(&thresholds);
     }
 
     /// Every tick: counters to Envoy and shared data, the newest live state applied, and (on the

@@ -885,18 +885,6 @@ fn reports_must_carry_the_report_token_the_controller_asks_for() {
     assert_eq!(code, 401);
 }
 
-/// Percent-encodes a PromQL query for `/api/v1/query?query=`.
-fn encode_query(q: &str) -> String {
-    q.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// Index of the latency bucket (`le`, ms) holding `v`.
 fn bucket_of(v: f64) -> usize {
     ramp_protocol::report::LATENCY_BOUNDS_US.partition_point(|&b| (b as f64 / 1000.0) < v)
@@ -928,18 +916,12 @@ fn a_sub_millisecond_candidate_passes_a_3_ms_p95_rule_and_both_sources_agree() {
         .unwrap();
     let from_reports = status["window"]["v2"]["p95_ms"].as_f64().unwrap();
     let n_reports = status["window"]["v2"]["requests"].as_u64().unwrap();
-    let query = encode_query(
-        "histogram_quantile(0.95, sum by (le) (ramp_latency_ms_bucket{rollout=\"submilli\",arm=\"v2\"}))",
-    );
-    let answer = ramp_tests::Client::default()
-        .get(
-            &prometheus.url(&format!("/api/v1/query?query={query}")),
-            &[],
-        )
+    let answer = prometheus
+        .query("histogram_quantile(0.95, sum by (le) (ramp_latency_ms_bucket{rollout=\"submilli\",arm=\"v2\"}))")
         .unwrap();
-    let from_prometheus: f64 = answer.body["data"]["result"][0]["value"][1]
+    let from_prometheus: f64 = answer["data"]["result"][0]["value"][1]
         .as_str()
-        .unwrap_or_else(|| panic!("no quantile from Prometheus: {}", answer.body))
+        .unwrap_or_else(|| panic!("no quantile from Prometheus: {answer}"))
         .parse()
         .unwrap();
     eprintln!(

@@ -56,17 +56,6 @@ fn counter(envoy: &Envoy, rollout: &str, name: &str, want: impl Fn(f64) -> bool)
     }
 }
 
-fn records(envoy: &Envoy) -> Vec<Value> {
-    envoy
-        .log()
-        .lines()
-        .filter_map(|l| {
-            l.split_once("ramp-shadow ")
-                .map(|(_, j)| serde_json::from_str(j).unwrap())
-        })
-        .collect()
-}
-
 #[test]
 fn compare_mode_records_and_counters_match_the_answers() {
     let cfg = shadow_config(
@@ -119,7 +108,7 @@ fn compare_mode_records_and_counters_match_the_answers() {
     );
     assert_eq!(counter(&s.envoy, "cmp", "diff_neg_micros", |_| true), 0.0);
 
-    let recs = records(&s.envoy);
+    let recs = s.envoy.shadow_records();
     assert_eq!(recs.len(), n);
     let mut ids: Vec<&str> = recs
         .iter()
@@ -373,7 +362,9 @@ fn timeouts_refused_connections_and_the_models_errors_are_counted_apart() {
                 );
             }
         }
-        let failures: Vec<Value> = records(&s.envoy)
+        let failures: Vec<Value> = s
+            .envoy
+            .shadow_records()
             .into_iter()
             .map(|r| r["shadow"]["failure"].clone())
             .collect();

@@ -104,11 +104,9 @@ impl Run {
     /// (primary, shadow) predictions from the pair records this Envoy logged.
     fn logged_pairs(&self) -> Vec<(f64, f64)> {
         self.envoy
-            .log()
-            .lines()
-            .filter_map(|l| l.split_once("ramp-shadow ").map(|(_, j)| j.to_owned()))
-            .filter_map(|j| {
-                let v: Value = serde_json::from_str(&j).ok()?;
+            .shadow_records()
+            .iter()
+            .filter_map(|v| {
                 Some((
                     v["primary"]["value"].as_f64()?,
                     v["shadow"]["value"].as_f64()?,
