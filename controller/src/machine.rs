@@ -7,7 +7,7 @@ use thiserror::Error;
 
 use crate::abtest::{z_test, AbResult, Proportion, Winner};
 use crate::rules::{evaluate, ArmWindow, Verdict};
-use crate::sequential::{msprt, SequentialResult, SrmResult};
+use crate::sequential::{holm, msprt, SequentialResult, SrmResult};
 use crate::spec::{AbMetric, AbTest, HookPoint, Spec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +38,10 @@ pub struct State {
     /// `resume` or `promote`. Absent in states stored before the command existed.
     #[serde(default)]
     pub override_weight: Option<f64>,
+    /// The candidate an A/B/n test found best: it alone gets the candidates' share from then on.
+    /// `None` with one candidate, and before the verdict.
+    #[serde(default)]
+    pub winner: Option<String>,
 }
 
 impl State {
@@ -55,6 +59,7 @@ impl State {
             failed_checks: 0,
             reason: smoke_test.then(|| "waiting for the before_start hooks".to_owned()),
             override_weight: None,
+            winner: None,
         }
     }
 
@@ -76,6 +81,24 @@ impl State {
                 .unwrap_or_else(|| spec.stages.get(self.stage).map_or(0.0, |s| s.weight)),
         };
         (100.0 - candidate, candidate)
+    }
+
+    /// Every arm's weight in percent, the baseline first: the candidates' share goes to the
+    /// winner once there is one, else it is split equally among them.
+    pub fn arm_weights(&self, spec: &Spec) -> Vec<(String, f64)> {
+        let (baseline, share) = self.weights(spec);
+        let winner = self.winner.as_ref().filter(|w| spec.candidates.contains(w));
+        let each = share / spec.candidates.len().max(1) as f64;
+        std::iter::once((spec.baseline.clone(), baseline))
+            .chain(spec.candidates.iter().map(|c| {
+                let w = match winner {
+                    Some(w) if w == c => share,
+                    Some(_) => 0.0,
+                    None => each,
+                };
+                (c.clone(), w)
+            }))
+            .collect()
     }
 
     fn enter_stage(&mut self, stage: usize, now_ms: u64) {
@@ -103,17 +126,18 @@ pub enum Action {
     },
 }
 
-/// One check. `windows` gives, for each rule, the (candidate, baseline) windows it judges: the most
-/// recent ones holding enough samples, so a candidate that turns bad is caught within a check or
-/// two however long it was healthy, and sparse metrics (ground truth) still get judged.
-/// `stage_windows` is (candidate, baseline) since the stage began: `min_requests` counts the
-/// candidate's requests, and the A/B test reads both.
+/// One check. `windows(rule, i)` gives the (candidate, baseline) windows a rule judges the i-th
+/// candidate (of `spec.candidates`) on: the most recent ones holding enough samples, so a
+/// candidate that turns bad is caught within a check or two however long it was healthy, and
+/// sparse metrics (ground truth) still get judged. `stage_windows[i]` is (candidate i, baseline)
+/// since the stage began: `min_requests` counts each candidate's requests, and the A/B test reads
+/// them. Every candidate must pass every rule.
 pub fn step(
     spec: &Spec,
     state: &State,
     now_ms: u64,
-    stage_windows: &(ArmWindow, ArmWindow),
-    windows: &dyn Fn(&crate::spec::Rule) -> (ArmWindow, ArmWindow),
+    stage_windows: &[(ArmWindow, ArmWindow)],
+    windows: &dyn Fn(&crate::spec::Rule, usize) -> (ArmWindow, ArmWindow),
     srm: Option<&SrmResult>,
 ) -> (State, Action) {
     let mut next = state.clone();
@@ -129,11 +153,18 @@ pub fn step(
                 .collect::<Vec<_>>()
                 .join("/")
         };
+        let arms: Vec<String> = state
+            .arm_weights(spec)
+            .into_iter()
+            .filter(|(_, w)| *w > 0.0)
+            .map(|(a, _)| a)
+            .collect();
         let why = format!(
-            "sample ratio mismatch: expected {}, observed {}, p = {:.1e} (baseline/candidate requests {:?}); resume once the cause is fixed",
+            "sample ratio mismatch: expected {}, observed {}, p = {:.1e} ({} requests {:?}); resume once the cause is fixed",
             shares(&s.expected),
             shares(&s.observed),
             s.p_value,
+            arms.join("/"),
             s.counts
         );
         next.phase = Phase::Paused;
@@ -144,18 +175,24 @@ pub fn step(
         next.phase = Phase::Succeeded;
         return (next, Action::Promote);
     };
-    let verdicts: Vec<Verdict> = stage
+    let several = spec.candidates.len() > 1;
+    let verdicts: Vec<(usize, Verdict)> = stage
         .rules
         .iter()
-        .map(|r| {
-            let (candidate, baseline) = windows(r);
-            evaluate(r, &candidate, &baseline)
+        .flat_map(|r| {
+            (0..spec.candidates.len()).map(move |i| {
+                let (candidate, baseline) = windows(r, i);
+                (i, evaluate(r, &candidate, &baseline))
+            })
         })
         .collect();
-    let failures: Vec<&str> = verdicts
+    let failures: Vec<String> = verdicts
         .iter()
-        .filter_map(|v| match v {
-            Verdict::Fail { reason, .. } => Some(reason.as_str()),
+        .filter_map(|(i, v)| match v {
+            Verdict::Fail { reason, .. } if several => {
+                Some(format!("{}: {reason}", spec.candidates[*i]))
+            }
+            Verdict::Fail { reason, .. } => Some(reason.clone()),
             _ => None,
         })
         .collect();
@@ -174,17 +211,21 @@ pub fn step(
     next.failed_checks = 0;
     next.reason = None;
     // A 0% stage's rules are shadow rules (the spec allows no others there); without any, time decides.
-    let judged = verdicts.iter().all(|v| matches!(v, Verdict::Pass { .. }));
+    let judged = verdicts
+        .iter()
+        .all(|(_, v)| matches!(v, Verdict::Pass { .. }));
     let waited = now_ms.saturating_sub(state.stage_started_ms) >= stage.min_duration_ms;
-    let (candidate, baseline) = stage_windows;
     // At 0% the candidate serves nobody; `min_requests` counts the copies compared instead.
-    let served = if stage.weight == 0.0 {
-        candidate.shadow.pairs >= stage.min_requests
-    } else {
-        candidate.requests >= stage.min_requests
-    };
+    let served = stage_windows.len() == spec.candidates.len()
+        && stage_windows.iter().all(|(candidate, _)| {
+            if stage.weight == 0.0 {
+                candidate.shadow.pairs >= stage.min_requests
+            } else {
+                candidate.requests >= stage.min_requests
+            }
+        });
     if !(judged && waited && served) {
-        let missing = verdicts.iter().find_map(|v| match v {
+        let missing = verdicts.iter().find_map(|(_, v)| match v {
             Verdict::NotEnoughData { samples, needed } => {
                 Some(format!("waiting for data: {samples} of {needed} samples"))
             }
@@ -195,10 +236,11 @@ pub fn step(
     let mut evidence = None;
     if let (Some(ab), 0) = (&spec.ab_test, state.stage) {
         // The sequential test needs no planned sample: its guarantee holds at every check.
-        match ab_verdict(ab, candidate, baseline) {
-            AbOutcome::Better(why) => {
+        match ab_verdict(spec, ab, stage_windows) {
+            AbOutcome::Better(why, winner) => {
                 // The evidence stays in the record (and the history) after the promotion.
                 evidence = Some(why);
+                next.winner = several.then(|| spec.candidates[winner].clone());
             }
             AbOutcome::Worse(why) => {
                 next.phase = Phase::RolledBack;
@@ -233,8 +275,9 @@ pub fn step(
 }
 
 enum AbOutcome {
-    /// The candidate is significantly better: promote, with this evidence.
-    Better(String),
+    /// This candidate (index into `spec.candidates`) is significantly better: promote it, with
+    /// this evidence.
+    Better(String, usize),
     /// The baseline is significantly better.
     Worse(String),
     /// Not significant (yet), or nothing to test.
@@ -280,9 +323,77 @@ pub fn ab_fixed_horizon(
     )
 }
 
-/// The sequential test's verdict, with its evidence.
-fn ab_verdict(ab: &AbTest, candidate: &ArmWindow, baseline: &ArmWindow) -> AbOutcome {
-    let Some(r) = ab_result(ab, candidate, baseline) else {
+/// The sequential test's verdict, with its evidence. With several candidates each is compared
+/// with the baseline and Holm's step-down correction keeps the chance of any false verdict at
+/// 1 - confidence; the winner is the candidate with the highest rate among those found better.
+fn ab_verdict(spec: &Spec, ab: &AbTest, windows: &[(ArmWindow, ArmWindow)]) -> AbOutcome {
+    let comparisons = ab_comparisons(ab, windows);
+    if let [(one, _, _)] = comparisons.as_slice() {
+        return single_verdict(ab, one.as_ref());
+    }
+    let (results, rejected): (Vec<_>, Vec<_>) =
+        comparisons.into_iter().map(|(r, _, h)| (r, h)).unzip();
+    let direction = |i: usize| results[i].as_ref().map_or(0.0, |r| r.difference);
+    let better: Vec<usize> = (0..results.len())
+        .filter(|&i| rejected[i] && direction(i) > 0.0)
+        .collect();
+    let worse = (0..results.len())
+        .filter(|&i| rejected[i] && direction(i) < 0.0)
+        .count();
+    let baseline_rate = results
+        .iter()
+        .flatten()
+        .map(|r| r.baseline_rate)
+        .next()
+        .unwrap_or(0.0);
+    let arms = results
+        .iter()
+        .zip(&spec.candidates)
+        .enumerate()
+        .map(|(i, (r, name))| match r {
+            Some(r) => format!(
+                "{name} {:.4}, p = {:.4}{}",
+                r.candidate_rate,
+                r.p_value,
+                match (rejected[i], r.difference > 0.0) {
+                    (true, true) => ", better",
+                    (true, false) => ", worse",
+                    (false, _) => "",
+                }
+            ),
+            None => format!("{name}: no variation yet"),
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let figures = format!(
+        "mSPRT with Holm's correction over {} candidates at {}%: baseline {baseline_rate:.4}; {arms}",
+        results.len(),
+        ab.confidence * 100.0
+    );
+    let best = better.iter().copied().max_by(|&a, &b| {
+        let rate = |i: usize| results[i].as_ref().map_or(0.0, |r| r.candidate_rate);
+        rate(a).total_cmp(&rate(b))
+    });
+    match best {
+        Some(i) => AbOutcome::Better(
+            format!(
+                "A/B test: {} is the winner, the best of the candidates better than the baseline ({figures})",
+                spec.candidates[i]
+            ),
+            i,
+        ),
+        None if worse == results.len() => {
+            AbOutcome::Worse(format!("A/B test: every candidate is worse ({figures})"))
+        }
+        None => AbOutcome::Undecided(format!(
+            "A/B test inconclusive ({figures}); collecting more"
+        )),
+    }
+}
+
+/// One candidate: its mSPRT at 1 - confidence.
+fn single_verdict(ab: &AbTest, result: Option<&SequentialResult>) -> AbOutcome {
+    let Some(r) = result else {
         return AbOutcome::Undecided("A/B test: no variation in the metric yet".to_owned());
     };
     let figures = format!(
@@ -296,7 +407,7 @@ fn ab_verdict(ab: &AbTest, candidate: &ArmWindow, baseline: &ArmWindow) -> AbOut
     );
     match r.winner {
         Winner::Candidate => {
-            AbOutcome::Better(format!("A/B test: the candidate is better ({figures})"))
+            AbOutcome::Better(format!("A/B test: the candidate is better ({figures})"), 0)
         }
         Winner::Baseline => {
             AbOutcome::Worse(format!("A/B test: the candidate is worse ({figures})"))
@@ -306,6 +417,27 @@ fn ab_verdict(ab: &AbTest, candidate: &ArmWindow, baseline: &ArmWindow) -> AbOut
             ab.confidence * 100.0
         )),
     }
+}
+
+/// Each candidate's A/B comparison with Holm's verdict: (sequential result, fixed-horizon
+/// reference, rejected by Holm at 1 - confidence), parallel to `windows`.
+pub fn ab_comparisons(
+    ab: &AbTest,
+    windows: &[(ArmWindow, ArmWindow)],
+) -> Vec<(Option<SequentialResult>, Option<AbResult>, bool)> {
+    let results: Vec<Option<SequentialResult>> =
+        windows.iter().map(|(c, b)| ab_result(ab, c, b)).collect();
+    let p: Vec<f64> = results
+        .iter()
+        .map(|r| r.as_ref().map_or(1.0, |r| r.p_value))
+        .collect();
+    let rejected = holm(&p, 1.0 - ab.confidence);
+    results
+        .into_iter()
+        .zip(windows)
+        .zip(rejected)
+        .map(|((r, (c, b)), rej)| (r, ab_fixed_horizon(ab, c, b), rej))
+        .collect()
 }
 
 /// A pre-hook refused the step `step` had decided on: stay in the stage, count it as a failed
@@ -445,7 +577,14 @@ mod tests {
         stage_windows: &(ArmWindow, ArmWindow),
         windows: &dyn Fn(&crate::spec::Rule) -> (ArmWindow, ArmWindow),
     ) -> (State, Action) {
-        super::step(spec, state, now_ms, stage_windows, windows, None)
+        super::step(
+            spec,
+            state,
+            now_ms,
+            std::slice::from_ref(stage_windows),
+            &|r, _| windows(r),
+            None,
+        )
     }
 
     const SPEC: &str = "name: r\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\nfailure_threshold: 2\nstages:\n  - {weight: 5, min_duration_s: 60, min_requests: 100, rules: [{metric: error_rate, max: 0.02}]}\n  - {weight: 50, min_duration_s: 60, min_requests: 100, rules: [{metric: error_rate, max: 0.02}]}\n  - {weight: 100}\n";
@@ -779,6 +918,62 @@ mod tests {
     }
 
     #[test]
+    fn an_ab_n_test_promotes_the_best_significant_candidate_with_holm() {
+        let s = Spec::parse("name: abn\nstrategy: ab_test\narms: [{name: a, role: baseline}, {name: b, role: candidate}, {name: c, role: candidate}]\nab_test: {metric: conversion, confidence: 0.95}\nstages: [{weight: 66, min_requests: 100}, {weight: 100}]\n").unwrap();
+        let conv = |requests: u64, conversions: u64| ArmWindow {
+            requests,
+            reward_micros: conversions * 1_000_000,
+            ..Default::default()
+        };
+        let st = State::start(&s, 0);
+        assert_eq!(
+            st.arm_weights(&s),
+            vec![("a".into(), 34.0), ("b".into(), 33.0), ("c".into(), 33.0)]
+        );
+        let check = |b: ArmWindow, c: ArmWindow, base: ArmWindow| {
+            let windows = [(b, base.clone()), (c, base)];
+            super::step(&s, &st, 1, &windows, &|_, i| windows[i].clone(), None)
+        };
+        // Both candidates beat 20% over 4000 requests; c (27%) is the best: it wins, and from
+        // then on the candidates' share is all c's.
+        let (next, a) = check(conv(4000, 1000), conv(4000, 1080), conv(4000, 800));
+        assert_eq!(a, Action::Advance { to_stage: 1 });
+        assert_eq!(next.winner.as_deref(), Some("c"));
+        assert!(
+            next.reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("A/B test: c is the winner")
+                    && r.contains("Holm's correction over 2 candidates")),
+            "{next:?}"
+        );
+        assert_eq!(
+            next.arm_weights(&s),
+            vec![("a".into(), 0.0), ("b".into(), 0.0), ("c".into(), 100.0)]
+        );
+        // Only b is better: b wins though c is not worse.
+        let (next, _) = check(conv(4000, 1000), conv(4000, 800), conv(4000, 800));
+        assert_eq!(next.winner.as_deref(), Some("b"));
+        // One worse, one undecided: keep collecting; both worse: roll back.
+        let (_, a) = check(conv(4000, 600), conv(4000, 810), conv(4000, 800));
+        assert!(
+            matches!(a, Action::Hold(Some(ref r)) if r.contains("inconclusive") && r.contains("b 0.1500, p = 0.0000, worse")),
+            "{a:?}"
+        );
+        let (back, a) = check(conv(4000, 600), conv(4000, 600), conv(4000, 800));
+        assert!(
+            matches!(a, Action::RollBack { ref reason } if reason.starts_with("A/B test: every candidate is worse")),
+            "{a:?}"
+        );
+        assert_eq!(back.arm_weights(&s)[0], ("a".into(), 100.0));
+        // A state stored before A/B/n (no winner field) still loads.
+        let old: State = serde_json::from_str(
+            r#"{"stage":0,"phase":"progressing","stage_started_ms":0,"failed_checks":0,"reason":null}"#,
+        )
+        .unwrap();
+        assert_eq!(old.winner, None);
+    }
+
+    #[test]
     fn a_sample_ratio_mismatch_pauses_before_any_verdict() {
         let s = Spec::parse(
             "name: r
@@ -794,8 +989,8 @@ stages: [{weight: 50}, {weight: 100}]
             &s,
             &st,
             1,
-            &healthy,
-            &fixed(w(5500, 0), w(4500, 0)),
+            std::slice::from_ref(&healthy),
+            &|_, _| (w(5500, 0), w(4500, 0)),
             Some(&skewed),
         );
         assert_eq!(paused.phase, Phase::Paused);
@@ -808,8 +1003,8 @@ stages: [{weight: 50}, {weight: 100}]
             &s,
             &st,
             1,
-            &healthy,
-            &fixed(w(5500, 0), w(4500, 0)),
+            std::slice::from_ref(&healthy),
+            &|_, _| (w(5500, 0), w(4500, 0)),
             Some(&fine),
         );
         assert_eq!(

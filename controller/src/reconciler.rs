@@ -67,18 +67,38 @@ pub async fn totals_now(handle: &Rollout, spec: &Spec) -> Result<Totals, String>
     Ok(totals)
 }
 
-/// For each rule of the current stage, the (candidate, baseline) windows it is judged on: the most
-/// recent one (now minus an earlier check's totals, newest first) that holds its `min_samples`,
-/// else the whole stage.
+/// For each rule of the current stage and each candidate, the (candidate, baseline) windows it is
+/// judged on: the most recent one (now minus an earlier check's totals, newest first) that holds
+/// its `min_samples`, else the whole stage. Indexed `[rule][candidate]`.
 pub fn judged_windows(
     rec: &Record,
     spec: &Spec,
     totals: &Totals,
     earlier: &[Totals],
+) -> Vec<Vec<(ArmWindow, ArmWindow)>> {
+    spec.candidates
+        .iter()
+        .map(|candidate| judged_for(rec, spec, candidate, totals, earlier))
+        .fold(Vec::new(), |mut by_rule: Vec<Vec<_>>, per_rule| {
+            by_rule.resize_with(per_rule.len(), Vec::new);
+            for (slot, w) in by_rule.iter_mut().zip(per_rule) {
+                slot.push(w);
+            }
+            by_rule
+        })
+}
+
+/// `judged_windows` for one candidate, per rule.
+fn judged_for(
+    rec: &Record,
+    spec: &Spec,
+    candidate: &str,
+    totals: &Totals,
+    earlier: &[Totals],
 ) -> Vec<(ArmWindow, ArmWindow)> {
     let pick = |from: &Totals| {
         (
-            window(totals, from, &spec.candidate),
+            window(totals, from, candidate),
             window(totals, from, &spec.baseline),
         )
     };
@@ -112,32 +132,30 @@ pub fn check(
     rec: &Record,
     spec: &Spec,
     totals: &Totals,
-    judged: &[(ArmWindow, ArmWindow)],
+    judged: &[Vec<(ArmWindow, ArmWindow)>],
     now: u64,
     srm: Option<&crate::sequential::SrmResult>,
 ) -> Option<(Record, Option<(String, String)>)> {
-    let stage_windows = (
-        window(totals, &rec.base, &spec.candidate),
-        window(totals, &rec.base, &spec.baseline),
-    );
+    let stage_windows = stage_windows(rec, spec, totals);
     let rules: &[Rule] = spec
         .stages
         .get(rec.state.stage)
         .map(|s| s.rules.as_slice())
         .unwrap_or_default();
-    let windows = |rule: &Rule| {
+    let windows = |rule: &Rule, candidate: usize| {
         rules
             .iter()
             .position(|r| std::ptr::eq(r, rule))
-            .and_then(|i| judged.get(i).cloned())
-            .unwrap_or_else(|| stage_windows.clone())
+            .and_then(|i| judged.get(i)?.get(candidate).cloned())
+            .or_else(|| stage_windows.get(candidate).cloned())
+            .unwrap_or_default()
     };
     let (state, action) = machine::step(spec, &rec.state, now, &stage_windows, &windows, srm);
     if state == rec.state {
         return None;
     }
     let mut next = rec.clone();
-    if state.weights(spec) != rec.state.weights(spec) {
+    if state.arm_weights(spec) != rec.state.arm_weights(spec) {
         next.version += 1;
     }
     if state.stage != rec.state.stage {
@@ -244,7 +262,7 @@ fn after_failed_hook(rec: &Record, spec: &Spec, why: String) -> (Record, (String
     };
     let event = match action {
         Action::RollBack { reason } => {
-            if next.state.weights(spec) != rec.state.weights(spec) {
+            if next.state.arm_weights(spec) != rec.state.arm_weights(spec) {
                 next.version = rec.version + 1;
             }
             ("rolled_back".to_owned(), reason)
@@ -287,17 +305,26 @@ fn srm_check(
     totals: &Totals,
     now: u64,
 ) -> Option<crate::sequential::SrmResult> {
-    let (bw, cw) = rec.state.weights(spec);
-    let key = (rec.state.stage, cw.to_bits(), rec.state.stage_started_ms);
-    if rec.state.phase != Phase::Progressing || !(bw > 0.0 && cw > 0.0) {
+    let live: Vec<(String, f64)> = rec
+        .state
+        .arm_weights(spec)
+        .into_iter()
+        .filter(|(_, w)| *w > 0.0)
+        .collect();
+    let (_, share) = rec.state.weights(spec);
+    let key = (rec.state.stage, share.to_bits(), rec.state.stage_started_ms);
+    if rec.state.phase != Phase::Progressing || live.len() < 2 {
         history.srm_base = None;
         return None;
     }
     match &history.srm_base {
         Some((k, base)) if *k == key => {
-            let b = window(totals, base, &spec.baseline).requests;
-            let c = window(totals, base, &spec.candidate).requests;
-            crate::sequential::srm(&[b, c], &[bw, cw], SRM_ALPHA)
+            let counts: Vec<u64> = live
+                .iter()
+                .map(|(arm, _)| window(totals, base, arm).requests)
+                .collect();
+            let weights: Vec<f64> = live.iter().map(|(_, w)| *w).collect();
+            crate::sequential::srm(&counts, &weights, SRM_ALPHA)
         }
         _ => {
             let settle = if spec.prometheus.is_some() {
@@ -315,6 +342,15 @@ fn srm_check(
             None
         }
     }
+}
+
+/// Each candidate's (candidate, baseline) window since the stage began, in `spec.candidates` order.
+pub fn stage_windows(rec: &Record, spec: &Spec, totals: &Totals) -> Vec<(ArmWindow, ArmWindow)> {
+    let baseline = window(totals, &rec.base, &spec.baseline);
+    spec.candidates
+        .iter()
+        .map(|c| (window(totals, &rec.base, c), baseline.clone()))
+        .collect()
 }
 
 /// The reconciler of one rollout; runs until the process ends.

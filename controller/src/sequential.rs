@@ -82,6 +82,27 @@ pub fn msprt(
     })
 }
 
+/// Holm's step-down correction ("A simple sequentially rejective multiple test procedure",
+/// Scand. J. Statistics 1979): which of `p_values` are rejected with the family-wise error rate
+/// at most `alpha`. Valid for any dependence between the tests, and for always-valid p-values at
+/// any look (each true null's p-value falls below alpha / m0 at some look with probability at
+/// most alpha / m0).
+pub fn holm(p_values: &[f64], alpha: f64) -> Vec<bool> {
+    let m = p_values.len();
+    let mut order: Vec<usize> = (0..m).collect();
+    order.sort_by(|&a, &b| p_values[a].total_cmp(&p_values[b]));
+    let mut rejected = vec![false; m];
+    for (rank, &i) in order.iter().enumerate() {
+        // A NaN p-value rejects nothing, and stops the step-down there.
+        let within = p_values[i] <= alpha / (m - rank) as f64;
+        if !within {
+            break;
+        }
+        rejected[i] = true;
+    }
+    rejected
+}
+
 /// The sample-ratio check at one look.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SrmResult {
@@ -203,6 +224,27 @@ mod tests {
             "no variation"
         );
         assert!(msprt(prop(0, 0), prop(1, 10), 0.05, 0.01).is_none());
+    }
+
+    /// Reference decisions from statsmodels 0.15.0:
+    ///   multipletests(p, alpha=0.05, method="holm")[0]
+    /// [0.01, 0.04, 0.03] -> [T, F, F]; [0.02, 0.03, 0.04] -> [F, F, F];
+    /// [0.001, 0.2, 0.024, 0.013] -> [T, F, T, T]; [0.06, 0.01] -> [F, T].
+    #[test]
+    fn holm_rejects_what_statsmodels_rejects() {
+        for (p, want) in [
+            (vec![0.01, 0.04, 0.03], vec![true, false, false]),
+            (vec![0.02, 0.03, 0.04], vec![false, false, false]),
+            (
+                vec![0.001, 0.2, 0.024, 0.013],
+                vec![true, false, true, true],
+            ),
+            (vec![0.06, 0.01], vec![false, true]),
+        ] {
+            assert_eq!(holm(&p, 0.05), want, "{p:?}");
+        }
+        assert_eq!(holm(&[f64::NAN, 0.001], 0.05), vec![false, true]);
+        assert!(holm(&[], 0.05).is_empty());
     }
 
     /// Reference values: for two arms the Dirichlet-multinomial is the beta-binomial, so the

@@ -176,7 +176,7 @@ fn load(db: &std::path::Path) -> anyhow::Result<(Store, Vec<Rollout>)> {
         let mut book = ReportBook::default();
         let view = match loaded {
             Ok((rec, spec)) => {
-                let arms = [spec.baseline.as_str(), spec.candidate.as_str()];
+                let arms = spec.arms();
                 for r in store.reports(&name)? {
                     match r.map_err(|e| e.to_string()).and_then(|r| {
                         r.validate(&arms).map_err(|e| e.to_string())?;
@@ -415,15 +415,13 @@ async fn live_state(
     }
     let view = rx.borrow().clone();
     let (rec, spec) = ok_or_503(&name, &view)?;
-    let (bw, cw) = rec.state.weights(spec);
-    let bandit = handle.reports().remote(
-        query.get("instance").map(String::as_str),
-        &[&spec.baseline, &spec.candidate],
-    );
+    let bandit = handle
+        .reports()
+        .remote(query.get("instance").map(String::as_str), &spec.arms());
     Ok(Json(LiveState {
         version: rec.version,
         stage: Some(rec.state.stage as u64 + 1),
-        weights: [(spec.baseline.clone(), bw), (spec.candidate.clone(), cw)].into(),
+        weights: rec.state.arm_weights(spec).into_iter().collect(),
         rolled_back: rec.state.phase == Phase::RolledBack,
         bandit,
     }))
@@ -471,7 +469,7 @@ async fn report(
     };
     let (_, _, spec) = loaded(&app, &name)?;
     parsed
-        .validate(&[&spec.baseline, &spec.candidate])
+        .validate(&spec.arms())
         .map_err(|e| field_error(StatusCode::BAD_REQUEST, &e.field, e.reason))?;
     let accepted = handle.reports().accept(parsed);
     match accepted {
@@ -515,7 +513,7 @@ async fn apply(
         .pending
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .take(&spec.name, &[&spec.baseline, &spec.candidate]);
+        .take(&spec.name, &spec.arms());
     for r in earlier {
         book.accept(r);
     }
@@ -695,7 +693,7 @@ async fn feedback(
         ));
     }
     let (handle, _, spec) = loaded(&app, &name)?;
-    if arm != spec.baseline && arm != spec.candidate {
+    if !spec.is_arm(arm) {
         return Err(field_error(
             StatusCode::BAD_REQUEST,
             "decision",

@@ -345,7 +345,10 @@ pub struct Stage {
 pub struct Spec {
     pub name: String,
     pub baseline: String,
+    /// The first candidate: the only one, except in `ab_test` and `bandit`.
     pub candidate: String,
+    /// Every candidate in the spec's order (`candidate` first).
+    pub candidates: Vec<String>,
     pub strategy: StrategyKind,
     pub stages: Vec<Stage>,
     pub check_interval_ms: u64,
@@ -355,6 +358,19 @@ pub struct Spec {
     pub hooks: Vec<Hook>,
     pub manual_promotion: bool,
     pub ab_test: Option<AbTest>,
+}
+
+impl Spec {
+    /// The baseline, then the candidates: the arms reports and feedback may name.
+    pub fn arms(&self) -> Vec<&str> {
+        std::iter::once(self.baseline.as_str())
+            .chain(self.candidates.iter().map(String::as_str))
+            .collect()
+    }
+
+    pub fn is_arm(&self, name: &str) -> bool {
+        name == self.baseline || self.candidates.iter().any(|c| c == name)
+    }
 }
 
 /// A YAML string and nothing else: `name: 123` is a number, not the name "123".
@@ -465,11 +481,41 @@ impl Spec {
         }
         let role = |r: Role| raw.arms.iter().filter(|a| a.role == r).collect::<Vec<_>>();
         let (baselines, candidates) = (role(Role::Baseline), role(Role::Candidate));
-        if raw.arms.len() != 2 || baselines.len() != 1 || candidates.len() != 1 {
-            return Err(err("arms", "exactly one baseline and one candidate arm"));
+        if baselines.len() != 1 || candidates.is_empty() {
+            return Err(err(
+                "arms",
+                "exactly one baseline and at least one candidate arm",
+            ));
         }
-        if baselines[0].name == candidates[0].name {
-            return Err(err("arms[1].name", "the two arms need different names"));
+        let max_arms = ramp_protocol::names::MAX_ARMS;
+        if raw.arms.len() > max_arms {
+            return Err(err(
+                "arms",
+                format!(
+                    "at most {max_arms} arms (the filter's limit), got {}",
+                    raw.arms.len()
+                ),
+            ));
+        }
+        for (i, arm) in raw.arms.iter().enumerate() {
+            if raw.arms[..i].iter().any(|a| a.name == arm.name) {
+                return Err(err(
+                    format!("arms[{i}].name"),
+                    format!("{:?} is listed twice: arms need different names", arm.name),
+                ));
+            }
+        }
+        // One new version ramps, switches or is mirrored; several compete only in an experiment.
+        if candidates.len() > 1
+            && !matches!(raw.strategy, StrategyKind::AbTest | StrategyKind::Bandit)
+        {
+            return Err(err(
+                "arms",
+                format!(
+                    "{} candidates: only ab_test and bandit compare several (canary, blue_green and shadow take one)",
+                    candidates.len()
+                ),
+            ));
         }
         if raw.stages.is_empty() {
             return Err(err("stages", "at least one stage"));
@@ -558,6 +604,7 @@ impl Spec {
             name: raw.name,
             baseline: baselines[0].name.clone(),
             candidate: candidates[0].name.clone(),
+            candidates: candidates.iter().map(|a| a.name.clone()).collect(),
             strategy: raw.strategy,
             stages,
             check_interval_ms: (raw.check_interval_s * 1000.0).round() as u64,
@@ -856,7 +903,25 @@ mod tests {
             (
                 "name: r\narms: [{name: v1, role: baseline}]\nstages: [{weight: 100}]\n".into(),
                 "arms",
-                "one baseline and one candidate",
+                "one baseline and at least one candidate",
+            ),
+            (
+                "name: r\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}, {name: v3, role: candidate}]\nstages: [{weight: 100}]\n".into(),
+                "arms",
+                "only ab_test and bandit compare several",
+            ),
+            (
+                "name: r\nstrategy: bandit\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}, {name: v2, role: candidate}]\nstages: [{weight: 50}, {weight: 100}]\n".into(),
+                "arms[2].name",
+                "listed twice",
+            ),
+            (
+                format!(
+                    "name: r\nstrategy: bandit\narms: [{{name: v0, role: baseline}}, {}]\nstages: [{{weight: 50}}, {{weight: 100}}]\n",
+                    (1..=16).map(|i| format!("{{name: v{i}, role: candidate}}")).collect::<Vec<_>>().join(", ")
+                ),
+                "arms",
+                "at most 16 arms",
             ),
             (
                 format!("strategy: bandit\n{}", base("[{weight: 0}, {weight: 100}]")),

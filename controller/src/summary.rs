@@ -15,13 +15,19 @@ use crate::window::{window, BanditCounts, Totals};
 
 /// The state part of a rollout's summary.
 pub fn state_summary(rec: &Record, spec: &Spec) -> Value {
-    let (bw, cw) = rec.state.weights(spec);
+    let weights: serde_json::Map<String, Value> = rec
+        .state
+        .arm_weights(spec)
+        .into_iter()
+        .map(|(arm, w)| (arm, json!(w)))
+        .collect();
     let stage = spec.stages.get(rec.state.stage);
     json!({
         "name": rec.name, "baseline": spec.baseline, "candidate": spec.candidate,
+        "candidates": spec.candidates, "winner": rec.state.winner,
         "strategy": spec.strategy, "phase": rec.state.phase,
         "stage": rec.state.stage + 1, "stages": spec.stages.len(),
-        "weights": {spec.baseline.clone(): bw, spec.candidate.clone(): cw},
+        "weights": weights,
         "version": rec.version, "failed_checks": rec.state.failed_checks, "reason": rec.state.reason,
         "override_weight": rec.state.override_weight,
         "promotion": if spec.manual_promotion { "manual" } else { "auto" },
@@ -57,21 +63,20 @@ fn arm_figures(w: &ArmWindow) -> Value {
            "shadow_stats": shadow_stats(&w.shadow.moments)})
 }
 
-/// The figures of one check: per rule the windows it was judged on (`judged`, one pair per rule
-/// of the current stage: candidate, baseline), and the stage's windows so far beside them.
+/// The figures of one check: per rule and candidate the windows it was judged on (`judged`,
+/// `[rule][candidate]` pairs of candidate and baseline), and the stage's windows so far beside
+/// them.
 pub fn figures(
     rec: &Record,
     spec: &Spec,
     totals: &Totals,
-    judged: &[(ArmWindow, ArmWindow)],
+    judged: &[Vec<(ArmWindow, ArmWindow)>],
     fleet_bandit: Option<&std::collections::BTreeMap<String, BanditCounts>>,
     checked_at_ms: u64,
 ) -> Value {
     let state: &State = &rec.state;
-    let (candidate, baseline) = (
-        window(totals, &rec.base, &spec.candidate),
-        window(totals, &rec.base, &spec.baseline),
-    );
+    let stage_windows = crate::reconciler::stage_windows(rec, spec, totals);
+    let baseline = window(totals, &rec.base, &spec.baseline);
     let rules = spec
         .stages
         .get(state.stage)
@@ -80,13 +85,20 @@ pub fn figures(
     let checks: Vec<Value> = rules
         .iter()
         .zip(judged)
-        .map(|(rule, (c, b))| {
+        .flat_map(|(rule, per_candidate)| {
+            per_candidate
+                .iter()
+                .zip(&stage_windows)
+                .zip(&spec.candidates)
+                .map(move |((judged, stage), arm)| (rule, judged, stage, arm))
+        })
+        .map(|(rule, (c, b), (candidate, baseline), arm)| {
             let (verdict, value) = match evaluate(rule, c, b) {
                 Verdict::Pass { value } => ("pass", Some(value)),
                 Verdict::Fail { value, .. } => ("fail", Some(value)),
                 Verdict::NotEnoughData { .. } => ("not_enough_data", None),
             };
-            let stage_value = match evaluate(rule, &candidate, &baseline) {
+            let stage_value = match evaluate(rule, candidate, baseline) {
                 Verdict::Pass { value } | Verdict::Fail { value, .. } => Some(value),
                 Verdict::NotEnoughData { .. } => None,
             };
@@ -95,7 +107,7 @@ pub fn figures(
                 Bound::Min(v) => ("min", v),
                 Bound::WorseThanBaseline(v) => ("max_worse_than_baseline", v),
             };
-            let mut check = json!({"metric": rule.metric, "bound": bound, "limit": limit,
+            let mut check = json!({"arm": arm, "metric": rule.metric, "bound": bound, "limit": limit,
                    "value": value, "samples": c.samples(rule.metric),
                    "min_samples": rule.min_samples, "verdict": verdict,
                    "stage_value": stage_value, "stage_samples": candidate.samples(rule.metric)});
@@ -124,10 +136,16 @@ pub fn figures(
         .as_ref()
         .filter(|_| state.stage == 0)
         .map(|ab| {
+            let comparisons = machine::ab_comparisons(ab, &stage_windows);
+            let first = comparisons.first();
             json!({"metric": ab.metric, "planned_per_arm": ab.planned_per_arm,
                "test": "mSPRT (always valid)", "mixture_sd": ab.mixture_sd,
-               "result": machine::ab_result(ab, &candidate, &baseline),
-               "fixed_horizon": machine::ab_fixed_horizon(ab, &candidate, &baseline)})
+               "correction": (comparisons.len() > 1).then_some("holm"),
+               "result": first.map(|c| &c.0),
+               "fixed_horizon": first.map(|c| &c.1),
+               "comparisons": comparisons.iter().zip(&spec.candidates).map(|((result, fixed, rejected), arm)| {
+                   json!({"arm": arm, "result": result, "fixed_horizon": fixed, "rejected": rejected})
+               }).collect::<Vec<_>>()})
         });
     let bandit = (spec.strategy == StrategyKind::Bandit)
         .then_some(fleet_bandit)
@@ -144,6 +162,8 @@ pub fn figures(
     json!({
         "checks": checks, "ab_test": ab_test, "bandit": bandit,
         "checked_at_ms": checked_at_ms, "checked_stage": state.stage + 1,
-        "window": {spec.baseline.clone(): arm_figures(&baseline), spec.candidate.clone(): arm_figures(&candidate)},
+        "window": std::iter::once((spec.baseline.clone(), arm_figures(&baseline)))
+            .chain(spec.candidates.iter().zip(&stage_windows).map(|(arm, (c, _))| (arm.clone(), arm_figures(c))))
+            .collect::<serde_json::Map<_, _>>(),
     })
 }

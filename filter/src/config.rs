@@ -657,8 +657,7 @@ fn validate_shadow(s: RawShadow) -> Result<Shadow, ConfigError> {
     })
 }
 
-/// Arms per rollout: bounds the stats and the shared-data key set.
-pub const MAX_ARMS: usize = 16;
+pub use ramp_protocol::names::MAX_ARMS;
 
 fn validate_bandit(b: RawBandit, arms: usize) -> Result<Bandit, ConfigError> {
     if !(0.0..=1.0).contains(&b.epsilon) {

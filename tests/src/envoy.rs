@@ -106,6 +106,76 @@ impl EnvoyConfig {
         Ok(self)
     }
 
+    /// Adds an arm to `envoy/ramp.yaml`'s layout: cluster `model_<arm>` on a loopback port (a copy
+    /// of `model_v2`) and a first route that sends requests the filter marked `x-ramp-arm: <arm>`
+    /// there.
+    pub fn extra_arm(mut self, arm: &str, port: u16) -> Result<Self> {
+        let clusters = seq_mut(&mut self.doc, &["static_resources", "clusters"])?;
+        let mut copy = clusters
+            .iter()
+            .find(|c| c["name"].as_str() == Some("model_v2"))
+            .cloned()
+            .ok_or_else(|| anyhow!("no cluster model_v2 to copy"))?;
+        let name = Value::String(format!("model_{arm}"));
+        copy["name"] = name.clone();
+        copy["load_assignment"]["cluster_name"] = name.clone();
+        clusters.push(copy);
+        let route: Value = serde_yaml::from_str(&format!(
+            "{{match: {{prefix: /, headers: [{{name: x-ramp-arm, string_match: {{exact: {arm}}}}}]}}, route: {{cluster: model_{arm}}}}}"
+        ))?;
+        self.routes()?.insert(0, route);
+        self.upstream(&format!("model_{arm}"), port)
+    }
+
+    /// Envoy's fault filter after the wasm filters, aborting `percent`% of the requests routed to
+    /// `arm` with a 503 of its own: requests the filter assigned that never reach the model.
+    pub fn drop_share(mut self, arm: &str, percent: u32) -> Result<Self> {
+        let fault = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+        let hcm = self.hcm()?;
+        let filters = hcm["http_filters"]
+            .as_sequence_mut()
+            .ok_or_else(|| anyhow!("no http_filters"))?;
+        let router = filters.len().saturating_sub(1);
+        filters.insert(
+            router,
+            serde_yaml::from_str(&format!(
+                "{{name: envoy.filters.http.fault, typed_config: {{'@type': {fault}}}}}"
+            ))?,
+        );
+        let route = self
+            .routes()?
+            .iter_mut()
+            .find(|r| r["route"]["cluster"].as_str() == Some(&format!("model_{arm}")))
+            .ok_or_else(|| anyhow!("no route to model_{arm}"))?;
+        route["typed_per_filter_config"] = serde_yaml::from_str(&format!(
+            "{{envoy.filters.http.fault: {{'@type': {fault}, abort: {{http_status: 503, percentage: {{numerator: {percent}, denominator: HUNDRED}}}}}}}}"
+        ))?;
+        Ok(self)
+    }
+
+    /// The first listener's HTTP connection manager.
+    fn hcm(&mut self) -> Result<&mut Value> {
+        let listener = seq_mut(&mut self.doc, &["static_resources", "listeners"])?
+            .first_mut()
+            .ok_or_else(|| anyhow!("no listener"))?;
+        let chain = seq_mut(listener, &["filter_chains"])?
+            .first_mut()
+            .ok_or_else(|| anyhow!("no filter chain"))?;
+        let f = seq_mut(chain, &["filters"])?
+            .first_mut()
+            .ok_or_else(|| anyhow!("no network filter"))?;
+        Ok(&mut f["typed_config"])
+    }
+
+    /// The routes of the first listener's first virtual host.
+    fn routes(&mut self) -> Result<&mut Vec<Value>> {
+        let hosts = seq_mut(self.hcm()?, &["route_config", "virtual_hosts"])?;
+        let host = hosts
+            .first_mut()
+            .ok_or_else(|| anyhow!("no virtual host"))?;
+        seq_mut(host, &["routes"])
+    }
+
     /// Replaces the JSON configuration of every wasm filter whose plugin is named `plugin`.
     pub fn plugin_config(mut self, plugin: &str, json: &serde_json::Value) -> Result<Self> {
         let mut found = false;

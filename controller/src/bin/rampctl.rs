@@ -409,7 +409,13 @@ fn print_status(v: &serde_json::Value) {
     if let Some(e) = v["figures_error"].as_str() {
         println!("    no figures at the last check: {e}");
     }
+    let several = v["candidates"].as_array().is_some_and(|c| c.len() > 1);
     for c in v["checks"].as_array().into_iter().flatten() {
+        let arm = if several {
+            format!("{} ", c["arm"].as_str().unwrap_or("?"))
+        } else {
+            String::new()
+        };
         let verdict = c["verdict"].as_str().unwrap_or("?");
         let stage = c["stage_value"]
             .as_f64()
@@ -425,7 +431,7 @@ fn print_status(v: &serde_json::Value) {
             _ => String::new(),
         };
         println!(
-            "    check {:<12} {:>10} {} {:<26} [{}]   stage so far {stage} ({} samples){evidence}",
+            "    check {arm}{:<12} {:>10} {} {:<26} [{}]   stage so far {stage} ({} samples){evidence}",
             c["metric"].as_str().unwrap_or("?"),
             c["value"]
                 .as_f64()
@@ -443,7 +449,29 @@ fn print_status(v: &serde_json::Value) {
             c["stage_samples"]
         );
     }
-    if let Some(ab) = v["ab_test"].as_object() {
+    let comparisons = v["ab_test"]["comparisons"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if comparisons.len() > 1 {
+        println!(
+            "    A/B/n {} (mSPRT per candidate against the baseline, Holm's correction, valid at every check):",
+            v["ab_test"]["metric"].as_str().unwrap_or("?")
+        );
+        for c in &comparisons {
+            let r = &c["result"];
+            println!(
+                "      {:<12} {:.4} vs baseline {:.4}, lift {}, always-valid p = {}, fixed-horizon p (reference) = {}{}",
+                c["arm"].as_str().unwrap_or("?"),
+                r["candidate_rate"].as_f64().unwrap_or(0.0),
+                r["baseline_rate"].as_f64().unwrap_or(0.0),
+                r["relative_lift"].as_f64().map_or("-".to_owned(), |l| format!("{:+.1}%", l * 100.0)),
+                r["p_value"].as_f64().map_or("-".to_owned(), |p| format!("{p:.4}")),
+                c["fixed_horizon"]["p_value"].as_f64().map_or("-".to_owned(), |p| format!("{p:.4}")),
+                if c["rejected"] == true { "  significant" } else { "" }
+            );
+        }
+    } else if let Some(ab) = v["ab_test"].as_object() {
         let r = &ab["result"];
         match r["p_value"].as_f64() {
             Some(p) => println!(
@@ -472,7 +500,7 @@ fn print_status(v: &serde_json::Value) {
     }
     if let Some(s) = v["sample_ratio"].as_object() {
         println!(
-            "    sample ratio (baseline/candidate) expected {:?}, observed {:?}, always-valid p = {:.3e}{}",
+            "    sample ratio (live arms, baseline first) expected {:?}, observed {:?}, always-valid p = {:.3e}{}",
             s["expected"], s["observed"], s["p_value"].as_f64().unwrap_or(1.0),
             if s["mismatch"] == true { "  MISMATCH" } else { "" }
         );
@@ -534,8 +562,9 @@ fn print_status(v: &serde_json::Value) {
 
 fn print_plan(spec: &Spec) {
     println!(
-        "rollout {}: {} (baseline) -> {} (candidate), strategy {:?}, check every {} ms, roll back after {} failed checks{}",
-        spec.name, spec.baseline, spec.candidate, spec.strategy, spec.check_interval_ms, spec.failure_threshold,
+        "rollout {}: {} (baseline) -> {} ({}), strategy {:?}, check every {} ms, roll back after {} failed checks{}",
+        spec.name, spec.baseline, spec.candidates.join(", "),
+        if spec.candidates.len() > 1 { "candidates" } else { "candidate" }, spec.strategy, spec.check_interval_ms, spec.failure_threshold,
         if spec.manual_promotion { ", manual promotion" } else { "" }
     );
     if let Some(ab) = &spec.ab_test {

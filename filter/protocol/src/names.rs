@@ -1,6 +1,10 @@
 //! Rollout and arm names become parts of Envoy stat names, URL paths and header values, so both
 //! the filter's config and the controller's spec accept only plain ones, by this one rule.
 
+/// Arms per rollout, in the filter's config and the controller's spec alike: bounds the stats and
+/// the shared-data key set.
+pub const MAX_ARMS: usize = 16;
+
 /// Longest name accepted.
 pub const MAX_NAME_LEN: usize = 64;
 

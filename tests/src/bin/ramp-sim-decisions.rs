@@ -6,7 +6,7 @@
 use anyhow::{Context, Result};
 use ramp_controller::abtest::sample_size_per_arm;
 use ramp_controller::reconciler::SRM_ALPHA;
-use ramp_controller::simulate::{ab_sim, srm_sim, AbSim};
+use ramp_controller::simulate::{ab_sim, abn_sim, srm_sim, AbSim};
 use ramp_controller::spec::Spec;
 use ramp_tests::envoy::repo_root;
 use serde_json::json;
@@ -27,6 +27,8 @@ fn main() -> Result<()> {
     let aa = ab_sim(&ab, 0.10, 0.10, experiments, step, horizon, 11);
     let lift = ab_sim(&ab, 0.10, 0.11, experiments, step, horizon, 12);
     let plan = sample_size_per_arm(0.10, 0.10, 0.05, 0.8).unwrap_or(0);
+    let three = abn_sim(&ab, 0.10, &[0.10, 0.10], experiments, step, horizon, 15);
+    let three_rate = AbSim::rate(three.any_declared, three.experiments);
     let srm_runs = env_or("RAMP_SIM_SRM_RUNS", 2000);
     let fine = srm_sim(0.50, srm_runs, 1000, 200_000, SRM_ALPHA, 13);
     let skew = srm_sim(0.51, srm_runs, 1000, 100_000, SRM_ALPHA, 14);
@@ -51,6 +53,10 @@ fn main() -> Result<()> {
          | z-test at every look (what rampctl did before) | {} | | |\n\
          | z-test once, at {horizon} per arm | {} | | |\n\n\
          The fixed-horizon plan for 10% -> 11% at 80% power: {plan} requests per arm. The A/A target: at most 0.05 + 2 SE = {:.2}%.\n\n\
+         ## A/B/n: one baseline, two candidates, all three the same (A/A/A)\n\n\
+         {} experiments, 10%, a look every {step} requests per arm up to {horizon} per arm; each candidate's mSPRT against \
+         the baseline with Holm's correction (`machine::ab_comparisons`, what a check decides with). Family-wise \
+         false positives (any candidate declared better or worse at any look): {} (target: at most 5% + 2 SE = {:.2}%).\n\n\
          ## Sample-ratio check (Dirichlet-multinomial, alpha {SRM_ALPHA})\n\n\
          | split (configured 50/50) | runs | flagged | requests at the flag (median) |\n|---|---:|---:|---:|\n\
          | 50/50, a look every 1000 requests up to 200,000 | {} | {} | |\n\
@@ -63,6 +69,9 @@ fn main() -> Result<()> {
         pct(aa_peek),
         pct(aa_once),
         (0.05 + 2.0 * aa_seq.1) * 100.0,
+        three.experiments,
+        pct(three_rate),
+        (0.05 + 2.0 * three_rate.1) * 100.0,
         fine.runs,
         pct(fine_rate),
         skew.runs,
@@ -75,6 +84,7 @@ fn main() -> Result<()> {
         "experiments": n, "look_every": step, "horizon_per_arm": horizon,
         "aa": {"sequential": aa_seq, "fixed_every_look": aa_peek, "fixed_once": aa_once},
         "power_10_to_11": {"detected": power, "median_requests_per_arm": lift.median_requests(), "fixed_plan_per_arm": plan},
+        "three_arms_aa_family_wise": three_rate,
         "srm": {"fifty_fifty_flagged": fine_rate, "forty_nine_fifty_one_flagged": skew_rate},
     });
     let out = repo_root().join("tests/bench/results");

@@ -4,6 +4,7 @@
 
 mod bad_config;
 mod bandit;
+mod decisions;
 mod fleet;
 mod hostile_input;
 mod live_state;

@@ -1,0 +1,122 @@
+//! Decisions with more than two arms and the sample-ratio guard, in real Envoys with the filter
+//! and a real `rampctl serve`: an A/B/n test picks the planted winner through the feedback
+//! endpoint, and a route that drops part of one arm's requests holds the rollout.
+
+use std::time::{Duration, Instant};
+
+use ramp_tests::controller::{Controller, Rig};
+use ramp_tests::{two_arm_config_with_controller, Client, Envoy, ModelServer, Reply};
+use serde_json::{json, Value};
+
+fn decision_of(r: &Reply) -> String {
+    r.headers
+        .iter()
+        .find(|(k, _)| k == "x-ramp-decision")
+        .map(|(_, v)| v.clone())
+        .expect("decision header")
+}
+
+fn status(controller: &Controller, rollout: &str) -> Value {
+    controller
+        .call("GET", &format!("/v1/rollouts/{rollout}"), None, false)
+        .unwrap()
+        .1
+}
+
+#[test]
+fn an_ab_n_test_promotes_the_planted_winner_of_three_arms() {
+    let rig = Rig::start().unwrap();
+    let controller = &rig.controller;
+    let v3 = ModelServer::start("v3").unwrap();
+    let cfg = json!({
+        "rollout": "abn",
+        "arms": [{"name": "v1", "weight": 100}, {"name": "v2", "weight": 0}, {"name": "v3", "weight": 0}],
+        "decision_header": "x-ramp-decision",
+        "controller": {"cluster": "rampctl", "poll_ms": 250}
+    });
+    let config = two_arm_config_with_controller(&cfg, rig.v1.port, rig.v2.port, controller.port)
+        .and_then(|c| c.extra_arm("v3", v3.port))
+        .unwrap();
+    let envoy = Envoy::start(&config, 2).unwrap();
+    controller
+        .apply("name: abn\nstrategy: ab_test\nab_test: {metric: conversion, confidence: 0.95}\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}, {name: v3, role: candidate}]\ncheck_interval_s: 0.5\nstages: [{weight: 66, min_requests: 300}, {weight: 100}]\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+
+    // Conversions: v1 1 in 7 (14%), v2 1 in 5 (20%), v3 1 in 3 (33%). At 300 a side the mSPRT
+    // finds v3 better (p far below 0.025, Holm's first threshold) and v2 not (p about 0.5).
+    let client = Client::default();
+    let one_in = |arm: &str| match arm {
+        "v1" => 7,
+        "v2" => 5,
+        _ => 3,
+    };
+    let mut seen = std::collections::BTreeMap::<String, u64>::new();
+    let mut during = Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let done = loop {
+        let r = client.get(&envoy.url("/predict"), &[]).unwrap();
+        let n = seen.entry(r.served_by.clone()).or_default();
+        *n += 1;
+        if n.is_multiple_of(one_in(&r.served_by)) {
+            let body = json!({"decision": decision_of(&r), "reward": 1.0}).to_string();
+            let (code, v) = controller
+                .call("POST", "/v1/rollouts/abn/feedback", Some(&body), true)
+                .unwrap();
+            assert_eq!(code, 200, "{v}");
+        }
+        if seen.values().sum::<u64>().is_multiple_of(50) {
+            let st = status(controller, "abn");
+            if st["stage"] == 1 && st["ab_test"]["comparisons"].as_array().is_some() {
+                during = st.clone();
+            }
+            if st["phase"] != "progressing" || st["stage"] != 1 || Instant::now() > deadline {
+                break st;
+            }
+        }
+    };
+    let total: u64 = seen.values().sum();
+    for arm in ["v1", "v2", "v3"] {
+        let share = seen.get(arm).copied().unwrap_or(0) as f64 / total as f64;
+        assert!((0.25..0.42).contains(&share), "a third each: {seen:?}");
+    }
+    assert_eq!(done["winner"], "v3", "{done}");
+    assert_eq!(
+        (
+            &done["weights"]["v1"],
+            &done["weights"]["v2"],
+            &done["weights"]["v3"]
+        ),
+        (&json!(0.0), &json!(0.0), &json!(100.0)),
+        "{done}"
+    );
+    let comparisons = during["ab_test"]["comparisons"].as_array().unwrap();
+    assert_eq!(during["ab_test"]["correction"], "holm", "{during}");
+    assert_eq!(comparisons.len(), 2, "{during}");
+    let (_, h) = controller
+        .call("GET", "/v1/rollouts/abn/history", None, false)
+        .unwrap();
+    assert!(
+        h["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "advance"
+                && e["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with("stage 2 at 100%; A/B test: v3 is the winner"))),
+        "{h}"
+    );
+    // The filters follow: every request now goes to v3.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let served: Vec<String> = (0..20)
+            .map(|_| client.get(&envoy.url("/predict"), &[]).unwrap().served_by)
+            .collect();
+        if served.iter().all(|s| s == "v3") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still not all v3: {served:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
