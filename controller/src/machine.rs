@@ -160,7 +160,7 @@ pub fn step(
             .map(|(a, _)| a)
             .collect();
         let why = format!(
-            "sample ratio mismatch: expected {}, observed {}, p = {:.1e} ({} requests {:?}); resume once the cause is fixed",
+            "sample ratio mismatch: expected {}, observed {}, p = {:.1e} ({} requests the models answered {:?}); resume once the cause is fixed",
             shares(&s.expected),
             shares(&s.observed),
             s.p_value,

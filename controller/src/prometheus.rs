@@ -1,5 +1,6 @@
 //! Prometheus as a metric source: the same cumulative per-arm counters the filters export on
-//! Envoy's `/stats/prometheus` (ramp_requests, ramp_responses, ramp_latency_ms_bucket), read with
+//! Envoy's `/stats/prometheus` (ramp_requests, ramp_responses, ramp_latency_ms_bucket,
+//! ramp_local_replies), read with
 //! instant PromQL queries and summed over every Envoy Prometheus scrapes. The result has the shape of
 //! the filters' own reports, so windows and rules are computed the same way from either source.
 
@@ -38,16 +39,22 @@ struct Sample {
 
 /// The PromQL queries for one rollout; `rollout` is validated to `[A-Za-z0-9_-]`, so it needs no
 /// escaping inside the label matcher.
-pub fn queries(rollout: &str) -> [String; 3] {
+pub fn queries(rollout: &str) -> [String; 4] {
     [
         format!("sum by (arm) (ramp_requests{{rollout=\"{rollout}\"}})"),
         format!("sum by (arm) (ramp_responses{{rollout=\"{rollout}\",class=\"5xx\"}})"),
         format!("sum by (arm, le) (ramp_latency_ms_bucket{{rollout=\"{rollout}\"}})"),
+        format!("sum by (arm) (ramp_local_replies{{rollout=\"{rollout}\"}})"),
     ]
 }
 
-/// Builds totals from the three query answers (JSON bodies of `/api/v1/query`).
-pub fn totals_from_answers(requests: &str, errors: &str, buckets: &str) -> Result<Totals, String> {
+/// Builds totals from the query answers (JSON bodies of `/api/v1/query`), in `queries`' order.
+pub fn totals_from_answers(
+    requests: &str,
+    errors: &str,
+    buckets: &str,
+    local_replies: &str,
+) -> Result<Totals, String> {
     let parse = |body: &str| -> Result<Vec<Sample>, String> {
         let a: Answer =
             serde_json::from_str(body).map_err(|e| format!("unexpected answer: {e}"))?;
@@ -72,6 +79,11 @@ pub fn totals_from_answers(requests: &str, errors: &str, buckets: &str) -> Resul
     for s in parse(errors)? {
         if let Some(arm) = s.metric.get("arm") {
             out.entry(arm.clone()).or_default().errors = value(&s);
+        }
+    }
+    for s in parse(local_replies)? {
+        if let Some(arm) = s.metric.get("arm") {
+            out.entry(arm.clone()).or_default().local_replies = value(&s);
         }
     }
     let mut per_arm: BTreeMap<String, Vec<(f64, u64)>> = BTreeMap::new();
@@ -106,7 +118,7 @@ pub fn fetch_totals(url: &str, rollout: &str) -> Result<Totals, PromError> {
         url: url.to_owned(),
         reason,
     };
-    let mut bodies = Vec::with_capacity(3);
+    let mut bodies = Vec::with_capacity(4);
     for q in queries(rollout) {
         let body = ureq::get(&format!("{}/api/v1/query", url.trim_end_matches('/')))
             .query("query", &q)
@@ -117,7 +129,7 @@ pub fn fetch_totals(url: &str, rollout: &str) -> Result<Totals, PromError> {
             .map_err(|e| err(e.to_string()))?;
         bodies.push(body);
     }
-    totals_from_answers(&bodies[0], &bodies[1], &bodies[2]).map_err(err)
+    totals_from_answers(&bodies[0], &bodies[1], &bodies[2], &bodies[3]).map_err(err)
 }
 
 #[cfg(test)]
@@ -134,8 +146,10 @@ mod tests {
             &v(r#"{"metric":{"arm":"v1"},"value":[1.7e9,"900"]},{"metric":{"arm":"v2"},"value":[1.7e9,"100"]}"#),
             &v(r#"{"metric":{"arm":"v2"},"value":[1.7e9,"7"]}"#),
             &v(r#"{"metric":{"arm":"v2","le":"+Inf"},"value":[1.7e9,"100"]},{"metric":{"arm":"v2","le":"5"},"value":[1.7e9,"60"]}"#),
+            &v(r#"{"metric":{"arm":"v2"},"value":[1.7e9,"3"]}"#),
         )
         .unwrap();
+        assert_eq!((t["v2"].local_replies, t["v1"].local_replies), (3, 0));
         assert_eq!(
             (
                 t["v1"].requests,
@@ -151,6 +165,7 @@ mod tests {
         );
         let bad = totals_from_answers(
             r#"{"status":"error","error":"parse error"}"#,
+            &v(""),
             &v(""),
             &v(""),
         );

@@ -321,7 +321,12 @@ fn srm_check(
         Some((k, base)) if *k == key => {
             let counts: Vec<u64> = live
                 .iter()
-                .map(|(arm, _)| window(totals, base, arm).requests)
+                .map(|(arm, _)| {
+                    // Exposure is what reached the model: requests an Envoy answered itself
+                    // (a route that drops them, no upstream) skew the groups compared.
+                    let w = window(totals, base, arm);
+                    w.requests.saturating_sub(w.local_replies)
+                })
                 .collect();
             let weights: Vec<f64> = live.iter().map(|(_, w)| *w).collect();
             crate::sequential::srm(&counts, &weights, SRM_ALPHA)

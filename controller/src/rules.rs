@@ -18,6 +18,9 @@ pub struct ArmWindow {
     pub requests: u64,
     /// Responses that were 5xx.
     pub errors: u64,
+    /// Responses Envoy made itself (the model never answered): the sample-ratio check counts the
+    /// requests that reached the model.
+    pub local_replies: u64,
     /// Latency in milliseconds.
     pub latency: Histogram,
     /// Predictions with reported ground truth, and how many were right.

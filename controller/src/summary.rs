@@ -55,7 +55,7 @@ pub fn summary(view: &View) -> Value {
 }
 
 fn arm_figures(w: &ArmWindow) -> Value {
-    json!({"requests": w.requests, "errors": w.errors,
+    json!({"requests": w.requests, "errors": w.errors, "local_replies": w.local_replies,
            "error_rate": if w.requests > 0 { w.errors as f64 / w.requests as f64 } else { 0.0 },
            "p95_ms": w.latency.quantile(0.95),
            "accuracy": (w.labelled > 0).then(|| w.correct as f64 / w.labelled as f64),

@@ -15,6 +15,9 @@ use crate::rules::{ArmWindow, ShadowFigures};
 pub struct ArmTotals {
     pub requests: u64,
     pub errors: u64,
+    /// Responses Envoy made itself: requests routed to the arm that its model never answered.
+    #[serde(default)]
+    pub local_replies: u64,
     /// Latency bucket bounds (ms; the last is infinite) and cumulative counts.
     #[serde(with = "bounds")]
     pub le: Vec<f64>,
@@ -84,6 +87,7 @@ fn arm_totals(arm: &ReportedArm) -> ArmTotals {
     ArmTotals {
         requests: arm.requests,
         errors: arm.responses.get("5xx").copied().unwrap_or(0),
+        local_replies: arm.local_replies,
         le: arm.latency_ms.le.iter().map(|l| l.0).collect(),
         counts: arm.latency_ms.counts.clone(),
         ..ArmTotals::default()
@@ -101,6 +105,7 @@ pub fn sum_reports<'a>(reports: impl IntoIterator<Item = &'a Report>) -> Totals 
             let acc = out.entry(arm.clone()).or_default();
             acc.requests = acc.requests.saturating_add(t.requests);
             acc.errors = acc.errors.saturating_add(t.errors);
+            acc.local_replies = acc.local_replies.saturating_add(t.local_replies);
             if acc.le.is_empty() {
                 acc.le = t.le;
                 acc.counts = t.counts;
@@ -127,6 +132,7 @@ pub fn window(now: &Totals, base: &Totals, arm: &str) -> ArmWindow {
     ArmWindow {
         requests: n.requests.saturating_sub(b.requests),
         errors: n.errors.saturating_sub(b.errors),
+        local_replies: n.local_replies.saturating_sub(b.local_replies),
         latency: hist(n).since(&hist(b)).unwrap_or_else(|| hist(n)),
         labelled: n.labelled.saturating_sub(b.labelled),
         correct: n.correct.saturating_sub(b.correct),

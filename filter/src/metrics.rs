@@ -14,6 +14,8 @@ pub const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArmStatNames {
     pub requests: String,
+    /// Responses Envoy made itself (the model never answered).
+    pub local_replies: String,
     pub responses: [String; 4],
     /// One counter per latency bucket, cumulative (`le`), the report's bounds then `+Inf`:
     /// `latency_ms_bucket.le_0.1` .. `latency_ms_bucket.le_+Inf`. Counters, so a worker adds a
@@ -30,6 +32,7 @@ pub fn arm_stat_names(rollout: &str, arm: &str) -> ArmStatNames {
     let prefix = format!("ramp.rollout.{rollout}.arm.{arm}");
     ArmStatNames {
         requests: format!("{prefix}.requests"),
+        local_replies: format!("{prefix}.local_replies"),
         responses: CLASSES.map(|c| format!("{prefix}.responses.{c}")),
         latency_buckets: LATENCY_BOUNDS_US
             .iter()
@@ -81,6 +84,12 @@ impl Tally {
     pub fn add_response(&mut self, arm: usize, class: usize, latency_us: u64) {
         if let Some(a) = self.arms.get_mut(arm) {
             a.add_response(class, latency_us);
+        }
+    }
+
+    pub fn add_local_reply(&mut self, arm: usize) {
+        if let Some(a) = self.arms.get_mut(arm) {
+            a.add_local_reply();
         }
     }
 

@@ -9,9 +9,12 @@ use crate::shadow::TOTAL_NAMES;
 
 use ramp_protocol::report::bound_ms_text;
 pub use ramp_protocol::report::LATENCY_BOUNDS_US;
-const SLOTS: usize = 1 + 4 + LATENCY_BOUNDS_US.len() + 1;
+const LATENCY_SLOTS: usize = LATENCY_BOUNDS_US.len() + 1;
+const LOCAL_REPLY_SLOT: usize = 5 + LATENCY_SLOTS;
+const SLOTS: usize = LOCAL_REPLY_SLOT + 1;
 
-/// One arm's counts: requests, responses by class (2xx..5xx), latency buckets (not cumulative).
+/// One arm's counts: requests, responses by class (2xx..5xx), latency buckets (not cumulative),
+/// Envoy's own replies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArmReport {
     slots: [u64; SLOTS],
@@ -40,8 +43,17 @@ impl ArmReport {
         }
     }
 
+    /// A response Envoy made itself: the model never answered this request.
+    pub fn add_local_reply(&mut self) {
+        self.slots[LOCAL_REPLY_SLOT] += 1;
+    }
+
     pub fn requests(&self) -> u64 {
         self.slots[0]
+    }
+
+    pub fn local_replies(&self) -> u64 {
+        self.slots[LOCAL_REPLY_SLOT]
     }
 
     pub fn responses(&self) -> [u64; 4] {
@@ -50,7 +62,7 @@ impl ArmReport {
 
     /// Cumulative bucket counts, as Prometheus lays them out (the last is +Inf).
     pub fn cumulative_latency(&self) -> Vec<u64> {
-        self.slots[5..]
+        self.slots[5..LOCAL_REPLY_SLOT]
             .iter()
             .scan(0, |acc, &c| {
                 *acc += c;
@@ -121,7 +133,7 @@ pub fn shadow_key(rollout: &str) -> String {
 }
 
 pub fn counts_key(rollout: &str, arm: &str) -> String {
-    format!("ramp.ctl.v2.{rollout}.counts.{arm}")
+    format!("ramp.ctl.v3.{rollout}.counts.{arm}")
 }
 
 pub fn moments_key(rollout: &str) -> String {
@@ -164,8 +176,9 @@ pub fn report_json(
                 )
             });
             format!(
-                "\"{name}\":{{\"requests\":{},\"responses\":{{\"2xx\":{a},\"3xx\":{b},\"4xx\":{c},\"5xx\":{d}}},\"latency_ms\":{{\"le\":[{}],\"counts\":[{}]}}{bandit}}}",
+                "\"{name}\":{{\"requests\":{},\"local_replies\":{},\"responses\":{{\"2xx\":{a},\"3xx\":{b},\"4xx\":{c},\"5xx\":{d}}},\"latency_ms\":{{\"le\":[{}],\"counts\":[{}]}}{bandit}}}",
                 r.requests(),
+                r.local_replies(),
                 le.join(","),
                 counts.join(",")
             )

@@ -115,6 +115,11 @@ pub struct Report {
 #[serde(deny_unknown_fields)]
 pub struct ArmReport {
     pub requests: u64,
+    /// Responses Envoy made itself rather than the model (no `x-envoy-upstream-service-time`:
+    /// no route, no healthy upstream, a timeout, a fault injected, a rate limit): requests routed
+    /// to the arm that its model never answered. Absent in older filters' reports.
+    #[serde(default)]
+    pub local_replies: u64,
     /// By class, `2xx` to `5xx`.
     pub responses: BTreeMap<String, u64>,
     pub latency_ms: Latency,
@@ -265,6 +270,13 @@ impl ArmReport {
             return Err(FieldError::new(
                 format!("{at}.responses"),
                 format!("{answered} responses for {requests} requests"),
+            ));
+        }
+        let local = bounded(format!("{at}.local_replies"), self.local_replies)?;
+        if local > answered {
+            return Err(FieldError::new(
+                format!("{at}.local_replies"),
+                format!("{local} local replies among {answered} responses"),
             ));
         }
         let lat = &self.latency_ms;

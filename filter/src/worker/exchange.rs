@@ -313,6 +313,17 @@ impl<H: Host> Exchange<H> {
         if let Some(class) = status.and_then(class_index) {
             active.count(|t| t.add_response(chosen.arm, class, elapsed_us));
         }
+        // Envoy's own replies (a fault, no route, no upstream) are 4xx/5xx without the router's
+        // upstream-time header: the model never saw the request. One more header read, on
+        // errors only, keeps the healthy path's cost.
+        if status.is_some_and(|s| (400..600).contains(&s))
+            && self
+                .host
+                .header(Map::Response, crate::shadow::UPSTREAM_TIME_HEADER)
+                .is_none()
+        {
+            active.count(|t| t.add_local_reply(chosen.arm));
+        }
         if let Some(copy) = self.shadow.as_mut() {
             copy.primary = Some((status, elapsed_us / 1000));
         }

@@ -40,6 +40,7 @@ const REPORT_TIMEOUT_MS: u64 = 2_000;
 /// Metric ids of one arm, as the host returned them.
 struct ArmMetrics {
     requests: u32,
+    local_replies: u32,
     responses: [u32; 4],
     /// Cumulative latency bucket counters, `le` ascending, `+Inf` last.
     latency_buckets: Vec<u32>,
@@ -327,6 +328,7 @@ impl<H: Host + Clone> Worker<H> {
             };
             out.push(ArmMetrics {
                 requests: counter(&names.requests)?,
+                local_replies: counter(&names.local_replies)?,
                 responses,
                 latency_buckets: names
                     .latency_buckets
@@ -449,6 +451,7 @@ impl<H: Host + Clone> Worker<H> {
                 continue;
             }
             self.add(m.requests, counts.requests());
+            self.add(m.local_replies, counts.local_replies());
             for (&id, n) in m.responses.iter().zip(counts.responses()) {
                 self.add(id, n);
             }

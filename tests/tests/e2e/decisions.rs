@@ -120,3 +120,62 @@ fn an_ab_n_test_promotes_the_planted_winner_of_three_arms() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn a_route_that_drops_part_of_one_arms_requests_holds_the_rollout_on_the_sample_ratio() {
+    let rig = Rig::start().unwrap();
+    let controller = &rig.controller;
+    let cfg = json!({
+        "rollout": "srm",
+        "arms": [{"name": "v1", "weight": 100}, {"name": "v2", "weight": 0}],
+        "controller": {"cluster": "rampctl", "poll_ms": 250}
+    });
+    // Envoy's fault filter answers 5% of the requests routed to v2 with its own 503: the filter
+    // assigned them, the model never saw them.
+    let config = two_arm_config_with_controller(&cfg, rig.v1.port, rig.v2.port, controller.port)
+        .and_then(|c| c.drop_share("v2", 5))
+        .unwrap();
+    let envoy = Envoy::start(&config, 2).unwrap();
+    controller
+        .apply("name: srm\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 0.5\nstages: [{weight: 50, min_duration_s: 3600}, {weight: 100}]\n")
+        .unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let url = envoy.url("/predict");
+    let held = std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                let client = Client::default();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = client.get(&url, &[]);
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let st = loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let st = status(controller, "srm");
+            if st["phase"] != "progressing" || Instant::now() > deadline {
+                break st;
+            }
+        };
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        st
+    });
+    assert_eq!(held["phase"], "paused", "{held}");
+    let reason = held["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("sample ratio mismatch: expected 50.0/50.0, observed ")
+            && reason.contains(", p = ")
+            && reason.contains("v1/v2 requests the models answered"),
+        "{held}"
+    );
+    // The dropped share is visible: Envoy's own replies on v2, none on v1.
+    let v2 = &held["window"]["v2"];
+    let dropped = v2["local_replies"].as_f64().unwrap() / v2["requests"].as_f64().unwrap();
+    assert!((0.02..0.09).contains(&dropped), "{held}");
+    assert_eq!(held["window"]["v1"]["local_replies"], 0, "{held}");
+    assert_eq!(
+        held["weights"]["v2"], 50.0,
+        "no verdict, no promotion: {held}"
+    );
+}
