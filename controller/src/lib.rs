@@ -19,4 +19,5 @@ pub mod simulate;
 pub mod spec;
 pub mod store;
 pub mod summary;
+pub mod units;
 pub mod window;

@@ -7,8 +7,9 @@ use thiserror::Error;
 
 use crate::abtest::{z_test, AbResult, Proportion, Winner};
 use crate::rules::{evaluate, ArmWindow, Verdict};
-use crate::sequential::{holm, msprt, SequentialResult, SrmResult};
+use crate::sequential::{holm, msprt_estimates, SequentialResult, SrmResult};
 use crate::spec::{AbMetric, AbTest, HookPoint, Spec};
+use crate::units::{estimates, Outcome};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -159,8 +160,13 @@ pub fn step(
             .filter(|(_, w)| *w > 0.0)
             .map(|(a, _)| a)
             .collect();
+        let counted = if s.unit == "user_bucket" {
+            "requests, users as the units,"
+        } else {
+            "requests the models answered"
+        };
         let why = format!(
-            "sample ratio mismatch: expected {}, observed {}, p = {:.1e} ({} requests the models answered {:?}); resume once the cause is fixed",
+            "sample ratio mismatch: expected {}, observed {}, p = {:.1e} ({} {counted} {:?}); resume once the cause is fixed",
             shares(&s.expected),
             shares(&s.observed),
             s.p_value,
@@ -295,18 +301,19 @@ fn proportion(ab: &AbTest, w: &ArmWindow) -> Proportion {
 }
 
 /// The A/B test that decides, over the experiment stage's windows: the mSPRT, valid at every
-/// check; `None` when it cannot be computed yet.
+/// check, with users (their analysis buckets) as the units when assignment is sticky; `None`
+/// when it cannot be computed yet.
 pub fn ab_result(
     ab: &AbTest,
     candidate: &ArmWindow,
     baseline: &ArmWindow,
 ) -> Option<SequentialResult> {
-    msprt(
-        proportion(ab, baseline),
-        proportion(ab, candidate),
-        1.0 - ab.confidence,
-        ab.mixture_sd,
-    )
+    let outcome = match ab.metric {
+        AbMetric::Conversion => Outcome::Conversion,
+        AbMetric::SuccessRate => Outcome::Success,
+    };
+    let (b, c) = estimates(baseline, candidate, outcome)?;
+    msprt_estimates(b, c, 1.0 - ab.confidence, ab.mixture_sd)
 }
 
 /// The fixed-horizon z-test on the same windows, shown beside the sequential test for reference

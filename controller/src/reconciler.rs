@@ -63,6 +63,7 @@ pub async fn totals_now(handle: &Rollout, spec: &Spec) -> Result<Totals, String>
         t.labelled = f.labelled;
         t.correct = f.correct;
         t.reward_micros = f.reward_micros;
+        t.buckets.reward_micros = f.bucket_reward_micros;
     }
     Ok(totals)
 }
@@ -319,16 +320,25 @@ fn srm_check(
     }
     match &history.srm_base {
         Some((k, base)) if *k == key => {
-            let counts: Vec<u64> = live
+            let windows: Vec<ArmWindow> = live
                 .iter()
-                .map(|(arm, _)| {
-                    // Exposure is what reached the model: requests an Envoy answered itself
-                    // (a route that drops them, no upstream) skew the groups compared.
-                    let w = window(totals, base, arm);
-                    w.requests.saturating_sub(w.local_replies)
-                })
+                .map(|(arm, _)| window(totals, base, arm))
                 .collect();
             let weights: Vec<f64> = live.iter().map(|(_, w)| *w).collect();
+            // Sticky filters report users' buckets: users, not requests, are the units.
+            if windows.iter().all(crate::units::bucketed) {
+                let buckets: Vec<&[u64]> = windows
+                    .iter()
+                    .map(|w| w.buckets.requests.as_slice())
+                    .collect();
+                return crate::sequential::srm_by_bucket(&buckets, &weights, SRM_ALPHA);
+            }
+            // Exposure is what reached the model: requests an Envoy answered itself (a route
+            // that drops them, no upstream) skew the groups compared.
+            let counts: Vec<u64> = windows
+                .iter()
+                .map(|w| w.requests.saturating_sub(w.local_replies))
+                .collect();
             crate::sequential::srm(&counts, &weights, SRM_ALPHA)
         }
         _ => {

@@ -76,6 +76,7 @@ impl ReportBook {
     pub fn feedback_recorded(
         &mut self,
         arm: &str,
+        bucket: usize,
         correct: Option<bool>,
         reward_micros: Option<u64>,
     ) {
@@ -88,6 +89,7 @@ impl ReportBook {
                 correct: 0,
                 rewarded: 0,
                 reward_micros: 0,
+                bucket_reward_micros: Vec::new(),
             });
         if let Some(c) = correct {
             f.labelled = f.labelled.saturating_add(1);
@@ -96,6 +98,7 @@ impl ReportBook {
         if let Some(r) = reward_micros {
             f.rewarded = f.rewarded.saturating_add(1);
             f.reward_micros = f.reward_micros.saturating_add(r);
+            f.add_bucket_reward(bucket, r);
         }
     }
 
@@ -303,8 +306,8 @@ mod tests {
         book.accept(with_bandit("a", 1, 60, 30_000_000));
         book.accept(with_bandit("a", 2, 100, 60_000_000)); // newer totals replace, not add
         book.accept(with_bandit("b", 1, 50, 10_000_000));
-        book.feedback_recorded("v2", None, Some(5_000_000));
-        book.feedback_recorded("v9", None, Some(1));
+        book.feedback_recorded("v2", 0, None, Some(5_000_000));
+        book.feedback_recorded("v9", 0, None, Some(1));
         let for_a = book.remote(Some("a"), &["v1", "v2"]);
         assert_eq!(
             for_a["v2"],

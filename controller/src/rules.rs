@@ -30,6 +30,8 @@ pub struct ArmWindow {
     pub reward_micros: u64,
     /// Copies of live requests mirrored to this arm and compared with the primary's answers.
     pub shadow: ShadowFigures,
+    /// The same counts per analysis bucket, when the filters' assignment is sticky.
+    pub buckets: crate::window::BucketCounts,
 }
 
 /// Shadow comparison counts (filter compare mode), cumulative or over a window.
@@ -198,16 +200,15 @@ pub const ERROR_EXCESS_MIXTURE_SD: f64 = 0.01;
 /// than `max` with 95% confidence, by the mSPRT's confidence sequence (valid at every check).
 fn error_rate_vs_baseline(rule: &Rule, candidate: &ArmWindow, baseline: &ArmWindow) -> Verdict {
     let fewest = candidate.requests.min(baseline.requests);
-    let rate = |w: &ArmWindow| crate::abtest::Proportion {
-        successes: w.errors as f64,
-        trials: w.requests,
-    };
-    let result = crate::sequential::msprt(
-        rate(baseline),
-        rate(candidate),
-        1.0 - ERROR_EXCESS_CONFIDENCE,
-        ERROR_EXCESS_MIXTURE_SD,
-    );
+    let result = crate::units::estimates(baseline, candidate, crate::units::Outcome::Error)
+        .and_then(|(b, c)| {
+            crate::sequential::msprt_estimates(
+                b,
+                c,
+                1.0 - ERROR_EXCESS_CONFIDENCE,
+                ERROR_EXCESS_MIXTURE_SD,
+            )
+        });
     if fewest < rule.min_samples {
         return Verdict::NotEnoughData {
             samples: fewest,

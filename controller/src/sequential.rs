@@ -35,6 +35,57 @@ pub struct SequentialResult {
     /// The mixture's standard deviation over the difference (the test's tuning parameter).
     pub tau: f64,
     pub winner: Winner,
+    /// The unit whose variance the test used: `request`, or `user_bucket` when sticky filters
+    /// report analysis buckets.
+    pub unit: &'static str,
+}
+
+/// One arm's rate and the variance of that estimate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateEstimate {
+    pub rate: f64,
+    pub variance: f64,
+    pub unit: &'static str,
+}
+
+impl RateEstimate {
+    /// Requests as independent trials: the binomial variance. `None` without trials.
+    pub fn per_request(p: Proportion) -> Option<Self> {
+        (p.trials > 0).then(|| {
+            let rate = p.rate();
+            RateEstimate {
+                rate,
+                variance: rate * (1.0 - rate) / p.trials as f64,
+                unit: "request",
+            }
+        })
+    }
+
+    /// Buckets as the independent units (each user's requests all in one bucket): the ratio
+    /// S/N over buckets with the delta-method variance G/(G-1) * sum_j (s_j - r n_j)^2 / N^2, G
+    /// the buckets with trials (Deng, Knoblich and Lu, "Applying the Delta Method in Metric
+    /// Analytics", KDD 2018; the cluster-robust variance of an intercept-only regression).
+    /// `None` with fewer than two buckets holding trials.
+    pub fn per_bucket(successes: &[f64], trials: &[u64]) -> Option<Self> {
+        let n: f64 = trials.iter().map(|&t| t as f64).sum();
+        let s: f64 = successes.iter().take(trials.len()).sum();
+        let g = trials.iter().filter(|&&t| t > 0).count();
+        if g < 2 || n <= 0.0 {
+            return None;
+        }
+        let rate = s / n;
+        let squares: f64 = successes
+            .iter()
+            .zip(trials)
+            .map(|(&s, &t)| (s - rate * t as f64).powi(2))
+            .sum();
+        let g = g as f64;
+        Some(RateEstimate {
+            rate,
+            variance: g / (g - 1.0) * squares / (n * n),
+            unit: "user_bucket",
+        })
+    }
 }
 
 /// The mSPRT of `candidate` against `baseline` at level `alpha` with mixture sd `tau`; `None`
@@ -45,16 +96,26 @@ pub fn msprt(
     alpha: f64,
     tau: f64,
 ) -> Option<SequentialResult> {
-    if baseline.trials == 0
-        || candidate.trials == 0
-        || tau.is_nan()
-        || tau <= 0.0
-        || !(alpha > 0.0 && alpha < 1.0)
-    {
+    msprt_estimates(
+        RateEstimate::per_request(baseline)?,
+        RateEstimate::per_request(candidate)?,
+        alpha,
+        tau,
+    )
+}
+
+/// The mSPRT on two rate estimates with their variances (per request or per bucket).
+pub fn msprt_estimates(
+    baseline: RateEstimate,
+    candidate: RateEstimate,
+    alpha: f64,
+    tau: f64,
+) -> Option<SequentialResult> {
+    if tau.is_nan() || tau <= 0.0 || !(alpha > 0.0 && alpha < 1.0) {
         return None;
     }
-    let (pa, pb) = (baseline.rate(), candidate.rate());
-    let v = pa * (1.0 - pa) / baseline.trials as f64 + pb * (1.0 - pb) / candidate.trials as f64;
+    let (pa, pb) = (baseline.rate, candidate.rate);
+    let v = baseline.variance + candidate.variance;
     if !(v.is_finite() && v > 0.0) {
         return None;
     }
@@ -79,6 +140,11 @@ pub fn msprt(
         alpha,
         tau,
         winner,
+        unit: if baseline.unit == candidate.unit {
+            candidate.unit
+        } else {
+            "mixed"
+        },
     })
 }
 
@@ -115,6 +181,65 @@ pub struct SrmResult {
     pub p_value: f64,
     pub alpha: f64,
     pub mismatch: bool,
+    /// What was counted as independent: `request` (the multinomial test), or `user_bucket`
+    /// (sticky assignment: each live arm's share tested with buckets as the units).
+    pub unit: &'static str,
+}
+
+/// The bucket-level check's mixture sd over an arm's share: one point (49/51 against 50/50).
+pub const SRM_SHARE_MIXTURE_SD: f64 = 0.01;
+
+/// The sample-ratio check when assignment is sticky: a user's requests all go to one arm, so
+/// request counts are not multinomial and the test above would raise false alarms. Instead each
+/// live arm's share of the requests (all but the last arm's; with two arms one share says all)
+/// is tested against its weight by the mSPRT with the buckets' cluster-robust variance
+/// (`RateEstimate::per_bucket`), Bonferroni over the arms tested. `buckets[a][j]`: requests of
+/// arm a in bucket j. `None` with fewer than two live arms or two buckets.
+pub fn srm_by_bucket(buckets: &[&[u64]], weights: &[f64], alpha: f64) -> Option<SrmResult> {
+    let k = buckets.len();
+    if k < 2 || weights.len() != k || weights.iter().any(|w| !(w.is_finite() && *w > 0.0)) {
+        return None;
+    }
+    let total_w: f64 = weights.iter().sum();
+    let expected: Vec<f64> = weights.iter().map(|w| w / total_w).collect();
+    let width = buckets.iter().map(|b| b.len()).max().unwrap_or(0);
+    let at = |a: usize, j: usize| buckets[a].get(j).copied().unwrap_or(0);
+    let per_bucket: Vec<u64> = (0..width).map(|j| (0..k).map(|a| at(a, j)).sum()).collect();
+    let counts: Vec<u64> = buckets.iter().map(|b| b.iter().sum()).collect();
+    let n: u64 = counts.iter().sum();
+    let observed: Vec<f64> = counts
+        .iter()
+        .map(|&c| if n > 0 { c as f64 / n as f64 } else { 0.0 })
+        .collect();
+    let t2 = SRM_SHARE_MIXTURE_SD * SRM_SHARE_MIXTURE_SD;
+    let mut ln_max = f64::NEG_INFINITY;
+    for (a, &share) in expected.iter().enumerate().take(k - 1) {
+        let s: Vec<f64> = (0..width).map(|j| at(a, j) as f64).collect();
+        let e = RateEstimate::per_bucket(&s, &per_bucket)?;
+        let v = e.variance;
+        let theta = e.rate - share;
+        let ln_lambda = if v > 0.0 {
+            0.5 * (v / (v + t2)).ln() + theta * theta * t2 / (2.0 * v * (v + t2))
+        } else if theta == 0.0 {
+            0.0
+        } else {
+            // Every bucket at exactly the same off share: as strong as evidence gets.
+            f64::INFINITY
+        };
+        ln_max = ln_max.max(ln_lambda);
+    }
+    let tested = (k - 1) as f64;
+    let p_value = (tested * (-ln_max).exp()).min(1.0);
+    Some(SrmResult {
+        expected,
+        observed,
+        counts,
+        bayes_factor: ln_max.exp(),
+        p_value,
+        alpha,
+        mismatch: p_value < alpha,
+        unit: "user_bucket",
+    })
 }
 
 /// The prior's concentration: Dirichlet(k * expected). Lindon and Malek's default scale; larger
@@ -171,6 +296,7 @@ pub fn srm(counts: &[u64], weights: &[f64], alpha: f64) -> Option<SrmResult> {
         p_value,
         alpha,
         mismatch: p_value < alpha,
+        unit: "request",
     })
 }
 
@@ -224,6 +350,69 @@ mod tests {
             "no variation"
         );
         assert!(msprt(prop(0, 0), prop(1, 10), 0.05, 0.01).is_none());
+    }
+
+    /// Reference values: the cluster-robust variance of an intercept-only regression on the
+    /// per-request outcomes, clustered by bucket (statsmodels 0.15.0):
+    ///   sm.OLS(y, np.ones(len(y))).fit(cov_type="cluster", cov_kwds={"groups": g})
+    ///   -> params[0], bse[0] ** 2
+    /// buckets (successes, trials) (3,10) (0,4) (7,12) (2,9) (5,5)
+    ///   -> 0.42500000000000016, 0.015358398437500007
+    /// (0.5,3) (2.25,4) (0,2) (1,6) -> 0.25, 0.012592592592592594
+    #[test]
+    fn the_bucket_variance_is_the_cluster_robust_one() {
+        for (successes, trials, rate, variance) in [
+            (
+                vec![3.0, 0.0, 7.0, 2.0, 5.0],
+                vec![10, 4, 12, 9, 5],
+                0.42500000000000016,
+                0.015358398437500007,
+            ),
+            (
+                vec![0.5, 2.25, 0.0, 1.0, 0.0],
+                vec![3, 4, 2, 6, 0],
+                0.25,
+                0.012592592592592594,
+            ),
+        ] {
+            let e = RateEstimate::per_bucket(&successes, &trials).unwrap();
+            assert!(close(e.rate, rate, 1e-12), "{e:?}");
+            assert!(close(e.variance, variance, 1e-12), "{e:?}");
+            assert_eq!(e.unit, "user_bucket");
+        }
+        assert!(
+            RateEstimate::per_bucket(&[1.0, 0.0], &[5, 0]).is_none(),
+            "one bucket"
+        );
+    }
+
+    /// The bucket-level check: a share off in every bucket is a mismatch; the same totals made of
+    /// a few heavy users (whole buckets on one arm) are not evidence of one, though the
+    /// multinomial test on requests would say so.
+    #[test]
+    fn the_bucket_srm_check_counts_users() {
+        let even: Vec<u64> = vec![500; 64];
+        let skewed_v2: Vec<u64> = vec![440; 64];
+        let r = srm_by_bucket(&[&even, &skewed_v2], &[50.0, 50.0], 0.01).unwrap();
+        assert!(r.mismatch && r.unit == "user_bucket", "{r:?}");
+        assert!(
+            !srm_by_bucket(&[&even, &even], &[50.0, 50.0], 0.01)
+                .unwrap()
+                .mismatch
+        );
+        // 64 buckets, each a handful of heavy users: v1 gets 1,100 or 900 per bucket at random,
+        // v2 the rest of 2,000. Totals 51.6/48.4 over 128,000 requests.
+        let v1: Vec<u64> = (0..64)
+            .map(|j| if j % 8 < 5 { 1100 } else { 900 })
+            .collect();
+        let v2: Vec<u64> = v1.iter().map(|c| 2000 - c).collect();
+        let users = srm_by_bucket(&[&v1, &v2], &[50.0, 50.0], 0.01).unwrap();
+        let requests = srm(&[v1.iter().sum(), v2.iter().sum()], &[50.0, 50.0], 0.01).unwrap();
+        assert!(
+            !users.mismatch && requests.mismatch,
+            "{users:?} {requests:?}"
+        );
+        assert!(srm_by_bucket(&[&even], &[100.0], 0.01).is_none());
     }
 
     /// Reference decisions from statsmodels 0.15.0:

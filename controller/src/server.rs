@@ -661,7 +661,7 @@ async fn feedback(
             "required, the id from the decision header",
         )
     })?;
-    let (arm, _) = ramp_protocol::decision::parse_decision(decision)
+    let (arm, number) = ramp_protocol::decision::parse_decision(decision)
         .map_err(|r| field_error(StatusCode::BAD_REQUEST, "decision", r))?;
     let correct = v
         .get("correct")
@@ -708,9 +708,12 @@ async fn feedback(
     if recorded {
         // Rounded as the SQL sum in `feedback_totals` rounds each row.
         let micros = reward.map(|r| (r * 1e6).round() as u64);
-        handle
-            .reports()
-            .feedback_recorded(&arm_again, correct, micros);
+        handle.reports().feedback_recorded(
+            &arm_again,
+            ramp_protocol::decision::bucket_of(number),
+            correct,
+            micros,
+        );
     }
     Ok(Json(json!({"recorded": recorded})))
 }

@@ -10,8 +10,9 @@ use serde::Serialize;
 use crate::abtest::Winner;
 use crate::machine::{ab_comparisons, ab_fixed_horizon, ab_result};
 use crate::rules::ArmWindow;
-use crate::sequential::srm;
+use crate::sequential::{srm, srm_by_bucket};
 use crate::spec::AbTest;
+use crate::window::BucketCounts;
 
 /// Successes in `n` Bernoulli(p) trials.
 fn binomial(rng: &mut Rng, n: u64, p: f64) -> u64 {
@@ -163,6 +164,119 @@ pub fn abn_sim(
     out
 }
 
+/// What the sticky-users simulation found: A/A experiments (and correct splits) where each user
+/// keeps one arm and makes several requests with a propensity of their own.
+#[derive(Debug, Clone, Serialize)]
+pub struct StickySim {
+    pub experiments: usize,
+    /// A/B: experiments where the test on user buckets declared a winner at some look.
+    pub user_level_decided: usize,
+    /// ... where the same mSPRT with requests as the units did.
+    pub per_request_decided: usize,
+    /// SRM: runs the bucket-level check flagged, and the multinomial check on requests.
+    pub srm_user_level_flagged: usize,
+    pub srm_per_request_flagged: usize,
+}
+
+/// One arm's users so far, as a check sees them: requests and conversions, in total and per
+/// analysis bucket.
+struct StickyArm {
+    requests: u64,
+    conversions: u64,
+    buckets: Vec<(u64, u64)>,
+}
+
+impl Default for StickyArm {
+    fn default() -> Self {
+        StickyArm {
+            requests: 0,
+            conversions: 0,
+            buckets: vec![(0, 0); ramp_protocol::report::BUCKETS],
+        }
+    }
+}
+
+impl StickyArm {
+    fn window(&self, with_buckets: bool) -> ArmWindow {
+        let mut w = conversions(self.requests, self.conversions);
+        if with_buckets {
+            w.buckets = BucketCounts {
+                requests: self.buckets.iter().map(|b| b.0).collect(),
+                errors: vec![0; ramp_protocol::report::BUCKETS],
+                reward_micros: self.buckets.iter().map(|b| b.1 * 1_000_000).collect(),
+            };
+        }
+        w
+    }
+}
+
+/// `experiments` A/A experiments with sticky users: each user is assigned 50/50 and to a random
+/// analysis bucket, makes `requests_per_user` requests, and converts on each with a propensity
+/// drawn from Beta(1, `beta_b`) (mean 1 / (1 + beta_b)). A look every `users_per_look` users
+/// (about `users_per_look * requests_per_user / 2` requests per arm), `looks` looks. Both the A/B
+/// test (`machine::ab_result` with and without the buckets) and the sample-ratio checks
+/// (`sequential::srm_by_bucket` and `sequential::srm`) run at every look.
+pub fn sticky_sim(
+    ab: &AbTest,
+    experiments: usize,
+    users_per_look: u64,
+    looks: u64,
+    requests_per_user: u64,
+    beta_b: f64,
+    seed: u64,
+) -> StickySim {
+    let mut rng = Rng::with_seed(seed);
+    let mut out = StickySim {
+        experiments,
+        user_level_decided: 0,
+        per_request_decided: 0,
+        srm_user_level_flagged: 0,
+        srm_per_request_flagged: 0,
+    };
+    for _ in 0..experiments {
+        let mut arms = [StickyArm::default(), StickyArm::default()];
+        let (mut user_ab, mut request_ab, mut user_srm, mut request_srm) =
+            (false, false, false, false);
+        for _ in 0..looks {
+            for _ in 0..users_per_look {
+                // Beta(1, b) by inversion: 1 - U^(1/b).
+                let propensity = 1.0 - rng.f64().powf(1.0 / beta_b);
+                let arm = &mut arms[usize::from(rng.bool())];
+                let bucket = rng.usize(..ramp_protocol::report::BUCKETS);
+                let converted = binomial(&mut rng, requests_per_user, propensity);
+                arm.requests += requests_per_user;
+                arm.conversions += converted;
+                arm.buckets[bucket].0 += requests_per_user;
+                arm.buckets[bucket].1 += converted;
+            }
+            let decided = |with_buckets: bool| {
+                let (b, c) = (arms[0].window(with_buckets), arms[1].window(with_buckets));
+                ab_result(ab, &c, &b).is_some_and(|r| r.winner != Winner::Neither)
+            };
+            user_ab |= decided(true);
+            request_ab |= decided(false);
+            let by_bucket: Vec<Vec<u64>> = arms
+                .iter()
+                .map(|a| a.buckets.iter().map(|b| b.0).collect())
+                .collect();
+            let slices: Vec<&[u64]> = by_bucket.iter().map(Vec::as_slice).collect();
+            user_srm |= srm_by_bucket(&slices, &[50.0, 50.0], crate::reconciler::SRM_ALPHA)
+                .is_some_and(|r| r.mismatch);
+            request_srm |= srm(
+                &[arms[0].requests, arms[1].requests],
+                &[50.0, 50.0],
+                crate::reconciler::SRM_ALPHA,
+            )
+            .is_some_and(|r| r.mismatch);
+        }
+        out.user_level_decided += usize::from(user_ab);
+        out.per_request_decided += usize::from(request_ab);
+        out.srm_user_level_flagged += usize::from(user_srm);
+        out.srm_per_request_flagged += usize::from(request_srm);
+    }
+    out
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct SrmSim {
     pub runs: usize,
@@ -241,6 +355,24 @@ mod tests {
         assert!(rate <= 0.05 + 2.0 * se, "{rate} +- {se}: {s:?}");
         let found = abn_sim(&ab(), 0.1, &[0.1, 0.13], 20, 1000, 30_000, 9);
         assert!(found.any_better >= 18, "{found:?}");
+    }
+
+    /// A smaller sticky-users run: 200 A/A experiments, 20 requests per user, Beta(1, 9)
+    /// propensities, 30 looks of 100 users. With buckets as the units the A/B test's
+    /// false-positive rate stays within 0.05 + 2 SE and the bucket SRM check within 1% + 2 SE;
+    /// counting requests as independent does not.
+    #[test]
+    fn sticky_users_are_analysed_as_users() {
+        let s = sticky_sim(&ab(), 200, 100, 30, 20, 9.0, 21);
+        let (rate, se) = AbSim::rate(s.user_level_decided, s.experiments);
+        assert!(rate <= 0.05 + 2.0 * se, "{rate} +- {se}: {s:?}");
+        let (srm_rate, srm_se) = AbSim::rate(s.srm_user_level_flagged, s.experiments);
+        assert!(srm_rate <= 0.01 + 2.0 * srm_se.max(0.007), "{s:?}");
+        assert!(
+            s.per_request_decided > s.user_level_decided
+                && s.srm_per_request_flagged > s.srm_user_level_flagged,
+            "requests as units overstate the evidence: {s:?}"
+        );
     }
 
     /// A smaller SRM run: 50/50 never flagged in 200 runs (the bound is 1%); 45/55 always found.

@@ -12,6 +12,7 @@ use thiserror::Error;
 
 use crate::machine::State;
 use crate::window::{Report, Totals};
+use ramp_protocol::report::BUCKETS;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -77,6 +78,21 @@ pub struct ArmFeedback {
     /// sums are exact and the same in any order).
     pub rewarded: u64,
     pub reward_micros: u64,
+    /// The same rewards per analysis bucket (the decision id's top 6 bits): `BUCKETS` sums, or
+    /// empty when none.
+    pub bucket_reward_micros: Vec<u64>,
+}
+
+impl ArmFeedback {
+    /// Adds a reward posted for a decision of analysis bucket `bucket`.
+    pub fn add_bucket_reward(&mut self, bucket: usize, micros: u64) {
+        if self.bucket_reward_micros.is_empty() {
+            self.bucket_reward_micros = vec![0; BUCKETS];
+        }
+        if let Some(b) = self.bucket_reward_micros.get_mut(bucket % BUCKETS) {
+            *b = b.saturating_add(micros);
+        }
+    }
 }
 
 impl Store {
@@ -309,9 +325,35 @@ impl Store {
                 correct: r.get::<_, i64>(2)? as u64,
                 rewarded: r.get::<_, i64>(3)? as u64,
                 reward_micros: r.get::<_, i64>(4)? as u64,
+                bucket_reward_micros: Vec::new(),
             })
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut out: Vec<ArmFeedback> = rows.collect::<Result<_, _>>()?;
+        // The bucket is the top 6 bits of the decision number: its first two hex digits / 4.
+        let mut stmt = self.db.prepare(
+            "SELECT arm,
+                    (instr('0123456789abcdef', substr(decision, -16, 1)) - 1) * 4
+                      + (instr('0123456789abcdef', substr(decision, -15, 1)) - 1) / 4 AS bucket,
+                    SUM(CAST(ROUND(reward * 1000000) AS INTEGER))
+             FROM feedback WHERE rollout = ?1 AND reward IS NOT NULL GROUP BY arm, bucket",
+        )?;
+        let rows = stmt.query_map([rollout], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (arm, bucket, micros) = row?;
+            if let (Some(f), Ok(bucket)) = (
+                out.iter_mut().find(|f| f.arm == arm),
+                usize::try_from(bucket),
+            ) {
+                f.add_bucket_reward(bucket, micros.max(0) as u64);
+            }
+        }
+        Ok(out)
     }
 
     pub fn events(&self, rollout: &str) -> Result<Vec<Event>, StoreError> {
@@ -585,15 +627,19 @@ mod tests {
                 s.put_report("r", &r).unwrap();
                 live.accept(r);
             }
-            for (decision, correct, reward) in [
-                ("v2.1", None, 1.0),
-                ("v2.1", None, 1.0),
-                ("v2.2", Some(true), 0.3333333),
+            use ramp_protocol::decision::{format_decision, with_bucket};
+            for (number, bucket, correct, reward) in [
+                (1, 5, None, 1.0),
+                (1, 5, None, 1.0),
+                (2, 63, Some(true), 0.3333333),
+                (3, 63, None, 0.5),
             ] {
-                if s.put_feedback("r", decision, "v2", correct, Some(reward), 1)
+                let decision = format_decision("v2", with_bucket(number, bucket));
+                if s.put_feedback("r", &decision, "v2", correct, Some(reward), 1)
                     .unwrap()
                 {
-                    live.feedback_recorded("v2", correct, Some((reward * 1e6).round() as u64));
+                    let micros = (reward * 1e6).round() as u64;
+                    live.feedback_recorded("v2", bucket, correct, Some(micros));
                 }
             }
         }
@@ -614,9 +660,13 @@ mod tests {
             live.remote(None, &arms)["v2"],
             crate::window::BanditCounts {
                 trials: 35,
-                reward_micros: 35 * 250_000 + 1_000_000 + 333_333
+                reward_micros: 35 * 250_000 + 1_000_000 + 333_333 + 500_000
             }
         );
+        // Rewards per analysis bucket (the decision id's top 6 bits), the same after a rebuild.
+        let buckets = &rebuilt.feedback["v2"].bucket_reward_micros;
+        assert_eq!((buckets[5], buckets[63]), (1_000_000, 833_333));
+        assert_eq!(buckets, &live.feedback["v2"].bucket_reward_micros);
         drop(s);
         std::fs::remove_dir_all(dir).unwrap();
     }

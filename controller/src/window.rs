@@ -33,6 +33,49 @@ pub struct ArmTotals {
     /// Shadow comparisons of copies mirrored to this arm.
     #[serde(default)]
     pub shadow: ShadowFigures,
+    /// Per analysis bucket (sticky filters only): requests, 5xx, posted rewards in millionths.
+    #[serde(default)]
+    pub buckets: BucketCounts,
+}
+
+/// Counts per analysis bucket: `BUCKETS` each, or all empty when the filters report none.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BucketCounts {
+    pub requests: Vec<u64>,
+    pub errors: Vec<u64>,
+    pub reward_micros: Vec<u64>,
+}
+
+/// `acc + add`, elementwise, saturating; an empty side counts as zeros.
+fn add_each(acc: &mut Vec<u64>, add: &[u64]) {
+    if acc.len() < add.len() {
+        acc.resize(add.len(), 0);
+    }
+    for (a, b) in acc.iter_mut().zip(add) {
+        *a = a.saturating_add(*b);
+    }
+}
+
+/// `now - base`, elementwise, saturating; an empty base counts as zeros.
+fn since_each(now: &[u64], base: &[u64]) -> Vec<u64> {
+    now.iter()
+        .enumerate()
+        .map(|(i, n)| n.saturating_sub(base.get(i).copied().unwrap_or(0)))
+        .collect()
+}
+
+impl BucketCounts {
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_empty()
+    }
+
+    fn since(&self, base: &BucketCounts) -> BucketCounts {
+        BucketCounts {
+            requests: since_each(&self.requests, &base.requests),
+            errors: since_each(&self.errors, &base.errors),
+            reward_micros: since_each(&self.reward_micros, &base.reward_micros),
+        }
+    }
 }
 
 pub type Totals = BTreeMap<String, ArmTotals>;
@@ -88,6 +131,14 @@ fn arm_totals(arm: &ReportedArm) -> ArmTotals {
         requests: arm.requests,
         errors: arm.responses.get("5xx").copied().unwrap_or(0),
         local_replies: arm.local_replies,
+        buckets: arm
+            .buckets
+            .as_ref()
+            .map_or_else(BucketCounts::default, |b| BucketCounts {
+                requests: b.requests.clone(),
+                errors: b.errors.clone(),
+                reward_micros: Vec::new(),
+            }),
         le: arm.latency_ms.le.iter().map(|l| l.0).collect(),
         counts: arm.latency_ms.counts.clone(),
         ..ArmTotals::default()
@@ -106,6 +157,8 @@ pub fn sum_reports<'a>(reports: impl IntoIterator<Item = &'a Report>) -> Totals 
             acc.requests = acc.requests.saturating_add(t.requests);
             acc.errors = acc.errors.saturating_add(t.errors);
             acc.local_replies = acc.local_replies.saturating_add(t.local_replies);
+            add_each(&mut acc.buckets.requests, &t.buckets.requests);
+            add_each(&mut acc.buckets.errors, &t.buckets.errors);
             if acc.le.is_empty() {
                 acc.le = t.le;
                 acc.counts = t.counts;
@@ -133,6 +186,7 @@ pub fn window(now: &Totals, base: &Totals, arm: &str) -> ArmWindow {
         requests: n.requests.saturating_sub(b.requests),
         errors: n.errors.saturating_sub(b.errors),
         local_replies: n.local_replies.saturating_sub(b.local_replies),
+        buckets: n.buckets.since(&b.buckets),
         latency: hist(n).since(&hist(b)).unwrap_or_else(|| hist(n)),
         labelled: n.labelled.saturating_sub(b.labelled),
         correct: n.correct.saturating_sub(b.correct),

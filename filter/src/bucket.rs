@@ -28,6 +28,12 @@ fn fmix64(mut k: u64) -> u64 {
     k ^ (k >> 33)
 }
 
+/// The analysis bucket of a sticky key (`< BUCKETS`): a hash under a salt of its own, so it is
+/// independent of the arm the key is assigned to and every arm's users spread over all buckets.
+pub fn analysis_bucket(key: &str) -> usize {
+    (key_hash("ramp.analysis-bucket", key, "") >> 58) as usize
+}
+
 /// The stable 64-bit hash of (salt, key, arm). 0xFF never occurs in UTF-8, so the separators make the
 /// encoding unambiguous ("ab"+"c" differs from "a"+"bc").
 pub fn key_hash(salt: &str, key: &str, arm: &str) -> u64 {
@@ -67,6 +73,30 @@ pub fn sticky_arm<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every arm's users spread over all 64 buckets, evenly: with 40,000 keys split 10/90 by the
+    /// sticky hash, the canary's 4,000 fill every bucket, and Pearson's chi-square of the bucket
+    /// counts over all keys stays below 103.4 (the 0.999 quantile of chi-square with 63 degrees
+    /// of freedom: scipy.stats.chi2.ppf(0.999, 63) = 103.44).
+    #[test]
+    fn analysis_buckets_are_even_and_independent_of_the_arm() {
+        let (mut all, mut canary) = ([0u64; 64], [0u64; 64]);
+        for i in 0..40_000 {
+            let key = format!("user-{i}");
+            let b = analysis_bucket(&key);
+            all[b] += 1;
+            if sticky_arm("s", &key, [("v1", 90.0), ("v2", 10.0)]) == Some(1) {
+                canary[b] += 1;
+            }
+        }
+        let expected = 40_000.0 / 64.0;
+        let chi2: f64 = all
+            .iter()
+            .map(|&c| (c as f64 - expected).powi(2) / expected)
+            .sum();
+        assert!(chi2 < 103.44, "{chi2}");
+        assert!(canary.iter().all(|&c| c > 20), "{canary:?}");
+    }
 
     /// Test vectors from the FNV reference (draft-eastlake-fnv, "FNV-1a 64 bit" column).
     fn pick(salt: &str, key: &str, arms: &[&'static str], weights: &[f64]) -> Option<usize> {

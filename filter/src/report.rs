@@ -7,14 +7,16 @@
 use crate::counters::ArmCounts;
 use crate::shadow::TOTAL_NAMES;
 
-use ramp_protocol::report::bound_ms_text;
 pub use ramp_protocol::report::LATENCY_BOUNDS_US;
+use ramp_protocol::report::{bound_ms_text, BUCKETS};
 const LATENCY_SLOTS: usize = LATENCY_BOUNDS_US.len() + 1;
 const LOCAL_REPLY_SLOT: usize = 5 + LATENCY_SLOTS;
-const SLOTS: usize = LOCAL_REPLY_SLOT + 1;
+const BUCKET_REQUESTS: usize = LOCAL_REPLY_SLOT + 1;
+const BUCKET_ERRORS: usize = BUCKET_REQUESTS + BUCKETS;
+const SLOTS: usize = BUCKET_ERRORS + BUCKETS;
 
 /// One arm's counts: requests, responses by class (2xx..5xx), latency buckets (not cumulative),
-/// Envoy's own replies.
+/// Envoy's own replies, and requests and 5xx per analysis bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArmReport {
     slots: [u64; SLOTS],
@@ -27,14 +29,24 @@ impl Default for ArmReport {
 }
 
 impl ArmReport {
-    pub fn add_request(&mut self) {
+    /// A request in analysis bucket `bucket` (`< BUCKETS`).
+    pub fn add_request(&mut self, bucket: usize) {
         self.slots[0] += 1;
+        if let Some(c) = self.slots.get_mut(BUCKET_REQUESTS + bucket % BUCKETS) {
+            *c += 1;
+        }
     }
 
-    /// A response of class `class` (0 = 2xx .. 3 = 5xx) after `latency_us`.
-    pub fn add_response(&mut self, class: usize, latency_us: u64) {
+    /// A response of class `class` (0 = 2xx .. 3 = 5xx) after `latency_us`, to a request of
+    /// analysis bucket `bucket`.
+    pub fn add_response(&mut self, class: usize, latency_us: u64, bucket: usize) {
         if let Some(c) = self.slots.get_mut(1 + class.min(3)) {
             *c += 1;
+        }
+        if class >= 3 {
+            if let Some(c) = self.slots.get_mut(BUCKET_ERRORS + bucket % BUCKETS) {
+                *c += 1;
+            }
         }
         // Bounds are inclusive upper bounds, as Prometheus' `le`.
         let bucket = LATENCY_BOUNDS_US.partition_point(|&b| b < latency_us);
@@ -54,6 +66,14 @@ impl ArmReport {
 
     pub fn local_replies(&self) -> u64 {
         self.slots[LOCAL_REPLY_SLOT]
+    }
+
+    /// Requests per analysis bucket, then 5xx per bucket.
+    pub fn buckets(&self) -> (&[u64], &[u64]) {
+        (
+            &self.slots[BUCKET_REQUESTS..BUCKET_ERRORS],
+            &self.slots[BUCKET_ERRORS..SLOTS],
+        )
     }
 
     pub fn responses(&self) -> [u64; 4] {
@@ -156,9 +176,11 @@ pub fn report_json(
     instance: &str,
     seq: u64,
     arms: &[(&str, ArmReport, Option<ArmCounts>)],
+    buckets: bool,
     shadow: Option<&[u64]>,
     moments: Option<&str>,
 ) -> String {
+    let join = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
     let le: Vec<String> = LATENCY_BOUNDS_US
         .iter()
         .map(|&b| bound_ms_text(b))
@@ -175,8 +197,18 @@ pub fn report_json(
                     k.trials, k.reward_micros
                 )
             });
+            let buckets = if buckets {
+                let (requests, errors) = r.buckets();
+                format!(
+                    ",\"buckets\":{{\"requests\":[{}],\"errors\":[{}]}}",
+                    join(requests),
+                    join(errors)
+                )
+            } else {
+                String::new()
+            };
             format!(
-                "\"{name}\":{{\"requests\":{},\"local_replies\":{},\"responses\":{{\"2xx\":{a},\"3xx\":{b},\"4xx\":{c},\"5xx\":{d}}},\"latency_ms\":{{\"le\":[{}],\"counts\":[{}]}}{bandit}}}",
+                "\"{name}\":{{\"requests\":{},\"local_replies\":{},\"responses\":{{\"2xx\":{a},\"3xx\":{b},\"4xx\":{c},\"5xx\":{d}}},\"latency_ms\":{{\"le\":[{}],\"counts\":[{}]}}{buckets}{bandit}}}",
                 r.requests(),
                 r.local_replies(),
                 le.join(","),
@@ -208,16 +240,17 @@ mod tests {
     #[test]
     fn counts_merge_encode_and_render() {
         let mut a = ArmReport::default();
-        a.add_request();
-        a.add_request();
-        a.add_response(0, 100);
-        a.add_response(3, 120_000);
-        a.add_response(9, 99_999_999);
+        a.add_request(0);
+        a.add_request(63);
+        a.add_response(0, 100, 0);
+        a.add_response(3, 120_000, 63);
+        a.add_response(9, 99_999_999, 63);
         // Two workers' counts added in shared data, as the filter does on tick.
         let once = add_le_u64s(None, a.slots()).unwrap();
         let b = ArmReport::decode(&add_le_u64s(Some(&once), a.slots()).unwrap()).unwrap();
         assert_eq!(b.requests(), 4);
         assert_eq!(b.responses(), [2, 0, 0, 4]);
+        assert_eq!((b.buckets().0[63], b.buckets().1[63]), (2, 4));
         assert_eq!(ArmReport::decode(&once), Some(a));
         assert_eq!(ArmReport::decode(&[0; 7]), None);
         let cum = a.cumulative_latency();
@@ -238,8 +271,8 @@ mod tests {
             .iter()
             .enumerate()
         {
-            a.add_request();
-            a.add_response(i % 4, *us);
+            a.add_request(i * 9);
+            a.add_response(i % 4, *us, i * 9);
         }
         let bandit = ArmCounts {
             trials: 9,
@@ -263,6 +296,7 @@ mod tests {
             "00ab",
             7,
             &[("v1", a, None), ("v2", a, Some(bandit))],
+            true,
             Some(&shadow),
             Some(&crate::shadow::moments_json(&moments)),
         );
@@ -278,6 +312,8 @@ mod tests {
             "0.05 and 0.1 ms in le 0.1; 0.101 ms in le 0.2"
         );
         assert_eq!(parsed.arms["v2"].bandit, Some(bandit));
+        let b = v1.buckets.as_ref().unwrap();
+        assert_eq!((b.requests[27], b.errors[27], b.errors[54]), (1, 1, 0));
         assert!(v1.bandit.is_none());
         let totals = parsed.shadow.as_ref().unwrap();
         assert_eq!(
@@ -301,12 +337,17 @@ mod tests {
         let by_serde = serde_json::to_value(&parsed).unwrap();
         let by_hand: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(by_serde, by_hand);
-        assert!(report_json("x", 1, &[], None, None)
+        assert!(report_json("x", 1, &[], false, None, None)
             .parse::<serde_json::Value>()
             .is_ok());
         let no_shadow: Report =
-            serde_json::from_str(&report_json("x", 1, &[("v1", a, None)], None, None)).unwrap();
+            serde_json::from_str(&report_json("x", 1, &[("v1", a, None)], false, None, None))
+                .unwrap();
         assert!(no_shadow.shadow.is_none());
+        assert!(
+            no_shadow.arms["v1"].buckets.is_none(),
+            "no buckets unless sticky"
+        );
         assert!(a.requests() < MAX_COUNT);
     }
 

@@ -475,8 +475,9 @@ fn print_status(v: &serde_json::Value) {
         let r = &ab["result"];
         match r["p_value"].as_f64() {
             Some(p) => println!(
-                "    A/B {} (mSPRT, valid at every check): candidate {:.4} vs baseline {:.4}, lift {}, always-valid p = {p:.4}, {:.0}% confidence sequence of the difference [{:.4}, {:.4}], winner: {}",
+                "    A/B {} (mSPRT, valid at every check; units: {}): candidate {:.4} vs baseline {:.4}, lift {}, always-valid p = {p:.4}, {:.0}% confidence sequence of the difference [{:.4}, {:.4}], winner: {}",
                 ab["metric"].as_str().unwrap_or("?"),
+                if r["unit"] == "user_bucket" { "users, by analysis bucket" } else { "requests" },
                 r["candidate_rate"].as_f64().unwrap_or(0.0),
                 r["baseline_rate"].as_f64().unwrap_or(0.0),
                 r["relative_lift"].as_f64().map_or("-".to_owned(), |l| format!("{:+.1}%", l * 100.0)),
@@ -500,7 +501,8 @@ fn print_status(v: &serde_json::Value) {
     }
     if let Some(s) = v["sample_ratio"].as_object() {
         println!(
-            "    sample ratio (live arms, baseline first) expected {:?}, observed {:?}, always-valid p = {:.3e}{}",
+            "    sample ratio (live arms, baseline first; units: {}) expected {:?}, observed {:?}, always-valid p = {:.3e}{}",
+            if s["unit"] == "user_bucket" { "users" } else { "requests the models answered" },
             s["expected"], s["observed"], s["p_value"].as_f64().unwrap_or(1.0),
             if s["mismatch"] == true { "  MISMATCH" } else { "" }
         );

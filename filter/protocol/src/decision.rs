@@ -1,7 +1,19 @@
 //! The decision id a filter puts in its decision header and the application posts back with
-//! its feedback: `<arm>.<16 hex digits>`. Written by the filter, parsed by the controller.
+//! its feedback: `<arm>.<16 hex digits>`. Written by the filter, parsed by the controller. The
+//! top 6 bits of the number are the request's analysis bucket (the user's, when assignment is
+//! sticky), so a posted reward lands in the bucket its request was counted in.
 
 use crate::names::check_name;
+
+/// The analysis bucket a decision number carries (its top 6 bits).
+pub fn bucket_of(id: u64) -> usize {
+    (id >> 58) as usize
+}
+
+/// `random` with its top 6 bits replaced by `bucket` (taken modulo 64).
+pub fn with_bucket(random: u64, bucket: usize) -> u64 {
+    (random & (u64::MAX >> 6)) | (((bucket as u64) & 63) << 58)
+}
 
 /// The id of one routing decision to `arm`.
 pub fn format_decision(arm: &str, id: u64) -> String {
@@ -44,5 +56,11 @@ mod tests {
             assert!(parse_decision(bad).is_err(), "{bad}");
         }
         assert!(parse_decision(&format!("{}.00000000000000ab", "a".repeat(500))).is_err());
+        for bucket in [0, 1, 37, 63] {
+            let id = with_bucket(u64::MAX, bucket);
+            assert_eq!(bucket_of(id), bucket);
+            assert_eq!(id & (u64::MAX >> 6), u64::MAX >> 6, "the rest is kept");
+        }
+        assert_eq!(bucket_of(with_bucket(0, 64 + 5)), 5);
     }
 }

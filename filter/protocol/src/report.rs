@@ -123,9 +123,25 @@ pub struct ArmReport {
     /// By class, `2xx` to `5xx`.
     pub responses: BTreeMap<String, u64>,
     pub latency_ms: Latency,
+    /// Per analysis bucket (the user's bucket when assignment is sticky), requests and 5xx
+    /// responses, when the filter's assignment is sticky: the units of the user-level analysis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<Buckets>,
     /// This Envoy's bandit totals for the arm, when the filter runs a bandit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandit: Option<BanditCounts>,
+}
+
+/// Analysis buckets per arm: a sticky key's bucket is a hash of the key (independent of its
+/// arm), so users, not requests, are spread over them.
+pub const BUCKETS: usize = 64;
+
+/// One arm's counts per analysis bucket, `BUCKETS` each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Buckets {
+    pub requests: Vec<u64>,
+    pub errors: Vec<u64>,
 }
 
 /// Cumulative latency buckets as Prometheus lays them out: `le` bounds in ms, the last `"+Inf"`.
@@ -271,6 +287,34 @@ impl ArmReport {
                 format!("{at}.responses"),
                 format!("{answered} responses for {requests} requests"),
             ));
+        }
+        if let Some(b) = &self.buckets {
+            for (name, counts, total) in [
+                ("requests", &b.requests, requests),
+                (
+                    "errors",
+                    &b.errors,
+                    self.responses.get("5xx").copied().unwrap_or(0),
+                ),
+            ] {
+                let field = format!("{at}.buckets.{name}");
+                if counts.len() != BUCKETS {
+                    return Err(FieldError::new(
+                        field,
+                        format!("{} buckets, not {BUCKETS}", counts.len()),
+                    ));
+                }
+                let mut sum: u64 = 0;
+                for &c in counts.iter() {
+                    sum = sum.saturating_add(bounded(field.clone(), c)?);
+                }
+                if sum > total {
+                    return Err(FieldError::new(
+                        field,
+                        format!("{sum} in the buckets, {total} in the arm's total"),
+                    ));
+                }
+            }
         }
         let local = bounded(format!("{at}.local_replies"), self.local_replies)?;
         if local > answered {

@@ -24,6 +24,8 @@ pub const MIRROR_HEADER: &str = "x-ramp-shadow";
 /// The arm a request went to, kept for the response side.
 struct Chosen {
     arm: usize,
+    /// The request's analysis bucket: the sticky key's, else a random one.
+    bucket: usize,
     started_us: u64,
     set_cookie: Option<String>,
 }
@@ -158,7 +160,16 @@ impl<H: Host> Exchange<H> {
             self.host
                 .set_header(Map::Request, &rollout.cluster_header, Some(cluster));
         }
-        active.count(|t| t.add_request(decision.arm));
+        // A user's requests share a bucket (a hash of the key, independent of the arm's), so the
+        // controller can treat buckets, not requests, as the independent units.
+        let bucket = match sticky_key.as_deref().or(decision.new_sticky_key.as_deref()) {
+            Some(key) => crate::bucket::analysis_bucket(key),
+            None => self
+                .rng
+                .try_borrow_mut()
+                .map_or(0, |mut r| r.usize(..ramp_protocol::report::BUCKETS)),
+        };
+        active.count(|t| t.add_request(decision.arm, bucket));
         if let Some(shadow) = &rollout.shadow {
             self.start_shadow(&active, shadow, &serialized, end_of_stream);
         }
@@ -168,6 +179,7 @@ impl<H: Host> Exchange<H> {
         };
         self.chosen = Some(Chosen {
             arm: decision.arm,
+            bucket,
             started_us: self.host.now_us(),
             set_cookie,
         });
@@ -311,7 +323,7 @@ impl<H: Host> Exchange<H> {
         // One clock read per response serves the tally, the shadow and the bandit.
         let elapsed_us = self.host.now_us().saturating_sub(chosen.started_us);
         if let Some(class) = status.and_then(class_index) {
-            active.count(|t| t.add_response(chosen.arm, class, elapsed_us));
+            active.count(|t| t.add_response(chosen.arm, class, elapsed_us, chosen.bucket));
         }
         // Envoy's own replies (a fault, no route, no upstream) are 4xx/5xx without the router's
         // upstream-time header: the model never saw the request. One more header read, on
@@ -351,7 +363,8 @@ impl<H: Host> Exchange<H> {
             self.host.add_header(Map::Response, "set-cookie", &cookie);
         }
         if let (Some(header), Some(arm)) = (&rollout.decision_header, arm) {
-            let id = self.rng.try_borrow_mut().map_or(0, |mut r| r.u64(..));
+            let random = self.rng.try_borrow_mut().map_or(0, |mut r| r.u64(..));
+            let id = ramp_protocol::decision::with_bucket(random, chosen.bucket);
             let decision = ramp_protocol::decision::format_decision(&arm.name, id);
             self.host.set_header(Map::Response, header, Some(&decision));
         }

@@ -687,6 +687,8 @@ impl<H: Host + Clone> Worker<H> {
             &instance,
             self.now_ms(),
             &arms,
+            // The user-level analysis needs buckets only when a user keeps their arm.
+            active.rollout.sticky.is_some(),
             shadow.as_deref(),
             moments.as_deref(),
         );

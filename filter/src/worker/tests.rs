@@ -470,3 +470,54 @@ fn the_report_carries_every_workers_counts_and_is_the_protocols_report() {
     assert!(!w.configure(config.as_bytes()));
     assert!(other.logged("controller.token_env: RAMP_TOKEN is not set"));
 }
+
+#[test]
+fn sticky_reports_count_users_buckets_and_envoys_own_replies() {
+    let config = r#"{"rollout":"r","arms":[{"name":"v1","weight":1},{"name":"v2","weight":1}],
+        "sticky":{"source":"header","name":"x-user-id"},"decision_header":"x-ramp-decision",
+        "controller":{"cluster":"rampctl","poll_ms":200}}"#;
+    let host = MemHost::default();
+    let mut w = worker(&host, config, 21);
+    let mut arms = std::collections::BTreeMap::new();
+    for user in ["ann", "bob", "cy"] {
+        for _ in 0..3 {
+            host.new_request(&[("x-user-id", user)]);
+            let mut x = w.exchange();
+            x.on_request_headers(true);
+            host.advance_ms(1);
+            // The model's own 503 carries the router's upstream time; Envoy's own does not.
+            let upstream = [(crate::shadow::UPSTREAM_TIME_HEADER, "1")];
+            let from_model = user != "cy";
+            host.respond(503, if from_model { &upstream[..] } else { &[] }, b"");
+            x.on_response_headers(true);
+            let decision = host.header_of(Map::Response, "x-ramp-decision").unwrap();
+            let (arm, number) = ramp_protocol::decision::parse_decision(&decision).unwrap();
+            assert_eq!(
+                ramp_protocol::decision::bucket_of(number),
+                crate::bucket::analysis_bucket(user),
+                "the decision id carries the user's bucket"
+            );
+            arms.insert(user, arm.to_owned());
+        }
+    }
+    w.tick();
+    w.tick();
+    let report = host
+        .with(|m| m.callouts.clone())
+        .into_iter()
+        .find(|c| c.header(":path") == Some("/v1/rollouts/r/reports"))
+        .expect("a report");
+    let parsed: ramp_protocol::report::Report =
+        serde_json::from_slice(report.body.as_deref().unwrap()).unwrap();
+    assert_eq!(parsed.validate(&["v1", "v2"]), Ok(()));
+    for (user, arm) in &arms {
+        let b = parsed.arms[arm]
+            .buckets
+            .as_ref()
+            .expect("buckets when sticky");
+        let bucket = crate::bucket::analysis_bucket(user);
+        assert!(b.requests[bucket] >= 3 && b.errors[bucket] >= 3, "{b:?}");
+    }
+    let local: u64 = parsed.arms.values().map(|a| a.local_replies).sum();
+    assert_eq!(local, 3, "cy's three answers came from Envoy itself");
+}

@@ -1,12 +1,13 @@
 //! `make sim`, the decisions: A/A false positives, power and time to decision of the sequential
-//! A/B test against the fixed-horizon z-test re-run at every look, and the sample-ratio check's
-//! false alarms and detection, all through rampctl's own decision functions
+//! A/B test against the fixed-horizon z-test re-run at every look, three arms with Holm's
+//! correction, sticky users analysed as users, and the sample-ratio check's false alarms and
+//! detection, all through rampctl's own decision functions
 //! (`ramp_controller::simulate`), seeded. Writes `tests/bench/results/decisions.{md,json}`.
 
 use anyhow::{Context, Result};
 use ramp_controller::abtest::sample_size_per_arm;
 use ramp_controller::reconciler::SRM_ALPHA;
-use ramp_controller::simulate::{ab_sim, abn_sim, srm_sim, AbSim};
+use ramp_controller::simulate::{ab_sim, abn_sim, srm_sim, sticky_sim, AbSim};
 use ramp_controller::spec::Spec;
 use ramp_tests::envoy::repo_root;
 use serde_json::json;
@@ -29,6 +30,13 @@ fn main() -> Result<()> {
     let plan = sample_size_per_arm(0.10, 0.10, 0.05, 0.8).unwrap_or(0);
     let three = abn_sim(&ab, 0.10, &[0.10, 0.10], experiments, step, horizon, 15);
     let three_rate = AbSim::rate(three.any_declared, three.experiments);
+    // Sticky users: 20 requests each, propensities Beta(1, 9); a look every 100 users (about
+    // 1,000 requests per arm), 100 looks (about 100,000 requests per arm).
+    let sticky = sticky_sim(&ab, experiments, 100, 100, 20, 9.0, 16);
+    let sticky_user = AbSim::rate(sticky.user_level_decided, sticky.experiments);
+    let sticky_request = AbSim::rate(sticky.per_request_decided, sticky.experiments);
+    let sticky_srm_user = AbSim::rate(sticky.srm_user_level_flagged, sticky.experiments);
+    let sticky_srm_request = AbSim::rate(sticky.srm_per_request_flagged, sticky.experiments);
     let srm_runs = env_or("RAMP_SIM_SRM_RUNS", 2000);
     let fine = srm_sim(0.50, srm_runs, 1000, 200_000, SRM_ALPHA, 13);
     let skew = srm_sim(0.51, srm_runs, 1000, 100_000, SRM_ALPHA, 14);
@@ -43,7 +51,7 @@ fn main() -> Result<()> {
     let skew_rate = AbSim::rate(skew.flagged, skew.runs);
     let md = format!(
         "# Decisions\n\n`make sim` (`ramp-sim-decisions`): rampctl's own decision functions (`machine::ab_result`, \
-         `machine::ab_fixed_horizon`, `sequential::srm`), natively, seeded. Rates are +- one standard error.\n\n\
+         `machine::ab_fixed_horizon`, `machine::ab_comparisons`, `sequential::srm`, `sequential::srm_by_bucket`), natively, seeded. Rates are +- one standard error.\n\n\
          ## A/B: mSPRT (always valid) vs the fixed-horizon z-test re-run at every look\n\n\
          {n} experiments, conversion 10%, a look every {step} requests per arm up to {horizon} per arm ({} looks), \
          confidence 0.95, mixture sd {:.4} (baseline_rate x min_detectable_lift).\n\n\
@@ -57,6 +65,13 @@ fn main() -> Result<()> {
          {} experiments, 10%, a look every {step} requests per arm up to {horizon} per arm; each candidate's mSPRT against \
          the baseline with Holm's correction (`machine::ab_comparisons`, what a check decides with). Family-wise \
          false positives (any candidate declared better or worse at any look): {} (target: at most 5% + 2 SE = {:.2}%).\n\n\
+         ## Sticky users: the user, not the request, as the unit\n\n\
+         {} A/A experiments; each user keeps one arm (50/50) and one of 64 analysis buckets, makes 20 requests and \
+         converts on each with a propensity of their own drawn from Beta(1, 9) (mean 10%); a look every 100 users \
+         (about 1,000 requests per arm) up to 10,000 users (about 100,000 requests per arm).\n\n\
+         | | A/B: declared a winner (target <= 5% + 2 SE) | correct 50/50 split flagged as SRM (target <= 1%) |\n|---|---:|---:|\n\
+         | buckets as the units (what rampctl does for sticky filters) | {} | {} |\n\
+         | requests as the units | {} | {} |\n\n\
          ## Sample-ratio check (Dirichlet-multinomial, alpha {SRM_ALPHA})\n\n\
          | split (configured 50/50) | runs | flagged | requests at the flag (median) |\n|---|---:|---:|---:|\n\
          | 50/50, a look every 1000 requests up to 200,000 | {} | {} | |\n\
@@ -72,6 +87,11 @@ fn main() -> Result<()> {
         three.experiments,
         pct(three_rate),
         (0.05 + 2.0 * three_rate.1) * 100.0,
+        sticky.experiments,
+        pct(sticky_user),
+        pct(sticky_srm_user),
+        pct(sticky_request),
+        pct(sticky_srm_request),
         fine.runs,
         pct(fine_rate),
         skew.runs,
@@ -85,6 +105,8 @@ fn main() -> Result<()> {
         "aa": {"sequential": aa_seq, "fixed_every_look": aa_peek, "fixed_once": aa_once},
         "power_10_to_11": {"detected": power, "median_requests_per_arm": lift.median_requests(), "fixed_plan_per_arm": plan},
         "three_arms_aa_family_wise": three_rate,
+        "sticky_users": {"ab_user_level": sticky_user, "ab_per_request": sticky_request,
+                         "srm_user_level": sticky_srm_user, "srm_per_request": sticky_srm_request},
         "srm": {"fifty_fifty_flagged": fine_rate, "forty_nine_fifty_one_flagged": skew_rate},
     });
     let out = repo_root().join("tests/bench/results");
