@@ -244,3 +244,100 @@ fn a_sticky_ab_test_takes_users_as_the_units() {
         "{st}"
     );
 }
+
+#[test]
+fn a_five_arm_bandit_learns_from_the_fleet_and_its_counts_are_exact() {
+    let rig = Rig::start().unwrap();
+    let controller = &rig.controller;
+    let extra: Vec<ModelServer> = ["v3", "v4", "v5"]
+        .iter()
+        .map(|a| ModelServer::start(a).unwrap())
+        .collect();
+    let arms = ["v1", "v2", "v3", "v4", "v5"];
+    let cfg = json!({
+        "rollout": "five",
+        "arms": arms.iter().map(|a| json!({"name": a, "weight": 1})).collect::<Vec<_>>(),
+        "strategy": "bandit",
+        "bandit": {"policy": "thompson", "warmup": 20, "reward": {"source": "feedback"}},
+        "decision_header": "x-ramp-decision",
+        "controller": {"cluster": "rampctl", "poll_ms": 250}
+    });
+    let mut config =
+        two_arm_config_with_controller(&cfg, rig.v1.port, rig.v2.port, controller.port).unwrap();
+    for (arm, server) in ["v3", "v4", "v5"].iter().zip(&extra) {
+        config = config.extra_arm(arm, server.port).unwrap();
+    }
+    let (a, b) = (
+        Envoy::start(&config, 2).unwrap(),
+        Envoy::start(&config, 2).unwrap(),
+    );
+    controller
+        .apply("name: five\nstrategy: bandit\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}, {name: v3, role: candidate}, {name: v4, role: candidate}, {name: v5, role: candidate}]\ncheck_interval_s: 0.5\nstages: [{weight: 80, min_duration_s: 3600}, {weight: 100}]\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let st = status(controller, "five");
+    for arm in arms {
+        assert_eq!(st["weights"][arm], json!(20.0), "every arm live: {st}");
+    }
+
+    // Through Envoy A: v4 converts 9 in 10 decisions, the others 1 in 10.
+    let client = Client::default();
+    let mut seen = std::collections::BTreeMap::<String, u64>::new();
+    let mut converted = std::collections::BTreeMap::<String, u64>::new();
+    for _ in 0..500 {
+        let r = client.get(&a.url("/predict"), &[]).unwrap();
+        let n = seen.entry(r.served_by.clone()).or_default();
+        *n += 1;
+        let converts = if r.served_by == "v4" {
+            !n.is_multiple_of(10)
+        } else {
+            n.is_multiple_of(10)
+        };
+        if converts {
+            let body = json!({"decision": decision_of(&r), "reward": 1.0}).to_string();
+            let (code, v) = controller
+                .call("POST", "/v1/rollouts/five/feedback", Some(&body), true)
+                .unwrap();
+            assert_eq!(code, 200, "{v}");
+            *converted.entry(r.served_by.clone()).or_default() += 1;
+        }
+    }
+    for arm in arms {
+        assert!(
+            seen.get(arm).copied().unwrap_or(0) >= 20,
+            "the warm-up explores every arm: {seen:?}"
+        );
+    }
+    // Exact: the fleet's trials are the requests served, its rewards the conversions posted.
+    let want: Value = arms
+        .iter()
+        .map(|&arm| {
+            (
+                arm.to_owned(),
+                json!({"trials": seen.get(arm).copied().unwrap_or(0),
+                       "reward_micros": converted.get(arm).copied().unwrap_or(0) * 1_000_000}),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    let fleet = || {
+        controller
+            .call("GET", "/v1/rollouts/five/state", None, false)
+            .unwrap()
+            .1["bandit"]
+            .clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fleet() != want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(fleet(), want);
+    // Envoy B has served nothing, yet it starts from the fleet's counts: v4 at once.
+    std::thread::sleep(Duration::from_millis(1500));
+    let replies = ramp_tests::drive(&b.url("/predict"), 200, 1, ramp_tests::no_headers);
+    let on_b = ramp_tests::count_by_arm(&replies);
+    assert!(
+        on_b.get("v4").copied().unwrap_or(0) >= 180,
+        "a fresh Envoy uses the fleet's counts: {on_b:?} (fleet: {want})"
+    );
+}
