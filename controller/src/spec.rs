@@ -832,6 +832,21 @@ mod tests {
     /// The schedule of the deployment-strategies guide ("Rollout Schedule Example" table).
     const GUIDE: &str = include_str!("../examples/canary.yaml");
 
+    /// Every example spec in `controller/examples/` is valid.
+    #[test]
+    fn the_examples_parse() {
+        for (name, text) in [
+            ("ab-test", include_str!("../examples/ab-test.yaml")),
+            ("abn-test", include_str!("../examples/abn-test.yaml")),
+            ("bandit", include_str!("../examples/bandit.yaml")),
+            ("canary", GUIDE),
+            ("shadow", include_str!("../examples/shadow.yaml")),
+        ] {
+            let spec = Spec::parse(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(spec.arms().len(), if name == "abn-test" { 4 } else { 2 });
+        }
+    }
+
     #[test]
     fn the_guides_schedule_parses() {
         let s = Spec::parse(GUIDE).unwrap();
