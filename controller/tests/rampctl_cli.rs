@@ -37,7 +37,7 @@ fn validates_the_guides_schedule_and_prints_the_plan() {
 
 #[test]
 fn every_example_validates_and_the_ab_test_shows_its_planned_sample() {
-    for name in ["canary", "ab-test", "bandit", "shadow"] {
+    for name in ["canary", "ab-test", "abn-test", "bandit", "shadow"] {
         let path = format!("{}/examples/{name}.yaml", env!("CARGO_MANIFEST_DIR"));
         let (code, out, err) = rampctl(&["validate", "-f", &path]);
         assert_eq!(code, 0, "{name}: {out}{err}");
@@ -74,4 +74,73 @@ fn a_bad_spec_exits_2_naming_the_field() {
     assert_eq!(code, 1);
     assert!(err.contains("reading /nonexistent/spec.yaml"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `status --watch` gates a CI job as `kubectl argo rollouts status --timeout` does: the exit
+/// code says how the rollout ended, against a real `rampctl serve`.
+#[test]
+fn status_watch_exit_codes_tell_success_rollback_abort_and_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller =
+        ramp_tests::controller::Controller::start(&dir.path().join("ramp.db"), "t0ken").unwrap();
+    let arms = "arms: [{name: v1, role: baseline}, {name: v2, role: candidate}]";
+    let spec = |name: &str, stages: &str| {
+        format!("name: {name}\n{arms}\ncheck_interval_s: 0.2\nstages: {stages}\n")
+    };
+    controller.apply(&spec("quick", "[{weight: 100}]")).unwrap();
+    for name in ["held", "backed", "stopped"] {
+        controller
+            .apply(&spec(
+                name,
+                "[{weight: 50, min_duration_s: 600}, {weight: 100}]",
+            ))
+            .unwrap();
+    }
+    let watch = |name: &str, timeout: &str| {
+        controller
+            .cli(
+                &["status", name, "--watch", "--timeout", timeout, "--json"],
+                false,
+            )
+            .unwrap()
+    };
+    let (code, out, _) = watch("quick", "30s");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(r#""phase":"succeeded""#), "{out}");
+    let (code, _, err) = watch("held", "1s");
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("held is still progressing after 1s"), "{err}");
+    assert_eq!(controller.cli(&["rollback", "backed"], true).unwrap().0, 0);
+    assert_eq!(watch("backed", "30s").0, 3);
+    assert_eq!(controller.cli(&["abort", "stopped"], true).unwrap().0, 0);
+    assert_eq!(watch("stopped", "30s").0, 4);
+    assert_eq!(watch("nonexistent", "30s").0, 2);
+    let (code, _, err) = controller
+        .cli(&["status", "held", "--watch", "--timeout", "soon"], false)
+        .unwrap();
+    assert_eq!(code, 2, "clap refuses a bad duration: {err}");
+    assert!(err.contains("a number and a unit"), "{err}");
+}
+
+#[test]
+fn version_and_shell_completions() {
+    let (code, out, _) = rampctl(&["version"]);
+    assert_eq!((code, out.trim()), (0, "rampctl 0.1.0"));
+    for (shell, marker) in [
+        ("bash", "complete -F _rampctl"),
+        ("zsh", "#compdef rampctl"),
+        ("fish", "complete -c rampctl"),
+    ] {
+        let (code, out, err) = rampctl(&["completion", shell]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains(marker),
+            "{shell}: {}",
+            &out[..out.len().min(200)]
+        );
+        assert!(
+            out.contains("set-weight"),
+            "{shell} completes the subcommands"
+        );
+    }
 }

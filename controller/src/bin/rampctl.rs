@@ -1,11 +1,16 @@
 //! `rampctl`: the operator's command line for Ramp rollouts. `rampctl serve` runs the controller;
 //! the other subcommands talk to its HTTP API (`--server`, `--token` or RAMPCTL_SERVER/RAMPCTL_TOKEN).
+//!
+//! Exit codes, so a CI job can gate on a rollout (`status NAME --watch --timeout 30m`): 0 success
+//! (for `--watch`: the rollout succeeded), 1 a local error, 2 the API refused or could not be
+//! reached (or `validate` found the spec invalid), 3 rolled back, 4 aborted, 5 the timeout passed,
+//! 6 the rollout cannot be loaded (phase `error`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use ramp_controller::server::now_ms;
 use ramp_controller::spec::{Bound, Spec};
 
@@ -72,10 +77,21 @@ enum Cmd {
         name: String,
         #[arg(long)]
         json: bool,
-        /// Refresh every second until the rollout is promoted, rolled back or aborted.
+        /// Refresh every second until the rollout is promoted, rolled back or aborted; the exit
+        /// code says which (0 succeeded, 3 rolled back, 4 aborted, 6 cannot be loaded).
         #[arg(long)]
         watch: bool,
+        /// With --watch: give up after this long (`90s`, `30m`, `2h`) with exit code 5.
+        #[arg(long, requires = "watch", value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
     },
+    /// rampctl's version (and the protocol it speaks).
+    Version {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A shell completion script: `source <(rampctl completion bash)`.
+    Completion { shell: clap_complete::Shell },
     /// Next stage now (or, with --full, straight to 100%).
     Promote {
         name: String,
@@ -171,6 +187,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             json,
             watch: false,
+            ..
         } => api.show(
             api.call("GET", &format!("/v1/rollouts/{name}"), None),
             json,
@@ -180,7 +197,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             json,
             watch: true,
-        } => watch(&api, &name, json),
+            timeout,
+        } => watch(&api, &name, json, timeout),
+        Cmd::Version { json } => {
+            let version = env!("CARGO_PKG_VERSION");
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"rampctl": version, "report_latency_bounds": ramp_protocol::report::LATENCY_BOUNDS_US.len() + 1})
+                );
+            } else {
+                println!("rampctl {version}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Completion { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "rampctl",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Promote { name, full, json } => {
             api.command(&name, if full { "promote_full" } else { "promote" }, json)
         }
@@ -323,10 +362,43 @@ impl Api {
     }
 }
 
-/// `status --watch`: a live view until the rollout ends.
-fn watch(api: &Api, name: &str, json: bool) -> anyhow::Result<ExitCode> {
+/// `status --watch` exit codes (0 is success, 1 a local error, 2 an API error).
+const EXIT_ROLLED_BACK: u8 = 3;
+const EXIT_ABORTED: u8 = 4;
+const EXIT_TIMEOUT: u8 = 5;
+const EXIT_UNLOADABLE: u8 = 6;
+
+/// `90s`, `30m`, `2h`, `500ms` or plain seconds.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: a number and a unit (ms, s, m, h), e.g. 30m"))?;
+    let seconds = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => return Err(format!("{text:?}: unknown unit {other:?} (ms, s, m, h)")),
+    };
+    std::time::Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// `status --watch`: a live view until the rollout ends (or `timeout` passes); the exit code
+/// says how it ended.
+fn watch(
+    api: &Api,
+    name: &str,
+    json: bool,
+    timeout: Option<std::time::Duration>,
+) -> anyhow::Result<ExitCode> {
     use std::io::IsTerminal;
     let tty = std::io::stdout().is_terminal() && !json;
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
     loop {
         let v = match api.call("GET", &format!("/v1/rollouts/{name}"), None) {
             Ok(v) => v,
@@ -341,11 +413,29 @@ fn watch(api: &Api, name: &str, json: bool) -> anyhow::Result<ExitCode> {
             print_status(&v);
             print_stage_progress(&v);
         }
-        if !matches!(
-            v["phase"].as_str(),
-            Some("starting" | "progressing" | "paused")
-        ) {
-            return Ok(ExitCode::SUCCESS);
+        let code = match v["phase"].as_str() {
+            Some("starting" | "progressing" | "paused") => None,
+            Some("succeeded") => Some(ExitCode::SUCCESS),
+            Some("rolled_back") => Some(ExitCode::from(EXIT_ROLLED_BACK)),
+            Some("aborted") => Some(ExitCode::from(EXIT_ABORTED)),
+            _ => Some(ExitCode::from(EXIT_UNLOADABLE)),
+        };
+        if let Some(code) = code {
+            if !json {
+                eprintln!(
+                    "rampctl: {name} is {}",
+                    v["phase"].as_str().unwrap_or("unknown")
+                );
+            }
+            return Ok(code);
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            eprintln!(
+                "rampctl: {name} is still {} after {:?}",
+                v["phase"].as_str().unwrap_or("?"),
+                timeout.unwrap_or_default()
+            );
+            return Ok(ExitCode::from(EXIT_TIMEOUT));
         }
         std::thread::sleep(std::time::Duration::from_secs(1));
     }
