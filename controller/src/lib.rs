@@ -19,5 +19,6 @@ pub mod simulate;
 pub mod spec;
 pub mod store;
 pub mod summary;
+pub mod telemetry;
 pub mod units;
 pub mod window;

@@ -15,7 +15,7 @@ use crate::redact::redact_text;
 use crate::registry::{Loaded, Rollout};
 use crate::rules::ArmWindow;
 use crate::server::{now_ms, App};
-use crate::spec::{Bound, HookPoint, Rule, Spec, HOOK_BUDGET_S};
+use crate::spec::{Bound, HookFormat, HookPoint, Rule, Spec, HOOK_BUDGET_S};
 use crate::store::Record;
 use crate::summary::figures;
 use crate::window::{window, Totals};
@@ -212,10 +212,14 @@ pub fn run_hooks(spec: &Spec, point: HookPoint, event: &Value) -> Result<(), Str
                 last = format!("out of the hooks' {HOOK_BUDGET_S} s budget");
                 return false;
             }
+            let body = match hook.format {
+                HookFormat::Json => event.to_string(),
+                HookFormat::Slack => json!({ "text": slack_text(event) }).to_string(),
+            };
             let sent = ureq::post(&hook.url)
                 .timeout(Duration::from_secs_f64(hook.timeout_s).min(left))
                 .set("content-type", "application/json")
-                .send_string(&event.to_string());
+                .send_string(&body);
             match sent {
                 Ok(_) => true,
                 Err(e) => {
@@ -370,6 +374,20 @@ pub fn stage_windows(rec: &Record, spec: &Spec, totals: &Totals) -> Vec<(ArmWind
 
 /// The reconciler of one rollout; runs until the process ends.
 pub async fn run(app: Arc<App>, handle: Arc<Rollout>) {
+    /// Counts this task among the running reconcilers (`/readyz`) until it ends.
+    struct Running(Arc<App>);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.0
+                .telemetry
+                .reconcilers
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    app.telemetry
+        .reconcilers
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _running = Running(app.clone());
     let mut history = History::default();
     let mut figured = false;
     loop {
@@ -432,25 +450,32 @@ async fn reconcile(
     let srm = srm_check(history, rec, spec, &totals, now);
     history.earlier.push_front(totals.clone());
     history.earlier.truncate(KEPT_CHECKS);
-    let fleet = (spec.strategy == crate::spec::StrategyKind::Bandit).then(|| {
-        handle
-            .reports()
-            .remote(None, &[&spec.baseline, &spec.candidate])
-    });
+    let fleet = (spec.strategy == crate::spec::StrategyKind::Bandit)
+        .then(|| handle.reports().remote(None, &spec.arms()));
     let mut shown = figures(rec, spec, &totals, &judged, fleet.as_ref(), now);
     shown["sample_ratio"] = json!(srm);
     handle.publish_figures(shown);
     let (next, event) = match rec.state.phase {
         Phase::Starting => smoke_test(rec, spec).await,
         Phase::Progressing => {
-            let Some((mut next, mut event)) = check(rec, spec, &totals, &judged, now, srm.as_ref())
-            else {
+            let decided = check(rec, spec, &totals, &judged, now, srm.as_ref());
+            let failed = decided.as_ref().is_some_and(|(n, _)| {
+                n.state.failed_checks > rec.state.failed_checks
+                    || (n.state.phase == Phase::RolledBack && rec.state.failed_checks > 0)
+            });
+            app.telemetry.check(&rec.name, failed);
+            let Some((mut next, mut event)) = decided else {
                 return;
             };
             if let Some(point) = pre_hook(spec, &rec.state, &next.state) {
-                let (bw, cw) = next.state.weights(spec);
+                let weights: serde_json::Map<String, Value> = next
+                    .state
+                    .arm_weights(spec)
+                    .into_iter()
+                    .map(|(a, w)| (a, json!(w)))
+                    .collect();
                 let payload = json!({"rollout": rec.name, "hook": point, "to_stage": next.state.stage + 1,
-                                     "weights": {spec.baseline.clone(): bw, spec.candidate.clone(): cw}});
+                                     "weights": weights});
                 if let Err(why) = hooks(spec, point, payload).await {
                     let (n, e) = after_failed_hook(rec, spec, why);
                     (next, event) = (n, Some(e));
@@ -515,6 +540,46 @@ async fn save(
         && before.state.phase != Phase::RolledBack
     {
         notify_rollback(spec.clone(), next.state.reason.clone()).await;
+    }
+}
+
+/// One line for a chat channel: `Ramp fraud-model: rolled_back: stage 2 (10%): error rate ...`.
+fn slack_text(event: &Value) -> String {
+    let field = |k: &str| event[k].as_str().map(str::to_owned);
+    let what = field("kind").or_else(|| field("hook")).unwrap_or_default();
+    let detail = field("detail")
+        .or_else(|| field("reason"))
+        .unwrap_or_default();
+    let weights = event["weights"]
+        .as_object()
+        .map(|w| {
+            let shown: Vec<String> = w.iter().map(|(a, p)| format!("{a} {p}%")).collect();
+            format!(" [{}]", shown.join(", "))
+        })
+        .unwrap_or_default();
+    format!(
+        "Ramp {}: {what}{weights}: {detail}",
+        field("rollout").unwrap_or_default()
+    )
+}
+
+/// The `event` hooks' JSON: the transition and where the rollout stands after it.
+pub fn event_payload(spec: &Spec, rec: &Record, kind: &str, detail: &str) -> Value {
+    let weights: serde_json::Map<String, Value> = rec
+        .state
+        .arm_weights(spec)
+        .into_iter()
+        .map(|(a, w)| (a, json!(w)))
+        .collect();
+    json!({"rollout": rec.name, "hook": HookPoint::Event, "kind": kind, "detail": detail,
+           "phase": rec.state.phase, "stage": rec.state.stage + 1, "weights": weights,
+           "version": rec.version, "at_ms": now_ms()})
+}
+
+/// Tells the `event` hooks; their answer changes nothing, a failure is only logged.
+pub async fn notify_event(spec: Arc<Spec>, payload: Value) {
+    if let Err(e) = hooks(&spec, HookPoint::Event, payload).await {
+        eprintln!("rampctl: {}: {e}", spec.name);
     }
 }
 

@@ -57,6 +57,7 @@ pub struct App {
     rollouts: RwLock<BTreeMap<String, Arc<Rollout>>>,
     pending: Mutex<Pending>,
     tokens: Tokens,
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 pub fn now_ms() -> u64 {
@@ -109,6 +110,8 @@ impl App {
         event: Option<(String, String)>,
         at_ms: u64,
     ) -> Result<bool, StoreError> {
+        let (event_for_hooks, spec_for_hooks, next_for_hooks) =
+            (event.clone(), spec.clone(), next.clone());
         let (handle, before, next, spec) =
             (handle.clone(), before.clone(), next.clone(), spec.clone());
         self.db(move |store| {
@@ -120,6 +123,26 @@ impl App {
             Ok(saved)
         })
         .await
+        .inspect(|&saved| {
+            if let (true, Some((kind, detail))) = (saved, event_for_hooks) {
+                self.transition(&spec_for_hooks, &next_for_hooks, &kind, &detail);
+            }
+        })
+    }
+
+    /// A stored transition: counted, and told to the `event` hooks on their own task.
+    fn transition(&self, spec: &Arc<Spec>, rec: &Record, kind: &str, detail: &str) {
+        // Nothing follows a rollback but refusals, so a stored transition into it is the one.
+        self.telemetry
+            .event(&rec.name, rec.state.phase == Phase::RolledBack);
+        if spec
+            .hooks
+            .iter()
+            .any(|h| h.on == crate::spec::HookPoint::Event)
+        {
+            let payload = crate::reconciler::event_payload(spec, rec, kind, detail);
+            tokio::spawn(crate::reconciler::notify_event(spec.clone(), payload));
+        }
     }
 }
 
@@ -133,6 +156,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         rollouts: RwLock::new(BTreeMap::new()),
         pending: Mutex::new(Pending::default()),
         tokens,
+        telemetry: crate::telemetry::Telemetry::default(),
     });
     for handle in loaded {
         register(&app, handle);
@@ -154,12 +178,59 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .route("/v1/rollouts/{name}/commands", post(command).layer(small))
         .route("/v1/rollouts/{name}/history", get(history))
         .route("/v1/rollouts/{name}/feedback", post(feedback).layer(small))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .with_state(app.clone());
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     eprintln!("rampctl: serving on http://{}", listener.local_addr()?);
     tokio::spawn(flush_reports(app));
     axum::serve(listener, router).await?;
     Ok(())
+}
+
+/// `/metrics`: the controller's own figures in Prometheus' text format, from the snapshots.
+async fn metrics(AxState(app): AxState<Arc<App>>) -> Response {
+    let views: Vec<(String, View)> = app
+        .all()
+        .into_iter()
+        .map(|h| (h.name.clone(), (*h.current()).clone()))
+        .collect();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.telemetry.render(&views),
+    )
+        .into_response()
+}
+
+/// `/readyz`: ready when the store answers (within 2 s) and every rollout has its reconciler.
+async fn readyz(AxState(app): AxState<Arc<App>>) -> Response {
+    let store = tokio::time::timeout(Duration::from_secs(2), app.db(|s| s.ping())).await;
+    let rollouts = app.all().len();
+    let running = app
+        .telemetry
+        .reconcilers
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let problem = match store {
+        Err(_) => Some("store: no answer within 2 s".to_owned()),
+        Ok(Err(e)) => Some(format!("store: {e}")),
+        Ok(Ok(())) if running < rollouts => Some(format!(
+            "reconcilers: {running} running for {rollouts} rollouts"
+        )),
+        Ok(Ok(())) => None,
+    };
+    match problem {
+        None => Json(json!({"ready": true, "rollouts": rollouts, "reconcilers": running}))
+            .into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": why})),
+        )
+            .into_response(),
+    }
 }
 
 /// Opens the store and reads every rollout back. A row or spec that cannot be decoded becomes a
@@ -415,6 +486,7 @@ async fn live_state(
     }
     let view = rx.borrow().clone();
     let (rec, spec) = ok_or_503(&name, &view)?;
+    app.telemetry.poll(&name);
     let bandit = handle
         .reports()
         .remote(query.get("instance").map(String::as_str), &spec.arms());
@@ -473,7 +545,10 @@ async fn report(
         .map_err(|e| field_error(StatusCode::BAD_REQUEST, &e.field, e.reason))?;
     let accepted = handle.reports().accept(parsed);
     match accepted {
-        Accepted::Newer | Accepted::Stale => Ok(StatusCode::NO_CONTENT.into_response()),
+        Accepted::Newer | Accepted::Stale => {
+            app.telemetry.report(&name);
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
         Accepted::Full => Err(bad(
             StatusCode::TOO_MANY_REQUESTS,
             format!(
@@ -543,6 +618,7 @@ async fn apply(
     let stored = rec.clone();
     app.db(move |s| s.insert(&stored, now)).await?;
     handle.publish_record(rec.clone(), spec.clone());
+    app.transition(&spec, &rec, "applied", "rollout applied");
     let answer = summary(&handle.current());
     register(&app, handle);
     Ok((StatusCode::CREATED, Json(answer)).into_response())

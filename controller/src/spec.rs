@@ -290,6 +290,20 @@ pub enum HookPoint {
     BeforePromotion,
     /// After a rollback (a notification: its answer changes nothing).
     OnRollback,
+    /// After every stored transition (applied, advance, check_failed, paused, promoted,
+    /// rolled_back, commands...), as Flagger's `event` webhook: a notification, its answer
+    /// changes nothing.
+    Event,
+}
+
+/// What a hook is POSTed: Ramp's JSON event, or a Slack-compatible `{"text": ...}` (incoming
+/// webhooks of Slack, Mattermost, Rocket.Chat and Google Chat take it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookFormat {
+    #[default]
+    Json,
+    Slack,
 }
 
 /// An HTTP webhook: POSTed a JSON event; any 2xx passes. A failed pre-hook holds the step like a
@@ -304,6 +318,8 @@ pub struct Hook {
     /// Extra attempts after a failure.
     #[serde(default = "default_hook_retries")]
     pub retries: u32,
+    #[serde(default)]
+    pub format: HookFormat,
 }
 
 /// Extra attempts a hook may ask for; the attempts together also stop at `HOOK_BUDGET_S`.

@@ -356,6 +356,12 @@ impl Store {
         Ok(out)
     }
 
+    /// A trivial query: the database answers.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.db.query_row("SELECT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     pub fn events(&self, rollout: &str) -> Result<Vec<Event>, StoreError> {
         let mut stmt = self
             .db

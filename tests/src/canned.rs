@@ -1,11 +1,11 @@
 //! A stand-in for a slow or failing HTTP dependency of the controller (a Prometheus, a webhook):
 //! answers every request with a fixed status and body after a delay, all changeable while it
-//! runs, and counts the requests. Stops with the test process.
+//! runs, and counts and keeps the requests' bodies. Stops with the test process.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A one-route HTTP server on loopback that answers every request with `status` and `body` after
@@ -15,6 +15,8 @@ pub struct CannedServer {
     pub delay_ms: Arc<AtomicU64>,
     pub status: Arc<AtomicU64>,
     pub hits: Arc<AtomicU64>,
+    /// The bodies received, in order.
+    pub bodies: Arc<Mutex<Vec<String>>>,
 }
 
 impl CannedServer {
@@ -24,10 +26,11 @@ impl CannedServer {
         let delay = Arc::new(AtomicU64::new(delay_ms));
         let code = Arc::new(AtomicU64::new(u64::from(status)));
         let hits = Arc::new(AtomicU64::new(0));
-        let (d, c, h) = (delay.clone(), code.clone(), hits.clone());
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let (d, c, h, kept) = (delay.clone(), code.clone(), hits.clone(), bodies.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().map_while(Result::ok) {
-                let (d, c, h) = (d.clone(), c.clone(), h.clone());
+                let (d, c, h, kept) = (d.clone(), c.clone(), h.clone(), kept.clone());
                 std::thread::spawn(move || {
                     let mut stream = stream;
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
@@ -50,6 +53,10 @@ impl CannedServer {
                             }
                         }
                     }
+                    if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let body = String::from_utf8_lossy(&seen[end + 4..]).into_owned();
+                        kept.lock().unwrap_or_else(|p| p.into_inner()).push(body);
+                    }
                     h.fetch_add(1, Ordering::Relaxed);
                     std::thread::sleep(Duration::from_millis(d.load(Ordering::Relaxed)));
                     let answer = format!(
@@ -66,6 +73,7 @@ impl CannedServer {
             delay_ms: delay,
             status: code,
             hits,
+            bodies,
         })
     }
 

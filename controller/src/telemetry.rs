@@ -1,0 +1,222 @@
+//! What the controller tells Prometheus and probes about itself, in the text exposition format by
+//! the `prometheus-client` crate: counters kept as things happen (checks, failed checks,
+//! rollbacks, reports, polls) and, per rollout, gauges read at scrape time from the published
+//! snapshots (phase, stage, weights, each rule's last value and bound), so a scrape never waits
+//! on a check.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde_json::Value;
+
+use crate::registry::{Loaded, View};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByRollout {
+    rollout: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByPhase {
+    rollout: String,
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByArm {
+    rollout: String,
+    arm: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByRule {
+    rollout: String,
+    arm: String,
+    metric: String,
+    bound: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// The phases a rollout can be in, as status names them; `error`: it cannot be loaded.
+pub const PHASES: [&str; 7] = [
+    "starting",
+    "progressing",
+    "paused",
+    "succeeded",
+    "rolled_back",
+    "aborted",
+    "error",
+];
+
+/// Counters the server and the reconcilers bump as things happen.
+#[derive(Default)]
+pub struct Telemetry {
+    checks: Family<ByRollout, Counter>,
+    failed_checks: Family<ByRollout, Counter>,
+    rollbacks: Family<ByRollout, Counter>,
+    reports: Family<ByRollout, Counter>,
+    polls: Family<ByRollout, Counter>,
+    events: Family<ByRollout, Counter>,
+    /// Reconciler tasks alive: one per loaded rollout when all is well.
+    pub reconcilers: AtomicUsize,
+}
+
+fn by(rollout: &str) -> ByRollout {
+    ByRollout {
+        rollout: rollout.to_owned(),
+    }
+}
+
+impl Telemetry {
+    pub fn check(&self, rollout: &str, failed: bool) {
+        self.checks.get_or_create(&by(rollout)).inc();
+        if failed {
+            self.failed_checks.get_or_create(&by(rollout)).inc();
+        }
+    }
+
+    /// A transition stored with its event; those that rolled back (a rule or an operator) are
+    /// counted apart too.
+    pub fn event(&self, rollout: &str, rolled_back: bool) {
+        self.events.get_or_create(&by(rollout)).inc();
+        if rolled_back {
+            self.rollbacks.get_or_create(&by(rollout)).inc();
+        }
+    }
+
+    pub fn report(&self, rollout: &str) {
+        self.reports.get_or_create(&by(rollout)).inc();
+    }
+
+    pub fn poll(&self, rollout: &str) {
+        self.polls.get_or_create(&by(rollout)).inc();
+    }
+
+    /// The exposition text: the counters, and gauges from each rollout's snapshot.
+    pub fn render(&self, views: &[(String, View)]) -> String {
+        let mut registry = Registry::with_prefix("ramp_controller");
+        for (name, help, family) in [
+            (
+                "checks",
+                "Checks of a progressing rollout's figures",
+                &self.checks,
+            ),
+            (
+                "failed_checks",
+                "Checks where a rule failed",
+                &self.failed_checks,
+            ),
+            (
+                "rollbacks",
+                "Rollbacks, automatic or by an operator",
+                &self.rollbacks,
+            ),
+            ("reports", "Filter reports accepted", &self.reports),
+            ("polls", "Live-state polls answered", &self.polls),
+            (
+                "events",
+                "Transitions stored (each also fires the event hooks)",
+                &self.events,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
+        let reconcilers: Gauge = Gauge::default();
+        reconcilers.set(self.reconcilers.load(Ordering::Relaxed) as i64);
+        registry.register(
+            "reconcilers_running",
+            "Reconciler tasks alive (one per loadable rollout)",
+            reconcilers,
+        );
+        let phase = Family::<ByPhase, Gauge>::default();
+        let stage = Family::<ByRollout, Gauge>::default();
+        let weight = Family::<ByArm, FloatGauge>::default();
+        let rule_value = Family::<ByRule, FloatGauge>::default();
+        let rule_limit = Family::<ByRule, FloatGauge>::default();
+        let rule_failing = Family::<ByRule, Gauge>::default();
+        for (name, view) in views {
+            let now = match &view.loaded {
+                Loaded::Ok { rec, spec } => {
+                    stage
+                        .get_or_create(&by(name))
+                        .set(rec.state.stage as i64 + 1);
+                    for (arm, w) in rec.state.arm_weights(spec) {
+                        weight
+                            .get_or_create(&ByArm {
+                                rollout: name.clone(),
+                                arm,
+                            })
+                            .set(w);
+                    }
+                    serde_json::to_value(rec.state.phase)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default()
+                }
+                Loaded::Error { .. } => "error".to_owned(),
+            };
+            for p in PHASES {
+                phase
+                    .get_or_create(&ByPhase {
+                        rollout: name.clone(),
+                        phase: p.to_owned(),
+                    })
+                    .set(i64::from(p == now));
+            }
+            let checks = view.figures.as_deref().and_then(|f| f["checks"].as_array());
+            for c in checks.into_iter().flatten() {
+                let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+                let labels = ByRule {
+                    rollout: name.clone(),
+                    arm: text(&c["arm"]),
+                    metric: text(&c["metric"]),
+                    bound: text(&c["bound"]),
+                };
+                if let Some(v) = c["value"].as_f64() {
+                    rule_value.get_or_create(&labels).set(v);
+                }
+                if let Some(v) = c["limit"].as_f64() {
+                    rule_limit.get_or_create(&labels).set(v);
+                }
+                rule_failing
+                    .get_or_create(&labels)
+                    .set(i64::from(c["verdict"] == "fail"));
+            }
+        }
+        registry.register(
+            "rollout_phase",
+            "1 for the rollout's phase, 0 for the others",
+            phase,
+        );
+        registry.register(
+            "rollout_stage",
+            "The stage the rollout is in (1-based)",
+            stage,
+        );
+        registry.register(
+            "rollout_weight_percent",
+            "Each arm's weight the filters are told to apply",
+            weight,
+        );
+        registry.register(
+            "rule_value",
+            "Each rule's figure at the last check (absent while it lacks samples)",
+            rule_value,
+        );
+        registry.register("rule_limit", "Each rule's bound", rule_limit);
+        registry.register(
+            "rule_failing",
+            "1 when the rule failed at the last check",
+            rule_failing,
+        );
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}
