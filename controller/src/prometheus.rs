@@ -1,6 +1,6 @@
 //! Prometheus as a metric source: the same cumulative per-arm counters the filters export on
-//! Envoy's `/stats/prometheus` (ramp_requests, ramp_responses, ramp_latency_ms_bucket,
-//! ramp_local_replies), read with
+//! Envoy's `/stats/prometheus` (ramp_requests_total, ramp_responses_total,
+//! ramp_latency_milliseconds_bucket, ramp_local_replies_total), read with
 //! instant PromQL queries and summed over every Envoy Prometheus scrapes. The result has the shape of
 //! the filters' own reports, so windows and rules are computed the same way from either source.
 
@@ -41,10 +41,10 @@ struct Sample {
 /// escaping inside the label matcher.
 pub fn queries(rollout: &str) -> [String; 4] {
     [
-        format!("sum by (arm) (ramp_requests{{rollout=\"{rollout}\"}})"),
-        format!("sum by (arm) (ramp_responses{{rollout=\"{rollout}\",class=\"5xx\"}})"),
-        format!("sum by (arm, le) (ramp_latency_ms_bucket{{rollout=\"{rollout}\"}})"),
-        format!("sum by (arm) (ramp_local_replies{{rollout=\"{rollout}\"}})"),
+        format!("sum by (arm) (ramp_requests_total{{rollout=\"{rollout}\"}})"),
+        format!("sum by (arm) (ramp_responses_total{{rollout=\"{rollout}\",class=\"5xx\"}})"),
+        format!("sum by (arm, le) (ramp_latency_milliseconds_bucket{{rollout=\"{rollout}\"}})"),
+        format!("sum by (arm) (ramp_local_replies_total{{rollout=\"{rollout}\"}})"),
     ]
 }
 

@@ -1,6 +1,7 @@
 //! Envoy stat names for the per-arm metrics, and the per-worker tally that feeds them. The names
 //! carry the rollout and arm as dotted segments; the `stats_tags` in our Envoy configs turn them
-//! into `rollout`, `arm`, `class` and `le` labels.
+//! into `rollout`, `arm`, `class`, `le` and `threshold` labels. Named as Prometheus expects:
+//! counters end in `_total`, units are spelled out (`milliseconds`, `millionths`).
 
 use ramp_protocol::report::bound_ms_text;
 
@@ -18,31 +19,32 @@ pub struct ArmStatNames {
     pub local_replies: String,
     pub responses: [String; 4],
     /// One counter per latency bucket, cumulative (`le`), the report's bounds then `+Inf`:
-    /// `latency_ms_bucket.le_0.1` .. `latency_ms_bucket.le_+Inf`. Counters, so a worker adds a
-    /// tick's responses in one call per bucket instead of one histogram call per response.
+    /// `latency_milliseconds_bucket.le_0.1` .. `.le_+Inf`. Counters, so a worker adds a tick's
+    /// responses in one call per bucket instead of one histogram call per response.
     pub latency_buckets: Vec<String>,
-    /// Bandit gauges, from the shared totals: trials, reward sum in millionths, and the arm's share of
-    /// the trials added during the last tick, in parts per million.
+    /// Bandit counters (this worker's trials and reward sum in millionths, added as they reach
+    /// shared data) and a gauge: the arm's share of the trials added during the last tick, in
+    /// parts per million.
     pub bandit_trials: String,
-    pub bandit_reward_micros: String,
-    pub bandit_share_ppm: String,
+    pub bandit_reward_millionths: String,
+    pub bandit_share_parts_per_million: String,
 }
 
 pub fn arm_stat_names(rollout: &str, arm: &str) -> ArmStatNames {
     let prefix = format!("ramp.rollout.{rollout}.arm.{arm}");
     ArmStatNames {
-        requests: format!("{prefix}.requests"),
-        local_replies: format!("{prefix}.local_replies"),
-        responses: CLASSES.map(|c| format!("{prefix}.responses.{c}")),
+        requests: format!("{prefix}.requests_total"),
+        local_replies: format!("{prefix}.local_replies_total"),
+        responses: CLASSES.map(|c| format!("{prefix}.responses_total.{c}")),
         latency_buckets: LATENCY_BOUNDS_US
             .iter()
             .map(|&b| bound_ms_text(b))
             .chain(["+Inf".to_owned()])
-            .map(|le| format!("{prefix}.latency_ms_bucket.le_{le}"))
+            .map(|le| format!("{prefix}.latency_milliseconds_bucket.le_{le}"))
             .collect(),
-        bandit_trials: format!("{prefix}.bandit_trials"),
-        bandit_reward_micros: format!("{prefix}.bandit_reward_micros"),
-        bandit_share_ppm: format!("{prefix}.bandit_share_ppm"),
+        bandit_trials: format!("{prefix}.bandit_trials_total"),
+        bandit_reward_millionths: format!("{prefix}.bandit_reward_millionths_total"),
+        bandit_share_parts_per_million: format!("{prefix}.bandit_share_parts_per_million"),
     }
 }
 
@@ -56,7 +58,14 @@ pub fn all_arm_stat_names(rollout: &Rollout) -> Vec<ArmStatNames> {
 
 /// Stat counting requests that failed open to the baseline because of an internal fault.
 pub fn fail_open_stat_name(rollout: &str) -> String {
-    format!("ramp.rollout.{rollout}.fail_open")
+    format!("ramp.rollout.{rollout}.fail_open_total")
+}
+
+/// Stat name of a shadow total (`SHADOW_TOTAL_NAMES`, the report's names): a counter, so
+/// `_total`, with `_micros` spelled out as `_millionths`.
+pub fn shadow_stat_name(rollout: &str, total: &str) -> String {
+    let name = total.replace("_micros", "_millionths");
+    format!("ramp.rollout.{rollout}.shadow.{name}_total")
 }
 
 /// What a worker counted since its last tick, per arm: one tally per request feeds both Envoy's
@@ -118,15 +127,22 @@ mod tests {
     #[test]
     fn names_match_the_stats_tags_regexes_layout() {
         let n = arm_stat_names("demo", "v1");
-        assert_eq!(n.requests, "ramp.rollout.demo.arm.v1.requests");
-        assert_eq!(n.responses[3], "ramp.rollout.demo.arm.v1.responses.5xx");
+        assert_eq!(n.requests, "ramp.rollout.demo.arm.v1.requests_total");
+        assert_eq!(
+            n.responses[3],
+            "ramp.rollout.demo.arm.v1.responses_total.5xx"
+        );
         assert_eq!(
             n.latency_buckets[0],
-            "ramp.rollout.demo.arm.v1.latency_ms_bucket.le_0.1"
+            "ramp.rollout.demo.arm.v1.latency_milliseconds_bucket.le_0.1"
         );
         assert_eq!(
             n.latency_buckets[51],
-            "ramp.rollout.demo.arm.v1.latency_ms_bucket.le_+Inf"
+            "ramp.rollout.demo.arm.v1.latency_milliseconds_bucket.le_+Inf"
+        );
+        assert_eq!(
+            shadow_stat_name("demo", "diff_sq_micros"),
+            "ramp.rollout.demo.shadow.diff_sq_millionths_total"
         );
     }
 

@@ -320,9 +320,9 @@ impl<H: Host + Clone> Worker<H> {
             }
             let bandit = match rollout.bandit {
                 Some(_) => Some([
-                    gauge(&names.bandit_trials)?,
-                    gauge(&names.bandit_reward_micros)?,
-                    gauge(&names.bandit_share_ppm)?,
+                    counter(&names.bandit_trials)?,
+                    counter(&names.bandit_reward_millionths)?,
+                    gauge(&names.bandit_share_parts_per_million)?,
                 ]),
                 None => None,
             };
@@ -347,7 +347,7 @@ impl<H: Host + Clone> Worker<H> {
             .map(|n| {
                 self.host.define_metric(
                     MetricKind::Counter,
-                    &format!("ramp.rollout.{}.shadow.{n}", rollout.name),
+                    &crate::metrics::shadow_stat_name(&rollout.name, n),
                 )
             })
             .collect()
@@ -364,16 +364,19 @@ impl<H: Host + Clone> Worker<H> {
             .disagreement_thresholds
             .iter()
             .map(|t| {
-                self.host
-                    .define_metric(MetricKind::Counter, &format!("{prefix}.beyond.gt_{t}"))
+                self.host.define_metric(
+                    MetricKind::Counter,
+                    &format!("{prefix}.beyond_total.gt_{t}"),
+                )
             })
             .collect::<Option<_>>()?;
         Some(MomentsState {
             pending: ShadowMoments::with_thresholds(&sh.disagreement_thresholds),
             key: moments_key(&rollout.name),
-            max_gauge: self
-                .host
-                .define_metric(MetricKind::Gauge, &format!("{prefix}.max_abs_diff_micros"))?,
+            max_gauge: self.host.define_metric(
+                MetricKind::Gauge,
+                &format!("{prefix}.max_abs_diff_millionths"),
+            )?,
             beyond_counters,
         })
     }
@@ -467,8 +470,8 @@ impl<H: Host + Clone> Worker<H> {
         }
         if let Some(b) = &active.bandit {
             if let Ok(mut counts) = b.counts.try_borrow_mut() {
-                self.sync_bandit_counts(&b.keys, &mut counts);
-                self.publish_bandit_gauges(&active.metrics, &mut counts);
+                self.sync_bandit_counts(&b.keys, &mut counts, &active.metrics);
+                self.publish_bandit_share(&active.metrics, &mut counts);
             }
         }
         if let Some(state) = &active.shadow {
@@ -526,7 +529,14 @@ impl<H: Host + Clone> Worker<H> {
     /// Adds this worker's unflushed bandit trials into shared data and reads back every arm's
     /// total. A delta that cannot be written stays pending for the next tick, so no trial is lost
     /// or counted twice.
-    fn sync_bandit_counts(&self, keys: &[String], counts: &mut WorkerCounts) {
+    /// Adds this worker's pending bandit counts to shared data; what reached it also goes to the
+    /// arm's counters (each worker adds its own, so Envoy's sum is the Envoy's total).
+    fn sync_bandit_counts(
+        &self,
+        keys: &[String],
+        counts: &mut WorkerCounts,
+        metrics: &[ArmMetrics],
+    ) {
         for (arm, key) in keys.iter().enumerate() {
             let delta = counts.pending(arm);
             if delta.is_zero() {
@@ -541,20 +551,20 @@ impl<H: Host + Clone> Worker<H> {
                 cas_add(&self.host, key, &counts_slots(&delta)).and_then(|t| decode_counts(&t))
             {
                 counts.flushed(arm, delta, total);
+                if let Some([trials, reward, _]) = metrics.get(arm).and_then(|m| m.bandit) {
+                    self.add(trials, delta.trials);
+                    self.add(reward, delta.reward_micros);
+                }
             }
         }
     }
 
-    fn publish_bandit_gauges(&self, metrics: &[ArmMetrics], counts: &mut WorkerCounts) {
+    fn publish_bandit_share(&self, metrics: &[ArmMetrics], counts: &mut WorkerCounts) {
         let shares = counts.recent_shares_ppm();
         for (arm, m) in metrics.iter().enumerate() {
-            let Some([trials, reward, share]) = m.bandit else {
+            let Some([_, _, share]) = m.bandit else {
                 continue;
             };
-            if let Some(total) = counts.shared().get(arm) {
-                self.host.record_metric(trials, total.trials);
-                self.host.record_metric(reward, total.reward_micros);
-            }
             if let Some(s) = shares.as_ref().and_then(|s| s.get(arm)) {
                 self.host.record_metric(share, *s);
             }

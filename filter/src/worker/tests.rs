@@ -77,13 +77,13 @@ fn a_cas_conflict_keeps_the_delta_for_the_next_tick() {
     assert_eq!(stored().requests(), 9, "and nothing was lost either");
     assert_eq!(stored().responses(), [4, 0, 0, 5]);
     // Envoy's counters saw each request once, although it was flushed to two places.
-    assert_eq!(host.metric("ramp.rollout.r.arm.v1.requests"), Some(9));
+    assert_eq!(host.metric("ramp.rollout.r.arm.v1.requests_total"), Some(9));
     assert_eq!(
-        host.metric("ramp.rollout.r.arm.v1.latency_ms_bucket.le_1"),
+        host.metric("ramp.rollout.r.arm.v1.latency_milliseconds_bucket.le_1"),
         Some(9)
     );
     assert_eq!(
-        host.metric("ramp.rollout.r.arm.v1.latency_ms_bucket.le_0.9"),
+        host.metric("ramp.rollout.r.arm.v1.latency_milliseconds_bucket.le_0.9"),
         Some(0)
     );
 }
@@ -305,7 +305,7 @@ fn primary_answers(x: &mut Exchange<MemHost>, host: &MemHost, body: &[u8]) {
 
 fn shadow_totals(host: &MemHost) -> [u64; 4] {
     let get = |n: &str| {
-        host.metric(&format!("ramp.rollout.s.shadow.{n}"))
+        host.metric(&crate::metrics::shadow_stat_name("s", n))
             .unwrap_or(0)
     };
     [
@@ -334,9 +334,12 @@ fn shadow_pairs_form_in_either_order() {
     drop(x);
     w.tick();
     assert_eq!(shadow_totals(&host), [2, 0, 0, 0]);
-    assert_eq!(host.metric("ramp.rollout.s.shadow.value_pairs"), Some(2));
     assert_eq!(
-        host.metric("ramp.rollout.s.shadow.diff_pos_micros"),
+        host.metric("ramp.rollout.s.shadow.value_pairs_total"),
+        Some(2)
+    );
+    assert_eq!(
+        host.metric("ramp.rollout.s.shadow.diff_pos_millionths_total"),
         Some(500_000)
     );
     let lines = host.with(|m| {
@@ -391,7 +394,7 @@ fn a_copy_with_no_answer_expires_unpaired() {
     drop(x);
     host.advance_ms(1000 + 10_001);
     w.tick();
-    assert_eq!(host.metric("ramp.rollout.s.shadow.unpaired"), Some(1));
+    assert_eq!(host.metric("ramp.rollout.s.shadow.unpaired_total"), Some(1));
     assert_eq!(shadow_totals(&host)[0], 0);
 }
 

@@ -259,11 +259,11 @@ fn main() -> Result<()> {
             sample(&text, name, &want).unwrap_or(0.0)
         };
         println!(
-            "   ramp_requests{{rollout=\"demo\",arm=\"{arm}\"}} {:>4}   2xx {:>4}   5xx {:>4}   latency samples {:>4}",
-            get("ramp_requests", &[]),
-            get("ramp_responses", &[("class", "2xx")]),
-            get("ramp_responses", &[("class", "5xx")]),
-            get("ramp_latency_ms_bucket", &[("le", "+Inf")])
+            "   ramp_requests_total{{rollout=\"demo\",arm=\"{arm}\"}} {:>4}   2xx {:>4}   5xx {:>4}   latency samples {:>4}",
+            get("ramp_requests_total", &[]),
+            get("ramp_responses_total", &[("class", "2xx")]),
+            get("ramp_responses_total", &[("class", "5xx")]),
+            get("ramp_latency_milliseconds_bucket", &[("le", "+Inf")])
         );
     }
 
@@ -310,10 +310,10 @@ fn bandit_demo(v1: &ModelServer, v2: &ModelServer) -> Result<()> {
     let text = envoy.prometheus()?;
     for arm in ["v1", "v2"] {
         let l = [("rollout", "bandit-demo"), ("arm", arm)];
-        let trials = sample(&text, "ramp_bandit_trials", &l).unwrap_or(0.0);
-        let reward = sample(&text, "ramp_bandit_reward_micros", &l).unwrap_or(0.0) / 1e6;
+        let trials = sample(&text, "ramp_bandit_trials_total", &l).unwrap_or(0.0);
+        let reward = sample(&text, "ramp_bandit_reward_millionths_total", &l).unwrap_or(0.0) / 1e6;
         println!(
-            "   ramp_bandit_trials{{arm=\"{arm}\"}} {trials:>5}  successes {reward:>5}  success rate {:.3}",
+            "   ramp_bandit_trials_total{{arm=\"{arm}\"}} {trials:>5}  successes {reward:>5}  success rate {:.3}",
             reward / trials.max(1.0)
         );
     }
@@ -346,7 +346,7 @@ fn shadow_demo() -> Result<()> {
     let get = |n: &str| {
         sample(
             &text,
-            &format!("ramp_shadow_{n}"),
+            &ramp_tests::prom::shadow_metric(n),
             &[("rollout", "shadow-demo")],
         )
         .unwrap_or(0.0)

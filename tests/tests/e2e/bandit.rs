@@ -22,8 +22,8 @@ fn bandit_gauges(
             .map(|arm| {
                 let l = [("rollout", rollout), ("arm", *arm)];
                 (
-                    sample(&text, "ramp_bandit_trials", &l).unwrap_or(-1.0),
-                    sample(&text, "ramp_bandit_reward_micros", &l).unwrap_or(-1.0),
+                    sample(&text, "ramp_bandit_trials_total", &l).unwrap_or(-1.0),
+                    sample(&text, "ramp_bandit_reward_millionths_total", &l).unwrap_or(-1.0),
                 )
             })
             .collect();

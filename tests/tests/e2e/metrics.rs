@@ -43,8 +43,8 @@ fn metrics_count_requests_classes_and_latency_per_arm() {
                 .sum()
         };
         // Counters (latency buckets too) are flushed on each worker's tick.
-        let done = total_inf("ramp_latency_ms_bucket") as usize == n
-            && total("ramp_requests") as usize == n;
+        let done = total_inf("ramp_latency_milliseconds_bucket") as usize == n
+            && total("ramp_requests_total") as usize == n;
         if done || Instant::now() > deadline {
             break text;
         }
@@ -58,26 +58,30 @@ fn metrics_count_requests_classes_and_latency_per_arm() {
                 as usize
         };
         assert!(server.served() > 50, "{arm} served {}", server.served());
-        assert_eq!(get("ramp_requests", &[]), server.served() as usize, "{arm}");
         assert_eq!(
-            get("ramp_responses", &[("class", "2xx")]),
+            get("ramp_requests_total", &[]),
+            server.served() as usize,
+            "{arm}"
+        );
+        assert_eq!(
+            get("ramp_responses_total", &[("class", "2xx")]),
             count(arm, 200),
             "{arm}"
         );
         assert_eq!(
-            get("ramp_responses", &[("class", "5xx")]),
+            get("ramp_responses_total", &[("class", "5xx")]),
             count(arm, 500),
             "{arm}"
         );
-        assert_eq!(get("ramp_responses", &[("class", "4xx")]), 0, "{arm}");
+        assert_eq!(get("ramp_responses_total", &[("class", "4xx")]), 0, "{arm}");
         assert_eq!(
-            get("ramp_latency_ms_bucket", &[("le", "+Inf")]),
+            get("ramp_latency_milliseconds_bucket", &[("le", "+Inf")]),
             server.served() as usize,
             "{arm}"
         );
     }
     assert_eq!(
-        sample(&text, "ramp_fail_open", &[("rollout", "metrics")]),
+        sample(&text, "ramp_fail_open_total", &[("rollout", "metrics")]),
         Some(0.0)
     );
 }

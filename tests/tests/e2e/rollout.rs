@@ -917,7 +917,7 @@ fn a_sub_millisecond_candidate_passes_a_3_ms_p95_rule_and_both_sources_agree() {
     let from_reports = status["window"]["v2"]["p95_ms"].as_f64().unwrap();
     let n_reports = status["window"]["v2"]["requests"].as_u64().unwrap();
     let answer = prometheus
-        .query("histogram_quantile(0.95, sum by (le) (ramp_latency_ms_bucket{rollout=\"submilli\",arm=\"v2\"}))")
+        .query("histogram_quantile(0.95, sum by (le) (ramp_latency_milliseconds_bucket{rollout=\"submilli\",arm=\"v2\"}))")
         .unwrap();
     let from_prometheus: f64 = answer["data"]["result"][0]["value"][1]
         .as_str()

@@ -38,14 +38,14 @@ fn start(filter: &Value, shadow_port: Option<u16>) -> ShadowSetup {
     }
 }
 
-/// Polls `ramp_shadow_<name>{rollout}` until `want` holds (counters flush every 500 ms).
+/// Polls the shadow total `name` (`ramp_shadow_<name>_total{rollout}`) until `want` holds (counters flush every 500 ms).
 fn counter(envoy: &Envoy, rollout: &str, name: &str, want: impl Fn(f64) -> bool) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let text = envoy.prometheus().unwrap();
         let v = sample(
             &text,
-            &format!("ramp_shadow_{name}"),
+            &ramp_tests::prom::shadow_metric(name),
             &[("rollout", rollout)],
         )
         .unwrap_or(-1.0);
