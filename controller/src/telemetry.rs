@@ -140,6 +140,18 @@ impl Telemetry {
         let rule_limit = Family::<ByRule, FloatGauge>::default();
         let rule_failing = Family::<ByRule, Gauge>::default();
         for (name, view) in views {
+            // Every rollout's counters exist from the start (at 0), so rates and increases
+            // have series before the first rollback or failed check.
+            for family in [
+                &self.checks,
+                &self.failed_checks,
+                &self.rollbacks,
+                &self.reports,
+                &self.polls,
+                &self.events,
+            ] {
+                let _ = family.get_or_create(&by(name));
+            }
             let now = match &view.loaded {
                 Loaded::Ok { rec, spec } => {
                     stage

@@ -15,7 +15,7 @@ use anyhow::Result;
 
 pub use client::{Client, Reply};
 pub use envoy::{Envoy, EnvoyConfig};
-pub use traffic::{count_by_arm, drive, no_headers};
+pub use traffic::{count_by_arm, drive, no_headers, Traffic};
 pub use upstream::ModelServer;
 
 /// Two model servers ("v1", "v2") and an Envoy running `envoy/ramp.yaml` in front of them with the

@@ -15,15 +15,29 @@ pub struct Prometheus {
 impl Prometheus {
     /// Starts Prometheus scraping `/stats/prometheus` on each of `admin_ports`.
     pub fn start(admin_ports: &[u16]) -> Result<Self> {
+        Self::start_with(admin_ports, &[])
+    }
+
+    /// The same, also scraping `rampctl serve`'s `/metrics` on each of `controller_ports`.
+    pub fn start_with(admin_ports: &[u16], controller_ports: &[u16]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let targets: Vec<String> = admin_ports
-            .iter()
-            .map(|p| format!("'127.0.0.1:{p}'"))
-            .collect();
-        let config = format!(
+        let targets = |ports: &[u16]| {
+            ports
+                .iter()
+                .map(|p| format!("'127.0.0.1:{p}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: envoy\n    metrics_path: /stats/prometheus\n    static_configs:\n      - targets: [{}]\n",
-            targets.join(", ")
+            targets(admin_ports)
         );
+        if !controller_ports.is_empty() {
+            config.push_str(&format!(
+                "  - job_name: rampctl\n    metrics_path: /metrics\n    static_configs:\n      - targets: [{}]\n",
+                targets(controller_ports)
+            ));
+        }
         std::fs::write(dir.path().join("prometheus.yml"), config)?;
         // Prometheus cannot report a port it picked itself: take a free one and hand it over.
         let port = std::net::TcpListener::bind("127.0.0.1:0")?

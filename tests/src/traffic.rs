@@ -1,6 +1,9 @@
 //! Sending traffic through Envoy from several connections at once, so every Envoy worker serves some.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::client::{Client, Reply};
 
@@ -58,4 +61,58 @@ pub fn count_by_arm(replies: &[Reply]) -> BTreeMap<String, usize> {
 /// Header builder for requests that carry none.
 pub fn no_headers(_: usize) -> Vec<(String, String)> {
     Vec::new()
+}
+
+/// Sends requests until stopped, recording (when, arm) for each answer.
+pub struct Traffic {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<(Instant, String)>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    pub fn start(url: String, connections: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..connections)
+            .map(|_| {
+                let (stop, seen, url) = (stop.clone(), seen.clone(), url.clone());
+                std::thread::spawn(move || {
+                    let client = Client::default();
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Ok(r) = client.get(&url, &[]) {
+                            seen.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push((Instant::now(), r.served_by));
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            seen,
+            threads,
+        }
+    }
+
+    /// Every answer so far: when, and which arm served it.
+    pub fn seen(&self) -> Vec<(Instant, String)> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Share of answers from `arm` among those after `since`.
+    pub fn share_since(&self, arm: &str, since: Instant) -> (usize, usize) {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let after: Vec<_> = seen.iter().filter(|(t, _)| *t >= since).collect();
+        (after.iter().filter(|(_, a)| a == arm).count(), after.len())
+    }
+
+    pub fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
 }

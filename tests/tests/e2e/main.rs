@@ -9,6 +9,7 @@ mod fleet;
 mod hostile_input;
 mod live_state;
 mod metrics;
+mod observability;
 mod override_header;
 mod rollout;
 mod shadow;

@@ -2,60 +2,12 @@
 //! file), model servers. A healthy candidate walks every stage to 100%; a candidate that starts
 //! failing is rolled back on its own, and the time from fault to 0% is measured.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ramp_tests::controller::{Controller, Rig};
-use ramp_tests::{two_arm_config_with_controller, Client, Envoy, ModelServer};
+use ramp_tests::{two_arm_config_with_controller, Client, Envoy, ModelServer, Traffic};
 use serde_json::json;
-
-/// Sends requests until stopped, recording (when, arm) for each answer.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Vec<(Instant, String)>>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Traffic {
-    fn start(url: String, connections: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let threads = (0..connections)
-            .map(|_| {
-                let (stop, seen, url) = (stop.clone(), seen.clone(), url.clone());
-                std::thread::spawn(move || {
-                    let client = Client::default();
-                    while !stop.load(Ordering::Relaxed) {
-                        if let Ok(r) = client.get(&url, &[]) {
-                            seen.lock().unwrap().push((Instant::now(), r.served_by));
-                        }
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                })
-            })
-            .collect();
-        Self {
-            stop,
-            seen,
-            threads,
-        }
-    }
-
-    /// Share of answers from `arm` among those after `since`.
-    fn share_since(&self, arm: &str, since: Instant) -> (usize, usize) {
-        let seen = self.seen.lock().unwrap();
-        let after: Vec<_> = seen.iter().filter(|(t, _)| *t >= since).collect();
-        (after.iter().filter(|(_, a)| a == arm).count(), after.len())
-    }
-
-    fn finish(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            let _ = t.join();
-        }
-    }
-}
 
 fn filter_config(rollout: &str) -> serde_json::Value {
     json!({
@@ -184,7 +136,7 @@ fn a_failing_candidate_is_rolled_back_within_seconds() {
     let deadline = fault + Duration::from_secs(30);
     let zero_at = loop {
         std::thread::sleep(Duration::from_millis(100));
-        let seen = traffic.seen.lock().unwrap();
+        let seen = traffic.seen();
         let last_v2 = seen
             .iter()
             .rev()
