@@ -3,6 +3,7 @@
 
 pub mod abtest;
 pub mod auth;
+pub mod gitops;
 pub mod histogram;
 pub mod machine;
 pub mod posterior;
@@ -21,4 +22,5 @@ pub mod store;
 pub mod summary;
 pub mod telemetry;
 pub mod units;
+pub mod watcher;
 pub mod window;

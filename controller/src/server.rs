@@ -38,6 +38,9 @@ pub struct Config {
     pub token: Option<String>,
     /// Bearer token the filters' reports must carry (their `controller.token_env`); `None`: open.
     pub report_token: Option<String>,
+    /// A directory of rollout specs to reconcile (`--specs`), and how often to read it.
+    pub specs: Option<PathBuf>,
+    pub specs_every: Duration,
 }
 
 /// Largest report body (a report of two arms with shadow totals is about 1 KB).
@@ -58,6 +61,8 @@ pub struct App {
     pending: Mutex<Pending>,
     tokens: Tokens,
     pub telemetry: crate::telemetry::Telemetry,
+    /// What the last scan of `--specs` found (`GET /v1/specs`).
+    pub specs: RwLock<crate::watcher::SpecsSeen>,
 }
 
 pub fn now_ms() -> u64 {
@@ -81,7 +86,7 @@ impl App {
         .unwrap_or_else(|e| Err(StoreError::Undecodable(format!("store task: {e}"))))
     }
 
-    fn rollout(&self, name: &str) -> Option<Arc<Rollout>> {
+    pub fn rollout(&self, name: &str) -> Option<Arc<Rollout>> {
         self.rollouts
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -157,6 +162,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         pending: Mutex::new(Pending::default()),
         tokens,
         telemetry: crate::telemetry::Telemetry::default(),
+        specs: RwLock::new(crate::watcher::SpecsSeen::default()),
     });
     for handle in loaded {
         register(&app, handle);
@@ -179,11 +185,15 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .route("/v1/rollouts/{name}/history", get(history))
         .route("/v1/rollouts/{name}/feedback", post(feedback).layer(small))
         .route("/metrics", get(metrics))
+        .route("/v1/specs", get(specs))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(app.clone());
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     eprintln!("rampctl: serving on http://{}", listener.local_addr()?);
+    if let Some(dir) = cfg.specs {
+        tokio::spawn(crate::watcher::watch(app.clone(), dir, cfg.specs_every));
+    }
     tokio::spawn(flush_reports(app));
     axum::serve(listener, router).await?;
     Ok(())
@@ -334,6 +344,15 @@ async fn flush_reports(app: Arc<App>) {
 /// An API error: status and a JSON body `{"error": ..., "field": ..., "reason": ...}`.
 pub struct ApiError(StatusCode, Value);
 
+impl ApiError {
+    /// The message the answer carries.
+    pub fn message(&self) -> String {
+        self.1["error"]
+            .as_str()
+            .map_or_else(|| self.1.to_string(), str::to_owned)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.0, Json(self.1)).into_response()
@@ -449,7 +468,22 @@ async fn status(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let handle = app.rollout(&name).ok_or_else(|| not_found(&name))?;
-    Ok(Json(named(&name, &handle.current())))
+    let mut answer = named(&name, &handle.current());
+    if let Some((file, error)) = app
+        .specs
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .file_of(&name)
+    {
+        answer["spec_file"] = json!(file);
+        answer["spec_file_error"] = json!(error);
+    }
+    Ok(Json(answer))
+}
+
+/// `GET /v1/specs`: what the last scan of the `--specs` directory found, file by file.
+async fn specs(AxState(app): AxState<Arc<App>>) -> Json<Value> {
+    Json(json!(*app.specs.read().unwrap_or_else(|p| p.into_inner())))
 }
 
 fn query_u64(query: &HashMap<String, String>, field: &str) -> Result<Option<u64>, ApiError> {
@@ -580,6 +614,18 @@ async fn apply(
             json!({"error": e.to_string(), "field": e.field, "reason": e.reason}),
         )
     })?);
+    let answer = create(&app, text, spec, "rollout applied").await?;
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+/// Starts a rollout from a validated spec (`apply`, or a new file under `--specs`); `detail` is
+/// its first event's. The answer is its summary.
+pub async fn create(
+    app: &Arc<App>,
+    text: String,
+    spec: Arc<Spec>,
+    detail: &str,
+) -> Result<Value, ApiError> {
     if app.rollout(&spec.name).is_some() {
         return Err(StoreError::Exists(spec.name.clone()).into());
     }
@@ -618,10 +664,10 @@ async fn apply(
     let stored = rec.clone();
     app.db(move |s| s.insert(&stored, now)).await?;
     handle.publish_record(rec.clone(), spec.clone());
-    app.transition(&spec, &rec, "applied", "rollout applied");
+    app.transition(&spec, &rec, "applied", detail);
     let answer = summary(&handle.current());
-    register(&app, handle);
-    Ok((StatusCode::CREATED, Json(answer)).into_response())
+    register(app, handle);
+    Ok(answer)
 }
 
 async fn command(

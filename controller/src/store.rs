@@ -384,12 +384,13 @@ fn write_record(
     at_ms: u64,
 ) -> Result<(), StoreError> {
     let n = tx.execute(
-        "UPDATE rollouts SET state = ?2, version = ?3, base = ?4 WHERE name = ?1",
+        "UPDATE rollouts SET state = ?2, version = ?3, base = ?4, spec = ?5 WHERE name = ?1",
         params![
             rec.name,
             serde_json::to_string(&rec.state)?,
             rec.version as i64,
-            serde_json::to_string(&rec.base)?
+            serde_json::to_string(&rec.base)?,
+            rec.spec_text
         ],
     )?;
     if n == 0 {

@@ -59,6 +59,18 @@ enum Cmd {
         /// RAMPCTL_REPORT_TOKEN). Without it reports are accepted from anyone who can reach the API.
         #[arg(long = "report-token", env = "RAMPCTL_REPORT_TOKEN")]
         report_token: Option<String>,
+        /// A directory of rollout specs (a ConfigMap or a git-synced volume) to reconcile: a new
+        /// file starts a rollout, an edit changes it, a removal leaves it as it is.
+        #[arg(long, env = "RAMPCTL_SPECS")]
+        specs: Option<PathBuf>,
+        /// How often to read --specs, in seconds.
+        #[arg(long = "specs-interval-s", default_value_t = 2.0)]
+        specs_interval_s: f64,
+    },
+    /// What `serve --specs` found in its directory, file by file.
+    Specs {
+        #[arg(long)]
+        json: bool,
     },
     /// Start a rollout from a spec file.
     Apply {
@@ -157,7 +169,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             db,
             auth_token,
             report_token,
+            specs,
+            specs_interval_s,
         } => {
+            let specs_every = std::time::Duration::try_from_secs_f64(specs_interval_s)
+                .ok()
+                .filter(|d| d.as_millis() >= 100)
+                .context("--specs-interval-s: at least 0.1")?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(ramp_controller::server::serve(
                 ramp_controller::server::Config {
@@ -165,6 +183,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     db,
                     token: auth_token,
                     report_token,
+                    specs,
+                    specs_every,
                 },
             ))?;
             Ok(ExitCode::SUCCESS)
@@ -199,6 +219,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             watch: true,
             timeout,
         } => watch(&api, &name, json, timeout),
+        Cmd::Specs { json } => api.show(api.call("GET", "/v1/specs", None), json, |v| {
+            println!(
+                "specs directory {}{}",
+                v["dir"].as_str().unwrap_or("(none: serve without --specs)"),
+                v["error"]
+                    .as_str()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            );
+            for f in v["files"].as_array().into_iter().flatten() {
+                println!(
+                    "  {:<24} {:<20} {}",
+                    f["file"].as_str().unwrap_or("?"),
+                    f["rollout"].as_str().unwrap_or("-"),
+                    f["error"]
+                        .as_str()
+                        .map(|e| format!("INVALID: {e}"))
+                        .or_else(|| f["change"].as_str().map(str::to_owned))
+                        .unwrap_or_default()
+                );
+            }
+        }),
         Cmd::Version { json } => {
             let version = env!("CARGO_PKG_VERSION");
             if json {

@@ -6,6 +6,7 @@ mod bad_config;
 mod bandit;
 mod decisions;
 mod fleet;
+mod gitops;
 mod hostile_input;
 mod live_state;
 mod metrics;

@@ -1,0 +1,257 @@
+//! The task behind `rampctl serve --specs DIR`: reads the directory every few seconds, does what
+//! `gitops` decides through the same paths as the API (`server::create`, `App::commit`), logs each
+//! problem once, and keeps what `GET /v1/specs` and the managed rollouts' status show.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::gitops::{classify, owners, scan, stage_after_edit, Change, SpecFile};
+use crate::machine::State;
+use crate::registry::Loaded;
+use crate::server::{create, now_ms, App};
+use crate::spec::Spec;
+use crate::store::Record;
+
+/// One file as the last scan found it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FileSeen {
+    pub file: String,
+    /// The rollout it defines (when it parses).
+    pub rollout: Option<String>,
+    /// What the scan did: `created`, `unchanged`, `edited`, `new_revision`; `None` on an error.
+    pub change: Option<Change>,
+    pub error: Option<String>,
+}
+
+/// What `GET /v1/specs` shows.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SpecsSeen {
+    pub dir: Option<String>,
+    pub scanned_at_ms: Option<u64>,
+    /// The directory itself could not be read.
+    pub error: Option<String>,
+    pub files: Vec<FileSeen>,
+    /// Rollout -> the file that manages it (kept while the file is invalid, dropped when it is
+    /// removed).
+    #[serde(skip)]
+    managed: BTreeMap<String, String>,
+}
+
+impl SpecsSeen {
+    /// The file managing `rollout` and its current error, if any.
+    pub fn file_of(&self, rollout: &str) -> Option<(String, Option<String>)> {
+        let file = self.managed.get(rollout)?;
+        let error = self
+            .files
+            .iter()
+            .find(|f| &f.file == file)
+            .and_then(|f| f.error.clone());
+        Some((file.clone(), error))
+    }
+}
+
+/// Runs until the process ends.
+pub async fn watch(app: Arc<App>, dir: PathBuf, every: Duration) {
+    let mut logged: BTreeMap<String, String> = BTreeMap::new();
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let scanned = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || scan(&dir))
+                .await
+                .unwrap_or_else(|e| Err(format!("scan task: {e}")))
+        };
+        let mut seen = SpecsSeen {
+            dir: Some(dir.display().to_string()),
+            scanned_at_ms: Some(now_ms()),
+            managed: app
+                .specs
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .managed
+                .clone(),
+            ..SpecsSeen::default()
+        };
+        match scanned {
+            Err(e) => {
+                once(&mut logged, "(dir)", &e);
+                seen.error = Some(e);
+            }
+            Ok(files) => {
+                logged.remove("(dir)");
+                reconcile(&app, &files, &mut seen, &mut logged).await;
+            }
+        }
+        *app.specs.write().unwrap_or_else(|p| p.into_inner()) = seen;
+    }
+}
+
+/// Logs `message` for `key` unless it is what was logged for it last time.
+fn once(logged: &mut BTreeMap<String, String>, key: &str, message: &str) {
+    if logged.get(key).map(String::as_str) != Some(message) {
+        eprintln!("rampctl: specs: {key}: {message}");
+        logged.insert(key.to_owned(), message.to_owned());
+    }
+}
+
+async fn reconcile(
+    app: &Arc<App>,
+    files: &[SpecFile],
+    seen: &mut SpecsSeen,
+    logged: &mut BTreeMap<String, String>,
+) {
+    let (owner, errors) = owners(files);
+    for (i, f) in files.iter().enumerate() {
+        let mut row = FileSeen {
+            file: f.file.clone(),
+            ..FileSeen::default()
+        };
+        match (&f.parsed, errors.get(&i)) {
+            (_, Some(e)) => {
+                row.rollout = f.parsed.as_ref().ok().map(|(_, s)| s.name.clone());
+                row.error = Some(e.clone());
+            }
+            (Ok((text, spec)), None) => {
+                row.rollout = Some(spec.name.clone());
+                match apply_file(app, &f.file, text, spec).await {
+                    Ok(change) => {
+                        row.change = Some(change);
+                        seen.managed.insert(spec.name.clone(), f.file.clone());
+                    }
+                    Err(e) => row.error = Some(e),
+                }
+            }
+            (Err(e), None) => row.error = Some(e.clone()),
+        }
+        match &row.error {
+            Some(e) => once(logged, &f.file, e),
+            None => {
+                logged.remove(&f.file);
+            }
+        }
+        seen.files.push(row);
+    }
+    // A managed rollout whose file is gone is left as it is, with an event saying so.
+    let present: Vec<&str> = files.iter().map(|f| f.file.as_str()).collect();
+    let gone: Vec<(String, String)> = seen
+        .managed
+        .iter()
+        .filter(|(rollout, file)| {
+            !present.contains(&file.as_str()) && !owner.contains_key(*rollout)
+        })
+        .map(|(r, f)| (r.clone(), f.clone()))
+        .collect();
+    for (rollout, file) in gone {
+        seen.managed.remove(&rollout);
+        note_removed(app, &rollout, &file).await;
+    }
+}
+
+/// A valid file: create, edit or start a new revision of its rollout.
+async fn apply_file(app: &Arc<App>, file: &str, text: &str, spec: &Spec) -> Result<Change, String> {
+    let handle = app.rollout(&spec.name);
+    let current = match handle.as_ref().map(|h| h.current()) {
+        None => None,
+        Some(view) => match &view.loaded {
+            Loaded::Ok { rec, spec } => Some((rec.clone(), spec.clone())),
+            Loaded::Error { reason } => return Err(format!(
+                "rollout {:?} cannot be loaded ({reason}); fix it before its file can change it",
+                spec.name
+            )),
+        },
+    };
+    let change = classify(
+        current
+            .as_ref()
+            .map(|(r, s)| (r.spec_text.as_str(), s.as_ref())),
+        text,
+        spec,
+    );
+    let new_spec = Arc::new(spec.clone());
+    let (Some(handle), Some((rec, old))) = (handle, current) else {
+        create(
+            app,
+            text.to_owned(),
+            new_spec,
+            &format!("rollout applied from {file}"),
+        )
+        .await
+        .map_err(|e| e.message())?;
+        return Ok(Change::Create);
+    };
+    let now = now_ms();
+    let (next, event) = match change {
+        Change::Create | Change::Unchanged => return Ok(Change::Unchanged),
+        Change::Edit => {
+            let mut next = rec.clone();
+            next.spec_text = text.to_owned();
+            next.state.stage = stage_after_edit(rec.state.stage, spec);
+            if next.state.arm_weights(spec) != rec.state.arm_weights(&old) {
+                next.version += 1;
+            }
+            let detail = format!(
+                "{file} changed: the edited spec applies from now, in stage {}",
+                next.state.stage + 1
+            );
+            (next, ("spec_changed".to_owned(), detail))
+        }
+        Change::NewRevision => {
+            let base = crate::reconciler::totals_now(&handle, spec).await?;
+            let next = Record {
+                name: rec.name.clone(),
+                spec_text: text.to_owned(),
+                state: State::start(spec, now),
+                version: rec.version + 1,
+                base,
+            };
+            let detail = format!(
+                "{file} changed the baseline, candidates or strategy ({} -> {}): a new revision starts at stage 1",
+                old.candidates.join(", "),
+                spec.candidates.join(", ")
+            );
+            (next, ("new_revision".to_owned(), detail))
+        }
+    };
+    let saved = app
+        .commit(&handle, &rec, &next, &new_spec, Some(event), now)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !saved {
+        return Err("the rollout changed meanwhile; retried at the next scan".to_owned());
+    }
+    handle.wake.notify_one();
+    Ok(change)
+}
+
+/// Records (once) that a managed rollout's file was removed: the rollout is left as it is.
+async fn note_removed(app: &Arc<App>, rollout: &str, file: &str) {
+    let Some(handle) = app.rollout(rollout) else {
+        return;
+    };
+    let view = handle.current();
+    let Loaded::Ok { rec, spec } = &view.loaded else {
+        return;
+    };
+    let detail = format!(
+        "{file} was removed: the rollout is left as it is (`rampctl abort {rollout}` stops it)"
+    );
+    eprintln!("rampctl: specs: {detail}");
+    let saved = app
+        .commit(
+            &handle,
+            rec,
+            rec,
+            spec,
+            Some(("spec_removed".to_owned(), detail)),
+            now_ms(),
+        )
+        .await;
+    if let Err(e) = saved {
+        eprintln!("rampctl: specs: {rollout}: {e}");
+    }
+}
