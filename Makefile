@@ -27,17 +27,18 @@ WASM_OPT_FLAGS := -O3 --strip-debug --enable-bulk-memory --enable-sign-ext --ena
 # fails the build on unexplained growth.
 WASM_MAX_BYTES := 384000
 
-.PHONY: help toolchain venv wasm lint unit wasm-test e2e test demo bench sim clean
+.PHONY: help toolchain venv wasm lint unit wasm-test e2e test demo bench sim images image-layouts clean
 
 help:
 	@echo "make demo   build, start Envoy with the filter and two model servers, show the split and stickiness"
 	@echo "make test   lint, unit tests, wasm parity tests under Node, end-to-end tests in a real Envoy"
 	@echo "make bench  throughput: no filter vs empty wasm filter vs Ramp, written to tests/bench/results/"
+	@echo "make images OCI image layouts under target/images/ (the filter as Istio pulls it, a static rampctl), digests printed and pinned in istio/wasmplugin.yaml"
 	@echo "make sim    bandit regret (2 and 5 arms, tick delays) and the decisions (A/A, power, SRM), written to tests/bench/results/"
 
 toolchain:
-	@rustup toolchain install 1.95.0 --profile minimal --component rustfmt,clippy --target wasm32-wasip1,wasm32-unknown-unknown >/dev/null 2>&1 || rustup show active-toolchain
-	@rustup target add wasm32-wasip1 wasm32-unknown-unknown >/dev/null
+	@rustup toolchain install 1.95.0 --profile minimal --component rustfmt,clippy --target wasm32-wasip1,wasm32-unknown-unknown,x86_64-unknown-linux-musl >/dev/null 2>&1 || rustup show active-toolchain
+	@rustup target add wasm32-wasip1 wasm32-unknown-unknown x86_64-unknown-linux-musl >/dev/null
 	@rustup component add rustfmt clippy >/dev/null
 
 $(ENVOY):
@@ -73,7 +74,19 @@ unit: toolchain
 wasm-test: toolchain $(WASM_BINDGEN_STAMP)
 	PATH="$(TOOLS)/bin:$$PATH" cargo test -p ramp-filter --target wasm32-unknown-unknown --test parity
 
-e2e: wasm venv
+# The images, built without a container engine: the filter as Istio pulls it and rampctl as a static
+# (musl) binary. `make images` also pins the filter image's digest in istio/wasmplugin.yaml; the
+# tests check the committed pin against what they build, so they never rewrite it.
+image-layouts: wasm
+	@command -v musl-gcc >/dev/null || { apt-get update -qq && apt-get install -y -qq musl-tools; }
+	@command -v skopeo >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq skopeo; }
+	cargo build --release --target x86_64-unknown-linux-musl -p ramp-controller --bin rampctl
+	cargo run -q -p ramp-tests --bin ramp-images
+
+images: image-layouts
+	cargo run -q -p ramp-tests --bin ramp-images -- --pin
+
+e2e: wasm venv image-layouts
 	@command -v prometheus >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; }
 	cargo build -p ramp-controller --bin rampctl
 	cargo test -p ramp-tests

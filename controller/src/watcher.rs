@@ -159,10 +159,12 @@ async fn apply_file(app: &Arc<App>, file: &str, text: &str, spec: &Spec) -> Resu
         None => None,
         Some(view) => match &view.loaded {
             Loaded::Ok { rec, spec } => Some((rec.clone(), spec.clone())),
-            Loaded::Error { reason } => return Err(format!(
+            Loaded::Error { reason } => {
+                return Err(format!(
                 "rollout {:?} cannot be loaded ({reason}); fix it before its file can change it",
                 spec.name
-            )),
+            ))
+            }
         },
     };
     let change = classify(
