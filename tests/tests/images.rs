@@ -42,16 +42,25 @@ fn the_filter_image_is_what_istio_pulls_and_is_pinned() {
         wasm == &built,
         "plugin.wasm is the built module, byte for byte"
     );
-    let plugin = std::fs::read_to_string(root.join("istio/wasmplugin.yaml")).unwrap();
-    let pinned = plugin
-        .lines()
-        .find_map(|l| l.strip_prefix("  sha256: "))
-        .expect("wasmplugin.yaml pins sha256");
-    assert_eq!(
-        format!("sha256:{pinned}"),
-        image.manifest_digest,
-        "istio/wasmplugin.yaml pins the image `make images` built (run it and commit the pin)"
-    );
+    for manifest in [
+        "istio/wasmplugin.yaml",
+        "istio/gateway-api.yaml",
+        "istio/envoy-gateway.yaml",
+    ] {
+        let text = std::fs::read_to_string(root.join(manifest)).unwrap();
+        let pins: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("sha256: "))
+            .collect();
+        assert!(!pins.is_empty(), "{manifest} pins the image");
+        for pinned in pins {
+            assert_eq!(
+                format!("sha256:{pinned}"),
+                image.manifest_digest,
+                "{manifest} pins the image the build makes (run `make images` and commit the pin)"
+            );
+        }
+    }
     let sidecar =
         std::fs::read_to_string(root.join("target/images/ramp_filter.wasm.sha256")).unwrap();
     assert_eq!(

@@ -89,6 +89,87 @@ fn manifests_match_istio_crd_schemas() {
     }
 }
 
+/// The documents of a multi-document manifest.
+fn documents(name: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(repo_root().join("istio").join(name)).unwrap();
+    text.split("\n---\n")
+        .map(|d| serde_yaml::from_str(d).unwrap())
+        .collect()
+}
+
+/// The vendored CRD of a kind.
+fn crd_of(kind: &str) -> &'static str {
+    match kind {
+        "WasmPlugin" => "wasmplugins.extensions.istio.io.yaml",
+        "Gateway" => "gateways.gateway.networking.k8s.io.yaml",
+        "HTTPRoute" => "httproutes.gateway.networking.k8s.io.yaml",
+        "EnvoyExtensionPolicy" => "envoyextensionpolicies.gateway.envoyproxy.io.yaml",
+        "Telemetry" => "telemetries.telemetry.istio.io.yaml",
+        other => panic!("no vendored CRD for {other}"),
+    }
+}
+
+/// The attachment examples (Gateway API, Envoy Gateway, Istio Telemetry) against their CRDs, and
+/// against each other: the WasmPlugin targets the Gateway, the HTTPRoute routes the arms Ramp
+/// picks by the header it sets, the EnvoyExtensionPolicy targets that route, and both configs
+/// are configs the filter accepts.
+#[test]
+fn the_attachment_examples_match_their_crds_and_each_other() {
+    let mut by_kind = std::collections::BTreeMap::new();
+    for file in ["gateway-api.yaml", "envoy-gateway.yaml", "telemetry.yaml"] {
+        for doc in documents(file) {
+            let kind = doc["kind"].as_str().unwrap().to_owned();
+            let errors = violations(crd_of(&kind), &doc);
+            assert!(errors.is_empty(), "{file} {kind}: {errors:#?}");
+            by_kind.insert(kind, doc);
+        }
+    }
+    let (gateway, plugin, route, policy) = (
+        &by_kind["Gateway"],
+        &by_kind["WasmPlugin"],
+        &by_kind["HTTPRoute"],
+        &by_kind["EnvoyExtensionPolicy"],
+    );
+    assert_eq!(
+        plugin["spec"]["targetRefs"][0]["name"],
+        gateway["metadata"]["name"]
+    );
+    assert!(
+        plugin["spec"].get("selector").is_none(),
+        "targetRefs, not a selector"
+    );
+    assert_eq!(
+        route["spec"]["parentRefs"][0]["name"],
+        gateway["metadata"]["name"]
+    );
+    assert_eq!(
+        policy["spec"]["targetRefs"][0]["name"],
+        route["metadata"]["name"]
+    );
+    for config in [
+        &plugin["spec"]["pluginConfig"],
+        &policy["spec"]["wasm"][0]["config"],
+    ] {
+        let rollout =
+            ramp_filter::config::Rollout::from_json(&serde_json::to_vec(config).unwrap()).unwrap();
+        let rules = route["spec"]["rules"].as_array().unwrap();
+        let header = &rules[0]["matches"][0]["headers"][0];
+        assert_eq!(header["name"], rollout.routing_header.as_str());
+        assert_eq!(header["value"], rollout.arms[1].name.as_str());
+        assert!(
+            rules.last().unwrap().get("matches").is_none(),
+            "the last rule catches requests without an arm"
+        );
+    }
+    let telemetry = &by_kind["Telemetry"];
+    let over = &telemetry["spec"]["metrics"][0]["overrides"][0];
+    assert_eq!(over["match"]["metric"], "REQUEST_COUNT");
+    assert!(over["tagOverrides"]["ramp_arm"]["value"]
+        .as_str()
+        .unwrap()
+        .contains("x-ramp-arm"));
+}
+
 #[test]
 fn the_schema_check_catches_misspelt_and_mistyped_fields() {
     let mut bad = manifest("wasmplugin.yaml");

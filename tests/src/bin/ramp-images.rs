@@ -70,30 +70,38 @@ fn main() -> Result<()> {
     println!("target/images/rampctl      {controller}  (static rampctl, user 65532)");
     println!("target/images/ramp_filter.wasm  sha256:{wasm_hex}");
     if std::env::args().any(|a| a == "--pin") {
-        pin(&root.join("istio/wasmplugin.yaml"), &filter)?;
-        println!("istio/wasmplugin.yaml pins {filter}");
+        for manifest in PINNED {
+            pin(&root.join(manifest), &filter)?;
+            println!("{manifest} pins {filter}");
+        }
     }
     Ok(())
 }
 
-/// Rewrites the WasmPlugin's `sha256:` line to the filter image's digest (hex).
+/// The manifests that load the filter image, each pinning its digest.
+const PINNED: [&str; 3] = [
+    "istio/wasmplugin.yaml",
+    "istio/gateway-api.yaml",
+    "istio/envoy-gateway.yaml",
+];
+
+/// Rewrites every `sha256: <64 hex>` line of a manifest to the filter image's digest (hex).
 fn pin(path: &std::path::Path, digest: &str) -> Result<()> {
     let hex = digest.trim_start_matches("sha256:");
     let text = std::fs::read_to_string(path)?;
     let mut found = false;
     let lines: Vec<String> = text
         .lines()
-        .map(|l| {
-            if l.starts_with("  sha256: ") {
+        .map(|l| match l.trim_start().strip_prefix("sha256: ") {
+            Some(old) if old.len() == 64 && old.bytes().all(|b| b.is_ascii_hexdigit()) => {
                 found = true;
-                format!("  sha256: {hex}")
-            } else {
-                l.to_owned()
+                format!("{}sha256: {hex}", &l[..l.len() - l.trim_start().len()])
             }
+            _ => l.to_owned(),
         })
         .collect();
     if !found {
-        bail!("{}: no `  sha256:` line to pin", path.display());
+        bail!("{}: no `sha256:` line to pin", path.display());
     }
     std::fs::write(path, lines.join("\n") + "\n")?;
     Ok(())
