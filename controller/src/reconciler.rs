@@ -17,7 +17,7 @@ use crate::rules::ArmWindow;
 use crate::server::{now_ms, App};
 use crate::spec::{Bound, HookFormat, HookPoint, Rule, Spec, HOOK_BUDGET_S};
 use crate::store::Record;
-use crate::summary::figures;
+use crate::summary::{figures, weights_json};
 use crate::window::{window, Totals};
 
 /// Longest a Prometheus source may take to answer one check.
@@ -468,14 +468,8 @@ async fn reconcile(
                 return;
             };
             if let Some(point) = pre_hook(spec, &rec.state, &next.state) {
-                let weights: serde_json::Map<String, Value> = next
-                    .state
-                    .arm_weights(spec)
-                    .into_iter()
-                    .map(|(a, w)| (a, json!(w)))
-                    .collect();
                 let payload = json!({"rollout": rec.name, "hook": point, "to_stage": next.state.stage + 1,
-                                     "weights": weights});
+                                     "weights": weights_json(&next.state, spec)});
                 if let Err(why) = hooks(spec, point, payload).await {
                     let (n, e) = after_failed_hook(rec, spec, why);
                     (next, event) = (n, Some(e));
@@ -565,12 +559,7 @@ fn slack_text(event: &Value) -> String {
 
 /// The `event` hooks' JSON: the transition and where the rollout stands after it.
 pub fn event_payload(spec: &Spec, rec: &Record, kind: &str, detail: &str) -> Value {
-    let weights: serde_json::Map<String, Value> = rec
-        .state
-        .arm_weights(spec)
-        .into_iter()
-        .map(|(a, w)| (a, json!(w)))
-        .collect();
+    let weights = weights_json(&rec.state, spec);
     json!({"rollout": rec.name, "hook": HookPoint::Event, "kind": kind, "detail": detail,
            "phase": rec.state.phase, "stage": rec.state.stage + 1, "weights": weights,
            "version": rec.version, "at_ms": now_ms()})

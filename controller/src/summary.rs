@@ -13,14 +13,20 @@ use crate::spec::{Bound, Metric, Spec, StrategyKind};
 use crate::store::Record;
 use crate::window::{window, BanditCounts, Totals};
 
+/// Every arm's weight the filters are told now, as a JSON object (`{"v1": 95.0, "v2": 5.0}`).
+pub fn weights_json(state: &State, spec: &Spec) -> Value {
+    Value::Object(
+        state
+            .arm_weights(spec)
+            .into_iter()
+            .map(|(arm, w)| (arm, json!(w)))
+            .collect(),
+    )
+}
+
 /// The state part of a rollout's summary.
 pub fn state_summary(rec: &Record, spec: &Spec) -> Value {
-    let weights: serde_json::Map<String, Value> = rec
-        .state
-        .arm_weights(spec)
-        .into_iter()
-        .map(|(arm, w)| (arm, json!(w)))
-        .collect();
+    let weights = weights_json(&rec.state, spec);
     let stage = spec.stages.get(rec.state.stage);
     json!({
         "name": rec.name, "baseline": spec.baseline, "candidate": spec.candidate,

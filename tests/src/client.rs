@@ -15,6 +15,16 @@ pub struct Reply {
     pub body: serde_json::Value,
 }
 
+impl Reply {
+    /// The value of response header `name` (lowercase), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 pub struct Client {
     agent: ureq::Agent,
 }

@@ -181,6 +181,30 @@ impl Controller {
         }
     }
 
+    /// The rollout's history: each event's kind and detail, oldest first.
+    pub fn events(&self, rollout: &str) -> Result<Vec<(String, String)>> {
+        let (_, h) = self.call(
+            "GET",
+            &format!("/v1/rollouts/{rollout}/history"),
+            None,
+            false,
+        )?;
+        Ok(h["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                let text = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+                (text("kind"), text("detail"))
+            })
+            .collect())
+    }
+
+    /// The kinds of the rollout's events, oldest first.
+    pub fn event_kinds(&self, rollout: &str) -> Result<Vec<String>> {
+        Ok(self.events(rollout)?.into_iter().map(|(k, _)| k).collect())
+    }
+
     /// Runs the `rampctl` command line against this controller (with the token when `auth`):
     /// exit code, stdout, stderr.
     pub fn cli(&self, args: &[&str], auth: bool) -> Result<(i32, String, String)> {

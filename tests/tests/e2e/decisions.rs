@@ -5,15 +5,13 @@
 use std::time::{Duration, Instant};
 
 use ramp_tests::controller::{Controller, Rig};
-use ramp_tests::{two_arm_config_with_controller, Client, Envoy, ModelServer, Reply};
+use ramp_tests::{two_arm_config_with_controller, Client, Envoy, ModelServer};
 use serde_json::{json, Value};
 
-fn decision_of(r: &Reply) -> String {
-    r.headers
-        .iter()
-        .find(|(k, _)| k == "x-ramp-decision")
-        .map(|(_, v)| v.clone())
+fn decision_of(r: &ramp_tests::Reply) -> String {
+    r.header("x-ramp-decision")
         .expect("decision header")
+        .to_owned()
 }
 
 fn status(controller: &Controller, rollout: &str) -> Value {
@@ -93,19 +91,11 @@ fn an_ab_n_test_promotes_the_planted_winner_of_three_arms() {
     let comparisons = during["ab_test"]["comparisons"].as_array().unwrap();
     assert_eq!(during["ab_test"]["correction"], "holm", "{during}");
     assert_eq!(comparisons.len(), 2, "{during}");
-    let (_, h) = controller
-        .call("GET", "/v1/rollouts/abn/history", None, false)
-        .unwrap();
+    let events = controller.events("abn").unwrap();
     assert!(
-        h["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "advance"
-                && e["detail"]
-                    .as_str()
-                    .is_some_and(|d| d.starts_with("stage 2 at 100%; A/B test: v3 is the winner"))),
-        "{h}"
+        events.iter().any(|(kind, detail)| kind == "advance"
+            && detail.starts_with("stage 2 at 100%; A/B test: v3 is the winner")),
+        "{events:?}"
     );
     // The filters follow: every request now goes to v3.
     let deadline = Instant::now() + Duration::from_secs(10);

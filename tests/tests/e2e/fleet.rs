@@ -10,11 +10,9 @@ use ramp_tests::{two_arm_config_with_controller, Client, Envoy};
 use serde_json::{json, Value};
 
 fn decision_of(r: &ramp_tests::Reply) -> String {
-    r.headers
-        .iter()
-        .find(|(k, _)| k == "x-ramp-decision")
-        .map(|(_, v)| v.clone())
+    r.header("x-ramp-decision")
         .expect("decision header")
+        .to_owned()
 }
 
 /// Posts a conversion (reward 1) for one decision, with the token.
@@ -186,20 +184,11 @@ fn an_ab_test_on_conversions_promotes_the_significantly_better_candidate() {
         result["candidate_rate"].as_f64().unwrap() > result["baseline_rate"].as_f64().unwrap(),
         "{during}"
     );
-    let (_, h) = controller
-        .call("GET", "/v1/rollouts/ab/history", None, false)
-        .unwrap();
+    let events = controller.events("ab").unwrap();
     assert!(
-        h["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "advance"
-                && e["detail"]
-                    .as_str()
-                    .is_some_and(|d| d
-                        .starts_with("stage 2 at 100%; A/B test: the candidate is better (mSPRT"))),
-        "{h}"
+        events.iter().any(|(kind, detail)| kind == "advance"
+            && detail.starts_with("stage 2 at 100%; A/B test: the candidate is better (mSPRT")),
+        "{events:?}"
     );
 }
 

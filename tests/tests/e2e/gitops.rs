@@ -128,12 +128,8 @@ fn rollouts_follow_the_files_in_the_specs_directory() {
         (&json!("progressing"), &json!(10.0)),
         "{status}"
     );
-    let (_, h) = get(controller, "/v1/rollouts/git/history");
-    let kinds: Vec<&str> = h["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
-    assert_eq!(kinds, ["applied", "spec_changed", "spec_removed"], "{h}");
+    assert_eq!(
+        controller.event_kinds("git").unwrap(),
+        ["applied", "spec_changed", "spec_removed"]
+    );
 }

@@ -92,20 +92,9 @@ fn a_healthy_candidate_is_promoted_through_every_stage() {
         "stage 2 (50%): {observed:?}"
     );
     assert_eq!(v2, n, "after promotion every request goes to the candidate");
-    let (_, history) = s
-        .controller
-        .call("GET", "/v1/rollouts/healthy/history", None, false)
-        .unwrap();
-    let kinds: Vec<&str> = history["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        kinds,
-        vec!["applied", "advance", "advance", "promoted"],
-        "{history}"
+        s.controller.event_kinds("healthy").unwrap(),
+        ["applied", "advance", "advance", "promoted"]
     );
     assert!(s.v1.served() > 0 && s.v2.served() > 0);
 }
@@ -561,16 +550,10 @@ fn a_failing_pre_promotion_hook_holds_the_step_and_rolls_back() {
             .contains("BeforePromotion hook"),
         "{v}"
     );
-    let (_, h) = controller
-        .call("GET", "/v1/rollouts/gated/history", None, false)
-        .unwrap();
-    let kinds: Vec<&str> = h["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
-    assert_eq!(kinds, vec!["applied", "hook_failed", "rolled_back"], "{h}");
+    assert_eq!(
+        controller.event_kinds("gated").unwrap(),
+        ["applied", "hook_failed", "rolled_back"]
+    );
     let bodies = receiver.reports.lock().unwrap().clone();
     assert_eq!(
         bodies

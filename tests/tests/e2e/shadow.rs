@@ -306,12 +306,16 @@ fn a_slow_failing_or_dead_shadow_never_touches_the_user() {
         // Same machine, same moment. A shadow that held users back would add its 2 s (slow) or a
         // connect failure and retry (dead) to their answers: ratios of 1000s. What is allowed is the
         // cost of the copy itself, a second request handled by the same Envoy worker on a shared
-        // 2-core machine: within 2x, or within 1 ms, at p50 and p99.
-        let close = |ratio: f64, with: f64, without: f64| ratio < 2.0 || with - without < 1.0;
+        // 2-core machine: at p50 within 2x or 1 ms; at p99, where the whole parallel suite's
+        // scheduling noise lands (4.3 vs 1.3 ms seen under a clean-clone `make test`), within 2x
+        // or 20 ms, still a hundredth of what a held-back user would wait.
+        let close = |ratio: f64, with: f64, without: f64, slack_ms: f64| {
+            ratio < 2.0 || with - without < slack_ms
+        };
         let q = |v: &[f64], p| percentile(v, p);
         assert!(
-            close(p50, q(&with, 0.5), q(&without, 0.5))
-                && close(p99, q(&with, 0.99), q(&without, 0.99)),
+            close(p50, q(&with, 0.5), q(&without, 0.5), 1.0)
+                && close(p99, q(&with, 0.99), q(&without, 0.99), 20.0),
             "shadow {name}: p50 ratio {p50:.2}, p99 ratio {p99:.2}"
         );
         match name {
