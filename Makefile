@@ -23,9 +23,11 @@ WASM_OPT_FLAGS := -O3 --strip-debug --enable-bulk-memory --enable-sign-ext --ena
 # shadow totals in that channel (issue 5) to ~362 KB, so the budget was 372 KB; the Host-trait worker,
 # the 0.1 ms..60 s bucket counters and the shadow outcome classes (issue 11) measured 368 KB. The
 # shadow verdicts' exact prediction sums (128-bit moments merged in shared data, disagreement
-# thresholds, Prometheus sums; issue 13) bring it to ~380 KB, so the budget is 384 KB. It still
-# fails the build on unexplained growth.
-WASM_MAX_BYTES := 384000
+# thresholds, Prometheus sums; issue 13) bring it to ~380 KB, so the budget was 384 KB. Issue 10's
+# analysis buckets and Envoy's own replies per arm, and issue 11's `client_headers: strip_owned`
+# request path, bring it to ~384.2 KB, so the budget is 388 KB. It still fails the build on
+# unexplained growth.
+WASM_MAX_BYTES := 388000
 
 .PHONY: help toolchain venv wasm lint unit wasm-test e2e test demo bench sim images image-layouts clean
 

@@ -57,6 +57,23 @@ pub struct RawConfig {
     /// Response header with a decision id (`<arm>.<random>`) the application can post feedback for.
     #[serde(default)]
     pub decision_header: Option<String>,
+    /// Which client-sent headers the filter removes, and so how it reads the request's headers.
+    #[serde(default)]
+    pub client_headers: ClientHeaders,
+}
+
+/// What the filter removes of the headers a client sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientHeaders {
+    /// Every `x-ramp-*` header, the routing and the cluster header: the whole header map is read
+    /// once per request to find them.
+    #[default]
+    StripAll,
+    /// Only the headers that steer a request: the routing header (replaced), the cluster header
+    /// and the mirror header (replaced or removed). The filter then reads just the headers the
+    /// rollout needs, one host call each, and other `x-ramp-*` headers reach the model.
+    StripOwned,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -416,6 +433,7 @@ pub struct Rollout {
     pub shadow: Option<Shadow>,
     pub controller: Option<Controller>,
     pub decision_header: Option<String>,
+    pub client_headers: ClientHeaders,
 }
 
 impl Rollout {
@@ -544,6 +562,7 @@ impl Rollout {
                 }
                 None => None,
             },
+            client_headers: raw.client_headers,
         })
     }
 

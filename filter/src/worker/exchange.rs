@@ -9,7 +9,7 @@ use std::rc::Rc;
 use fastrand::Rng;
 
 use super::{Active, ShadowState};
-use crate::config::{KeySource, Reward, Rollout, Shadow, ShadowMode};
+use crate::config::{ClientHeaders, KeySource, Reward, Rollout, Shadow, ShadowMode};
 use crate::headermap::{find, pairs};
 use crate::host::{Body, Host, Map};
 use crate::jsonpick::pick;
@@ -73,16 +73,31 @@ fn request_header(rollout: &Rollout, serialized: &[u8], name: &str) -> Option<St
     Some(values.fold(first, |acc, v| acc + "; " + &v))
 }
 
-fn sticky_key(rollout: &Rollout, serialized: &[u8]) -> Option<String> {
+/// The request's headers as the filter reads them: the whole map once (`strip_all`, which needs
+/// every name to strip), or only the ones asked for, one host call each (`strip_owned`).
+enum RequestHeaders {
+    Map(Vec<u8>),
+    Each,
+}
+
+impl RequestHeaders {
+    fn get(&self, host: &impl Host, rollout: &Rollout, name: &str) -> Option<String> {
+        match self {
+            RequestHeaders::Map(serialized) => request_header(rollout, serialized, name),
+            RequestHeaders::Each if must_strip(rollout, name.as_bytes()) => None,
+            RequestHeaders::Each => host
+                .header(Map::Request, name)
+                .map(|v| String::from_utf8_lossy(&v).into_owned()),
+        }
+    }
+}
+
+fn sticky_key(get: impl Fn(&str) -> Option<String>, rollout: &Rollout) -> Option<String> {
     let (source, name) = sticky_source(rollout)?;
     match source {
-        KeySource::Header => request_header(rollout, serialized, name),
-        KeySource::Cookie => {
-            cookie_value(&request_header(rollout, serialized, "cookie")?, name).map(str::to_owned)
-        }
-        KeySource::Query => {
-            query_value(&request_header(rollout, serialized, ":path")?, name).map(str::to_owned)
-        }
+        KeySource::Header => get(name),
+        KeySource::Cookie => cookie_value(&get("cookie")?, name).map(str::to_owned),
+        KeySource::Query => query_value(&get(":path")?, name).map(str::to_owned),
     }
 }
 
@@ -111,13 +126,17 @@ impl<H: Host> Exchange<H> {
             return;
         };
         let rollout = &active.rollout;
-        let serialized = self.host.request_header_pairs().unwrap_or_default();
-        self.strip_client_headers(rollout, &serialized);
-        let override_value = rollout
-            .override_
-            .as_ref()
-            .and_then(|o| request_header(rollout, &serialized, &o.header));
-        let sticky_key = sticky_key(rollout, &serialized);
+        let headers = match rollout.client_headers {
+            ClientHeaders::StripAll => {
+                let serialized = self.host.request_header_pairs().unwrap_or_default();
+                self.strip_client_headers(rollout, &serialized);
+                RequestHeaders::Map(serialized)
+            }
+            ClientHeaders::StripOwned => RequestHeaders::Each,
+        };
+        let get = |name: &str| headers.get(&self.host, rollout, name);
+        let override_value = rollout.override_.as_ref().and_then(|o| get(&o.header));
+        let sticky_key = sticky_key(get, rollout);
         let keys = RequestKeys {
             override_value: override_value.as_deref(),
             sticky_key: sticky_key.as_deref(),
@@ -156,9 +175,20 @@ impl<H: Host> Exchange<H> {
         };
         self.host
             .set_header(Map::Request, &rollout.routing_header, Some(&arm.name));
-        if let Some(cluster) = &arm.cluster {
-            self.host
-                .set_header(Map::Request, &rollout.cluster_header, Some(cluster));
+        match &arm.cluster {
+            Some(cluster) => {
+                self.host
+                    .set_header(Map::Request, &rollout.cluster_header, Some(cluster))
+            }
+            // Stripped already with the rest under `strip_all`; a client's value must not steer
+            // a `cluster_header` route to a cluster that is not this arm's.
+            None if matches!(headers, RequestHeaders::Each)
+                && rollout.arms.iter().any(|a| a.cluster.is_some()) =>
+            {
+                self.host
+                    .set_header(Map::Request, &rollout.cluster_header, None)
+            }
+            None => {}
         }
         // A user's requests share a bucket (a hash of the key, independent of the arm's), so the
         // controller can treat buckets, not requests, as the independent units.
@@ -171,7 +201,7 @@ impl<H: Host> Exchange<H> {
         };
         active.count(|t| t.add_request(decision.arm, bucket));
         if let Some(shadow) = &rollout.shadow {
-            self.start_shadow(&active, shadow, &serialized, end_of_stream);
+            self.start_shadow(&active, shadow, &headers, end_of_stream);
         }
         let set_cookie = match (&rollout.sticky, decision.new_sticky_key) {
             (Some(s), Some(key)) => Some(set_cookie_value(&s.name, &key, s.cookie_max_age_s)),
@@ -205,14 +235,34 @@ impl<H: Host> Exchange<H> {
         &mut self,
         active: &Active,
         shadow: &Shadow,
-        serialized: &[u8],
+        request_headers: &RequestHeaders,
         end_of_stream: bool,
     ) {
-        let header = |name: &str| request_header(&active.rollout, serialized, name);
+        let header = |name: &str| request_headers.get(&self.host, &active.rollout, name);
         let method = header(":method").unwrap_or_default();
         let length = header("content-length").and_then(|l| l.trim().parse().ok());
         let draw = self.rng.try_borrow_mut().map_or(1.0, |mut r| r.f64());
-        match eligibility(shadow, &method, length, draw) {
+        let eligible = eligibility(shadow, &method, length, draw);
+        // Under `strip_owned` a client's own mirror header is still the filter's to remove.
+        if matches!(request_headers, RequestHeaders::Each)
+            && shadow.mode == ShadowMode::Mirror
+            && eligible != Eligibility::Yes
+        {
+            self.host.set_header(Map::Request, MIRROR_HEADER, None);
+        }
+        // Compare mode copies the request's headers: the whole map, read once here if not yet.
+        let read_now;
+        let serialized: &[u8] = match request_headers {
+            RequestHeaders::Map(s) => s,
+            RequestHeaders::Each
+                if eligible == Eligibility::Yes && shadow.mode != ShadowMode::Mirror =>
+            {
+                read_now = self.host.request_header_pairs().unwrap_or_default();
+                &read_now
+            }
+            RequestHeaders::Each => &[],
+        };
+        match eligible {
             Eligibility::No => {}
             Eligibility::BodyTooLarge => active.shadow_count(|t| t.skipped_body += 1),
             Eligibility::Yes if shadow.mode == ShadowMode::Mirror => {

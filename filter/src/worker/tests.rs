@@ -524,3 +524,69 @@ fn sticky_reports_count_users_buckets_and_envoys_own_replies() {
     let local: u64 = parsed.arms.values().map(|a| a.local_replies).sum();
     assert_eq!(local, 3, "cy's three answers came from Envoy itself");
 }
+
+/// `client_headers: strip_owned` reads only the headers a rollout needs: a weighted request costs
+/// four host calls (no header map), sticky one more for its key. The routing, cluster and mirror
+/// headers a client sent are still replaced or removed; other `x-ramp-*` headers pass.
+#[test]
+fn strip_owned_reads_only_the_headers_a_rollout_needs() {
+    let owned = r#""client_headers":"strip_owned""#;
+    let host = MemHost::default();
+    let w = worker(
+        &host,
+        &format!(
+            r#"{{"rollout":"o","arms":[{{"name":"v1","weight":1}},{{"name":"v2","weight":1}}],{owned}}}"#
+        ),
+        15,
+    );
+    request(&w, &host, &[(":path", "/"), ("x-ramp-arm", "v9")], 200);
+    assert_eq!(
+        host.with(|m| m.calls.clone()),
+        ["set_header", "now", "header", "now"]
+    );
+    let arm = host.header_of(Map::Request, "x-ramp-arm").unwrap();
+    assert!(
+        arm == "v1" || arm == "v2",
+        "the client's arm was replaced: {arm}"
+    );
+
+    let host = MemHost::default();
+    let w = worker(
+        &host,
+        &format!(
+            r#"{{"rollout":"s","arms":[{{"name":"v1","weight":90,"cluster":"c1"}},{{"name":"v2","weight":10}}],
+               "sticky":{{"source":"header","name":"x-user-id"}},{owned}}}"#
+        ),
+        16,
+    );
+    let user = (0..100)
+        .map(|i| format!("user-{i}"))
+        .find(|u| crate::bucket::sticky_arm("s", u, [("v1", 90.0), ("v2", 10.0)]) == Some(1))
+        .unwrap();
+    let arm = request(
+        &w,
+        &host,
+        &[
+            (":path", "/"),
+            ("x-user-id", &user),
+            ("x-ramp-cluster", "c1"),
+            ("x-ramp-reward", "1"),
+        ],
+        200,
+    );
+    assert_eq!(
+        arm, "v2",
+        "the sticky key read with one call picks the same arm"
+    );
+    assert_eq!(
+        host.with(|m| m.calls.clone()),
+        ["header", "set_header", "set_header", "now", "header", "now"],
+        "the key, the routing header, the cluster header removed for an arm without one"
+    );
+    assert_eq!(host.header_of(Map::Request, "x-ramp-cluster"), None);
+    assert_eq!(
+        host.header_of(Map::Request, "x-ramp-reward").as_deref(),
+        Some("1"),
+        "headers the filter does not own pass"
+    );
+}

@@ -229,10 +229,14 @@ fn main() -> Result<()> {
     // two cores the per-process figures scatter more, not less.)
     let pair_rounds = env_or("RAMP_BENCH_PAIR_ROUNDS", 15) as usize;
     let pair_seconds = env_or("RAMP_BENCH_PAIR_SECONDS", 1);
+    // The same three with `client_headers: strip_owned` (only the headers a rollout needs read).
     let targets_of = [
         ("ramp_weighted", 1.0),
         ("ramp_sticky", 0.97),
         ("ramp_bandit", 0.97),
+        ("ramp_weighted_owned", 1.0),
+        ("ramp_sticky_owned", 0.97),
+        ("ramp_bandit_owned", 0.97),
     ];
     let mut pair_ratios: Vec<Vec<f64>> = targets_of.iter().map(|_| Vec::new()).collect();
     let yardstick_url = envoy.listener_url(VARIANTS[NAIVE_METRICS], "/")?;
@@ -261,7 +265,8 @@ fn main() -> Result<()> {
          variant CPU/request), measured back to back (yardstick, variant, yardstick; {pair_seconds} s each), \
          median of {pair_rounds} rounds, order rotated. Host calls per request (counted natively against \
          the in-memory host, `worker::tests`): weighted 5, sticky 6 (its config also sets a response \
-         header), bandit 5; the naive router with metrics makes 6.\n\n"
+         header), bandit 5; with `client_headers: strip_owned` weighted 4, sticky 6 (the key read \
+         alone), bandit 4; the naive router with metrics makes 6.\n\n"
     ));
     let mut targets = Vec::new();
     for ((variant, floor), ratios) in targets_of.iter().zip(pair_ratios) {

@@ -72,3 +72,29 @@ fn without_override_config_client_headers_are_ignored_and_stripped() {
     }
     assert_eq!(setup.v2.served(), 0);
 }
+
+/// `client_headers: strip_owned`: a client still cannot pick its arm or its cluster (the routing
+/// header is replaced, the cluster header removed for an arm without one), while the other
+/// `x-ramp-*` headers it sent reach the model.
+#[test]
+fn strip_owned_still_keeps_clients_from_steering() {
+    let cfg = json!({"rollout": "owned", "client_headers": "strip_owned",
+                     "arms": [{"name": "v1", "weight": 100, "cluster": "model_v1"}, {"name": "v2", "weight": 0}]});
+    let setup = TwoArms::start(&cfg, 2).unwrap();
+    let spoofed = &[
+        ("x-ramp-arm", "v2"),
+        ("x-ramp-cluster", "model_v2"),
+        ("x-ramp-reward", "1"),
+    ];
+    let replies = drive(&setup.envoy.url("/"), 40, 2, headers(spoofed));
+    assert_eq!(count_by_arm(&replies).get("v1"), Some(&40));
+    for r in &replies {
+        assert_eq!(
+            r.body["headers"],
+            json!({"x-ramp-arm": "v1", "x-ramp-cluster": "model_v1", "x-ramp-reward": "1"}),
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(setup.v2.served(), 0);
+}
