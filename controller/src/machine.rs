@@ -462,6 +462,24 @@ pub fn hook_failed(spec: &Spec, before: &State, reason: String) -> (State, Actio
     (next, Action::Hold(Some(reason)))
 }
 
+/// An operator's `promote` naming the candidate to promote (`{"command": "promote", "arm": "v3"}`):
+/// with several candidates, that one takes the candidates' share from now on, as an A/B/n winner
+/// does. Without it a promotion keeps the winner the test found, if any.
+pub fn promote_arm(spec: &Spec, state: &State, arm: &str) -> Result<State, CommandError> {
+    if !spec.candidates.iter().any(|c| c == arm) {
+        return Err(CommandError::Invalid {
+            field: "arm",
+            reason: format!(
+                "{arm:?} is not a candidate of this rollout ({})",
+                spec.candidates.join(", ")
+            ),
+        });
+    }
+    let mut next = state.clone();
+    next.winner = Some(arm.to_owned());
+    Ok(next)
+}
+
 /// As the API takes it: `{"command": "pause"}`, `{"command": "set_weight", "weight": 30}`.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
@@ -922,6 +940,25 @@ mod tests {
             &fixed(conv(20_000, 5000), conv(20_000, 4000)),
         );
         assert_eq!(a, Action::Advance { to_stage: 1 });
+    }
+
+    #[test]
+    fn an_operator_can_promote_one_of_several_candidates() {
+        let s = Spec::parse("name: abn\nstrategy: ab_test\narms: [{name: a, role: baseline}, {name: b, role: candidate}, {name: c, role: candidate}]\nab_test: {metric: conversion}\nstages: [{weight: 50}, {weight: 100}]\n").unwrap();
+        let st = State::start(&s, 0);
+        let promoted = command(&s, &st, Command::PromoteFull, 1).unwrap();
+        let chosen = promote_arm(&s, &promoted, "c").unwrap();
+        assert_eq!(
+            chosen.arm_weights(&s),
+            vec![("a".into(), 0.0), ("b".into(), 0.0), ("c".into(), 100.0)]
+        );
+        assert_eq!(
+            promote_arm(&s, &st, "a"),
+            Err(CommandError::Invalid {
+                field: "arm",
+                reason: "\"a\" is not a candidate of this rollout (b, c)".into()
+            })
+        );
     }
 
     #[test]

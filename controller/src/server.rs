@@ -694,27 +694,54 @@ async fn command(
             ))
         }
     };
+    // `promote` may name the candidate to promote when there are several.
+    let arm = match (&v["arm"], cmd) {
+        (Value::Null, _) => None,
+        (Value::String(a), Command::Promote | Command::PromoteFull) => Some(a.clone()),
+        (Value::String(_), _) => {
+            return Err(field_error(
+                StatusCode::BAD_REQUEST,
+                "arm",
+                "only with promote or promote_full",
+            ))
+        }
+        _ => {
+            return Err(field_error(
+                StatusCode::BAD_REQUEST,
+                "arm",
+                "the name of a candidate arm",
+            ))
+        }
+    };
+    let refused = |e: machine::CommandError| match e {
+        machine::CommandError::Transition { .. } => bad(StatusCode::CONFLICT, e.to_string()),
+        machine::CommandError::Invalid { field, ref reason } => {
+            field_error(StatusCode::BAD_REQUEST, field, reason.clone())
+        }
+    };
     // Another writer (the reconciler) may commit in between: then decide again on its result.
     for _ in 0..5 {
         let (handle, rec, spec) = loaded(&app, &name)?;
         let now = now_ms();
-        let state = machine::command(&spec, &rec.state, cmd, now).map_err(|e| match e {
-            machine::CommandError::Transition { .. } => bad(StatusCode::CONFLICT, e.to_string()),
-            machine::CommandError::Invalid { field, ref reason } => {
-                field_error(StatusCode::BAD_REQUEST, field, reason.clone())
-            }
-        })?;
+        let mut state = machine::command(&spec, &rec.state, cmd, now).map_err(refused)?;
+        if let Some(arm) = &arm {
+            state = machine::promote_arm(&spec, &state, arm).map_err(refused)?;
+        }
         let mut next = rec.clone();
         if state.stage != rec.state.stage {
             next.base = totals_now(&handle, &spec)
                 .await
                 .map_err(|e| bad(StatusCode::BAD_GATEWAY, e))?;
         }
-        if state.weights(&spec) != rec.state.weights(&spec) {
+        if state.arm_weights(&spec) != rec.state.arm_weights(&spec) {
             next.version += 1;
         }
         next.state = state;
-        let event = Some(("command".to_owned(), command_text(&cmd)));
+        let mut text = command_text(&cmd);
+        if let Some(arm) = &arm {
+            text.push_str(&format!(" {arm}"));
+        }
+        let event = Some(("command".to_owned(), text));
         if app.commit(&handle, &rec, &next, &spec, event, now).await? {
             handle.wake.notify_one();
             if next.state.phase == Phase::RolledBack && rec.state.phase != Phase::RolledBack {

@@ -144,3 +144,45 @@ fn version_and_shell_completions() {
         );
     }
 }
+
+/// With several candidates an operator promotes one by name; a name that is not a candidate is
+/// refused naming the field.
+#[test]
+fn promote_names_one_of_several_candidates() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller =
+        ramp_tests::controller::Controller::start(&dir.path().join("ramp.db"), "t0ken").unwrap();
+    controller
+        .apply("name: abn\nstrategy: ab_test\nab_test: {metric: conversion}\narms: [{name: a, role: baseline}, {name: b, role: candidate}, {name: c, role: candidate}]\nstages: [{weight: 60, min_duration_s: 600}, {weight: 100}]\n")
+        .unwrap();
+    let (code, _, err) = controller
+        .cli(&["promote", "abn", "--full", "--arm", "a"], true)
+        .unwrap();
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("\"a\" is not a candidate of this rollout (b, c)"),
+        "{err}"
+    );
+    let (code, out, err) = controller
+        .cli(&["promote", "abn", "--full", "--arm", "c", "--json"], true)
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            &v["phase"],
+            &v["winner"],
+            &v["weights"]["c"],
+            &v["weights"]["b"]
+        ),
+        (
+            &serde_json::json!("succeeded"),
+            &serde_json::json!("c"),
+            &serde_json::json!(100.0),
+            &serde_json::json!(0.0)
+        ),
+        "{v}"
+    );
+    let kinds = controller.events("abn").unwrap();
+    assert_eq!(kinds.last().unwrap().1, "promote_full c", "{kinds:?}");
+}

@@ -109,6 +109,9 @@ enum Cmd {
         name: String,
         #[arg(long)]
         full: bool,
+        /// With several candidates (A/B/n, bandit): the one that takes the candidates' share.
+        #[arg(long)]
+        arm: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -262,8 +265,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Promote { name, full, json } => {
-            api.command(&name, if full { "promote_full" } else { "promote" }, json)
+        Cmd::Promote {
+            name,
+            full,
+            arm,
+            json,
+        } => {
+            let mut body =
+                serde_json::json!({"command": if full { "promote_full" } else { "promote" }});
+            if let Some(arm) = arm {
+                body["arm"] = serde_json::json!(arm);
+            }
+            api.send_command(&name, body, json)
         }
         Cmd::Pause { name, json } => api.command(&name, "pause", json),
         Cmd::Resume { name, json } => api.command(&name, "resume", json),
