@@ -334,12 +334,10 @@ pub fn ab_fixed_horizon(
 /// with the baseline and Holm's step-down correction keeps the chance of any false verdict at
 /// 1 - confidence; the winner is the candidate with the highest rate among those found better.
 fn ab_verdict(spec: &Spec, ab: &AbTest, windows: &[(ArmWindow, ArmWindow)]) -> AbOutcome {
-    let comparisons = ab_comparisons(ab, windows);
-    if let [(one, _, _)] = comparisons.as_slice() {
+    let (results, rejected): (Vec<_>, Vec<_>) = ab_holm(ab, windows).into_iter().unzip();
+    if let [one] = results.as_slice() {
         return single_verdict(ab, one.as_ref());
     }
-    let (results, rejected): (Vec<_>, Vec<_>) =
-        comparisons.into_iter().map(|(r, _, h)| (r, h)).unzip();
     let direction = |i: usize| results[i].as_ref().map_or(0.0, |r| r.difference);
     let better: Vec<usize> = (0..results.len())
         .filter(|&i| rejected[i] && direction(i) > 0.0)
@@ -432,6 +430,19 @@ pub fn ab_comparisons(
     ab: &AbTest,
     windows: &[(ArmWindow, ArmWindow)],
 ) -> Vec<(Option<SequentialResult>, Option<AbResult>, bool)> {
+    ab_holm(ab, windows)
+        .into_iter()
+        .zip(windows)
+        .map(|((r, rejected), (c, b))| (r, ab_fixed_horizon(ab, c, b), rejected))
+        .collect()
+}
+
+/// What a check decides with: each candidate's mSPRT against the baseline and whether Holm's
+/// correction at 1 - confidence rejects it, parallel to `windows`.
+pub fn ab_holm(
+    ab: &AbTest,
+    windows: &[(ArmWindow, ArmWindow)],
+) -> Vec<(Option<SequentialResult>, bool)> {
     let results: Vec<Option<SequentialResult>> =
         windows.iter().map(|(c, b)| ab_result(ab, c, b)).collect();
     let p: Vec<f64> = results
@@ -439,12 +450,7 @@ pub fn ab_comparisons(
         .map(|r| r.as_ref().map_or(1.0, |r| r.p_value))
         .collect();
     let rejected = holm(&p, 1.0 - ab.confidence);
-    results
-        .into_iter()
-        .zip(windows)
-        .zip(rejected)
-        .map(|((r, (c, b)), rej)| (r, ab_fixed_horizon(ab, c, b), rej))
-        .collect()
+    results.into_iter().zip(rejected).collect()
 }
 
 /// A pre-hook refused the step `step` had decided on: stay in the stage, count it as a failed

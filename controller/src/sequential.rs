@@ -40,6 +40,12 @@ pub struct SequentialResult {
     pub unit: &'static str,
 }
 
+/// ln of the normal-mixture likelihood ratio for an estimate `theta` with variance `v` against 0,
+/// the mixture N(0, `t2`) over the effect: ln sqrt(V / (V + tau^2)) + theta^2 tau^2 / (2 V (V + tau^2)).
+fn ln_mixture_ratio(theta: f64, v: f64, t2: f64) -> f64 {
+    0.5 * (v / (v + t2)).ln() + theta * theta * t2 / (2.0 * v * (v + t2))
+}
+
 /// One arm's rate and the variance of that estimate.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateEstimate {
@@ -121,7 +127,7 @@ pub fn msprt_estimates(
     }
     let theta = pb - pa;
     let t2 = tau * tau;
-    let ln_lambda = 0.5 * (v / (v + t2)).ln() + theta * theta * t2 / (2.0 * v * (v + t2));
+    let ln_lambda = ln_mixture_ratio(theta, v, t2);
     let p_value = (-ln_lambda).exp().min(1.0);
     let half = ((v * (v + t2) / t2) * (2.0 * (1.0 / alpha).ln() + ((v + t2) / v).ln())).sqrt();
     let winner = match (p_value < alpha, theta > 0.0) {
@@ -219,7 +225,7 @@ pub fn srm_by_bucket(buckets: &[&[u64]], weights: &[f64], alpha: f64) -> Option<
         let v = e.variance;
         let theta = e.rate - share;
         let ln_lambda = if v > 0.0 {
-            0.5 * (v / (v + t2)).ln() + theta * theta * t2 / (2.0 * v * (v + t2))
+            ln_mixture_ratio(theta, v, t2)
         } else if theta == 0.0 {
             0.0
         } else {

@@ -8,7 +8,7 @@ use fastrand::Rng;
 use serde::Serialize;
 
 use crate::abtest::Winner;
-use crate::machine::{ab_comparisons, ab_fixed_horizon, ab_result};
+use crate::machine::{ab_fixed_horizon, ab_holm, ab_result};
 use crate::rules::ArmWindow;
 use crate::sequential::{srm, srm_by_bucket};
 use crate::spec::AbTest;
@@ -120,7 +120,7 @@ pub struct AbnSim {
 
 /// `experiments` A/B/n experiments: the baseline at `baseline`, each candidate at its rate in
 /// `candidates`, a look every `step` requests per arm up to `horizon`, decided as a check does
-/// (`machine::ab_comparisons`: the mSPRT per candidate with Holm's correction).
+/// (`machine::ab_holm`: the mSPRT per candidate with Holm's correction).
 pub fn abn_sim(
     ab: &AbTest,
     baseline: f64,
@@ -151,7 +151,7 @@ pub fn abn_sim(
                 .iter()
                 .map(|&c| (conversions(n, c), conversions(n, base)))
                 .collect();
-            for (r, _, rejected) in ab_comparisons(ab, &windows) {
+            for (r, rejected) in ab_holm(ab, &windows) {
                 if rejected {
                     declared = true;
                     better |= r.is_some_and(|r| r.difference > 0.0);

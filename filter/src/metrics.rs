@@ -84,13 +84,19 @@ impl Tally {
         }
     }
 
-    pub fn add_request(&mut self, arm: usize, bucket: usize) {
+    pub fn add_request(&mut self, arm: usize, bucket: Option<usize>) {
         if let Some(a) = self.arms.get_mut(arm) {
             a.add_request(bucket);
         }
     }
 
-    pub fn add_response(&mut self, arm: usize, class: usize, latency_us: u64, bucket: usize) {
+    pub fn add_response(
+        &mut self,
+        arm: usize,
+        class: usize,
+        latency_us: u64,
+        bucket: Option<usize>,
+    ) {
         if let Some(a) = self.arms.get_mut(arm) {
             a.add_response(class, latency_us, bucket);
         }
@@ -149,11 +155,11 @@ mod tests {
     #[test]
     fn the_tally_ignores_out_of_range_indices_and_starts_over_when_taken() {
         let mut t = Tally::new(1);
-        t.add_request(0, 1);
-        t.add_request(7, 1);
-        t.add_response(0, 3, 250, 1);
-        t.add_response(0, 9, 250, 1);
-        t.add_response(3, 0, 250, 1);
+        t.add_request(0, Some(1));
+        t.add_request(7, None);
+        t.add_response(0, 3, 250, Some(1));
+        t.add_response(0, 9, 250, None);
+        t.add_response(3, 0, 250, Some(1));
         let taken = t.take();
         assert_eq!(taken.arms[0].requests(), 1);
         assert_eq!(taken.arms[0].responses(), [0, 0, 0, 2]);

@@ -29,22 +29,22 @@ impl Default for ArmReport {
 }
 
 impl ArmReport {
-    /// A request in analysis bucket `bucket` (`< BUCKETS`).
-    pub fn add_request(&mut self, bucket: usize) {
+    /// A request, in analysis bucket `bucket` when it has one (sticky rollouts).
+    pub fn add_request(&mut self, bucket: Option<usize>) {
         self.slots[0] += 1;
-        if let Some(c) = self.slots.get_mut(BUCKET_REQUESTS + bucket % BUCKETS) {
+        if let Some(c) = bucket.and_then(|b| self.slots.get_mut(BUCKET_REQUESTS + b % BUCKETS)) {
             *c += 1;
         }
     }
 
     /// A response of class `class` (0 = 2xx .. 3 = 5xx) after `latency_us`, to a request of
     /// analysis bucket `bucket`.
-    pub fn add_response(&mut self, class: usize, latency_us: u64, bucket: usize) {
+    pub fn add_response(&mut self, class: usize, latency_us: u64, bucket: Option<usize>) {
         if let Some(c) = self.slots.get_mut(1 + class.min(3)) {
             *c += 1;
         }
         if class >= 3 {
-            if let Some(c) = self.slots.get_mut(BUCKET_ERRORS + bucket % BUCKETS) {
+            if let Some(c) = bucket.and_then(|b| self.slots.get_mut(BUCKET_ERRORS + b % BUCKETS)) {
                 *c += 1;
             }
         }
@@ -240,11 +240,11 @@ mod tests {
     #[test]
     fn counts_merge_encode_and_render() {
         let mut a = ArmReport::default();
-        a.add_request(0);
-        a.add_request(63);
-        a.add_response(0, 100, 0);
-        a.add_response(3, 120_000, 63);
-        a.add_response(9, 99_999_999, 63);
+        a.add_request(Some(0));
+        a.add_request(Some(63));
+        a.add_response(0, 100, Some(0));
+        a.add_response(3, 120_000, Some(63));
+        a.add_response(9, 99_999_999, Some(63));
         // Two workers' counts added in shared data, as the filter does on tick.
         let once = add_le_u64s(None, a.slots()).unwrap();
         let b = ArmReport::decode(&add_le_u64s(Some(&once), a.slots()).unwrap()).unwrap();
@@ -271,8 +271,8 @@ mod tests {
             .iter()
             .enumerate()
         {
-            a.add_request(i * 9);
-            a.add_response(i % 4, *us, i * 9);
+            a.add_request(Some(i * 9));
+            a.add_response(i % 4, *us, Some(i * 9));
         }
         let bandit = ArmCounts {
             trials: 9,

@@ -24,8 +24,8 @@ pub const MIRROR_HEADER: &str = "x-ramp-shadow";
 /// The arm a request went to, kept for the response side.
 struct Chosen {
     arm: usize,
-    /// The request's analysis bucket: the sticky key's, else a random one.
-    bucket: usize,
+    /// The request's analysis bucket: its sticky key's (`None` without one).
+    bucket: Option<usize>,
     started_us: u64,
     set_cookie: Option<String>,
 }
@@ -191,14 +191,12 @@ impl<H: Host> Exchange<H> {
             None => {}
         }
         // A user's requests share a bucket (a hash of the key, independent of the arm's), so the
-        // controller can treat buckets, not requests, as the independent units.
-        let bucket = match sticky_key.as_deref().or(decision.new_sticky_key.as_deref()) {
-            Some(key) => crate::bucket::analysis_bucket(key),
-            None => self
-                .rng
-                .try_borrow_mut()
-                .map_or(0, |mut r| r.usize(..ramp_protocol::report::BUCKETS)),
-        };
+        // controller can treat buckets, not requests, as the independent units. Without a key the
+        // request is the unit and needs none.
+        let bucket = sticky_key
+            .as_deref()
+            .or(decision.new_sticky_key.as_deref())
+            .map(crate::bucket::analysis_bucket);
         active.count(|t| t.add_request(decision.arm, bucket));
         if let Some(shadow) = &rollout.shadow {
             self.start_shadow(&active, shadow, &headers, end_of_stream);
@@ -414,7 +412,10 @@ impl<H: Host> Exchange<H> {
         }
         if let (Some(header), Some(arm)) = (&rollout.decision_header, arm) {
             let random = self.rng.try_borrow_mut().map_or(0, |mut r| r.u64(..));
-            let id = ramp_protocol::decision::with_bucket(random, chosen.bucket);
+            // Without a bucket the id's top bits stay random, as the controller reads them.
+            let id = chosen
+                .bucket
+                .map_or(random, |b| ramp_protocol::decision::with_bucket(random, b));
             let decision = ramp_protocol::decision::format_decision(&arm.name, id);
             self.host.set_header(Map::Response, header, Some(&decision));
         }

@@ -51,7 +51,7 @@ fn main() -> Result<()> {
     let skew_rate = AbSim::rate(skew.flagged, skew.runs);
     let md = format!(
         "# Decisions\n\n`make sim` (`ramp-sim-decisions`): rampctl's own decision functions (`machine::ab_result`, \
-         `machine::ab_fixed_horizon`, `machine::ab_comparisons`, `sequential::srm`, `sequential::srm_by_bucket`), natively, seeded. Rates are +- one standard error.\n\n\
+         `machine::ab_fixed_horizon`, `machine::ab_holm`, `sequential::srm`, `sequential::srm_by_bucket`), natively, seeded. Rates are +- one standard error.\n\n\
          ## A/B: mSPRT (always valid) vs the fixed-horizon z-test re-run at every look\n\n\
          {n} experiments, conversion 10%, a look every {step} requests per arm up to {horizon} per arm ({} looks), \
          confidence 0.95, mixture sd {:.4} (baseline_rate x min_detectable_lift).\n\n\
@@ -63,7 +63,7 @@ fn main() -> Result<()> {
          The fixed-horizon plan for 10% -> 11% at 80% power: {plan} requests per arm. The A/A target: at most 0.05 + 2 SE = {:.2}%.\n\n\
          ## A/B/n: one baseline, two candidates, all three the same (A/A/A)\n\n\
          {} experiments, 10%, a look every {step} requests per arm up to {horizon} per arm; each candidate's mSPRT against \
-         the baseline with Holm's correction (`machine::ab_comparisons`, what a check decides with). Family-wise \
+         the baseline with Holm's correction (`machine::ab_holm`, what a check decides with). Family-wise \
          false positives (any candidate declared better or worse at any look): {} (target: at most 5% + 2 SE = {:.2}%).\n\n\
          ## Sticky users: the user, not the request, as the unit\n\n\
          {} A/A experiments; each user keeps one arm (50/50) and one of 64 analysis buckets, makes 20 requests and \
