@@ -67,12 +67,14 @@ pub struct RawConfig {
 #[serde(rename_all = "snake_case")]
 pub enum ClientHeaders {
     /// Every `x-ramp-*` header, the routing and the cluster header: the whole header map is read
-    /// once per request to find them.
-    #[default]
+    /// once per request to find them (about a tenth of a naive router's cost, see the README's
+    /// "Performance").
     StripAll,
-    /// Only the headers that steer a request: the routing header (replaced), the cluster header
-    /// and the mirror header (replaced or removed). The filter then reads just the headers the
-    /// rollout needs, one host call each, and other `x-ramp-*` headers reach the model.
+    /// The headers this rollout gives a meaning to: the routing header (replaced), the cluster
+    /// header when an arm has a cluster, the mirror header in mirror mode and the copy marker in
+    /// compare mode (replaced or removed). The filter then reads just the headers the rollout
+    /// needs, one host call each; headers Ramp does not act on reach the model as any other.
+    #[default]
     StripOwned,
 }
 

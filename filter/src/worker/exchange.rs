@@ -85,9 +85,11 @@ impl RequestHeaders {
         match self {
             RequestHeaders::Map(serialized) => request_header(rollout, serialized, name),
             RequestHeaders::Each if must_strip(rollout, name.as_bytes()) => None,
-            RequestHeaders::Each => host
-                .header(Map::Request, name)
-                .map(|v| String::from_utf8_lossy(&v).into_owned()),
+            // The value's own buffer when it is UTF-8, as it nearly always is (no copy).
+            RequestHeaders::Each => host.header(Map::Request, name).map(|v| {
+                String::from_utf8(v)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+            }),
         }
     }
 }
@@ -241,12 +243,19 @@ impl<H: Host> Exchange<H> {
         let length = header("content-length").and_then(|l| l.trim().parse().ok());
         let draw = self.rng.try_borrow_mut().map_or(1.0, |mut r| r.f64());
         let eligible = eligibility(shadow, &method, length, draw);
-        // Under `strip_owned` a client's own mirror header is still the filter's to remove.
-        if matches!(request_headers, RequestHeaders::Each)
-            && shadow.mode == ShadowMode::Mirror
-            && eligible != Eligibility::Yes
-        {
-            self.host.set_header(Map::Request, MIRROR_HEADER, None);
+        // Under `strip_owned` a client's own mirror header is still the filter's to remove, and
+        // so is the copy marker on a primary: a model may skip side effects for a marked copy.
+        if matches!(request_headers, RequestHeaders::Each) {
+            match shadow.mode {
+                ShadowMode::Mirror if eligible != Eligibility::Yes => {
+                    self.host.set_header(Map::Request, MIRROR_HEADER, None)
+                }
+                ShadowMode::Mirror => {}
+                ShadowMode::Compare => {
+                    self.host
+                        .set_header(Map::Request, &shadow.marker_header, None)
+                }
+            }
         }
         // Compare mode copies the request's headers: the whole map, read once here if not yet.
         let read_now;

@@ -398,42 +398,71 @@ fn a_copy_with_no_answer_expires_unpaired() {
     assert_eq!(shadow_totals(&host)[0], 0);
 }
 
+/// Host calls per request, the request path's cost (`make bench` measures it in Envoy): by
+/// default the routing header set (replacing the client's), two clock reads and the status read;
+/// counters wait for the tick. `strip_all` reads the whole header map first; sticky reads its key
+/// (from that map under `strip_all`) and sets the response header the benchmark's config names.
 #[test]
-fn a_request_costs_five_host_calls_and_counters_wait_for_the_tick() {
-    let host = MemHost::default();
-    let w = worker(
-        &host,
-        r#"{"rollout":"c","arms":[{"name":"v1","weight":1},{"name":"v2","weight":1}]}"#,
-        13,
-    );
-    request(&w, &host, &[(":path", "/"), ("x-ramp-arm", "v2")], 200);
-    let calls = host.with(|m| m.calls.clone());
-    // Headers read once, the routing header set (replacing the client's), two clock reads, the
-    // status read; counters wait for the tick.
-    assert_eq!(
-        calls,
-        ["request_header_pairs", "set_header", "now", "header", "now"],
-    );
-    // The benchmark's sticky and bandit configs: the same, plus the response header sticky sets.
-    for (config, extra) in [
+fn a_request_costs_four_host_calls_and_counters_wait_for_the_tick() {
+    const WEIGHTED: &str =
+        r#""rollout":"c","arms":[{"name":"v1","weight":1},{"name":"v2","weight":1}]"#;
+    const STICKY: &str = r#""rollout":"s","arms":[{"name":"v1","weight":90},{"name":"v2","weight":10}],
+        "sticky":{"source":"header","name":"x-user-id"},"response_header":"x-ramp-arm""#;
+    const BANDIT: &str = r#""rollout":"b","arms":[{"name":"v1","weight":1},{"name":"v2","weight":1}],
+        "strategy":"bandit","bandit":{"policy":"thompson"}"#;
+    const STICKY_BARE: &str = r#""rollout":"s","arms":[{"name":"v1","weight":90},{"name":"v2","weight":10}],
+        "sticky":{"source":"header","name":"x-user-id"}"#;
+    let cases: [(&str, &str, &[&str]); 7] = [
+        (WEIGHTED, "", &["set_header", "now", "header", "now"]),
         (
-            r#"{"rollout":"s","arms":[{"name":"v1","weight":90},{"name":"v2","weight":10}],
-               "sticky":{"source":"header","name":"x-user-id"},"response_header":"x-ramp-arm"}"#,
-            &["set_header"][..],
+            STICKY_BARE,
+            "",
+            &["header", "set_header", "now", "header", "now"],
         ),
         (
-            r#"{"rollout":"b","arms":[{"name":"v1","weight":1},{"name":"v2","weight":1}],
-               "strategy":"bandit","bandit":{"policy":"thompson"}}"#,
-            &[][..],
+            STICKY,
+            "",
+            &["header", "set_header", "now", "header", "now", "set_header"],
         ),
-    ] {
+        (BANDIT, "", &["set_header", "now", "header", "now"]),
+        (
+            WEIGHTED,
+            r#","client_headers":"strip_all""#,
+            &["request_header_pairs", "set_header", "now", "header", "now"],
+        ),
+        (
+            STICKY,
+            r#","client_headers":"strip_all""#,
+            &[
+                "request_header_pairs",
+                "set_header",
+                "now",
+                "header",
+                "now",
+                "set_header",
+            ],
+        ),
+        (
+            BANDIT,
+            r#","client_headers":"strip_all""#,
+            &["request_header_pairs", "set_header", "now", "header", "now"],
+        ),
+    ];
+    for (i, (rollout, mode, want)) in cases.into_iter().enumerate() {
+        let config = format!("{{{rollout}{mode}}}");
         let host = MemHost::default();
-        let w = worker(&host, config, 14);
-        request(&w, &host, &[(":path", "/"), ("x-user-id", "user-7")], 200);
-        let calls = host.with(|m| m.calls.clone());
-        let mut want = vec!["request_header_pairs", "set_header", "now", "header", "now"];
-        want.extend_from_slice(extra);
-        assert_eq!(calls, want, "{config}");
+        let w = worker(&host, &config, 13 + i as u64);
+        request(
+            &w,
+            &host,
+            &[
+                (":path", "/"),
+                ("x-user-id", "user-7"),
+                ("x-ramp-arm", "v2"),
+            ],
+            200,
+        );
+        assert_eq!(host.with(|m| m.calls.clone()), want, "{config}");
     }
 }
 
@@ -525,9 +554,10 @@ fn sticky_reports_count_users_buckets_and_envoys_own_replies() {
     assert_eq!(local, 3, "cy's three answers came from Envoy itself");
 }
 
-/// `client_headers: strip_owned` reads only the headers a rollout needs: a weighted request costs
-/// four host calls (no header map), sticky one more for its key. The routing, cluster and mirror
-/// headers a client sent are still replaced or removed; other `x-ramp-*` headers pass.
+/// `client_headers: strip_owned` (the default) reads only the headers a rollout needs: a weighted
+/// request costs four host calls (no header map), sticky one more for its key. The routing,
+/// cluster, mirror and copy-marker headers a client sent are still replaced or removed; other
+/// `x-ramp-*` headers pass.
 #[test]
 fn strip_owned_reads_only_the_headers_a_rollout_needs() {
     let owned = r#""client_headers":"strip_owned""#;
@@ -589,4 +619,16 @@ fn strip_owned_reads_only_the_headers_a_rollout_needs() {
         Some("1"),
         "headers the filter does not own pass"
     );
+
+    // In compare mode the copy marker is the filter's: a client cannot mark its own request as a
+    // copy (a model may skip side effects for copies).
+    let host = MemHost::default();
+    let w = worker(&host, SHADOWED, 17);
+    request(
+        &w,
+        &host,
+        &[(":method", "POST"), ("x-ramp-shadow-copy", "1")],
+        200,
+    );
+    assert_eq!(host.header_of(Map::Request, "x-ramp-shadow-copy"), None);
 }

@@ -230,7 +230,7 @@ fn main() -> Result<()> {
     let mut envoy = Envoy::start(&two_arm_config(&filter_config(10.0), v1.port, v2.port)?, 2)?;
 
     println!(
-        "\n4. Override header 'canary: true' (configured) and a spoofed 'x-ramp-arm' (stripped)"
+        "\n4. Override header 'canary: true' (configured) and a spoofed 'x-ramp-arm' (replaced)"
     );
     let forced = drive(&envoy.url("/predict"), 20, 2, |_| {
         vec![("canary".into(), "true".into())]

@@ -1,5 +1,6 @@
-//! The override header forces an arm only when configured; client-sent `x-ramp-*` headers never
-//! reach the router or the model.
+//! The override header forces an arm only when configured; client-sent headers never steer the
+//! router or the model: by default the ones the rollout owns are replaced or removed, and with
+//! `client_headers: strip_all` every `x-ramp-*` header is.
 
 use ramp_tests::{count_by_arm, drive, TwoArms};
 use serde_json::json;
@@ -49,8 +50,8 @@ fn override_cannot_force_a_rolled_back_arm() {
 }
 
 #[test]
-fn without_override_config_client_headers_are_ignored_and_stripped() {
-    let cfg = json!({"rollout": "strip", "arms": [{"name": "v1", "weight": 100, "cluster": "model_v1"}, {"name": "v2", "weight": 0}]});
+fn strip_all_removes_every_client_ramp_header() {
+    let cfg = json!({"rollout": "strip", "client_headers": "strip_all", "arms": [{"name": "v1", "weight": 100, "cluster": "model_v1"}, {"name": "v2", "weight": 0}]});
     let setup = TwoArms::start(&cfg, 2).unwrap();
     let spoofed = &[
         ("canary", "true"),
@@ -73,12 +74,12 @@ fn without_override_config_client_headers_are_ignored_and_stripped() {
     assert_eq!(setup.v2.served(), 0);
 }
 
-/// `client_headers: strip_owned`: a client still cannot pick its arm or its cluster (the routing
-/// header is replaced, the cluster header removed for an arm without one), while the other
-/// `x-ramp-*` headers it sent reach the model.
+/// The default, `client_headers: strip_owned`: a client still cannot pick its arm or its cluster
+/// (the routing header is replaced, the cluster header removed for an arm without one), while
+/// the `x-ramp-*` headers Ramp does not act on reach the model.
 #[test]
-fn strip_owned_still_keeps_clients_from_steering() {
-    let cfg = json!({"rollout": "owned", "client_headers": "strip_owned",
+fn by_default_clients_cannot_steer_and_other_headers_pass() {
+    let cfg = json!({"rollout": "owned",
                      "arms": [{"name": "v1", "weight": 100, "cluster": "model_v1"}, {"name": "v2", "weight": 0}]});
     let setup = TwoArms::start(&cfg, 2).unwrap();
     let spoofed = &[
