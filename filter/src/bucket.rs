@@ -11,11 +11,12 @@
 
 /// FNV-1a, 64 bit (Fowler, Noll, Vo; parameters from the IETF draft-eastlake-fnv).
 fn fnv1a64(state: u64, bytes: &[u8]) -> u64 {
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
     bytes
         .iter()
-        .fold(state, |h, &b| (h ^ u64::from(b)).wrapping_mul(PRIME))
+        .fold(state, |h, &b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME))
 }
+
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
@@ -28,21 +29,42 @@ fn fmix64(mut k: u64) -> u64 {
     k ^ (k >> 33)
 }
 
+/// The FNV state after the analysis salt and its separator, worked out at compile time: the
+/// request path hashes only the key.
+const ANALYSIS_PREFIX: u64 = {
+    let (salt, mut h, mut i) = (b"ramp.analysis-bucket", FNV_OFFSET, 0);
+    while i < salt.len() {
+        h = (h ^ salt[i] as u64).wrapping_mul(FNV_PRIME);
+        i += 1;
+    }
+    (h ^ 0xff).wrapping_mul(FNV_PRIME)
+};
+
 /// The analysis bucket of a sticky key (`< BUCKETS`): a hash under a salt of its own, so it is
 /// independent of the arm the key is assigned to and every arm's users spread over all buckets.
+/// Equal to `key_hash("ramp.analysis-bucket", key, "") >> 58`.
 pub fn analysis_bucket(key: &str) -> usize {
-    (key_hash("ramp.analysis-bucket", key, "") >> 58) as usize
+    (arm_hash(keyed(ANALYSIS_PREFIX, key), "") >> 58) as usize
 }
 
 /// The stable 64-bit hash of (salt, key, arm). 0xFF never occurs in UTF-8, so the separators make the
 /// encoding unambiguous ("ab"+"c" differs from "a"+"bc").
 pub fn key_hash(salt: &str, key: &str, arm: &str) -> u64 {
-    let mut h = fnv1a64(FNV_OFFSET, salt.as_bytes());
-    h = fnv1a64(h, &[0xff]);
-    h = fnv1a64(h, key.as_bytes());
-    h = fnv1a64(h, &[0xff]);
-    h = fnv1a64(h, arm.as_bytes());
-    fmix64(h)
+    arm_hash(keyed(salted(salt), key), arm)
+}
+
+/// FNV is a stream, so the state after (salt, separator) and then (key, separator) is shared by
+/// every arm's hash of one key: the request path hashes the salt and the key once, not per arm.
+fn salted(salt: &str) -> u64 {
+    fnv1a64(fnv1a64(FNV_OFFSET, salt.as_bytes()), &[0xff])
+}
+
+fn keyed(salted: u64, key: &str) -> u64 {
+    fnv1a64(fnv1a64(salted, key.as_bytes()), &[0xff])
+}
+
+fn arm_hash(keyed: u64, arm: &str) -> u64 {
+    fmix64(fnv1a64(keyed, arm.as_bytes()))
 }
 
 /// Maps a hash to the open interval (0, 1) using its top 52 bits, so `ln` is always finite (with 53
@@ -57,12 +79,13 @@ pub fn sticky_arm<'a>(
     key: &str,
     arms: impl IntoIterator<Item = (&'a str, f64)>,
 ) -> Option<usize> {
+    let keyed = keyed(salted(salt), key);
     let mut best: Option<(usize, f64)> = None;
     for (i, (arm, w)) in arms.into_iter().enumerate() {
         if w.is_nan() || w <= 0.0 {
             continue;
         }
-        let score = -libm::log(unit_interval(key_hash(salt, key, arm))) / w;
+        let score = -libm::log(unit_interval(arm_hash(keyed, arm))) / w;
         if best.is_none_or(|(_, s)| score < s) {
             best = Some((i, score));
         }
@@ -108,6 +131,39 @@ mod tests {
         assert_eq!(fnv1a64(FNV_OFFSET, b""), 0xcbf29ce484222325);
         assert_eq!(fnv1a64(FNV_OFFSET, b"a"), 0xaf63dc4c8601ec8c);
         assert_eq!(fnv1a64(FNV_OFFSET, b"foobar"), 0x85944171f73967e8);
+    }
+
+    /// Users must keep their arm across a filter upgrade: these values were recorded from the
+    /// first implementation (one FNV pass per (salt, key, arm)) and must never change.
+    #[test]
+    fn hashes_and_assignments_are_stable_across_versions() {
+        for (salt, key, arm, want) in [
+            ("bench_sticky", "user-424242", "v1", 0x8a22331800e2641d_u64),
+            ("bench_sticky", "user-424242", "v2", 0xf664a92c3cd4977e),
+            ("s", "", "canary", 0xfae32d1d14c6e168),
+            ("ramp.analysis-bucket", "alice", "", 0x1a11b9d591d1824c),
+        ] {
+            assert_eq!(key_hash(salt, key, arm), want, "{salt} {key} {arm}");
+        }
+        let (mut picks, mut buckets) = (String::new(), Vec::new());
+        for i in 0..40 {
+            let key = format!("user-{}", i * 7919);
+            let arms = [("v1", 90.0), ("v2", 10.0), ("v3", 5.0)];
+            picks.push_str(&sticky_arm("bench_sticky", &key, arms).unwrap().to_string());
+            buckets.push(analysis_bucket(&key));
+            assert_eq!(
+                analysis_bucket(&key),
+                (key_hash("ramp.analysis-bucket", &key, "") >> 58) as usize
+            );
+        }
+        assert_eq!(picks, "0000000021000000001000000000000000000000");
+        assert_eq!(
+            buckets,
+            [
+                5, 8, 11, 1, 19, 56, 24, 35, 27, 33, 2, 29, 6, 34, 33, 3, 14, 31, 33, 46, 62, 45,
+                43, 60, 0, 16, 27, 21, 45, 60, 50, 24, 46, 47, 49, 5, 60, 37, 49, 45
+            ]
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! unit-tested natively, proven identical under wasm, and shared with the controller. The
 //! orchestration ([`worker`]) is generic over a [`host::Host`] and tested natively against an
 //! in-memory host; the proxy-wasm adapter (`proxy`, compiled only for `wasm32-wasip1`) implements
-//! that trait with Envoy's host calls and is the only code allowed `unsafe` (one raw ABI call).
+//! that trait with Envoy's host calls and is the only code allowed `unsafe` (two raw ABI calls).
 #![deny(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 

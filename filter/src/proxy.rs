@@ -1,7 +1,7 @@
 //! The proxy-wasm adapter: Envoy's host calls behind the [`Host`] trait, and the SDK's contexts
 //! handing every callback to the [`Worker`] and its [`Exchange`]s. No policy lives here.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -32,10 +32,7 @@ fn map_type(map: Map) -> MapType {
 
 impl Host for ProxyHost {
     fn now_us(&self) -> u64 {
-        hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_micros() as u64)
+        raw::now_ns() / 1000
     }
 
     fn log(&self, level: Level, message: &str) {
@@ -130,7 +127,8 @@ impl Host for ProxyHost {
     }
 }
 
-/// The one raw ABI call: the request's header map serialized, without the SDK's decoder.
+/// The raw ABI calls: the request's header map serialized, without the SDK's decoder, and the
+/// clock as the integer it is.
 #[allow(unsafe_code)]
 mod raw {
     use proxy_wasm::types::MapType;
@@ -141,6 +139,21 @@ mod raw {
         // would be undefined behaviour) so the serialized map can be read as it comes.
         #[link_name = "proxy_get_header_map_pairs"]
         fn raw_get_header_map_pairs(map_type: u32, data: *mut *mut u8, size: *mut usize) -> u32;
+        #[link_name = "proxy_get_current_time_nanoseconds"]
+        fn raw_get_current_time_nanoseconds(time: *mut u64) -> u32;
+    }
+
+    /// The host's clock in nanoseconds since the epoch (0 if it fails), read twice per request:
+    /// without the SDK's detour through `SystemTime` and back.
+    pub fn now_ns() -> u64 {
+        let mut time: u64 = 0;
+        // SAFETY: the host writes one u64 through the pointer, which points at a live local.
+        let status = unsafe { raw_get_current_time_nanoseconds(&mut time) };
+        if status == 0 {
+            time
+        } else {
+            0
+        }
     }
 
     /// The request's headers, serialized as the ABI lays them out (see [`crate::headermap`]).
