@@ -419,6 +419,11 @@ impl Envoy {
         Ok(format!("http://127.0.0.1:{port}{path}"))
     }
 
+    /// The Envoy process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
     /// CPU time Envoy's threads have used so far, in nanoseconds (Linux schedstat), or `None` when
     /// the process is gone. Per-request CPU is steadier on a shared machine than throughput is.
     pub fn cpu_ns(&self) -> Option<u64> {
