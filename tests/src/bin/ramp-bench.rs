@@ -124,16 +124,6 @@ impl Pending {
     }
 }
 
-fn wrk(
-    envoy: &Envoy,
-    url: &str,
-    script: &std::path::Path,
-    seconds: u64,
-    connections: u64,
-) -> Result<Run> {
-    start_wrk(envoy, url, script, seconds, connections)?.finish(envoy)
-}
-
 /// Every Envoy thread on `core`; wrk runs on core 0.
 fn pin(envoy: &Envoy, core: usize) -> Result<()> {
     let pid = envoy.pid().ok_or_else(|| anyhow!("envoy is gone"))?;
@@ -183,7 +173,8 @@ fn main() -> Result<()> {
     std::fs::write(&script, WRK_SCRIPT)?;
     for e in &envoys {
         for (v, _) in VARIANTS {
-            wrk(e, &e.listener_url(v, "/")?, &script, 1, connections)?; // warm-up
+            start_wrk(e, &e.listener_url(v, "/")?, &script, 1, connections)?.finish(e)?;
+            // warm-up
         }
     }
 
