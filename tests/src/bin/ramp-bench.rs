@@ -191,20 +191,17 @@ fn main() -> Result<()> {
         for k in 0..VARIANTS.len() {
             let i = (k + round) % VARIANTS.len();
             let variant = VARIANTS[i].0;
-            let yard = start_wrk(
-                theirs,
-                &theirs.listener_url(YARDSTICK, "/")?,
-                &script,
-                seconds,
-                connections,
-            )?;
-            let run = start_wrk(
-                mine,
-                &mine.listener_url(variant, "/")?,
-                &script,
-                seconds,
-                connections,
-            )?;
+            let load = |envoy: &Envoy, listener: &str| {
+                start_wrk(
+                    envoy,
+                    &envoy.listener_url(listener, "/")?,
+                    &script,
+                    seconds,
+                    connections,
+                )
+            };
+            let yard = load(theirs, YARDSTICK)?;
+            let run = load(mine, variant)?;
             let (run, yard) = (run.finish(mine)?, yard.finish(theirs)?);
             eprintln!(
                 "round {round} {variant:<24} {:>7.2} us/request vs yardstick {:>7.2}: {:.3}",
