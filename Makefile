@@ -1,6 +1,6 @@
 # Ramp: `make demo` shows it working, `make test` proves it, `make bench` measures it.
 # Every target installs what it needs (pinned toolchain targets, Envoy in a project-local virtualenv,
-# wasm-bindgen's test runner, wrk), so both commands work on a fresh machine.
+# Node for the wasm tests, wrk), so both commands work on a fresh machine.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -9,9 +9,6 @@ SHELL := /bin/bash
 ENVOY_VERSION := 1.40.0
 VENV := .venv
 ENVOY := $(VENV)/bin/envoy
-TOOLS := $(CURDIR)/.tools
-WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/{getline; print $$3}' Cargo.lock | tr -d '"')
-WASM_BINDGEN_STAMP := $(TOOLS)/wasm-bindgen-$(WASM_BINDGEN_VERSION).stamp
 # cargo builds into target/wasm32-wasip1/release/; binaryen's wasm-opt (-O3: speed, on a module rustc
 # built for size) writes the artifacts Envoy loads into target/ramp/.
 WASM_DIR := target/ramp
@@ -39,8 +36,8 @@ help:
 	@echo "make sim    bandit regret (2 and 5 arms, tick delays) and the decisions (A/A, power, SRM), written to tests/bench/results/"
 
 toolchain:
-	@rustup toolchain install 1.95.0 --profile minimal --component rustfmt,clippy --target wasm32-wasip1,wasm32-unknown-unknown,x86_64-unknown-linux-musl >/dev/null 2>&1 || rustup show active-toolchain
-	@rustup target add wasm32-wasip1 wasm32-unknown-unknown x86_64-unknown-linux-musl >/dev/null
+	@rustup toolchain install 1.95.0 --profile minimal --component rustfmt,clippy --target wasm32-wasip1,x86_64-unknown-linux-musl >/dev/null 2>&1 || rustup show active-toolchain
+	@rustup target add wasm32-wasip1 x86_64-unknown-linux-musl >/dev/null
 	@rustup component add rustfmt clippy >/dev/null
 
 $(ENVOY):
@@ -58,12 +55,6 @@ wasm: toolchain
 	@size=$$(stat -c %s $(WASM)); echo "ramp_filter.wasm: $$size bytes (budget $(WASM_MAX_BYTES))"; \
 	  test $$size -le $(WASM_MAX_BYTES) || { echo "wasm over its size budget" >&2; exit 1; }
 
-# wasm-bindgen-test-runner must match the wasm-bindgen version in Cargo.lock exactly.
-$(WASM_BINDGEN_STAMP):
-	@command -v node >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs; }
-	cargo install --root $(TOOLS) wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
-	touch $@
-
 lint: toolchain
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
@@ -72,9 +63,12 @@ lint: toolchain
 unit: toolchain
 	cargo test -p ramp-protocol -p ramp-filter -p ramp-controller
 
-# The pure library's golden vectors, compiled to wasm and run under Node: same hashes, same arms.
-wasm-test: toolchain $(WASM_BINDGEN_STAMP)
-	PATH="$(TOOLS)/bin:$$PATH" cargo test -p ramp-filter --target wasm32-unknown-unknown --test parity
+# The pure library's golden vectors, compiled for the filter's own target (wasm32-wasip1) and run
+# under Node's WASI: same hashes, same arms.
+wasm-test: toolchain
+	@command -v node >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs; }
+	CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $(CURDIR)/tests/wasi-run.mjs" \
+	  cargo test -p ramp-filter --target wasm32-wasip1 --test parity
 
 # The images, built without a container engine: the filter as Istio pulls it and rampctl as a static
 # (musl) binary. `make images` also pins the filter image's digest in istio/wasmplugin.yaml; the
@@ -111,4 +105,4 @@ sim: toolchain
 
 clean:
 	cargo clean
-	rm -rf $(VENV) $(TOOLS)
+	rm -rf $(VENV) .tools

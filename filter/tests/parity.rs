@@ -1,5 +1,5 @@
 //! Golden vectors for the sticky hash and assignment. The same file runs natively (`cargo test`) and
-//! as wasm under Node (`make wasm-test`, wasm-bindgen-test), so a user gets the same arm from the
+//! as wasm32-wasip1 under Node's WASI (`make wasm-test`), so a user gets the same arm from the
 //! filter in any Envoy, from the controller, and from any future version: changing these values
 //! re-shuffles every user of every rollout and must never happen by accident.
 #![allow(clippy::unwrap_used)]
@@ -7,9 +7,6 @@
 use ramp_filter::bucket::{key_hash, sticky_arm, unit_interval};
 use ramp_filter::config::Rollout;
 use ramp_filter::select::{choose, RequestKeys};
-
-#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-use wasm_bindgen_test::wasm_bindgen_test as test;
 
 #[test]
 fn key_hash_golden_vectors() {
