@@ -171,10 +171,10 @@ fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let script = dir.path().join("bench.lua");
     std::fs::write(&script, WRK_SCRIPT)?;
+    // Warm-up: every listener of both Envoys once, so V8 has compiled and tiered each module.
     for e in &envoys {
         for (v, _) in VARIANTS {
             start_wrk(e, &e.listener_url(v, "/")?, &script, 1, connections)?.finish(e)?;
-            // warm-up
         }
     }
 
