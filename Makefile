@@ -64,10 +64,10 @@ unit: toolchain
 	cargo test -p ramp-protocol -p ramp-filter -p ramp-controller
 
 # The pure library's golden vectors, compiled for the filter's own target (wasm32-wasip1) and run
-# under Node's WASI: same hashes, same arms.
+# under Node's WASI: same hashes, same arms. (The flag is needed by Node 18, Debian's own; 20 ignores it.)
 wasm-test: toolchain
 	@command -v node >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs; }
-	CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $(CURDIR)/tests/wasi-run.mjs" \
+	CARGO_TARGET_WASM32_WASIP1_RUNNER="node --experimental-wasi-unstable-preview1 --no-warnings $(CURDIR)/tests/wasi-run.mjs" \
 	  cargo test -p ramp-filter --target wasm32-wasip1 --test parity
 
 # The images, built without a container engine: the filter as Istio pulls it and rampctl as a static
