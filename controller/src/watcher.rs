@@ -111,22 +111,18 @@ async fn reconcile(
             file: f.file.clone(),
             ..FileSeen::default()
         };
-        match (&f.parsed, errors.get(&i)) {
-            (_, Some(e)) => {
-                row.rollout = f.parsed.as_ref().ok().map(|(_, s)| s.name.clone());
-                row.error = Some(e.clone());
-            }
-            (Ok((text, spec)), None) => {
-                row.rollout = Some(spec.name.clone());
-                match apply_file(app, &f.file, text, spec).await {
-                    Ok(change) => {
-                        row.change = Some(change);
-                        seen.managed.insert(spec.name.clone(), f.file.clone());
-                    }
-                    Err(e) => row.error = Some(e),
+        row.rollout = f.parsed.as_ref().ok().map(|(_, s)| s.name.clone());
+        // `owners` reports every file that cannot be parsed or names a rollout already defined.
+        if let Some(e) = errors.get(&i) {
+            row.error = Some(e.clone());
+        } else if let Ok((text, spec)) = &f.parsed {
+            match apply_file(app, &f.file, text, spec).await {
+                Ok(change) => {
+                    row.change = Some(change);
+                    seen.managed.insert(spec.name.clone(), f.file.clone());
                 }
+                Err(e) => row.error = Some(e),
             }
-            (Err(e), None) => row.error = Some(e.clone()),
         }
         match &row.error {
             Some(e) => once(logged, &f.file, e),
@@ -174,12 +170,11 @@ async fn apply_file(app: &Arc<App>, file: &str, text: &str, spec: &Spec) -> Resu
         text,
         spec,
     );
-    let new_spec = Arc::new(spec.clone());
     let (Some(handle), Some((rec, old))) = (handle, current) else {
         create(
             app,
             text.to_owned(),
-            new_spec,
+            Arc::new(spec.clone()),
             &format!("rollout applied from {file}"),
         )
         .await
@@ -220,7 +215,14 @@ async fn apply_file(app: &Arc<App>, file: &str, text: &str, spec: &Spec) -> Resu
         }
     };
     let saved = app
-        .commit(&handle, &rec, &next, &new_spec, Some(event), now)
+        .commit(
+            &handle,
+            &rec,
+            &next,
+            &Arc::new(spec.clone()),
+            Some(event),
+            now,
+        )
         .await
         .map_err(|e| e.to_string())?;
     if !saved {

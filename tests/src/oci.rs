@@ -134,6 +134,14 @@ fn blob(dir: &Path, d: &Value, media_type: &str) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The one element of the JSON array `v` (an image of ours has one manifest and one layer).
+fn only<'a>(v: &'a Value, what: &str) -> Result<&'a Value> {
+    match v.as_array().map(Vec::as_slice) {
+        Some([one]) => Ok(one),
+        _ => bail!("{what}: one element expected, got {v}"),
+    }
+}
+
 pub fn check_layout(dir: &Path) -> Result<Checked> {
     let layout: Value = serde_json::from_slice(&std::fs::read(dir.join("oci-layout"))?)?;
     ensure!(
@@ -145,23 +153,11 @@ pub fn check_layout(dir: &Path) -> Result<Checked> {
         index["schemaVersion"] == 2 && index["mediaType"] == INDEX,
         "index: {index}"
     );
-    let [m] = index["manifests"]
-        .as_array()
-        .context("index.manifests")?
-        .as_slice()
-    else {
-        bail!("the index lists one manifest: {index}");
-    };
+    let m = only(&index["manifests"], "index.manifests")?;
     let manifest_bytes = blob(dir, m, MANIFEST)?;
     let manifest: Value = serde_json::from_slice(&manifest_bytes)?;
     let config: Value = serde_json::from_slice(&blob(dir, &manifest["config"], CONFIG)?)?;
-    let [layer] = manifest["layers"]
-        .as_array()
-        .context("manifest.layers")?
-        .as_slice()
-    else {
-        bail!("one layer: {manifest}");
-    };
+    let layer = only(&manifest["layers"], "manifest.layers")?;
     let mut tar = Vec::new();
     flate2::read::GzDecoder::new(blob(dir, layer, LAYER)?.as_slice()).read_to_end(&mut tar)?;
     ensure!(

@@ -10,6 +10,23 @@ use std::process::Command;
 use ramp_tests::envoy::repo_root;
 use ramp_tests::oci::{check_layout, sha256_hex};
 
+/// The layout `make images` wrote under `target/images/<name>`, checked structurally and by
+/// skopeo, with the one file its layer holds.
+fn built_image(name: &str) -> (ramp_tests::oci::Checked, String, Vec<u8>) {
+    let dir = repo_root().join("target/images").join(name);
+    let image =
+        check_layout(&dir).unwrap_or_else(|e| panic!("{}: run `make images`: {e}", dir.display()));
+    assert_eq!(skopeo_digest(dir.to_str().unwrap()), image.manifest_digest);
+    let [(file, bytes)] = image.files.as_slice() else {
+        panic!(
+            "one file in the layer: {:?}",
+            image.files.iter().map(|f| &f.0).collect::<Vec<_>>()
+        );
+    };
+    let (file, bytes) = (file.clone(), bytes.clone());
+    (image, file, bytes)
+}
+
 fn skopeo_digest(dir: &str) -> String {
     let out = Command::new("skopeo")
         .args(["inspect", &format!("oci:{dir}")])
@@ -27,19 +44,11 @@ fn skopeo_digest(dir: &str) -> String {
 #[test]
 fn the_filter_image_is_what_istio_pulls_and_is_pinned() {
     let root = repo_root();
-    let dir = root.join("target/images/ramp-filter");
-    let image = check_layout(&dir).expect("target/images/ramp-filter: run `make images`");
-    assert_eq!(skopeo_digest(dir.to_str().unwrap()), image.manifest_digest);
+    let (image, name, wasm) = built_image("ramp-filter");
     let built = std::fs::read(root.join("target/ramp/ramp_filter.wasm")).unwrap();
-    let [(name, wasm)] = image.files.as_slice() else {
-        panic!(
-            "one file in the layer: {:?}",
-            image.files.iter().map(|f| &f.0).collect::<Vec<_>>()
-        );
-    };
     assert_eq!(name, "plugin.wasm");
     assert!(
-        wasm == &built,
+        wasm == built,
         "plugin.wasm is the built module, byte for byte"
     );
     for manifest in [
@@ -71,20 +80,14 @@ fn the_filter_image_is_what_istio_pulls_and_is_pinned() {
 
 #[test]
 fn the_rampctl_image_is_static_non_root_and_runs() {
-    let root = repo_root();
-    let dir = root.join("target/images/rampctl");
-    let image = check_layout(&dir).expect("target/images/rampctl: run `make images`");
-    assert_eq!(skopeo_digest(dir.to_str().unwrap()), image.manifest_digest);
+    let (image, name, binary) = built_image("rampctl");
     let config = &image.config["config"];
     assert_eq!(config["User"], "65532:65532", "{config}");
     assert_eq!(config["Entrypoint"][0], "/rampctl", "{config}");
-    let [(name, binary)] = image.files.as_slice() else {
-        panic!("one file in the layer");
-    };
     assert_eq!(name, "rampctl");
     let unpacked = tempfile::tempdir().unwrap();
     let path = unpacked.path().join("rampctl");
-    std::fs::write(&path, binary).unwrap();
+    std::fs::write(&path, &binary).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = Command::new(&path).arg("version").output().unwrap();
     assert_eq!(

@@ -184,12 +184,9 @@ impl<H: Host> Exchange<H> {
             }
             // Stripped already with the rest under `strip_all`; a client's value must not steer
             // a `cluster_header` route to a cluster that is not this arm's.
-            None if matches!(headers, RequestHeaders::Each)
-                && rollout.arms.iter().any(|a| a.cluster.is_some()) =>
-            {
-                self.host
-                    .set_header(Map::Request, &rollout.cluster_header, None)
-            }
+            None if matches!(headers, RequestHeaders::Each) && rollout.routes_by_cluster => self
+                .host
+                .set_header(Map::Request, &rollout.cluster_header, None),
             None => {}
         }
         // A user's requests share a bucket (a hash of the key, independent of the arm's), so the

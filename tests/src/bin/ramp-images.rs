@@ -30,7 +30,10 @@ fn main() -> Result<()> {
             rampctl_path.display()
         )
     })?;
-    let source = "org.opencontainers.image.source";
+    let annotations = |title: &str| {
+        json!({"org.opencontainers.image.source": "https://github.com/ramp/ramp",
+               "org.opencontainers.image.title": title, "org.opencontainers.image.version": version})
+    };
     let filter = write_layout(
         &out.join("ramp-filter"),
         &[LayerFile {
@@ -40,8 +43,7 @@ fn main() -> Result<()> {
         }],
         json!({"architecture": "amd64", "os": "linux", "config": {}}),
         version,
-        json!({source: "https://github.com/ramp/ramp", "org.opencontainers.image.title": "ramp-filter",
-               "org.opencontainers.image.version": version}),
+        annotations("ramp-filter"),
     )?;
     let controller = write_layout(
         &out.join("rampctl"),
@@ -57,8 +59,7 @@ fn main() -> Result<()> {
             "ExposedPorts": {"9090/tcp": {}},
             "WorkingDir": "/"}}),
         version,
-        json!({source: "https://github.com/ramp/ramp", "org.opencontainers.image.title": "rampctl",
-               "org.opencontainers.image.version": version}),
+        annotations("rampctl"),
     )?;
     let wasm_hex = sha256_hex(&wasm);
     std::fs::write(out.join("ramp_filter.wasm"), &wasm)?;
