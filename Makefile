@@ -31,7 +31,7 @@ WASM_MAX_BYTES := 388000
 help:
 	@echo "make demo   build, start Envoy with the filter and two model servers, show the split and stickiness"
 	@echo "make test   lint, unit tests, wasm parity tests under Node, end-to-end tests in a real Envoy"
-	@echo "make bench  throughput: no filter vs empty wasm filter vs Ramp, written to tests/bench/results/"
+	@echo "make bench  CPU per request: no filter, empty wasm filter, naive routers and Ramp, each against the naive router at the same time; written to tests/bench/results/"
 	@echo "make images OCI image layouts under target/images/ (the filter as Istio pulls it, a static rampctl), digests printed and pinned in istio/wasmplugin.yaml"
 	@echo "make sim    bandit regret (2 and 5 arms, tick delays) and the decisions (A/A, power, SRM), written to tests/bench/results/"
 
@@ -105,4 +105,4 @@ sim: toolchain
 
 clean:
 	cargo clean
-	rm -rf $(VENV) .tools
+	rm -rf $(VENV)
