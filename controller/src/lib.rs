@@ -3,6 +3,8 @@
 
 pub mod abtest;
 pub mod auth;
+pub mod bestarm;
+pub mod exposure;
 pub mod gitops;
 pub mod histogram;
 pub mod machine;

@@ -6,9 +6,10 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::abtest::{z_test, AbResult, Proportion, Winner};
+use crate::bestarm::BestArm;
 use crate::rules::{evaluate, ArmWindow, Verdict};
-use crate::sequential::{holm, msprt_estimates, SequentialResult, SrmResult};
-use crate::spec::{AbMetric, AbTest, HookPoint, Spec};
+use crate::sequential::{holm, msprt_estimates, SequentialResult, SrmResult, EXPOSURE_UNIT};
+use crate::spec::{AbMetric, AbTest, BanditSpec, HookPoint, Spec};
 use crate::units::{estimates, Outcome};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,7 +133,8 @@ pub enum Action {
 /// candidate that turns bad is caught within a check or two however long it was healthy, and
 /// sparse metrics (ground truth) still get judged. `stage_windows[i]` is (candidate i, baseline)
 /// since the stage began: `min_requests` counts each candidate's requests, and the A/B test reads
-/// them. Every candidate must pass every rule.
+/// them. Every candidate must pass every rule. `best` is a bandit rollout's P(best) from the
+/// fleet's counts: under `bandit` it, not time, ends the last stage below 100%.
 pub fn step(
     spec: &Spec,
     state: &State,
@@ -140,6 +142,7 @@ pub fn step(
     stage_windows: &[(ArmWindow, ArmWindow)],
     windows: &dyn Fn(&crate::spec::Rule, usize) -> (ArmWindow, ArmWindow),
     srm: Option<&SrmResult>,
+    best: Option<&BestArm>,
 ) -> (State, Action) {
     let mut next = state.clone();
     if state.phase != Phase::Progressing {
@@ -160,19 +163,40 @@ pub fn step(
             .filter(|(_, w)| *w > 0.0)
             .map(|(a, _)| a)
             .collect();
-        let counted = if s.unit == "user_bucket" {
-            "requests, users as the units,"
+        let why = if s.unit == EXPOSURE_UNIT {
+            // Under a bandit the split is the policy's: what is tested is lost exposure.
+            let lost: Vec<String> = arms
+                .iter()
+                .zip(s.counts.iter().zip(&s.responses))
+                .map(|(arm, (&l, &r))| {
+                    format!(
+                        "{arm} {l} of {r} ({:.1}%)",
+                        100.0 * l as f64 / r.max(1) as f64
+                    )
+                })
+                .collect();
+            format!(
+                "sample ratio mismatch: exposure lost after routing: Envoy answered {} itself; equal loss on every arm would share those replies {}, observed {}, p = {:.1e}; resume once the cause is fixed",
+                lost.join(", "),
+                shares(&s.expected),
+                shares(&s.observed),
+                s.p_value
+            )
         } else {
-            "requests the models answered"
+            let counted = if s.unit == "user_bucket" {
+                "requests, users as the units,"
+            } else {
+                "requests the models answered"
+            };
+            format!(
+                "sample ratio mismatch: expected {}, observed {}, p = {:.1e} ({} {counted} {:?}); resume once the cause is fixed",
+                shares(&s.expected),
+                shares(&s.observed),
+                s.p_value,
+                arms.join("/"),
+                s.counts
+            )
         };
-        let why = format!(
-            "sample ratio mismatch: expected {}, observed {}, p = {:.1e} ({} {counted} {:?}); resume once the cause is fixed",
-            shares(&s.expected),
-            shares(&s.observed),
-            s.p_value,
-            arms.join("/"),
-            s.counts
-        );
         next.phase = Phase::Paused;
         next.reason = Some(why.clone());
         return (next, Action::Hold(Some(why)));
@@ -222,14 +246,21 @@ pub fn step(
         .all(|(_, v)| matches!(v, Verdict::Pass { .. }));
     let waited = now_ms.saturating_sub(state.stage_started_ms) >= stage.min_duration_ms;
     // At 0% the candidate serves nobody; `min_requests` counts the copies compared instead.
+    // Under a bandit the policy starves the arms it finds worse: it counts every arm's requests.
     let served = stage_windows.len() == spec.candidates.len()
-        && stage_windows.iter().all(|(candidate, _)| {
-            if stage.weight == 0.0 {
-                candidate.shadow.pairs >= stage.min_requests
-            } else {
-                candidate.requests >= stage.min_requests
-            }
-        });
+        && if spec.bandit.is_some() {
+            let baseline = stage_windows.first().map_or(0, |(_, b)| b.requests);
+            let candidates: u64 = stage_windows.iter().map(|(c, _)| c.requests).sum();
+            baseline.saturating_add(candidates) >= stage.min_requests
+        } else {
+            stage_windows.iter().all(|(candidate, _)| {
+                if stage.weight == 0.0 {
+                    candidate.shadow.pairs >= stage.min_requests
+                } else {
+                    candidate.requests >= stage.min_requests
+                }
+            })
+        };
     if !(judged && waited && served) {
         let missing = verdicts.iter().find_map(|(_, v)| match v {
             Verdict::NotEnoughData { samples, needed } => {
@@ -259,6 +290,24 @@ pub fn step(
             }
         }
     }
+    // A bandit's last stage below 100% ends when one arm is most probably the best.
+    if let (Some(b), true) = (&spec.bandit, state.stage + 2 == spec.stages.len()) {
+        match bandit_verdict(spec, b, best) {
+            BanditOutcome::Candidate(arm, why) => {
+                evidence = Some(why);
+                next.winner = Some(arm);
+            }
+            BanditOutcome::Baseline(why) => {
+                next.phase = Phase::RolledBack;
+                next.reason = Some(why.clone());
+                return (next, Action::RollBack { reason: why });
+            }
+            BanditOutcome::Undecided(why) => {
+                next.reason = Some(why.clone());
+                return (next, Action::Hold(Some(why)));
+            }
+        }
+    }
     if state.stage + 1 >= spec.stages.len() {
         next.phase = Phase::Succeeded;
         return (next, Action::Promote);
@@ -277,6 +326,47 @@ pub fn step(
         Action::Advance {
             to_stage: state.stage + 1,
         },
+    )
+}
+
+enum BanditOutcome {
+    /// This candidate is most probably the best: promote it, with this evidence.
+    Candidate(String, String),
+    /// The baseline is: the candidates are rolled back.
+    Baseline(String),
+    Undecided(String),
+}
+
+/// The bandit's stopping rule: the arm whose posterior probability of being the best (from the
+/// fleet's counts) reaches `promote_at` wins.
+fn bandit_verdict(spec: &Spec, b: &BanditSpec, best: Option<&BestArm>) -> BanditOutcome {
+    let Some(best) = best else {
+        return BanditOutcome::Undecided("bandit: no trials from the fleet yet".to_owned());
+    };
+    let (leader, p) = (best.leader_name(), best.leader_p());
+    let figures = format!(
+        "P(best): {} ({})",
+        best.describe(),
+        crate::bestarm::METHOD_SHORT
+    );
+    if p < b.promote_at {
+        return BanditOutcome::Undecided(format!(
+            "bandit: {leader} leads with P(best) {p:.4} < promote_at {}; collecting more ({figures})",
+            b.promote_at
+        ));
+    }
+    if leader == spec.baseline {
+        return BanditOutcome::Baseline(format!(
+            "bandit: the baseline {leader} is the best arm with P(best) {p:.4} >= promote_at {}; the candidates are rolled back ({figures})",
+            b.promote_at
+        ));
+    }
+    BanditOutcome::Candidate(
+        leader.to_owned(),
+        format!(
+            "bandit: {leader} is the best arm with P(best) {p:.4} >= promote_at {} and is promoted ({figures})",
+            b.promote_at
+        ),
     )
 }
 
@@ -614,6 +704,7 @@ mod tests {
             now_ms,
             std::slice::from_ref(stage_windows),
             &|r, _| windows(r),
+            None,
             None,
         )
     }
@@ -982,7 +1073,7 @@ mod tests {
         );
         let check = |b: ArmWindow, c: ArmWindow, base: ArmWindow| {
             let windows = [(b, base.clone()), (c, base)];
-            super::step(&s, &st, 1, &windows, &|_, i| windows[i].clone(), None)
+            super::step(&s, &st, 1, &windows, &|_, i| windows[i].clone(), None, None)
         };
         // Both candidates beat 20% over 4000 requests; c (27%) is the best: it wins, and from
         // then on the candidates' share is all c's.
@@ -1042,6 +1133,7 @@ stages: [{weight: 50}, {weight: 100}]
             std::slice::from_ref(&healthy),
             &|_, _| (w(5500, 0), w(4500, 0)),
             Some(&skewed),
+            None,
         );
         assert_eq!(paused.phase, Phase::Paused);
         assert!(
@@ -1056,6 +1148,7 @@ stages: [{weight: 50}, {weight: 100}]
             std::slice::from_ref(&healthy),
             &|_, _| (w(5500, 0), w(4500, 0)),
             Some(&fine),
+            None,
         );
         assert_eq!(
             (next.phase, a),
@@ -1100,5 +1193,139 @@ stages: [{weight: 50}, {weight: 100}]
             "{a:?}"
         );
         assert_eq!(back.weights(&s), (100.0, 0.0));
+    }
+
+    fn bandit_spec(extra: &str) -> Spec {
+        Spec::parse(&format!("name: b\nstrategy: bandit\narms: [{{name: v1, role: baseline}}, {{name: v2, role: candidate}}, {{name: v3, role: candidate}}]\n{extra}stages: [{{weight: 50, min_requests: 1000}}, {{weight: 100}}]\n")).unwrap()
+    }
+
+    fn bandit_check(s: &Spec, st: &State, served: u64, best: Option<&BestArm>) -> (State, Action) {
+        let windows = [(w(served, 0), w(0, 0)), (w(0, 0), w(0, 0))];
+        super::step(s, st, 1, &windows, &|_, i| windows[i].clone(), None, best)
+    }
+
+    fn best(counts: &[(u64, f64)]) -> BestArm {
+        let named: Vec<(String, u64, f64)> = ["v1", "v2", "v3"]
+            .iter()
+            .zip(counts)
+            .map(|(n, &(t, r))| (n.to_string(), t, r))
+            .collect();
+        BestArm::from_counts(&named).unwrap()
+    }
+
+    /// A bandit rollout ends on P(best), not on time: the best arm (here the second candidate,
+    /// not the first) gets all traffic, with the evidence in the record.
+    #[test]
+    fn a_bandit_promotes_the_arm_most_probably_best() {
+        let s = bandit_spec("");
+        assert_eq!(s.bandit.as_ref().map(|b| b.promote_at), Some(0.95));
+        let st = State::start(&s, 0);
+        // The bandit starved the baseline: 1200 requests in all, none of them the baseline's,
+        // still count toward min_requests.
+        let close = best(&[(100, 10.0), (500, 60.0), (600, 80.0)]);
+        let (held, a) = bandit_check(&s, &st, 1200, Some(&close));
+        assert!(
+            matches!(a, Action::Hold(Some(ref r)) if r.starts_with("bandit: v3 leads with P(best) 0.")),
+            "{a:?}"
+        );
+        assert_eq!(held.phase, Phase::Progressing);
+        let clear = best(&[(400, 40.0), (500, 50.0), (3000, 450.0)]);
+        assert!(clear.leader_p() >= 0.95, "{clear:?}");
+        let (next, a) = bandit_check(&s, &st, 1200, Some(&clear));
+        assert_eq!(a, Action::Advance { to_stage: 1 });
+        assert_eq!(next.winner.as_deref(), Some("v3"));
+        assert!(
+            next.reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("bandit: v3 is the best arm with P(best)")
+                    && r.contains("v2 0.")),
+            "{next:?}"
+        );
+        assert_eq!(
+            next.arm_weights(&s),
+            vec![("v1".into(), 0.0), ("v2".into(), 0.0), ("v3".into(), 100.0)]
+        );
+        let (done, a) = bandit_check(&s, &next, 1200, Some(&clear));
+        assert_eq!((done.phase, a), (Phase::Succeeded, Action::Promote));
+        assert_eq!(done.arm_weights(&s)[2], ("v3".into(), 100.0));
+        // Too few requests, or no counts yet: no decision.
+        assert!(matches!(
+            bandit_check(&s, &st, 999, Some(&clear)).1,
+            Action::Hold(_)
+        ));
+        assert!(
+            matches!(bandit_check(&s, &st, 5000, None).1, Action::Hold(Some(ref r)) if r.contains("no trials"))
+        );
+    }
+
+    #[test]
+    fn a_bandit_whose_baseline_is_best_rolls_the_candidates_back() {
+        let s = bandit_spec("bandit: {promote_at: 0.99}\n");
+        let st = State::start(&s, 0);
+        let (back, a) = bandit_check(
+            &s,
+            &st,
+            5000,
+            Some(&best(&[(4000, 3800.0), (500, 350.0), (500, 300.0)])),
+        );
+        assert!(
+            matches!(a, Action::RollBack { ref reason } if reason.starts_with("bandit: the baseline v1 is the best arm")),
+            "{a:?}"
+        );
+        assert_eq!(back.arm_weights(&s)[0], ("v1".into(), 100.0));
+        for (extra, field) in [
+            ("bandit: {promote_at: 1.0}\n", "bandit.promote_at"),
+            ("bandit: {promote_at: 0.4}\n", "bandit.promote_at"),
+            ("bandit: {promote: 0.9}\n", "bandit"),
+        ] {
+            let e = Spec::parse(&format!("name: b\nstrategy: bandit\narms: [{{name: v1, role: baseline}}, {{name: v2, role: candidate}}]\n{extra}stages: [{{weight: 50}}, {{weight: 100}}]\n")).unwrap_err();
+            assert!(e.to_string().contains(field), "{e}");
+        }
+        let e = Spec::parse("name: c\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\nbandit: {promote_at: 0.9}\nstages: [{weight: 50}, {weight: 100}]\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid rollout spec: bandit: only applies to strategy bandit"
+        );
+    }
+
+    /// Under a bandit a pause names the arm whose requests Envoy answered itself.
+    #[test]
+    fn a_bandit_pauses_on_lost_exposure_not_on_its_own_split() {
+        let s = bandit_spec("");
+        let st = State::start(&s, 0);
+        let mut t = crate::exposure::ExposureTest::new(3);
+        t.observe(&[100, 100, 800], &[0, 0, 0]);
+        let fine: SrmResult = t.result(0.01).unwrap().into();
+        let windows = [(w(100, 0), w(100, 0)), (w(800, 0), w(100, 0))];
+        let (next, _) = super::step(
+            &s,
+            &st,
+            1,
+            &windows,
+            &|_, i| windows[i].clone(),
+            Some(&fine),
+            None,
+        );
+        assert_eq!(
+            next.phase,
+            Phase::Progressing,
+            "a skewed split alone is the bandit's"
+        );
+        t.observe(&[100, 100, 800], &[0, 0, 40]);
+        let lost: SrmResult = t.result(0.01).unwrap().into();
+        let (paused, a) = super::step(
+            &s,
+            &st,
+            1,
+            &windows,
+            &|_, i| windows[i].clone(),
+            Some(&lost),
+            None,
+        );
+        assert_eq!(paused.phase, Phase::Paused);
+        assert!(
+            matches!(a, Action::Hold(Some(ref r)) if r.starts_with("sample ratio mismatch: exposure lost after routing: Envoy answered v1 0 of 200 (0.0%), v2 0 of 200 (0.0%), v3 40 of 1600 (2.5%) itself")),
+            "{a:?}"
+        );
     }
 }

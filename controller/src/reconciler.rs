@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::bestarm::{best_arm, BestArm};
+use crate::exposure::ExposureTest;
 use crate::machine::{self, Action, Phase, State};
 use crate::redact::redact_text;
 use crate::registry::{Loaded, Rollout};
@@ -136,6 +138,7 @@ pub fn check(
     judged: &[Vec<(ArmWindow, ArmWindow)>],
     now: u64,
     srm: Option<&crate::sequential::SrmResult>,
+    best: Option<&BestArm>,
 ) -> Option<(Record, Option<(String, String)>)> {
     let stage_windows = stage_windows(rec, spec, totals);
     let rules: &[Rule] = spec
@@ -151,7 +154,7 @@ pub fn check(
             .or_else(|| stage_windows.get(candidate).cloned())
             .unwrap_or_default()
     };
-    let (state, action) = machine::step(spec, &rec.state, now, &stage_windows, &windows, srm);
+    let (state, action) = machine::step(spec, &rec.state, now, &stage_windows, &windows, srm, best);
     if state == rec.state {
         return None;
     }
@@ -286,6 +289,8 @@ struct History {
     /// time after the split in force began (the filters apply a new split within a poll), kept
     /// for as long as that split is in force (same stage, same weights, not paused since).
     srm_base: Option<(SrmKey, Totals)>,
+    /// Under a bandit: the exposure test since that base, and the totals it last saw.
+    exposure: Option<(ExposureTest, Totals)>,
 }
 
 /// What the split in force is: the stage, its weights (bits) and when the stage started.
@@ -320,9 +325,27 @@ fn srm_check(
     let key = (rec.state.stage, share.to_bits(), rec.state.stage_started_ms);
     if rec.state.phase != Phase::Progressing || live.len() < 2 {
         history.srm_base = None;
+        history.exposure = None;
         return None;
     }
     match &history.srm_base {
+        Some((k, _)) if *k == key && spec.bandit.is_some() => {
+            // The bandit's split is its own: test only whether routed requests reached their
+            // model, period by period (see `exposure`).
+            let (test, last) = history
+                .exposure
+                .get_or_insert_with(|| (ExposureTest::new(live.len()), totals.clone()));
+            let (responses, lost): (Vec<u64>, Vec<u64>) = live
+                .iter()
+                .map(|(arm, _)| {
+                    let w = window(totals, last, arm);
+                    (w.latency.count(), w.local_replies)
+                })
+                .unzip();
+            test.observe(&responses, &lost);
+            *last = totals.clone();
+            test.result(SRM_ALPHA).map(Into::into)
+        }
         Some((k, base)) if *k == key => {
             let windows: Vec<ArmWindow> = live
                 .iter()
@@ -357,6 +380,7 @@ fn srm_check(
             let has_data = totals.values().any(|t| t.requests > 0);
             if has_data && now.saturating_sub(rec.state.stage_started_ms) >= settle {
                 history.srm_base = Some((key, totals.clone()));
+                history.exposure = None;
             }
             None
         }
@@ -452,13 +476,22 @@ async fn reconcile(
     history.earlier.truncate(KEPT_CHECKS);
     let fleet = (spec.strategy == crate::spec::StrategyKind::Bandit)
         .then(|| handle.reports().remote(None, &spec.arms()));
+    let best = fleet.as_ref().and_then(|f| best_arm(spec, f));
     let mut shown = figures(rec, spec, &totals, &judged, fleet.as_ref(), now);
     shown["sample_ratio"] = json!(srm);
     handle.publish_figures(shown);
     let (next, event) = match rec.state.phase {
         Phase::Starting => smoke_test(rec, spec).await,
         Phase::Progressing => {
-            let decided = check(rec, spec, &totals, &judged, now, srm.as_ref());
+            let decided = check(
+                rec,
+                spec,
+                &totals,
+                &judged,
+                now,
+                srm.as_ref(),
+                best.as_ref(),
+            );
             let failed = decided.as_ref().is_some_and(|(n, _)| {
                 n.state.failed_checks > rec.state.failed_checks
                     || (n.state.phase == Phase::RolledBack && rec.state.failed_checks > 0)
@@ -632,5 +665,45 @@ mod tests {
             !after.mismatch && after.counts == vec![500, 500],
             "{after:?}"
         );
+    }
+
+    /// Under a bandit the split is the policy's: all traffic on one arm raises nothing, and a
+    /// share of one arm's requests answered by Envoy itself (a fault filter, no upstream) does.
+    #[test]
+    fn a_bandit_is_checked_for_lost_exposure_not_for_its_split() {
+        let spec = Spec::parse("name: r\nstrategy: bandit\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 1\nstages: [{weight: 50}, {weight: 100}]\n").unwrap();
+        let rec = record(&spec);
+        // (responses, local replies) per arm, cumulative.
+        let at = |v1: (u64, u64), v2: (u64, u64)| -> Totals {
+            let arm = |(n, lost): (u64, u64)| ArmTotals {
+                requests: n,
+                local_replies: lost,
+                le: vec![100.0, f64::INFINITY],
+                counts: vec![n, n],
+                ..Default::default()
+            };
+            [("v1".to_owned(), arm(v1)), ("v2".to_owned(), arm(v2))].into()
+        };
+        let mut h = History::default();
+        assert!(srm_check(&mut h, &rec, &spec, &at((10, 0), (10, 0)), 3_000).is_none());
+        let mut v2 = 10;
+        for second in 4..60u64 {
+            v2 += 500;
+            let r = srm_check(&mut h, &rec, &spec, &at((12, 0), (v2, 0)), second * 1000).unwrap();
+            assert!(!r.mismatch && r.unit == "exposure", "{r:?}");
+        }
+        // Now 5% of v2's requests are answered by Envoy, while the bandit still explores v1 a
+        // little (with no v1 traffic at all, nothing could tell a loss on v2 alone from one on
+        // every arm).
+        let (mut v1, mut lost) = (12, 0);
+        let flagged = (60..80u64).find(|second| {
+            v1 += 50;
+            v2 += 500;
+            lost += 25;
+            srm_check(&mut h, &rec, &spec, &at((v1, 0), (v2, lost)), second * 1000)
+                .unwrap()
+                .mismatch
+        });
+        assert!(flagged.is_some_and(|s| s <= 62), "{flagged:?}");
     }
 }

@@ -6,7 +6,8 @@
 //!   over the effect, giving an always-valid p-value and a confidence sequence;
 //! - the sample-ratio check: the Dirichlet-multinomial sequential test of Lindon and Malek
 //!   ("Anytime-Valid Inference for Multinomial Count Data", NeurIPS 2022), whose Bayes factor is a
-//!   martingale under the configured split, so the chance it ever crosses 1/alpha is at most alpha.
+//!   martingale under the configured split, so the chance it ever crosses 1/alpha is at most alpha
+//!   (under a bandit, whose split is the policy's, `exposure` tests lost exposure instead).
 //!
 //! Closed forms only (ln-gamma from statrs), so every call ends in bounded time.
 
@@ -187,9 +188,39 @@ pub struct SrmResult {
     pub p_value: f64,
     pub alpha: f64,
     pub mismatch: bool,
-    /// What was counted as independent: `request` (the multinomial test), or `user_bucket`
-    /// (sticky assignment: each live arm's share tested with buckets as the units).
+    /// What was counted as independent: `request` (the multinomial test), `user_bucket`
+    /// (sticky assignment: each live arm's share tested with buckets as the units), or
+    /// `exposure` (a bandit: `counts` are Envoy's own replies per arm, `expected` and `observed`
+    /// their shares, see `exposure`).
     pub unit: &'static str,
+    /// With `exposure`: each arm's responses, of which `counts` Envoy made itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub responses: Vec<u64>,
+}
+
+/// `SrmResult::unit` of the bandit's exposure check.
+pub const EXPOSURE_UNIT: &str = "exposure";
+
+impl From<crate::exposure::ExposureResult> for SrmResult {
+    fn from(e: crate::exposure::ExposureResult) -> Self {
+        let shares = |v: Vec<f64>| {
+            let total: f64 = v.iter().sum();
+            v.into_iter()
+                .map(|x| if total > 0.0 { x / total } else { 0.0 })
+                .collect::<Vec<f64>>()
+        };
+        Self {
+            expected: shares(e.expected_local_replies),
+            observed: shares(e.local_replies.iter().map(|&l| l as f64).collect()),
+            counts: e.local_replies,
+            bayes_factor: e.likelihood_ratio,
+            p_value: e.p_value,
+            alpha: e.alpha,
+            mismatch: e.mismatch,
+            unit: EXPOSURE_UNIT,
+            responses: e.responses,
+        }
+    }
 }
 
 /// The bucket-level check's mixture sd over an arm's share: one point (49/51 against 50/50).
@@ -245,6 +276,7 @@ pub fn srm_by_bucket(buckets: &[&[u64]], weights: &[f64], alpha: f64) -> Option<
         alpha,
         mismatch: p_value < alpha,
         unit: "user_bucket",
+        responses: Vec::new(),
     })
 }
 
@@ -303,6 +335,7 @@ pub fn srm(counts: &[u64], weights: &[f64], alpha: f64) -> Option<SrmResult> {
         alpha,
         mismatch: p_value < alpha,
         unit: "request",
+        responses: Vec::new(),
     })
 }
 

@@ -212,6 +212,28 @@ pub struct RawSpec {
     /// The experiment of `strategy: ab_test`.
     #[serde(default)]
     pub ab_test: Option<RawAbTest>,
+    /// How a `strategy: bandit` rollout decides (defaults when absent).
+    #[serde(default)]
+    pub bandit: Option<RawBanditSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBanditSpec {
+    /// The rollout ends once one arm's posterior probability of being the best reaches this:
+    /// that arm is promoted (a candidate) or kept (the baseline, and the rollout rolls back).
+    #[serde(default = "default_promote_at")]
+    pub promote_at: f64,
+}
+
+fn default_promote_at() -> f64 {
+    0.95
+}
+
+/// A validated bandit decision rule: present exactly when the strategy is `bandit`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BanditSpec {
+    pub promote_at: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -374,6 +396,7 @@ pub struct Spec {
     pub hooks: Vec<Hook>,
     pub manual_promotion: bool,
     pub ab_test: Option<AbTest>,
+    pub bandit: Option<BanditSpec>,
 }
 
 impl Spec {
@@ -582,6 +605,20 @@ impl Spec {
             ));
         }
         let ab_test = validate_strategy(&raw, &stages)?;
+        let bandit = match (raw.strategy, &raw.bandit) {
+            (StrategyKind::Bandit, b) => {
+                let promote_at = b.as_ref().map_or_else(default_promote_at, |b| b.promote_at);
+                if !(promote_at > 0.5 && promote_at < 1.0) {
+                    return Err(err(
+                        "bandit.promote_at",
+                        format!("must be in (0.5, 1) (a probability that one arm is the best), got {promote_at}"),
+                    ));
+                }
+                Some(BanditSpec { promote_at })
+            }
+            (_, Some(_)) => return Err(err("bandit", "only applies to strategy bandit")),
+            (_, None) => None,
+        };
         if !(raw.check_interval_s.is_finite() && raw.check_interval_s >= 0.1) {
             return Err(err(
                 "check_interval_s",
@@ -629,6 +666,7 @@ impl Spec {
             hooks: raw.hooks,
             manual_promotion: raw.promotion == Promotion::Manual,
             ab_test,
+            bandit,
         })
     }
 }

@@ -157,16 +157,34 @@ pub fn figures(
         .then_some(fleet_bandit)
         .flatten()
         .map(|counts| {
-            counts
+            let best = crate::bestarm::best_arm(spec, counts);
+            let arms = counts
                 .iter()
                 .map(|(arm, c)| {
-                    let p = posterior(c.trials, c.reward_micros as f64 / 1e6, 0.95);
-                    (arm.clone(), json!(p))
+                    let mut p = json!(posterior(c.trials, c.reward_micros as f64 / 1e6, 0.95));
+                    if let Some((.., pb)) = best
+                        .as_ref()
+                        .and_then(|b| b.arms.iter().find(|a| &a.0 == arm))
+                    {
+                        p["p_best"] = json!(pb);
+                    }
+                    (arm.clone(), p)
                 })
-                .collect::<serde_json::Map<_, _>>()
+                .collect::<serde_json::Map<_, _>>();
+            (arms, best)
         });
+    let (bandit, best_arm) = match bandit {
+        Some((arms, best)) => (
+            Some(arms),
+            best.map(|b| {
+                json!({"leader": b.leader_name(), "p_best": b.leader_p(),
+                   "promote_at": spec.bandit.as_ref().map(|x| x.promote_at), "method": b.method})
+            }),
+        ),
+        None => (None, None),
+    };
     json!({
-        "checks": checks, "ab_test": ab_test, "bandit": bandit,
+        "checks": checks, "ab_test": ab_test, "bandit": bandit, "best_arm": best_arm,
         "checked_at_ms": checked_at_ms, "checked_stage": state.stage + 1,
         "window": std::iter::once((spec.baseline.clone(), arm_figures(&baseline)))
             .chain(spec.candidates.iter().zip(&stage_windows).map(|(arm, (c, _))| (arm.clone(), arm_figures(c))))

@@ -647,18 +647,32 @@ fn print_status(v: &serde_json::Value) {
     if let Some(s) = v["sample_ratio"].as_object() {
         println!(
             "    sample ratio (live arms, baseline first; units: {}) expected {:?}, observed {:?}, always-valid p = {:.3e}{}",
-            if s["unit"] == "user_bucket" { "users" } else { "requests the models answered" },
+            match s["unit"].as_str() {
+                Some("user_bucket") => "users",
+                Some("exposure") => "Envoy's own replies, against equal loss on every arm",
+                _ => "requests the models answered",
+            },
             s["expected"], s["observed"], s["p_value"].as_f64().unwrap_or(1.0),
             if s["mismatch"] == true { "  MISMATCH" } else { "" }
         );
     }
     for (arm, p) in v["bandit"].as_object().into_iter().flatten() {
         println!(
-            "    bandit {arm:<10} trials {:>7}  reward rate {:.4}  95% credible [{:.4}, {:.4}]",
+            "    bandit {arm:<10} trials {:>7}  reward rate {:.4}  95% credible [{:.4}, {:.4}]  P(best) {}",
             p["trials"],
             p["mean"].as_f64().unwrap_or(0.0),
             p["interval"][0].as_f64().unwrap_or(0.0),
-            p["interval"][1].as_f64().unwrap_or(0.0)
+            p["interval"][1].as_f64().unwrap_or(0.0),
+            p["p_best"].as_f64().map_or("-".to_owned(), |x| format!("{x:.4}"))
+        );
+    }
+    if let Some(b) = v["best_arm"].as_object() {
+        println!(
+            "    bandit decision: {} leads with P(best) {:.4}, promoted at {}; {}",
+            b["leader"].as_str().unwrap_or("?"),
+            b["p_best"].as_f64().unwrap_or(0.0),
+            b["promote_at"],
+            b["method"].as_str().unwrap_or("")
         );
     }
     if v["window"].as_object().is_some_and(|w| !w.is_empty()) {
