@@ -1,0 +1,266 @@
+//! `make sim`, bandit rollouts from start to decision: the filter's own policies (`bandit::choose`,
+//! counts seen as of the last flush, as workers see them between ticks) with rampctl's own
+//! stopping rule (`bestarm::BestArm`, P(best) from the Beta posteriors at every check) and its
+//! sample-ratio check for bandits (`exposure::ExposureTest`). Answers three questions: does a
+//! bandit rollout promote the true best arm, how many requests does that take, and does its
+//! sample-ratio check stay quiet while the bandit learns yet catch a 5% loss on one arm. Writes
+//! `tests/bench/results/bandit-rollouts.{md,json}`.
+
+use anyhow::Result;
+use fastrand::Rng;
+use ramp_controller::bestarm::BestArm;
+use ramp_controller::exposure::ExposureTest;
+use ramp_controller::reconciler::SRM_ALPHA;
+use ramp_filter::bandit::choose;
+use ramp_filter::config::{Bandit, Policy};
+use ramp_filter::counters::ArmCounts;
+use ramp_tests::envoy::repo_root;
+use serde_json::json;
+
+/// How one simulated rollout is run.
+#[derive(Clone)]
+struct Setup {
+    rates: Vec<f64>,
+    /// Decisions see the counts of the last flush, every this many requests (the workers' tick).
+    flush_every: u64,
+    /// A controller check every this many requests.
+    check_every: u64,
+    /// The stage's `min_requests` (all arms).
+    min_requests: u64,
+    promote_at: f64,
+    /// Undecided by then: counted as no decision.
+    max_requests: u64,
+    /// Per arm, the share of its routed requests Envoy answers itself (a fault filter after
+    /// routing); such a request earns no reward.
+    lost: Vec<f64>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Run {
+    /// The arm promoted (or kept), and the requests it took.
+    decided: Option<(usize, u64)>,
+    /// The first check at which the exposure check flagged, in requests.
+    exposure_flag: Option<u64>,
+}
+
+fn rollout(policy: &Bandit, s: &Setup, seed: u64) -> Run {
+    let k = s.rates.len();
+    let mut rng = Rng::with_seed(seed);
+    let weights = vec![1.0; k];
+    let mut shared = vec![ArmCounts::default(); k];
+    let mut pending = shared.clone();
+    let mut period_responses = vec![0u64; k];
+    let mut period_lost = vec![0u64; k];
+    let mut exposure = ExposureTest::new(k);
+    let mut run = Run::default();
+    let names: Vec<String> = (0..k).map(|i| format!("arm{i}")).collect();
+    for step in 1..=s.max_requests {
+        let arm = choose(policy, &shared, &weights, &mut rng).unwrap_or(0);
+        period_responses[arm] += 1;
+        let reward = if rng.f64() < s.lost[arm] {
+            period_lost[arm] += 1;
+            0.0
+        } else if rng.f64() < s.rates[arm] {
+            1.0
+        } else {
+            0.0
+        };
+        pending[arm].add_trial(reward);
+        if step % s.flush_every == 0 {
+            for (sh, p) in shared.iter_mut().zip(pending.iter_mut()) {
+                *sh = sh.saturating_add(std::mem::take(p));
+            }
+        }
+        if step % s.check_every != 0 {
+            continue;
+        }
+        exposure.observe(&period_responses, &period_lost);
+        period_responses.iter_mut().for_each(|c| *c = 0);
+        period_lost.iter_mut().for_each(|c| *c = 0);
+        if run.exposure_flag.is_none() && exposure.result(SRM_ALPHA).is_some_and(|r| r.mismatch) {
+            run.exposure_flag = Some(step);
+        }
+        if run.decided.is_some() || step < s.min_requests {
+            continue;
+        }
+        // The controller sees the reported counts: the flushed ones.
+        let counts: Vec<(String, u64, f64)> = names
+            .iter()
+            .zip(&shared)
+            .map(|(n, c)| (n.clone(), c.trials, c.reward()))
+            .collect();
+        if let Some(b) = BestArm::from_counts(&counts) {
+            if b.leader_p() >= s.promote_at {
+                run.decided = Some((b.leader, step));
+                if s.lost.iter().all(|&l| l == 0.0) {
+                    return run;
+                }
+            }
+        }
+    }
+    run
+}
+
+fn runs(policy: &Bandit, s: &Setup, n: u64, seed0: u64) -> Vec<Run> {
+    std::thread::scope(|scope| {
+        let halves: Vec<_> = [0, 1]
+            .map(|h| {
+                scope.spawn(move || {
+                    (0..n)
+                        .filter(|i| i % 2 == h)
+                        .map(|i| rollout(policy, s, seed0 + i))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .into_iter()
+            .collect();
+        halves
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+fn median(mut v: Vec<u64>) -> Option<u64> {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied()
+}
+
+fn main() -> Result<()> {
+    let n: u64 = std::env::var("RAMP_SIM_ROLLOUTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let five = Setup {
+        rates: vec![0.10, 0.11, 0.12, 0.13, 0.15],
+        flush_every: 100,
+        check_every: 1000,
+        min_requests: 1000,
+        promote_at: 0.95,
+        max_requests: 300_000,
+        lost: vec![0.0; 5],
+    };
+    let policies = [
+        ("thompson", Bandit::with_policy(Policy::Thompson)),
+        (
+            "top_two_thompson (beta 0.5)",
+            Bandit::with_policy(Policy::TopTwoThompson),
+        ),
+    ];
+    let mut md = format!(
+        "# Bandit rollouts\n\n`make sim` (`ramp-sim-rollouts`): {n} seeded rollouts per row through the filter's own \
+         policies (`bandit::choose`; decisions see the counts of the last flush, every {} requests) and rampctl's own \
+         stopping rule (`bestarm`: at a check every {} requests, once {} requests are in, the arm whose P(best) \
+         reaches `promote_at` {} wins; Beta(1, 1) priors). Undecided after {} requests counts as no decision.\n\n\
+         ## Best-arm identification: 5 arms, rates 0.10 / 0.11 / 0.12 / 0.13 / 0.15\n\n\
+         | policy | true best promoted | wrong arm promoted | undecided | median requests to the decision | 90th percentile |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+        five.flush_every, five.check_every, five.min_requests, five.promote_at, five.max_requests
+    );
+    let mut rows = Vec::new();
+    for (name, policy) in &policies {
+        let out = runs(policy, &five, n, 1);
+        let best = five.rates.len() - 1;
+        let right = out
+            .iter()
+            .filter(|r| r.decided.is_some_and(|(a, _)| a == best))
+            .count();
+        let wrong = out
+            .iter()
+            .filter(|r| r.decided.is_some_and(|(a, _)| a != best))
+            .count();
+        let undecided = out.len() - right - wrong;
+        let mut at: Vec<u64> = out
+            .iter()
+            .filter_map(|r| r.decided.map(|(_, s)| s))
+            .collect();
+        at.sort_unstable();
+        let med = median(at.clone());
+        let p90 = at.get(at.len() * 9 / 10).copied();
+        let pct = |c: usize| 100.0 * c as f64 / out.len() as f64;
+        md.push_str(&format!(
+            "| {name} | {:.1}% | {:.1}% | {:.1}% | {} | {} |\n",
+            pct(right),
+            pct(wrong),
+            pct(undecided),
+            med.map_or("-".into(), |m| m.to_string()),
+            p90.map_or("-".into(), |m| m.to_string())
+        ));
+        rows.push(
+            json!({"policy": name, "runs": out.len(), "true_best": right, "wrong": wrong,
+                         "undecided": undecided, "median_requests": med, "p90_requests": p90}),
+        );
+        eprintln!(
+            "best arm, {name}: {right} of {} right, median {med:?}",
+            out.len()
+        );
+    }
+
+    // The sample-ratio check under a learning bandit: two arms (the guide's 30% vs 5% failures
+    // as rewards 0.70 / 0.95), the bandit moving nearly all traffic to the better one; then the
+    // same with 5% of the better arm's requests answered by Envoy (a fault filter after routing).
+    let two = Setup {
+        rates: vec![0.70, 0.95],
+        max_requests: 100_000,
+        lost: vec![0.0, 0.0],
+        ..five.clone()
+    };
+    let thompson = Bandit::with_policy(Policy::Thompson);
+    let mut quiet = two.clone();
+    quiet.promote_at = 1.1; // never decide: look at the check over the whole run
+    let learning = runs(&thompson, &quiet, n, 10_001);
+    let false_alarms = learning
+        .iter()
+        .filter(|r| r.exposure_flag.is_some())
+        .count();
+    let mut dropped = quiet.clone();
+    dropped.lost = vec![0.0, 0.05];
+    let caught = runs(&thompson, &dropped, n, 20_001);
+    let flagged: Vec<u64> = caught.iter().filter_map(|r| r.exposure_flag).collect();
+    let mut min_share = thompson.clone();
+    min_share.min_share = 0.05;
+    let caught_floor = runs(&min_share, &dropped, n, 30_001);
+    let flagged_floor: Vec<u64> = caught_floor
+        .iter()
+        .filter_map(|r| r.exposure_flag)
+        .collect();
+    md.push_str(&format!(
+        "\n## The sample-ratio check under a learning bandit (exposure, alpha {SRM_ALPHA})\n\n\
+         Two arms with reward rates 0.70 and 0.95 (30% and 5% failures), Thompson, {} requests, a look at every check.\n\n\
+         | scenario | runs | flagged | requests at the flag (median) |\n|---|---:|---:|---:|\n\
+         | the bandit learns, nothing lost (the split goes to about 99/1) | {} | {} | |\n\
+         | 5% of the better arm's requests answered by Envoy | {} | {} | {} |\n\
+         | the same with `min_share: 0.05` (the worse arm keeps 5% of the traffic) | {} | {} | {} |\n\n\
+         The old check (requests against the stage's 50/50) paused every one of the learning runs: the split it \
+         tests is the one the bandit moves away from on purpose. The loss is found by comparing the arms' loss \
+         rates, so it needs some traffic on the other arms: Thompson's own exploration gives some, `min_share` \
+         guarantees it.\n",
+        quiet.max_requests,
+        learning.len(),
+        false_alarms,
+        caught.len(),
+        flagged.len(),
+        median(flagged.clone()).map_or("-".into(), |m| m.to_string()),
+        caught_floor.len(),
+        flagged_floor.len(),
+        median(flagged_floor.clone()).map_or("-".into(), |m| m.to_string()),
+    ));
+    let results = json!({
+        "runs_per_row": n, "flush_every": five.flush_every, "check_every": five.check_every,
+        "min_requests": five.min_requests, "promote_at": five.promote_at, "max_requests": five.max_requests,
+        "best_arm_5": rows,
+        "exposure": {"learning_false_alarms": false_alarms, "runs": learning.len(),
+                     "drop_5pct_flagged": flagged.len(), "drop_5pct_median_requests": median(flagged),
+                     "drop_5pct_min_share_flagged": flagged_floor.len(),
+                     "drop_5pct_min_share_median_requests": median(flagged_floor)},
+    });
+    let out = repo_root().join("tests/bench/results");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("bandit-rollouts.md"), &md)?;
+    std::fs::write(
+        out.join("bandit-rollouts.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    println!("{md}");
+    Ok(())
+}
