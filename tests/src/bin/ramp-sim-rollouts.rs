@@ -6,6 +6,9 @@
 //! sample-ratio check stay quiet while the bandit learns yet catch a 5% loss on one arm. Writes
 //! `tests/bench/results/bandit-rollouts.{md,json}`.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
 use anyhow::Result;
 use fastrand::Rng;
 use ramp_controller::bestarm::BestArm;
@@ -33,10 +36,33 @@ struct Setup {
     /// Per arm, the share of its routed requests Envoy answers itself (a fault filter after
     /// routing); such a request earns no reward.
     lost: Vec<f64>,
+    /// Rewards arrive this many requests later on average (exponential), posted as feedback:
+    /// the filter counts the trial at once with reward 0 and the reward joins the counts when it
+    /// arrives, as with `reward.source: feedback` today. 0: at once.
+    reward_delay_mean: f64,
+    /// How a trial with a delayed reward is counted.
+    counting: Counting,
+    /// Stop deciding (and keep counting regret) to measure a whole run.
+    decide: bool,
+}
+
+/// Ways to count a trial whose reward comes later. Only `AtOnce` is what the filter does; the
+/// others are the rules proposed for it, simulated to decide whether to build them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Counting {
+    /// The trial at once with reward 0, the reward when it arrives (the filter today).
+    AtOnce,
+    /// The trial when its reward arrives within the attribution window, else (reward 0) when
+    /// the window closes; a reward after the window adds to the reward only.
+    OnRewardOrWindow(u64),
+    /// The trial and its reward only when the window closes; rewards after it are dropped.
+    AtWindow(u64),
 }
 
 #[derive(Debug, Default, Clone)]
 struct Run {
+    /// Sum over requests of (best rate - the chosen arm's rate).
+    regret: f64,
     /// The arm promoted (or kept), and the requests it took.
     decided: Option<(usize, u64)>,
     /// The first check at which the exposure check flagged, in requests.
@@ -54,8 +80,25 @@ fn rollout(policy: &Bandit, s: &Setup, seed: u64) -> Run {
     let mut exposure = ExposureTest::new(k);
     let mut run = Run::default();
     let names: Vec<String> = (0..k).map(|i| format!("arm{i}")).collect();
+    let best_rate = s.rates.iter().copied().fold(f64::MIN, f64::max);
+    // Count changes on their way: (step, arm, what): 0 adds a reward, 1 a trial with reward 1,
+    // 2 a trial with reward 0.
+    let mut due: BinaryHeap<Reverse<(u64, usize, u8)>> = BinaryHeap::new();
     for step in 1..=s.max_requests {
+        while let Some(&Reverse((at, arm, what))) = due.peek() {
+            if at > step {
+                break;
+            }
+            due.pop();
+            let p = &mut pending[arm];
+            match what {
+                0 => p.reward_micros = p.reward_micros.saturating_add(1_000_000),
+                1 => p.add_trial(1.0),
+                _ => p.add_trial(0.0),
+            }
+        }
         let arm = choose(policy, &shared, &weights, &mut rng).unwrap_or(0);
+        run.regret += best_rate - s.rates[arm];
         period_responses[arm] += 1;
         let reward = if rng.f64() < s.lost[arm] {
             period_lost[arm] += 1;
@@ -65,7 +108,35 @@ fn rollout(policy: &Bandit, s: &Setup, seed: u64) -> Run {
         } else {
             0.0
         };
-        pending[arm].add_trial(reward);
+        if s.reward_delay_mean > 0.0 {
+            let delay = (-s.reward_delay_mean * (1.0 - rng.f64()).ln()).ceil() as u64;
+            let arrives = step + delay.max(1);
+            let success = reward > 0.0;
+            match s.counting {
+                Counting::AtOnce => {
+                    pending[arm].add_trial(0.0);
+                    if success {
+                        due.push(Reverse((arrives, arm, 0)));
+                    }
+                }
+                Counting::OnRewardOrWindow(w) => {
+                    if success && delay < w {
+                        due.push(Reverse((arrives, arm, 1)));
+                    } else {
+                        due.push(Reverse((step + w, arm, 2)));
+                        if success {
+                            due.push(Reverse((arrives, arm, 0)));
+                        }
+                    }
+                }
+                Counting::AtWindow(w) => {
+                    let kind = if success && delay < w { 1 } else { 2 };
+                    due.push(Reverse((step + w, arm, kind)));
+                }
+            }
+        } else {
+            pending[arm].add_trial(reward);
+        }
         if step % s.flush_every == 0 {
             for (sh, p) in shared.iter_mut().zip(pending.iter_mut()) {
                 *sh = sh.saturating_add(std::mem::take(p));
@@ -80,7 +151,7 @@ fn rollout(policy: &Bandit, s: &Setup, seed: u64) -> Run {
         if run.exposure_flag.is_none() && exposure.result(SRM_ALPHA).is_some_and(|r| r.mismatch) {
             run.exposure_flag = Some(step);
         }
-        if run.decided.is_some() || step < s.min_requests {
+        if !s.decide || run.decided.is_some() || step < s.min_requests {
             continue;
         }
         // The controller sees the reported counts: the flushed ones.
@@ -139,6 +210,9 @@ fn main() -> Result<()> {
         promote_at: 0.95,
         max_requests: 300_000,
         lost: vec![0.0; 5],
+        reward_delay_mean: 0.0,
+        counting: Counting::AtOnce,
+        decide: true,
     };
     let policies = [
         ("thompson", Bandit::with_policy(Policy::Thompson)),
@@ -207,7 +281,7 @@ fn main() -> Result<()> {
     };
     let thompson = Bandit::with_policy(Policy::Thompson);
     let mut quiet = two.clone();
-    quiet.promote_at = 1.1; // never decide: look at the check over the whole run
+    quiet.decide = false; // look at the check over the whole run
     let learning = runs(&thompson, &quiet, n, 10_001);
     let false_alarms = learning
         .iter()
@@ -245,6 +319,95 @@ fn main() -> Result<()> {
         flagged_floor.len(),
         median(flagged_floor.clone()).map_or("-".into(), |m| m.to_string()),
     ));
+    // Delayed rewards as `reward.source: feedback` counts them today: the trial at once with
+    // reward 0, the reward when the application posts it (exponential delay, mean 30 ticks of
+    // the workers, each `flush_every` requests).
+    let delay_mean = 30.0 * five.flush_every as f64;
+    md.push_str(&format!(
+        "\n## Delayed rewards (feedback), as counted today\n\n\
+         The trial counts at once with reward 0; the reward joins the counts when it is posted, after an \
+         exponential delay (mean 30 ticks: {delay_mean} requests). Thompson, {n} runs per row. Only the first \
+         delayed row is what the filter does; the other two are the counting rules proposed for it (the attribution \
+         window is 5 mean delays, which holds 99.3% of the rewards), simulated to see whether they are worth building.\n\n\
+         | arms | rewards | regret at 10^5 requests (mean +- SE) | true best promoted | median requests to the decision |\n\
+         |---|---|---:|---:|---:|\n"
+    ));
+    let mut delayed_rows = Vec::new();
+    for (label, rates) in [
+        ("2 arms (0.10, 0.15)", vec![0.10, 0.15]),
+        ("5 arms (0.10 .. 0.15)", five.rates.clone()),
+    ] {
+        // The attribution window: 5 mean delays holds 99.3% of the rewards.
+        let window = (5.0 * delay_mean) as u64;
+        for (how, mean, counting) in [
+            ("at once", 0.0, Counting::AtOnce),
+            (
+                "delayed; trial at once (the filter today)",
+                delay_mean,
+                Counting::AtOnce,
+            ),
+            (
+                "delayed; trial on its reward or when the window closes",
+                delay_mean,
+                Counting::OnRewardOrWindow(window),
+            ),
+            (
+                "delayed; trial and reward when the window closes",
+                delay_mean,
+                Counting::AtWindow(window),
+            ),
+        ] {
+            let base = Setup {
+                rates: rates.clone(),
+                max_requests: 100_000,
+                reward_delay_mean: mean,
+                counting,
+                ..five.clone()
+            };
+            let regret_runs = runs(
+                &thompson,
+                &Setup {
+                    decide: false,
+                    ..base.clone()
+                },
+                n,
+                40_001,
+            );
+            let r: Vec<f64> = regret_runs.iter().map(|r| r.regret).collect();
+            let mean_r = r.iter().sum::<f64>() / r.len() as f64;
+            let se = (r.iter().map(|x| (x - mean_r).powi(2)).sum::<f64>()
+                / (r.len() as f64 - 1.0)
+                / r.len() as f64)
+                .sqrt();
+            let decided = runs(
+                &thompson,
+                &Setup {
+                    max_requests: 300_000,
+                    ..base
+                },
+                n,
+                50_001,
+            );
+            let right = decided
+                .iter()
+                .filter(|x| x.decided.is_some_and(|(a, _)| a == rates.len() - 1))
+                .count();
+            let med = median(
+                decided
+                    .iter()
+                    .filter_map(|x| x.decided.map(|(_, s)| s))
+                    .collect(),
+            );
+            md.push_str(&format!(
+                "| {label} | {how} | {mean_r:.1} +- {se:.1} | {:.1}% | {} |\n",
+                100.0 * right as f64 / decided.len() as f64,
+                med.map_or("-".into(), |m| m.to_string())
+            ));
+            delayed_rows.push(json!({"arms": rates, "rewards": how, "regret": mean_r, "regret_se": se,
+                                     "true_best": right, "runs": decided.len(), "median_requests": med}));
+            eprintln!("delayed {label} {how}: regret {mean_r:.1}");
+        }
+    }
     let results = json!({
         "runs_per_row": n, "flush_every": five.flush_every, "check_every": five.check_every,
         "min_requests": five.min_requests, "promote_at": five.promote_at, "max_requests": five.max_requests,
@@ -253,6 +416,7 @@ fn main() -> Result<()> {
                      "drop_5pct_flagged": flagged.len(), "drop_5pct_median_requests": median(flagged),
                      "drop_5pct_min_share_flagged": flagged_floor.len(),
                      "drop_5pct_min_share_median_requests": median(flagged_floor)},
+        "delayed_rewards": delayed_rows,
     });
     let out = repo_root().join("tests/bench/results");
     std::fs::create_dir_all(&out)?;
