@@ -179,6 +179,15 @@ impl BestArm {
         })
     }
 
+    /// The candidate (any arm but `baseline`) with the highest P(best).
+    pub fn best_candidate(&self, baseline: &str) -> Option<String> {
+        self.arms
+            .iter()
+            .filter(|a| a.0 != baseline)
+            .max_by(|a, b| a.3.total_cmp(&b.3))
+            .map(|a| a.0.clone())
+    }
+
     pub fn leader_name(&self) -> &str {
         &self.arms[self.leader].0
     }
@@ -297,6 +306,7 @@ mod tests {
         let b = BestArm::from_counts(&[("v1".into(), 1000, 300.0), ("v2".into(), 1000, 950.0)])
             .unwrap();
         assert_eq!(b.leader_name(), "v2");
+        assert_eq!(b.best_candidate("v2").as_deref(), Some("v1"));
         assert!(b.leader_p() > 0.999_999, "{b:?}");
     }
 

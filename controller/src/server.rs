@@ -724,6 +724,17 @@ async fn command(
         let (handle, rec, spec) = loaded(&app, &name)?;
         let now = now_ms();
         let mut state = machine::command(&spec, &rec.state, cmd, now).map_err(refused)?;
+        // A bandit promoted by hand with no arm named: the candidate most probably best, not
+        // the first one listed.
+        let arm = arm.clone().or_else(|| {
+            let promoting = matches!(cmd, Command::Promote | Command::PromoteFull);
+            (promoting && spec.bandit.is_some() && rec.state.winner.is_none())
+                .then(|| {
+                    let fleet = handle.reports().remote(None, &spec.arms());
+                    crate::bestarm::best_arm(&spec, &fleet)?.best_candidate(&spec.baseline)
+                })
+                .flatten()
+        });
         if let Some(arm) = &arm {
             state = machine::promote_arm(&spec, &state, arm).map_err(refused)?;
         }
