@@ -17,6 +17,8 @@ pub mod config;
 #[forbid(unsafe_code)]
 pub mod counters;
 #[forbid(unsafe_code)]
+pub mod discount;
+#[forbid(unsafe_code)]
 pub mod headermap;
 #[forbid(unsafe_code)]
 pub mod host;
@@ -24,6 +26,8 @@ pub mod host;
 pub mod jsonpath;
 #[forbid(unsafe_code)]
 pub mod jsonpick;
+#[forbid(unsafe_code)]
+pub mod kl_ucb;
 #[forbid(unsafe_code)]
 pub mod live;
 #[cfg(test)]

@@ -3,10 +3,9 @@
 
 use fastrand::Rng;
 
-use crate::bandit;
+use crate::bandit::{self, Evidence};
 use crate::bucket::sticky_arm;
 use crate::config::Rollout;
-use crate::counters::ArmCounts;
 
 /// What the glue read from the request that matters for the choice.
 #[derive(Debug, Default, Clone, Copy)]
@@ -38,12 +37,12 @@ pub struct Decision {
 
 /// Picks the arm for one request. `weights` are the live weights (parallel to `rollout.arms`): the
 /// static config's at first, the controller's later. A weight of 0 means the arm takes no traffic,
-/// whatever override or pin asks for it. `bandit_counts` are the counts the bandit decides from
-/// (ignored by the weighted strategy).
+/// whatever override or pin asks for it. `bandit` is what the bandit decides from (ignored by the
+/// weighted strategy).
 pub fn choose(
     rollout: &Rollout,
     weights: &[f64],
-    bandit_counts: &[ArmCounts],
+    bandit: Evidence<'_>,
     keys: RequestKeys<'_>,
     rng: &mut Rng,
 ) -> Decision {
@@ -91,7 +90,7 @@ pub fn choose(
     }
 
     let picked = match &rollout.bandit {
-        Some(b) => bandit::choose(b, bandit_counts, weights, rng).map(|a| (a, Reason::Bandit)),
+        Some(b) => bandit::decide(b, bandit, weights, rng).map(|a| (a, Reason::Bandit)),
         None => weighted_pick(weights, rng).map(|a| (a, Reason::Weighted)),
     };
     match picked {
@@ -129,6 +128,7 @@ fn new_key(rng: &mut Rng) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::counters::ArmCounts;
 
     fn rollout(extra: &str) -> Rollout {
         let json = format!(
@@ -146,18 +146,24 @@ mod tests {
             sticky_key: None,
         };
         assert_eq!(
-            choose(&r, &[90.0, 10.0], &[], keys, &mut rng).reason,
+            choose(&r, &[90.0, 10.0], Evidence::default(), keys, &mut rng).reason,
             Reason::Override
         );
-        assert_eq!(choose(&r, &[90.0, 10.0], &[], keys, &mut rng).arm, 1);
+        assert_eq!(
+            choose(&r, &[90.0, 10.0], Evidence::default(), keys, &mut rng).arm,
+            1
+        );
         // A rolled-back arm is never forced.
-        assert_eq!(choose(&r, &[100.0, 0.0], &[], keys, &mut rng).arm, 0);
+        assert_eq!(
+            choose(&r, &[100.0, 0.0], Evidence::default(), keys, &mut rng).arm,
+            0
+        );
         let other = RequestKeys {
             override_value: Some("yes"),
             sticky_key: None,
         };
         assert_eq!(
-            choose(&r, &[0.0, 10.0], &[], other, &mut rng).reason,
+            choose(&r, &[0.0, 10.0], Evidence::default(), other, &mut rng).reason,
             Reason::Weighted
         );
     }
@@ -172,12 +178,18 @@ mod tests {
                 override_value: None,
                 sticky_key: Some(&key),
             };
-            let first = choose(&r, &[90.0, 10.0], &[], keys, &mut rng);
+            let first = choose(&r, &[90.0, 10.0], Evidence::default(), keys, &mut rng);
             assert_eq!(first.reason, Reason::Sticky);
             for _ in 0..3 {
-                assert_eq!(choose(&r, &[90.0, 10.0], &[], keys, &mut rng), first);
+                assert_eq!(
+                    choose(&r, &[90.0, 10.0], Evidence::default(), keys, &mut rng),
+                    first
+                );
             }
-            assert_eq!(choose(&r, &[100.0, 0.0], &[], keys, &mut rng).arm, 0);
+            assert_eq!(
+                choose(&r, &[100.0, 0.0], Evidence::default(), keys, &mut rng).arm,
+                0
+            );
         }
     }
 
@@ -188,7 +200,7 @@ mod tests {
         let d = choose(
             &cookie,
             &[90.0, 10.0],
-            &[],
+            Evidence::default(),
             RequestKeys::default(),
             &mut rng,
         );
@@ -201,7 +213,7 @@ mod tests {
             sticky_key: Some(&key),
         };
         assert_eq!(
-            choose(&cookie, &[90.0, 10.0], &[], again, &mut rng).arm,
+            choose(&cookie, &[90.0, 10.0], Evidence::default(), again, &mut rng).arm,
             d.arm
         );
 
@@ -209,7 +221,7 @@ mod tests {
         let d = choose(
             &header,
             &[90.0, 10.0],
-            &[],
+            Evidence::default(),
             RequestKeys::default(),
             &mut rng,
         );
@@ -232,10 +244,22 @@ mod tests {
             },
         ];
         let mut rng = Rng::with_seed(9);
-        let d = choose(&r, &[1.0, 1.0], &counts, RequestKeys::default(), &mut rng);
+        let d = choose(
+            &r,
+            &[1.0, 1.0],
+            Evidence::cumulative(&counts),
+            RequestKeys::default(),
+            &mut rng,
+        );
         assert_eq!((d.arm, d.reason), (1, Reason::Bandit));
         // The bandit never revives a rolled-back arm.
-        let d = choose(&r, &[1.0, 0.0], &counts, RequestKeys::default(), &mut rng);
+        let d = choose(
+            &r,
+            &[1.0, 0.0],
+            Evidence::cumulative(&counts),
+            RequestKeys::default(),
+            &mut rng,
+        );
         assert_eq!((d.arm, d.reason), (0, Reason::Bandit));
     }
 
@@ -243,7 +267,13 @@ mod tests {
     fn all_zero_live_weights_fail_open_to_baseline() {
         let r = rollout(r#","baseline":"v2""#);
         let mut rng = Rng::with_seed(4);
-        let d = choose(&r, &[0.0, 0.0], &[], RequestKeys::default(), &mut rng);
+        let d = choose(
+            &r,
+            &[0.0, 0.0],
+            Evidence::default(),
+            RequestKeys::default(),
+            &mut rng,
+        );
         assert_eq!((d.arm, d.reason), (1, Reason::Baseline));
         assert_eq!(weighted_pick(&[f64::NAN, 0.0], &mut rng), None);
         assert_eq!(weighted_pick(&[], &mut rng), None);

@@ -4,6 +4,7 @@
 //! re-shuffles every user of every rollout and must never happen by accident.
 #![allow(clippy::unwrap_used)]
 
+use ramp_filter::bandit::Evidence;
 use ramp_filter::bucket::{key_hash, sticky_arm, unit_interval};
 use ramp_filter::config::Rollout;
 use ramp_filter::select::{choose, RequestKeys};
@@ -57,7 +58,10 @@ fn config_validation_and_choice_agree() {
         [("v1", 70.0), ("v2", 20.0), ("v3", 10.0)],
     )
     .unwrap();
-    assert_eq!(choose(&r, &r.weights(), &[], keys, &mut rng).arm, direct);
+    assert_eq!(
+        choose(&r, &r.weights(), Evidence::default(), keys, &mut rng).arm,
+        direct
+    );
     let bad =
         Rollout::from_json(br#"{"rollout":"g","arms":[{"name":"v1","weight":-1}]}"#).unwrap_err();
     assert_eq!(bad.field, "arms[0].weight");

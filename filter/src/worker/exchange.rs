@@ -9,6 +9,7 @@ use std::rc::Rc;
 use fastrand::Rng;
 
 use super::{Active, ShadowState};
+use crate::bandit::Evidence;
 use crate::config::{ClientHeaders, KeySource, Reward, Rollout, Shadow, ShadowMode};
 use crate::headermap::{find, pairs};
 use crate::host::{Body, Host, Map};
@@ -147,7 +148,15 @@ impl<H: Host> Exchange<H> {
             .bandit
             .as_ref()
             .and_then(|b| b.counts.try_borrow().ok());
-        let view = counts.as_ref().map_or(&[][..], |c| c.view());
+        let discounted = active
+            .bandit
+            .as_ref()
+            .and_then(|b| b.discounted.as_ref())
+            .and_then(|(_, d)| d.try_borrow().ok());
+        let evidence = Evidence {
+            counts: counts.as_ref().map_or(&[][..], |c| c.view()),
+            discounted: discounted.as_ref().map(|d| d.counts()),
+        };
         // Borrowed, not cloned: this runs per request. (The borrow cannot fail on one thread; the
         // static weights are only a panic-free fallback.)
         let live_weights = active.weights.try_borrow().ok();
@@ -160,7 +169,7 @@ impl<H: Host> Exchange<H> {
             }
         };
         let decision = match self.rng.try_borrow_mut() {
-            Ok(mut rng) => choose(rollout, weights, view, keys, &mut rng),
+            Ok(mut rng) => choose(rollout, weights, evidence, keys, &mut rng),
             Err(_) => {
                 active.count(|t| t.fail_open += 1);
                 Decision {
@@ -170,6 +179,7 @@ impl<H: Host> Exchange<H> {
                 }
             }
         };
+        drop(discounted);
         drop(counts);
         drop(live_weights);
         let Some(arm) = rollout.arms.get(decision.arm) else {

@@ -16,6 +16,7 @@ pub use exchange::Exchange;
 
 use crate::config::{Controller, Rollout, ShadowMode};
 use crate::counters::{counts_slots, decode_counts, shared_key, WorkerCounts, CREATE_ONLY_CAS};
+use crate::discount::Discounted;
 use crate::host::{Body, Callout, Host, Level, Map, MetricKind, SetError};
 use crate::jsonpick::pick;
 use crate::live::{lease_key, parse, state_key, Applied, Lease};
@@ -103,7 +104,23 @@ struct MomentsState {
 /// The bandit's per-worker state: counts, and the shared-data key of each arm.
 struct BanditState {
     counts: RefCell<WorkerCounts>,
+    /// With `bandit.discount` < 1: the factor, and the discounted counts the policy samples,
+    /// brought up to `counts` whenever the tick refreshes those (one tick behind at most). A new
+    /// config starts them afresh: its first tick takes the history as one evenly spread batch.
+    discounted: Option<(f64, RefCell<Discounted>)>,
     keys: Vec<String>,
+}
+
+impl BanditState {
+    fn refresh_discounted(&self, counts: &WorkerCounts) {
+        if let Some((gamma, Ok(mut d))) = self
+            .discounted
+            .as_ref()
+            .map(|(g, d)| (*g, d.try_borrow_mut()))
+        {
+            d.update(counts.view(), gamma);
+        }
+    }
 }
 
 /// What a worker's HTTP contexts share: the active config, its metrics and the live weights.
@@ -248,8 +265,10 @@ impl<H: Host + Clone> Worker<H> {
             self.flush(&old);
         }
         let arms = rollout.arms.len();
-        let bandit = rollout.bandit.as_ref().map(|_| BanditState {
+        let bandit = rollout.bandit.as_ref().map(|b| BanditState {
             counts: RefCell::new(WorkerCounts::new(arms)),
+            discounted: (b.discount < 1.0)
+                .then(|| (b.discount, RefCell::new(Discounted::new(arms)))),
             keys: rollout
                 .arms
                 .iter()
@@ -472,6 +491,7 @@ impl<H: Host + Clone> Worker<H> {
             if let Ok(mut counts) = b.counts.try_borrow_mut() {
                 self.sync_bandit_counts(&b.keys, &mut counts, &active.metrics);
                 self.publish_bandit_share(&active.metrics, &mut counts);
+                b.refresh_discounted(&counts);
             }
         }
         if let Some(state) = &active.shadow {
@@ -805,8 +825,11 @@ impl<H: Host + Clone> Worker<H> {
             );
             return;
         };
-        if let Some(Ok(mut counts)) = active.bandit.as_ref().map(|b| b.counts.try_borrow_mut()) {
-            counts.set_remote(&state.bandit);
+        if let Some(b) = &active.bandit {
+            if let Ok(mut counts) = b.counts.try_borrow_mut() {
+                counts.set_remote(&state.bandit);
+                b.refresh_discounted(&counts);
+            }
         }
         if let Ok(mut current) = active.weights.try_borrow_mut() {
             if *current != state.weights {

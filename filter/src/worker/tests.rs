@@ -632,3 +632,46 @@ fn strip_owned_reads_only_the_headers_a_rollout_needs() {
     );
     assert_eq!(host.header_of(Map::Request, "x-ramp-shadow-copy"), None);
 }
+
+/// With `discount`, the tick brings the discounted counts up to the worker's view (its own
+/// trials and, through the live state, the fleet's); between ticks they stay as they were.
+/// gamma = 0.5: a batch of n trials weighs (1 - 0.5^n) / 0.5 in all, 1.998 for n = 10.
+#[test]
+fn discounted_counts_follow_the_ticks_and_the_fleets_counts() {
+    let config = r#"{"rollout":"d","arms":[{"name":"v1","weight":1},{"name":"v2","weight":1}],
+        "strategy":"bandit","bandit":{"policy":"thompson","discount":0.5},
+        "controller":{"cluster":"rampctl","poll_ms":500}}"#;
+    let host = MemHost::default();
+    let mut w = worker(&host, config, 5);
+    let discounted = |w: &Worker<MemHost>| {
+        let b = w.active.as_ref().unwrap().bandit.as_ref().unwrap();
+        b.discounted.as_ref().unwrap().1.borrow().counts().to_vec()
+    };
+    for _ in 0..10 {
+        request(&w, &host, &[], 200);
+    }
+    let total = |d: &[crate::discount::Decayed]| d.iter().map(|c| c.trials).sum::<f64>();
+    assert_eq!(total(&discounted(&w)), 0.0, "not before the tick");
+    w.tick();
+    let d = discounted(&w);
+    assert!((total(&d) - 1.998_046_875).abs() < 1e-9, "{d:?}");
+    assert!(
+        d.iter().all(|c| c.reward == c.trials),
+        "every trial a success: {d:?}"
+    );
+    // 1,000 failures of v2 from the other Envoys: v1's trials decay to nothing.
+    let token = polls(&host)[0].token;
+    answer_poll(
+        &mut w,
+        &host,
+        token,
+        &json!({"version": 1, "weights": {"v1": 1, "v2": 1},
+                "bandit": {"v2": {"trials": 1000, "reward_micros": 0}}}),
+    );
+    let d = discounted(&w);
+    assert!(
+        d[0].trials < 1e-100 && (d[1].trials - 2.0).abs() < 1e-9,
+        "{d:?}"
+    );
+    assert!(d[1].reward < 1e-100, "{d:?}");
+}
