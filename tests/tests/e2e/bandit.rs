@@ -135,3 +135,92 @@ fn rewards_from_the_model_header_are_used_and_stripped() {
     let g = bandit_gauges(&setup.envoy, "reward", |g| g == want);
     assert_eq!(g, want, "trials and reward sums (millionths) per arm");
 }
+
+/// Sets each arm's share of 5xx, in permille.
+fn failing(setup: &TwoArms, v1: u64, v2: u64) {
+    setup
+        .v1
+        .behaviour
+        .fail_permille
+        .store(v1, Ordering::Relaxed);
+    setup
+        .v2
+        .behaviour
+        .fail_permille
+        .store(v2, Ordering::Relaxed);
+}
+
+/// v2's share of `replies`.
+fn v2_share(replies: &[ramp_tests::Reply]) -> f64 {
+    count_by_arm(replies).get("v2").copied().unwrap_or(0) as f64 / replies.len() as f64
+}
+
+/// Drives `n` requests in two halves with a pause between, so every worker has ticked on the
+/// first half's counts; returns the second half's replies.
+fn second_half(setup: &TwoArms, n: usize) -> Vec<ramp_tests::Reply> {
+    let url = setup.envoy.url("/predict");
+    drive(&url, n / 2, 4, no_headers);
+    std::thread::sleep(Duration::from_millis(1200));
+    drive(&url, n / 2, 4, no_headers)
+}
+
+/// KL-UCB in a real Envoy: once v1 (30% failures) has n trials its index is below v2's mean
+/// (0.95) when n KL(0.7, 0.95) = 0.324 n exceeds ln t (ln 2000 = 7.6): after about 25 trials
+/// (per worker's view, with the tick's staleness a few more), so v1 keeps well under 20%.
+#[test]
+fn kl_ucb_moves_traffic_to_the_better_arm() {
+    let setup = TwoArms::start(&bandit_config("klucb", json!({"policy": "kl_ucb"})), 4).unwrap();
+    failing(&setup, 300, 50);
+    let late = second_half(&setup, 2000);
+    assert!(v2_share(&late) >= 0.8, "{:?}", count_by_arm(&late));
+}
+
+/// Top-two Thompson in a real Envoy: with two arms the leader of a posterior draw gets
+/// top_two_beta (0.7) of the requests and the challenger, always the other arm, the rest,
+/// however clear the leader: it keeps measuring the runner-up, which is what identifying the
+/// best arm needs. 1,000 requests: the binomial sd of the share is 0.015, the band is 5 sd.
+#[test]
+fn top_two_thompson_keeps_a_challenger_share() {
+    let cfg = bandit_config(
+        "toptwo",
+        json!({"policy": "top_two_thompson", "top_two_beta": 0.7, "warmup": 20}),
+    );
+    let setup = TwoArms::start(&cfg, 4).unwrap();
+    failing(&setup, 300, 50);
+    let late = second_half(&setup, 2000);
+    let share = v2_share(&late);
+    assert!(
+        (share - 0.7).abs() < 0.075,
+        "{share}: {:?}",
+        count_by_arm(&late)
+    );
+}
+
+/// Discounted Thompson in a real Envoy follows a swap of the arms' rates that plain Thompson,
+/// holding on to everything it counted, does not: v1 is better for 3,000 requests, then v2.
+/// With discount 0.99 (a memory of about 100 trials) the old evidence fades within a few
+/// hundred requests. Plain Thompson has about 2,900 trials at 95% for v1: its mean falls below
+/// 0.79 (v2's mean of 0.70 plus two sd from about 100 trials) only after some 5,000 more at
+/// 70%, so over the 1,800 requests after the swap it stays on v1.
+#[test]
+fn discounted_thompson_follows_a_change_that_plain_thompson_misses() {
+    let run = |rollout: &str, bandit: Value| {
+        let setup = TwoArms::start(&bandit_config(rollout, bandit), 4).unwrap();
+        failing(&setup, 50, 300);
+        let url = setup.envoy.url("/predict");
+        drive(&url, 3000, 4, no_headers);
+        failing(&setup, 300, 50);
+        drive(&url, 800, 4, no_headers);
+        v2_share(&drive(&url, 1000, 4, no_headers))
+    };
+    let (discounted, plain) = std::thread::scope(|s| {
+        let d = s.spawn(|| run("drift_d", json!({"policy": "thompson", "discount": 0.99})));
+        let p = s.spawn(|| run("drift_p", json!({"policy": "thompson"})));
+        (d.join().unwrap(), p.join().unwrap())
+    });
+    assert!(
+        discounted >= 0.7,
+        "discounted: {discounted}, plain: {plain}"
+    );
+    assert!(plain <= 0.3, "discounted: {discounted}, plain: {plain}");
+}
