@@ -23,6 +23,12 @@
 //!
 //! Only arms that lose more than the rest are tested: if the arms' loss rates differ at all, the
 //! arm with the highest rate loses more than the others pooled.
+//!
+//! Under a steady common loss (a few timeouts on every arm) each fixed-theta ratio drifts down,
+//! so a test that ran for a day would need hours of evidence to flag a new loss. The test
+//! therefore starts afresh every `EPOCH_PERIODS` periods, epoch k at level alpha * 6 / (pi^2
+//! k^2): the levels sum to alpha, so the chance of any false flag over all epochs stays alpha
+//! (a union bound), and a loss that begins late is judged on recent evidence.
 
 use serde::Serialize;
 
@@ -31,11 +37,17 @@ use serde::Serialize;
 /// catch a small excess over a common loss rate.
 const LN_THETAS: [f64; 8] = [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8];
 
+/// Periods (checks) per epoch of the test.
+pub const EPOCH_PERIODS: u32 = 120;
+
 /// The running test over the live arms of one split (a bandit stage).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExposureTest {
-    /// Per arm, the log likelihood ratio of each theta so far.
+    /// Per arm, the log likelihood ratio of each theta in this epoch.
     ln_ratio: Vec<[f64; LN_THETAS.len()]>,
+    /// The epoch (from 1) and the periods with replies seen in it.
+    epoch: u32,
+    periods: u32,
     /// Per arm, responses and local replies counted so far, and the local replies expected under
     /// the null (the sum over periods of D * p_a).
     responses: Vec<u64>,
@@ -54,7 +66,8 @@ pub struct ExposureResult {
     /// The arm (index) most out of line, with its mixture likelihood ratio.
     pub worst_arm: usize,
     pub likelihood_ratio: f64,
-    /// min(1, K / the largest ratio): valid at any look (Bonferroni over the K arms).
+    /// min(1, K / (the largest ratio x this epoch's share of alpha)): valid at any look
+    /// (Bonferroni over the K arms and the epochs).
     pub p_value: f64,
     pub alpha: f64,
     pub mismatch: bool,
@@ -64,6 +77,8 @@ impl ExposureTest {
     pub fn new(arms: usize) -> Self {
         Self {
             ln_ratio: vec![[0.0; LN_THETAS.len()]; arms],
+            epoch: 1,
+            periods: 0,
             responses: vec![0; arms],
             lost: vec![0; arms],
             expected: vec![0.0; arms],
@@ -97,6 +112,14 @@ impl ExposureTest {
         if d == 0 || total == 0 {
             return;
         }
+        if self.periods >= EPOCH_PERIODS {
+            self.epoch = self.epoch.saturating_add(1);
+            self.periods = 0;
+            self.ln_ratio
+                .iter_mut()
+                .for_each(|r| *r = [0.0; LN_THETAS.len()]);
+        }
+        self.periods += 1;
         let (d, total) = (d as f64, total as f64);
         for a in 0..k {
             let p = responses[a] as f64 / total;
@@ -130,7 +153,10 @@ impl ExposureTest {
                 }
             },
         );
-        let p_value = (k as f64 * (-ln_max).exp()).min(1.0);
+        // This epoch's share of alpha: 6 / (pi^2 k^2).
+        let k_epoch = f64::from(self.epoch);
+        let spend = 6.0 / (std::f64::consts::PI * std::f64::consts::PI * k_epoch * k_epoch);
+        let p_value = (k as f64 * (-ln_max).exp() / spend).min(1.0);
         Some(ExposureResult {
             responses: self.responses.clone(),
             local_replies: self.lost.clone(),
@@ -223,6 +249,34 @@ mod tests {
         assert!(
             (flagged as f64 / runs as f64) < 0.05 + 0.033,
             "{flagged} of {runs}"
+        );
+    }
+
+    /// After a day of checks under a steady common loss of 1% (17,280 checks of 5 s), a 5% loss
+    /// on one arm is still flagged within a few epochs' worth of checks at most, not hours: each
+    /// epoch starts afresh.
+    #[test]
+    fn a_loss_that_begins_late_is_judged_on_recent_evidence() {
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut t = ExposureTest::new(2);
+        let mut period = |t: &mut ExposureTest, extra: f64| {
+            let lost: Vec<u64> = [0.01, 0.01 + extra]
+                .iter()
+                .map(|&q| (0..250).filter(|_| rng.f64() < q).count() as u64)
+                .collect();
+            t.observe(&[250, 250], &lost);
+        };
+        for _ in 0..17_280 {
+            period(&mut t, 0.0);
+        }
+        assert!(!t.result(0.01).unwrap().mismatch);
+        let flagged = (0..2 * EPOCH_PERIODS).find(|_| {
+            period(&mut t, 0.04);
+            t.result(0.01).unwrap().mismatch
+        });
+        assert!(
+            flagged.is_some_and(|n| n < EPOCH_PERIODS + 60),
+            "{flagged:?}"
         );
     }
 

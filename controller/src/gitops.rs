@@ -11,6 +11,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::machine::{Phase, State};
 use crate::spec::{Spec, MAX_SPEC_BYTES};
 
 /// One file of the directory, read and parsed.
@@ -20,9 +21,14 @@ pub struct SpecFile {
 }
 
 /// Reads every `*.yaml`, `*.yml` and `*.json` in `dir` (not hidden ones: a ConfigMap volume's
-/// `..data` links), sorted by name. Blocking: run it on a blocking thread.
+/// `..data` links), sorted by name. The directory is input from whoever can commit to it, so a
+/// file is read only when it is a regular file inside the directory (a ConfigMap's links into
+/// `..data/` are; a link to `/etc/passwd` or a mounted token is not), opened without blocking (a
+/// FIFO cannot hang the scan) and read up to the spec size limit; and an error never quotes what
+/// the file holds. Blocking: run it on a blocking thread.
 pub fn scan(dir: &Path) -> Result<Vec<SpecFile>, String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let root = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let entries = std::fs::read_dir(&root).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut names: Vec<String> = entries
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().into_string().ok())
@@ -37,20 +43,69 @@ pub fn scan(dir: &Path) -> Result<Vec<SpecFile>, String> {
     Ok(names
         .into_iter()
         .map(|file| {
-            let parsed = read_spec(&dir.join(&file));
+            let parsed = read_spec(&root, &root.join(&file));
             SpecFile { file, parsed }
         })
         .collect())
 }
 
-fn read_spec(path: &Path) -> Result<(String, Spec), String> {
+fn read_spec(root: &Path, path: &Path) -> Result<(String, Spec), String> {
     use std::io::Read;
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_SPEC_BYTES as u64 + 1).read_to_string(&mut text))
+    use std::os::unix::fs::OpenOptionsExt;
+    let real = std::fs::canonicalize(path).map_err(|e| format!("cannot read: {e}"))?;
+    if !real.starts_with(root) {
+        return Err("a link to a file outside the specs directory: not read".to_owned());
+    }
+    let regular = |m: std::io::Result<std::fs::Metadata>| m.is_ok_and(|m| m.is_file());
+    if !regular(std::fs::metadata(&real)) {
+        return Err(
+            "not a regular file (a directory, FIFO, socket or device): not read".to_owned(),
+        );
+    }
+    // Non-blocking, and checked again once open: a FIFO swapped in after the check above must
+    // not hang the scan.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&real)
         .map_err(|e| format!("cannot read: {e}"))?;
-    let spec = Spec::parse(&text).map_err(|e| e.to_string())?;
+    if !regular(file.metadata()) {
+        return Err(
+            "not a regular file (a directory, FIFO, socket or device): not read".to_owned(),
+        );
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_SPEC_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let text = String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_owned())?;
+    let spec = Spec::parse(&text).map_err(|e| without_content(&e.to_string()))?;
     Ok((text, spec))
+}
+
+/// A parse error with every quoted piece of the file (serde quotes the values it refused) and
+/// every URL's secrets taken out: the field and the reason stay.
+pub fn without_content(error: &str) -> String {
+    let mut out = String::with_capacity(error.len());
+    let mut quoted = false;
+    for c in error.chars() {
+        match (c, quoted) {
+            ('"', false) => {
+                quoted = true;
+                out.push_str("\"…");
+            }
+            ('"', true) => {
+                quoted = false;
+                out.push('"');
+            }
+            (_, true) => {}
+            (c, false) => out.push(c),
+        }
+    }
+    if quoted {
+        out.push('"');
+    }
+    crate::redact::redact_text(&out)
 }
 
 /// What a valid file asks of its rollout.
@@ -84,39 +139,87 @@ pub fn classify(current: Option<(&str, &Spec)>, text: &str, spec: &Spec) -> Chan
     }
 }
 
-/// The files of one scan, with the rollout each valid one manages: the first file (by name) to
-/// define a rollout owns it; a later one naming the same rollout is an error.
-pub fn owners(files: &[SpecFile]) -> (BTreeMap<String, usize>, BTreeMap<usize, String>) {
+/// The files of one scan, with the rollout each valid one manages: a rollout a file managed
+/// (`managed`: rollout -> file) stays that file's while the file exists, valid or not, so a typo
+/// never hands it to another file; otherwise the first file (by name) to define a rollout owns
+/// it. A file naming a rollout another owns is an error.
+pub fn owners(
+    files: &[SpecFile],
+    managed: &BTreeMap<String, String>,
+) -> (BTreeMap<String, usize>, BTreeMap<usize, String>) {
     let mut owner: BTreeMap<String, usize> = BTreeMap::new();
     let mut errors: BTreeMap<usize, String> = BTreeMap::new();
+    for (rollout, file) in managed {
+        if let Some(i) = files.iter().position(|f| &f.file == file) {
+            // A file now naming another rollout gives up the old one.
+            let renamed = matches!(&files[i].parsed, Ok((_, spec)) if &spec.name != rollout);
+            if !renamed {
+                owner.insert(rollout.clone(), i);
+            }
+        }
+    }
     for (i, f) in files.iter().enumerate() {
+        if let Ok((_, spec)) = &f.parsed {
+            if let Some(&first) = owner.get(&spec.name).filter(|&&o| o != i) {
+                errors.insert(
+                    i,
+                    format!(
+                        "rollout {:?} is already defined in {}{}",
+                        spec.name,
+                        files[first].file,
+                        if files[first].parsed.is_err() {
+                            " (which has an error to fix; it keeps the rollout while it exists)"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+                continue;
+            }
+        }
         match &f.parsed {
             Err(e) => {
                 errors.insert(i, e.clone());
             }
-            Ok((_, spec)) => match owner.get(&spec.name) {
-                Some(&first) => {
-                    errors.insert(
-                        i,
-                        format!(
-                            "rollout {:?} is already defined in {}",
-                            spec.name, files[first].file
-                        ),
-                    );
-                }
-                None => {
-                    owner.insert(spec.name.clone(), i);
-                }
-            },
+            Ok((_, spec)) => {
+                owner.insert(spec.name.clone(), i);
+            }
         }
     }
     (owner, errors)
 }
 
-/// The rollout the stage index should be in under an edited spec: the same, or the new last
-/// stage when the spec now has fewer.
-pub fn stage_after_edit(stage: usize, spec: &Spec) -> usize {
-    stage.min(spec.stages.len().saturating_sub(1))
+/// Where an edited spec puts a running rollout: the weight in force is kept, not the stage
+/// index, so an edit never raises the candidate's share by itself (removing a stage already
+/// passed must not jump to the next one, past its hooks or a manual gate). The stage is the
+/// last one whose weight is at most the weight in force; when every stage is above it, the
+/// first stage held at the weight in force (`override_weight`) until its check passes, which
+/// raises it through the same path as any step (`machine::step`, its hooks and gates).
+pub fn state_after_edit(state: &State, old: &Spec, new: &Spec) -> State {
+    let mut next = state.clone();
+    let last = new.stages.len().saturating_sub(1);
+    if !matches!(state.phase, Phase::Progressing | Phase::Paused) {
+        next.stage = state.stage.min(last);
+        return next;
+    }
+    let (_, in_force) = state.weights(old);
+    match new.stages.iter().rposition(|s| s.weight <= in_force) {
+        Some(i) => {
+            next.stage = i;
+            // An operator's held weight stays held (it is above or at the stage's).
+            if next
+                .override_weight
+                .is_some_and(|w| w == new.stages[i].weight)
+            {
+                next.override_weight = None;
+            }
+        }
+        None => {
+            next.stage = 0;
+            next.override_weight = Some(in_force);
+        }
+    }
+    next
 }
 
 #[cfg(test)]
@@ -147,8 +250,12 @@ mod tests {
         assert_eq!(classify(Some((&t1, &s1)), &t1, &s1), Change::Unchanged);
         assert_eq!(classify(Some((&t1, &s1)), &t2, &s2), Change::Edit);
         assert_eq!(classify(Some((&t1, &s1)), &t3, &s3), Change::NewRevision);
-        assert_eq!(stage_after_edit(3, &s2), 1);
-        assert_eq!(stage_after_edit(0, &s2), 0);
+        let at = |stage: usize| State {
+            stage,
+            ..State::start(&s1, 0)
+        };
+        assert_eq!(state_after_edit(&at(1), &s1, &s2).stage, 1);
+        assert_eq!(state_after_edit(&at(0), &s1, &s2).stage, 0);
     }
 
     #[test]
@@ -163,7 +270,7 @@ mod tests {
         let files = scan(dir.path()).unwrap();
         let names: Vec<&str> = files.iter().map(|f| f.file.as_str()).collect();
         assert_eq!(names, ["a.yaml", "b.yml", "c.json"]);
-        let (owner, errors) = owners(&files);
+        let (owner, errors) = owners(&files, &BTreeMap::new());
         assert_eq!(owner.get("r"), Some(&0));
         assert_eq!(
             errors.get(&1).map(String::as_str),
@@ -171,5 +278,120 @@ mod tests {
         );
         assert!(errors[&2].contains("name"), "{errors:?}");
         assert!(scan(&dir.path().join("missing")).is_err());
+    }
+
+    fn write(dir: &Path, file: &str, text: &str) {
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+
+    const GOOD: &str = "name: r\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\nstages: [{weight: 10}, {weight: 50}, {weight: 100}]\n";
+
+    /// Issue 20, item 2: a typo in the file that manages a rollout handed it to another file
+    /// naming the same rollout. It stays the first file's while that file exists.
+    #[test]
+    fn a_typo_in_the_managing_file_does_not_hand_its_rollout_to_another() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "a.yaml",
+            &GOOD.replace("arms:", "strategy: canry\narms:"),
+        );
+        write(dir.path(), "b.yaml", &GOOD.replace("{weight: 10}, ", ""));
+        let files = scan(dir.path()).unwrap();
+        let managed: BTreeMap<String, String> = [("r".to_owned(), "a.yaml".to_owned())].into();
+        let (owner, errors) = owners(&files, &managed);
+        assert_eq!(owner.get("r"), Some(&0));
+        assert!(errors[&0].contains("strategy"), "{errors:?}");
+        assert_eq!(
+            errors[&1],
+            "rollout \"r\" is already defined in a.yaml (which has an error to fix; it keeps the rollout while it exists)"
+        );
+        // Without the history (a fresh controller) the first valid file takes it, as before.
+        assert_eq!(owners(&files, &BTreeMap::new()).0.get("r"), Some(&1));
+    }
+
+    /// Issue 20, items 1 and 4: a link out of the directory is not read (its content never
+    /// reaches an error), a FIFO does not hang the scan, a link within the directory (a
+    /// ConfigMap's `..data`) is read, and a parse error quotes nothing of the file.
+    #[test]
+    fn only_regular_files_inside_the_directory_are_read_and_errors_quote_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        write(outside.path(), "token", "s3cr3t-token-value");
+        std::os::unix::fs::symlink(outside.path().join("token"), dir.path().join("tok.yaml"))
+            .unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("passwd.yaml")).unwrap();
+        let fifo = dir.path().join("pipe.yaml");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        std::fs::create_dir(dir.path().join("..data")).unwrap();
+        write(&dir.path().join("..data"), "r.yaml", GOOD);
+        std::os::unix::fs::symlink("..data/r.yaml", dir.path().join("r.yaml")).unwrap();
+        write(
+            dir.path(),
+            "secret.yaml",
+            "name: [\"hunter2-password\"]\nhooks: [{on: event, url: 'https://u:pw@h/x?key=abc'}]\n",
+        );
+        let started = std::time::Instant::now();
+        let files = scan(dir.path()).unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let by_name = |n: &str| files.iter().find(|f| f.file == n).unwrap();
+        assert_eq!(
+            by_name("tok.yaml")
+                .parsed
+                .as_ref()
+                .err()
+                .map(String::as_str),
+            Some("a link to a file outside the specs directory: not read")
+        );
+        assert!(by_name("passwd.yaml").parsed.is_err());
+        assert!(by_name("pipe.yaml")
+            .parsed
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.starts_with("not a regular file")),);
+        assert_eq!(by_name("r.yaml").parsed.as_ref().unwrap().1.name, "r");
+        let e = by_name("secret.yaml").parsed.as_ref().err().unwrap();
+        assert!(
+            !e.contains("hunter2") && !e.contains("pw@") && e.contains("name"),
+            "{e}"
+        );
+        for f in &files {
+            if let Err(e) = &f.parsed {
+                assert!(!e.contains("s3cr3t") && !e.contains("root:"), "{e}");
+            }
+        }
+    }
+
+    /// Issue 20, item 3: removing a stage already passed promoted to 100% at the next scan
+    /// (the stage index was kept, so it pointed past the gate). The weight in force is kept.
+    #[test]
+    fn an_edit_keeps_the_weight_in_force_not_the_stage_index() {
+        let old = Spec::parse(GOOD).unwrap();
+        let at_50 = State {
+            stage: 1,
+            ..State::start(&old, 0)
+        };
+        assert_eq!(at_50.weights(&old).1, 50.0);
+        let fewer = Spec::parse(&GOOD.replace("{weight: 10}, ", "")).unwrap();
+        let next = state_after_edit(&at_50, &old, &fewer);
+        assert_eq!((next.stage, next.weights(&fewer).1), (0, 50.0));
+        // Every new stage above the weight in force: the first, held at 50% until its check.
+        let higher =
+            Spec::parse(&GOOD.replace("{weight: 10}, {weight: 50}", "{weight: 60}, {weight: 80}"))
+                .unwrap();
+        let held = state_after_edit(&at_50, &old, &higher);
+        assert_eq!((held.stage, held.weights(&higher).1), (0, 50.0));
+        let (raised, action) = crate::machine::step(
+            &higher,
+            &held,
+            1,
+            &[(Default::default(), Default::default())],
+            &|_, _| (Default::default(), Default::default()),
+            None,
+            None,
+        );
+        assert_eq!(action, crate::machine::Action::Advance { to_stage: 0 });
+        assert_eq!((raised.stage, raised.weights(&higher).1), (0, 60.0));
     }
 }

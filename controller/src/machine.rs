@@ -206,11 +206,20 @@ pub fn step(
         return (next, Action::Promote);
     };
     let several = spec.candidates.len() > 1;
+    // Once a winner has the candidates' share the others serve nobody: only the winner is judged.
+    let judged_candidates: Vec<usize> = (0..spec.candidates.len())
+        .filter(|&i| {
+            state
+                .winner
+                .as_ref()
+                .is_none_or(|w| *w == spec.candidates[i])
+        })
+        .collect();
     let verdicts: Vec<(usize, Verdict)> = stage
         .rules
         .iter()
         .flat_map(|r| {
-            (0..spec.candidates.len()).map(move |i| {
+            judged_candidates.iter().map(move |&i| {
                 let (candidate, baseline) = windows(r, i);
                 (i, evaluate(r, &candidate, &baseline))
             })
@@ -290,12 +299,28 @@ pub fn step(
             }
         }
     }
+    // Held below the stage's weight by a spec edit (`gitops::state_after_edit`): the passing
+    // check raises it to the stage's own weight first, as a step (hooks and gates apply).
+    if state.override_weight.is_some() {
+        next.enter_stage(state.stage, now_ms);
+        next.reason = evidence;
+        return (
+            next,
+            Action::Advance {
+                to_stage: state.stage,
+            },
+        );
+    }
     // A bandit's last stage below 100% ends when one arm is most probably the best.
     if let (Some(b), true) = (&spec.bandit, state.stage + 2 == spec.stages.len()) {
         match bandit_verdict(spec, b, best) {
+            // At a manual gate the winner waits for the operator (`rampctl promote` picks the
+            // arm most probably best then): every arm stays live meanwhile.
             BanditOutcome::Candidate(arm, why) => {
                 evidence = Some(why);
-                next.winner = Some(arm);
+                if !spec.manual_promotion {
+                    next.winner = Some(arm);
+                }
             }
             BanditOutcome::Baseline(why) => {
                 next.phase = Phase::RolledBack;

@@ -289,8 +289,9 @@ struct History {
     /// time after the split in force began (the filters apply a new split within a poll), kept
     /// for as long as that split is in force (same stage, same weights, not paused since).
     srm_base: Option<(SrmKey, Totals)>,
-    /// Under a bandit: the exposure test since that base, and the totals it last saw.
-    exposure: Option<(ExposureTest, Totals)>,
+    /// Under a bandit: the exposure test since that base, the live arms it tests, and the
+    /// totals it last saw.
+    exposure: Option<(ExposureTest, Vec<String>, Totals)>,
 }
 
 /// What the split in force is: the stage, its weights (bits) and when the stage started.
@@ -332,17 +333,41 @@ fn srm_check(
         Some((k, _)) if *k == key && spec.bandit.is_some() => {
             // The bandit's split is its own: test only whether routed requests reached their
             // model, period by period (see `exposure`).
-            let (test, last) = history
+            let arms: Vec<String> = live.iter().map(|(a, _)| a.clone()).collect();
+            // Another set of live arms (a winner, a rolled-back candidate) is another test.
+            if history
                 .exposure
-                .get_or_insert_with(|| (ExposureTest::new(live.len()), totals.clone()));
-            let (responses, lost): (Vec<u64>, Vec<u64>) = live
-                .iter()
-                .map(|(arm, _)| {
-                    let w = window(totals, last, arm);
-                    (w.latency.count(), w.local_replies)
-                })
-                .unzip();
-            test.observe(&responses, &lost);
+                .as_ref()
+                .is_some_and(|(_, tested, _)| *tested != arms)
+            {
+                history.exposure = None;
+            }
+            let (test, _, last) = history.exposure.get_or_insert_with(|| {
+                (ExposureTest::new(arms.len()), arms.clone(), totals.clone())
+            });
+            // Counts that went down (an Envoy gone from the fleet, a restart seen through
+            // Prometheus) make no period: differences against them would be whole histories.
+            let shrank = arms.iter().any(|arm| {
+                let zero = crate::window::ArmTotals::default();
+                let (n, b) = (
+                    totals.get(arm).unwrap_or(&zero),
+                    last.get(arm).unwrap_or(&zero),
+                );
+                n.requests < b.requests
+                    || n.local_replies < b.local_replies
+                    || n.counts.iter().sum::<u64>() < b.counts.iter().sum::<u64>()
+                    || n.counts.iter().zip(&b.counts).any(|(x, y)| x < y)
+            });
+            if !shrank {
+                let (responses, lost): (Vec<u64>, Vec<u64>) = arms
+                    .iter()
+                    .map(|arm| {
+                        let w = window(totals, last, arm);
+                        (w.latency.count(), w.local_replies)
+                    })
+                    .unzip();
+                test.observe(&responses, &lost);
+            }
             *last = totals.clone();
             test.result(SRM_ALPHA).map(Into::into)
         }
@@ -705,5 +730,42 @@ mod tests {
                 .mismatch
         });
         assert!(flagged.is_some_and(|s| s <= 62), "{flagged:?}");
+    }
+
+    /// An Envoy leaving the fleet takes its counts out of the totals: that check makes no
+    /// period (its differences would be whole histories, a false alarm), the next ones do.
+    #[test]
+    fn counts_that_go_down_make_no_exposure_period() {
+        let spec = Spec::parse("name: r\nstrategy: bandit\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 1\nstages: [{weight: 50}, {weight: 100}]\n").unwrap();
+        let rec = record(&spec);
+        let at = |v1: (u64, u64), v2: (u64, u64)| -> Totals {
+            let arm = |(n, lost): (u64, u64)| ArmTotals {
+                requests: n,
+                local_replies: lost,
+                le: vec![100.0, f64::INFINITY],
+                counts: vec![n, n],
+                ..Default::default()
+            };
+            [("v1".to_owned(), arm(v1)), ("v2".to_owned(), arm(v2))].into()
+        };
+        let mut h = History::default();
+        // A long history before the check's base: 20,000 of v1's responses, 2,000 of v2's.
+        let (mut v1, mut v2) = ((20_000u64, 400u64), (2_000u64, 40u64));
+        assert!(srm_check(&mut h, &rec, &spec, &at(v1, v2), 3_000).is_none());
+        // Both arms lose 2%, the bandit now at 5/95.
+        for second in 4..7u64 {
+            v1 = (v1.0 + 50, v1.1 + 1);
+            v2 = (v2.0 + 950, v2.1 + 19);
+            let r = srm_check(&mut h, &rec, &spec, &at(v1, v2), second * 1000).unwrap();
+            assert!(!r.mismatch, "{r:?}");
+        }
+        // An instance with 600 of v1's responses and none of its replies leaves during a period
+        // like the others: compared with the last totals, v1's history looks like one period.
+        let gone = at((v1.0 - 600 + 50, v1.1 + 1), (v2.0 + 950, v2.1 + 19));
+        let r = srm_check(&mut h, &rec, &spec, &gone, 7_000).unwrap();
+        assert!(!r.mismatch, "{r:?}");
+        let next = at((v1.0 - 500, v1.1 + 2), (v2.0 + 1900, v2.1 + 38));
+        let r = srm_check(&mut h, &rec, &spec, &next, 8_000).unwrap();
+        assert!(!r.mismatch, "{r:?}");
     }
 }

@@ -216,10 +216,17 @@ async fn metrics(AxState(app): AxState<Arc<App>>) -> Response {
         .into_response()
 }
 
-/// `/readyz`: ready when the store answers (within 2 s) and every rollout has its reconciler.
+/// `/readyz`: ready when the store answers (within 2 s), every rollout has its reconciler and the
+/// specs directory (with `--specs`) was read in its last scan.
 async fn readyz(AxState(app): AxState<Arc<App>>) -> Response {
     let store = tokio::time::timeout(Duration::from_secs(2), app.db(|s| s.ping())).await;
     let rollouts = app.all().len();
+    let specs_error = app
+        .specs
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .error
+        .clone();
     let running = app
         .telemetry
         .reconcilers
@@ -230,6 +237,7 @@ async fn readyz(AxState(app): AxState<Arc<App>>) -> Response {
         Ok(Ok(())) if running < rollouts => Some(format!(
             "reconcilers: {running} running for {rollouts} rollouts"
         )),
+        Ok(Ok(())) if specs_error.is_some() => specs_error.map(|e| format!("specs directory: {e}")),
         Ok(Ok(())) => None,
     };
     match problem {
@@ -727,8 +735,9 @@ async fn command(
         // A bandit promoted by hand with no arm named: the candidate most probably best, not
         // the first one listed.
         let arm = arm.clone().or_else(|| {
-            let promoting = matches!(cmd, Command::Promote | Command::PromoteFull);
-            (promoting && spec.bandit.is_some() && rec.state.winner.is_none())
+            // Only a promotion to 100% picks one: at an earlier stage every arm stays live.
+            let to_full = state.weights(&spec).1 >= 100.0;
+            (to_full && spec.bandit.is_some() && rec.state.winner.is_none())
                 .then(|| {
                     let fleet = handle.reports().remote(None, &spec.arms());
                     crate::bestarm::best_arm(&spec, &fleet)?.best_candidate(&spec.baseline)

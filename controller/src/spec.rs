@@ -725,6 +725,12 @@ fn validate_strategy(raw: &RawSpec, stages: &[Stage]) -> Result<Option<AbTest>, 
             if raw.ab_test.is_some() {
                 return Err(err("ab_test", "only applies to strategy ab_test"));
             }
+            if stages.len() < 2 {
+                return Err(err(
+                    "stages",
+                    "bandit needs a stage below 100 where the bandit learns, then 100: the arm most probably best is promoted from the last stage below 100",
+                ));
+            }
             live_both("bandit")?;
             Ok(None)
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::gitops::{classify, owners, scan, stage_after_edit, Change, SpecFile};
+use crate::gitops::{classify, owners, scan, state_after_edit, Change, SpecFile};
 use crate::machine::State;
 use crate::registry::Loaded;
 use crate::server::{create, now_ms, App};
@@ -54,17 +54,51 @@ impl SpecsSeen {
     }
 }
 
+/// Longest one scan of the directory may take: past it the scan is reported stuck (in
+/// `/v1/specs` and `/readyz`), and no other starts until it ends.
+pub const SCAN_BUDGET: Duration = Duration::from_secs(10);
+
+/// A scan of the directory on a blocking thread.
+type ScanTask = tokio::task::JoinHandle<Result<Vec<SpecFile>, String>>;
+
 /// Runs until the process ends.
 pub async fn watch(app: Arc<App>, dir: PathBuf, every: Duration) {
     let mut logged: BTreeMap<String, String> = BTreeMap::new();
     let mut tick = tokio::time::interval(every);
+    // A scan that overran its budget: its thread cannot be stopped, so it is waited for, never
+    // doubled (a blocked read would otherwise take a thread at every tick).
+    let mut overrun: Option<(ScanTask, u64)> = None;
     loop {
         tick.tick().await;
-        let scanned = {
-            let dir = dir.clone();
-            tokio::task::spawn_blocking(move || scan(&dir))
-                .await
-                .unwrap_or_else(|e| Err(format!("scan task: {e}")))
+        let mut scan_task = match overrun.take() {
+            Some((task, since)) => {
+                if !task.is_finished() {
+                    let why = format!(
+                        "the scan has not finished for {} s (a file whose reads block?); no other scan starts until it does",
+                        now_ms().saturating_sub(since) / 1000
+                    );
+                    once(&mut logged, "(dir)", &why);
+                    let mut specs = app.specs.write().unwrap_or_else(|p| p.into_inner());
+                    specs.error = Some(why);
+                    overrun = Some((task, since));
+                    continue;
+                }
+                (task, since)
+            }
+            None => {
+                let dir = dir.clone();
+                (tokio::task::spawn_blocking(move || scan(&dir)), now_ms())
+            }
+        };
+        let scanned = match tokio::time::timeout(SCAN_BUDGET, &mut scan_task.0).await {
+            Ok(done) => done.unwrap_or_else(|e| Err(format!("scan task: {e}"))),
+            Err(_) => {
+                overrun = Some(scan_task);
+                Err(format!(
+                    "the scan did not finish within {} s (a file whose reads block?)",
+                    SCAN_BUDGET.as_secs()
+                ))
+            }
         };
         let mut seen = SpecsSeen {
             dir: Some(dir.display().to_string()),
@@ -105,7 +139,7 @@ async fn reconcile(
     seen: &mut SpecsSeen,
     logged: &mut BTreeMap<String, String>,
 ) {
-    let (owner, errors) = owners(files);
+    let (owner, errors) = owners(files, &seen.managed);
     for (i, f) in files.iter().enumerate() {
         let mut row = FileSeen {
             file: f.file.clone(),
@@ -187,13 +221,14 @@ async fn apply_file(app: &Arc<App>, file: &str, text: &str, spec: &Spec) -> Resu
         Change::Edit => {
             let mut next = rec.clone();
             next.spec_text = text.to_owned();
-            next.state.stage = stage_after_edit(rec.state.stage, spec);
+            next.state = state_after_edit(&rec.state, &old, spec);
             if next.state.arm_weights(spec) != rec.state.arm_weights(&old) {
                 next.version += 1;
             }
             let detail = format!(
-                "{file} changed: the edited spec applies from now, in stage {}",
-                next.state.stage + 1
+                "{file} changed: the edited spec applies from now, in stage {} at {}% (the weight in force is kept; a raise goes through a check)",
+                next.state.stage + 1,
+                next.state.weights(spec).1
             );
             (next, ("spec_changed".to_owned(), detail))
         }
