@@ -289,9 +289,9 @@ struct History {
     /// time after the split in force began (the filters apply a new split within a poll), kept
     /// for as long as that split is in force (same stage, same weights, not paused since).
     srm_base: Option<(SrmKey, Totals)>,
-    /// Under a bandit: the exposure test since that base, the live arms it tests, and the
-    /// totals it last saw.
-    exposure: Option<(ExposureTest, Vec<String>, Totals)>,
+    /// The exposure test of the split in force: its key, the live arms it tests, the test, and
+    /// the totals it last saw.
+    exposure: Option<(SrmKey, Vec<String>, ExposureTest, Totals)>,
 }
 
 /// What the split in force is: the stage, its weights (bits) and when the stage started.
@@ -307,8 +307,14 @@ pub const SRM_SETTLE_PROMETHEUS_MS: u64 = 60_000;
 /// stage however long, is at most 1% (Ville's inequality for the Bayes factor martingale).
 pub const SRM_ALPHA: f64 = 0.01;
 
-/// The sample-ratio check on the requests since `history`'s base for the split in force, taking
-/// the base when it is due; `None` before that, or without two live arms.
+/// The sample-ratio checks of the split in force; `None` before they have anything to say, or
+/// without two live arms. Two tests, each at `SRM_ALPHA`:
+/// - exposure (`exposure`), from the split's first check: whether Envoy's own replies fall on one
+///   arm more than on the others, period by period. It needs no settling time (it compares the
+///   arms within each period, whatever the split) and catches a loss on one arm within a few
+///   checks. Under a bandit, whose split is its own, it is the only one.
+/// - the split (`sequential::srm`, or per user bucket when sticky): the requests each arm's model
+///   answered since a base taken once the split has settled, against the weights.
 fn srm_check(
     history: &mut History,
     rec: &Record,
@@ -329,48 +335,79 @@ fn srm_check(
         history.exposure = None;
         return None;
     }
+    let arms: Vec<String> = live.iter().map(|(a, _)| a.clone()).collect();
+    let exposure = exposure_check(history, key, &arms, totals);
+    if spec.bandit.is_some() {
+        return exposure;
+    }
+    let split = split_check(history, key, &live, spec, totals, now);
+    match (exposure, split) {
+        (Some(e), _) if e.mismatch => Some(e),
+        (e, None) => e,
+        (_, s) => s,
+    }
+}
+
+/// The exposure test of the split `key` over `arms`, one period per check since the last.
+fn exposure_check(
+    history: &mut History,
+    key: SrmKey,
+    arms: &[String],
+    totals: &Totals,
+) -> Option<crate::sequential::SrmResult> {
+    // Another split or set of live arms (a winner, a rolled-back candidate) is another test;
+    // its first check only takes the totals the next period starts from.
+    let same = history
+        .exposure
+        .as_ref()
+        .is_some_and(|(k, tested, _, _)| *k == key && tested.as_slice() == arms);
+    if !same {
+        history.exposure = Some((
+            key,
+            arms.to_vec(),
+            ExposureTest::new(arms.len()),
+            totals.clone(),
+        ));
+        return None;
+    }
+    let (_, _, test, last) = history.exposure.as_mut()?;
+    // Counts that went down (an Envoy gone from the fleet, a restart seen through Prometheus)
+    // make no period: differences against them would be whole histories.
+    let shrank = arms.iter().any(|arm| {
+        let zero = crate::window::ArmTotals::default();
+        let (n, b) = (
+            totals.get(arm).unwrap_or(&zero),
+            last.get(arm).unwrap_or(&zero),
+        );
+        n.requests < b.requests
+            || n.local_replies < b.local_replies
+            || n.counts.iter().sum::<u64>() < b.counts.iter().sum::<u64>()
+            || n.counts.iter().zip(&b.counts).any(|(x, y)| x < y)
+    });
+    if !shrank {
+        let (responses, lost): (Vec<u64>, Vec<u64>) = arms
+            .iter()
+            .map(|arm| {
+                let w = window(totals, last, arm);
+                (w.latency.count(), w.local_replies)
+            })
+            .unzip();
+        test.observe(&responses, &lost);
+    }
+    *last = totals.clone();
+    test.result(SRM_ALPHA).map(Into::into)
+}
+
+/// The split test of `key` since its base, taking the base when the split has settled.
+fn split_check(
+    history: &mut History,
+    key: SrmKey,
+    live: &[(String, f64)],
+    spec: &Spec,
+    totals: &Totals,
+    now: u64,
+) -> Option<crate::sequential::SrmResult> {
     match &history.srm_base {
-        Some((k, _)) if *k == key && spec.bandit.is_some() => {
-            // The bandit's split is its own: test only whether routed requests reached their
-            // model, period by period (see `exposure`).
-            let arms: Vec<String> = live.iter().map(|(a, _)| a.clone()).collect();
-            // Another set of live arms (a winner, a rolled-back candidate) is another test.
-            if history
-                .exposure
-                .as_ref()
-                .is_some_and(|(_, tested, _)| *tested != arms)
-            {
-                history.exposure = None;
-            }
-            let (test, _, last) = history.exposure.get_or_insert_with(|| {
-                (ExposureTest::new(arms.len()), arms.clone(), totals.clone())
-            });
-            // Counts that went down (an Envoy gone from the fleet, a restart seen through
-            // Prometheus) make no period: differences against them would be whole histories.
-            let shrank = arms.iter().any(|arm| {
-                let zero = crate::window::ArmTotals::default();
-                let (n, b) = (
-                    totals.get(arm).unwrap_or(&zero),
-                    last.get(arm).unwrap_or(&zero),
-                );
-                n.requests < b.requests
-                    || n.local_replies < b.local_replies
-                    || n.counts.iter().sum::<u64>() < b.counts.iter().sum::<u64>()
-                    || n.counts.iter().zip(&b.counts).any(|(x, y)| x < y)
-            });
-            if !shrank {
-                let (responses, lost): (Vec<u64>, Vec<u64>) = arms
-                    .iter()
-                    .map(|arm| {
-                        let w = window(totals, last, arm);
-                        (w.latency.count(), w.local_replies)
-                    })
-                    .unzip();
-                test.observe(&responses, &lost);
-            }
-            *last = totals.clone();
-            test.result(SRM_ALPHA).map(Into::into)
-        }
         Some((k, base)) if *k == key => {
             let windows: Vec<ArmWindow> = live
                 .iter()
@@ -403,9 +440,8 @@ fn srm_check(
             // A source with nothing yet is no base: the next figures would count every request
             // since the Envoys started, the old split's included.
             let has_data = totals.values().any(|t| t.requests > 0);
-            if has_data && now.saturating_sub(rec.state.stage_started_ms) >= settle {
+            if has_data && now.saturating_sub(key.2) >= settle {
                 history.srm_base = Some((key, totals.clone()));
-                history.exposure = None;
             }
             None
         }
@@ -671,9 +707,25 @@ mod tests {
         assert!(srm_check(&mut h, &rec, &spec, &Totals::default(), 5_000).is_none());
         assert!(h.srm_base.is_none(), "no figures yet: no base");
         // 9,000 requests all to v1 before the split took effect, then an even split.
-        assert!(srm_check(&mut h, &rec, &spec, &totals(9_000, 100), 2_000).is_none());
+        // Until the split test has a base, only the exposure test answers (nothing lost here).
+        let quiet = |r: Option<crate::sequential::SrmResult>| {
+            r.is_none_or(|r| r.unit == "exposure" && !r.mismatch)
+        };
+        assert!(quiet(srm_check(
+            &mut h,
+            &rec,
+            &spec,
+            &totals(9_000, 100),
+            2_000
+        )));
         assert!(h.srm_base.is_none(), "before the settling time");
-        assert!(srm_check(&mut h, &rec, &spec, &totals(9_000, 100), 3_000).is_none());
+        assert!(quiet(srm_check(
+            &mut h,
+            &rec,
+            &spec,
+            &totals(9_000, 100),
+            3_000
+        )));
         let fine = srm_check(&mut h, &rec, &spec, &totals(14_020, 5_080), 4_000).unwrap();
         assert!(!fine.mismatch, "{fine:?}");
         assert_eq!(fine.counts, vec![5_020, 4_980]);
@@ -684,7 +736,13 @@ mod tests {
         paused.state.phase = Phase::Paused;
         assert!(srm_check(&mut h, &paused, &spec, &totals(25_000, 10_000), 6_000).is_none());
         assert!(h.srm_base.is_none());
-        assert!(srm_check(&mut h, &rec, &spec, &totals(25_000, 10_000), 7_000).is_none());
+        assert!(quiet(srm_check(
+            &mut h,
+            &rec,
+            &spec,
+            &totals(25_000, 10_000),
+            7_000
+        )));
         let after = srm_check(&mut h, &rec, &spec, &totals(25_500, 10_500), 8_000).unwrap();
         assert!(
             !after.mismatch && after.counts == vec![500, 500],

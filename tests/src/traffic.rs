@@ -63,27 +63,61 @@ pub fn no_headers(_: usize) -> Vec<(String, String)> {
     Vec::new()
 }
 
-/// Sends requests until stopped, recording (when, arm) for each answer.
+/// One answer `Traffic` saw.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub at: Instant,
+    /// The model that answered (`x-served-by`; empty when Envoy answered itself).
+    pub served_by: String,
+    /// The arm the filter chose, when its config sets a `response_header` (`x-ramp-arm`): it is
+    /// there on Envoy's own replies too, so it shows the split the filter applies.
+    pub told_arm: Option<String>,
+    pub status: u16,
+}
+
+impl Answer {
+    /// The arm the filter chose, else the model that answered.
+    pub fn arm(&self) -> &str {
+        self.told_arm.as_deref().unwrap_or(&self.served_by)
+    }
+}
+
+/// Sends requests until stopped (or dropped), recording each answer.
 pub struct Traffic {
     stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Vec<(Instant, String)>>>,
+    seen: Arc<Mutex<Vec<Answer>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Traffic {
     pub fn start(url: String, connections: usize) -> Self {
+        Self::start_with(connections, move |_| url.clone())
+    }
+
+    /// The same with each request's URL made from its number on its connection (a query that
+    /// varies, for models whose answers should differ).
+    pub fn start_with(
+        connections: usize,
+        url: impl Fn(u64) -> String + Send + Sync + 'static,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let url = Arc::new(url);
         let threads = (0..connections)
             .map(|_| {
                 let (stop, seen, url) = (stop.clone(), seen.clone(), url.clone());
                 std::thread::spawn(move || {
                     let client = Client::default();
+                    let mut n = 0;
                     while !stop.load(Ordering::Relaxed) {
-                        if let Ok(r) = client.get(&url, &[]) {
-                            seen.lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .push((Instant::now(), r.served_by));
+                        n += 1;
+                        if let Ok(r) = client.get(&url(n), &[]) {
+                            seen.lock().unwrap_or_else(|p| p.into_inner()).push(Answer {
+                                at: Instant::now(),
+                                served_by: r.served_by,
+                                told_arm: r.told_arm,
+                                status: r.status,
+                            });
                         }
                         std::thread::sleep(Duration::from_millis(2));
                     }
@@ -99,20 +133,49 @@ impl Traffic {
 
     /// Every answer so far: when, and which arm served it.
     pub fn seen(&self) -> Vec<(Instant, String)> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|a| (a.at, a.served_by.clone()))
+            .collect()
+    }
+
+    /// Every answer so far, in full.
+    pub fn answers(&self) -> Vec<Answer> {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Answers so far.
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Share of answers from `arm` among those after `since`.
     pub fn share_since(&self, arm: &str, since: Instant) -> (usize, usize) {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let after: Vec<_> = seen.iter().filter(|(t, _)| *t >= since).collect();
-        (after.iter().filter(|(_, a)| a == arm).count(), after.len())
+        let after: Vec<_> = seen.iter().filter(|a| a.at >= since).collect();
+        (
+            after.iter().filter(|a| a.served_by == arm).count(),
+            after.len(),
+        )
     }
 
-    pub fn finish(self) {
+    pub fn finish(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
+        for t in std::mem::take(&mut self.threads) {
             let _ = t.join();
         }
+    }
+}
+
+/// A test that fails part-way stops its load too, instead of leaving it spinning on a dead Envoy.
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop_and_join();
     }
 }

@@ -17,6 +17,9 @@ pub struct Behaviour {
     /// Fail exactly this many requests per thousand, spread evenly (request n fails when
     /// floor(n * p / 1000) steps up), so a 30% failure rate is 30% of any window, not just on average.
     pub fail_permille: AtomicU64,
+    /// Fail each request independently with this chance, per thousand (a Bernoulli draw): the
+    /// binomial noise an A/A test must tolerate, which the evenly spread `fail_permille` lacks.
+    pub fail_chance_permille: AtomicU64,
     /// Extra delay per request, in milliseconds.
     pub delay_ms: AtomicU64,
     /// When non-zero, answer with `x-ramp-reward: <value / 1e6>` (the model's own reward).
@@ -38,9 +41,11 @@ impl Behaviour {
     fn fails(&self, n: u64, path: &str) -> bool {
         let every = self.fail_every.load(Ordering::Relaxed);
         let permille = self.fail_permille.load(Ordering::Relaxed);
+        let chance = self.fail_chance_permille.load(Ordering::Relaxed);
         path.contains("fail")
             || (every > 0 && n.is_multiple_of(every))
             || (permille > 0 && n * permille / 1000 > (n - 1) * permille / 1000)
+            || (chance > 0 && fastrand::u64(0..1000) < chance)
     }
 }
 

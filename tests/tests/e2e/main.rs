@@ -9,6 +9,7 @@ mod fleet;
 mod gitops;
 mod hostile_input;
 mod live_state;
+mod matrix;
 mod metrics;
 mod observability;
 mod override_header;
