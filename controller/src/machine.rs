@@ -8,7 +8,9 @@ use thiserror::Error;
 use crate::abtest::{z_test, AbResult, Proportion, Winner};
 use crate::bestarm::BestArm;
 use crate::rules::{evaluate, ArmWindow, Verdict};
-use crate::sequential::{holm, msprt_estimates, SequentialResult, SrmResult, EXPOSURE_UNIT};
+use crate::sequential::{
+    holm, msprt_estimates, SequentialResult, SrmResult, EXPOSURE_SWITCH_UNIT, EXPOSURE_UNIT,
+};
 use crate::spec::{AbMetric, AbTest, BanditSpec, HookPoint, Spec};
 use crate::units::{estimates, Outcome};
 
@@ -163,7 +165,22 @@ pub fn step(
             .filter(|(_, w)| *w > 0.0)
             .map(|(a, _)| a)
             .collect();
-        let why = if s.unit == EXPOSURE_UNIT {
+        let why = if s.unit == EXPOSURE_SWITCH_UNIT {
+            let at = |i: usize| {
+                (
+                    s.counts.get(i).copied().unwrap_or(0),
+                    s.responses.get(i).copied().unwrap_or(0),
+                )
+            };
+            let ((l0, n0), (l1, n1)) = (at(0), at(1));
+            format!(
+                "sample ratio mismatch: exposure lost after routing: Envoy answered {l1} of {} {n1} responses ({:.1}%) itself since this split began, against {l0} of {n0} ({:.1}%) before it, p = {:.1e}; resume once the cause is fixed",
+                arms.join("/"),
+                100.0 * l1 as f64 / n1.max(1) as f64,
+                100.0 * l0 as f64 / n0.max(1) as f64,
+                s.p_value
+            )
+        } else if s.unit == EXPOSURE_UNIT {
             // Under a bandit the split is the policy's: what is tested is lost exposure.
             let lost: Vec<String> = arms
                 .iter()

@@ -292,7 +292,31 @@ struct History {
     /// The exposure test of the split in force: its key, the live arms it tests, the test, and
     /// the totals it last saw.
     exposure: Option<(SrmKey, Vec<String>, ExposureTest, Totals)>,
+    /// With one live arm (a blue-green switch, a shadow's baseline): its key, the arm, and the
+    /// totals at the split's first check.
+    single: Option<(SrmKey, String, Totals)>,
+    /// Envoy's own replies and the responses of the split before the one in force, all arms
+    /// together: what one live arm's loss is compared with.
+    before: Option<(u64, u64)>,
 }
+
+impl History {
+    /// The split in force ends: what its arms lost becomes `before`.
+    fn retire(&mut self, totals: &Totals) {
+        if let Some((_, _, test, _)) = self.exposure.take() {
+            if let Some(r) = test.result(SRM_ALPHA) {
+                self.before = Some((r.local_replies.iter().sum(), r.responses.iter().sum()));
+            }
+        }
+        if let Some((_, arm, base)) = self.single.take() {
+            let w = window(totals, &base, &arm);
+            self.before = Some((w.local_replies, w.latency.count()));
+        }
+    }
+}
+
+/// The mixture sd of the before/after comparison of one arm's loss: a point of rate.
+const SWITCH_LOSS_MIXTURE_SD: f64 = 0.01;
 
 /// What the split in force is: the stage, its weights (bits) and when the stage started.
 type SrmKey = (usize, u64, u64);
@@ -330,10 +354,15 @@ fn srm_check(
         .collect();
     let (_, share) = rec.state.weights(spec);
     let key = (rec.state.stage, share.to_bits(), rec.state.stage_started_ms);
-    if rec.state.phase != Phase::Progressing || live.len() < 2 {
+    if rec.state.phase != Phase::Progressing || live.is_empty() {
         history.srm_base = None;
         history.exposure = None;
+        history.single = None;
         return None;
+    }
+    if let [(arm, _)] = live.as_slice() {
+        history.srm_base = None;
+        return single_check(history, key, arm, totals);
     }
     let arms: Vec<String> = live.iter().map(|(a, _)| a.clone()).collect();
     let exposure = exposure_check(history, key, &arms, totals);
@@ -362,6 +391,7 @@ fn exposure_check(
         .as_ref()
         .is_some_and(|(k, tested, _, _)| *k == key && tested.as_slice() == arms);
     if !same {
+        history.retire(totals);
         history.exposure = Some((
             key,
             arms.to_vec(),
@@ -396,6 +426,58 @@ fn exposure_check(
     }
     *last = totals.clone();
     test.result(SRM_ALPHA).map(Into::into)
+}
+
+/// One live arm: no split to compare arms within, so its loss (Envoy's own replies among its
+/// responses since the split's first check) is compared with the split before's, by the
+/// two-proportion mSPRT (valid at every look): a blue-green switch to a green whose requests
+/// Envoy partly answers itself holds there.
+fn single_check(
+    history: &mut History,
+    key: SrmKey,
+    arm: &str,
+    totals: &Totals,
+) -> Option<crate::sequential::SrmResult> {
+    use crate::abtest::Proportion;
+    use crate::sequential::{msprt_estimates, RateEstimate, SrmResult};
+    if !history
+        .single
+        .as_ref()
+        .is_some_and(|(k, a, _)| *k == key && a == arm)
+    {
+        history.retire(totals);
+        history.single = Some((key, arm.to_owned(), totals.clone()));
+        return None;
+    }
+    let (_, _, base) = history.single.as_ref()?;
+    let (lost_before, responses_before) = history.before?;
+    let w = window(totals, base, arm);
+    let (lost, responses) = (w.local_replies.min(w.latency.count()), w.latency.count());
+    let rate = |lost: u64, n: u64| {
+        RateEstimate::per_request(Proportion {
+            successes: lost as f64,
+            trials: n,
+        })
+    };
+    let r = msprt_estimates(
+        rate(lost_before, responses_before)?,
+        rate(lost, responses)?,
+        SRM_ALPHA,
+        SWITCH_LOSS_MIXTURE_SD,
+    )?;
+    let mismatch = r.p_value < SRM_ALPHA && r.difference > 0.0;
+    let share = |l: u64, n: u64| l as f64 / n.max(1) as f64;
+    Some(SrmResult {
+        expected: vec![share(lost_before, responses_before)],
+        observed: vec![share(lost, responses)],
+        counts: vec![lost_before, lost],
+        bayes_factor: r.likelihood_ratio,
+        p_value: r.p_value,
+        alpha: SRM_ALPHA,
+        mismatch,
+        unit: crate::sequential::EXPOSURE_SWITCH_UNIT,
+        responses: vec![responses_before, responses],
+    })
 }
 
 /// The split test of `key` since its base, taking the base when the split has settled.
@@ -825,5 +907,84 @@ mod tests {
         let next = at((v1.0 - 500, v1.1 + 2), (v2.0 + 1900, v2.1 + 38));
         let r = srm_check(&mut h, &rec, &spec, &next, 8_000).unwrap();
         assert!(!r.mismatch, "{r:?}");
+    }
+
+    /// Blue-green: one live arm at a time. After the switch, green's loss (Envoy answering 5%
+    /// of its requests itself) is compared with blue's before it, and holds the rollout.
+    #[test]
+    fn one_live_arm_is_compared_with_the_split_before() {
+        let spec = Spec::parse("name: r\nstrategy: blue_green\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 1\nstages: [{weight: 0}, {weight: 100}]\n").unwrap();
+        let mut rec = record(&spec);
+        let at = |v1: (u64, u64), v2: (u64, u64)| -> Totals {
+            let arm = |(n, lost): (u64, u64)| ArmTotals {
+                requests: n,
+                local_replies: lost,
+                le: vec![100.0, f64::INFINITY],
+                counts: vec![n, n],
+                ..Default::default()
+            };
+            [("v1".to_owned(), arm(v1)), ("v2".to_owned(), arm(v2))].into()
+        };
+        let mut h = History::default();
+        // Blue alone, nothing lost: nothing before it to compare with.
+        for second in 1..=5u64 {
+            assert!(srm_check(
+                &mut h,
+                &rec,
+                &spec,
+                &at((200 * second, 0), (0, 0)),
+                second * 1000
+            )
+            .is_none());
+        }
+        // The switch: green alone, losing 5%.
+        rec.state.stage = 1;
+        rec.state.stage_started_ms = 5_500;
+        let mut flagged = None;
+        for second in 6..=12u64 {
+            let n = 200 * (second - 5);
+            let r = srm_check(
+                &mut h,
+                &rec,
+                &spec,
+                &at((1000, 0), (n, n / 20)),
+                second * 1000,
+            );
+            if r.as_ref().is_some_and(|r| r.mismatch) {
+                flagged = r.map(|r| (second, r));
+                break;
+            }
+        }
+        let (second, r) = flagged.expect("green's loss is flagged");
+        assert!(second <= 10, "{second}");
+        assert_eq!(r.unit, "exposure_since_switch");
+        assert_eq!(r.counts[0], 0);
+        // The same switch with green losing no more than blue did (1% each) raises nothing.
+        let mut h = History::default();
+        rec.state.stage = 0;
+        rec.state.stage_started_ms = 0;
+        for second in 1..=5u64 {
+            let n = 200 * second;
+            srm_check(
+                &mut h,
+                &rec,
+                &spec,
+                &at((n, n / 100), (0, 0)),
+                second * 1000,
+            );
+        }
+        rec.state.stage = 1;
+        rec.state.stage_started_ms = 5_500;
+        for second in 6..=30u64 {
+            let n = 200 * (second - 5);
+            let r = srm_check(
+                &mut h,
+                &rec,
+                &spec,
+                &at((1000, 10), (n, n / 100)),
+                second * 1000,
+            );
+            assert!(r.is_none_or(|r| !r.mismatch));
+        }
     }
 }

@@ -198,8 +198,11 @@ pub struct SrmResult {
     pub responses: Vec<u64>,
 }
 
-/// `SrmResult::unit` of the bandit's exposure check.
+/// `SrmResult::unit` of the exposure check between live arms.
 pub const EXPOSURE_UNIT: &str = "exposure";
+/// `SrmResult::unit` of one live arm's loss against the split before: `counts` and `responses`
+/// are (before, now), `expected` and `observed` the two loss rates.
+pub const EXPOSURE_SWITCH_UNIT: &str = "exposure_since_switch";
 
 impl From<crate::exposure::ExposureResult> for SrmResult {
     fn from(e: crate::exposure::ExposureResult) -> Self {

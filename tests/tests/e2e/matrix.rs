@@ -7,13 +7,15 @@
 //! | strategy        | healthy candidate     | failing candidate      | identical arms (A/A)             | 5% of one arm's requests dropped after routing |
 //! |-----------------|-----------------------|------------------------|----------------------------------|------------------------------------------------|
 //! | canary          | succeeded, 100%       | rolled back            | succeeded, no pause              | paused by the sample-ratio check               |
-//! | blue_green      | switched, succeeded   | rolled back            | succeeded                        | paused                                         |
+//! | blue_green      | switched, succeeded   | rolled back            | succeeded                        | paused after the switch, not promoted          |
 //! | ab_test 2, 3    | the better arm wins   | rolled back            | no winner, no pause in 30 checks | paused (2 arms)                                |
-//! | shadow          | promoted              | rolled back by a rule  | equivalent, promoted             | paused                                         |
+//! | shadow          | promoted              | rolled back by a rule  | equivalent, promoted             | promoted (the copies stay unbiased)            |
 //! | bandit 2, 5     | the best arm wins     | starved, rolled back   | no pause in 30 checks            | paused (2 arms)                                |
 //!
-//! The drop rows are ignored, each with the defect that keeps it from ending so (the reasons
-//! name the code); they pass once rampctl guards every strategy's exposure.
+//! A drop row holds the rollout through the sample-ratio check's exposure tests: between live
+//! arms, or (blue-green's switch) one arm's loss against the split before. Under shadow the only
+//! routed arm is the baseline and a dropped request is not mirrored either, so the copies
+//! compared stay an unbiased sample: that row is promoted (the cell reads so in issue 19's note).
 //!
 //! Every row of a strategy applies the same spec (one baseline `v1`, candidates `v2`..): only the
 //! models' behaviour and the planted drop differ, so a row's outcome is the product's answer to
@@ -136,7 +138,7 @@ matrix! {
     blue_green_healthy_switches_and_succeeds: BlueGreen, Healthy;
     blue_green_failing_rolls_back: BlueGreen, Failing;
     blue_green_identical_succeeds: BlueGreen, Identical;
-    blue_green_drop_holds: BlueGreen, DropShare, ignore = "defect: reconciler::srm_check checks nothing while fewer than two arms are live, and blue_green never has two; the rollout succeeds";
+    blue_green_drop_holds: BlueGreen, DropShare;
     ab2_healthy_promotes_the_better_arm: AbTest(2), Healthy;
     ab2_failing_rolls_back: AbTest(2), Failing;
     ab2_drop_holds: AbTest(2), DropShare;
@@ -145,7 +147,7 @@ matrix! {
     shadow_healthy_promoted: Shadow, Healthy;
     shadow_failing_rolled_back_by_the_shadow_rules: Shadow, Failing;
     shadow_identical_equivalent_promoted: Shadow, Identical;
-    shadow_drop_holds: Shadow, DropShare, ignore = "defect: reconciler::srm_check checks nothing while fewer than two arms are live, and shadow routes only the baseline; the rollout is promoted";
+    shadow_drop_is_promoted_unbiased: Shadow, DropShare;
     bandit2_healthy_promotes_the_best_arm: Bandit(2), Healthy;
     bandit5_healthy_promotes_the_best_arm: Bandit(5), Healthy;
     bandit2_failing_arm_starved_and_rolled_back: Bandit(2), Failing;
@@ -164,8 +166,8 @@ impl Strategy {
 
     /// The spec every row of this strategy applies. Every stage that decides lasts at least 5 s:
     /// longer than the sample-ratio check's settling time (3 s, `reconciler::SRM_SETTLE_MS`), as
-    /// any real stage is, so that check has looked before a verdict can be made (under bandit
-    /// it has not yet: see `bandit2_drop_holds`).
+    /// any real stage is, so that check has looked before a verdict can be made (the exposure
+    /// tests need no settling: they look from the split's first check).
     fn spec(self, name: &str) -> String {
         let arms: Vec<String> = self
             .arms()
@@ -337,6 +339,11 @@ fn expect(row: &Row) -> Expect {
     };
     let promoted = End::Promoted(winner.clone());
     match (row.strategy, row.scenario) {
+        // Argued in issue 19's note: under shadow the only routed arm is the baseline, and a
+        // request Envoy answers itself is never mirrored either, so the copies compared are an
+        // unbiased sample of what reached the baseline: there is nothing to hold for, and the
+        // verdict stands (the loss itself is the baseline's outage, for its own alerts).
+        (Shadow, DropShare) => plain(promoted, &["applied", "advance", "promoted"]),
         (_, DropShare) => with(
             Expect {
                 end: End::Held,
@@ -775,8 +782,15 @@ fn run_row(row: &Row, log: &Log) {
     if expect.end != End::Held {
         assert!(!kinds.contains(&"paused"), "{events:?}");
     } else {
-        for k in ["advance", "promoted", "rolled_back"] {
-            assert!(!kinds.contains(&k), "held, yet {k}: {events:?}");
+        // Blue-green's green serves nobody before its switch: its loss can only show after
+        // that one advance, and then it holds there, short of promotion.
+        let moved: &[&str] = if row.strategy == BlueGreen {
+            &["promoted", "rolled_back"]
+        } else {
+            &["advance", "promoted", "rolled_back"]
+        };
+        for k in moved {
+            assert!(!kinds.contains(k), "held, yet {k}: {events:?}");
         }
     }
     if let Some((kind, details)) = &expect.evidence {
