@@ -832,23 +832,25 @@ mod tests {
         );
     }
 
+    /// Totals of v1 and v2 from (responses, Envoy's own replies among them), cumulative.
+    fn lossy(v1: (u64, u64), v2: (u64, u64)) -> Totals {
+        let arm = |(n, lost): (u64, u64)| ArmTotals {
+            requests: n,
+            local_replies: lost,
+            le: vec![100.0, f64::INFINITY],
+            counts: vec![n, n],
+            ..Default::default()
+        };
+        [("v1".to_owned(), arm(v1)), ("v2".to_owned(), arm(v2))].into()
+    }
+
     /// Under a bandit the split is the policy's: all traffic on one arm raises nothing, and a
     /// share of one arm's requests answered by Envoy itself (a fault filter, no upstream) does.
     #[test]
     fn a_bandit_is_checked_for_lost_exposure_not_for_its_split() {
         let spec = Spec::parse("name: r\nstrategy: bandit\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 1\nstages: [{weight: 50}, {weight: 100}]\n").unwrap();
         let rec = record(&spec);
-        // (responses, local replies) per arm, cumulative.
-        let at = |v1: (u64, u64), v2: (u64, u64)| -> Totals {
-            let arm = |(n, lost): (u64, u64)| ArmTotals {
-                requests: n,
-                local_replies: lost,
-                le: vec![100.0, f64::INFINITY],
-                counts: vec![n, n],
-                ..Default::default()
-            };
-            [("v1".to_owned(), arm(v1)), ("v2".to_owned(), arm(v2))].into()
-        };
+        let at = lossy;
         let mut h = History::default();
         assert!(srm_check(&mut h, &rec, &spec, &at((10, 0), (10, 0)), 3_000).is_none());
         let mut v2 = 10;
@@ -878,16 +880,7 @@ mod tests {
     fn counts_that_go_down_make_no_exposure_period() {
         let spec = Spec::parse("name: r\nstrategy: bandit\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 1\nstages: [{weight: 50}, {weight: 100}]\n").unwrap();
         let rec = record(&spec);
-        let at = |v1: (u64, u64), v2: (u64, u64)| -> Totals {
-            let arm = |(n, lost): (u64, u64)| ArmTotals {
-                requests: n,
-                local_replies: lost,
-                le: vec![100.0, f64::INFINITY],
-                counts: vec![n, n],
-                ..Default::default()
-            };
-            [("v1".to_owned(), arm(v1)), ("v2".to_owned(), arm(v2))].into()
-        };
+        let at = lossy;
         let mut h = History::default();
         // A long history before the check's base: 20,000 of v1's responses, 2,000 of v2's.
         let (mut v1, mut v2) = ((20_000u64, 400u64), (2_000u64, 40u64));
@@ -915,16 +908,7 @@ mod tests {
     fn one_live_arm_is_compared_with_the_split_before() {
         let spec = Spec::parse("name: r\nstrategy: blue_green\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 1\nstages: [{weight: 0}, {weight: 100}]\n").unwrap();
         let mut rec = record(&spec);
-        let at = |v1: (u64, u64), v2: (u64, u64)| -> Totals {
-            let arm = |(n, lost): (u64, u64)| ArmTotals {
-                requests: n,
-                local_replies: lost,
-                le: vec![100.0, f64::INFINITY],
-                counts: vec![n, n],
-                ..Default::default()
-            };
-            [("v1".to_owned(), arm(v1)), ("v2".to_owned(), arm(v2))].into()
-        };
+        let at = lossy;
         let mut h = History::default();
         // Blue alone, nothing lost: nothing before it to compare with.
         for second in 1..=5u64 {

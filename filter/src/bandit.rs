@@ -231,10 +231,11 @@ fn random_among(rng: &mut Rng, n: usize, keep: &dyn Fn(usize) -> bool) -> Option
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn counts(pairs: &[(u64, u64)]) -> Vec<ArmCounts> {
+    /// Counts from (trials, whole rewards) pairs.
+    pub(crate) fn counts(pairs: &[(u64, u64)]) -> Vec<ArmCounts> {
         pairs
             .iter()
             .map(|&(t, r)| ArmCounts {

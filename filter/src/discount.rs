@@ -69,15 +69,7 @@ impl Discounted {
 mod tests {
     use super::*;
 
-    fn snap(pairs: &[(u64, u64)]) -> Vec<ArmCounts> {
-        pairs
-            .iter()
-            .map(|&(t, r)| ArmCounts {
-                trials: t,
-                reward_micros: r * 1_000_000,
-            })
-            .collect()
-    }
+    use crate::bandit::tests::counts as snap;
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-12

@@ -8,6 +8,7 @@ pub mod envoy;
 pub mod oci;
 pub mod prom;
 pub mod prometheus;
+pub mod seeds;
 pub mod state_server;
 pub mod traffic;
 pub mod upstream;

@@ -173,23 +173,7 @@ fn rollout(policy: &Bandit, s: &Setup, seed: u64) -> Run {
 }
 
 fn runs(policy: &Bandit, s: &Setup, n: u64, seed0: u64) -> Vec<Run> {
-    std::thread::scope(|scope| {
-        let halves: Vec<_> = [0, 1]
-            .map(|h| {
-                scope.spawn(move || {
-                    (0..n)
-                        .filter(|i| i % 2 == h)
-                        .map(|i| rollout(policy, s, seed0 + i))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .into_iter()
-            .collect();
-        halves
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
-    })
+    ramp_tests::seeds::on_two_threads(n, seed0, |seed| rollout(policy, s, seed))
 }
 
 fn median(mut v: Vec<u64>) -> Option<u64> {

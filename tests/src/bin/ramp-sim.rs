@@ -258,21 +258,5 @@ fn cost_table(policies: &[(&str, Policy)], md: &mut String) -> serde_json::Value
 
 /// The scenario over `seeds` seeds, on two threads.
 fn run(b: &Bandit, scenario: &Scenario, seeds: u64) -> Vec<Outcome> {
-    std::thread::scope(|s| {
-        let halves: Vec<_> = [0, 1]
-            .map(|h| {
-                s.spawn(move || {
-                    (0..seeds)
-                        .filter(|x| x % 2 == h)
-                        .map(|seed| simulate(b, scenario, seed))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .into_iter()
-            .collect();
-        halves
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
-    })
+    ramp_tests::seeds::on_two_threads(seeds, 0, |seed| simulate(b, scenario, seed))
 }
