@@ -254,6 +254,51 @@ fn main() -> Result<()> {
         );
     }
 
+    let thompson = Bandit::with_policy(Policy::Thompson);
+    // Near ties: P(best) is a posterior probability, not a test with an error rate. Between
+    // equal arms it may name either best, and a slightly worse candidate can win.
+    md.push_str(
+        "\n## Near ties: what the stopping rule does when the arms are (almost) equal\n\n\
+         Two arms, Thompson, the same checks; the baseline is arm 0. Undecided after 100,000 requests counts as no decision.\n\n\
+         | rates (baseline, candidate) | candidate promoted | baseline kept (rolled back) | undecided | median requests to the decision |\n\
+         |---|---:|---:|---:|---:|\n",
+    );
+    let mut ties = Vec::new();
+    for rates in [vec![0.10, 0.10], vec![0.10, 0.098]] {
+        let setup = Setup {
+            rates: rates.clone(),
+            max_requests: 100_000,
+            ..five.clone()
+        };
+        let out = runs(&thompson, &setup, n, 60_001);
+        let count = |arm: usize| {
+            out.iter()
+                .filter(|r| r.decided.is_some_and(|(a, _)| a == arm))
+                .count()
+        };
+        let (candidate, baseline) = (count(1), count(0));
+        let med = median(
+            out.iter()
+                .filter_map(|r| r.decided.map(|(_, s)| s))
+                .collect(),
+        );
+        let pct = |c: usize| 100.0 * c as f64 / out.len() as f64;
+        md.push_str(&format!(
+            "| {:.3}, {:.3} | {:.1}% | {:.1}% | {:.1}% | {} |\n",
+            rates[0],
+            rates[1],
+            pct(candidate),
+            pct(baseline),
+            pct(out.len() - candidate - baseline),
+            med.map_or("-".into(), |m| m.to_string())
+        ));
+        ties.push(
+            json!({"rates": rates, "runs": out.len(), "candidate_promoted": candidate,
+                         "baseline_kept": baseline, "median_requests": med}),
+        );
+        eprintln!("near tie {rates:?}: candidate {candidate}, baseline {baseline}");
+    }
+
     // The sample-ratio check under a learning bandit: two arms (the guide's 30% vs 5% failures
     // as rewards 0.70 / 0.95), the bandit moving nearly all traffic to the better one; then the
     // same with 5% of the better arm's requests answered by Envoy (a fault filter after routing).
@@ -263,7 +308,6 @@ fn main() -> Result<()> {
         lost: vec![0.0, 0.0],
         ..five.clone()
     };
-    let thompson = Bandit::with_policy(Policy::Thompson);
     let mut quiet = two.clone();
     quiet.decide = false; // look at the check over the whole run
     let learning = runs(&thompson, &quiet, n, 10_001);
@@ -396,6 +440,7 @@ fn main() -> Result<()> {
         "runs_per_row": n, "flush_every": five.flush_every, "check_every": five.check_every,
         "min_requests": five.min_requests, "promote_at": five.promote_at, "max_requests": five.max_requests,
         "best_arm_5": rows,
+        "near_ties": ties,
         "exposure": {"learning_false_alarms": false_alarms, "runs": learning.len(),
                      "drop_5pct_flagged": flagged.len(), "drop_5pct_median_requests": median(flagged),
                      "drop_5pct_min_share_flagged": flagged_floor.len(),
