@@ -219,12 +219,21 @@ pub fn run_hooks(spec: &Spec, point: HookPoint, event: &Value) -> Result<(), Str
                 HookFormat::Json => event.to_string(),
                 HookFormat::Slack => json!({ "text": slack_text(event) }).to_string(),
             };
-            let sent = ureq::post(&hook.url)
+            // No redirects: a gate answers for itself. Followed, a 302 became a GET to wherever
+            // it pointed, and its 200 passed the gate.
+            let sent = ureq::AgentBuilder::new()
+                .redirects(0)
+                .build()
+                .post(&hook.url)
                 .timeout(Duration::from_secs_f64(hook.timeout_s).min(left))
                 .set("content-type", "application/json")
                 .send_string(&body);
             match sent {
-                Ok(_) => true,
+                Ok(r) if (200..300).contains(&r.status()) => true,
+                Ok(r) => {
+                    last = format!("answered {} (only a 2xx passes)", r.status());
+                    false
+                }
                 Err(e) => {
                     last = e.to_string();
                     false
@@ -970,5 +979,23 @@ mod tests {
             );
             assert!(r.is_none_or(|r| !r.mismatch));
         }
+    }
+
+    /// Issue 20, item 9: a 3xx from a gating hook passed (ureq followed it as a GET). Only a 2xx
+    /// passes now, and nothing is followed.
+    #[test]
+    fn a_hook_that_redirects_does_not_pass() {
+        let redirect = ramp_tests::canned::CannedServer::start(0, 302, "moved").unwrap();
+        let ok = ramp_tests::canned::CannedServer::start(0, 204, "").unwrap();
+        let spec = |port: u16| {
+            Spec::parse(&format!("name: r\narms: [{{name: v1, role: baseline}}, {{name: v2, role: candidate}}]\nhooks: [{{on: before_step, url: 'http://127.0.0.1:{port}/gate', retries: 0}}]\nstages: [{{weight: 10}}, {{weight: 100}}]\n")).unwrap()
+        };
+        let event = json!({"rollout": "r"});
+        let refused = run_hooks(&spec(redirect.port), HookPoint::BeforeStep, &event).unwrap_err();
+        assert!(
+            refused.contains("answered 302 (only a 2xx passes)"),
+            "{refused}"
+        );
+        assert!(run_hooks(&spec(ok.port), HookPoint::BeforeStep, &event).is_ok());
     }
 }

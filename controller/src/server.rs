@@ -543,6 +543,10 @@ async fn live_state(
 
 /// A filter's report: parsed and validated here, once, against the rollout's arms; kept in memory
 /// (the newest per instance) and written to SQLite by the flusher.
+/// How far a report's `seq` (the filter's clock) may be ahead of the controller's: clock skew
+/// between hosts, not more.
+pub const MAX_SEQ_AHEAD_MS: u64 = 600_000;
+
 async fn report(
     AxState(app): AxState<Arc<App>>,
     Path(name): Path<String>,
@@ -559,6 +563,22 @@ async fn report(
     let raw = body(raw, MAX_REPORT_BYTES)?;
     let parsed: Report = serde_json::from_slice(&raw)
         .map_err(|e| field_error(StatusCode::BAD_REQUEST, "report", e.to_string()))?;
+    // A filter's `seq` is its clock in ms. One far ahead would make every later report of that
+    // instance look stale (frozen counts, a rollout that never sees its failures), and it is
+    // stored, so it would outlive a restart.
+    let ahead = parsed.seq.saturating_sub(now_ms());
+    if ahead > MAX_SEQ_AHEAD_MS {
+        return Err(field_error(
+            StatusCode::BAD_REQUEST,
+            "seq",
+            format!(
+                "{} is {} s ahead of this controller's clock; a filter's seq is its clock in ms since the epoch (at most {} s ahead is taken)",
+                parsed.seq,
+                ahead / 1000,
+                MAX_SEQ_AHEAD_MS / 1000
+            ),
+        ));
+    }
     let Some(handle) = app.rollout(&name) else {
         ramp_protocol::names::check_name(&name)
             .map_err(|r| field_error(StatusCode::NOT_FOUND, "rollout", r))?;

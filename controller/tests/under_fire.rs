@@ -462,3 +462,29 @@ fn a_long_poll_returns_as_soon_as_the_version_changes() {
     let (code, v) = s.req("GET", "/v1/rollouts/lp/state?version=x", None, false);
     assert_eq!((code, v["field"].as_str()), (400, Some("version")));
 }
+
+/// Issue 20, item 7 (in part): one report with `seq = 2^63 - 1` for a real instance made that
+/// Envoy's later reports stale, so a failing candidate stayed progressing. A seq more than ten
+/// minutes ahead of the controller's clock is refused naming the field, and the real reports
+/// keep counting.
+#[test]
+fn a_report_from_the_far_future_cannot_freeze_an_instance() {
+    let s = start(&temp_dir("future"));
+    s.applied(&canary(
+        "future",
+        "stages: [{weight: 50, min_duration_s: 600}, {weight: 100}]",
+    ));
+    let mut r = report("envoy-a", (1u64 << 63) - 1, &[("v2", 0, 0)]);
+    let (code, v) = s.report("future", &r);
+    assert_eq!((code, v["field"].as_str()), (400, Some("seq")), "{v}");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    r = report("envoy-a", now_ms, &[("v2", 100, 50)]);
+    assert_eq!(s.report("future", &r).0, 204);
+    let v = s.wait_until("future", Duration::from_secs(5), |v| {
+        v["window"]["v2"]["requests"] == 100
+    });
+    assert_eq!(v["window"]["v2"]["errors"], 50, "{v}");
+}
