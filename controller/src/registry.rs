@@ -235,24 +235,62 @@ impl Rollout {
 #[derive(Debug, Default)]
 pub struct Pending {
     books: BTreeMap<String, ReportBook>,
+    /// The body size of each kept report, by (rollout, instance), and their sum: a count bound
+    /// alone let 64 KiB reports of made-up arms hold 7.5 GB.
+    sizes: BTreeMap<(String, String), usize>,
+    bytes: usize,
 }
 
 /// Rollout names with pending reports, and instances per name, kept at most.
 pub const MAX_PENDING_ROLLOUTS: usize = 32;
 pub const MAX_PENDING_INSTANCES: usize = 1_000;
+/// The pending reports' bodies together, at most.
+pub const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
+
+/// Why a pending report was not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingFull {
+    Rollouts,
+    Instances,
+    Bytes,
+}
 
 impl Pending {
-    /// Keeps `report` for `rollout`; false when the bounds are reached.
-    pub fn keep(&mut self, rollout: &str, report: Report) -> bool {
+    /// Keeps `report` (whose body was `size` bytes) for `rollout`, unless a bound is reached.
+    pub fn keep(&mut self, rollout: &str, report: Report, size: usize) -> Result<(), PendingFull> {
         if !self.books.contains_key(rollout) && self.books.len() >= MAX_PENDING_ROLLOUTS {
-            return false;
+            return Err(PendingFull::Rollouts);
+        }
+        let key = (rollout.to_owned(), report.instance.clone());
+        let replaced = self.sizes.get(&key).copied().unwrap_or(0);
+        let bytes = self.bytes.saturating_sub(replaced).saturating_add(size);
+        if bytes > MAX_PENDING_BYTES {
+            return Err(PendingFull::Bytes);
         }
         let book = self.books.entry(rollout.to_owned()).or_default();
-        book.accept_within(report, MAX_PENDING_INSTANCES) != Accepted::Full
+        match book.accept_within(report, MAX_PENDING_INSTANCES) {
+            Accepted::Full => Err(PendingFull::Instances),
+            Accepted::Stale => Ok(()),
+            Accepted::Newer => {
+                self.sizes.insert(key, size);
+                self.bytes = bytes;
+                Ok(())
+            }
+        }
     }
 
     /// The pending reports of `rollout` whose arms are all `arms` (the others are dropped).
     pub fn take(&mut self, rollout: &str, arms: &[&str]) -> Vec<Report> {
+        let gone: Vec<(String, String)> = self
+            .sizes
+            .keys()
+            .filter(|(r, _)| r == rollout)
+            .cloned()
+            .collect();
+        for key in gone {
+            let size = self.sizes.remove(&key).unwrap_or(0);
+            self.bytes = self.bytes.saturating_sub(size);
+        }
         self.books
             .remove(rollout)
             .map(|b| {
@@ -339,11 +377,37 @@ mod tests {
     fn pending_reports_are_bounded_and_filtered_by_the_applied_arms() {
         let mut p = Pending::default();
         for i in 0..MAX_PENDING_ROLLOUTS {
-            assert!(p.keep(&format!("r{i}"), report("a", 1, 1)));
+            assert!(p.keep(&format!("r{i}"), report("a", 1, 1), 100).is_ok());
         }
-        assert!(!p.keep("one-too-many", report("a", 1, 1)));
+        assert_eq!(
+            p.keep("one-too-many", report("a", 1, 1), 100),
+            Err(PendingFull::Rollouts)
+        );
         assert_eq!(p.take("r0", &["v1", "v2"]).len(), 1);
         assert!(p.take("r1", &["v1", "v3"]).is_empty(), "v2 is not an arm");
         assert!(p.take("r0", &["v1", "v2"]).is_empty(), "taken once");
+    }
+
+    /// Issue 20, item 5: pending reports were bounded by count, not bytes. Their bodies together
+    /// stay under `MAX_PENDING_BYTES`; replacing an instance's report frees its old size, and
+    /// taking a rollout's reports frees theirs.
+    #[test]
+    fn pending_reports_are_bounded_by_bytes() {
+        let mut p = Pending::default();
+        let big = MAX_PENDING_BYTES / 4;
+        for i in 0..4 {
+            assert_eq!(p.keep("r", report(&format!("i{i}"), 1, 1), big), Ok(()));
+        }
+        assert_eq!(
+            p.keep("r", report("i9", 1, 1), big),
+            Err(PendingFull::Bytes)
+        );
+        assert_eq!(
+            p.keep("r", report("i0", 2, 1), big),
+            Ok(()),
+            "a newer report replaces"
+        );
+        assert_eq!(p.take("r", &["v2"]).len(), 4);
+        assert_eq!(p.keep("s", report("i9", 1, 1), big), Ok(()));
     }
 }

@@ -583,23 +583,40 @@ async fn report(
         ramp_protocol::names::check_name(&name)
             .map_err(|r| field_error(StatusCode::NOT_FOUND, "rollout", r))?;
         // Before `rampctl apply`: kept in memory only, as the rollout's starting point.
+        let max_arms = ramp_protocol::names::MAX_ARMS;
+        if parsed.arms.len() > max_arms {
+            return Err(field_error(
+                StatusCode::BAD_REQUEST,
+                "arms",
+                format!(
+                    "{} arms: a rollout has at most {max_arms}",
+                    parsed.arms.len()
+                ),
+            ));
+        }
         parsed
             .validate(&parsed.arms.keys().map(String::as_str).collect::<Vec<_>>())
             .map_err(|e| field_error(StatusCode::BAD_REQUEST, &e.field, e.reason))?;
-        let kept = app
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keep(&name, parsed);
-        return Ok(if kept {
-            (
+        let kept =
+            app.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keep(&name, parsed, raw.len());
+        return match kept {
+            Ok(()) => Ok((
                 StatusCode::ACCEPTED,
                 Json(json!({"accepted": "no rollout of this name yet: kept in memory (not stored) as its starting point"})),
             )
-                .into_response()
-        } else {
-            not_found(&name).into_response()
-        });
+                .into_response()),
+            Err(crate::registry::PendingFull::Bytes) => Err(bad(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "reports for rollouts not applied yet hold {} MiB already: apply the rollout first",
+                    crate::registry::MAX_PENDING_BYTES >> 20
+                ),
+            )),
+            Err(_) => Ok(not_found(&name).into_response()),
+        };
     };
     let (_, _, spec) = loaded(&app, &name)?;
     parsed
