@@ -250,7 +250,64 @@ pub fn run_hooks(spec: &Spec, point: HookPoint, event: &Value) -> Result<(), Str
     Ok(())
 }
 
+/// Hook calls block a thread each (ureq). They take a slot here before they take a thread, so
+/// they never use up the blocking pool the store (SQLite) and the specs scan need, and a flood
+/// of notifications to an endpoint that never answers cannot delay another rollout's gate.
+static GATE_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(GATE_HOOKS_AT_ONCE);
+static NOTICE_SLOTS: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(NOTICE_HOOKS_AT_ONCE);
+/// Gating hooks (`before_*`) running at once, all rollouts together; more wait their turn.
+pub const GATE_HOOKS_AT_ONCE: usize = 32;
+/// Notifications (`event`, `on_rollback`) in flight at once, all rollouts together, and per
+/// rollout; past either, a notification is dropped and logged (it changes nothing anyway).
+pub const NOTICE_HOOKS_AT_ONCE: usize = 32;
+pub const NOTICES_PER_ROLLOUT: usize = 4;
+static NOTICES_IN_FLIGHT: std::sync::Mutex<std::collections::BTreeMap<String, usize>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
 async fn hooks(spec: &Arc<Spec>, point: HookPoint, event: Value) -> Result<(), String> {
+    let notice = matches!(point, HookPoint::Event | HookPoint::OnRollback);
+    let _slot = if notice {
+        let Ok(slot) = NOTICE_SLOTS.try_acquire() else {
+            return Err(format!(
+                "{point:?} hook dropped: {NOTICE_HOOKS_AT_ONCE} notifications are in flight already"
+            ));
+        };
+        slot
+    } else {
+        GATE_SLOTS
+            .acquire()
+            .await
+            .map_err(|e| format!("hook slots: {e}"))?
+    };
+    // Per rollout, for notifications: released when this call ends, however it ends.
+    struct InFlight(Option<String>);
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            if let Some(name) = self.0.take() {
+                let mut m = NOTICES_IN_FLIGHT.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(n) = m.get_mut(&name) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        m.remove(&name);
+                    }
+                }
+            }
+        }
+    }
+    let _in_flight = if notice {
+        let mut m = NOTICES_IN_FLIGHT.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(spec.name.clone()).or_insert(0);
+        if *n >= NOTICES_PER_ROLLOUT {
+            return Err(format!(
+                "{point:?} hook dropped: {NOTICES_PER_ROLLOUT} notifications of this rollout are in flight already"
+            ));
+        }
+        *n += 1;
+        InFlight(Some(spec.name.clone()))
+    } else {
+        InFlight(None)
+    };
     let spec = spec.clone();
     tokio::task::spawn_blocking(move || run_hooks(&spec, point, &event))
         .await

@@ -488,3 +488,38 @@ fn a_report_from_the_far_future_cannot_freeze_an_instance() {
     });
     assert_eq!(v["window"]["v2"]["errors"], 50, "{v}");
 }
+
+/// Issue 20, item 6: event hooks to an endpoint that never answers took a blocking thread each;
+/// ~530 pause/resume commands put 512 threads into hook calls, and another rollout's failing
+/// candidate was not rolled back for 36 s (commands and `apply` timed out). Notifications now
+/// have bounded slots of their own (4 in flight a rollout, 32 in all, more are dropped and
+/// logged), so the store and the other rollouts' checks keep their threads.
+#[test]
+fn hooks_that_never_answer_cannot_starve_another_rollouts_rollback() {
+    let s = start(&temp_dir("starve"));
+    let hang = SlowServer::start(60_000, 200, "{}").unwrap();
+    s.applied(&canary(
+        "noisy",
+        &format!("hooks: [{{on: event, url: '{}/e', timeout_s: 60, retries: 0}}]\nstages: [{{weight: 10, min_duration_s: 600}}, {{weight: 100}}]", hang.url()),
+    ));
+    for _ in 0..300 {
+        for command in ["pause", "resume"] {
+            let body = format!(r#"{{"command":"{command}"}}"#);
+            let (code, v) = s.req("POST", "/v1/rollouts/noisy/commands", Some(&body), true);
+            assert_eq!(code, 200, "{v}");
+        }
+    }
+    let hung = hang.hits.load(Ordering::Relaxed);
+    assert!(hung <= 32, "{hung} notifications hang at once");
+    let t = Instant::now();
+    s.applied(&canary(
+        "victim",
+        "failure_threshold: 1\nstages: [{weight: 10, rules: [{metric: error_rate, max: 0.1, min_samples: 10}]}, {weight: 100}]",
+    ));
+    let r = report("envoy-a", 1, &[("v1", 100, 0), ("v2", 100, 100)]);
+    assert_eq!(s.report("victim", &r).0, 204);
+    s.wait_until("victim", Duration::from_secs(10), |v| {
+        v["phase"] == "rolled_back"
+    });
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}
