@@ -224,6 +224,18 @@ pub struct RawBanditSpec {
     /// that arm is promoted (a candidate) or kept (the baseline, and the rollout rolls back).
     #[serde(default = "default_promote_at")]
     pub promote_at: f64,
+    /// Before a candidate replaces the baseline, the mSPRT must find it better at this
+    /// confidence (`false`: P(best) alone decides).
+    #[serde(default)]
+    pub confirm: Option<ConfirmSetting>,
+}
+
+/// `confirm: 0.95` (a confidence) or `confirm: false`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum ConfirmSetting {
+    Off(bool),
+    Confidence(f64),
 }
 
 fn default_promote_at() -> f64 {
@@ -234,6 +246,8 @@ fn default_promote_at() -> f64 {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BanditSpec {
     pub promote_at: f64,
+    /// The mSPRT's confidence a candidate must beat the baseline at; `None`: off.
+    pub confirm_confidence: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -614,7 +628,21 @@ impl Spec {
                         format!("must be in (0.5, 1) (a probability that one arm is the best), got {promote_at}"),
                     ));
                 }
-                Some(BanditSpec { promote_at })
+                let confirm_confidence = match b.as_ref().and_then(|b| b.confirm) {
+                    None | Some(ConfirmSetting::Off(true)) => Some(0.95),
+                    Some(ConfirmSetting::Off(false)) => None,
+                    Some(ConfirmSetting::Confidence(c)) if c > 0.5 && c < 1.0 => Some(c),
+                    Some(ConfirmSetting::Confidence(c)) => {
+                        return Err(err(
+                            "bandit.confirm",
+                            format!("a confidence in (0.5, 1), or false; got {c}"),
+                        ))
+                    }
+                };
+                Some(BanditSpec {
+                    promote_at,
+                    confirm_confidence,
+                })
             }
             (_, Some(_)) => return Err(err("bandit", "only applies to strategy bandit")),
             (_, None) => None,

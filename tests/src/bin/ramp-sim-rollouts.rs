@@ -13,7 +13,9 @@ use anyhow::Result;
 use fastrand::Rng;
 use ramp_controller::bestarm::BestArm;
 use ramp_controller::exposure::ExposureTest;
+use ramp_controller::machine::{bandit_verdict, BanditOutcome};
 use ramp_controller::reconciler::SRM_ALPHA;
+use ramp_controller::spec::{BanditSpec, Spec};
 use ramp_filter::bandit::choose;
 use ramp_filter::config::{Bandit, Policy};
 use ramp_filter::counters::ArmCounts;
@@ -31,6 +33,11 @@ struct Setup {
     /// The stage's `min_requests` (all arms).
     min_requests: u64,
     promote_at: f64,
+    /// The mSPRT's confidence a candidate must beat the baseline at (`bandit.confirm`); `None`:
+    /// P(best) alone.
+    confirm: Option<f64>,
+    /// The rollout spec the verdict is made under (arms `arm0`.., `arm0` the baseline).
+    spec: Spec,
     /// Undecided by then: counted as no decision.
     max_requests: u64,
     /// Per arm, the share of its routed requests Envoy answers itself (a fault filter after
@@ -67,6 +74,30 @@ struct Run {
     decided: Option<(usize, u64)>,
     /// The first check at which the exposure check flagged, in requests.
     exposure_flag: Option<u64>,
+}
+
+impl Setup {
+    fn bandit_spec(&self) -> BanditSpec {
+        BanditSpec {
+            promote_at: self.promote_at,
+            confirm_confidence: self.confirm,
+        }
+    }
+}
+
+/// A bandit spec over `k` arms named as the simulation names them.
+fn spec_of(k: usize) -> Spec {
+    let arms: Vec<String> = (0..k)
+        .map(|i| {
+            let role = if i == 0 { "baseline" } else { "candidate" };
+            format!("{{name: arm{i}, role: {role}}}")
+        })
+        .collect();
+    Spec::parse(&format!(
+        "name: sim\nstrategy: bandit\narms: [{}]\nstages: [{{weight: 50}}, {{weight: 100}}]\n",
+        arms.join(", ")
+    ))
+    .unwrap_or_else(|e| panic!("the simulation's spec: {e}"))
 }
 
 fn rollout(policy: &Bandit, s: &Setup, seed: u64) -> Run {
@@ -160,12 +191,22 @@ fn rollout(policy: &Bandit, s: &Setup, seed: u64) -> Run {
             .zip(&shared)
             .map(|(n, c)| (n.clone(), c.trials, c.reward()))
             .collect();
-        if let Some(b) = BestArm::from_counts(&counts) {
-            if b.leader_p() >= s.promote_at {
-                run.decided = Some((b.leader, step));
-                if s.lost.iter().all(|&l| l == 0.0) {
-                    return run;
-                }
+        // rampctl's own verdict (`machine::bandit_verdict`): P(best) picks the arm, and a
+        // candidate must also beat the baseline (arm 0) by the mSPRT when `confirm` is on.
+        let verdict = bandit_verdict(
+            &s.spec,
+            &s.bandit_spec(),
+            BestArm::from_counts(&counts).as_ref(),
+        );
+        let decided = match verdict {
+            BanditOutcome::Candidate(name, _) => names.iter().position(|n| *n == name),
+            BanditOutcome::Baseline(_) => Some(0),
+            BanditOutcome::Undecided(_) => None,
+        };
+        if let Some(arm) = decided {
+            run.decided = Some((arm, step));
+            if s.lost.iter().all(|&l| l == 0.0) {
+                return run;
             }
         }
     }
@@ -192,6 +233,8 @@ fn main() -> Result<()> {
         check_every: 1000,
         min_requests: 1000,
         promote_at: 0.95,
+        confirm: Some(0.95),
+        spec: spec_of(5),
         max_requests: 300_000,
         lost: vec![0.0; 5],
         reward_delay_mean: 0.0,
@@ -209,7 +252,8 @@ fn main() -> Result<()> {
         "# Bandit rollouts\n\n`make sim` (`ramp-sim-rollouts`): {n} seeded rollouts per row through the filter's own \
          policies (`bandit::choose`; decisions see the counts of the last flush, every {} requests) and rampctl's own \
          stopping rule (`bestarm`: at a check every {} requests, once {} requests are in, the arm whose P(best) \
-         reaches `promote_at` {} wins; Beta(1, 1) priors). Undecided after {} requests counts as no decision.\n\n\
+         reaches `promote_at` {} wins, a candidate once the mSPRT also finds it better than the baseline, arm 0 \
+         (`confirm: 0.95`, the default), through `machine::bandit_verdict`; Beta(1, 1) priors). Undecided after {} requests counts as no decision.\n\n\
          ## Best-arm identification: 5 arms, rates 0.10 / 0.11 / 0.12 / 0.13 / 0.15\n\n\
          | policy | true best promoted | wrong arm promoted | undecided | median requests to the decision | 90th percentile |\n\
          |---|---:|---:|---:|---:|---:|\n",
@@ -260,15 +304,27 @@ fn main() -> Result<()> {
     md.push_str(
         "\n## Near ties: what the stopping rule does when the arms are (almost) equal\n\n\
          Two arms, Thompson, the same checks; the baseline is arm 0. Undecided after 100,000 requests counts as no decision.\n\n\
-         | rates (baseline, candidate) | candidate promoted | baseline kept (rolled back) | undecided | median requests to the decision |\n\
-         |---|---:|---:|---:|---:|\n",
+         | rates (baseline, candidate) | rule | candidate promoted | baseline kept (rolled back) | undecided | median requests to the decision |\n\
+         |---|---|---:|---:|---:|---:|\n",
     );
     let mut ties = Vec::new();
-    for rates in [vec![0.10, 0.10], vec![0.10, 0.098]] {
+    for (rates, confirm) in [
+        (vec![0.10, 0.10], None),
+        (vec![0.10, 0.10], Some(0.95)),
+        (vec![0.10, 0.098], None),
+        (vec![0.10, 0.098], Some(0.95)),
+    ] {
         let setup = Setup {
             rates: rates.clone(),
             max_requests: 100_000,
+            confirm,
+            spec: spec_of(2),
             ..five.clone()
+        };
+        let rule = if confirm.is_some() {
+            "P(best) and the mSPRT against the baseline (`confirm: 0.95`, the default)"
+        } else {
+            "P(best) alone (`confirm: false`)"
         };
         let out = runs(&thompson, &setup, n, 60_001);
         let count = |arm: usize| {
@@ -284,7 +340,7 @@ fn main() -> Result<()> {
         );
         let pct = |c: usize| 100.0 * c as f64 / out.len() as f64;
         md.push_str(&format!(
-            "| {:.3}, {:.3} | {:.1}% | {:.1}% | {:.1}% | {} |\n",
+            "| {:.3}, {:.3} | {rule} | {:.1}% | {:.1}% | {:.1}% | {} |\n",
             rates[0],
             rates[1],
             pct(candidate),
@@ -293,7 +349,7 @@ fn main() -> Result<()> {
             med.map_or("-".into(), |m| m.to_string())
         ));
         ties.push(
-            json!({"rates": rates, "runs": out.len(), "candidate_promoted": candidate,
+            json!({"rates": rates, "confirm": confirm, "runs": out.len(), "candidate_promoted": candidate,
                          "baseline_kept": baseline, "median_requests": med}),
         );
         eprintln!("near tie {rates:?}: candidate {candidate}, baseline {baseline}");
@@ -306,6 +362,7 @@ fn main() -> Result<()> {
         rates: vec![0.70, 0.95],
         max_requests: 100_000,
         lost: vec![0.0, 0.0],
+        spec: spec_of(2),
         ..five.clone()
     };
     let mut quiet = two.clone();
@@ -390,6 +447,7 @@ fn main() -> Result<()> {
                 max_requests: 100_000,
                 reward_delay_mean: mean,
                 counting,
+                spec: spec_of(rates.len()),
                 ..five.clone()
             };
             let regret_runs = runs(
