@@ -686,7 +686,16 @@ async fn reconcile(
     let fleet = (spec.strategy == crate::spec::StrategyKind::Bandit)
         .then(|| handle.reports().remote(None, &spec.arms()));
     let best = fleet.as_ref().and_then(|f| best_arm(spec, f));
-    let mut shown = figures(rec, spec, &totals, &judged, fleet.as_ref(), now);
+    // P(best) once a check: the decision and status use the same figures.
+    let mut shown = figures(
+        rec,
+        spec,
+        &totals,
+        &judged,
+        fleet.as_ref(),
+        best.as_ref(),
+        now,
+    );
     shown["sample_ratio"] = json!(srm);
     handle.publish_figures(shown);
     let (next, event) = match rec.state.phase {

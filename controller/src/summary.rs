@@ -78,6 +78,7 @@ pub fn figures(
     totals: &Totals,
     judged: &[Vec<(ArmWindow, ArmWindow)>],
     fleet_bandit: Option<&std::collections::BTreeMap<String, BanditCounts>>,
+    best: Option<&crate::bestarm::BestArm>,
     checked_at_ms: u64,
 ) -> Value {
     let state: &State = &rec.state;
@@ -157,32 +158,21 @@ pub fn figures(
         .then_some(fleet_bandit)
         .flatten()
         .map(|counts| {
-            let best = crate::bestarm::best_arm(spec, counts);
-            let arms = counts
+            counts
                 .iter()
                 .map(|(arm, c)| {
                     let mut p = json!(posterior(c.trials, c.reward_micros as f64 / 1e6, 0.95));
-                    if let Some((.., pb)) = best
-                        .as_ref()
-                        .and_then(|b| b.arms.iter().find(|a| &a.0 == arm))
-                    {
+                    if let Some((.., pb)) = best.and_then(|b| b.arms.iter().find(|a| &a.0 == arm)) {
                         p["p_best"] = json!(pb);
                     }
                     (arm.clone(), p)
                 })
-                .collect::<serde_json::Map<_, _>>();
-            (arms, best)
+                .collect::<serde_json::Map<_, _>>()
         });
-    let (bandit, best_arm) = match bandit {
-        Some((arms, best)) => (
-            Some(arms),
-            best.map(|b| {
-                json!({"leader": b.leader_name(), "p_best": b.leader_p(),
-                   "promote_at": spec.bandit.as_ref().map(|x| x.promote_at), "method": b.method})
-            }),
-        ),
-        None => (None, None),
-    };
+    let best_arm = best.filter(|_| bandit.is_some()).map(|b| {
+        json!({"leader": b.leader_name(), "p_best": b.leader_p(),
+               "promote_at": spec.bandit.as_ref().map(|x| x.promote_at), "method": b.method})
+    });
     json!({
         "checks": checks, "ab_test": ab_test, "bandit": bandit, "best_arm": best_arm,
         "checked_at_ms": checked_at_ms, "checked_stage": state.stage + 1,
