@@ -523,3 +523,32 @@ fn hooks_that_never_answer_cannot_starve_another_rollouts_rollback() {
     });
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 }
+
+/// Hostile values at the new edges: a report for a rollout not applied yet with more arms than
+/// a rollout may have, and bandit decision settings of the wrong type or range, each refused
+/// naming the field.
+#[test]
+fn new_inputs_refuse_hostile_values_naming_the_field() {
+    let s = start(&temp_dir("hostile-new"));
+    let arms: Vec<(String, u64, u64)> = (0..17).map(|i| (format!("a{i}"), 1, 0)).collect();
+    let named: Vec<(&str, u64, u64)> = arms.iter().map(|(a, n, e)| (a.as_str(), *n, *e)).collect();
+    let (code, v) = s.report("not-applied-yet", &report("envoy-a", 1, &named));
+    assert_eq!((code, v["field"].as_str()), (400, Some("arms")), "{v}");
+    let bandit = |settings: &str| {
+        format!("name: b\n{ARMS}\nstrategy: bandit\nbandit: {settings}\nstages: [{{weight: 50}}, {{weight: 100}}]")
+    };
+    for (settings, field) in [
+        ("{promote_at: 1.0}", "bandit.promote_at"),
+        ("{promote_at: \"high\"}", "bandit"),
+        ("{confirm: 1.5}", "bandit.confirm"),
+        ("{confirm: \"yes\"}", "bandit"),
+        ("{promote_at: 0.9, extra: 1}", "bandit"),
+    ] {
+        let (code, v) = s.req("POST", "/v1/rollouts", Some(&bandit(settings)), true);
+        assert_eq!(code, 400, "{settings}: {v}");
+        assert!(
+            v["field"].as_str().is_some_and(|f| f.starts_with(field)),
+            "{settings}: {v}"
+        );
+    }
+}
