@@ -1,58 +1,169 @@
-//! Who may call what: operators' calls (apply, commands, feedback) and the filters' reports carry
-//! bearer tokens. The scheme is matched case-insensitively (RFC 7235 section 2.1) and tokens are
-//! compared in constant time, so a timing probe learns nothing about a token's prefix.
+//! Who may call what. Every endpoint but `/healthz` and `/readyz` needs a bearer token unless the
+//! operator starts `rampctl serve --insecure-no-auth`: the operator's token changes rollouts, the
+//! filters' report token posts reports and polls live state, a read-only token reads, and
+//! `/metrics` may have a token of its own. The scheme is matched case-insensitively (RFC 7235
+//! section 2.1) and tokens are compared in constant time, so a timing probe learns nothing about a
+//! token's prefix.
 
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum TokenError {
-    #[error(
-        "{0}: an empty token would lock every caller out; leave the option out to run without one"
-    )]
+    #[error("{0}: an empty token would lock every caller out")]
     Empty(&'static str),
+    #[error(
+        "{0} is required: every endpoint but /healthz and /readyz needs a credential \
+         (start with --insecure-no-auth to leave every endpoint open, e.g. on a laptop)"
+    )]
+    Missing(&'static str),
+    #[error("--insecure-no-auth leaves every endpoint open, so {0} would never be checked; give one or the other")]
+    OpenWithToken(&'static str),
+    #[error("{0} and {1} are the same token: each kind of caller needs its own, or the weaker one can do what the stronger can")]
+    Reused(&'static str, &'static str),
 }
 
-/// The tokens `rampctl serve` checks; `None` leaves that kind of call open.
+/// What a call needs: the least credential that may make it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Apply, commands, feedback: the operator's token.
+    Change,
+    /// Status, list, history, `/v1/specs`: the read-only token (or the operator's).
+    Read,
+    /// A filter's live-state poll: the report token (or a reader's).
+    Poll,
+    /// A filter's report: the report token (or the operator's).
+    Report,
+    /// `/metrics`: its own token, a reader's or the operator's.
+    Metrics,
+}
+
+/// The credential a caller presented, once matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    Operator,
+    Reader,
+    Reporter,
+    Scraper,
+}
+
+impl Caller {
+    fn may(self, access: Access) -> bool {
+        use {Access as A, Caller as C};
+        matches!(
+            (self, access),
+            (C::Operator, _)
+                | (C::Reader, A::Read | A::Poll | A::Metrics)
+                | (C::Reporter, A::Poll | A::Report)
+                | (C::Scraper, A::Metrics)
+        )
+    }
+}
+
+/// Why a call was refused: no (valid) credential, or one that may not make this call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// HTTP 401.
+    Unauthenticated,
+    /// HTTP 403: the token is valid, for another kind of call.
+    Forbidden(Caller),
+}
+
+/// The tokens `rampctl serve` checks.
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
+    /// `--insecure-no-auth`: every call passes.
+    open: bool,
     operator: Option<String>,
+    read: Option<String>,
     report: Option<String>,
+    metrics: Option<String>,
+}
+
+/// The tokens as given on the command line (or their environment variables).
+#[derive(Debug, Clone, Default)]
+pub struct TokenOptions {
+    pub operator: Option<String>,
+    pub read: Option<String>,
+    pub report: Option<String>,
+    pub metrics: Option<String>,
+    pub insecure_no_auth: bool,
 }
 
 impl Tokens {
-    pub fn new(operator: Option<String>, report: Option<String>) -> Result<Self, TokenError> {
-        if operator.as_deref() == Some("") {
-            return Err(TokenError::Empty("--auth-token"));
+    /// Secure by default: the operator's and the report token are required unless
+    /// `insecure_no_auth`; the read-only and metrics tokens are optional (readers can use the
+    /// operator's token).
+    pub fn new(o: TokenOptions) -> Result<Self, TokenError> {
+        let named = [
+            ("--auth-token", &o.operator),
+            ("--read-token", &o.read),
+            ("--report-token", &o.report),
+            ("--metrics-token", &o.metrics),
+        ];
+        for (flag, token) in named {
+            match token.as_deref() {
+                Some(_) if o.insecure_no_auth => return Err(TokenError::OpenWithToken(flag)),
+                Some(t) if t.trim().is_empty() => return Err(TokenError::Empty(flag)),
+                _ => {}
+            }
         }
-        if report.as_deref() == Some("") {
-            return Err(TokenError::Empty("--report-token"));
+        for (i, (a, ta)) in named.iter().enumerate() {
+            for (b, tb) in &named[i + 1..] {
+                if ta.is_some() && ta == tb {
+                    return Err(TokenError::Reused(a, b));
+                }
+            }
         }
-        Ok(Self { operator, report })
-    }
-
-    /// May this `Authorization` header change a rollout?
-    pub fn operator_may(&self, authorization: Option<&[u8]>) -> bool {
-        match &self.operator {
-            None => true,
-            Some(t) => bearer(authorization).is_some_and(|given| equal(given, t.as_bytes())),
+        if !o.insecure_no_auth {
+            if o.operator.is_none() {
+                return Err(TokenError::Missing("--auth-token"));
+            }
+            if o.report.is_none() {
+                return Err(TokenError::Missing("--report-token"));
+            }
         }
-    }
-
-    /// May it post a report? The report token, or the operator's.
-    pub fn reporter_may(&self, authorization: Option<&[u8]>) -> bool {
-        let Some(report) = &self.report else {
-            return true;
-        };
-        let given = bearer(authorization);
-        given.is_some_and(|g| {
-            // Both compared, whatever the first answer, so the time does not tell which matched.
-            let as_report = equal(g, report.as_bytes());
-            let as_operator = self
-                .operator
-                .as_ref()
-                .is_some_and(|o| equal(g, o.as_bytes()));
-            as_report | as_operator
+        Ok(Self {
+            open: o.insecure_no_auth,
+            operator: o.operator,
+            read: o.read,
+            report: o.report,
+            metrics: o.metrics,
         })
+    }
+
+    /// Every endpoint open (`--insecure-no-auth`).
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// Whose token this `Authorization` value carries, if any.
+    pub fn caller(&self, authorization: Option<&[u8]>) -> Option<Caller> {
+        let given = bearer(authorization)?;
+        // Every token is compared, whatever matched first, so the time does not tell which did.
+        let mut found = None;
+        for (caller, token) in [
+            (Caller::Scraper, &self.metrics),
+            (Caller::Reporter, &self.report),
+            (Caller::Reader, &self.read),
+            (Caller::Operator, &self.operator),
+        ] {
+            if token.as_ref().is_some_and(|t| equal(given, t.as_bytes())) {
+                found = Some(caller);
+            }
+        }
+        found
+    }
+
+    /// May a call with this `Authorization` value have `access`?
+    pub fn check(&self, access: Access, authorization: Option<&[u8]>) -> Result<(), Refusal> {
+        if self.open {
+            return Ok(());
+        }
+        match self.caller(authorization) {
+            None => Err(Refusal::Unauthenticated),
+            Some(c) if c.may(access) => Ok(()),
+            Some(c) => Err(Refusal::Forbidden(c)),
+        }
     }
 }
 
@@ -82,18 +193,29 @@ fn equal(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    fn all_four() -> Tokens {
+        Tokens::new(TokenOptions {
+            operator: Some("s3cret".into()),
+            read: Some("look".into()),
+            report: Some("rep".into()),
+            metrics: Some("scrape".into()),
+            insecure_no_auth: false,
+        })
+        .unwrap()
+    }
+
     /// Issue "rampctl under fire", item 10: `bearer` in another case was refused, an empty token
     /// silently locked every mutation out.
     #[test]
     fn bearer_in_any_case_passes_and_empty_tokens_are_refused_at_start() {
-        let t = Tokens::new(Some("s3cret".into()), Some("rep".into())).unwrap();
+        let t = all_four();
         for ok in [
             "Bearer s3cret",
             "bearer s3cret",
             "BEARER  s3cret ",
             "BeArEr\ts3cret",
         ] {
-            assert!(t.operator_may(Some(ok.as_bytes())), "{ok}");
+            assert_eq!(t.check(Access::Change, Some(ok.as_bytes())), Ok(()), "{ok}");
         }
         for no in [
             "Bearer s3cre",
@@ -103,24 +225,106 @@ mod tests {
             "Bearer",
             "",
         ] {
-            assert!(!t.operator_may(Some(no.as_bytes())), "{no}");
+            assert_eq!(
+                t.check(Access::Change, Some(no.as_bytes())),
+                Err(Refusal::Unauthenticated),
+                "{no}"
+            );
         }
-        assert!(!t.operator_may(None));
-        assert!(t.reporter_may(Some(b"bearer rep")));
-        assert!(
-            t.reporter_may(Some(b"Bearer s3cret")),
-            "the operator's token too"
-        );
-        assert!(!t.reporter_may(Some(b"Bearer nope")));
+        assert_eq!(t.check(Access::Read, None), Err(Refusal::Unauthenticated));
+        for flag in [
+            "--auth-token",
+            "--read-token",
+            "--report-token",
+            "--metrics-token",
+        ] {
+            let mut o = TokenOptions {
+                operator: Some("a".into()),
+                report: Some("b".into()),
+                ..TokenOptions::default()
+            };
+            let empty = Some(" ".to_owned());
+            match flag {
+                "--auth-token" => o.operator = empty,
+                "--read-token" => o.read = empty,
+                "--report-token" => o.report = empty,
+                _ => o.metrics = empty,
+            }
+            assert_eq!(Tokens::new(o).unwrap_err(), TokenError::Empty(flag));
+        }
+    }
+
+    /// Issue 20, item 7: without tokens every endpoint was open (one made-up report rolled a
+    /// rollout back). Now a start without them is refused unless the flag says so.
+    #[test]
+    fn serving_without_credentials_needs_the_flag_that_says_so() {
+        let none = TokenOptions::default();
         assert_eq!(
-            Tokens::new(Some(String::new()), None).unwrap_err(),
-            TokenError::Empty("--auth-token")
+            Tokens::new(none.clone()).unwrap_err(),
+            TokenError::Missing("--auth-token")
         );
+        let operator_only = TokenOptions {
+            operator: Some("a".into()),
+            ..none.clone()
+        };
         assert_eq!(
-            Tokens::new(None, Some(String::new())).unwrap_err(),
-            TokenError::Empty("--report-token")
+            Tokens::new(operator_only).unwrap_err(),
+            TokenError::Missing("--report-token")
         );
-        let open = Tokens::new(None, None).unwrap();
-        assert!(open.operator_may(None) && open.reporter_may(None));
+        let open = Tokens::new(TokenOptions {
+            insecure_no_auth: true,
+            ..none.clone()
+        })
+        .unwrap();
+        assert!(open.is_open());
+        assert_eq!(open.check(Access::Change, None), Ok(()));
+        let contradictory = TokenOptions {
+            insecure_no_auth: true,
+            read: Some("r".into()),
+            ..none
+        };
+        assert_eq!(
+            Tokens::new(contradictory).unwrap_err(),
+            TokenError::OpenWithToken("--read-token")
+        );
+        let reused = TokenOptions {
+            operator: Some("same".into()),
+            report: Some("same".into()),
+            ..TokenOptions::default()
+        };
+        assert_eq!(
+            Tokens::new(reused).unwrap_err(),
+            TokenError::Reused("--auth-token", "--report-token")
+        );
+    }
+
+    /// Each kind of token makes the calls its holder needs and no more: a filter's report token
+    /// cannot read status or change a rollout, a reader cannot post reports.
+    #[test]
+    fn each_token_makes_only_its_own_kind_of_call() {
+        let t = all_four();
+        let allowed = |token: &str| -> Vec<Access> {
+            let header = format!("Bearer {token}");
+            [
+                Access::Change,
+                Access::Read,
+                Access::Poll,
+                Access::Report,
+                Access::Metrics,
+            ]
+            .into_iter()
+            .filter(|a| t.check(*a, Some(header.as_bytes())).is_ok())
+            .collect()
+        };
+        use Access::*;
+        assert_eq!(allowed("s3cret"), vec![Change, Read, Poll, Report, Metrics]);
+        assert_eq!(allowed("look"), vec![Read, Poll, Metrics]);
+        assert_eq!(allowed("rep"), vec![Poll, Report]);
+        assert_eq!(allowed("scrape"), vec![Metrics]);
+        assert_eq!(allowed("nope"), Vec::<Access>::new());
+        assert_eq!(
+            t.check(Change, Some(b"Bearer rep")),
+            Err(Refusal::Forbidden(Caller::Reporter))
+        );
     }
 }

@@ -4,6 +4,7 @@
 pub mod abtest;
 pub mod auth;
 pub mod bestarm;
+pub mod connections;
 pub mod exposure;
 pub mod gitops;
 pub mod histogram;

@@ -14,13 +14,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State as AxState};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::auth::Tokens;
+use crate::auth::{Access, Caller, Refusal, TokenOptions, Tokens};
 use crate::machine::{self, Command, Phase, State};
 use crate::reconciler::{notify_rollback, totals_now};
 use crate::redact::redact_text;
@@ -34,13 +34,15 @@ use ramp_protocol::live::LiveState;
 pub struct Config {
     pub listen: SocketAddr,
     pub db: PathBuf,
-    /// Bearer token required for mutating calls; `None` leaves them open (local use only).
-    pub token: Option<String>,
-    /// Bearer token the filters' reports must carry (their `controller.token_env`); `None`: open.
-    pub report_token: Option<String>,
+    /// Who may call what (`--auth-token`, `--report-token`, `--read-token`, `--metrics-token`,
+    /// `--insecure-no-auth`).
+    pub tokens: TokenOptions,
     /// A directory of rollout specs to reconcile (`--specs`), and how often to read it.
     pub specs: Option<PathBuf>,
     pub specs_every: Duration,
+    /// At most this many API connections at a time (`--max-connections`); `None`: 10,000, or
+    /// what the open-files limit allows.
+    pub max_connections: Option<usize>,
 }
 
 /// Largest report body (a report of two arms with shadow totals is about 1 KB).
@@ -63,6 +65,7 @@ pub struct App {
     pub telemetry: crate::telemetry::Telemetry,
     /// What the last scan of `--specs` found (`GET /v1/specs`).
     pub specs: RwLock<crate::watcher::SpecsSeen>,
+    pub connections: Arc<crate::connections::ConnectionStats>,
 }
 
 pub fn now_ms() -> u64 {
@@ -153,7 +156,13 @@ impl App {
 
 /// Runs until the process is stopped.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let tokens = Tokens::new(cfg.token, cfg.report_token)?;
+    let tokens = Tokens::new(cfg.tokens)?;
+    if tokens.is_open() {
+        eprintln!(
+            "rampctl: WARNING: --insecure-no-auth: anyone who can reach {} can read, report on and change every rollout",
+            cfg.listen
+        );
+    }
     let db = cfg.db.clone();
     let (store, loaded) = tokio::task::spawn_blocking(move || load(&db)).await??;
     let app = Arc::new(App {
@@ -163,39 +172,70 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         tokens,
         telemetry: crate::telemetry::Telemetry::default(),
         specs: RwLock::new(crate::watcher::SpecsSeen::default()),
+        connections: Arc::default(),
     });
     for handle in loaded {
         register(&app, handle);
     }
     let small = DefaultBodyLimit::max(MAX_SMALL_BYTES);
+    let guard = |access| axum::middleware::from_fn_with_state((app.clone(), access), require);
     let router = Router::new()
         .route(
             "/v1/rollouts",
             get(list)
-                .post(apply)
+                .route_layer(guard(Access::Read))
+                .merge(post(apply).route_layer(guard(Access::Change)))
                 .layer(DefaultBodyLimit::max(MAX_SPEC_BYTES)),
         )
-        .route("/v1/rollouts/{name}", get(status))
-        .route("/v1/rollouts/{name}/state", get(live_state))
+        .route(
+            "/v1/rollouts/{name}",
+            get(status).route_layer(guard(Access::Read)),
+        )
+        .route(
+            "/v1/rollouts/{name}/state",
+            get(live_state).route_layer(guard(Access::Poll)),
+        )
         .route(
             "/v1/rollouts/{name}/reports",
-            post(report).layer(DefaultBodyLimit::max(MAX_REPORT_BYTES)),
+            post(report)
+                .route_layer(guard(Access::Report))
+                .layer(DefaultBodyLimit::max(MAX_REPORT_BYTES)),
         )
-        .route("/v1/rollouts/{name}/commands", post(command).layer(small))
-        .route("/v1/rollouts/{name}/history", get(history))
-        .route("/v1/rollouts/{name}/feedback", post(feedback).layer(small))
-        .route("/metrics", get(metrics))
-        .route("/v1/specs", get(specs))
+        .route(
+            "/v1/rollouts/{name}/commands",
+            post(command)
+                .route_layer(guard(Access::Change))
+                .layer(small),
+        )
+        .route(
+            "/v1/rollouts/{name}/history",
+            get(history).route_layer(guard(Access::Read)),
+        )
+        .route(
+            "/v1/rollouts/{name}/feedback",
+            post(feedback)
+                .route_layer(guard(Access::Change))
+                .layer(small),
+        )
+        .route("/metrics", get(metrics).route_layer(guard(Access::Metrics)))
+        .route("/v1/specs", get(specs).route_layer(guard(Access::Read)))
+        // Probes carry no credential (kubelet's do not).
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .layer(axum::middleware::from_fn(within_budget))
         .with_state(app.clone());
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+    let max_connections = crate::connections::connection_limit(cfg.max_connections);
+    eprintln!(
+        "rampctl: at most {max_connections} connections, each closed after {} s without a request",
+        crate::connections::HEADER_TIMEOUT.as_secs()
+    );
     eprintln!("rampctl: serving on http://{}", listener.local_addr()?);
     if let Some(dir) = cfg.specs {
         tokio::spawn(crate::watcher::watch(app.clone(), dir, cfg.specs_every));
     }
-    tokio::spawn(flush_reports(app));
-    axum::serve(listener, router).await?;
+    tokio::spawn(flush_reports(app.clone()));
+    crate::connections::serve(listener, router, max_connections, app.connections.clone()).await?;
     Ok(())
 }
 
@@ -408,25 +448,80 @@ fn json_body(bytes: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| field_error(StatusCode::BAD_REQUEST, "body", e.to_string()))
 }
 
-fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
-    let given = headers.get("authorization").map(|v| v.as_bytes());
-    if app.tokens.operator_may(given) {
-        Ok(())
-    } else {
-        Err(bad(
-            StatusCode::UNAUTHORIZED,
-            "this call changes a rollout: it needs 'Authorization: Bearer <token>'",
-        ))
+/// Longest a request may take, body and answer included: a long poll's wait and then some, so
+/// a client trickling a body one byte at a time cannot hold its connection for good.
+pub const REQUEST_BUDGET: Duration = Duration::from_millis(MAX_WAIT_MS + 30_000);
+
+async fn within_budget(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(REQUEST_BUDGET, next.run(request)).await {
+        Ok(answer) => answer,
+        Err(_) => bad(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request took longer than {} s (a body sent too slowly)",
+                REQUEST_BUDGET.as_secs()
+            ),
+        )
+        .into_response(),
     }
 }
 
-/// An operator's small JSON body (a command, feedback): authorized, at most `MAX_SMALL_BYTES`.
-fn operator_json(
-    app: &App,
-    headers: &HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
-) -> Result<Value, ApiError> {
-    authorize(app, headers)?;
+/// Lets a call through when its credential may make it (`crate::auth`): 401 without a valid
+/// token, 403 with a valid token of another kind, each saying which token the call needs.
+async fn require(
+    AxState((app, access)): AxState<(Arc<App>, Access)>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let given = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    let needs = match access {
+        Access::Change => "the operator's token (rampctl serve --auth-token)",
+        Access::Read => "the read-only token (--read-token) or the operator's",
+        Access::Poll => {
+            "the report token (the filter's controller.token_env, --report-token) or a reader's"
+        }
+        Access::Report => {
+            "the report token (the filter's controller.token_env, --report-token) or the operator's"
+        }
+        Access::Metrics => {
+            "the metrics token (--metrics-token), the read-only token or the operator's"
+        }
+    };
+    match app.tokens.check(access, given) {
+        Ok(()) => next.run(request).await,
+        Err(Refusal::Unauthenticated) => {
+            let mut r = bad(
+                StatusCode::UNAUTHORIZED,
+                format!("this call needs 'Authorization: Bearer <token>' with {needs}"),
+            )
+            .into_response();
+            r.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            r
+        }
+        Err(Refusal::Forbidden(caller)) => {
+            let holder = match caller {
+                Caller::Operator => "operator",
+                Caller::Reader => "read-only",
+                Caller::Reporter => "report",
+                Caller::Scraper => "metrics",
+            };
+            bad(
+                StatusCode::FORBIDDEN,
+                format!("the {holder} token may not make this call: it needs {needs}"),
+            )
+            .into_response()
+        }
+    }
+}
+
+/// An operator's small JSON body (a command, feedback), at most `MAX_SMALL_BYTES` (the route checked the token).
+fn operator_json(raw: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
     json_body(&body(raw, MAX_SMALL_BYTES)?)
 }
 
@@ -550,16 +645,8 @@ pub const MAX_SEQ_AHEAD_MS: u64 = 600_000;
 async fn report(
     AxState(app): AxState<Arc<App>>,
     Path(name): Path<String>,
-    headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let given = headers.get("authorization").map(|v| v.as_bytes());
-    if !app.tokens.reporter_may(given) {
-        return Err(bad(
-            StatusCode::UNAUTHORIZED,
-            "reports need 'Authorization: Bearer <report token>' (the filter's controller.token_env)",
-        ));
-    }
     let raw = body(raw, MAX_REPORT_BYTES)?;
     let parsed: Report = serde_json::from_slice(&raw)
         .map_err(|e| field_error(StatusCode::BAD_REQUEST, "report", e.to_string()))?;
@@ -640,10 +727,8 @@ async fn report(
 
 async fn apply(
     AxState(app): AxState<Arc<App>>,
-    headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &headers)?;
     let raw = body(raw, MAX_SPEC_BYTES)?;
     let text = String::from_utf8(raw.to_vec())
         .map_err(|_| field_error(StatusCode::BAD_REQUEST, "body", "not UTF-8"))?;
@@ -718,10 +803,9 @@ pub async fn create(
 async fn command(
     AxState(app): AxState<Arc<App>>,
     Path(name): Path<String>,
-    headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let v = operator_json(&app, &headers, raw)?;
+    let v = operator_json(raw)?;
     let cmd: Command = match serde_json::from_value(v.clone()) {
         Ok(c) => c,
         Err(_) if v["command"] == "set_weight" => {
@@ -844,11 +928,10 @@ async fn history(
 async fn feedback(
     AxState(app): AxState<Arc<App>>,
     Path(name): Path<String>,
-    headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     // Feedback steers rollbacks and the bandit: only callers holding the token may post it.
-    let v = operator_json(&app, &headers, raw)?;
+    let v = operator_json(raw)?;
     if let Some(extra) = v.as_object().and_then(|o| {
         o.keys()
             .find(|k| !["decision", "correct", "reward"].contains(&k.as_str()))

@@ -9,10 +9,16 @@ use std::time::{Duration, Instant};
 
 use common::{report, start, temp_dir, Api};
 use ramp_tests::canned::CannedServer;
+use ramp_tests::controller::METRICS_TOKEN;
 use serde_json::Value;
 
-fn get_text(s: &common::Serve, path: &str) -> (u16, String) {
-    match ureq::get(&s.url(path)).call() {
+/// `GET path` as text, with `token` as the bearer credential if any.
+fn get_text(s: &common::Serve, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut req = ureq::get(&s.url(path));
+    if let Some(t) = token {
+        req = req.set("authorization", &format!("Bearer {t}"));
+    }
+    match req.call() {
         Ok(r) => (r.status(), r.into_string().unwrap()),
         Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
         Err(e) => panic!("{path}: {e}"),
@@ -33,8 +39,8 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 #[test]
 fn probes_and_metrics_show_the_rollouts_and_what_was_served() {
     let s = start(&temp_dir("observe"));
-    assert_eq!(get_text(&s, "/healthz"), (200, "ok\n".to_owned()));
-    let (code, ready) = get_text(&s, "/readyz");
+    assert_eq!(get_text(&s, "/healthz", None), (200, "ok\n".to_owned()));
+    let (code, ready) = get_text(&s, "/readyz", None);
     assert_eq!(code, 200, "{ready}");
     s.applied("name: obs\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 0.2\nstages: [{weight: 20, min_duration_s: 600, rules: [{metric: error_rate, max: 0.05, min_samples: 10}]}, {weight: 100}]\n");
     let (code, v) = s.report("obs", &report("a", 1, &[("v1", 400, 4), ("v2", 100, 10)]));
@@ -46,7 +52,7 @@ fn probes_and_metrics_show_the_rollouts_and_what_was_served() {
     s.wait_until("obs", Duration::from_secs(10), |st| {
         st["failed_checks"] == 1
     });
-    let (code, text) = get_text(&s, "/metrics");
+    let (code, text) = get_text(&s, "/metrics", Some(METRICS_TOKEN));
     assert_eq!(code, 200);
     let at = |series: &str| sample(&text, series).unwrap_or_else(|| panic!("{series}:\n{text}"));
     assert_eq!(at(r#"ramp_controller_reports_total{rollout="obs"}"#), 1.0);
@@ -147,7 +153,7 @@ fn every_transition_reaches_the_event_hooks_as_json_and_as_slack_text() {
         "{texts:?}"
     );
     assert_eq!(texts.len(), events.len(), "{texts:?}");
-    let (_, metrics) = get_text(&s, "/metrics");
+    let (_, metrics) = get_text(&s, "/metrics", Some(METRICS_TOKEN));
     assert_eq!(
         sample(
             &metrics,

@@ -427,7 +427,15 @@ fn a_long_poll_returns_as_soon_as_the_version_changes() {
     ));
     let url = s.url("/v1/rollouts/lp/state?version=1&wait_ms=5000");
     let waiter = std::thread::spawn(move || {
-        let text = ureq::get(&url).call().unwrap().into_string().unwrap();
+        let text = ureq::get(&url)
+            .set(
+                "authorization",
+                &format!("Bearer {}", ramp_tests::controller::REPORT_TOKEN),
+            )
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         (Instant::now(), v)
     });

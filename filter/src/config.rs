@@ -90,7 +90,7 @@ pub struct RawController {
     #[serde(default = "default_poll_ms")]
     pub poll_ms: u64,
     /// Name of an environment variable of the wasm VM (Envoy `vm_config.environment_variables`,
-    /// Istio `vmConfig.env`) holding the bearer token the reports carry (`rampctl serve
+    /// Istio `vmConfig.env`) holding the bearer token the polls and reports carry (`rampctl serve
     /// --report-token`). An env var, not the config, so the token can come from a Secret.
     #[serde(default)]
     pub token_env: Option<String>,

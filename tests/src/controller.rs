@@ -19,11 +19,22 @@ pub fn rampctl_binary() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("target/debug/rampctl"))
 }
 
+/// The tokens a harness controller takes besides the operator's, unless a test passes its own
+/// (`--report-token ...`) or `--insecure-no-auth`: the filters' (wired into Envoy's VM by
+/// `two_arm_config_with_controller`), a reader's and Prometheus'.
+pub const REPORT_TOKEN: &str = "ramp-report-token";
+pub const READ_TOKEN: &str = "ramp-read-token";
+pub const METRICS_TOKEN: &str = "ramp-metrics-token";
+
 pub struct Controller {
     child: Option<Child>,
     pub port: u16,
     pub db: PathBuf,
     pub token: String,
+    /// The read-only token it was started with, if any.
+    pub read_token: Option<String>,
+    /// The report token it was started with, if any.
+    pub report_token: Option<String>,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -52,11 +63,35 @@ impl Controller {
         port: u16,
         extra: &[&str],
     ) -> Result<Self> {
+        let open = extra.contains(&"--insecure-no-auth");
+        let given = |flag: &str| extra.iter().position(|a| *a == flag);
+        let mut defaults: Vec<&str> = Vec::new();
+        let mut tokens = Vec::new();
+        for (flag, default) in [
+            ("--auth-token", token),
+            ("--report-token", REPORT_TOKEN),
+            ("--read-token", READ_TOKEN),
+            ("--metrics-token", METRICS_TOKEN),
+        ] {
+            let value = match given(flag) {
+                Some(i) => extra.get(i + 1).map(|v| (*v).to_owned()),
+                None if open => None,
+                None => {
+                    defaults.extend([flag, default]);
+                    Some(default.to_owned())
+                }
+            };
+            tokens.push(value);
+        }
         let mut cmd = Command::new(binary);
         cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
             .arg(db)
-            .args(["--auth-token", token])
+            .args(&defaults)
             .args(extra)
+            .env_remove("RAMPCTL_SERVE_TOKEN")
+            .env_remove("RAMPCTL_REPORT_TOKEN")
+            .env_remove("RAMPCTL_READ_TOKEN")
+            .env_remove("RAMPCTL_METRICS_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -97,7 +132,9 @@ impl Controller {
             child: Some(child),
             port,
             db: db.to_owned(),
-            token: token.to_owned(),
+            token: tokens[0].clone().unwrap_or_default(),
+            report_token: tokens[1].clone(),
+            read_token: tokens[2].clone(),
             log,
         })
     }
@@ -115,7 +152,10 @@ impl Controller {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
-    /// Calls the API; returns the status and the JSON answer.
+    /// Calls the API; returns the status and the JSON answer. `auth`: with the operator's
+    /// token; without it, with the least credential a caller of this endpoint holds: the report
+    /// token for a filter's report or poll, the read-only token for other reads, none for a
+    /// change (so `auth: false` on a change is an unauthenticated attempt).
     pub fn call(
         &self,
         method: &str,
@@ -123,9 +163,39 @@ impl Controller {
         body: Option<&str>,
         auth: bool,
     ) -> Result<(u16, serde_json::Value)> {
+        let token = if auth {
+            Some(self.token.as_str())
+        } else {
+            self.least_credential(method, path)
+        };
+        self.call_as(method, path, body, token)
+    }
+
+    /// The token a caller of this endpoint who is not the operator would hold.
+    fn least_credential(&self, method: &str, path: &str) -> Option<&str> {
+        let route = path.split('?').next().unwrap_or(path);
+        let filters = (method == "GET" && route.ends_with("/state"))
+            || (method == "POST" && route.ends_with("/reports"));
+        if filters {
+            self.report_token.as_deref()
+        } else if method == "GET" {
+            self.read_token.as_deref()
+        } else {
+            None
+        }
+    }
+
+    /// Calls the API with exactly this bearer token (or none).
+    pub fn call_as(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<(u16, serde_json::Value)> {
         let mut req = ureq::request(method, &self.url(path));
-        if auth {
-            req = req.set("authorization", &format!("Bearer {}", self.token));
+        if let Some(t) = token {
+            req = req.set("authorization", &format!("Bearer {t}"));
         }
         let resp = match body {
             Some(b) => req.send_string(b),
@@ -205,15 +275,20 @@ impl Controller {
         Ok(self.events(rollout)?.into_iter().map(|(k, _)| k).collect())
     }
 
-    /// Runs the `rampctl` command line against this controller (with the token when `auth`):
-    /// exit code, stdout, stderr.
+    /// Runs the `rampctl` command line against this controller (with the operator's token when
+    /// `auth`, else the read-only one): exit code, stdout, stderr.
     pub fn cli(&self, args: &[&str], auth: bool) -> Result<(i32, String, String)> {
         let mut cmd = Command::new(rampctl_binary());
         cmd.args(args)
             .env("RAMPCTL_SERVER", self.url(""))
             .env_remove("RAMPCTL_TOKEN");
-        if auth {
-            cmd.env("RAMPCTL_TOKEN", &self.token);
+        let token = if auth {
+            Some(self.token.as_str())
+        } else {
+            self.read_token.as_deref()
+        };
+        if let Some(t) = token {
+            cmd.env("RAMPCTL_TOKEN", t);
         }
         let out = cmd.output().context("running rampctl")?;
         Ok((

@@ -46,12 +46,25 @@ pub fn two_arm_config(filter_config: &serde_json::Value, v1: u16, v2: u16) -> Re
         .plugin_config("ramp", filter_config)
 }
 
-/// The same, with the `rampctl` cluster pointed at a controller (or its stand-in) on `controller`.
+/// The same, with the `rampctl` cluster pointed at a controller (or its stand-in) on `controller`,
+/// and the filter carrying the harness controller's report token as a user's deployment does: the
+/// token in the VM's environment (`RAMP_REPORT_TOKEN`), named by `controller.token_env` unless the
+/// config names another variable.
 pub fn two_arm_config_with_controller(
     filter_config: &serde_json::Value,
     v1: u16,
     v2: u16,
     controller: u16,
 ) -> Result<EnvoyConfig> {
-    two_arm_config(filter_config, v1, v2)?.upstream("rampctl", controller)
+    let mut filter_config = filter_config.clone();
+    if let Some(ctl) = filter_config
+        .get_mut("controller")
+        .and_then(|c| c.as_object_mut())
+    {
+        ctl.entry("token_env")
+            .or_insert_with(|| "RAMP_REPORT_TOKEN".into());
+    }
+    two_arm_config(&filter_config, v1, v2)?
+        .upstream("rampctl", controller)?
+        .vm_env("ramp", "RAMP_REPORT_TOKEN", controller::REPORT_TOKEN)
 }

@@ -34,7 +34,8 @@ impl Prometheus {
         );
         if !controller_ports.is_empty() {
             config.push_str(&format!(
-                "  - job_name: rampctl\n    metrics_path: /metrics\n    static_configs:\n      - targets: [{}]\n",
+                "  - job_name: rampctl\n    metrics_path: /metrics\n    authorization: {{credentials: {}}}\n    static_configs:\n      - targets: [{}]\n",
+                crate::controller::METRICS_TOKEN,
                 targets(controller_ports)
             ));
         }

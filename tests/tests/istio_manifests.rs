@@ -259,6 +259,15 @@ fn the_controller_manifests_match_the_plugins_controller_section() {
     );
     assert_eq!(container["env"][0]["name"], "RAMPCTL_SERVE_TOKEN");
     assert_eq!(container["env"][1]["name"], "RAMPCTL_REPORT_TOKEN");
+    assert_eq!(container["env"][2]["name"], "RAMPCTL_METRICS_TOKEN");
+    // Every key the container reads is in the Secret.
+    for env in container["env"].as_array().unwrap() {
+        let key = &env["valueFrom"]["secretKeyRef"]["key"];
+        assert!(
+            !secret["stringData"][key.as_str().unwrap()].is_null(),
+            "{key:?} is not in the Secret"
+        );
+    }
     // The token variable the filter reads is one the plugin passes into its VM.
     let token_env = ctl["token_env"].as_str().unwrap();
     assert!(

@@ -31,8 +31,9 @@ struct Cli {
         default_value = "http://127.0.0.1:9090"
     )]
     server: String,
-    /// Bearer token for calls that change a rollout.
-    #[arg(long, global = true, env = "RAMPCTL_TOKEN")]
+    /// Bearer token the calls carry: the operator's (`serve --auth-token`), or the read-only one
+    /// for status, list, history and specs.
+    #[arg(long, global = true, env = "RAMPCTL_TOKEN", hide_env_values = true)]
     token: Option<String>,
 }
 
@@ -52,13 +53,41 @@ enum Cmd {
         listen: std::net::SocketAddr,
         #[arg(long, default_value = "ramp.db")]
         db: PathBuf,
-        /// Token that mutating calls must present (also RAMPCTL_SERVE_TOKEN).
-        #[arg(long = "auth-token", env = "RAMPCTL_SERVE_TOKEN")]
+        /// The operator's token: apply, commands, feedback, and every read (also
+        /// RAMPCTL_SERVE_TOKEN). Required unless --insecure-no-auth.
+        #[arg(
+            long = "auth-token",
+            env = "RAMPCTL_SERVE_TOKEN",
+            hide_env_values = true
+        )]
         auth_token: Option<String>,
-        /// Token the filters' reports must present (their controller.token_env; also
-        /// RAMPCTL_REPORT_TOKEN). Without it reports are accepted from anyone who can reach the API.
-        #[arg(long = "report-token", env = "RAMPCTL_REPORT_TOKEN")]
+        /// The filters' token (their controller.token_env): reports and live-state polls (also
+        /// RAMPCTL_REPORT_TOKEN). Required unless --insecure-no-auth.
+        #[arg(
+            long = "report-token",
+            env = "RAMPCTL_REPORT_TOKEN",
+            hide_env_values = true
+        )]
         report_token: Option<String>,
+        /// A read-only token: status, list, history, /v1/specs, live state and /metrics (also
+        /// RAMPCTL_READ_TOKEN).
+        #[arg(
+            long = "read-token",
+            env = "RAMPCTL_READ_TOKEN",
+            hide_env_values = true
+        )]
+        read_token: Option<String>,
+        /// A token for /metrics alone, for Prometheus (also RAMPCTL_METRICS_TOKEN).
+        #[arg(
+            long = "metrics-token",
+            env = "RAMPCTL_METRICS_TOKEN",
+            hide_env_values = true
+        )]
+        metrics_token: Option<String>,
+        /// Serve every endpoint without credentials (a laptop, a test); never where others can
+        /// reach the port.
+        #[arg(long = "insecure-no-auth")]
+        insecure_no_auth: bool,
         /// A directory of rollout specs (a ConfigMap or a git-synced volume) to reconcile: a new
         /// file starts a rollout, an edit changes it, a removal leaves it as it is.
         #[arg(long, env = "RAMPCTL_SPECS")]
@@ -66,6 +95,10 @@ enum Cmd {
         /// How often to read --specs, in seconds.
         #[arg(long = "specs-interval-s", default_value_t = 2.0)]
         specs_interval_s: f64,
+        /// At most this many API connections at a time (default 10,000, or what the open-files
+        /// limit leaves); more are closed at once.
+        #[arg(long = "max-connections", value_parser = clap::value_parser!(u32).range(1..))]
+        max_connections: Option<u32>,
     },
     /// What `serve --specs` found in its directory, file by file.
     Specs {
@@ -172,8 +205,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             db,
             auth_token,
             report_token,
+            read_token,
+            metrics_token,
+            insecure_no_auth,
             specs,
             specs_interval_s,
+            max_connections,
         } => {
             let specs_every = std::time::Duration::try_from_secs_f64(specs_interval_s)
                 .ok()
@@ -184,10 +221,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ramp_controller::server::Config {
                     listen,
                     db,
-                    token: auth_token,
-                    report_token,
+                    tokens: ramp_controller::auth::TokenOptions {
+                        operator: auth_token,
+                        read: read_token,
+                        report: report_token,
+                        metrics: metrics_token,
+                        insecure_no_auth,
+                    },
                     specs,
                     specs_every,
+                    max_connections: max_connections.map(|n| n as usize),
                 },
             ))?;
             Ok(ExitCode::SUCCESS)

@@ -70,7 +70,7 @@ struct LiveLink {
     unshared: RefCell<Vec<ArmReport>>,
     counts_keys: Vec<String>,
     instance_key: String,
-    /// `Authorization` value of the reports, when `controller.token_env` names a token.
+    /// `Authorization` value of the polls and reports, when `controller.token_env` names a token.
     report_auth: Option<String>,
     /// Shadow comparison totals of this worker not yet in shared data (empty: compare mode is off).
     shadow_pending: RefCell<Vec<u64>>,
@@ -642,13 +642,18 @@ impl<H: Host + Clone> Worker<H> {
             active.rollout.name
         );
         link.next_poll_ms.set(now + ctl.poll_ms);
+        let mut headers = vec![
+            (":method", "GET"),
+            (":path", path.as_str()),
+            (":authority", ctl.authority.as_str()),
+        ];
+        // The live state is not public either: the controller asks for the report token.
+        if let Some(auth) = &link.report_auth {
+            headers.push(("authorization", auth.as_str()));
+        }
         let token = self.host.dispatch(&Callout {
             cluster: &ctl.cluster,
-            headers: &[
-                (":method", "GET"),
-                (":path", &path),
-                (":authority", &ctl.authority),
-            ],
+            headers: &headers,
             body: None,
             timeout_ms: ctl.poll_ms + POLL_SLACK_MS,
         });

@@ -484,6 +484,8 @@ fn the_report_carries_every_workers_counts_and_is_the_protocols_report() {
     let sent = host.with(|m| m.callouts.clone());
     let poll = &sent[0];
     assert_eq!((poll.cluster.as_str(), poll.timeout_ms), ("rampctl", 2_200));
+    // Issue 20: the live state needs the report token as well.
+    assert_eq!(poll.header("authorization"), Some("Bearer s3cret"));
     let report = sent
         .iter()
         .find(|c| c.header(":path") == Some("/v1/rollouts/r/reports"))

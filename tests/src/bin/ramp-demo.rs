@@ -86,7 +86,8 @@ fn rollout_demo() -> Result<()> {
     let controller =
         ramp_tests::controller::Controller::start(&dir.path().join("ramp.db"), "demo-token")?;
     println!(
-        "rampctl serve on {} (SQLite {})",
+        "rampctl serve on {} (SQLite {}; operator token demo-token, the filters' report token \
+         from their VM environment)",
         controller.url(""),
         dir.path().join("ramp.db").display()
     );

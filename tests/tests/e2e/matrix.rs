@@ -475,6 +475,10 @@ struct Seen {
 /// The controller's count of checks of `rollout` (`/metrics`).
 fn checks(controller: &Controller, rollout: &str) -> u64 {
     ureq::get(&controller.url("/metrics"))
+        .set(
+            "authorization",
+            &format!("Bearer {}", ramp_tests::controller::METRICS_TOKEN),
+        )
         .call()
         .ok()
         .and_then(|r| r.into_string().ok())

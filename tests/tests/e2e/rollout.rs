@@ -647,7 +647,10 @@ fn smoke_test_set_weight_and_the_manual_gate_drive_the_filters() {
         .cli(&["set-weight", "gates", "10"], false)
         .unwrap();
     assert_eq!(code, 2);
-    assert!(err.contains("HTTP 401"), "unauthorized: {err}");
+    assert!(
+        err.contains("HTTP 403") && err.contains("the read-only token may not"),
+        "a reader cannot change weights: {err}"
+    );
 
     // Resume returns to the schedule; the rollout then stops at the manual gate, at 50%.
     assert_eq!(s.controller.cli(&["resume", "gates"], true).unwrap().0, 0);
@@ -767,7 +770,9 @@ fn reports_must_carry_the_report_token_the_controller_asks_for() {
     let mut cfg = filter_config("signed");
     cfg["controller"]["token_env"] = json!("RAMP_REPORT_TOKEN");
     let config = |token: Option<&str>| {
-        let c = two_arm_config_with_controller(&cfg, v1.port, v2.port, controller.port).unwrap();
+        let c = ramp_tests::two_arm_config(&cfg, v1.port, v2.port)
+            .and_then(|c| c.upstream("rampctl", controller.port))
+            .unwrap();
         match token {
             Some(t) => c.vm_env("ramp", "RAMP_REPORT_TOKEN", t).unwrap(),
             None => c,
@@ -810,11 +815,11 @@ fn reports_must_carry_the_report_token_the_controller_asks_for() {
         "only the Envoy with the token is counted: {v}"
     );
     let (code, _) = controller
-        .call(
+        .call_as(
             "POST",
             "/v1/rollouts/signed/reports",
             Some(r#"{"instance":"x","seq":1,"arms":{}}"#),
-            false,
+            None,
         )
         .unwrap();
     assert_eq!(code, 401);
