@@ -98,6 +98,7 @@ bench: wasm venv
 	cargo run --release -q -p ramp-tests --bin ramp-bench
 	cargo build --release -q -p ramp-controller --bin rampctl
 	RAMPCTL_BIN=target/release/rampctl cargo run --release -q -p ramp-tests --bin ramp-bench-controller
+	RAMPCTL_BIN=target/release/rampctl cargo run --release -q -p ramp-tests --bin ramp-bench-hostile
 
 sim: toolchain
 	cargo run --release -q -p ramp-tests --bin ramp-sim

@@ -61,6 +61,24 @@ pub fn connection_limit(wanted: Option<usize>) -> usize {
     wanted.unwrap_or(10_000).min(room)
 }
 
+/// Connections the kernel queues for `accept` (capped by `net.core.somaxconn`): a fleet of
+/// Envoys reconnecting at once after a restart, or a burst while the accept loop's worker is
+/// busy, must not overflow it (std's 128 did: dropped SYNs cost a client a 1 s retransmit).
+const BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr` with a backlog of `BACKLOG`.
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // A restarted controller rebinds its port at once, though old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Serves `router` on `listener` with at most `max` connections at a time. A connection past
 /// the limit is closed at once (rather than left in the kernel's backlog), and counted.
 pub async fn serve(

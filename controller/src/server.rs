@@ -224,7 +224,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .route("/readyz", get(readyz))
         .layer(axum::middleware::from_fn(within_budget))
         .with_state(app.clone());
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+    let listener = crate::connections::listen(cfg.listen)?;
     let max_connections = crate::connections::connection_limit(cfg.max_connections);
     eprintln!(
         "rampctl: at most {max_connections} connections, each closed after {} s without a request",
@@ -684,11 +684,12 @@ async fn report(
         parsed
             .validate(&parsed.arms.keys().map(String::as_str).collect::<Vec<_>>())
             .map_err(|e| field_error(StatusCode::BAD_REQUEST, &e.field, e.reason))?;
-        let kept =
-            app.pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .keep(&name, parsed, raw.len());
+        let kept = app.pending.lock().unwrap_or_else(|p| p.into_inner()).keep(
+            &name,
+            &parsed.instance,
+            parsed.seq,
+            &raw,
+        );
         return match kept {
             Ok(()) => Ok((
                 StatusCode::ACCEPTED,
