@@ -41,6 +41,8 @@ pub struct Config {
     /// A directory of rollout specs to reconcile (`--specs`), and how often to read it.
     pub specs: Option<PathBuf>,
     pub specs_every: Duration,
+    /// A PEM file of CAs that outgoing https (hooks, Prometheus) trusts besides the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Largest report body (a report of two arms with shadow totals is about 1 KB).
@@ -63,6 +65,8 @@ pub struct App {
     pub telemetry: crate::telemetry::Telemetry,
     /// What the last scan of `--specs` found (`GET /v1/specs`).
     pub specs: RwLock<crate::watcher::SpecsSeen>,
+    /// The agents hooks and Prometheus are called with, and the roots their https trusts.
+    pub outgoing: crate::tls::Outgoing,
 }
 
 pub fn now_ms() -> u64 {
@@ -146,7 +150,11 @@ impl App {
             .any(|h| h.on == crate::spec::HookPoint::Event)
         {
             let payload = crate::reconciler::event_payload(spec, rec, kind, detail);
-            tokio::spawn(crate::reconciler::notify_event(spec.clone(), payload));
+            tokio::spawn(crate::reconciler::notify_event(
+                self.outgoing.hooks.clone(),
+                spec.clone(),
+                payload,
+            ));
         }
     }
 }
@@ -154,6 +162,8 @@ impl App {
 /// Runs until the process is stopped.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let tokens = Tokens::new(cfg.token, cfg.report_token)?;
+    // Before the store: a CA file that cannot be used stops the start, not every hook later.
+    let outgoing = crate::tls::Outgoing::new(cfg.ca_file.as_deref())?;
     let db = cfg.db.clone();
     let (store, loaded) = tokio::task::spawn_blocking(move || load(&db)).await??;
     let app = Arc::new(App {
@@ -163,6 +173,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         tokens,
         telemetry: crate::telemetry::Telemetry::default(),
         specs: RwLock::new(crate::watcher::SpecsSeen::default()),
+        outgoing,
     });
     for handle in loaded {
         register(&app, handle);
@@ -190,6 +201,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .route("/readyz", get(readyz))
         .with_state(app.clone());
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+    eprintln!("rampctl: outgoing https trusts {}", app.outgoing.trusted);
     eprintln!("rampctl: serving on http://{}", listener.local_addr()?);
     if let Some(dir) = cfg.specs {
         tokio::spawn(crate::watcher::watch(app.clone(), dir, cfg.specs_every));
@@ -695,7 +707,7 @@ pub async fn create(
         },
         book,
     );
-    let base = totals_now(&handle, &spec)
+    let base = totals_now(&app.outgoing, &handle, &spec)
         .await
         .map_err(|e| bad(StatusCode::BAD_GATEWAY, e))?;
     let now = now_ms();
@@ -786,7 +798,7 @@ async fn command(
         }
         let mut next = rec.clone();
         if state.stage != rec.state.stage {
-            next.base = totals_now(&handle, &spec)
+            next.base = totals_now(&app.outgoing, &handle, &spec)
                 .await
                 .map_err(|e| bad(StatusCode::BAD_GATEWAY, e))?;
         }
@@ -803,7 +815,11 @@ async fn command(
             handle.wake.notify_one();
             if next.state.phase == Phase::RolledBack && rec.state.phase != Phase::RolledBack {
                 // Told after the answer's state is stored, without holding up the answer.
-                tokio::spawn(notify_rollback(spec.clone(), next.state.reason.clone()));
+                tokio::spawn(notify_rollback(
+                    app.outgoing.hooks.clone(),
+                    spec.clone(),
+                    next.state.reason.clone(),
+                ));
             }
             return Ok(Json(summary(&handle.current())));
         }
