@@ -60,7 +60,9 @@ lint: toolchain
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --target wasm32-wasip1 -p ramp-filter -p ramp-empty-filter -p ramp-naive-router --all-targets -- -D warnings
 
+# The controller's https test (controller/tests/https_calls.rs) runs a real Prometheus serving TLS.
 unit: toolchain
+	@command -v prometheus >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; }
 	cargo test -p ramp-protocol -p ramp-filter -p ramp-controller
 
 # The pure library's golden vectors, compiled for the filter's own target (wasm32-wasip1) and run

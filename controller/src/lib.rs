@@ -24,6 +24,7 @@ pub mod spec;
 pub mod store;
 pub mod summary;
 pub mod telemetry;
+pub mod tls;
 pub mod units;
 pub mod watcher;
 pub mod window;

@@ -112,19 +112,21 @@ pub fn totals_from_answers(
     Ok(out)
 }
 
-/// Queries Prometheus at `url` (e.g. `http://127.0.0.1:9090`) for the rollout's totals.
-pub fn fetch_totals(url: &str, rollout: &str) -> Result<Totals, PromError> {
+/// Queries Prometheus at `url` (e.g. `http://127.0.0.1:9090`, or https) for the rollout's totals,
+/// through `agent` (`tls::Outgoing::prometheus`).
+pub fn fetch_totals(agent: &ureq::Agent, url: &str, rollout: &str) -> Result<Totals, PromError> {
     let err = |reason: String| PromError::Query {
         url: url.to_owned(),
         reason,
     };
     let mut bodies = Vec::with_capacity(4);
     for q in queries(rollout) {
-        let body = ureq::get(&format!("{}/api/v1/query", url.trim_end_matches('/')))
+        let body = agent
+            .get(&format!("{}/api/v1/query", url.trim_end_matches('/')))
             .query("query", &q)
             .timeout(std::time::Duration::from_secs(5))
             .call()
-            .map_err(|e| err(e.to_string()))?
+            .map_err(|e| err(crate::tls::explain(&e)))?
             .into_string()
             .map_err(|e| err(e.to_string()))?;
         bodies.push(body);

@@ -20,6 +20,7 @@ use crate::server::{now_ms, App};
 use crate::spec::{Bound, HookFormat, HookPoint, Rule, Spec, HOOK_BUDGET_S};
 use crate::store::Record;
 use crate::summary::{figures, weights_json};
+use crate::tls::Outgoing;
 use crate::window::{window, Totals};
 
 /// Longest a Prometheus source may take to answer one check.
@@ -29,7 +30,11 @@ const KEPT_CHECKS: usize = 600;
 
 /// The rollout's cumulative totals now: the filters' reports (or Prometheus), the shadow
 /// comparisons and the feedback. No lock is held while Prometheus answers.
-pub async fn totals_now(handle: &Rollout, spec: &Spec) -> Result<Totals, String> {
+pub async fn totals_now(
+    outgoing: &Outgoing,
+    handle: &Rollout,
+    spec: &Spec,
+) -> Result<Totals, String> {
     let (from_reports, shadow, feedback) = {
         let book = handle.reports();
         (
@@ -43,8 +48,10 @@ pub async fn totals_now(handle: &Rollout, spec: &Spec) -> Result<Totals, String>
         (None, None) => Totals::new(),
         (None, Some(url)) => {
             let (url, name) = (url.clone(), spec.name.clone());
-            let query =
-                tokio::task::spawn_blocking(move || crate::prometheus::fetch_totals(&url, &name));
+            let agent = outgoing.prometheus.clone();
+            let query = tokio::task::spawn_blocking(move || {
+                crate::prometheus::fetch_totals(&agent, &url, &name)
+            });
             match tokio::time::timeout(PROMETHEUS_BUDGET, query).await {
                 Ok(Ok(Ok(t))) => t,
                 Ok(Ok(Err(e))) => return Err(redact_text(&e.to_string())),
@@ -203,9 +210,15 @@ pub fn check(
     Some((next, event))
 }
 
-/// POSTs `event` to every hook at `point`; the first failure (after retries) is the error. All
-/// attempts together stop at `HOOK_BUDGET_S`. Blocking: run it on a blocking thread.
-pub fn run_hooks(spec: &Spec, point: HookPoint, event: &Value) -> Result<(), String> {
+/// POSTs `event` to every hook at `point` through `agent` (`tls::Outgoing::hooks`, which follows
+/// no redirects); the first failure (after retries) is the error. All attempts together stop at
+/// `HOOK_BUDGET_S`. Blocking: run it on a blocking thread.
+pub fn run_hooks(
+    agent: &ureq::Agent,
+    spec: &Spec,
+    point: HookPoint,
+    event: &Value,
+) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs_f64(HOOK_BUDGET_S);
     for hook in spec.hooks.iter().filter(|h| h.on == point) {
         let mut last = String::new();
@@ -219,11 +232,7 @@ pub fn run_hooks(spec: &Spec, point: HookPoint, event: &Value) -> Result<(), Str
                 HookFormat::Json => event.to_string(),
                 HookFormat::Slack => json!({ "text": slack_text(event) }).to_string(),
             };
-            // No redirects: a gate answers for itself. Followed, a 302 became a GET to wherever
-            // it pointed, and its 200 passed the gate.
-            let sent = ureq::AgentBuilder::new()
-                .redirects(0)
-                .build()
+            let sent = agent
                 .post(&hook.url)
                 .timeout(Duration::from_secs_f64(hook.timeout_s).min(left))
                 .set("content-type", "application/json")
@@ -235,7 +244,7 @@ pub fn run_hooks(spec: &Spec, point: HookPoint, event: &Value) -> Result<(), Str
                     false
                 }
                 Err(e) => {
-                    last = e.to_string();
+                    last = crate::tls::explain(&e);
                     false
                 }
             }
@@ -265,7 +274,12 @@ pub const NOTICES_PER_ROLLOUT: usize = 4;
 static NOTICES_IN_FLIGHT: std::sync::Mutex<std::collections::BTreeMap<String, usize>> =
     std::sync::Mutex::new(std::collections::BTreeMap::new());
 
-async fn hooks(spec: &Arc<Spec>, point: HookPoint, event: Value) -> Result<(), String> {
+async fn hooks(
+    agent: &ureq::Agent,
+    spec: &Arc<Spec>,
+    point: HookPoint,
+    event: Value,
+) -> Result<(), String> {
     let notice = matches!(point, HookPoint::Event | HookPoint::OnRollback);
     let _slot = if notice {
         let Ok(slot) = NOTICE_SLOTS.try_acquire() else {
@@ -308,8 +322,8 @@ async fn hooks(spec: &Arc<Spec>, point: HookPoint, event: Value) -> Result<(), S
     } else {
         InFlight(None)
     };
-    let spec = spec.clone();
-    tokio::task::spawn_blocking(move || run_hooks(&spec, point, &event))
+    let (agent, spec) = (agent.clone(), spec.clone());
+    tokio::task::spawn_blocking(move || run_hooks(&agent, &spec, point, &event))
         .await
         .unwrap_or_else(|e| Err(format!("hook task: {e}")))
 }
@@ -659,7 +673,7 @@ async fn reconcile(
     history: &mut History,
 ) {
     let now = now_ms();
-    let totals = match totals_now(handle, spec).await {
+    let totals = match totals_now(&app.outgoing, handle, spec).await {
         Ok(t) => t,
         Err(why) => {
             eprintln!("rampctl: {}: no figures this check: {why}", rec.name);
@@ -699,7 +713,7 @@ async fn reconcile(
     shown["sample_ratio"] = json!(srm);
     handle.publish_figures(shown);
     let (next, event) = match rec.state.phase {
-        Phase::Starting => smoke_test(rec, spec).await,
+        Phase::Starting => smoke_test(&app.outgoing.hooks, rec, spec).await,
         Phase::Progressing => {
             let decided = check(
                 rec,
@@ -721,7 +735,7 @@ async fn reconcile(
             if let Some(point) = pre_hook(spec, &rec.state, &next.state) {
                 let payload = json!({"rollout": rec.name, "hook": point, "to_stage": next.state.stage + 1,
                                      "weights": weights_json(&next.state, spec)});
-                if let Err(why) = hooks(spec, point, payload).await {
+                if let Err(why) = hooks(&app.outgoing.hooks, spec, point, payload).await {
                     let (n, e) = after_failed_hook(rec, spec, why);
                     (next, event) = (n, Some(e));
                 }
@@ -735,10 +749,14 @@ async fn reconcile(
 
 /// The `before_start` hooks of a rollout in `Starting`: stage 1 begins when they pass; a failure
 /// counts like a failed check.
-async fn smoke_test(rec: &Record, spec: &Arc<Spec>) -> (Record, Option<(String, String)>) {
+async fn smoke_test(
+    agent: &ureq::Agent,
+    rec: &Record,
+    spec: &Arc<Spec>,
+) -> (Record, Option<(String, String)>) {
     let payload =
         json!({"rollout": rec.name, "hook": HookPoint::BeforeStart, "candidate": spec.candidate});
-    match hooks(spec, HookPoint::BeforeStart, payload).await {
+    match hooks(agent, spec, HookPoint::BeforeStart, payload).await {
         Ok(()) => (
             Record {
                 state: rec.state.started(now_ms()),
@@ -784,7 +802,12 @@ async fn save(
         && next.state.phase == Phase::RolledBack
         && before.state.phase != Phase::RolledBack
     {
-        notify_rollback(spec.clone(), next.state.reason.clone()).await;
+        notify_rollback(
+            app.outgoing.hooks.clone(),
+            spec.clone(),
+            next.state.reason.clone(),
+        )
+        .await;
     }
 }
 
@@ -817,16 +840,16 @@ pub fn event_payload(spec: &Spec, rec: &Record, kind: &str, detail: &str) -> Val
 }
 
 /// Tells the `event` hooks; their answer changes nothing, a failure is only logged.
-pub async fn notify_event(spec: Arc<Spec>, payload: Value) {
-    if let Err(e) = hooks(&spec, HookPoint::Event, payload).await {
+pub async fn notify_event(agent: ureq::Agent, spec: Arc<Spec>, payload: Value) {
+    if let Err(e) = hooks(&agent, &spec, HookPoint::Event, payload).await {
         eprintln!("rampctl: {}: {e}", spec.name);
     }
 }
 
 /// Tells the `on_rollback` hooks; their answer changes nothing, a failure is only logged.
-pub async fn notify_rollback(spec: Arc<Spec>, reason: Option<String>) {
+pub async fn notify_rollback(agent: ureq::Agent, spec: Arc<Spec>, reason: Option<String>) {
     let payload = json!({"rollout": spec.name, "hook": HookPoint::OnRollback, "reason": reason});
-    if let Err(e) = hooks(&spec, HookPoint::OnRollback, payload).await {
+    if let Err(e) = hooks(&agent, &spec, HookPoint::OnRollback, payload).await {
         eprintln!("rampctl: {}: {e}", spec.name);
     }
 }
@@ -1057,11 +1080,13 @@ mod tests {
             Spec::parse(&format!("name: r\narms: [{{name: v1, role: baseline}}, {{name: v2, role: candidate}}]\nhooks: [{{on: before_step, url: 'http://127.0.0.1:{port}/gate', retries: 0}}]\nstages: [{{weight: 10}}, {{weight: 100}}]\n")).unwrap()
         };
         let event = json!({"rollout": "r"});
-        let refused = run_hooks(&spec(redirect.port), HookPoint::BeforeStep, &event).unwrap_err();
+        let agent = Outgoing::new(None).unwrap().hooks;
+        let refused =
+            run_hooks(&agent, &spec(redirect.port), HookPoint::BeforeStep, &event).unwrap_err();
         assert!(
             refused.contains("answered 302 (only a 2xx passes)"),
             "{refused}"
         );
-        assert!(run_hooks(&spec(ok.port), HookPoint::BeforeStep, &event).is_ok());
+        assert!(run_hooks(&agent, &spec(ok.port), HookPoint::BeforeStep, &event).is_ok());
     }
 }

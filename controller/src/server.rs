@@ -43,6 +43,8 @@ pub struct Config {
     /// At most this many API connections at a time (`--max-connections`); `None`: 10,000, or
     /// what the open-files limit allows.
     pub max_connections: Option<usize>,
+    /// A PEM file of CAs that outgoing https (hooks, Prometheus) trusts besides the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Largest report body (a report of two arms with shadow totals is about 1 KB).
@@ -66,6 +68,8 @@ pub struct App {
     /// What the last scan of `--specs` found (`GET /v1/specs`).
     pub specs: RwLock<crate::watcher::SpecsSeen>,
     pub connections: Arc<crate::connections::ConnectionStats>,
+    /// The agents hooks and Prometheus are called with, and the roots their https trusts.
+    pub outgoing: crate::tls::Outgoing,
 }
 
 pub fn now_ms() -> u64 {
@@ -149,7 +153,11 @@ impl App {
             .any(|h| h.on == crate::spec::HookPoint::Event)
         {
             let payload = crate::reconciler::event_payload(spec, rec, kind, detail);
-            tokio::spawn(crate::reconciler::notify_event(spec.clone(), payload));
+            tokio::spawn(crate::reconciler::notify_event(
+                self.outgoing.hooks.clone(),
+                spec.clone(),
+                payload,
+            ));
         }
     }
 }
@@ -163,6 +171,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             cfg.listen
         );
     }
+    // Before the store: a CA file that cannot be used stops the start, not every hook later.
+    let outgoing = crate::tls::Outgoing::new(cfg.ca_file.as_deref())?;
     let db = cfg.db.clone();
     let (store, loaded) = tokio::task::spawn_blocking(move || load(&db)).await??;
     let app = Arc::new(App {
@@ -173,6 +183,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         telemetry: crate::telemetry::Telemetry::default(),
         specs: RwLock::new(crate::watcher::SpecsSeen::default()),
         connections: Arc::default(),
+        outgoing,
     });
     for handle in loaded {
         register(&app, handle);
@@ -230,6 +241,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         "rampctl: at most {max_connections} connections, each closed after {} s without a request",
         crate::connections::HEADER_TIMEOUT.as_secs()
     );
+    eprintln!("rampctl: outgoing https trusts {}", app.outgoing.trusted);
     eprintln!("rampctl: serving on http://{}", listener.local_addr()?);
     if let Some(dir) = cfg.specs {
         tokio::spawn(crate::watcher::watch(app.clone(), dir, cfg.specs_every));
@@ -781,7 +793,7 @@ pub async fn create(
         },
         book,
     );
-    let base = totals_now(&handle, &spec)
+    let base = totals_now(&app.outgoing, &handle, &spec)
         .await
         .map_err(|e| bad(StatusCode::BAD_GATEWAY, e))?;
     let now = now_ms();
@@ -871,7 +883,7 @@ async fn command(
         }
         let mut next = rec.clone();
         if state.stage != rec.state.stage {
-            next.base = totals_now(&handle, &spec)
+            next.base = totals_now(&app.outgoing, &handle, &spec)
                 .await
                 .map_err(|e| bad(StatusCode::BAD_GATEWAY, e))?;
         }
@@ -888,7 +900,11 @@ async fn command(
             handle.wake.notify_one();
             if next.state.phase == Phase::RolledBack && rec.state.phase != Phase::RolledBack {
                 // Told after the answer's state is stored, without holding up the answer.
-                tokio::spawn(notify_rollback(spec.clone(), next.state.reason.clone()));
+                tokio::spawn(notify_rollback(
+                    app.outgoing.hooks.clone(),
+                    spec.clone(),
+                    next.state.reason.clone(),
+                ));
             }
             return Ok(Json(summary(&handle.current())));
         }

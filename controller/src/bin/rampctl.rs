@@ -35,6 +35,10 @@ struct Cli {
     /// for status, list, history and specs.
     #[arg(long, global = true, env = "RAMPCTL_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A PEM file of CA certificates that https trusts besides the system's: `serve`'s hooks and
+    /// Prometheus, and the other commands' https `--server`.
+    #[arg(long = "ca-file", global = true, env = "RAMPCTL_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -195,9 +199,13 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let api = Api {
-        server: cli.server.trim_end_matches('/').to_owned(),
-        token: cli.token,
+    // Built only by the commands that call the API: a bad --ca-file does not stop `validate`.
+    let api = || -> anyhow::Result<Api> {
+        Ok(Api {
+            server: cli.server.trim_end_matches('/').to_owned(),
+            token: cli.token.clone(),
+            agent: ramp_controller::tls::api_agent(cli.ca_file.as_deref())?,
+        })
     };
     match cli.command {
         Cmd::Serve {
@@ -231,6 +239,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     specs,
                     specs_every,
                     max_connections: max_connections.map(|n| n as usize),
+                    ca_file: cli.ca_file.clone(),
                 },
             ))?;
             Ok(ExitCode::SUCCESS)
@@ -238,55 +247,65 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Apply { file, json } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
+            let api = api()?;
             api.show(
                 api.call("POST", "/v1/rollouts", Some(text)),
                 json,
                 print_status,
             )
         }
-        Cmd::List { json } => api.show(api.call("GET", "/v1/rollouts", None), json, |v| {
-            for r in v["rollouts"].as_array().into_iter().flatten() {
-                print_status(r);
-            }
-        }),
+        Cmd::List { json } => {
+            let api = api()?;
+            api.show(api.call("GET", "/v1/rollouts", None), json, |v| {
+                for r in v["rollouts"].as_array().into_iter().flatten() {
+                    print_status(r);
+                }
+            })
+        }
         Cmd::Status {
             name,
             json,
             watch: false,
             ..
-        } => api.show(
-            api.call("GET", &format!("/v1/rollouts/{name}"), None),
-            json,
-            print_status,
-        ),
+        } => {
+            let api = api()?;
+            api.show(
+                api.call("GET", &format!("/v1/rollouts/{name}"), None),
+                json,
+                print_status,
+            )
+        }
         Cmd::Status {
             name,
             json,
             watch: true,
             timeout,
-        } => watch(&api, &name, json, timeout),
-        Cmd::Specs { json } => api.show(api.call("GET", "/v1/specs", None), json, |v| {
-            println!(
-                "specs directory {}{}",
-                v["dir"].as_str().unwrap_or("(none: serve without --specs)"),
-                v["error"]
-                    .as_str()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default()
-            );
-            for f in v["files"].as_array().into_iter().flatten() {
+        } => watch(&api()?, &name, json, timeout),
+        Cmd::Specs { json } => {
+            let api = api()?;
+            api.show(api.call("GET", "/v1/specs", None), json, |v| {
                 println!(
-                    "  {:<24} {:<20} {}",
-                    f["file"].as_str().unwrap_or("?"),
-                    f["rollout"].as_str().unwrap_or("-"),
-                    f["error"]
+                    "specs directory {}{}",
+                    v["dir"].as_str().unwrap_or("(none: serve without --specs)"),
+                    v["error"]
                         .as_str()
-                        .map(|e| format!("INVALID: {e}"))
-                        .or_else(|| f["change"].as_str().map(str::to_owned))
+                        .map(|e| format!(": {e}"))
                         .unwrap_or_default()
                 );
-            }
-        }),
+                for f in v["files"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {:<24} {:<20} {}",
+                        f["file"].as_str().unwrap_or("?"),
+                        f["rollout"].as_str().unwrap_or("-"),
+                        f["error"]
+                            .as_str()
+                            .map(|e| format!("INVALID: {e}"))
+                            .or_else(|| f["change"].as_str().map(str::to_owned))
+                            .unwrap_or_default()
+                    );
+                }
+            })
+        }
         Cmd::Version { json } => {
             let version = env!("CARGO_PKG_VERSION");
             if json {
@@ -319,31 +338,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(arm) = arm {
                 body["arm"] = serde_json::json!(arm);
             }
-            api.send_command(&name, body, json)
+            api()?.send_command(&name, body, json)
         }
-        Cmd::Pause { name, json } => api.command(&name, "pause", json),
-        Cmd::Resume { name, json } => api.command(&name, "resume", json),
-        Cmd::Rollback { name, json } => api.command(&name, "roll_back", json),
-        Cmd::Abort { name, json } => api.command(&name, "abort", json),
-        Cmd::SetWeight { name, weight, json } => api.send_command(
+        Cmd::Pause { name, json } => api()?.command(&name, "pause", json),
+        Cmd::Resume { name, json } => api()?.command(&name, "resume", json),
+        Cmd::Rollback { name, json } => api()?.command(&name, "roll_back", json),
+        Cmd::Abort { name, json } => api()?.command(&name, "abort", json),
+        Cmd::SetWeight { name, weight, json } => api()?.send_command(
             &name,
             serde_json::json!({"command": "set_weight", "weight": weight}),
             json,
         ),
-        Cmd::History { name, json } => api.show(
-            api.call("GET", &format!("/v1/rollouts/{name}/history"), None),
-            json,
-            |v| {
-                for e in v["events"].as_array().into_iter().flatten() {
-                    println!(
-                        "{}  {:<12} {}",
-                        e["at_ms"],
-                        e["kind"].as_str().unwrap_or(""),
-                        e["detail"].as_str().unwrap_or("")
-                    );
-                }
-            },
-        ),
+        Cmd::History { name, json } => {
+            let api = api()?;
+            api.show(
+                api.call("GET", &format!("/v1/rollouts/{name}/history"), None),
+                json,
+                |v| {
+                    for e in v["events"].as_array().into_iter().flatten() {
+                        println!(
+                            "{}  {:<12} {}",
+                            e["at_ms"],
+                            e["kind"].as_str().unwrap_or(""),
+                            e["detail"].as_str().unwrap_or("")
+                        );
+                    }
+                },
+            )
+        }
         Cmd::Validate { file, json } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
@@ -378,6 +400,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 struct Api {
     server: String,
     token: Option<String>,
+    /// Built once: its roots are the system's plus --ca-file's.
+    agent: ureq::Agent,
 }
 
 impl Api {
@@ -389,7 +413,9 @@ impl Api {
         path: &str,
         body: Option<String>,
     ) -> Result<serde_json::Value, String> {
-        let mut req = ureq::request(method, &format!("{}{path}", self.server));
+        let mut req = self
+            .agent
+            .request(method, &format!("{}{path}", self.server));
         if let Some(t) = &self.token {
             req = req.set("authorization", &format!("Bearer {t}"));
         }
@@ -410,10 +436,12 @@ impl Api {
                     v["error"].as_str().unwrap_or("(no message)")
                 ))
             }
-            Err(e) => Err(format!(
-                "cannot reach the controller at {}: {e}",
-                self.server
-            )),
+            // The address may carry credentials (`https://user:pass@...`): CI logs keep this.
+            Err(e) => Err(ramp_controller::redact::redact_text(&format!(
+                "cannot reach the controller at {}: {}",
+                self.server,
+                ramp_controller::tls::explain(&e)
+            ))),
         }
     }
 

@@ -3,6 +3,8 @@
 //! a fresh database in a temporary folder, plus the calls these tests make over and over.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod https;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,12 +29,22 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 /// `rampctl serve` on `dir/ramp.db` with operator token `token`; `Err` holds its log when it
 /// exited instead of serving.
 pub fn try_start(dir: &Path, token: &str) -> Result<Serve, String> {
-    // RAMPCTL_UNDER_TEST runs these tests against another build (e.g. an older commit's, to
-    // see which of them fail there).
-    let binary = std::env::var_os("RAMPCTL_UNDER_TEST")
+    try_start_with(dir, token, &[])
+}
+
+/// The `rampctl` under test: the one cargo built for these tests, or RAMPCTL_UNDER_TEST, which
+/// runs these tests against another build (e.g. an older commit's, to see which of them fail
+/// there).
+pub fn rampctl_binary() -> PathBuf {
+    std::env::var_os("RAMPCTL_UNDER_TEST")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rampctl")));
-    Serve::start_binary(&binary, &dir.join("ramp.db"), token, 0, &[]).map_err(|e| format!("{e:#}"))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rampctl")))
+}
+
+/// The same with more `serve` arguments (`--ca-file PATH`).
+pub fn try_start_with(dir: &Path, token: &str, extra: &[&str]) -> Result<Serve, String> {
+    Serve::start_binary(&rampctl_binary(), &dir.join("ramp.db"), token, 0, extra)
+        .map_err(|e| format!("{e:#}"))
 }
 
 pub fn start(dir: &Path) -> Serve {
