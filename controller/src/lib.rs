@@ -7,6 +7,7 @@ pub mod bestarm;
 pub mod exposure;
 pub mod gitops;
 pub mod histogram;
+pub mod lookback;
 pub mod machine;
 pub mod posterior;
 pub mod prometheus;
