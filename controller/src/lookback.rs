@@ -159,6 +159,9 @@ fn dominates(newer: &Totals, older: &Totals) -> bool {
     })
 }
 
+/// Check totals kept per stage: the windows rules may look back over.
+pub const KEPT_CHECKS: usize = 600;
+
 /// The totals of the checks so far, newest first, at most `cap` of them.
 #[derive(Debug)]
 pub struct Lookback {
@@ -171,10 +174,16 @@ pub struct Lookback {
     cap: usize,
 }
 
+impl Default for Lookback {
+    fn default() -> Self {
+        Self::new(KEPT_CHECKS)
+    }
+}
+
 impl Lookback {
     pub fn new(cap: usize) -> Self {
         Self {
-            kept: VecDeque::with_capacity(cap.min(1024)),
+            kept: VecDeque::new(),
             run_ends: VecDeque::new(),
             next: 0,
             cap,
