@@ -15,7 +15,7 @@ use crate::exposure::ExposureTest;
 use crate::lookback::Lookback;
 use crate::machine::{self, Action, Phase, State};
 use crate::redact::redact_text;
-use crate::registry::{Loaded, Rollout};
+use crate::registry::{Loaded, Rollout, View};
 use crate::rules::ArmWindow;
 use crate::server::{now_ms, App};
 use crate::spec::{Bound, HookFormat, HookPoint, Rule, Spec, HOOK_BUDGET_S};
@@ -29,6 +29,32 @@ const PROMETHEUS_BUDGET: Duration = Duration::from_secs(10);
 /// The rollout's cumulative totals now: the filters' reports (or Prometheus), the shadow
 /// comparisons and the feedback. No lock is held while Prometheus answers.
 pub async fn totals_now(handle: &Rollout, spec: &Spec) -> Result<Totals, String> {
+    let from_prometheus = prometheus_totals(spec).await?;
+    Ok(complete_totals(handle, spec, from_prometheus))
+}
+
+/// The request figures from the rollout's Prometheus source, if it has one.
+async fn prometheus_totals(spec: &Spec) -> Result<Option<Totals>, String> {
+    let Some(url) = &spec.prometheus else {
+        return Ok(None);
+    };
+    let (url, name) = (url.clone(), spec.name.clone());
+    let query = tokio::task::spawn_blocking(move || crate::prometheus::fetch_totals(&url, &name));
+    match tokio::time::timeout(PROMETHEUS_BUDGET, query).await {
+        Ok(Ok(Ok(t))) => Ok(Some(t)),
+        Ok(Ok(Err(e))) => Err(redact_text(&e.to_string())),
+        Ok(Err(e)) => Err(format!("prometheus query task: {e}")),
+        Err(_) => Err(format!(
+            "prometheus did not answer within {} s",
+            PROMETHEUS_BUDGET.as_secs()
+        )),
+    }
+}
+
+/// `totals_now` once Prometheus (if it is the source) has answered: the reports' sums (all
+/// instances' newest reports: CPU work, so checks do it on a blocking thread), the shadow
+/// comparisons and the feedback.
+fn complete_totals(handle: &Rollout, spec: &Spec, from_prometheus: Option<Totals>) -> Totals {
     let (from_reports, shadow, feedback) = {
         let book = handle.reports();
         (
@@ -37,26 +63,7 @@ pub async fn totals_now(handle: &Rollout, spec: &Spec) -> Result<Totals, String>
             book.feedback.clone(),
         )
     };
-    let mut totals = match (from_reports, &spec.prometheus) {
-        (Some(t), _) => t,
-        (None, None) => Totals::new(),
-        (None, Some(url)) => {
-            let (url, name) = (url.clone(), spec.name.clone());
-            let query =
-                tokio::task::spawn_blocking(move || crate::prometheus::fetch_totals(&url, &name));
-            match tokio::time::timeout(PROMETHEUS_BUDGET, query).await {
-                Ok(Ok(Ok(t))) => t,
-                Ok(Ok(Err(e))) => return Err(redact_text(&e.to_string())),
-                Ok(Err(e)) => return Err(format!("prometheus query task: {e}")),
-                Err(_) => {
-                    return Err(format!(
-                        "prometheus did not answer within {} s",
-                        PROMETHEUS_BUDGET.as_secs()
-                    ))
-                }
-            }
-        }
-    };
+    let mut totals = from_reports.or(from_prometheus).unwrap_or_default();
     // Copies are mirrored to the candidate; only the filters report comparisons (either source).
     totals.entry(spec.candidate.clone()).or_default().shadow = shadow;
     for (arm, f) in feedback {
@@ -66,7 +73,7 @@ pub async fn totals_now(handle: &Rollout, spec: &Spec) -> Result<Totals, String>
         t.reward_micros = f.reward_micros;
         t.buckets.reward_micros = f.bucket_reward_micros;
     }
-    Ok(totals)
+    totals
 }
 
 /// For each rule of the current stage and each candidate, the (candidate, baseline) windows it is
@@ -635,7 +642,7 @@ pub async fn run(app: Arc<App>, handle: Arc<Rollout>) {
         // Checks start a fixed interval apart, however long each took (a fault is caught within
         // threshold + 1 intervals, not that plus the checks' own time).
         let due = tokio::time::Instant::now() + Duration::from_millis(spec.check_interval_ms);
-        reconcile(&app, &handle, rec, spec, &mut history).await;
+        reconcile(&app, &handle, &view, &mut history).await;
         figured = true;
         tokio::select! {
             _ = tokio::time::sleep_until(due) => {}
@@ -645,15 +652,12 @@ pub async fn run(app: Arc<App>, handle: Arc<Rollout>) {
 }
 
 /// One pass: figures, then (progressing or starting) the decision, its hooks and its storage.
-async fn reconcile(
-    app: &Arc<App>,
-    handle: &Arc<Rollout>,
-    rec: &Record,
-    spec: &Arc<Spec>,
-    history: &mut History,
-) {
+async fn reconcile(app: &Arc<App>, handle: &Arc<Rollout>, view: &Arc<View>, history: &mut History) {
+    let Loaded::Ok { rec, spec } = &view.loaded else {
+        return;
+    };
     let now = now_ms();
-    let totals = match totals_now(handle, spec).await {
+    let from_prometheus = match prometheus_totals(spec).await {
         Ok(t) => t,
         Err(why) => {
             eprintln!("rampctl: {}: no figures this check: {why}", rec.name);
@@ -668,6 +672,91 @@ async fn reconcile(
             return;
         }
     };
+    let Some(decided) = judge(app, handle, view, from_prometheus, history, now).await else {
+        return;
+    };
+    let (next, event) = match rec.state.phase {
+        Phase::Starting => smoke_test(rec, spec).await,
+        Phase::Progressing => {
+            let Some((mut next, mut event)) = decided else {
+                return;
+            };
+            if let Some(point) = pre_hook(spec, &rec.state, &next.state) {
+                let payload = json!({"rollout": rec.name, "hook": point, "to_stage": next.state.stage + 1,
+                                     "weights": weights_json(&next.state, spec)});
+                if let Err(why) = hooks(spec, point, payload).await {
+                    let (n, e) = after_failed_hook(rec, spec, why);
+                    (next, event) = (n, Some(e));
+                }
+            }
+            (next, event)
+        }
+        _ => return,
+    };
+    save(app, handle, rec, &next, event, spec).await;
+}
+
+/// Checks whose CPU work (`judge_now`) runs at once, all rollouts together; more wait their turn
+/// without holding a thread. One per core: more would not finish sooner, and each holds a thread
+/// of the blocking pool that the store (SQLite) and the hooks use too.
+fn check_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        tokio::sync::Semaphore::new(cores)
+    })
+}
+
+/// `judge_now` on a blocking thread: a check's figures, windows, rules, stage machine, best arm
+/// and sample-ratio tests take milliseconds for 16 arms and 8 rules, which on an async worker
+/// would hold up every poll, report and scrape queued behind it. `spawn_blocking` rather than
+/// `block_in_place`: the latter needs the multi-thread runtime (it panics on the current-thread
+/// one tests use), hands the worker's other tasks to a new worker at each call, and bounds
+/// nothing; here `check_slots` bounds how many run at once. `None`: the check did not run.
+async fn judge(
+    app: &Arc<App>,
+    handle: &Arc<Rollout>,
+    view: &Arc<View>,
+    from_prometheus: Option<Totals>,
+    history: &mut History,
+    now: u64,
+) -> Option<Option<(Record, Option<(String, String)>)>> {
+    let _slot = check_slots().acquire().await.ok()?;
+    // The history moves to the blocking thread and back; a check that dies (a panic) loses it,
+    // and the next check starts over as after a restart.
+    let mut moved = std::mem::take(history);
+    let (app, handle, view) = (app.clone(), handle.clone(), view.clone());
+    let task = tokio::task::spawn_blocking(move || {
+        let decided = judge_now(&app, &handle, &view, from_prometheus, &mut moved, now);
+        (moved, decided)
+    });
+    match task.await {
+        Ok((back, decided)) => {
+            *history = back;
+            Some(decided)
+        }
+        Err(e) => {
+            eprintln!("rampctl: check task: {e}");
+            None
+        }
+    }
+}
+
+/// A check's CPU work: the totals, the windows the rules judge, the sample-ratio tests, the best
+/// arm and the figures (published), and for a progressing rollout the decision (`check`). No IO
+/// and no lock held but the report book's, briefly.
+fn judge_now(
+    app: &App,
+    handle: &Rollout,
+    view: &View,
+    from_prometheus: Option<Totals>,
+    history: &mut History,
+    now: u64,
+) -> Option<(Record, Option<(String, String)>)> {
+    let Loaded::Ok { rec, spec } = &view.loaded else {
+        return None;
+    };
+    let totals = complete_totals(handle, spec, from_prometheus);
     // Snapshots belong to one stage; after a restart they start over from the stage's base.
     if history.stage != Some(rec.state.stage) {
         history.earlier.clear();
@@ -691,39 +780,24 @@ async fn reconcile(
     );
     shown["sample_ratio"] = json!(srm);
     handle.publish_figures(shown);
-    let (next, event) = match rec.state.phase {
-        Phase::Starting => smoke_test(rec, spec).await,
-        Phase::Progressing => {
-            let decided = check(
-                rec,
-                spec,
-                &totals,
-                &judged,
-                now,
-                srm.as_ref(),
-                best.as_ref(),
-            );
-            let failed = decided.as_ref().is_some_and(|(n, _)| {
-                n.state.failed_checks > rec.state.failed_checks
-                    || (n.state.phase == Phase::RolledBack && rec.state.failed_checks > 0)
-            });
-            app.telemetry.check(&rec.name, failed);
-            let Some((mut next, mut event)) = decided else {
-                return;
-            };
-            if let Some(point) = pre_hook(spec, &rec.state, &next.state) {
-                let payload = json!({"rollout": rec.name, "hook": point, "to_stage": next.state.stage + 1,
-                                     "weights": weights_json(&next.state, spec)});
-                if let Err(why) = hooks(spec, point, payload).await {
-                    let (n, e) = after_failed_hook(rec, spec, why);
-                    (next, event) = (n, Some(e));
-                }
-            }
-            (next, event)
-        }
-        _ => return,
-    };
-    save(app, handle, rec, &next, event, spec).await;
+    if rec.state.phase != Phase::Progressing {
+        return None;
+    }
+    let decided = check(
+        rec,
+        spec,
+        &totals,
+        &judged,
+        now,
+        srm.as_ref(),
+        best.as_ref(),
+    );
+    let failed = decided.as_ref().is_some_and(|(n, _)| {
+        n.state.failed_checks > rec.state.failed_checks
+            || (n.state.phase == Phase::RolledBack && rec.state.failed_checks > 0)
+    });
+    app.telemetry.check(&rec.name, failed);
+    decided
 }
 
 /// The `before_start` hooks of a rollout in `Starting`: stage 1 begins when they pass; a failure
