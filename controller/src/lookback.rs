@@ -90,15 +90,6 @@ fn moments_subtract(now: &ArmTotals, base: &ArmTotals) -> bool {
     !(b.n > n.n || (b.thresholds != n.thresholds && b.n > 0))
 }
 
-/// Whether the window `now - base` is a subtraction for `what` (otherwise it is all of `now`).
-fn subtracts(what: Counted, now: &ArmTotals, base: &ArmTotals) -> bool {
-    match what {
-        Counted::Latency => latency_subtracts(now, base),
-        Counted::Moments => moments_subtract(now, base),
-        _ => true,
-    }
-}
-
 /// The samples of `what` in the window `now - base`: `window(now, base, arm).samples(metric)`,
 /// without building the window.
 fn counted_since(what: Counted, now: &ArmTotals, base: &ArmTotals) -> u64 {
@@ -122,6 +113,17 @@ fn counted_since(what: Counted, now: &ArmTotals, base: &ArmTotals) -> u64 {
             latency_count(now) - latency_count(base)
         }
         Counted::Latency => latency_count(now),
+    }
+}
+
+/// The plain difference of the counts `counted_since` subtracts: equal to it wherever the window
+/// is a subtraction (`latency_subtracts`, `moments_subtract`), and O(1), where telling whether it
+/// is compares every latency bucket.
+fn subtracted_since(what: Counted, now: &ArmTotals, base: &ArmTotals) -> u64 {
+    match what {
+        Counted::Latency => latency_count(now).saturating_sub(latency_count(base)),
+        Counted::Moments => now.shadow.moments.n.saturating_sub(base.shadow.moments.n),
+        _ => counted_since(what, now, base),
     }
 }
 
@@ -257,19 +259,25 @@ impl Lookback {
             |i: usize, arm: &str| counted_since(what, arm_now(arm), at(i, arm)) >= min_samples;
         let meets = |i: usize| holds(i, candidate) && baseline.is_none_or(|b| holds(i, b));
         self.runs().find_map(|(start, end)| {
-            // Within a run, per arm: snapshots whose window cannot be subtracted come first (and
-            // hold all of now), then counts that only grow with age. So the newest snapshot
-            // meeting the rule for one arm is the run's first, or the first of the subtracted
-            // ones that holds enough (a binary search); for two arms, the newest meeting both
-            // is one of those, tried in order.
-            let first_holding = |arm: &str| {
-                let subtracted = start
-                    + partition_point(start, end, |i| !subtracts(what, arm_now(arm), at(i, arm)));
-                subtracted + partition_point(subtracted, end, |i| !holds(i, arm))
+            // Within a run, per arm: the snapshots whose window cannot be subtracted come first
+            // and hold all of now, the largest count any window has; the others hold counts that
+            // grow with age. So the snapshots meeting the rule for one arm are some first ones of
+            // the run (or none) and all from the first subtracted one that holds enough. That
+            // one is where the plain difference of the counts first reaches `min_samples` (it
+            // grows with age over the whole run), unless an earlier one falls among the first
+            // ones, which then hold enough too and so does the whole run. The newest snapshot
+            // meeting the rule for both arms is thus the run's first or one of those two, tried
+            // newest first. The difference is a scalar: no histogram is compared in the search.
+            let first_reaching = |arm: &str| {
+                let now = arm_now(arm);
+                start
+                    + partition_point(start, end, |i| {
+                        subtracted_since(what, now, at(i, arm)) < min_samples
+                    })
             };
-            let mut tries = [start, first_holding(candidate), end];
+            let mut tries = [start, first_reaching(candidate), end];
             if let Some(b) = baseline {
-                tries[2] = first_holding(b);
+                tries[2] = first_reaching(b);
             }
             tries.sort_unstable();
             tries.into_iter().find(|&i| i < end && meets(i))
