@@ -8,6 +8,7 @@ pub mod connections;
 pub mod exposure;
 pub mod gitops;
 pub mod histogram;
+pub mod lookback;
 pub mod machine;
 pub mod posterior;
 pub mod prometheus;

@@ -4,7 +4,7 @@
 //! check or a wake-up. All IO (Prometheus, hooks, SQLite) happens here, without any lock held
 //! across it, so a slow hook or metric source delays only its own rollout.
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,9 +12,10 @@ use serde_json::{json, Value};
 
 use crate::bestarm::{best_arm, BestArm};
 use crate::exposure::ExposureTest;
+use crate::lookback::Lookback;
 use crate::machine::{self, Action, Phase, State};
 use crate::redact::redact_text;
-use crate::registry::{Loaded, Rollout};
+use crate::registry::{Loaded, Rollout, View};
 use crate::rules::ArmWindow;
 use crate::server::{now_ms, App};
 use crate::spec::{Bound, HookFormat, HookPoint, Rule, Spec, HOOK_BUDGET_S};
@@ -25,8 +26,6 @@ use crate::window::{window, Totals};
 
 /// Longest a Prometheus source may take to answer one check.
 const PROMETHEUS_BUDGET: Duration = Duration::from_secs(10);
-/// Check totals kept per stage: the windows rules may look back over.
-const KEPT_CHECKS: usize = 600;
 
 /// The rollout's cumulative totals now: the filters' reports (or Prometheus), the shadow
 /// comparisons and the feedback. No lock is held while Prometheus answers.
@@ -35,6 +34,34 @@ pub async fn totals_now(
     handle: &Rollout,
     spec: &Spec,
 ) -> Result<Totals, String> {
+    let from_prometheus = prometheus_totals(outgoing, spec).await?;
+    Ok(complete_totals(handle, spec, from_prometheus))
+}
+
+/// The request figures from the rollout's Prometheus source, if it has one.
+async fn prometheus_totals(outgoing: &Outgoing, spec: &Spec) -> Result<Option<Totals>, String> {
+    let Some(url) = &spec.prometheus else {
+        return Ok(None);
+    };
+    let (url, name) = (url.clone(), spec.name.clone());
+    let agent = outgoing.prometheus.clone();
+    let query =
+        tokio::task::spawn_blocking(move || crate::prometheus::fetch_totals(&agent, &url, &name));
+    match tokio::time::timeout(PROMETHEUS_BUDGET, query).await {
+        Ok(Ok(Ok(t))) => Ok(Some(t)),
+        Ok(Ok(Err(e))) => Err(redact_text(&e.to_string())),
+        Ok(Err(e)) => Err(format!("prometheus query task: {e}")),
+        Err(_) => Err(format!(
+            "prometheus did not answer within {} s",
+            PROMETHEUS_BUDGET.as_secs()
+        )),
+    }
+}
+
+/// `totals_now` once Prometheus (if it is the source) has answered: the reports' sums (all
+/// instances' newest reports: CPU work, so checks do it on a blocking thread), the shadow
+/// comparisons and the feedback.
+fn complete_totals(handle: &Rollout, spec: &Spec, from_prometheus: Option<Totals>) -> Totals {
     let (from_reports, shadow, feedback) = {
         let book = handle.reports();
         (
@@ -43,28 +70,7 @@ pub async fn totals_now(
             book.feedback.clone(),
         )
     };
-    let mut totals = match (from_reports, &spec.prometheus) {
-        (Some(t), _) => t,
-        (None, None) => Totals::new(),
-        (None, Some(url)) => {
-            let (url, name) = (url.clone(), spec.name.clone());
-            let agent = outgoing.prometheus.clone();
-            let query = tokio::task::spawn_blocking(move || {
-                crate::prometheus::fetch_totals(&agent, &url, &name)
-            });
-            match tokio::time::timeout(PROMETHEUS_BUDGET, query).await {
-                Ok(Ok(Ok(t))) => t,
-                Ok(Ok(Err(e))) => return Err(redact_text(&e.to_string())),
-                Ok(Err(e)) => return Err(format!("prometheus query task: {e}")),
-                Err(_) => {
-                    return Err(format!(
-                        "prometheus did not answer within {} s",
-                        PROMETHEUS_BUDGET.as_secs()
-                    ))
-                }
-            }
-        }
-    };
+    let mut totals = from_reports.or(from_prometheus).unwrap_or_default();
     // Copies are mirrored to the candidate; only the filters report comparisons (either source).
     totals.entry(spec.candidate.clone()).or_default().shadow = shadow;
     for (arm, f) in feedback {
@@ -74,49 +80,36 @@ pub async fn totals_now(
         t.reward_micros = f.reward_micros;
         t.buckets.reward_micros = f.bucket_reward_micros;
     }
-    Ok(totals)
+    totals
 }
 
 /// For each rule of the current stage and each candidate, the (candidate, baseline) windows it is
 /// judged on: the most recent one (now minus an earlier check's totals, newest first) that holds
-/// its `min_samples`, else the whole stage. Indexed `[rule][candidate]`.
+/// its `min_samples`, else the whole stage. Indexed `[rule][candidate]`. `Lookback` finds that
+/// check without building a window per earlier check, so this costs the same with 10 or 600 kept.
 pub fn judged_windows(
     rec: &Record,
     spec: &Spec,
     totals: &Totals,
-    earlier: &[Totals],
+    earlier: &Lookback,
 ) -> Vec<Vec<(ArmWindow, ArmWindow)>> {
-    spec.candidates
-        .iter()
-        .map(|candidate| judged_for(rec, spec, candidate, totals, earlier))
-        .fold(Vec::new(), |mut by_rule: Vec<Vec<_>>, per_rule| {
-            by_rule.resize_with(per_rule.len(), Vec::new);
-            for (slot, w) in by_rule.iter_mut().zip(per_rule) {
-                slot.push(w);
-            }
-            by_rule
-        })
-}
-
-/// `judged_windows` for one candidate, per rule.
-fn judged_for(
-    rec: &Record,
-    spec: &Spec,
-    candidate: &str,
-    totals: &Totals,
-    earlier: &[Totals],
-) -> Vec<(ArmWindow, ArmWindow)> {
-    let pick = |from: &Totals| {
-        (
-            window(totals, from, candidate),
-            window(totals, from, &spec.baseline),
-        )
-    };
     let rules: &[Rule] = spec
         .stages
         .get(rec.state.stage)
         .map(|s| s.rules.as_slice())
         .unwrap_or_default();
+    // Rules that chose the same start (often all: the stage's) share its windows, built once per
+    // arm: the baseline's otherwise again for every rule and candidate.
+    let mut built: HashMap<(Option<usize>, &str), ArmWindow> = HashMap::new();
+    let mut window_from = |from: Option<usize>, arm| {
+        built
+            .entry((from, arm))
+            .or_insert_with(|| {
+                let base = from.and_then(|i| earlier.get(i)).unwrap_or(&rec.base);
+                window(totals, base, arm)
+            })
+            .clone()
+    };
     rules
         .iter()
         .map(|rule| {
@@ -124,14 +117,22 @@ fn judged_for(
             // samples too.
             let relative =
                 matches!(rule.bound, Bound::WorseThanBaseline(_)) || rule.metric.against_baseline();
-            earlier
+            spec.candidates
                 .iter()
-                .map(pick)
-                .find(|(c, b)| {
-                    c.samples(rule.metric) >= rule.min_samples
-                        && (!relative || b.samples(rule.metric) >= rule.min_samples)
+                .map(|candidate| {
+                    let from = earlier.newest_holding(
+                        totals,
+                        rule.metric,
+                        rule.min_samples,
+                        candidate,
+                        relative.then_some(spec.baseline.as_str()),
+                    );
+                    (
+                        window_from(from, candidate.as_str()),
+                        window_from(from, spec.baseline.as_str()),
+                    )
                 })
-                .unwrap_or_else(|| pick(&rec.base))
+                .collect()
         })
         .collect()
 }
@@ -364,7 +365,7 @@ fn after_failed_hook(rec: &Record, spec: &Spec, why: String) -> (Record, (String
 #[derive(Default)]
 struct History {
     stage: Option<usize>,
-    earlier: VecDeque<Totals>,
+    earlier: Lookback,
     /// Where the sample-ratio check's window starts: the totals at the first check a settling
     /// time after the split in force began (the filters apply a new split within a poll), kept
     /// for as long as that split is in force (same stage, same weights, not paused since).
@@ -655,7 +656,7 @@ pub async fn run(app: Arc<App>, handle: Arc<Rollout>) {
         // Checks start a fixed interval apart, however long each took (a fault is caught within
         // threshold + 1 intervals, not that plus the checks' own time).
         let due = tokio::time::Instant::now() + Duration::from_millis(spec.check_interval_ms);
-        reconcile(&app, &handle, rec, spec, &mut history).await;
+        reconcile(&app, &handle, &view, &mut history).await;
         figured = true;
         tokio::select! {
             _ = tokio::time::sleep_until(due) => {}
@@ -665,15 +666,12 @@ pub async fn run(app: Arc<App>, handle: Arc<Rollout>) {
 }
 
 /// One pass: figures, then (progressing or starting) the decision, its hooks and its storage.
-async fn reconcile(
-    app: &Arc<App>,
-    handle: &Arc<Rollout>,
-    rec: &Record,
-    spec: &Arc<Spec>,
-    history: &mut History,
-) {
+async fn reconcile(app: &Arc<App>, handle: &Arc<Rollout>, view: &Arc<View>, history: &mut History) {
+    let Loaded::Ok { rec, spec } = &view.loaded else {
+        return;
+    };
     let now = now_ms();
-    let totals = match totals_now(&app.outgoing, handle, spec).await {
+    let from_prometheus = match prometheus_totals(&app.outgoing, spec).await {
         Ok(t) => t,
         Err(why) => {
             eprintln!("rampctl: {}: no figures this check: {why}", rec.name);
@@ -688,47 +686,12 @@ async fn reconcile(
             return;
         }
     };
-    // Snapshots belong to one stage; after a restart they start over from the stage's base.
-    if history.stage != Some(rec.state.stage) {
-        history.earlier.clear();
-        history.stage = Some(rec.state.stage);
-    }
-    let judged = judged_windows(rec, spec, &totals, history.earlier.make_contiguous());
-    let srm = srm_check(history, rec, spec, &totals, now);
-    history.earlier.push_front(totals.clone());
-    history.earlier.truncate(KEPT_CHECKS);
-    let fleet = (spec.strategy == crate::spec::StrategyKind::Bandit)
-        .then(|| handle.reports().remote(None, &spec.arms()));
-    let best = fleet.as_ref().and_then(|f| best_arm(spec, f));
-    // P(best) once a check: the decision and status use the same figures.
-    let mut shown = figures(
-        rec,
-        spec,
-        &totals,
-        &judged,
-        fleet.as_ref(),
-        best.as_ref(),
-        now,
-    );
-    shown["sample_ratio"] = json!(srm);
-    handle.publish_figures(shown);
+    let Some(decided) = judge(app, handle, view, from_prometheus, history, now).await else {
+        return;
+    };
     let (next, event) = match rec.state.phase {
         Phase::Starting => smoke_test(&app.outgoing.hooks, rec, spec).await,
         Phase::Progressing => {
-            let decided = check(
-                rec,
-                spec,
-                &totals,
-                &judged,
-                now,
-                srm.as_ref(),
-                best.as_ref(),
-            );
-            let failed = decided.as_ref().is_some_and(|(n, _)| {
-                n.state.failed_checks > rec.state.failed_checks
-                    || (n.state.phase == Phase::RolledBack && rec.state.failed_checks > 0)
-            });
-            app.telemetry.check(&rec.name, failed);
             let Some((mut next, mut event)) = decided else {
                 return;
             };
@@ -745,6 +708,110 @@ async fn reconcile(
         _ => return,
     };
     save(app, handle, rec, &next, event, spec).await;
+}
+
+/// Checks whose CPU work (`judge_now`) runs at once, all rollouts together; more wait their turn
+/// without holding a thread. One per core: more would not finish sooner, and each holds a thread
+/// of the blocking pool that the store (SQLite) and the hooks use too.
+fn check_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        tokio::sync::Semaphore::new(cores)
+    })
+}
+
+/// `judge_now` on a blocking thread: a check's figures, windows, rules, stage machine, best arm
+/// and sample-ratio tests take milliseconds for 16 arms and 8 rules, which on an async worker
+/// would hold up every poll, report and scrape queued behind it. `spawn_blocking` rather than
+/// `block_in_place`: the latter needs the multi-thread runtime (it panics on the current-thread
+/// one tests use), hands the worker's other tasks to a new worker at each call, and bounds
+/// nothing; here `check_slots` bounds how many run at once. `None`: the check did not run.
+async fn judge(
+    app: &Arc<App>,
+    handle: &Arc<Rollout>,
+    view: &Arc<View>,
+    from_prometheus: Option<Totals>,
+    history: &mut History,
+    now: u64,
+) -> Option<Option<(Record, Option<(String, String)>)>> {
+    let _slot = check_slots().acquire().await.ok()?;
+    // The history moves to the blocking thread and back; a check that dies (a panic) loses it,
+    // and the next check starts over as after a restart.
+    let mut moved = std::mem::take(history);
+    let (app, handle, view) = (app.clone(), handle.clone(), view.clone());
+    let task = tokio::task::spawn_blocking(move || {
+        let decided = judge_now(&app, &handle, &view, from_prometheus, &mut moved, now);
+        (moved, decided)
+    });
+    match task.await {
+        Ok((back, decided)) => {
+            *history = back;
+            Some(decided)
+        }
+        Err(e) => {
+            eprintln!("rampctl: check task: {e}");
+            None
+        }
+    }
+}
+
+/// A check's CPU work: the totals, the windows the rules judge, the sample-ratio tests, the best
+/// arm and the figures (published), and for a progressing rollout the decision (`check`). No IO
+/// and no lock held but the report book's, briefly.
+fn judge_now(
+    app: &App,
+    handle: &Rollout,
+    view: &View,
+    from_prometheus: Option<Totals>,
+    history: &mut History,
+    now: u64,
+) -> Option<(Record, Option<(String, String)>)> {
+    let Loaded::Ok { rec, spec } = &view.loaded else {
+        return None;
+    };
+    let totals = complete_totals(handle, spec, from_prometheus);
+    // Snapshots belong to one stage; after a restart they start over from the stage's base.
+    if history.stage != Some(rec.state.stage) {
+        history.earlier.clear();
+        history.stage = Some(rec.state.stage);
+    }
+    let judged = judged_windows(rec, spec, &totals, &history.earlier);
+    let srm = srm_check(history, rec, spec, &totals, now);
+    history.earlier.push(totals.clone());
+    let fleet = (spec.strategy == crate::spec::StrategyKind::Bandit)
+        .then(|| handle.reports().remote(None, &spec.arms()));
+    let best = fleet.as_ref().and_then(|f| best_arm(spec, f));
+    // P(best) once a check: the decision and status use the same figures.
+    let mut shown = figures(
+        rec,
+        spec,
+        &totals,
+        &judged,
+        fleet.as_ref(),
+        best.as_ref(),
+        now,
+    );
+    shown["sample_ratio"] = json!(srm);
+    handle.publish_figures(shown);
+    if rec.state.phase != Phase::Progressing {
+        return None;
+    }
+    let decided = check(
+        rec,
+        spec,
+        &totals,
+        &judged,
+        now,
+        srm.as_ref(),
+        best.as_ref(),
+    );
+    let failed = decided.as_ref().is_some_and(|(n, _)| {
+        n.state.failed_checks > rec.state.failed_checks
+            || (n.state.phase == Phase::RolledBack && rec.state.failed_checks > 0)
+    });
+    app.telemetry.check(&rec.name, failed);
+    decided
 }
 
 /// The `before_start` hooks of a rollout in `Starting`: stage 1 begins when they pass; a failure
@@ -858,6 +925,7 @@ pub async fn notify_rollback(agent: ureq::Agent, spec: Arc<Spec>, reason: Option
 mod tests {
     use super::*;
     use crate::window::ArmTotals;
+    use std::collections::VecDeque;
 
     fn totals(v1: u64, v2: u64) -> Totals {
         let arm = |requests| ArmTotals {
@@ -928,6 +996,127 @@ mod tests {
             !after.mismatch && after.counts == vec![500, 500],
             "{after:?}"
         );
+    }
+
+    /// `judged_windows` as it was before `Lookback`: for each earlier check, newest first, both
+    /// windows built, until one holds the rule's samples.
+    fn scanned_windows(
+        rec: &Record,
+        spec: &Spec,
+        totals: &Totals,
+        earlier: &[Totals],
+    ) -> Vec<Vec<(ArmWindow, ArmWindow)>> {
+        let rules = &spec.stages[rec.state.stage].rules;
+        rules
+            .iter()
+            .map(|rule| {
+                let relative = matches!(rule.bound, Bound::WorseThanBaseline(_))
+                    || rule.metric.against_baseline();
+                spec.candidates
+                    .iter()
+                    .map(|candidate| {
+                        let pick = |from: &Totals| {
+                            (
+                                window(totals, from, candidate),
+                                window(totals, from, &spec.baseline),
+                            )
+                        };
+                        earlier
+                            .iter()
+                            .map(pick)
+                            .find(|(c, b)| {
+                                c.samples(rule.metric) >= rule.min_samples
+                                    && (!relative || b.samples(rule.metric) >= rule.min_samples)
+                            })
+                            .unwrap_or_else(|| pick(&rec.base))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Issue 20, item 10: the windows the rules judge are the ones the scan over every earlier
+    /// check chose, check after check, for a fleet of Envoys with uneven traffic per arm where
+    /// now and then one leaves (its counts leave the totals) and another joins.
+    #[test]
+    fn judged_windows_are_the_scans() {
+        let spec = Spec::parse(
+            "name: r\nstrategy: ab_test\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}, {name: v3, role: candidate}]\nab_test: {metric: success_rate}\n\
+             stages:\n- weight: 50\n  rules:\n\
+             \x20 - {metric: error_rate, max: 0.1, min_samples: 30}\n\
+             \x20 - {metric: latency_p95, max: 100, min_samples: 50}\n\
+             \x20 - {metric: latency_slower, max: 0.6, min_samples: 40}\n\
+             \x20 - {metric: error_rate_vs_baseline, max: 0.01, min_samples: 60}\n\
+             \x20 - {metric: accuracy, max_worse_than_baseline: 0.05, min_samples: 20}\n\
+             \x20 - {metric: error_rate, max_worse_than_baseline: 0.05, min_samples: 200}\n\
+             - weight: 100\n",
+        )
+        .unwrap();
+        let mut rng = fastrand::Rng::with_seed(2020);
+        let mut chose_earlier = 0;
+        for _ in 0..20 {
+            let mut rec = record(&spec);
+            let mut envoys: Vec<Totals> = vec![Totals::new(); 3];
+            let sum = |envoys: &[Totals]| {
+                let mut out = Totals::new();
+                for (arm, t) in envoys.iter().flatten() {
+                    let acc: &mut ArmTotals = out.entry(arm.clone()).or_default();
+                    acc.requests += t.requests;
+                    acc.errors += t.errors;
+                    acc.labelled += t.labelled;
+                    acc.correct += t.correct;
+                    acc.le = t.le.clone();
+                    acc.counts.resize(t.counts.len(), 0);
+                    for (a, b) in acc.counts.iter_mut().zip(&t.counts) {
+                        *a += b;
+                    }
+                }
+                out
+            };
+            let mut earlier: VecDeque<Totals> = VecDeque::new();
+            let mut kept = Lookback::new(40);
+            for step in 0..120 {
+                for envoy in envoys.iter_mut() {
+                    for arm in ["v1", "v2", "v3"] {
+                        let t = envoy.entry(arm.to_owned()).or_insert_with(|| ArmTotals {
+                            le: vec![50.0, 100.0, f64::INFINITY],
+                            counts: vec![0; 3],
+                            ..Default::default()
+                        });
+                        let n = rng.u64(0..6);
+                        t.requests += n;
+                        t.errors += rng.u64(0..=n.min(1));
+                        t.labelled += rng.u64(0..3);
+                        t.correct += rng.u64(0..2);
+                        let fast = rng.u64(0..=n);
+                        let slow = rng.u64(0..=n - fast);
+                        t.counts[0] += fast;
+                        t.counts[1] += fast + slow;
+                        t.counts[2] += n;
+                    }
+                }
+                if rng.u8(0..12) == 0 {
+                    envoys[rng.usize(0..3)] = Totals::new();
+                }
+                let now = sum(&envoys);
+                if step == 10 {
+                    // The stage's base is some check's totals.
+                    rec.base = now.clone();
+                }
+                let want = scanned_windows(&rec, &spec, &now, earlier.make_contiguous());
+                let got = judged_windows(&rec, &spec, &now, &kept);
+                assert_eq!(got, want, "check {step}");
+                chose_earlier += want
+                    .iter()
+                    .flatten()
+                    .filter(|w| **w != stage_windows(&rec, &spec, &now)[0])
+                    .count();
+                earlier.push_front(now.clone());
+                earlier.truncate(40);
+                kept.push(now);
+            }
+        }
+        assert!(chose_earlier > 1000, "{chose_earlier}");
     }
 
     /// Totals of v1 and v2 from (responses, Envoy's own replies among them), cumulative.

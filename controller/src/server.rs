@@ -252,20 +252,28 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
 }
 
 /// `/metrics`: the controller's own figures in Prometheus' text format, from the snapshots.
+/// Rendered off the async workers, one rendering for concurrent scrapes (`Telemetry::scrape`).
 async fn metrics(AxState(app): AxState<Arc<App>>) -> Response {
-    let views: Vec<(String, View)> = app
-        .all()
-        .into_iter()
-        .map(|h| (h.name.clone(), (*h.current()).clone()))
-        .collect();
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        app.telemetry.render(&views),
-    )
-        .into_response()
+    let source = app.clone();
+    let text = app.telemetry.scrape(move || {
+        let views: Vec<(String, Arc<View>)> = source
+            .all()
+            .into_iter()
+            .map(|h| (h.name.clone(), h.current()))
+            .collect();
+        source.telemetry.render(&views)
+    });
+    match text.await {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    }
 }
 
 /// `/readyz`: ready when the store answers (within 2 s), every rollout has its reconciler and the
