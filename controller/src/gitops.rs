@@ -387,7 +387,7 @@ mod tests {
             &held,
             1,
             &[(Default::default(), Default::default())],
-            &|_, _| (Default::default(), Default::default()),
+            &|_, _| Vec::new(),
             None,
             None,
         );

@@ -7,6 +7,7 @@ pub mod bestarm;
 pub mod connections;
 pub mod exposure;
 pub mod gitops;
+pub mod guardrail;
 pub mod histogram;
 pub mod lookback;
 pub mod machine;

@@ -7,7 +7,7 @@ use thiserror::Error;
 
 use crate::abtest::{z_test, AbResult, Proportion, Winner};
 use crate::bestarm::BestArm;
-use crate::rules::{evaluate, ArmWindow, Verdict};
+use crate::rules::{judge, ArmWindow, Look, Verdict};
 use crate::sequential::{
     holm, msprt_estimates, SequentialResult, SrmResult, EXPOSURE_SWITCH_UNIT, EXPOSURE_UNIT,
 };
@@ -130,10 +130,10 @@ pub enum Action {
     },
 }
 
-/// One check. `windows(rule, i)` gives the (candidate, baseline) windows a rule judges the i-th
-/// candidate (of `spec.candidates`) on: the most recent ones holding enough samples, so a
-/// candidate that turns bad is caught within a check or two however long it was healthy, and
-/// sparse metrics (ground truth) still get judged. `stage_windows[i]` is (candidate i, baseline)
+/// One check. `windows(rule, i)` gives the windows a rule judges the i-th candidate (of
+/// `spec.candidates`) on and the level for each (`reconciler::rule_looks`): the whole stage, and
+/// windows of recent checks, so a candidate that turns bad is caught within a few checks however
+/// long it was healthy, with the chance of a false failure over the stage within alpha. `stage_windows[i]` is (candidate i, baseline)
 /// since the stage began: `min_requests` counts each candidate's requests, and the A/B test reads
 /// them. Every candidate must pass every rule. `best` is a bandit rollout's P(best) from the
 /// fleet's counts: under `bandit` it, not time, ends the last stage below 100%.
@@ -142,7 +142,7 @@ pub fn step(
     state: &State,
     now_ms: u64,
     stage_windows: &[(ArmWindow, ArmWindow)],
-    windows: &dyn Fn(&crate::spec::Rule, usize) -> (ArmWindow, ArmWindow),
+    windows: &dyn Fn(&crate::spec::Rule, usize) -> Vec<Look>,
     srm: Option<&SrmResult>,
     best: Option<&BestArm>,
 ) -> (State, Action) {
@@ -236,10 +236,9 @@ pub fn step(
         .rules
         .iter()
         .flat_map(|r| {
-            judged_candidates.iter().map(move |&i| {
-                let (candidate, baseline) = windows(r, i);
-                (i, evaluate(r, &candidate, &baseline))
-            })
+            judged_candidates
+                .iter()
+                .map(move |&i| (i, judge(r, &windows(r, i))))
         })
         .collect();
     let failures: Vec<String> = verdicts
@@ -787,7 +786,7 @@ mod tests {
             state,
             now_ms,
             std::slice::from_ref(stage_windows),
-            &|r, _| windows(r),
+            &|r, _| one(windows(r)),
             None,
             None,
         )
@@ -800,6 +799,15 @@ mod tests {
     }
 
     /// The same windows for every rule.
+    /// The stage's windows as the only look, at the stage's level.
+    fn one((candidate, baseline): (ArmWindow, ArmWindow)) -> Vec<Look> {
+        vec![Look {
+            candidate,
+            baseline,
+            alpha: crate::guardrail::GUARDRAIL_ALPHA,
+        }]
+    }
+
     fn fixed(c: ArmWindow, b: ArmWindow) -> impl Fn(&crate::spec::Rule) -> (ArmWindow, ArmWindow) {
         move |_| (c.clone(), b.clone())
     }
@@ -871,9 +879,10 @@ mod tests {
     fn two_failed_checks_in_a_row_roll_back_and_a_pass_resets_the_count() {
         let s = spec();
         let st = State::start(&s, 0);
-        let (one, a) = step(&s, &st, 1_000, &served(200), &fixed(w(200, 10), w(2000, 4)));
+        // 20% errors: above the 2% bound with confidence (5% over 200 would not be yet).
+        let (one, a) = step(&s, &st, 1_000, &served(200), &fixed(w(200, 40), w(2000, 4)));
         assert!(
-            matches!(a, Action::Hold(Some(ref r)) if r.contains("error rate 0.0500 > max 0.02")),
+            matches!(a, Action::Hold(Some(ref r)) if r.contains("error rate 0.2000 > max 0.02 with confidence")),
             "{a:?}"
         );
         // 1.0% passes: the count of consecutive failures starts over.
@@ -890,7 +899,7 @@ mod tests {
             &one,
             2_000,
             &served(300),
-            &fixed(w(300, 15), w(3000, 6)),
+            &fixed(w(300, 60), w(3000, 6)),
         );
         assert!(
             matches!(a, Action::RollBack { ref reason } if reason.starts_with("stage 1 (5%)")),
@@ -1157,7 +1166,15 @@ mod tests {
         );
         let check = |b: ArmWindow, c: ArmWindow, base: ArmWindow| {
             let windows = [(b, base.clone()), (c, base)];
-            super::step(&s, &st, 1, &windows, &|_, i| windows[i].clone(), None, None)
+            super::step(
+                &s,
+                &st,
+                1,
+                &windows,
+                &|_, i| one(windows[i].clone()),
+                None,
+                None,
+            )
         };
         // Both candidates beat 20% over 4000 requests; c (27%) is the best: it wins, and from
         // then on the candidates' share is all c's.
@@ -1215,7 +1232,7 @@ stages: [{weight: 50}, {weight: 100}]
             &st,
             1,
             std::slice::from_ref(&healthy),
-            &|_, _| (w(5500, 0), w(4500, 0)),
+            &|_, _| one((w(5500, 0), w(4500, 0))),
             Some(&skewed),
             None,
         );
@@ -1230,7 +1247,7 @@ stages: [{weight: 50}, {weight: 100}]
             &st,
             1,
             std::slice::from_ref(&healthy),
-            &|_, _| (w(5500, 0), w(4500, 0)),
+            &|_, _| one((w(5500, 0), w(4500, 0))),
             Some(&fine),
             None,
         );
@@ -1285,7 +1302,15 @@ stages: [{weight: 50}, {weight: 100}]
 
     fn bandit_check(s: &Spec, st: &State, served: u64, best: Option<&BestArm>) -> (State, Action) {
         let windows = [(w(served, 0), w(0, 0)), (w(0, 0), w(0, 0))];
-        super::step(s, st, 1, &windows, &|_, i| windows[i].clone(), None, best)
+        super::step(
+            s,
+            st,
+            1,
+            &windows,
+            &|_, i| one(windows[i].clone()),
+            None,
+            best,
+        )
     }
 
     fn best(counts: &[(u64, f64)]) -> BestArm {
@@ -1415,7 +1440,7 @@ stages: [{weight: 50}, {weight: 100}]
             &st,
             1,
             &windows,
-            &|_, i| windows[i].clone(),
+            &|_, i| one(windows[i].clone()),
             Some(&fine),
             None,
         );
@@ -1431,7 +1456,7 @@ stages: [{weight: 50}, {weight: 100}]
             &st,
             1,
             &windows,
-            &|_, i| windows[i].clone(),
+            &|_, i| one(windows[i].clone()),
             Some(&lost),
             None,
         );

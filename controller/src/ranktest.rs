@@ -20,6 +20,9 @@ pub struct SlowerResult {
     pub p_value: f64,
     pub candidate_samples: u64,
     pub baseline_samples: u64,
+    /// The variance of `probability_slower` (tie-corrected, under equal distributions), for the
+    /// guardrail's confidence sequence.
+    pub variance: f64,
 }
 
 /// Per-bucket counts from cumulative ones; `None` if they are not cumulative.
@@ -77,6 +80,7 @@ pub fn candidate_slower(candidate: &Histogram, baseline: &Histogram) -> Option<S
         p_value: p_value.clamp(0.0, 1.0),
         candidate_samples: na as u64,
         baseline_samples: nb as u64,
+        variance: var / (na * nb).powi(2),
     })
 }
 

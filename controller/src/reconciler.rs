@@ -12,11 +12,12 @@ use serde_json::{json, Value};
 
 use crate::bestarm::{best_arm, BestArm};
 use crate::exposure::ExposureTest;
+use crate::guardrail::{self, GUARDRAIL_ALPHA};
 use crate::lookback::Lookback;
 use crate::machine::{self, Action, Phase, State};
 use crate::redact::redact_text;
 use crate::registry::{Loaded, Rollout, View};
-use crate::rules::ArmWindow;
+use crate::rules::{ArmWindow, Look};
 use crate::server::{now_ms, App};
 use crate::spec::{Bound, HookFormat, HookPoint, Rule, Spec, HOOK_BUDGET_S};
 use crate::store::Record;
@@ -137,13 +138,77 @@ pub fn judged_windows(
         .collect()
 }
 
-/// One check of a progressing rollout on the windows `judged_windows` chose: the record to store
+/// For each rule of the current stage and each candidate, the windows the rule is judged on and
+/// the level of each (`guardrail`): the whole stage, and the windows since the 1st, 2nd, 4th,
+/// 8th, ... latest check (those still kept), so a candidate that turns bad late in a long stage
+/// is caught from the checks since. `checks` counts this stage's checks before this one (the
+/// snapshots pushed to `earlier`). The stage's alpha is split evenly over its rules and
+/// candidates, and each rule's over the windows' starts by `guardrail::start_weight`: the
+/// chance that any rule ever fails a candidate within its bounds in this stage is at most
+/// `GUARDRAIL_ALPHA`, however many checks it lasts. Indexed `[rule][candidate][window]`.
+pub fn rule_looks(
+    rec: &Record,
+    spec: &Spec,
+    totals: &Totals,
+    earlier: &Lookback,
+    checks: u64,
+) -> Vec<Vec<Vec<Look>>> {
+    let rules: &[Rule] = spec
+        .stages
+        .get(rec.state.stage)
+        .map(|s| s.rules.as_slice())
+        .unwrap_or_default();
+    let tests = (rules.len() * spec.candidates.len()).max(1) as f64;
+    let per_rule = GUARDRAIL_ALPHA / tests;
+    // (start, snapshot): the stage's base is start 0; snapshot i (newest first) holds the totals
+    // after check `checks - i` of this stage.
+    let mut starts: Vec<(u64, &Totals)> = vec![(0, &rec.base)];
+    let mut back = 1usize;
+    while back <= earlier.len() && (back as u64) <= checks {
+        if let Some(snapshot) = earlier.get(back - 1) {
+            starts.push((checks + 1 - back as u64, snapshot));
+        }
+        back *= 2;
+    }
+    let arms: Vec<&str> = spec
+        .candidates
+        .iter()
+        .map(String::as_str)
+        .chain(std::iter::once(spec.baseline.as_str()))
+        .collect();
+    // Each start's windows built once per arm, shared by every rule.
+    let built: Vec<HashMap<&str, ArmWindow>> = starts
+        .iter()
+        .map(|(_, from)| arms.iter().map(|a| (*a, window(totals, from, a))).collect())
+        .collect();
+    rules
+        .iter()
+        .map(|_| {
+            spec.candidates
+                .iter()
+                .map(|candidate| {
+                    starts
+                        .iter()
+                        .zip(&built)
+                        .map(|((start, _), w)| Look {
+                            candidate: w.get(candidate.as_str()).cloned().unwrap_or_default(),
+                            baseline: w.get(spec.baseline.as_str()).cloned().unwrap_or_default(),
+                            alpha: per_rule * guardrail::start_weight(*start),
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// One check of a progressing rollout on the windows `rule_looks` chose: the record to store
 /// (if anything changed) and the event to log.
 pub fn check(
     rec: &Record,
     spec: &Spec,
     totals: &Totals,
-    judged: &[Vec<(ArmWindow, ArmWindow)>],
+    looks: &[Vec<Vec<Look>>],
     now: u64,
     srm: Option<&crate::sequential::SrmResult>,
     best: Option<&BestArm>,
@@ -158,8 +223,7 @@ pub fn check(
         rules
             .iter()
             .position(|r| std::ptr::eq(r, rule))
-            .and_then(|i| judged.get(i)?.get(candidate).cloned())
-            .or_else(|| stage_windows.get(candidate).cloned())
+            .and_then(|i| looks.get(i)?.get(candidate).cloned())
             .unwrap_or_default()
     };
     let (state, action) = machine::step(spec, &rec.state, now, &stage_windows, &windows, srm, best);
@@ -366,6 +430,9 @@ fn after_failed_hook(rec: &Record, spec: &Spec, why: String) -> (Record, (String
 struct History {
     stage: Option<usize>,
     earlier: Lookback,
+    /// Checks of this stage so far (since this controller started): `earlier` keeps the newest
+    /// `KEPT_CHECKS` of them.
+    checks: u64,
     /// Where the sample-ratio check's window starts: the totals at the first check a settling
     /// time after the split in force began (the filters apply a new split within a poll), kept
     /// for as long as that split is in force (same stage, same weights, not paused since).
@@ -774,11 +841,18 @@ fn judge_now(
     // Snapshots belong to one stage; after a restart they start over from the stage's base.
     if history.stage != Some(rec.state.stage) {
         history.earlier.clear();
+        history.checks = 0;
         history.stage = Some(rec.state.stage);
     }
     let judged = judged_windows(rec, spec, &totals, &history.earlier);
+    let looks = if rec.state.phase == Phase::Progressing {
+        rule_looks(rec, spec, &totals, &history.earlier, history.checks)
+    } else {
+        Vec::new()
+    };
     let srm = srm_check(history, rec, spec, &totals, now);
     history.earlier.push(totals.clone());
+    history.checks += 1;
     let fleet = (spec.strategy == crate::spec::StrategyKind::Bandit)
         .then(|| handle.reports().remote(None, &spec.arms()));
     let best = fleet.as_ref().and_then(|f| best_arm(spec, f));
@@ -793,25 +867,52 @@ fn judge_now(
         now,
     );
     shown["sample_ratio"] = json!(srm);
+    show_decision_verdicts(&mut shown, rec, spec, &looks);
     handle.publish_figures(shown);
     if rec.state.phase != Phase::Progressing {
         return None;
     }
-    let decided = check(
-        rec,
-        spec,
-        &totals,
-        &judged,
-        now,
-        srm.as_ref(),
-        best.as_ref(),
-    );
+    let decided = check(rec, spec, &totals, &looks, now, srm.as_ref(), best.as_ref());
     let failed = decided.as_ref().is_some_and(|(n, _)| {
         n.state.failed_checks > rec.state.failed_checks
             || (n.state.phase == Phase::RolledBack && rec.state.failed_checks > 0)
     });
     app.telemetry.check(&rec.name, failed);
     decided
+}
+
+/// Status shows, per rule and candidate, the verdict the check decides with (over every window
+/// looked at, each at its level), not one recomputed on the window shown: the two can differ, and
+/// what is shown must be what is acted on.
+fn show_decision_verdicts(shown: &mut Value, rec: &Record, spec: &Spec, looks: &[Vec<Vec<Look>>]) {
+    let rules: &[Rule] = spec
+        .stages
+        .get(rec.state.stage)
+        .map(|s| s.rules.as_slice())
+        .unwrap_or_default();
+    let n = spec.candidates.len();
+    let Some(checks) = shown["checks"].as_array_mut() else {
+        return;
+    };
+    for (ri, rule) in rules.iter().enumerate() {
+        for ci in 0..n {
+            let (Some(looks), Some(entry)) = (
+                looks.get(ri).and_then(|r| r.get(ci)),
+                checks.get_mut(ri * n + ci),
+            ) else {
+                continue;
+            };
+            let verdict = match crate::rules::judge(rule, looks) {
+                crate::rules::Verdict::Pass { .. } => "pass",
+                crate::rules::Verdict::Fail { reason, .. } => {
+                    entry["reason"] = json!(reason);
+                    "fail"
+                }
+                crate::rules::Verdict::NotEnoughData { .. } => "not_enough_data",
+            };
+            entry["verdict"] = json!(verdict);
+        }
+    }
 }
 
 /// The `before_start` hooks of a rollout in `Starting`: stage 1 begins when they pass; a failure

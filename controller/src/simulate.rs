@@ -384,3 +384,157 @@ mod tests {
         assert_eq!(wrong.flagged, 50, "{wrong:?}");
     }
 }
+
+/// One arm of the guardrail simulation: its error rate and its latency, log-normal with this
+/// median (ms) and log-sd.
+#[derive(Debug, Clone, Copy)]
+pub struct ArmModel {
+    pub error_rate: f64,
+    pub median_ms: f64,
+    pub log_sd: f64,
+}
+
+/// What the guardrail simulation found for one rule set and one pair of arms.
+#[derive(Debug, Clone, Serialize)]
+pub struct GuardrailSim {
+    pub rollouts: usize,
+    /// Rolled back within the checks, judged as rampctl does now (`reconciler::rule_looks` and
+    /// `reconciler::check`: confidence sequences, alpha spent over rules and windows).
+    pub rolled_back: usize,
+    /// The check (1-based) at which each of those rolled back, sorted.
+    pub checks_to_rollback: Vec<u64>,
+    /// Rolled back as rampctl judged before issue 24: each rule's point estimate on the newest
+    /// window holding `min_samples` (`reconciler::judged_windows`, `rules::point_verdict`),
+    /// `failure_threshold` failing checks in a row.
+    pub rolled_back_before: usize,
+    pub checks_to_rollback_before: Vec<u64>,
+}
+
+impl GuardrailSim {
+    pub fn median(v: &[u64]) -> Option<u64> {
+        v.get(v.len() / 2).copied()
+    }
+}
+
+/// A log-normal latency in ms.
+fn latency_ms(rng: &mut Rng, m: &ArmModel) -> f64 {
+    // Box-Muller: one standard normal from two uniforms.
+    let (u1, u2) = (rng.f64().max(1e-300), rng.f64());
+    let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+    m.median_ms * (m.log_sd * z).exp()
+}
+
+/// Adds `n` requests drawn from `m` to an arm's cumulative totals (the filter's latency bounds).
+pub fn serve(rng: &mut Rng, t: &mut crate::window::ArmTotals, m: &ArmModel, n: u64) {
+    if t.le.is_empty() {
+        t.le = ramp_protocol::report::latency_le()
+            .into_iter()
+            .map(|b| b.0)
+            .collect();
+        t.counts = vec![0; t.le.len()];
+    }
+    let mut per_bucket = vec![0u64; t.le.len()];
+    for _ in 0..n {
+        let ms = latency_ms(rng, m);
+        let i = t.le.partition_point(|&b| b < ms).min(t.le.len() - 1);
+        per_bucket[i] += 1;
+    }
+    let mut below = 0;
+    for (c, add) in t.counts.iter_mut().zip(&per_bucket) {
+        below += add;
+        *c += below;
+    }
+    t.requests += n;
+    t.errors += binomial(rng, n, m.error_rate);
+}
+
+/// `rollouts` canary rollouts of `spec` (its first stage held: a long `min_duration_s`), each
+/// `checks` checks of `per_check` requests per arm drawn from `baseline` and `candidate`, judged
+/// both ways (`GuardrailSim`); seeded.
+pub fn guardrail_sim(
+    spec: &crate::spec::Spec,
+    baseline: ArmModel,
+    candidate: ArmModel,
+    rollouts: usize,
+    checks: u64,
+    per_check: u64,
+    seed: u64,
+) -> GuardrailSim {
+    use crate::lookback::Lookback;
+    use crate::machine::{Phase, State};
+    use crate::reconciler::{check, judged_windows, rule_looks};
+    use crate::rules::{point_verdict, Verdict};
+    use crate::store::Record;
+
+    let mut rng = Rng::with_seed(seed);
+    let mut out = GuardrailSim {
+        rollouts,
+        rolled_back: 0,
+        checks_to_rollback: Vec::new(),
+        rolled_back_before: 0,
+        checks_to_rollback_before: Vec::new(),
+    };
+    let rules = spec
+        .stages
+        .first()
+        .map(|s| s.rules.clone())
+        .unwrap_or_default();
+    for _ in 0..rollouts {
+        let mut rec = Record {
+            name: spec.name.clone(),
+            spec_text: String::new(),
+            state: State::start(spec, 0),
+            version: 1,
+            base: crate::window::Totals::default(),
+        };
+        let mut totals = crate::window::Totals::default();
+        let mut earlier = Lookback::default();
+        let (mut now_done, mut before_done, mut before_failed) = (false, false, 0u32);
+        for k in 1..=checks {
+            serve(
+                &mut rng,
+                totals.entry(spec.baseline.clone()).or_default(),
+                &baseline,
+                per_check,
+            );
+            serve(
+                &mut rng,
+                totals.entry(spec.candidate.clone()).or_default(),
+                &candidate,
+                per_check,
+            );
+            if !now_done {
+                let looks = rule_looks(&rec, spec, &totals, &earlier, k - 1);
+                if let Some((next, _)) = check(&rec, spec, &totals, &looks, k * 1000, None, None) {
+                    rec = next;
+                }
+                if rec.state.phase == Phase::RolledBack {
+                    now_done = true;
+                    out.rolled_back += 1;
+                    out.checks_to_rollback.push(k);
+                }
+            }
+            if !before_done {
+                let judged = judged_windows(&rec, spec, &totals, &earlier);
+                let failing = rules.iter().zip(&judged).any(|(rule, per_candidate)| {
+                    per_candidate
+                        .iter()
+                        .any(|(c, b)| matches!(point_verdict(rule, c, b), Verdict::Fail { .. }))
+                });
+                before_failed = if failing { before_failed + 1 } else { 0 };
+                if before_failed >= spec.failure_threshold {
+                    before_done = true;
+                    out.rolled_back_before += 1;
+                    out.checks_to_rollback_before.push(k);
+                }
+            }
+            earlier.push(totals.clone());
+            if now_done && before_done {
+                break;
+            }
+        }
+    }
+    out.checks_to_rollback.sort_unstable();
+    out.checks_to_rollback_before.sort_unstable();
+    out
+}

@@ -7,7 +7,9 @@
 use anyhow::{Context, Result};
 use ramp_controller::abtest::sample_size_per_arm;
 use ramp_controller::reconciler::SRM_ALPHA;
-use ramp_controller::simulate::{ab_sim, abn_sim, srm_sim, sticky_sim, AbSim};
+use ramp_controller::simulate::{
+    ab_sim, abn_sim, guardrail_sim, srm_sim, sticky_sim, AbSim, ArmModel, GuardrailSim,
+};
 use ramp_controller::spec::Spec;
 use ramp_tests::envoy::repo_root;
 use serde_json::json;
@@ -109,6 +111,10 @@ fn main() -> Result<()> {
                          "srm_user_level": sticky_srm_user, "srm_per_request": sticky_srm_request},
         "srm": {"fifty_fifty_flagged": fine_rate, "forty_nine_fifty_one_flagged": skew_rate},
     });
+    let (guard_md, guard_json) = guardrails(env_or("RAMP_SIM_GUARDRAIL_ROLLOUTS", 1000))?;
+    let md = format!("{md}\n{guard_md}");
+    let mut results = results;
+    results["guardrails"] = guard_json;
     let out = repo_root().join("tests/bench/results");
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("decisions.md"), &md)?;
@@ -118,4 +124,126 @@ fn main() -> Result<()> {
     )?;
     println!("{md}");
     Ok(())
+}
+
+/// Issue 24's table: canary rollouts whose candidate is identical to the baseline (2% errors,
+/// log-normal latency with median 20 ms), 100 checks of 500 requests per arm, failure threshold
+/// 2, per rule set: how many are rolled back, judged as rampctl does now and as it did before;
+/// then a candidate twice as bad on one guardrail under all four rules, and how soon it goes.
+fn guardrails(rollouts: usize) -> Result<(String, serde_json::Value)> {
+    const RULES: [(&str, &str); 4] = [
+        (
+            "`error_rate_vs_baseline max 0`",
+            "{metric: error_rate_vs_baseline, max: 0}",
+        ),
+        (
+            "`latency_slower max 0.55`",
+            "{metric: latency_slower, max: 0.55}",
+        ),
+        (
+            "`latency_p95 max_worse_than_baseline 5` (ms)",
+            "{metric: latency_p95, max_worse_than_baseline: 5}",
+        ),
+        (
+            "`error_rate max 0.03` (true rate 0.02)",
+            "{metric: error_rate, max: 0.03}",
+        ),
+    ];
+    let spec_with = |rules: &[&str]| {
+        Spec::parse(&format!(
+            "name: g\narms: [{{name: v1, role: baseline}}, {{name: v2, role: candidate}}]\nfailure_threshold: 2\nstages: [{{weight: 50, min_duration_s: 100000000, rules: [{}]}}, {{weight: 100}}]\n",
+            rules.join(", ")
+        ))
+        .context("the guardrail simulation's spec")
+    };
+    let base = ArmModel {
+        error_rate: 0.02,
+        median_ms: 20.0,
+        log_sd: 0.5,
+    };
+    let (checks, per_check) = (100, 500);
+    let pct = |n: usize| {
+        let (p, se) = AbSim::rate(n, rollouts);
+        format!("{:.1}% +- {:.1}%", p * 100.0, se * 100.0)
+    };
+    let median = |v: &[u64]| GuardrailSim::median(v).map_or("-".to_owned(), |m| m.to_string());
+    let mut md = format!(
+        "## Guardrails under repeated looks (issue 24)\n\n{rollouts} canary rollouts per row through rampctl's own functions (`reconciler::rule_looks`, \
+         `reconciler::check`; before: `reconciler::judged_windows` and `rules::point_verdict`, the point estimate on the newest window \
+         holding `min_samples`), {checks} checks of {per_check} requests per arm, `failure_threshold: 2`, default `min_samples` (100). \
+         Now a rule fails when its confidence sequence lies beyond the bound; the stage's alpha ({}) is split over its rules and over the \
+         windows looked at (the whole stage and the last 1, 2, 4, ... checks).\n\n\
+         ### A/A: the candidate identical to the baseline (2% errors, latency log-normal, median 20 ms)\n\n\
+         | rules | rolled back before | rolled back now |\n|---|---:|---:|\n",
+        ramp_controller::guardrail::GUARDRAIL_ALPHA
+    );
+    let mut json_rows = Vec::new();
+    let mut seed = 100;
+    let all: Vec<&str> = RULES.iter().map(|(_, r)| *r).collect();
+    for (label, rules) in
+        RULES
+            .iter()
+            .map(|(l, r)| (l.to_string(), vec![*r]))
+            .chain(std::iter::once((
+                "all four together".to_owned(),
+                all.clone(),
+            )))
+    {
+        seed += 1;
+        let sim = guardrail_sim(
+            &spec_with(&rules)?,
+            base,
+            base,
+            rollouts,
+            checks,
+            per_check,
+            seed,
+        );
+        md.push_str(&format!(
+            "| {label} | {} | {} |\n",
+            pct(sim.rolled_back_before),
+            pct(sim.rolled_back)
+        ));
+        json_rows.push(json!({"rules": label, "aa": sim}));
+    }
+    md.push_str(
+        "\n### A candidate twice as bad on one guardrail, all four rules\n\n\
+         | candidate | rolled back before (median check) | rolled back now (median check) |\n|---|---:|---:|\n",
+    );
+    let spec = spec_with(&all)?;
+    for (label, candidate) in [
+        (
+            "4% errors (2x)",
+            ArmModel {
+                error_rate: 0.04,
+                ..base
+            },
+        ),
+        (
+            "latency 2x (median 40 ms)",
+            ArmModel {
+                median_ms: 40.0,
+                ..base
+            },
+        ),
+        (
+            "latency 1.25x (median 25 ms)",
+            ArmModel {
+                median_ms: 25.0,
+                ..base
+            },
+        ),
+    ] {
+        seed += 1;
+        let sim = guardrail_sim(&spec, base, candidate, rollouts, checks, per_check, seed);
+        md.push_str(&format!(
+            "| {label} | {} ({}) | {} ({}) |\n",
+            pct(sim.rolled_back_before),
+            median(&sim.checks_to_rollback_before),
+            pct(sim.rolled_back),
+            median(&sim.checks_to_rollback)
+        ));
+        json_rows.push(json!({"candidate": label, "all_four": sim}));
+    }
+    Ok((md, json!(json_rows)))
 }

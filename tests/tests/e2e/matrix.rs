@@ -180,9 +180,11 @@ impl Strategy {
             .collect();
         // The guard tells a failing candidate (30% of its requests, evenly) from a working one:
         // identical arms here fail 1 or 2% at random, 6 or 7% with a planted drop (Envoy's 503s are
-        // 5xx too), and a window of 50 at 7% exceeds 0.25 with probability 1.5e-4; two failed
-        // checks in a row roll back. A drop row is about the sample-ratio check, not this rule.
-        let guard = "rules: [{metric: error_rate, max: 0.25, min_samples: 50}]";
+        // 5xx too); the rule fails only when the error rate is above 0.10 with confidence, which
+        // for a candidate at 7% happens in at most 1% of stages (the guardrail's guarantee), and
+        // 30% shows within about a hundred requests. Two failed checks in a row roll back. A drop
+        // row is about the sample-ratio check, not this rule.
+        let guard = "rules: [{metric: error_rate, max: 0.10, min_samples: 50}]";
         let stages = match self {
             Canary => format!(
                 "stages:\n  - {{weight: 20, min_duration_s: 8, min_requests: 50, {guard}}}\n  - {{weight: 50, min_duration_s: 8, min_requests: 50, {guard}}}\n  - {{weight: 100}}\n"
