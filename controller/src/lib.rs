@@ -5,6 +5,7 @@ pub mod abtest;
 pub mod auth;
 pub mod bestarm;
 pub mod connections;
+pub mod custom_template;
 pub mod exposure;
 pub mod gitops;
 pub mod histogram;
