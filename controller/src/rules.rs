@@ -32,6 +32,9 @@ pub struct ArmWindow {
     pub shadow: ShadowFigures,
     /// The same counts per analysis bucket, when the filters' assignment is sticky.
     pub buckets: crate::window::BucketCounts,
+    /// The custom rules' figures at this check, by rule name: point values from the team's own
+    /// source, the same in every window.
+    pub custom: crate::custom_metrics::ArmMeasurements,
 }
 
 /// Shadow comparison counts (filter compare mode), cumulative or over a window.
@@ -89,6 +92,8 @@ impl ArmWindow {
             ),
             // Judged against the baseline in `evaluate`; its samples are the requests.
             Metric::ErrorRateVsBaseline => (None, self.requests),
+            // A point value per rule (`custom_metrics::evaluate`), with no sample size.
+            Metric::Custom => (None, 0),
             Metric::ShadowAgreement => (
                 (self.shadow.labelled > 0)
                     .then(|| self.shadow.agree as f64 / self.shadow.labelled as f64),
@@ -140,6 +145,9 @@ pub enum Verdict {
 }
 
 pub fn evaluate(rule: &Rule, candidate: &ArmWindow, baseline: &ArmWindow) -> Verdict {
+    if let Some(custom) = &rule.custom {
+        return crate::custom_metrics::evaluate(rule, custom, candidate, baseline);
+    }
     if rule.metric == Metric::LatencySlower {
         return latency_slower(rule, candidate, baseline);
     }
@@ -273,6 +281,7 @@ fn metric_name(m: Metric) -> &'static str {
         Metric::ShadowMeanDiff => "shadow |mean difference|",
         Metric::ShadowEquivalent => "shadow 90% interval of the mean difference reaches",
         Metric::ShadowGuide => "shadow correlation (guide preset)",
+        Metric::Custom => "custom metric",
     }
 }
 
@@ -412,6 +421,7 @@ mod tests {
             metric,
             bound,
             min_samples: 100,
+            custom: None,
         }
     }
 
