@@ -821,7 +821,7 @@ fn print_custom_check(c: &serde_json::Value, arm: &str) {
     };
     let verdict = c["verdict"].as_str().unwrap_or("?");
     println!(
-        "    check {arm}custom {:<12} {:>10} {bound} [{}] ({}; {} of {} checks without a value before a pause)",
+        "    check {arm}custom {:<12} {:>10} {bound} [{}] ({}; {} checks in a row without a value, a pause after {})",
         c["name"].as_str().unwrap_or("?"),
         num(&c["value"]),
         match verdict {
