@@ -753,6 +753,25 @@ mod tests {
     }
 
     #[test]
+    fn the_example_parses() {
+        let s = Spec::parse(include_str!("../examples/custom-metrics.yaml")).unwrap();
+        let custom: Vec<(&str, &str, &str)> = s.stages[0]
+            .rules
+            .iter()
+            .filter_map(|r| Some((r.custom.as_deref()?, r.bound.name())))
+            .map(|(c, bound)| (c.name.as_str(), c.source.kind(), bound))
+            .collect();
+        assert_eq!(
+            custom,
+            [
+                ("confidence", "prometheus", "max_worse_than_baseline"),
+                ("gpu_memory", "prometheus", "max"),
+                ("approval_rate", "web", "max_decrease")
+            ]
+        );
+    }
+
+    #[test]
     fn errors_name_the_field_and_never_quote_a_url() {
         let prom =
             r#"prometheus: {url: 'http://u:pw0rd@prom:9090/?key=k3y', query: 'x{arm="{{arm}}"}'}"#;
