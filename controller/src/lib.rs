@@ -8,6 +8,7 @@ pub mod connections;
 pub mod custom_fetch;
 pub mod custom_metrics;
 pub mod custom_template;
+pub mod custom_verdict;
 pub mod exposure;
 pub mod gitops;
 pub mod histogram;

@@ -380,7 +380,7 @@ struct History {
     /// together: what one live arm's loss is compared with.
     before: Option<(u64, u64)>,
     /// The custom rules' checks in a row without a value.
-    no_data: crate::custom_metrics::NoData,
+    no_data: crate::custom_verdict::NoData,
 }
 
 impl History {
@@ -789,7 +789,7 @@ fn judge_now(
     };
     let mut totals = complete_totals(handle, spec, from_prometheus);
     history.no_data.observe(&rec.state, &measured);
-    crate::custom_metrics::attach(&mut totals, measured, &history.no_data);
+    crate::custom_verdict::attach(&mut totals, measured, &history.no_data);
     // Snapshots belong to one stage; after a restart they start over from the stage's base.
     if history.stage != Some(rec.state.stage) {
         history.earlier.clear();
@@ -825,7 +825,7 @@ fn judge_now(
         srm.as_ref(),
         best.as_ref(),
     );
-    let decided = crate::custom_metrics::pause_without_data(rec, spec, &totals, decided);
+    let decided = crate::custom_verdict::pause_without_data(rec, spec, &totals, decided);
     let failed = decided.as_ref().is_some_and(|(n, _)| {
         n.state.failed_checks > rec.state.failed_checks
             || (n.state.phase == Phase::RolledBack && rec.state.failed_checks > 0)

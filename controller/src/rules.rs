@@ -146,7 +146,7 @@ pub enum Verdict {
 
 pub fn evaluate(rule: &Rule, candidate: &ArmWindow, baseline: &ArmWindow) -> Verdict {
     if let Some(custom) = &rule.custom {
-        return crate::custom_metrics::evaluate(rule, custom, candidate, baseline);
+        return crate::custom_verdict::evaluate(rule, custom, candidate, baseline);
     }
     if rule.metric == Metric::LatencySlower {
         return latency_slower(rule, candidate, baseline);

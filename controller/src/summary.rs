@@ -131,7 +131,7 @@ pub fn figures(
                 }
                 Metric::Custom => {
                     if let Some(custom) = &rule.custom {
-                        crate::custom_metrics::describe(rule, custom, c, b, &mut check);
+                        crate::custom_verdict::describe(rule, custom, c, b, &mut check);
                     }
                 }
                 _ => {}
