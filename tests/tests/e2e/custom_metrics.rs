@@ -91,9 +91,10 @@ fn worse_candidate_is_rolled_back(s: &Setup, name: &str, spec: &str) -> String {
         .unwrap();
     let c = check(&healthy, "confidence");
     assert_eq!(c["verdict"], "pass", "{healthy}");
-    assert_eq!(
-        (c["value"].as_f64(), c["baseline_value"].as_f64()),
-        (Some(0.91), Some(0.92)),
+    // An average over the window of a constant gauge: the constant, up to rounding.
+    let near = |v: &Value, x: f64| v.as_f64().is_some_and(|v| (v - x).abs() < 1e-9);
+    assert!(
+        near(&c["value"], 0.91) && near(&c["baseline_value"], 0.92),
         "{c}"
     );
     assert_eq!(
@@ -151,10 +152,10 @@ fn a_candidate_whose_own_prometheus_metric_is_worse_is_rolled_back_by_a_promql_r
         prometheus.url("")
     );
     let reason = worse_candidate_is_rolled_back(&s, "promconf", &spec);
+    // The window after the fall holds 0.70 only, unless a scrape lagged into the one before.
     assert!(
-        reason.contains(
-            "custom metric confidence 0.7000 is 0.2200 worse than baseline 0.9200 (allowed 0.05)"
-        ),
+        reason.contains("custom metric confidence 0.")
+            && reason.contains("worse than baseline 0.9200 (allowed 0.05)"),
         "{reason}"
     );
 }
