@@ -92,7 +92,7 @@ impl ArmWindow {
             ),
             // Judged against the baseline in `evaluate`; its samples are the requests.
             Metric::ErrorRateVsBaseline => (None, self.requests),
-            // A point value per rule (`custom_metrics::evaluate`), with no sample size.
+            // A point value per rule (`custom_verdict::evaluate`), with no sample size.
             Metric::Custom => (None, 0),
             Metric::ShadowAgreement => (
                 (self.shadow.labelled > 0)

@@ -36,7 +36,7 @@ pub struct ArmTotals {
     /// Per analysis bucket (sticky filters only): requests, 5xx, posted rewards in millionths.
     #[serde(default)]
     pub buckets: BucketCounts,
-    /// The custom rules' figures at this check (`custom_metrics::attach`): point values that each
+    /// The custom rules' figures at this check (`custom_verdict::attach`): point values that each
     /// window takes as they are; never stored, as no later check needs them.
     #[serde(skip)]
     pub custom: crate::custom_metrics::ArmMeasurements,
