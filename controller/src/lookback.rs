@@ -48,7 +48,8 @@ enum Counted {
 
 fn counted(metric: Metric) -> Counted {
     match metric {
-        Metric::ErrorRate | Metric::ErrorRateVsBaseline => Counted::Requests,
+        // A custom figure is a point value every window holds; its rules ask for no samples.
+        Metric::ErrorRate | Metric::ErrorRateVsBaseline | Metric::Custom => Counted::Requests,
         Metric::Accuracy => Counted::Labelled,
         Metric::ShadowAgreement => Counted::ShadowLabelled,
         Metric::ShadowErrorRate => Counted::ShadowAnswered,

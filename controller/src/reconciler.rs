@@ -446,6 +446,8 @@ struct History {
     /// Envoy's own replies and the responses of the split before the one in force, all arms
     /// together: what one live arm's loss is compared with.
     before: Option<(u64, u64)>,
+    /// The custom rules' checks in a row without a value.
+    no_data: crate::custom_verdict::NoData,
 }
 
 impl History {
@@ -738,7 +740,11 @@ async fn reconcile(app: &Arc<App>, handle: &Arc<Rollout>, view: &Arc<View>, hist
         return;
     };
     let now = now_ms();
-    let from_prometheus = match prometheus_totals(&app.outgoing, spec).await {
+    let (from_prometheus, measured) = tokio::join!(
+        prometheus_totals(&app.outgoing, spec),
+        crate::custom_fetch::measure(&app.outgoing, spec, &rec.state, now)
+    );
+    let from_prometheus = match from_prometheus {
         Ok(t) => t,
         Err(why) => {
             eprintln!("rampctl: {}: no figures this check: {why}", rec.name);
@@ -753,7 +759,8 @@ async fn reconcile(app: &Arc<App>, handle: &Arc<Rollout>, view: &Arc<View>, hist
             return;
         }
     };
-    let Some(decided) = judge(app, handle, view, from_prometheus, history, now).await else {
+    let Some(decided) = judge(app, handle, view, from_prometheus, measured, history, now).await
+    else {
         return;
     };
     let (next, event) = match rec.state.phase {
@@ -799,6 +806,7 @@ async fn judge(
     handle: &Arc<Rollout>,
     view: &Arc<View>,
     from_prometheus: Option<Totals>,
+    measured: crate::custom_metrics::Measured,
     history: &mut History,
     now: u64,
 ) -> Option<Option<(Record, Option<(String, String)>)>> {
@@ -808,7 +816,15 @@ async fn judge(
     let mut moved = std::mem::take(history);
     let (app, handle, view) = (app.clone(), handle.clone(), view.clone());
     let task = tokio::task::spawn_blocking(move || {
-        let decided = judge_now(&app, &handle, &view, from_prometheus, &mut moved, now);
+        let decided = judge_now(
+            &app,
+            &handle,
+            &view,
+            from_prometheus,
+            measured,
+            &mut moved,
+            now,
+        );
         (moved, decided)
     });
     match task.await {
@@ -831,13 +847,16 @@ fn judge_now(
     handle: &Rollout,
     view: &View,
     from_prometheus: Option<Totals>,
+    measured: crate::custom_metrics::Measured,
     history: &mut History,
     now: u64,
 ) -> Option<(Record, Option<(String, String)>)> {
     let Loaded::Ok { rec, spec } = &view.loaded else {
         return None;
     };
-    let totals = complete_totals(handle, spec, from_prometheus);
+    let mut totals = complete_totals(handle, spec, from_prometheus);
+    history.no_data.observe(&rec.state, &measured);
+    crate::custom_verdict::attach(&mut totals, measured, &history.no_data);
     // Snapshots belong to one stage; after a restart they start over from the stage's base.
     if history.stage != Some(rec.state.stage) {
         history.earlier.clear();
@@ -873,6 +892,7 @@ fn judge_now(
         return None;
     }
     let decided = check(rec, spec, &totals, &looks, now, srm.as_ref(), best.as_ref());
+    let decided = crate::custom_verdict::pause_without_data(rec, spec, &totals, decided);
     let failed = decided.as_ref().is_some_and(|(n, _)| {
         n.state.failed_checks > rec.state.failed_checks
             || (n.state.phase == Phase::RolledBack && rec.state.failed_checks > 0)

@@ -35,6 +35,9 @@ pub struct ArmWindow {
     pub shadow: ShadowFigures,
     /// The same counts per analysis bucket, when the filters' assignment is sticky.
     pub buckets: crate::window::BucketCounts,
+    /// The custom rules' figures at this check, by rule name: point values from the team's own
+    /// source, the same in every window.
+    pub custom: crate::custom_metrics::ArmMeasurements,
 }
 
 /// Shadow comparison counts (filter compare mode), cumulative or over a window.
@@ -92,6 +95,8 @@ impl ArmWindow {
             ),
             // Judged against the baseline in `evaluate`; its samples are the requests.
             Metric::ErrorRateVsBaseline => (None, self.requests),
+            // A point value per rule (`custom_verdict::evaluate`), with no sample size.
+            Metric::Custom => (None, 0),
             Metric::ShadowAgreement => (
                 (self.shadow.labelled > 0)
                     .then(|| self.shadow.agree as f64 / self.shadow.labelled as f64),
@@ -187,6 +192,9 @@ pub fn evaluate_at(
     baseline: &ArmWindow,
     alpha: f64,
 ) -> Verdict {
+    if let Some(custom) = &rule.custom {
+        return crate::custom_verdict::evaluate(rule, custom, candidate, baseline);
+    }
     match rule.metric {
         Metric::LatencySlower => latency_slower(rule, candidate, baseline, alpha),
         Metric::ErrorRateVsBaseline => error_rate_vs_baseline(rule, candidate, baseline, alpha),
@@ -264,6 +272,8 @@ fn rate_rule(rule: &Rule, candidate: &ArmWindow, baseline: &ArmWindow, alpha: f6
                 Verdict::Pass { value }
             }
         }
+        // Relative shares are for `metric: custom` only (the spec refuses them elsewhere).
+        Bound::MaxIncrease(_) | Bound::MaxDecrease(_) => Verdict::Pass { value },
         Bound::WorseThanBaseline(allowed) => {
             let base_samples = baseline.samples(rule.metric);
             let base =
@@ -339,6 +349,7 @@ fn latency_quantile(
             }
             Verdict::Pass { value }
         }
+        Bound::MaxIncrease(_) | Bound::MaxDecrease(_) => Verdict::Pass { value },
         Bound::WorseThanBaseline(allowed) => {
             let base_samples = baseline.latency.count();
             let Some(base) = baseline
@@ -534,6 +545,7 @@ fn metric_name(m: Metric) -> &'static str {
         Metric::ShadowMeanDiff => "shadow |mean difference|",
         Metric::ShadowEquivalent => "shadow 90% interval of the mean difference reaches",
         Metric::ShadowGuide => "shadow correlation (guide preset)",
+        Metric::Custom => "custom metric",
     }
 }
 
@@ -673,6 +685,7 @@ mod tests {
             metric,
             bound,
             min_samples: 100,
+            custom: None,
         }
     }
 

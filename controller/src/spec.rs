@@ -2,6 +2,8 @@
 //! stages with their rules, how often to check and how many failed checks roll back. YAML or JSON,
 //! parsed strictly; every error names the field and the reason.
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -90,6 +92,9 @@ pub enum Metric {
     /// The deployment-strategies guide's recommendation: correlation >= `min` (the guide: 0.95)
     /// and a paired t-test with p > 0.05.
     ShadowGuide,
+    /// The team's own figure per arm, from a PromQL query template or a JSON endpoint: a point
+    /// value, no samples (`custom_metrics`).
+    Custom,
 }
 
 impl Metric {
@@ -148,9 +153,31 @@ pub struct RawRule {
     /// window (a difference in the metric's unit: 0.01 error rate, 20 ms, 0.03 accuracy).
     #[serde(default)]
     pub max_worse_than_baseline: Option<f64>,
-    /// Samples the candidate needs in the window before the rule can fail.
-    #[serde(default = "default_min_samples")]
-    pub min_samples: u64,
+    /// Samples the candidate needs in the window before the rule can fail (default 100).
+    #[serde(default)]
+    pub min_samples: Option<u64>,
+    // `metric: custom` only (`custom_metrics` validates them; other metrics refuse them).
+    /// The custom figure's name, unique in its stage.
+    #[serde(default)]
+    pub name: Option<crate::custom_metrics::Text>,
+    /// Its source: a PromQL query template...
+    #[serde(default)]
+    pub prometheus: Option<crate::custom_metrics::RawPrometheusSource>,
+    /// ...or a JSON endpoint.
+    #[serde(default)]
+    pub web: Option<crate::custom_metrics::RawWebSource>,
+    /// Relative: the candidate's figure may be at most this share of |baseline's| above it.
+    #[serde(default)]
+    pub max_increase: Option<f64>,
+    /// Relative: ...or below it.
+    #[serde(default)]
+    pub max_decrease: Option<f64>,
+    /// With `max_worse_than_baseline`: which way the figure is worse.
+    #[serde(default)]
+    pub higher_is: Option<crate::custom_metrics::HigherIs>,
+    /// Checks in a row without a value before the rollout pauses.
+    #[serde(default)]
+    pub no_data_checks: Option<u32>,
 }
 
 fn default_min_samples() -> u64 {
@@ -162,6 +189,38 @@ pub enum Bound {
     Max(f64),
     Min(f64),
     WorseThanBaseline(f64),
+    /// Custom metrics: at most this share of |the baseline's figure| above it...
+    MaxIncrease(f64),
+    /// ...or below it.
+    MaxDecrease(f64),
+}
+
+impl Bound {
+    /// The spec field that sets it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bound::Max(_) => "max",
+            Bound::Min(_) => "min",
+            Bound::WorseThanBaseline(_) => "max_worse_than_baseline",
+            Bound::MaxIncrease(_) => "max_increase",
+            Bound::MaxDecrease(_) => "max_decrease",
+        }
+    }
+
+    pub fn limit(self) -> f64 {
+        match self {
+            Bound::Max(v)
+            | Bound::Min(v)
+            | Bound::WorseThanBaseline(v)
+            | Bound::MaxIncrease(v)
+            | Bound::MaxDecrease(v) => v,
+        }
+    }
+
+    /// Whether the candidate is compared with the baseline's figure.
+    pub fn is_relative(self) -> bool {
+        !matches!(self, Bound::Max(_) | Bound::Min(_))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -169,6 +228,8 @@ pub struct Rule {
     pub metric: Metric,
     pub bound: Bound,
     pub min_samples: u64,
+    /// `metric: custom`: the figure's definition (its source and name).
+    pub custom: Option<Arc<crate::custom_metrics::CustomRule>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -427,7 +488,7 @@ impl Spec {
 }
 
 /// A YAML string and nothing else: `name: 123` is a number, not the name "123".
-fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+pub(crate) fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     struct Text;
     impl serde::de::Visitor<'_> for Text {
         type Value = String;
@@ -597,6 +658,11 @@ impl Spec {
             for (j, r) in s.rules.iter().enumerate() {
                 rules.push(validate_rule(r, &format!("stages[{i}].rules[{j}]"))?);
             }
+            crate::custom_metrics::check_stage(
+                &rules,
+                |j| format!("stages[{i}].rules[{j}]"),
+                raw.metrics.as_ref().map(|m| m.prometheus.as_str()),
+            )?;
             stages.push(Stage {
                 weight: s.weight,
                 min_duration_ms: s.min_duration_s.saturating_mul(1000),
@@ -715,12 +781,17 @@ fn validate_strategy(raw: &RawSpec, stages: &[Stage]) -> Result<Option<AbTest>, 
             None => Ok(()),
         }
     };
-    // At 0% the candidate serves nobody: only rules on mirrored copies have anything to judge.
+    // At 0% the candidate serves nobody: only rules on mirrored copies have anything to judge,
+    // and the team's own figures (its memory, a smoke test's score), which need no traffic.
     for (i, s) in stages.iter().enumerate().filter(|(_, s)| s.weight == 0.0) {
-        if let Some(j) = s.rules.iter().position(|r| !r.metric.is_shadow()) {
+        if let Some(j) = s
+            .rules
+            .iter()
+            .position(|r| !r.metric.is_shadow() && r.metric != Metric::Custom)
+        {
             return Err(err(
                 format!("stages[{i}].rules[{j}].metric"),
-                "a 0% stage serves no user: only shadow rules (shadow_agreement, shadow_error_rate, shadow_correlation, shadow_mean_diff, shadow_equivalent, shadow_guide) can be judged there",
+                "a 0% stage serves no user: only shadow rules (shadow_agreement, shadow_error_rate, shadow_correlation, shadow_mean_diff, shadow_equivalent, shadow_guide) and custom rules can be judged there",
             ));
         }
     }
@@ -829,6 +900,10 @@ fn validate_strategy(raw: &RawSpec, stages: &[Stage]) -> Result<Option<AbTest>, 
 }
 
 fn validate_rule(r: &RawRule, field: &str) -> Result<Rule, SpecError> {
+    if r.metric == Metric::Custom {
+        return crate::custom_metrics::validate(r, field);
+    }
+    crate::custom_metrics::refuse_custom_fields(r, field)?;
     let bounds = [
         r.max.map(Bound::Max),
         r.min.map(Bound::Min),
@@ -841,11 +916,7 @@ fn validate_rule(r: &RawRule, field: &str) -> Result<Rule, SpecError> {
             "exactly one of max, min, max_worse_than_baseline",
         ));
     };
-    let (value, name) = match bound {
-        Bound::Max(v) => (v, "max"),
-        Bound::Min(v) => (v, "min"),
-        Bound::WorseThanBaseline(v) => (v, "max_worse_than_baseline"),
-    };
+    let (value, name) = (bound.limit(), bound.name());
     if !(value.is_finite() && value >= 0.0) {
         return Err(err(
             format!("{field}.{name}"),
@@ -909,7 +980,8 @@ fn validate_rule(r: &RawRule, field: &str) -> Result<Rule, SpecError> {
     Ok(Rule {
         metric: r.metric,
         bound,
-        min_samples: r.min_samples,
+        min_samples: r.min_samples.unwrap_or_else(default_min_samples),
+        custom: None,
     })
 }
 
@@ -949,7 +1021,8 @@ mod tests {
             Rule {
                 metric: Metric::ErrorRate,
                 bound: Bound::Max(0.02),
-                min_samples: 100
+                min_samples: 100,
+                custom: None,
             }
         );
         assert_eq!(
@@ -957,7 +1030,8 @@ mod tests {
             Rule {
                 metric: Metric::LatencyP95,
                 bound: Bound::Max(130.0),
-                min_samples: 100
+                min_samples: 100,
+                custom: None,
             }
         );
         assert_eq!(s.stages[2].rules[1].bound, Bound::WorseThanBaseline(0.03));

@@ -9,7 +9,7 @@ use crate::posterior::posterior;
 use crate::registry::{Loaded, View};
 use crate::rules::{evaluate, ArmWindow, Verdict};
 use crate::shadowstats::{shadow_stats, tost_p};
-use crate::spec::{Bound, Metric, Spec, StrategyKind};
+use crate::spec::{Metric, Spec, StrategyKind};
 use crate::store::Record;
 use crate::window::{window, BanditCounts, Totals};
 
@@ -109,11 +109,7 @@ pub fn figures(
                 Verdict::Pass { value } | Verdict::Fail { value, .. } => Some(value),
                 Verdict::NotEnoughData { .. } => None,
             };
-            let (bound, limit) = match rule.bound {
-                Bound::Max(v) => ("max", v),
-                Bound::Min(v) => ("min", v),
-                Bound::WorseThanBaseline(v) => ("max_worse_than_baseline", v),
-            };
+            let (bound, limit) = (rule.bound.name(), rule.bound.limit());
             let mut check = json!({"arm": arm, "metric": rule.metric, "bound": bound, "limit": limit,
                    "value": value, "samples": c.samples(rule.metric),
                    "min_samples": rule.min_samples, "verdict": verdict,
@@ -132,6 +128,11 @@ pub fn figures(
                     check["mann_whitney_p"] =
                         json!(crate::ranktest::candidate_slower(&c.latency, &b.latency)
                             .map(|r| r.p_value));
+                }
+                Metric::Custom => {
+                    if let Some(custom) = &rule.custom {
+                        crate::custom_verdict::describe(rule, custom, c, b, &mut check);
+                    }
                 }
                 _ => {}
             }

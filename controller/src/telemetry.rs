@@ -234,7 +234,10 @@ impl Telemetry {
                 let labels = ByRule {
                     rollout: name.clone(),
                     arm: text(&c["arm"]),
-                    metric: text(&c["metric"]),
+                    // Custom rules by name: two of them must not share one series.
+                    metric: c["name"]
+                        .as_str()
+                        .map_or_else(|| text(&c["metric"]), |n| format!("custom:{n}")),
                     bound: text(&c["bound"]),
                 };
                 if let Some(v) = c["value"].as_f64() {

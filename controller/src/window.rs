@@ -36,6 +36,10 @@ pub struct ArmTotals {
     /// Per analysis bucket (sticky filters only): requests, 5xx, posted rewards in millionths.
     #[serde(default)]
     pub buckets: BucketCounts,
+    /// The custom rules' figures at this check (`custom_verdict::attach`): point values that each
+    /// window takes as they are; never stored, as no later check needs them.
+    #[serde(skip)]
+    pub custom: crate::custom_metrics::ArmMeasurements,
 }
 
 /// Counts per analysis bucket: `BUCKETS` each, or all empty when the filters report none.
@@ -192,6 +196,7 @@ pub fn window(now: &Totals, base: &Totals, arm: &str) -> ArmWindow {
         correct: n.correct.saturating_sub(b.correct),
         reward_micros: n.reward_micros.saturating_sub(b.reward_micros),
         shadow: n.shadow.since(&b.shadow),
+        custom: n.custom.clone(),
     }
 }
 

@@ -5,6 +5,7 @@ pub mod canned;
 pub mod client;
 pub mod controller;
 pub mod envoy;
+pub mod kpi;
 pub mod oci;
 pub mod prom;
 pub mod prometheus;

@@ -1,5 +1,6 @@
-//! A real Prometheus server (Debian's package) for tests: scrapes given Envoy admin endpoints every
-//! second from a config written to a temporary directory, on a free loopback port, killed on drop.
+//! A real Prometheus server (Debian's package) for tests: scrapes given Envoy admin endpoints (and
+//! `rampctl serve`'s or the test model servers' `/metrics`) every second from a config written to
+//! a temporary directory, on a free loopback port, killed on drop.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,6 +21,16 @@ impl Prometheus {
 
     /// The same, also scraping `rampctl serve`'s `/metrics` on each of `controller_ports`.
     pub fn start_with(admin_ports: &[u16], controller_ports: &[u16]) -> Result<Self> {
+        Self::start_scraping(admin_ports, controller_ports, &[])
+    }
+
+    /// The same, also scraping the test model servers' own `/metrics` on each of `model_ports`
+    /// (job `models`; each series carries its server's `arm` label).
+    pub fn start_scraping(
+        admin_ports: &[u16],
+        controller_ports: &[u16],
+        model_ports: &[u16],
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let targets = |ports: &[u16]| {
             ports
@@ -37,6 +48,12 @@ impl Prometheus {
                 "  - job_name: rampctl\n    metrics_path: /metrics\n    authorization: {{credentials: {}}}\n    static_configs:\n      - targets: [{}]\n",
                 crate::controller::METRICS_TOKEN,
                 targets(controller_ports)
+            ));
+        }
+        if !model_ports.is_empty() {
+            config.push_str(&format!(
+                "  - job_name: models\n    metrics_path: /metrics\n    static_configs:\n      - targets: [{}]\n",
+                targets(model_ports)
             ));
         }
         std::fs::write(dir.path().join("prometheus.yml"), config)?;

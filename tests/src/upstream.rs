@@ -1,6 +1,8 @@
 //! A test model server: plain HTTP/1.1 with keep-alive on a free loopback port, answering JSON that
 //! says which arm it is and which `x-ramp-*` headers reached it. Its behaviour (failure rate, delay)
-//! can be changed while it runs, so later tests can turn a healthy candidate into a faulty one.
+//! can be changed while it runs, so later tests can turn a healthy candidate into a faulty one. It
+//! also exports its own metrics on `/metrics` in Prometheus' text format, as a real model server
+//! does, for the rules on a team's own metrics.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -28,6 +30,9 @@ pub struct Behaviour {
     pub prediction_milli: AtomicU64,
     /// Gaussian noise added to the prediction: its standard deviation in millionths (0: none).
     pub noise_sd_micros: AtomicU64,
+    /// The model's own metric: its mean prediction confidence, in millionths, exported on
+    /// `/metrics` as `model_confidence{arm="<arm>"}` (and by `kpi::KpiServer` as JSON).
+    pub confidence_micros: AtomicU64,
 }
 
 /// A standard normal draw (Box-Muller).
@@ -134,6 +139,21 @@ fn serve_connection(stream: TcpStream, ctx: &Shared) {
     };
     let mut reader = BufReader::new(stream);
     while let Some(req) = read_request(&mut reader) {
+        // A scrape is not a prediction: it is answered apart and not counted as served.
+        if req.path == "/metrics" {
+            let body = exposition(ctx);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            if writer.write_all(head.as_bytes()).is_err()
+                || writer.write_all(body.as_bytes()).is_err()
+                || req.close
+            {
+                break;
+            }
+            continue;
+        }
         let n = ctx.served.fetch_add(1, Ordering::SeqCst) + 1;
         let delay = ctx.behaviour.delay_ms.load(Ordering::Relaxed);
         if delay > 0 {
@@ -209,14 +229,24 @@ fn serve_connection(stream: TcpStream, ctx: &Shared) {
     let _ = writer.shutdown(Shutdown::Both);
 }
 
-struct Request {
-    path: String,
-    headers: Vec<(String, String)>,
-    body_len: usize,
-    close: bool,
+/// The server's own metrics in Prometheus' text format (0.0.4), labelled with its arm.
+fn exposition(ctx: &Shared) -> String {
+    let confidence = ctx.behaviour.confidence_micros.load(Ordering::Relaxed) as f64 / 1e6;
+    let arm = &ctx.arm;
+    format!(
+        "# HELP model_confidence Mean confidence of the model's predictions.\n# TYPE model_confidence gauge\nmodel_confidence{{arm=\"{arm}\"}} {confidence}\n# HELP model_predictions_total Predictions answered.\n# TYPE model_predictions_total counter\nmodel_predictions_total{{arm=\"{arm}\"}} {}\n",
+        ctx.served.load(Ordering::SeqCst)
+    )
 }
 
-fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
+pub(crate) struct Request {
+    pub(crate) path: String,
+    headers: Vec<(String, String)>,
+    body_len: usize,
+    pub(crate) close: bool,
+}
+
+pub(crate) fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
     // Bytes, not `read_line`: header values may carry obs-text that is not UTF-8.
     let mut read_line = || -> Option<String> {
         let mut raw = Vec::new();

@@ -646,6 +646,10 @@ fn print_status(v: &serde_json::Value) {
             (_, _, Some(p)) => format!("  Mann-Whitney p {p:.3e}"),
             _ => String::new(),
         };
+        if c["metric"] == "custom" {
+            print_custom_check(c, &arm);
+            continue;
+        }
         println!(
             "    check {arm}{:<12} {:>10} {} {:<26} [{}]   stage so far {stage} ({} samples){evidence}",
             c["metric"].as_str().unwrap_or("?"),
@@ -792,6 +796,48 @@ fn print_status(v: &serde_json::Value) {
     }
 }
 
+/// A custom rule's check: its figure against its bound (and the baseline's figure), the source,
+/// and why it has no value or failed; no samples, as a custom figure has none.
+fn print_custom_check(c: &serde_json::Value, arm: &str) {
+    let num = |v: &serde_json::Value| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.4}"));
+    let limit = c["limit"].as_f64().unwrap_or(f64::NAN);
+    let bound = match c["bound"].as_str() {
+        Some("max") => format!("<= {limit}"),
+        Some("min") => format!(">= {limit}"),
+        Some("max_increase") => format!(
+            "<= baseline {} + {}%",
+            num(&c["baseline_value"]),
+            limit * 100.0
+        ),
+        Some("max_decrease") => format!(
+            ">= baseline {} - {}%",
+            num(&c["baseline_value"]),
+            limit * 100.0
+        ),
+        _ => format!(
+            "vs baseline {}, worse by <= {limit}",
+            num(&c["baseline_value"])
+        ),
+    };
+    let verdict = c["verdict"].as_str().unwrap_or("?");
+    println!(
+        "    check {arm}custom {:<12} {:>10} {bound} [{}] ({}; {} checks in a row without a value, a pause after {})",
+        c["name"].as_str().unwrap_or("?"),
+        num(&c["value"]),
+        match verdict {
+            "pass" => "ok",
+            "not_enough_data" => "no value",
+            v => v,
+        },
+        c["source"].as_str().unwrap_or("?"),
+        c["checks_without_value"],
+        c["pause_after"],
+    );
+    if let Some(why) = c["reason"].as_str() {
+        println!("      {why}");
+    }
+}
+
 fn print_plan(spec: &Spec) {
     println!(
         "rollout {}: {} (baseline) -> {} ({}), strategy {:?}, check every {} ms, roll back after {} failed checks{}",
@@ -820,8 +866,13 @@ fn print_plan(spec: &Spec) {
                     Bound::Max(v) => format!("<= {v}"),
                     Bound::Min(v) => format!(">= {v}"),
                     Bound::WorseThanBaseline(v) => format!("at most {v} worse than baseline"),
+                    Bound::MaxIncrease(v) => format!("at most {}% above baseline", v * 100.0),
+                    Bound::MaxDecrease(v) => format!("at most {}% below baseline", v * 100.0),
                 };
-                format!("{:?} {bound}", r.metric)
+                match &r.custom {
+                    Some(c) => format!("custom {} ({}) {bound}", c.name, c.source.kind()),
+                    None => format!("{:?} {bound}", r.metric),
+                }
             })
             .collect();
         println!(
