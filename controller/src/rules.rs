@@ -412,6 +412,8 @@ mod tests {
             metric,
             bound,
             min_samples: 100,
+            dry_run: false,
+            on_fail: crate::spec::OnFail::Rollback,
         }
     }
 
