@@ -512,6 +512,52 @@ mod tests {
         assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00Z");
     }
 
+    /// A check's point is what its figures showed: rules with their bound, value and verdict
+    /// (dry runs marked), each arm's stage window, the A/B interval, the sample-ratio p-value;
+    /// the weights are the state's.
+    #[test]
+    fn a_check_point_keeps_what_the_figures_showed() {
+        let spec = Spec::parse("name: r\nstrategy: ab_test\nab_test: {metric: success_rate}\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\nstages: [{weight: 30}, {weight: 100}]\n").unwrap();
+        let state = State::start(&spec, 0);
+        let figures = serde_json::json!({
+            "checks": [{"rule": 1, "arm": "v2", "metric": "error_rate", "bound": "max", "limit": 0.02,
+                        "value": 0.05, "verdict": "fail", "dry_run": true, "reason": "error rate 0.0500 > max 0.02"},
+                       {"rule": 0, "arm": "v2", "metric": "latency_p95", "bound": "max", "limit": 100.0,
+                        "value": null, "verdict": "not_enough_data", "dry_run": false}],
+            "window": {"v1": {"requests": 70, "errors": 1, "p95_ms": 12.5}, "v2": {"requests": 30, "errors": 0, "p95_ms": null}},
+            "ab_test": {"comparisons": [{"arm": "v2", "result": {"interval": [-0.1, 0.3], "p_value": 0.4}}]},
+            "sample_ratio": {"p_value": 0.9}
+        });
+        let p = CheckPoint::from_figures(&figures, &state, &spec, 1234);
+        assert_eq!((p.at_ms, p.stage, p.phase), (1234, 1, Phase::Progressing));
+        assert_eq!(p.weights["v2"], 30.0);
+        assert_eq!(p.arms["v1"].requests, 70);
+        assert_eq!(p.arms["v2"].p95_ms, None);
+        assert_eq!(
+            (
+                p.rules[0].rule,
+                p.rules[0].dry_run,
+                p.rules[0].value,
+                p.rules[0].verdict.as_str()
+            ),
+            (1, true, Some(0.05), "fail")
+        );
+        assert_eq!(p.rules[1].value, None);
+        assert_eq!(
+            p.ab,
+            vec![AbPoint {
+                arm: "v2".into(),
+                lower: -0.1,
+                upper: 0.3,
+                p_value: 0.4
+            }]
+        );
+        assert_eq!(p.srm_p, Some(0.9));
+        // Compact: a rule that acts leaves its dry_run flag out of the stored row.
+        let row = serde_json::to_string(&p).unwrap();
+        assert_eq!(row.matches("dry_run").count(), 1, "{row}");
+    }
+
     #[test]
     fn a_revision_is_the_texts_hash() {
         assert_eq!(spec_revision("abc"), "ba7816bf8f01");

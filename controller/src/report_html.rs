@@ -268,6 +268,9 @@ fn rule_identity(p: &crate::report::RulePoint) -> (String, String) {
     (key, format!("{} {bound} on {}{dry}", p.metric, p.arm))
 }
 
+/// One rule's series as plotted: key, label, bound kind, limit, points.
+type RuleSeries = (String, String, String, f64, Vec<(u64, f64, bool)>);
+
 /// The plots: weights, each rule against its bound, the A/B confidence sequences, P(best),
 /// requests per arm.
 fn plots(r: &RolloutReport) -> Vec<String> {
@@ -321,27 +324,22 @@ fn plots(r: &RolloutReport) -> Vec<String> {
         }
         .svg(span),
     );
-    // Rules, in the order they first appear.
-    let mut rules: Vec<(String, String, String, f64)> = Vec::new();
+    // Rules, in the order they first appear, each with its points: one pass over the checks.
+    let mut rules: Vec<RuleSeries> = Vec::new();
+    let mut index: BTreeMap<String, usize> = BTreeMap::new();
     for c in checks {
         for p in &c.rules {
             let (key, label) = rule_identity(p);
-            if !rules.iter().any(|(k, ..)| *k == key) {
-                rules.push((key, label, p.bound.clone(), p.limit));
+            let i = *index.entry(key.clone()).or_insert_with(|| {
+                rules.push((key, label, p.bound.clone(), p.limit, Vec::new()));
+                rules.len() - 1
+            });
+            if let (Some(v), Some(rule)) = (p.value, rules.get_mut(i)) {
+                rule.4.push((c.at_ms, v, p.verdict == "fail"));
             }
         }
     }
-    for (key, label, bound, limit) in rules {
-        let points: Vec<(u64, f64, bool)> = checks
-            .iter()
-            .flat_map(|c| {
-                c.rules
-                    .iter()
-                    .filter(|p| rule_identity(p).0 == key)
-                    .filter_map(|p| p.value.map(|v| (c.at_ms, v, p.verdict == "fail")))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+    for (key, label, bound, limit, points) in rules {
         let arm = key.rsplit(':').next().unwrap_or_default().to_owned();
         let lines = if bound == "max_worse_than_baseline" {
             Vec::new()
