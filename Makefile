@@ -84,8 +84,11 @@ image-layouts: wasm
 images: image-layouts
 	cargo run -q -p ramp-tests --bin ramp-images -- --pin
 
+# The report page test (tests/tests/e2e/report.rs) renders `rampctl report --html` in a real
+# headless browser: Debian's chromium.
 e2e: wasm venv image-layouts
 	@command -v prometheus >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; }
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	cargo build -p ramp-controller --bin rampctl
 	cargo test -p ramp-tests
 

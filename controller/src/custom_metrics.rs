@@ -259,6 +259,8 @@ pub fn validate(r: &RawRule, field: &str) -> Result<Rule, SpecError> {
         bound,
         // Point values: any window holds one.
         min_samples: 0,
+        dry_run: r.dry_run,
+        on_fail: r.on_fail,
         custom: Some(Arc::new(CustomRule {
             name,
             source,

@@ -219,8 +219,8 @@ pub fn pause_without_data(
     rec: &Record,
     spec: &Spec,
     totals: &Totals,
-    decided: Option<(Record, Option<(String, String)>)>,
-) -> Option<(Record, Option<(String, String)>)> {
+    decided: Option<(Record, Vec<(String, String)>)>,
+) -> Option<(Record, Vec<(String, String)>)> {
     if rec.state.phase != Phase::Progressing {
         return decided;
     }
@@ -260,10 +260,10 @@ pub fn pause_without_data(
     if due.is_empty() {
         return decided;
     }
-    let (mut next, event) = decided.unwrap_or_else(|| (rec.clone(), None));
+    let (mut next, mut events) = decided.unwrap_or_else(|| (rec.clone(), Vec::new()));
     if next.state.phase != Phase::Progressing || next.state.stage != rec.state.stage {
         // Rolled back or paused by the check itself, or moved on: that stands.
-        return Some((next, event)).filter(|(n, _)| n != rec);
+        return Some((next, events)).filter(|(n, _)| n != rec);
     }
     let mut why = format!("{}; resume once the source answers", due.join("; "));
     if let Some(other) = next
@@ -276,7 +276,10 @@ pub fn pause_without_data(
     }
     next.state.phase = Phase::Paused;
     next.state.reason = Some(why.clone());
-    Some((next, Some(("paused".to_owned(), why))))
+    // The pause replaces the check's own decision; a dry run's failure stays on record.
+    events.retain(|(kind, _)| kind == "dry_run_failed");
+    events.push(("paused".to_owned(), why));
+    Some((next, events))
 }
 
 #[cfg(test)]
@@ -426,7 +429,7 @@ mod tests {
         spec: &Spec,
         no_data: &mut NoData,
         figures: Measured,
-    ) -> Option<(Record, Option<(String, String)>)> {
+    ) -> Option<(Record, Vec<(String, String)>)> {
         no_data.observe(&rec.state, &figures);
         let mut totals = Totals::new();
         attach(&mut totals, figures, no_data);
@@ -466,7 +469,7 @@ mod tests {
         assert_eq!(paused.version, rec.version, "the weights stay");
         let why = "custom metric conf: no value for 3 checks in a row (v2: the query returned no series); resume once the source answers";
         assert_eq!(paused.state.reason.as_deref(), Some(why));
-        assert_eq!(event, Some(("paused".to_owned(), why.to_owned())));
+        assert_eq!(event, vec![("paused".to_owned(), why.to_owned())]);
         // Paused: still counted (status shows it), nothing decided.
         assert_eq!(
             checked(&paused, &s, &mut no_data, missing("conf", "v2")),
@@ -480,14 +483,11 @@ mod tests {
         // A figure below the bound fails like any rule: the threshold's checks roll back.
         let (failed, event) = checked(&rec, &s, &mut no_data, measured("conf", "v2", 0.7)).unwrap();
         assert_eq!(failed.state.failed_checks, 1);
-        assert_eq!(event.unwrap().0, "check_failed");
+        assert_eq!(event[0].0, "check_failed");
         let (back, event) =
             checked(&failed, &s, &mut no_data, measured("conf", "v2", 0.7)).unwrap();
         assert_eq!(back.state.phase, Phase::RolledBack);
-        assert!(event
-            .unwrap()
-            .1
-            .contains("custom metric conf 0.7000 < min 0.8"));
+        assert!(event[0].1.contains("custom metric conf 0.7000 < min 0.8"));
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub mod ranktest;
 pub mod reconciler;
 pub mod redact;
 pub mod registry;
+pub mod report;
+pub mod report_html;
 pub mod rules;
 pub mod sequential;
 pub mod server;

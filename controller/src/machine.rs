@@ -11,7 +11,7 @@ use crate::rules::{judge, ArmWindow, Look, Verdict};
 use crate::sequential::{
     holm, msprt_estimates, SequentialResult, SrmResult, EXPOSURE_SWITCH_UNIT, EXPOSURE_UNIT,
 };
-use crate::spec::{AbMetric, AbTest, BanditSpec, HookPoint, Spec};
+use crate::spec::{AbMetric, AbTest, BanditSpec, HookPoint, OnFail, Rule, Spec};
 use crate::units::{estimates, Outcome};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +46,10 @@ pub struct State {
     /// `None` with one candidate, and before the verdict.
     #[serde(default)]
     pub winner: Option<String>,
+    /// The dry-run rules that failed at the last check of this stage (`dry_run_key`), so a
+    /// failure is recorded when it starts, not again at every check while it goes on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dry_run_failing: Vec<String>,
 }
 
 impl State {
@@ -64,6 +68,7 @@ impl State {
             reason: smoke_test.then(|| "waiting for the before_start hooks".to_owned()),
             override_weight: None,
             winner: None,
+            dry_run_failing: Vec::new(),
         }
     }
 
@@ -111,7 +116,19 @@ impl State {
         self.failed_checks = 0;
         self.reason = None;
         self.override_weight = None;
+        self.dry_run_failing.clear();
     }
+}
+
+/// How a rule is named where it acts (a pause's reason, a dry-run failure's event):
+/// `rule error_rate max 0.02`.
+pub fn rule_label(rule: &Rule) -> String {
+    let (bound, value) = (rule.bound.name(), rule.bound.limit());
+    let metric = serde_json::to_value(rule.metric)
+        .ok()
+        .and_then(|m| m.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    format!("rule {metric} {bound} {value}")
 }
 
 /// What a rollout with `promotion: manual` says while it waits at the gate.
@@ -130,6 +147,53 @@ pub enum Action {
     },
 }
 
+/// One rule's verdict on one candidate at a check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleVerdict {
+    /// Index into the stage's rules.
+    pub rule: usize,
+    /// Index into `spec.candidates`.
+    pub candidate: usize,
+    pub verdict: Verdict,
+}
+
+/// How a dry-run rule's failure on a candidate is named in `State::dry_run_failing`.
+pub fn dry_run_key(rule: usize, candidate: &str) -> String {
+    format!("rules[{rule}] {candidate}")
+}
+
+/// Every rule of the current stage on every judged candidate, dry runs included. Once a winner
+/// has the candidates' share the others serve nobody: only the winner is judged.
+pub fn judge_rules(
+    spec: &Spec,
+    state: &State,
+    windows: &dyn Fn(&Rule, usize) -> Vec<Look>,
+) -> Vec<RuleVerdict> {
+    let Some(stage) = spec.stages.get(state.stage) else {
+        return Vec::new();
+    };
+    let judged_candidates: Vec<usize> = (0..spec.candidates.len())
+        .filter(|&i| {
+            state
+                .winner
+                .as_ref()
+                .is_none_or(|w| *w == spec.candidates[i])
+        })
+        .collect();
+    stage
+        .rules
+        .iter()
+        .enumerate()
+        .flat_map(|(j, r)| {
+            judged_candidates.iter().map(move |&i| RuleVerdict {
+                rule: j,
+                candidate: i,
+                verdict: judge(r, &windows(r, i)),
+            })
+        })
+        .collect()
+}
+
 /// One check. `windows(rule, i)` gives the windows a rule judges the i-th candidate (of
 /// `spec.candidates`) on and the level for each (`reconciler::rule_looks`): the whole stage, and
 /// windows of recent checks, so a candidate that turns bad is caught within a few checks however
@@ -143,6 +207,23 @@ pub fn step(
     now_ms: u64,
     stage_windows: &[(ArmWindow, ArmWindow)],
     windows: &dyn Fn(&crate::spec::Rule, usize) -> Vec<Look>,
+    srm: Option<&SrmResult>,
+    best: Option<&BestArm>,
+) -> (State, Action) {
+    let verdicts = judge_rules(spec, state, windows);
+    decide(spec, state, now_ms, stage_windows, &verdicts, srm, best)
+}
+
+/// `step` on verdicts already judged (`judge_rules`), so the caller can keep them (the decision
+/// record shows each rule's verdict, dry runs included). Dry-run rules are left out of every
+/// decision: their failures neither count toward `failure_threshold` nor hold the stage, and
+/// their missing data waits for nothing; the ones failing are kept in `dry_run_failing`.
+pub fn decide(
+    spec: &Spec,
+    state: &State,
+    now_ms: u64,
+    stage_windows: &[(ArmWindow, ArmWindow)],
+    verdicts: &[RuleVerdict],
     srm: Option<&SrmResult>,
     best: Option<&BestArm>,
 ) -> (State, Action) {
@@ -223,32 +304,30 @@ pub fn step(
         return (next, Action::Promote);
     };
     let several = spec.candidates.len() > 1;
-    // Once a winner has the candidates' share the others serve nobody: only the winner is judged.
-    let judged_candidates: Vec<usize> = (0..spec.candidates.len())
-        .filter(|&i| {
-            state
-                .winner
-                .as_ref()
-                .is_none_or(|w| *w == spec.candidates[i])
-        })
-        .collect();
-    let verdicts: Vec<(usize, Verdict)> = stage
-        .rules
+    let rule_of = |v: &RuleVerdict| stage.rules.get(v.rule);
+    let is_dry = |v: &&RuleVerdict| rule_of(v).is_some_and(|r| r.dry_run);
+    next.dry_run_failing = verdicts
         .iter()
-        .flat_map(|r| {
-            judged_candidates
-                .iter()
-                .map(move |&i| (i, judge(r, &windows(r, i))))
-        })
+        .filter(is_dry)
+        .filter(|v| matches!(v.verdict, Verdict::Fail { .. }))
+        .map(|v| dry_run_key(v.rule, &spec.candidates[v.candidate]))
         .collect();
-    let failures: Vec<String> = verdicts
+    let acting: Vec<&RuleVerdict> = verdicts.iter().filter(|v| !is_dry(v)).collect();
+    let failing: Vec<(&RuleVerdict, &str)> = acting
         .iter()
-        .filter_map(|(i, v)| match v {
-            Verdict::Fail { reason, .. } if several => {
-                Some(format!("{}: {reason}", spec.candidates[*i]))
-            }
-            Verdict::Fail { reason, .. } => Some(reason.clone()),
+        .filter_map(|v| match &v.verdict {
+            Verdict::Fail { reason, .. } => Some((*v, reason.as_str())),
             _ => None,
+        })
+        .collect();
+    let failures: Vec<String> = failing
+        .iter()
+        .map(|(v, reason)| {
+            if several {
+                format!("{}: {reason}", spec.candidates[v.candidate])
+            } else {
+                (*reason).to_owned()
+            }
         })
         .collect();
     if !failures.is_empty() {
@@ -256,6 +335,27 @@ pub fn step(
         let reason = failures.join("; ");
         next.reason = Some(reason.clone());
         if next.failed_checks >= spec.failure_threshold {
+            // Any failing rule that rolls back wins: pausing is what every failing rule asked.
+            let pause = failing
+                .iter()
+                .all(|(v, _)| rule_of(v).is_some_and(|r| r.on_fail == OnFail::Pause));
+            if pause {
+                let named: Vec<String> = failing
+                    .iter()
+                    .filter_map(|(v, _)| rule_of(v).map(rule_label))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                next.phase = Phase::Paused;
+                let reason = format!(
+                    "paused by {} (on_fail: pause) at stage {} ({}%): {reason}; `rampctl resume` goes on, `rampctl rollback` rolls back",
+                    named.join(", "),
+                    state.stage + 1,
+                    stage.weight
+                );
+                next.reason = Some(reason.clone());
+                return (next, Action::Hold(Some(reason)));
+            }
             next.phase = Phase::RolledBack;
             let reason = format!("stage {} ({}%): {reason}", state.stage + 1, stage.weight);
             next.reason = Some(reason.clone());
@@ -266,9 +366,9 @@ pub fn step(
     next.failed_checks = 0;
     next.reason = None;
     // A 0% stage's rules are shadow rules (the spec allows no others there); without any, time decides.
-    let judged = verdicts
+    let judged = acting
         .iter()
-        .all(|(_, v)| matches!(v, Verdict::Pass { .. }));
+        .all(|v| matches!(v.verdict, Verdict::Pass { .. }));
     let waited = now_ms.saturating_sub(state.stage_started_ms) >= stage.min_duration_ms;
     // At 0% the candidate serves nobody; `min_requests` counts the copies compared instead.
     // Under a bandit the policy starves the arms it finds worse: it counts every arm's requests.
@@ -287,7 +387,7 @@ pub fn step(
             })
         };
     if !(judged && waited && served) {
-        let missing = verdicts.iter().find_map(|(_, v)| match v {
+        let missing = acting.iter().find_map(|v| match v.verdict {
             Verdict::NotEnoughData { samples, needed } => {
                 Some(format!("waiting for data: {samples} of {needed} samples"))
             }
@@ -873,6 +973,90 @@ mod tests {
             (a, done.phase, done.weights(&s)),
             (Action::Promote, Phase::Succeeded, (0.0, 100.0))
         );
+    }
+
+    /// A dry-run rule is judged, and its failures are kept in the state, but it never counts
+    /// toward the threshold, never holds the stage and never waits for data.
+    #[test]
+    fn a_failing_dry_run_rule_neither_counts_nor_holds() {
+        let s = Spec::parse("name: r\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\nfailure_threshold: 1\nstages:\n  - {weight: 10, min_requests: 100, rules: [{metric: error_rate, max: 0.2}, {metric: error_rate, max: 0.01, dry_run: true}, {metric: accuracy, min: 0.9, dry_run: true}]}\n  - {weight: 50, rules: [{metric: error_rate, max: 0.01, dry_run: true}]}\n  - {weight: 100}\n").unwrap();
+        let st = State::start(&s, 0);
+        // 5% errors: the acting rule (max 0.2) passes, the dry run (max 0.01) fails, and the
+        // accuracy dry run has no ground truth at all: the stage still advances.
+        let windows = |_: &Rule, _: usize| one((w(500, 25), w(500, 0)));
+        let verdicts = judge_rules(&s, &st, &windows);
+        assert_eq!(verdicts.len(), 3);
+        assert!(matches!(verdicts[1].verdict, Verdict::Fail { .. }));
+        assert!(matches!(verdicts[2].verdict, Verdict::NotEnoughData { .. }));
+        let (next, a) = decide(&s, &st, 1, &[served(500)], &verdicts, None, None);
+        assert_eq!(a, Action::Advance { to_stage: 1 });
+        assert_eq!(next.failed_checks, 0);
+        assert!(
+            next.dry_run_failing.is_empty(),
+            "a new stage starts its own record"
+        );
+        // Held for requests: the dry run's failure is kept, and nothing else changes.
+        let (held, a) = step(&s, &st, 1, &served(50), &fixed(w(500, 25), w(500, 0)));
+        assert_eq!(a, Action::Hold(None), "waits for min_requests only");
+        assert_eq!(held.failed_checks, 0);
+        assert_eq!(held.dry_run_failing, vec!["rules[1] v2".to_owned()]);
+        // The same windows with the acting rule failing too roll back (threshold 1), naming
+        // only the acting rule.
+        let (back, a) = step(&s, &st, 1, &served(500), &fixed(w(500, 150), w(500, 0)));
+        assert_eq!(back.phase, Phase::RolledBack);
+        assert!(
+            matches!(a, Action::RollBack { ref reason } if reason.starts_with("stage 1 (10%): error rate 0.3000 > max 0.2 with confidence") && !reason.contains("0.01")),
+            "{a:?}"
+        );
+        // A state stored before dry runs existed still loads, and one without failures is
+        // stored as before.
+        let old: State = serde_json::from_str(
+            r#"{"stage":0,"phase":"progressing","stage_started_ms":0,"failed_checks":0,"reason":null}"#,
+        )
+        .unwrap();
+        assert!(old.dry_run_failing.is_empty());
+        assert!(!serde_json::to_string(&old).unwrap().contains("dry_run"));
+    }
+
+    /// `on_fail: pause` pauses at the threshold instead of rolling back, naming the rule; the
+    /// weights stay where they are. A failing rule that rolls back wins over one that pauses.
+    #[test]
+    fn a_rule_that_pauses_on_failure_pauses_instead_of_rolling_back() {
+        let s = Spec::parse("name: r\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\nfailure_threshold: 2\nstages:\n  - {weight: 30, rules: [{metric: error_rate, max: 0.05, on_fail: pause}, {metric: latency_p95, max: 100}]}\n  - {weight: 100}\n").unwrap();
+        let st = State::start(&s, 0);
+        // 20% errors over 500: above 0.05 with confidence.
+        let errors = fixed(w(500, 100), w(500, 0));
+        let (one, a) = step(&s, &st, 1, &served(500), &errors);
+        assert!(matches!(a, Action::Hold(Some(_))), "{a:?}");
+        assert_eq!((one.phase, one.failed_checks), (Phase::Progressing, 1));
+        let (paused, a) = step(&s, &one, 2, &served(500), &errors);
+        assert_eq!(paused.phase, Phase::Paused);
+        assert_eq!(paused.weights(&s), (70.0, 30.0), "held where it is");
+        assert!(
+            matches!(a, Action::Hold(Some(ref r)) if r.starts_with("paused by rule error_rate max 0.05 (on_fail: pause) at stage 1 (30%): error rate 0.2000 > max 0.05 with confidence") && r.ends_with("`rampctl resume` goes on, `rampctl rollback` rolls back")),
+            "{a:?}"
+        );
+        assert_eq!(
+            step(&s, &paused, 3, &served(500), &errors).1,
+            Action::Hold(None),
+            "paused: no more checks act"
+        );
+        let resumed = command(&s, &paused, Command::Resume, 4).unwrap();
+        assert_eq!(
+            (resumed.phase, resumed.failed_checks),
+            (Phase::Progressing, 0)
+        );
+        // Both rules failing: the latency rule rolls back.
+        let slow = ArmWindow {
+            latency: crate::histogram::Histogram {
+                buckets: vec![(100.0, 0), (500.0, 500), (f64::INFINITY, 500)],
+            },
+            ..w(500, 100)
+        };
+        let both = fixed(slow, w(500, 0));
+        let (back, a) = step(&s, &one, 2, &served(500), &both);
+        assert_eq!(back.phase, Phase::RolledBack);
+        assert!(matches!(a, Action::RollBack { .. }), "{a:?}");
     }
 
     #[test]

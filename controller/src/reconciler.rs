@@ -17,10 +17,11 @@ use crate::lookback::Lookback;
 use crate::machine::{self, Action, Phase, State};
 use crate::redact::redact_text;
 use crate::registry::{Loaded, Rollout, View};
+use crate::report::DecisionRecord;
 use crate::rules::{ArmWindow, Look};
 use crate::server::{now_ms, App};
 use crate::spec::{Bound, HookFormat, HookPoint, Rule, Spec, HOOK_BUDGET_S};
-use crate::store::Record;
+use crate::store::{NewEvent, Record};
 use crate::summary::{figures, weights_json};
 use crate::tls::Outgoing;
 use crate::window::{window, Totals};
@@ -203,7 +204,8 @@ pub fn rule_looks(
 }
 
 /// One check of a progressing rollout on the windows `rule_looks` chose: the record to store
-/// (if anything changed) and the event to log.
+/// (if anything changed) and the events to log (a dry-run rule that started failing, then the
+/// decision's).
 pub fn check(
     rec: &Record,
     spec: &Spec,
@@ -212,7 +214,7 @@ pub fn check(
     now: u64,
     srm: Option<&crate::sequential::SrmResult>,
     best: Option<&BestArm>,
-) -> Option<(Record, Option<(String, String)>)> {
+) -> Option<(Record, Vec<(String, String)>)> {
     let stage_windows = stage_windows(rec, spec, totals);
     let rules: &[Rule] = spec
         .stages
@@ -226,7 +228,9 @@ pub fn check(
             .and_then(|i| looks.get(i)?.get(candidate).cloned())
             .unwrap_or_default()
     };
-    let (state, action) = machine::step(spec, &rec.state, now, &stage_windows, &windows, srm, best);
+    let verdicts = machine::judge_rules(spec, &rec.state, &windows);
+    let (state, action) =
+        machine::decide(spec, &rec.state, now, &stage_windows, &verdicts, srm, best);
     if state == rec.state {
         return None;
     }
@@ -272,7 +276,61 @@ pub fn check(
         }
         Action::Hold(_) => None,
     };
-    Some((next, event))
+    // Data from a split that is not the configured one is judged by nothing, dry runs included.
+    let mismatch = srm.is_some_and(|s| s.mismatch);
+    let mut events: Vec<(String, String)> = (!mismatch)
+        .then(|| dry_run_started(rec, spec, rules, &verdicts))
+        .flatten()
+        .into_iter()
+        .collect();
+    events.extend(event);
+    Some((next, events))
+}
+
+/// The event of the dry-run rules that fail at this check and did not at the last one: a
+/// failure is recorded when it starts (with the figures), not at every check while it lasts.
+fn dry_run_started(
+    rec: &Record,
+    spec: &Spec,
+    rules: &[Rule],
+    verdicts: &[machine::RuleVerdict],
+) -> Option<(String, String)> {
+    let several = spec.candidates.len() > 1;
+    let started: Vec<String> = verdicts
+        .iter()
+        .filter_map(|v| {
+            let rule = rules.get(v.rule).filter(|r| r.dry_run)?;
+            let crate::rules::Verdict::Fail { reason, .. } = &v.verdict else {
+                return None;
+            };
+            let arm = spec.candidates.get(v.candidate)?;
+            let key = machine::dry_run_key(v.rule, arm);
+            if rec.state.dry_run_failing.contains(&key) {
+                return None;
+            }
+            let on = if several {
+                format!(" on {arm}")
+            } else {
+                String::new()
+            };
+            Some(format!(
+                "{}{on} (dry run, not acted on): {reason}",
+                machine::rule_label(rule)
+            ))
+        })
+        .collect();
+    let stage = spec.stages.get(rec.state.stage)?;
+    (!started.is_empty()).then(|| {
+        (
+            "dry_run_failed".to_owned(),
+            format!(
+                "stage {} ({}%): {}",
+                rec.state.stage + 1,
+                stage.weight,
+                started.join("; ")
+            ),
+        )
+    })
 }
 
 /// POSTs `event` to every hook at `point` through `agent` (`tls::Outgoing::hooks`, which follows
@@ -763,25 +821,30 @@ async fn reconcile(app: &Arc<App>, handle: &Arc<Rollout>, view: &Arc<View>, hist
     else {
         return;
     };
-    let (next, event) = match rec.state.phase {
-        Phase::Starting => smoke_test(&app.outgoing.hooks, rec, spec).await,
+    let (next, events) = match rec.state.phase {
+        Phase::Starting => {
+            let (next, event) = smoke_test(&app.outgoing.hooks, rec, spec).await;
+            (next, event.into_iter().collect())
+        }
         Phase::Progressing => {
-            let Some((mut next, mut event)) = decided else {
+            let Some((mut next, mut events)) = decided else {
                 return;
             };
             if let Some(point) = pre_hook(spec, &rec.state, &next.state) {
                 let payload = json!({"rollout": rec.name, "hook": point, "to_stage": next.state.stage + 1,
                                      "weights": weights_json(&next.state, spec)});
                 if let Err(why) = hooks(&app.outgoing.hooks, spec, point, payload).await {
+                    // The check's state is not stored, so a dry run failing now is recorded
+                    // at the next check that is.
                     let (n, e) = after_failed_hook(rec, spec, why);
-                    (next, event) = (n, Some(e));
+                    (next, events) = (n, vec![e]);
                 }
             }
-            (next, event)
+            (next, events)
         }
         _ => return,
     };
-    save(app, handle, rec, &next, event, spec).await;
+    save(app, handle, rec, &next, events, spec).await;
 }
 
 /// Checks whose CPU work (`judge_now`) runs at once, all rollouts together; more wait their turn
@@ -809,7 +872,7 @@ async fn judge(
     measured: crate::custom_metrics::Measured,
     history: &mut History,
     now: u64,
-) -> Option<Option<(Record, Option<(String, String)>)>> {
+) -> Option<Option<(Record, Vec<(String, String)>)>> {
     let _slot = check_slots().acquire().await.ok()?;
     // The history moves to the blocking thread and back; a check that dies (a panic) loses it,
     // and the next check starts over as after a restart.
@@ -850,7 +913,7 @@ fn judge_now(
     measured: crate::custom_metrics::Measured,
     history: &mut History,
     now: u64,
-) -> Option<(Record, Option<(String, String)>)> {
+) -> Option<(Record, Vec<(String, String)>)> {
     let Loaded::Ok { rec, spec } = &view.loaded else {
         return None;
     };
@@ -887,6 +950,10 @@ fn judge_now(
     );
     shown["sample_ratio"] = json!(srm);
     show_decision_verdicts(&mut shown, rec, spec, &looks);
+    // The series for the report's plots: one point a check, written in batches by the flusher.
+    handle.push_check(crate::report::CheckPoint::from_figures(
+        &shown, &rec.state, spec, now,
+    ));
     handle.publish_figures(shown);
     if rec.state.phase != Phase::Progressing {
         return None;
@@ -964,27 +1031,38 @@ async fn smoke_test(
 }
 
 /// Stores a check's outcome, unless the rollout changed meanwhile (an operator's command while the
-/// hooks ran): that command wins and this check is dropped. Tells the `on_rollback` hooks.
+/// hooks ran): that command wins and this check is dropped. Each event keeps the figures of the
+/// check it was decided on (those just published). Tells the `on_rollback` hooks.
 async fn save(
     app: &Arc<App>,
     handle: &Arc<Rollout>,
     before: &Record,
     next: &Record,
-    event: Option<(String, String)>,
+    events: Vec<(String, String)>,
     spec: &Arc<Spec>,
 ) {
     let name = before.name.clone();
+    // Only this task publishes this rollout's figures: these are the check's.
+    let figures = handle.current().figures.as_deref().cloned();
+    let record = DecisionRecord::new(spec, &before.spec_text, &before.state, &next.state, figures);
+    let stored: Vec<NewEvent> = events
+        .iter()
+        .map(|(kind, detail)| NewEvent::new(kind, detail, Some(record.clone())))
+        .collect();
     let saved = app
-        .commit(handle, before, next, spec, event.clone(), now_ms())
+        .commit_recorded(handle, before, next, spec, stored, now_ms())
         .await;
-    match (&saved, &event) {
-        (Err(e), _) => eprintln!("rampctl: {name}: {e}"),
-        (Ok(false), _) => {
+    match &saved {
+        Err(e) => eprintln!("rampctl: {name}: {e}"),
+        Ok(false) => {
             eprintln!("rampctl: {name}: changed by an operator during the check; check dropped");
             return;
         }
-        (Ok(true), Some((kind, detail))) => eprintln!("rampctl: {name}: {kind}: {detail}"),
-        _ => {}
+        Ok(true) => {
+            for (kind, detail) in &events {
+                eprintln!("rampctl: {name}: {kind}: {detail}");
+            }
+        }
     }
     if saved.is_ok_and(|s| s)
         && next.state.phase == Phase::RolledBack

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde_json::Value;
 use tokio::sync::{watch, Notify};
 
+use crate::report::CheckPoint;
 use crate::spec::Spec;
 use crate::store::{ArmFeedback, Record};
 use crate::window::{sum_reports, sum_shadow, BanditCounts, Report, Totals};
@@ -185,7 +186,12 @@ pub struct Rollout {
     reports: Mutex<ReportBook>,
     /// Wakes the reconciler early (an operator's command changed the state).
     pub wake: Notify,
+    /// Checks not written to the store yet (the flusher writes them in batches).
+    checks: Mutex<Vec<CheckPoint>>,
 }
+
+/// Most checks one rollout holds unwritten; past it (a store that keeps failing) the oldest go.
+pub const MAX_PENDING_CHECKS: usize = 1_000;
 
 impl Rollout {
     pub fn new(name: String, view: View, book: ReportBook) -> Self {
@@ -194,7 +200,31 @@ impl Rollout {
             view: watch::Sender::new(Arc::new(view)),
             reports: Mutex::new(book),
             wake: Notify::new(),
+            checks: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Queues a check's point for the store.
+    pub fn push_check(&self, point: CheckPoint) {
+        let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        if checks.len() >= MAX_PENDING_CHECKS {
+            checks.remove(0);
+        }
+        checks.push(point);
+    }
+
+    /// The checks queued since the last call, oldest first.
+    pub fn take_checks(&self) -> Vec<CheckPoint> {
+        std::mem::take(&mut *self.checks.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Puts back checks a failed write took, before any queued since (bounded as `push_check`).
+    pub fn return_checks(&self, mut points: Vec<CheckPoint>) {
+        let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        points.append(&mut checks);
+        let over = points.len().saturating_sub(MAX_PENDING_CHECKS);
+        points.drain(..over);
+        *checks = points;
     }
 
     pub fn current(&self) -> Arc<View> {

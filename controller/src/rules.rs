@@ -686,6 +686,8 @@ mod tests {
             bound,
             min_samples: 100,
             custom: None,
+            dry_run: false,
+            on_fail: crate::spec::OnFail::Rollback,
         }
     }
 

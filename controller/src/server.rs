@@ -25,8 +25,9 @@ use crate::machine::{self, Command, Phase, State};
 use crate::reconciler::{notify_rollback, totals_now};
 use crate::redact::redact_text;
 use crate::registry::{Accepted, Loaded, Pending, ReportBook, Rollout, View};
+use crate::report::{DecisionRecord, ReportEvent, RolloutReport};
 use crate::spec::{Spec, MAX_SPEC_BYTES};
-use crate::store::{Record, Store, StoreError};
+use crate::store::{NewEvent, Record, Store, StoreError};
 use crate::summary::summary;
 use crate::window::Report;
 use ramp_protocol::live::LiveState;
@@ -122,13 +123,30 @@ impl App {
         event: Option<(String, String)>,
         at_ms: u64,
     ) -> Result<bool, StoreError> {
-        let (event_for_hooks, spec_for_hooks, next_for_hooks) =
-            (event.clone(), spec.clone(), next.clone());
+        let events = event
+            .map(|(kind, detail)| NewEvent::new(&kind, &detail, None))
+            .into_iter()
+            .collect();
+        self.commit_recorded(handle, before, next, spec, events, at_ms)
+            .await
+    }
+
+    /// `commit` with any number of events, each with the decision record it was made on.
+    pub async fn commit_recorded(
+        self: &Arc<Self>,
+        handle: &Arc<Rollout>,
+        before: &Record,
+        next: &Record,
+        spec: &Arc<Spec>,
+        events: Vec<NewEvent>,
+        at_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let (events_for_hooks, spec_for_hooks, next_for_hooks) =
+            (events.clone(), spec.clone(), next.clone());
         let (handle, before, next, spec) =
             (handle.clone(), before.clone(), next.clone(), spec.clone());
         self.db(move |store| {
-            let event = event.as_ref().map(|(k, d)| (k.as_str(), d.as_str()));
-            let saved = store.update_if(&before, &next, event, at_ms)?;
+            let saved = store.update_if_recorded(&before, &next, &events, at_ms)?;
             if saved {
                 handle.publish_record(next, spec);
             }
@@ -136,8 +154,10 @@ impl App {
         })
         .await
         .inspect(|&saved| {
-            if let (true, Some((kind, detail))) = (saved, event_for_hooks) {
-                self.transition(&spec_for_hooks, &next_for_hooks, &kind, &detail);
+            if saved {
+                for e in &events_for_hooks {
+                    self.transition(&spec_for_hooks, &next_for_hooks, &e.kind, &e.detail);
+                }
             }
         })
     }
@@ -221,6 +241,10 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .route(
             "/v1/rollouts/{name}/history",
             get(history).route_layer(guard(Access::Read)),
+        )
+        .route(
+            "/v1/rollouts/{name}/report",
+            get(rollout_report).route_layer(guard(Access::Read)),
         )
         .route(
             "/v1/rollouts/{name}/feedback",
@@ -387,6 +411,7 @@ async fn flush_reports(app: Arc<App>) {
                 }
             }
         }
+        flush_checks(&app).await;
         if batch.is_empty() {
             continue;
         }
@@ -405,6 +430,25 @@ async fn flush_reports(app: Arc<App>) {
                     h.reports().unsaved.insert(instance);
                 }
             }
+        }
+    }
+}
+
+/// Writes the checks queued since the last pass (the report's series), one transaction per
+/// rollout; a failed write puts them back for the next pass.
+async fn flush_checks(app: &Arc<App>) {
+    for handle in app.all() {
+        let points = handle.take_checks();
+        if points.is_empty() {
+            continue;
+        }
+        let (name, again) = (handle.name.clone(), points.clone());
+        if let Err(e) = app.db(move |s| s.put_checks(&name, &points)).await {
+            eprintln!(
+                "rampctl: {}: checks not written (kept for the next pass): {e}",
+                handle.name
+            );
+            handle.return_checks(again);
         }
     }
 }
@@ -813,7 +857,10 @@ pub async fn create(
         base,
     };
     let stored = rec.clone();
-    app.db(move |s| s.insert(&stored, now)).await?;
+    let record = DecisionRecord::new(&spec, &rec.spec_text, &rec.state, &rec.state, None)
+        .with_spec(&rec.spec_text);
+    app.db(move |s| s.insert_recorded(&stored, now, Some(&record)))
+        .await?;
     handle.publish_record(rec.clone(), spec.clone());
     app.transition(&spec, &rec, "applied", detail);
     let answer = summary(&handle.current());
@@ -903,8 +950,14 @@ async fn command(
         if let Some(arm) = &arm {
             text.push_str(&format!(" {arm}"));
         }
-        let event = Some(("command".to_owned(), text));
-        if app.commit(&handle, &rec, &next, &spec, event, now).await? {
+        // An operator decides on what status showed: the last check's figures.
+        let figures = handle.current().figures.as_deref().cloned();
+        let record = DecisionRecord::new(&spec, &rec.spec_text, &rec.state, &next.state, figures);
+        let events = vec![NewEvent::new("command", &text, Some(record))];
+        if app
+            .commit_recorded(&handle, &rec, &next, &spec, events, now)
+            .await?
+        {
             handle.wake.notify_one();
             if next.state.phase == Phase::RolledBack && rec.state.phase != Phase::RolledBack {
                 // Told after the answer's state is stored, without holding up the answer.
@@ -946,6 +999,56 @@ async fn history(
         .map(|e| json!({"at_ms": e.at_ms, "kind": e.kind, "detail": redact_text(&e.detail)}))
         .collect();
     Ok(Json(json!({"events": events})))
+}
+
+/// `GET /v1/rollouts/{name}/report`: the decision record (`report::Report`): every event with
+/// the figures it was decided on, and the per-check series. URLs are redacted as in `history`;
+/// checks reach the store within a flush (250 ms) of being made.
+async fn rollout_report(
+    AxState(app): AxState<Arc<App>>,
+    Path(name): Path<String>,
+) -> Result<Json<RolloutReport>, ApiError> {
+    let (_, rec, spec) = loaded(&app, &name)?;
+    let rollout = name.clone();
+    let (events, (checks, series)) = app
+        .db(move |s| Ok((s.events(&rollout)?, s.checks(&rollout)?)))
+        .await?;
+    let events = events
+        .into_iter()
+        .map(|e| {
+            // A record that cannot be read leaves its event without one, not the report.
+            let record = e
+                .record
+                .as_deref()
+                .and_then(|r| serde_json::from_str::<DecisionRecord>(r).ok())
+                .map(|mut r| {
+                    r.spec = r.spec.as_deref().map(redact_text);
+                    r
+                });
+            ReportEvent {
+                at_ms: e.at_ms,
+                kind: e.kind,
+                detail: redact_text(&e.detail),
+                record,
+            }
+        })
+        .collect();
+    Ok(Json(RolloutReport {
+        name: rec.name.clone(),
+        strategy: spec.strategy,
+        baseline: spec.baseline.clone(),
+        candidates: spec.candidates.clone(),
+        phase: rec.state.phase,
+        stage: rec.state.stage + 1,
+        stages: spec.stages.len(),
+        weights: rec.state.arm_weights(&spec).into_iter().collect(),
+        reason: rec.state.reason.as_deref().map(redact_text),
+        spec_revision: crate::report::spec_revision(&rec.spec_text),
+        spec: redact_text(&rec.spec_text),
+        events,
+        checks,
+        series,
+    }))
 }
 
 /// Delayed feedback for one decision (the id the filter put in the decision header):

@@ -178,6 +178,22 @@ pub struct RawRule {
     /// Checks in a row without a value before the rollout pauses.
     #[serde(default)]
     pub no_data_checks: Option<u32>,
+    /// Judged, shown and recorded, never acted on: a rule being tried before it gates.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// What the rule's failure does once the failed checks reach `failure_threshold`.
+    #[serde(default)]
+    pub on_fail: OnFail,
+}
+
+/// What a failing rule does at the failure threshold: roll the candidate back (the default), or
+/// pause the rollout where it is for an operator to decide (`resume` or `rollback`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFail {
+    #[default]
+    Rollback,
+    Pause,
 }
 
 fn default_min_samples() -> u64 {
@@ -230,6 +246,9 @@ pub struct Rule {
     pub min_samples: u64,
     /// `metric: custom`: the figure's definition (its source and name).
     pub custom: Option<Arc<crate::custom_metrics::CustomRule>>,
+    /// Judged and recorded, never acted on (`machine::step` leaves it out of every decision).
+    pub dry_run: bool,
+    pub on_fail: OnFail,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -982,6 +1001,8 @@ fn validate_rule(r: &RawRule, field: &str) -> Result<Rule, SpecError> {
         bound,
         min_samples: r.min_samples.unwrap_or_else(default_min_samples),
         custom: None,
+        dry_run: r.dry_run,
+        on_fail: r.on_fail,
     })
 }
 
@@ -1023,6 +1044,8 @@ mod tests {
                 bound: Bound::Max(0.02),
                 min_samples: 100,
                 custom: None,
+                dry_run: false,
+                on_fail: OnFail::Rollback,
             }
         );
         assert_eq!(
@@ -1032,10 +1055,31 @@ mod tests {
                 bound: Bound::Max(130.0),
                 min_samples: 100,
                 custom: None,
+                dry_run: false,
+                on_fail: OnFail::Rollback,
             }
         );
         assert_eq!(s.stages[2].rules[1].bound, Bound::WorseThanBaseline(0.03));
         assert!(s.stages[4].rules.is_empty());
+    }
+
+    /// `dry_run` and `on_fail` per rule, with their defaults: acted on, rolling back.
+    #[test]
+    fn rules_may_be_dry_runs_or_pause_on_failure() {
+        let s = Spec::parse("name: r\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\nstages:\n  - weight: 50\n    rules:\n      - {metric: error_rate, max: 0.02}\n      - {metric: latency_p95, max: 200, dry_run: true}\n      - {metric: latency_p99, max: 500, on_fail: pause}\n      - {metric: accuracy, min: 0.9, on_fail: rollback, dry_run: false}\n  - {weight: 100}\n").unwrap();
+        let rules = &s.stages[0].rules;
+        assert_eq!(
+            rules
+                .iter()
+                .map(|r| (r.dry_run, r.on_fail))
+                .collect::<Vec<_>>(),
+            vec![
+                (false, OnFail::Rollback),
+                (true, OnFail::Rollback),
+                (false, OnFail::Pause),
+                (false, OnFail::Rollback)
+            ]
+        );
     }
 
     #[test]
@@ -1179,6 +1223,21 @@ mod tests {
                 "name: 'a b'\narms: []\nstages: []\n".into(),
                 "name",
                 "letters",
+            ),
+            (
+                base("[{weight: 100, rules: [{metric: error_rate, max: 0.1, on_fail: abort}]}]"),
+                "stages[0].rules[0].on_fail",
+                "unknown variant `abort`, expected `rollback` or `pause`",
+            ),
+            (
+                base("[{weight: 100, rules: [{metric: error_rate, max: 0.1, dry_run: 'yes'}]}]"),
+                "stages[0].rules[0].dry_run",
+                "invalid type",
+            ),
+            (
+                base("[{weight: 100, rules: [{metric: error_rate, max: 0.1, dryrun: true}]}]"),
+                "stages[0].rules[0]",
+                "unknown field `dryrun`",
             ),
         ] {
             let e = Spec::parse(&text).unwrap_err();

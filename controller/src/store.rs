@@ -2,7 +2,9 @@
 //! the totals its current stage started from, the newest report of each Envoy, and an event history.
 //! Every change is one transaction, so a restart resumes exactly where the last commit left off.
 //! One process writes a database: `open` takes an exclusive lock on `<db>.lock` for as long as the
-//! store lives, and checks the file's integrity first.
+//! store lives, and checks the file's integrity first. The schema carries its version
+//! (`PRAGMA user_version`); `open` brings an older database up to date, so every database any
+//! earlier rampctl wrote still opens.
 
 use std::fs::File;
 use std::path::Path;
@@ -11,6 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use thiserror::Error;
 
 use crate::machine::State;
+use crate::report::{CheckPoint, DecisionRecord, SeriesKept, SERIES_MAX};
 use crate::window::{Report, Totals};
 use ramp_protocol::report::BUCKETS;
 
@@ -59,7 +62,32 @@ pub struct Event {
     pub at_ms: u64,
     pub kind: String,
     pub detail: String,
+    /// The decision record (JSON, `report::DecisionRecord`) stored with it; `None` for events
+    /// stored before records existed, and for those that decide nothing.
+    pub record: Option<String>,
 }
+
+/// An event to store with a transition, and what it was decided on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub kind: String,
+    pub detail: String,
+    pub record: Option<DecisionRecord>,
+}
+
+impl NewEvent {
+    pub fn new(kind: &str, detail: &str, record: Option<DecisionRecord>) -> Self {
+        Self {
+            kind: kind.to_owned(),
+            detail: detail.to_owned(),
+            record,
+        }
+    }
+}
+
+/// The schema version `open` leaves a database at. 0: the first schema (no version set);
+/// 1: events carry a decision record, and each rollout has a per-check series.
+pub const SCHEMA_VERSION: i64 = 1;
 
 pub struct Store {
     db: Connection,
@@ -146,10 +174,22 @@ impl Store {
                id INTEGER PRIMARY KEY AUTOINCREMENT, rollout TEXT NOT NULL, at_ms INTEGER NOT NULL,
                kind TEXT NOT NULL, detail TEXT NOT NULL);",
         )?;
+        migrate(&db)?;
         Ok(Self { db, _lock: lock })
     }
 
     pub fn insert(&mut self, rec: &Record, at_ms: u64) -> Result<(), StoreError> {
+        self.insert_recorded(rec, at_ms, None)
+    }
+
+    /// `insert`, its `applied` event keeping `record` (the spec it started with).
+    pub fn insert_recorded(
+        &mut self,
+        rec: &Record,
+        at_ms: u64,
+        record: Option<&DecisionRecord>,
+    ) -> Result<(), StoreError> {
+        let record = record.map(serde_json::to_string).transpose()?;
         let tx = self.db.transaction()?;
         let exists: Option<i64> = tx
             .query_row("SELECT 1 FROM rollouts WHERE name = ?1", [&rec.name], |r| {
@@ -170,8 +210,8 @@ impl Store {
             ],
         )?;
         tx.execute(
-            "INSERT INTO events (rollout, at_ms, kind, detail) VALUES (?1, ?2, 'applied', 'stage 1 started')",
-            params![rec.name, at_ms as i64],
+            "INSERT INTO events (rollout, at_ms, kind, detail, record) VALUES (?1, ?2, 'applied', 'stage 1 started', ?3)",
+            params![rec.name, at_ms as i64, record],
         )?;
         tx.commit()?;
         Ok(())
@@ -218,6 +258,21 @@ impl Store {
         event: Option<(&str, &str)>,
         at_ms: u64,
     ) -> Result<bool, StoreError> {
+        let events: Vec<NewEvent> = event
+            .map(|(kind, detail)| NewEvent::new(kind, detail, None))
+            .into_iter()
+            .collect();
+        self.update_if_recorded(expected, next, &events, at_ms)
+    }
+
+    /// `update_if` with any number of events, each with its decision record.
+    pub fn update_if_recorded(
+        &mut self,
+        expected: &Record,
+        next: &Record,
+        events: &[NewEvent],
+        at_ms: u64,
+    ) -> Result<bool, StoreError> {
         let tx = self.db.transaction()?;
         let current: Option<(String, i64)> = tx
             .query_row(
@@ -233,7 +288,7 @@ impl Store {
         if stored != expected.state || version as u64 != expected.version {
             return Ok(false);
         }
-        write_record(&tx, next, event, at_ms)?;
+        write_record(&tx, next, events, at_ms)?;
         tx.commit()?;
         Ok(true)
     }
@@ -245,8 +300,12 @@ impl Store {
         event: Option<(&str, &str)>,
         at_ms: u64,
     ) -> Result<(), StoreError> {
+        let events: Vec<NewEvent> = event
+            .map(|(kind, detail)| NewEvent::new(kind, detail, None))
+            .into_iter()
+            .collect();
         let tx = self.db.transaction()?;
-        write_record(&tx, rec, event, at_ms)?;
+        write_record(&tx, rec, &events, at_ms)?;
         tx.commit()?;
         Ok(())
     }
@@ -363,24 +422,136 @@ impl Store {
     }
 
     pub fn events(&self, rollout: &str) -> Result<Vec<Event>, StoreError> {
-        let mut stmt = self
-            .db
-            .prepare("SELECT at_ms, kind, detail FROM events WHERE rollout = ?1 ORDER BY id")?;
+        let mut stmt = self.db.prepare(
+            "SELECT at_ms, kind, detail, record FROM events WHERE rollout = ?1 ORDER BY id",
+        )?;
         let rows = stmt.query_map([rollout], |r| {
             Ok(Event {
                 at_ms: r.get::<_, i64>(0)? as u64,
                 kind: r.get(1)?,
                 detail: r.get(2)?,
+                record: r.get(3)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+
+    /// Adds checks to a rollout's series, in order, in one transaction. The series keeps at most
+    /// `SERIES_MAX` of them: when it is full every other one kept is dropped and from then on
+    /// only every second check is kept (then every fourth, ...), so the points stay spread over
+    /// the whole rollout.
+    pub fn put_checks(&mut self, rollout: &str, points: &[CheckPoint]) -> Result<(), StoreError> {
+        let tx = self.db.transaction()?;
+        let (mut next, mut every): (i64, i64) = tx
+            .query_row(
+                "SELECT next_n, every FROM check_series WHERE rollout = ?1",
+                [rollout],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+            .unwrap_or((0, 1));
+        let mut kept: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM checks WHERE rollout = ?1",
+            [rollout],
+            |r| r.get(0),
+        )?;
+        for p in points {
+            let n = next;
+            next += 1;
+            if n % every.max(1) != 0 {
+                continue;
+            }
+            let body = serde_json::to_string(&CheckPoint {
+                n: n as u64,
+                ..p.clone()
+            })?;
+            tx.execute(
+                "INSERT OR REPLACE INTO checks (rollout, n, at_ms, body) VALUES (?1, ?2, ?3, ?4)",
+                params![rollout, n, p.at_ms as i64, body],
+            )?;
+            kept += 1;
+            if kept >= SERIES_MAX as i64 {
+                every = every.saturating_mul(2);
+                let dropped = tx.execute(
+                    "DELETE FROM checks WHERE rollout = ?1 AND n % ?2 != 0",
+                    params![rollout, every],
+                )?;
+                kept -= dropped as i64;
+            }
+        }
+        tx.execute(
+            "INSERT INTO check_series (rollout, next_n, every) VALUES (?1, ?2, ?3)
+             ON CONFLICT (rollout) DO UPDATE SET next_n = excluded.next_n, every = excluded.every",
+            params![rollout, next, every],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A rollout's per-check series, oldest first, and how much of it is kept. A row that
+    /// cannot be decoded is left out (the others still plot).
+    pub fn checks(&self, rollout: &str) -> Result<(Vec<CheckPoint>, SeriesKept), StoreError> {
+        let kept = self
+            .db
+            .query_row(
+                "SELECT next_n, every FROM check_series WHERE rollout = ?1",
+                [rollout],
+                |r| {
+                    Ok(SeriesKept {
+                        checks: r.get::<_, i64>(0)? as u64,
+                        every: r.get::<_, i64>(1)? as u64,
+                    })
+                },
+            )
+            .optional()?
+            .unwrap_or_default();
+        let mut stmt = self
+            .db
+            .prepare("SELECT body FROM checks WHERE rollout = ?1 ORDER BY n")?;
+        let bodies = stmt.query_map([rollout], |r| r.get::<_, String>(0))?;
+        let mut points = Vec::new();
+        for body in bodies {
+            if let Ok(p) = serde_json::from_str(&body?) {
+                points.push(p);
+            }
+        }
+        Ok((points, kept))
+    }
+}
+
+/// Brings a database any earlier rampctl wrote up to `SCHEMA_VERSION`, each step in its own
+/// transaction with the version it reaches, so an interrupted upgrade resumes where it stopped.
+fn migrate(db: &Connection) -> Result<(), StoreError> {
+    let version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version < 1 {
+        // Decision records beside the events they explain, and the per-check series.
+        let has_record = db
+            .prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = 'record'")?
+            .exists([])?;
+        let add_record = if has_record {
+            ""
+        } else {
+            "ALTER TABLE events ADD COLUMN record TEXT;"
+        };
+        db.execute_batch(&format!(
+            "BEGIN;
+             {add_record}
+             CREATE TABLE IF NOT EXISTS checks (
+               rollout TEXT NOT NULL, n INTEGER NOT NULL, at_ms INTEGER NOT NULL, body TEXT NOT NULL,
+               PRIMARY KEY (rollout, n));
+             CREATE TABLE IF NOT EXISTS check_series (
+               rollout TEXT PRIMARY KEY, next_n INTEGER NOT NULL, every INTEGER NOT NULL);
+             PRAGMA user_version = 1;
+             COMMIT;"
+        ))?;
+    }
+    Ok(())
 }
 
 fn write_record(
     tx: &rusqlite::Transaction<'_>,
     rec: &Record,
-    event: Option<(&str, &str)>,
+    events: &[NewEvent],
     at_ms: u64,
 ) -> Result<(), StoreError> {
     let n = tx.execute(
@@ -396,10 +567,11 @@ fn write_record(
     if n == 0 {
         return Err(StoreError::NotFound(rec.name.clone()));
     }
-    if let Some((kind, detail)) = event {
+    for e in events {
+        let record = e.record.as_ref().map(serde_json::to_string).transpose()?;
         tx.execute(
-            "INSERT INTO events (rollout, at_ms, kind, detail) VALUES (?1, ?2, ?3, ?4)",
-            params![rec.name, at_ms as i64, kind, detail],
+            "INSERT INTO events (rollout, at_ms, kind, detail, record) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![rec.name, at_ms as i64, e.kind, e.detail, record],
         )?;
     }
     Ok(())
@@ -436,6 +608,7 @@ fn row(r: &rusqlite::Row<'_>) -> Result<Record, StoreError> {
 mod tests {
     use super::*;
     use crate::registry::ReportBook;
+    use std::collections::BTreeMap;
 
     fn temp_db(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("ramp-{tag}-{}", std::process::id()));
@@ -581,6 +754,120 @@ mod tests {
             bad.1
         );
         assert!(rows.iter().find(|(n, _)| n == "good").unwrap().1.is_ok());
+        drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A database written before decision records (schema 0: events without `record`, no
+    /// series tables) opens, keeps its rows, and takes records and checks from then on.
+    #[test]
+    fn a_database_from_before_decision_records_opens_and_is_upgraded() {
+        let (dir, path) = temp_db("schema0");
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE rollouts (
+                   name TEXT PRIMARY KEY, spec TEXT NOT NULL, state TEXT NOT NULL,
+                   version INTEGER NOT NULL, base TEXT NOT NULL);
+                 CREATE TABLE reports (
+                   rollout TEXT NOT NULL, instance TEXT NOT NULL, seq INTEGER NOT NULL, body TEXT NOT NULL,
+                   PRIMARY KEY (rollout, instance));
+                 CREATE TABLE feedback (
+                   rollout TEXT NOT NULL, decision TEXT NOT NULL, arm TEXT NOT NULL,
+                   correct INTEGER, reward REAL, at_ms INTEGER NOT NULL,
+                   PRIMARY KEY (rollout, decision));
+                 CREATE TABLE events (
+                   id INTEGER PRIMARY KEY AUTOINCREMENT, rollout TEXT NOT NULL, at_ms INTEGER NOT NULL,
+                   kind TEXT NOT NULL, detail TEXT NOT NULL);
+                 INSERT INTO rollouts VALUES ('r', 'x', '{\"stage\":0,\"phase\":\"progressing\",\"stage_started_ms\":5,\"failed_checks\":0,\"reason\":null}', 1, '{}');
+                 INSERT INTO events (rollout, at_ms, kind, detail) VALUES ('r', 5, 'applied', 'stage 1 started');",
+            )
+            .unwrap();
+        }
+        for _ in 0..2 {
+            // Twice: an upgraded database opens again as it is.
+            let mut s = Store::open(&path).unwrap();
+            let version: i64 =
+                s.db.query_row("PRAGMA user_version", [], |r| r.get(0))
+                    .unwrap();
+            assert_eq!(version, SCHEMA_VERSION);
+            assert_eq!(s.get("r").unwrap().version, 1);
+            let events = s.events("r").unwrap();
+            assert_eq!(
+                (events[0].kind.as_str(), &events[0].record),
+                ("applied", &None)
+            );
+            let rec = s.get("r").unwrap();
+            let record = DecisionRecord {
+                spec_revision: "abc".into(),
+                spec: None,
+                stage: 1,
+                weights_before: BTreeMap::new(),
+                weights_after: BTreeMap::new(),
+                figures: Some(serde_json::json!({"checks": []})),
+            };
+            s.update_if_recorded(
+                &rec,
+                &rec,
+                &[NewEvent::new("check_failed", "why", Some(record.clone()))],
+                6,
+            )
+            .unwrap();
+            let last = s.events("r").unwrap().pop().unwrap();
+            let back: DecisionRecord =
+                serde_json::from_str(last.record.as_deref().unwrap()).unwrap();
+            assert_eq!(back, record);
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The series keeps at most `SERIES_MAX` checks, spread over the whole rollout: at the
+    /// limit every other one goes and only every second check is kept from then on.
+    #[test]
+    fn the_check_series_is_bounded_and_spans_the_rollout() {
+        let (dir, path) = temp_db("series");
+        let mut s = Store::open(&path).unwrap();
+        let point = |at_ms: u64| CheckPoint {
+            n: 0,
+            at_ms,
+            stage: 1,
+            phase: crate::machine::Phase::Progressing,
+            weights: BTreeMap::new(),
+            arms: BTreeMap::new(),
+            rules: Vec::new(),
+            ab: Vec::new(),
+            p_best: BTreeMap::new(),
+            srm_p: None,
+        };
+        let (few, kept) = {
+            s.put_checks("r", &[point(1), point(2), point(3)]).unwrap();
+            s.checks("r").unwrap()
+        };
+        assert_eq!(few.iter().map(|p| p.n).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(
+            kept,
+            SeriesKept {
+                checks: 3,
+                every: 1
+            }
+        );
+        // 10,000 checks in batches, as the flusher writes them.
+        let all: Vec<CheckPoint> = (3..10_000).map(point).collect();
+        for batch in all.chunks(37) {
+            s.put_checks("r", batch).unwrap();
+        }
+        let (points, kept) = s.checks("r").unwrap();
+        assert_eq!(kept.checks, 10_000);
+        assert_eq!(kept.every, 8);
+        assert!(
+            (SERIES_MAX / 2..=SERIES_MAX).contains(&points.len()),
+            "{}",
+            points.len()
+        );
+        assert!(points.iter().all(|p| p.n % 8 == 0 && p.at_ms == p.n.max(1)));
+        assert_eq!(points.first().map(|p| p.n), Some(0), "the start is kept");
+        assert!(points.last().is_some_and(|p| p.n >= 9_992), "and the end");
+        assert!(s.checks("other").unwrap().0.is_empty());
         drop(s);
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -63,7 +63,8 @@ pub fn summary(view: &View) -> Value {
 fn arm_figures(w: &ArmWindow) -> Value {
     json!({"requests": w.requests, "errors": w.errors, "local_replies": w.local_replies,
            "error_rate": if w.requests > 0 { w.errors as f64 / w.requests as f64 } else { 0.0 },
-           "p95_ms": w.latency.quantile(0.95),
+           "p50_ms": w.latency.quantile(0.50), "p95_ms": w.latency.quantile(0.95),
+           "p99_ms": w.latency.quantile(0.99),
            "accuracy": (w.labelled > 0).then(|| w.correct as f64 / w.labelled as f64),
            "labelled": w.labelled, "shadow": w.shadow,
            "shadow_stats": shadow_stats(&w.shadow.moments)})
@@ -91,28 +92,34 @@ pub fn figures(
         .unwrap_or_default();
     let checks: Vec<Value> = rules
         .iter()
+        .enumerate()
         .zip(judged)
-        .flat_map(|(rule, per_candidate)| {
+        .flat_map(|((index, rule), per_candidate)| {
             per_candidate
                 .iter()
                 .zip(&stage_windows)
                 .zip(&spec.candidates)
-                .map(move |((judged, stage), arm)| (rule, judged, stage, arm))
+                .map(move |((judged, stage), arm)| (index, rule, judged, stage, arm))
         })
-        .map(|(rule, (c, b), (candidate, baseline), arm)| {
-            let (verdict, value) = match evaluate(rule, c, b) {
-                Verdict::Pass { value } => ("pass", Some(value)),
-                Verdict::Fail { value, .. } => ("fail", Some(value)),
-                Verdict::NotEnoughData { .. } => ("not_enough_data", None),
+        .map(|(index, rule, (c, b), (candidate, baseline), arm)| {
+            let (verdict, value, reason) = match evaluate(rule, c, b) {
+                Verdict::Pass { value } => ("pass", Some(value), None),
+                Verdict::Fail { value, reason } => ("fail", Some(value), Some(reason)),
+                Verdict::NotEnoughData { samples, needed } => (
+                    "not_enough_data",
+                    None,
+                    Some(format!("{samples} of {needed} samples")),
+                ),
             };
             let stage_value = match evaluate(rule, candidate, baseline) {
                 Verdict::Pass { value } | Verdict::Fail { value, .. } => Some(value),
                 Verdict::NotEnoughData { .. } => None,
             };
             let (bound, limit) = (rule.bound.name(), rule.bound.limit());
-            let mut check = json!({"arm": arm, "metric": rule.metric, "bound": bound, "limit": limit,
+            let mut check = json!({"rule": index, "arm": arm, "metric": rule.metric, "bound": bound, "limit": limit,
                    "value": value, "samples": c.samples(rule.metric),
-                   "min_samples": rule.min_samples, "verdict": verdict,
+                   "min_samples": rule.min_samples, "verdict": verdict, "reason": reason,
+                   "dry_run": rule.dry_run, "on_fail": rule.on_fail,
                    "stage_value": stage_value, "stage_samples": candidate.samples(rule.metric)});
             // The evidence behind a shadow verdict: TOST's p-value for the tolerance, the paired
             // t-test's for the guide's preset.

@@ -12,9 +12,10 @@ use serde::Serialize;
 use crate::gitops::{classify, owners, scan, state_after_edit, Change, SpecFile};
 use crate::machine::State;
 use crate::registry::Loaded;
+use crate::report::DecisionRecord;
 use crate::server::{create, now_ms, App};
 use crate::spec::Spec;
-use crate::store::Record;
+use crate::store::{NewEvent, Record};
 
 /// One file as the last scan found it.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -249,13 +250,18 @@ async fn apply_file(app: &Arc<App>, file: &str, text: &str, spec: &Spec) -> Resu
             (next, ("new_revision".to_owned(), detail))
         }
     };
+    // The report keeps every revision's text with the event that brought it in.
+    let figures = handle.current().figures.as_deref().cloned();
+    let mut record =
+        DecisionRecord::new(spec, text, &rec.state, &next.state, figures).with_spec(text);
+    record.weights_before = rec.state.arm_weights(&old).into_iter().collect();
     let saved = app
-        .commit(
+        .commit_recorded(
             &handle,
             &rec,
             &next,
             &Arc::new(spec.clone()),
-            Some(event),
+            vec![NewEvent::new(&event.0, &event.1, Some(record))],
             now,
         )
         .await

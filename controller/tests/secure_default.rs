@@ -118,6 +118,12 @@ fn each_token_makes_only_its_own_kind_of_call() {
             None,
             [401, 403, 200, 403, 200],
         ),
+        (
+            "GET",
+            "/v1/rollouts/t/report",
+            None,
+            [401, 403, 200, 403, 200],
+        ),
         ("GET", "/v1/specs", None, [401, 403, 200, 403, 200]),
         ("GET", "/metrics", None, [401, 403, 200, 200, 200]),
         (

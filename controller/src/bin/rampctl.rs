@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
+use ramp_controller::report::RolloutReport;
 use ramp_controller::server::now_ms;
 use ramp_controller::spec::{Bound, Spec};
 
@@ -32,7 +33,7 @@ struct Cli {
     )]
     server: String,
     /// Bearer token the calls carry: the operator's (`serve --auth-token`), or the read-only one
-    /// for status, list, history and specs.
+    /// for status, list, history, report and specs.
     #[arg(long, global = true, env = "RAMPCTL_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// A PEM file of CA certificates that https trusts besides the system's: `serve`'s hooks and
@@ -185,6 +186,16 @@ enum Cmd {
         name: String,
         #[arg(long)]
         json: bool,
+    },
+    /// The decision record: every promotion, advance, pause, rollback and dry-run failure with
+    /// the figures it was made on, and the per-check series (plain text by default).
+    Report {
+        name: String,
+        #[arg(long)]
+        json: bool,
+        /// Also write one self-contained HTML page with plots (inline SVG, nothing fetched).
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
     },
 }
 
@@ -365,6 +376,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 },
             )
+        }
+        Cmd::Report { name, json, html } => {
+            let api = api()?;
+            let answer = api.call("GET", &format!("/v1/rollouts/{name}/report"), None);
+            let v = match answer {
+                Ok(v) => v,
+                Err(e) => return api.show(Err(e), json, |_| {}),
+            };
+            if json {
+                println!("{v}");
+            }
+            let report: RolloutReport = serde_json::from_value(v)
+                .context("the controller's report is not in the form this rampctl reads")?;
+            if let Some(path) = html {
+                std::fs::write(&path, ramp_controller::report_html::page(&report))
+                    .with_context(|| format!("writing {}", path.display()))?;
+                eprintln!(
+                    "rampctl: wrote {} ({} events, {} checks plotted)",
+                    path.display(),
+                    report.events.len(),
+                    report.checks.len()
+                );
+            }
+            if !json {
+                print!("{}", ramp_controller::report::text(&report));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Validate { file, json } => {
             let text = std::fs::read_to_string(&file)
@@ -650,8 +688,15 @@ fn print_status(v: &serde_json::Value) {
             print_custom_check(c, &arm);
             continue;
         }
+        let acting = if c["dry_run"] == true {
+            "  (dry run: not acted on)"
+        } else if c["on_fail"] == "pause" {
+            "  (on_fail: pause)"
+        } else {
+            ""
+        };
         println!(
-            "    check {arm}{:<12} {:>10} {} {:<26} [{}]   stage so far {stage} ({} samples){evidence}",
+            "    check {arm}{:<12} {:>10} {} {:<26} [{}]   stage so far {stage} ({} samples){evidence}{acting}",
             c["metric"].as_str().unwrap_or("?"),
             c["value"]
                 .as_f64()
@@ -869,9 +914,16 @@ fn print_plan(spec: &Spec) {
                     Bound::MaxIncrease(v) => format!("at most {}% above baseline", v * 100.0),
                     Bound::MaxDecrease(v) => format!("at most {}% below baseline", v * 100.0),
                 };
+                let acting = if r.dry_run {
+                    " (dry run)"
+                } else if r.on_fail == ramp_controller::spec::OnFail::Pause {
+                    " (on_fail: pause)"
+                } else {
+                    ""
+                };
                 match &r.custom {
-                    Some(c) => format!("custom {} ({}) {bound}", c.name, c.source.kind()),
-                    None => format!("{:?} {bound}", r.metric),
+                    Some(c) => format!("custom {} ({}) {bound}{acting}", c.name, c.source.kind()),
+                    None => format!("{:?} {bound}{acting}", r.metric),
                 }
             })
             .collect();

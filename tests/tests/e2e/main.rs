@@ -14,6 +14,7 @@ mod matrix;
 mod metrics;
 mod observability;
 mod override_header;
+mod report;
 mod rollout;
 mod shadow;
 mod shadow_verdicts;
