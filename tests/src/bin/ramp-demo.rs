@@ -155,6 +155,21 @@ fn rollout_demo() -> Result<()> {
             })
             .collect();
         println!("   history: {}", events.join(" -> "));
+        // The decision record a reviewer signs off: as text here, and one page with its plots.
+        let page = ramp_tests::envoy::repo_root().join(format!("target/demo/{name}-report.html"));
+        if let Some(dir) = page.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let page_arg = page.display().to_string();
+        let (code, out, err) = controller.cli(&["report", name, "--html", &page_arg], false)?;
+        if code == 0 {
+            println!("   $ rampctl report {name} --html {page_arg}");
+            for line in out.lines() {
+                println!("   | {line}");
+            }
+        } else {
+            println!("   (rampctl report answered {code}: {err})");
+        }
     }
     Ok(())
 }
