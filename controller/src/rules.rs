@@ -484,13 +484,9 @@ pub const LATENCY_SLOWER_ALPHA: f64 = 0.01;
 /// baseline one is above `max` with confidence 1 - `alpha` (the normal mixture on the
 /// Mann-Whitney estimate and its tie-corrected variance).
 fn latency_slower(rule: &Rule, candidate: &ArmWindow, baseline: &ArmWindow, alpha: f64) -> Verdict {
-    let fewest = candidate.latency.count().min(baseline.latency.count());
-    let result = candidate_slower(&candidate.latency, &baseline.latency);
-    let Some(r) = result.filter(|_| fewest >= rule.min_samples) else {
-        return Verdict::NotEnoughData {
-            samples: fewest,
-            needed: rule.min_samples,
-        };
+    let r = match slower(rule, candidate, baseline) {
+        Ok(r) => r,
+        Err(waiting) => return waiting,
     };
     let value = r.probability_slower;
     let half = guardrail::half_width(r.variance, alpha);
@@ -507,15 +503,27 @@ fn latency_slower(rule: &Rule, candidate: &ArmWindow, baseline: &ArmWindow, alph
     }
 }
 
-/// `latency_slower` as judged before issue 24: the fixed-horizon Mann-Whitney test at every check.
-fn latency_slower_fixed(rule: &Rule, candidate: &ArmWindow, baseline: &ArmWindow) -> Verdict {
+/// The rank comparison of the two arms' latencies, or why there is none yet (fewer than
+/// `min_samples` on either arm).
+fn slower(
+    rule: &Rule,
+    candidate: &ArmWindow,
+    baseline: &ArmWindow,
+) -> Result<crate::ranktest::SlowerResult, Verdict> {
     let fewest = candidate.latency.count().min(baseline.latency.count());
-    let result = candidate_slower(&candidate.latency, &baseline.latency);
-    let Some(r) = result.filter(|_| fewest >= rule.min_samples) else {
-        return Verdict::NotEnoughData {
+    candidate_slower(&candidate.latency, &baseline.latency)
+        .filter(|_| fewest >= rule.min_samples)
+        .ok_or(Verdict::NotEnoughData {
             samples: fewest,
             needed: rule.min_samples,
-        };
+        })
+}
+
+/// `latency_slower` as judged before issue 24: the fixed-horizon Mann-Whitney test at every check.
+fn latency_slower_fixed(rule: &Rule, candidate: &ArmWindow, baseline: &ArmWindow) -> Verdict {
+    let r = match slower(rule, candidate, baseline) {
+        Ok(r) => r,
+        Err(waiting) => return waiting,
     };
     let value = r.probability_slower;
     match rule.bound {
