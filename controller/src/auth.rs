@@ -109,7 +109,11 @@ impl Tokens {
         }
         for (i, (a, ta)) in named.iter().enumerate() {
             for (b, tb) in &named[i + 1..] {
-                if ta.is_some() && ta == tb {
+                let same = match (ta, tb) {
+                    (Some(x), Some(y)) => x.trim() == y.trim(),
+                    _ => false,
+                };
+                if same {
                     return Err(TokenError::Reused(a, b));
                 }
             }
@@ -122,12 +126,15 @@ impl Tokens {
                 return Err(TokenError::Missing("--report-token"));
             }
         }
+        // A token read from a Secret file often ends in a newline, and a client's header is
+        // trimmed (`bearer`): the stored token is trimmed too, or nobody could ever match it.
+        let trimmed = |t: Option<String>| t.map(|t| t.trim().to_owned());
         Ok(Self {
             open: o.insecure_no_auth,
-            operator: o.operator,
-            read: o.read,
-            report: o.report,
-            metrics: o.metrics,
+            operator: trimmed(o.operator),
+            read: trimmed(o.read),
+            report: trimmed(o.report),
+            metrics: trimmed(o.metrics),
         })
     }
 
@@ -321,6 +328,15 @@ mod tests {
         assert_eq!(allowed("look"), vec![Read, Poll, Metrics]);
         assert_eq!(allowed("rep"), vec![Poll, Report]);
         assert_eq!(allowed("scrape"), vec![Metrics]);
+        // A token from a Secret file with its newline still matches what clients send.
+        let from_file = Tokens::new(TokenOptions {
+            operator: Some("op\n".into()),
+            report: Some(" rep\t".into()),
+            ..TokenOptions::default()
+        })
+        .unwrap();
+        assert_eq!(from_file.check(Change, Some(b"Bearer op")), Ok(()));
+        assert_eq!(from_file.check(Report, Some(b"Bearer rep")), Ok(()));
         assert_eq!(allowed("nope"), Vec::<Access>::new());
         assert_eq!(
             t.check(Change, Some(b"Bearer rep")),

@@ -15,9 +15,16 @@ use tokio::sync::Semaphore;
 
 /// How long a connection may take to send a request's headers, counted from when it opens or
 /// its previous answer was sent: a slow-header (slowloris) or idle connection is closed after
-/// it. The filters keep a long poll open or post a report at least every `poll_ms` (1 s by
-/// default), so their connections are never idle this long.
+/// it. At the default `poll_ms` (1 s) the filters keep a long poll open or post a report at least
+/// every second, so their connections are never idle this long; with a `poll_ms` above 40 s
+/// (a long poll waits at most 30 s) a connection may close between polls, and a poll sent just
+/// as it closes fails and is made again a period later.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bytes a connection may buffer while reading (hyper's default is 400 KiB): with 10,000
+/// connections each trickling an endless header, that default let a client with no token make
+/// the controller hold about 4 GB. Request headers are small; bodies are read in chunks past it.
+pub const READ_BUFFER_BYTES: usize = 64 * 1024;
 
 /// File descriptors kept for everything but API connections: SQLite, the specs directory, hook
 /// calls (at most `GATE_HOOKS_AT_ONCE + NOTICE_HOOKS_AT_ONCE` at a time), Prometheus queries, the
@@ -116,6 +123,7 @@ pub async fn serve(
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(READ_BUFFER_BYTES)
                 .serve_connection(TokioIo::new(stream), service);
             // A connection's end (closed, reset, timed out) is the client's business.
             let _ = connection.await;

@@ -486,7 +486,9 @@ fn after_failed_hook(rec: &Record, spec: &Spec, why: String) -> (Record, (String
 /// The checks of one stage so far (their totals, newest first).
 #[derive(Default)]
 struct History {
-    stage: Option<usize>,
+    /// The stage these checks belong to: its index and when it started (a new revision from
+    /// a spec edit starts stage 1 again, with a new start and base).
+    stage: Option<(usize, u64)>,
     earlier: Lookback,
     /// Checks of this stage so far (since this controller started): `earlier` keeps the newest
     /// `KEPT_CHECKS` of them.
@@ -921,10 +923,11 @@ fn judge_now(
     history.no_data.observe(&rec.state, &measured);
     crate::custom_verdict::attach(&mut totals, measured, &history.no_data);
     // Snapshots belong to one stage; after a restart they start over from the stage's base.
-    if history.stage != Some(rec.state.stage) {
+    let stage = (rec.state.stage, rec.state.stage_started_ms);
+    if history.stage != Some(stage) {
         history.earlier.clear();
         history.checks = 0;
-        history.stage = Some(rec.state.stage);
+        history.stage = Some(stage);
     }
     let judged = judged_windows(rec, spec, &totals, &history.earlier);
     let looks = if rec.state.phase == Phase::Progressing {

@@ -329,19 +329,28 @@ impl Pending {
         Ok(())
     }
 
-    /// The pending reports of `rollout` whose arms are all `arms` (the others are dropped).
-    pub fn take(&mut self, rollout: &str, arms: &[&str]) -> Vec<Report> {
+    /// The pending report bodies of `rollout`, taken out (`parse_pending` reads them: up to
+    /// 64 MiB of JSON, which is not parsed while the lock on `Pending` is held).
+    pub fn take(&mut self, rollout: &str) -> Vec<Box<[u8]>> {
         let Some(book) = self.books.remove(rollout) else {
             return Vec::new();
         };
         book.into_values()
-            .filter_map(|(_, body)| {
+            .map(|(_, body)| {
                 self.bytes = self.bytes.saturating_sub(body.len());
-                serde_json::from_slice::<Report>(&body).ok()
+                body
             })
-            .filter(|r| r.validate(arms).is_ok())
             .collect()
     }
+}
+
+/// The reports among `bodies` whose arms are all `arms` (the others are dropped).
+pub fn parse_pending(bodies: &[Box<[u8]>], arms: &[&str]) -> Vec<Report> {
+    bodies
+        .iter()
+        .filter_map(|body| serde_json::from_slice::<Report>(body).ok())
+        .filter(|r| r.validate(arms).is_ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -430,9 +439,12 @@ mod tests {
             p.keep("one-too-many", "a", 1, &body("a", 1, 0)),
             Err(PendingFull::Rollouts)
         );
-        assert_eq!(p.take("r0", &["v1", "v2"]).len(), 1);
-        assert!(p.take("r1", &["v1", "v3"]).is_empty(), "v2 is not an arm");
-        assert!(p.take("r0", &["v1", "v2"]).is_empty(), "taken once");
+        assert_eq!(parse_pending(&p.take("r0"), &["v1", "v2"]).len(), 1);
+        assert!(
+            parse_pending(&p.take("r1"), &["v1", "v3"]).is_empty(),
+            "v2 is not an arm"
+        );
+        assert!(p.take("r0").is_empty(), "taken once");
     }
 
     /// Issue 20, item 5: pending reports were bounded by count, not bytes. Their bodies together
@@ -456,7 +468,7 @@ mod tests {
             "a newer report replaces"
         );
         assert_eq!(p.keep("r", "i0", 1, &body("i0", 1, big)), Ok(()));
-        let taken = p.take("r", &["v2"]);
+        let taken = parse_pending(&p.take("r"), &["v2"]);
         assert_eq!(taken.len(), 4);
         assert!(
             taken.iter().any(|r| r.instance == "i0" && r.seq == 2),

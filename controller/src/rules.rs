@@ -489,7 +489,16 @@ fn latency_slower(rule: &Rule, candidate: &ArmWindow, baseline: &ArmWindow, alph
         Err(waiting) => return waiting,
     };
     let value = r.probability_slower;
-    let half = guardrail::half_width(r.variance, alpha);
+    // DeLong's variance is 0 when the two arms do not overlap at all (every candidate request
+    // slower): floored, as a rate's is, so such a candidate fails instead of passing unjudged.
+    let n = (r.candidate_samples + r.baseline_samples).max(1) as f64;
+    let smoothed = (value * n + 1.0) / (n + 2.0);
+    let variance = if r.variance.is_finite() {
+        r.variance.max(smoothed * (1.0 - smoothed) / n)
+    } else {
+        r.variance
+    };
+    let half = guardrail::half_width(variance, alpha);
     match (rule.bound, half) {
         (Bound::Max(max), Some(half)) if value - half > max => Verdict::Fail {
             value,
@@ -658,6 +667,11 @@ mod tests {
         assert!(matches!(
             evaluate(&r, &many(&[3, 10, 25, 12, 5]), &many(&[8, 20, 15, 6, 1])),
             Verdict::Fail { ref reason, .. } if reason.contains("always-valid interval")
+        ));
+        // Every candidate request slower than every baseline one (DeLong's variance is 0).
+        assert!(matches!(
+            evaluate(&r, &many(&[0, 0, 0, 0, 20]), &many(&[20, 0, 0, 0, 0])),
+            Verdict::Fail { .. }
         ));
         // The same distribution: passes, P(slower) 0.5.
         assert_eq!(

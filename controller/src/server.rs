@@ -825,11 +825,19 @@ pub async fn create(
         return Err(StoreError::Exists(spec.name.clone()).into());
     }
     let mut book = ReportBook::default();
-    let earlier = app
+    let bodies = app
         .pending
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .take(&spec.name, &spec.arms());
+        .take(&spec.name);
+    let arms: Vec<String> = spec.arms().iter().map(|a| (*a).to_owned()).collect();
+    // Up to 64 MiB of JSON: parsed on a blocking thread, not on a worker serving polls.
+    let earlier = tokio::task::spawn_blocking(move || {
+        let arms: Vec<&str> = arms.iter().map(String::as_str).collect();
+        crate::registry::parse_pending(&bodies, &arms)
+    })
+    .await
+    .unwrap_or_default();
     for r in earlier {
         book.accept(r);
     }
