@@ -153,11 +153,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Hold the rollout where it is: no more checks act and the weights stay (`resume` goes on).
     Pause {
         name: String,
         #[arg(long)]
         json: bool,
     },
+    /// Go on after a pause (or a `set-weight` hold): the stage's weight and checks again.
     Resume {
         name: String,
         #[arg(long)]
@@ -169,6 +171,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Stop the rollout for good: all traffic back to the baseline, and it never resumes.
     Abort {
         name: String,
         #[arg(long)]
