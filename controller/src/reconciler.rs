@@ -764,7 +764,6 @@ fn judge_now(
     }
     let judged = judged_windows(rec, spec, &totals, &history.earlier);
     let srm = srm_check(history, rec, spec, &totals, now);
-    history.earlier.push(totals.clone());
     let fleet = (spec.strategy == crate::spec::StrategyKind::Bandit)
         .then(|| handle.reports().remote(None, &spec.arms()));
     let best = fleet.as_ref().and_then(|f| best_arm(spec, f));
@@ -780,24 +779,26 @@ fn judge_now(
     );
     shown["sample_ratio"] = json!(srm);
     handle.publish_figures(shown);
-    if rec.state.phase != Phase::Progressing {
-        return None;
-    }
-    let decided = check(
-        rec,
-        spec,
-        &totals,
-        &judged,
-        now,
-        srm.as_ref(),
-        best.as_ref(),
-    );
-    let failed = decided.as_ref().is_some_and(|(n, _)| {
-        n.state.failed_checks > rec.state.failed_checks
-            || (n.state.phase == Phase::RolledBack && rec.state.failed_checks > 0)
+    let decided = (rec.state.phase == Phase::Progressing).then(|| {
+        let decided = check(
+            rec,
+            spec,
+            &totals,
+            &judged,
+            now,
+            srm.as_ref(),
+            best.as_ref(),
+        );
+        let failed = decided.as_ref().is_some_and(|(n, _)| {
+            n.state.failed_checks > rec.state.failed_checks
+                || (n.state.phase == Phase::RolledBack && rec.state.failed_checks > 0)
+        });
+        app.telemetry.check(&rec.name, failed);
+        decided
     });
-    app.telemetry.check(&rec.name, failed);
-    decided
+    // Kept last, so the check's totals move into the history instead of being copied there.
+    history.earlier.push(totals);
+    decided.flatten()
 }
 
 /// The `before_start` hooks of a rollout in `Starting`: stage 1 begins when they pass; a failure
