@@ -31,7 +31,7 @@ WASM_MAX_BYTES := 388000
 help:
 	@echo "make demo   build, start Envoy with the filter and two model servers, show the split and stickiness"
 	@echo "make test   lint, unit tests, wasm parity tests under Node, end-to-end tests in a real Envoy"
-	@echo "make bench  CPU per request: no filter, empty wasm filter, naive routers and Ramp, each against the naive router at the same time; written to tests/bench/results/"
+	@echo "make bench  CPU per request: no filter, empty wasm filter, naive routers and Ramp, each against the naive router at the same time; the controller's polls, checks and scrapes; written to tests/bench/results/"
 	@echo "make images OCI image layouts under target/images/ (the filter as Istio pulls it, a static rampctl), digests printed and pinned in istio/wasmplugin.yaml"
 	@echo "make sim    bandit regret (2 and 5 arms, tick delays, drift), the decisions (A/A, power, SRM) and bandit rollouts to their decision (best arm found, exposure check), written to tests/bench/results/"
 
@@ -104,6 +104,7 @@ bench: wasm venv
 	cargo build --release -q -p ramp-controller --bin rampctl
 	RAMPCTL_BIN=target/release/rampctl cargo run --release -q -p ramp-tests --bin ramp-bench-controller
 	RAMPCTL_BIN=target/release/rampctl cargo run --release -q -p ramp-tests --bin ramp-bench-hostile
+	RAMPCTL_BIN=target/release/rampctl cargo run --release -q -p ramp-tests --bin ramp-bench-checks
 
 sim: toolchain
 	cargo run --release -q -p ramp-tests --bin ramp-sim

@@ -17,14 +17,16 @@
 //!   the count there is the largest any window can have.
 //!
 //! So the kept snapshots are split into runs, each of which only grows towards the present
-//! (`dominates`, checked once when a snapshot is pushed: the incremental part); within a run the
-//! newest snapshot meeting the rule is found by binary search, and runs are tried newest first.
+//! (`dominates`, checked once when a snapshot is pushed), and the few counts the searches read
+//! are kept per arm in columns as snapshots are pushed (the incremental part); within a run the
+//! newest snapshot meeting the rule is found by binary search over those columns, and runs are
+//! tried newest first. Only the chosen snapshot's windows are built.
 //! An Envoy leaving the fleet starts a new run, so a history with a few such drops costs a few
 //! binary searches; only a history whose totals drop at every check degrades to one probe per
 //! snapshot, still without building a window. The selection is exactly the scan's; a randomized
 //! test compares the two on growing and on arbitrary histories.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::spec::Metric;
 use crate::window::{ArmTotals, Totals};
@@ -117,14 +119,34 @@ fn counted_since(what: Counted, now: &ArmTotals, base: &ArmTotals) -> u64 {
     }
 }
 
-/// The plain difference of the counts `counted_since` subtracts: equal to it wherever the window
-/// is a subtraction (`latency_subtracts`, `moments_subtract`), and O(1), where telling whether it
-/// is compares every latency bucket.
-fn subtracted_since(what: Counted, now: &ArmTotals, base: &ArmTotals) -> u64 {
+/// The figures the search reads, per arm and kept check: requests, labelled, shadow labelled,
+/// shadow pairs, unreachable shadow copies, shadow moments' count, latency count.
+type Scalars = [u64; 7];
+
+fn scalars(t: &ArmTotals) -> Scalars {
+    [
+        t.requests,
+        t.labelled,
+        t.shadow.labelled,
+        t.shadow.pairs,
+        t.shadow.unreachable,
+        t.shadow.moments.n,
+        latency_count(t),
+    ]
+}
+
+/// The plain difference of the counts `counted_since` subtracts, from their scalars: equal to it
+/// wherever the window is a subtraction (`latency_subtracts`, `moments_subtract`), and O(1),
+/// where telling whether it is compares every latency bucket.
+fn subtracted_since(what: Counted, now: &Scalars, base: &Scalars) -> u64 {
+    let d = |k: usize| now[k].saturating_sub(base[k]);
     match what {
-        Counted::Latency => latency_count(now).saturating_sub(latency_count(base)),
-        Counted::Moments => now.shadow.moments.n.saturating_sub(base.shadow.moments.n),
-        _ => counted_since(what, now, base),
+        Counted::Requests => d(0),
+        Counted::Labelled => d(1),
+        Counted::ShadowLabelled => d(2),
+        Counted::ShadowAnswered => d(3).saturating_sub(d(4)),
+        Counted::Moments => d(5),
+        Counted::Latency => d(6),
     }
 }
 
@@ -165,6 +187,49 @@ fn dominates(newer: &Totals, older: &Totals) -> bool {
 /// Check totals kept per stage: the windows rules may look back over.
 pub const KEPT_CHECKS: usize = 600;
 
+/// `*dst = src.clone()`, reusing `dst`'s allocations (its arms' latency buckets above all).
+fn assign(dst: &mut Totals, src: &Totals) {
+    dst.retain(|arm, _| src.contains_key(arm));
+    for (arm, from) in src {
+        match dst.get_mut(arm) {
+            Some(to) => assign_arm(to, from),
+            None => {
+                dst.insert(arm.clone(), from.clone());
+            }
+        }
+    }
+}
+
+fn assign_arm(to: &mut ArmTotals, from: &ArmTotals) {
+    // Every field named, so a new one cannot be forgotten here.
+    let ArmTotals {
+        requests,
+        errors,
+        local_replies,
+        le,
+        counts,
+        labelled,
+        correct,
+        reward_micros,
+        shadow,
+        buckets,
+        custom,
+    } = from;
+    to.requests = *requests;
+    to.errors = *errors;
+    to.local_replies = *local_replies;
+    to.le.clone_from(le);
+    to.counts.clone_from(counts);
+    to.labelled = *labelled;
+    to.correct = *correct;
+    to.reward_micros = *reward_micros;
+    to.shadow.clone_from(shadow);
+    to.buckets.requests.clone_from(&buckets.requests);
+    to.buckets.errors.clone_from(&buckets.errors);
+    to.buckets.reward_micros.clone_from(&buckets.reward_micros);
+    to.custom.clone_from(custom);
+}
+
 /// The totals of the checks so far, newest first, at most `cap` of them.
 #[derive(Debug)]
 pub struct Lookback {
@@ -173,6 +238,10 @@ pub struct Lookback {
     /// The sequence numbers of kept snapshots the next newer one does not dominate: where an
     /// older run starts, newest first. Kept as snapshots are pushed.
     run_ends: VecDeque<u64>,
+    /// Per arm, the `Scalars` of each kept check, newest first like `kept` (zeros where a check's
+    /// totals lack the arm): what the binary searches probe, a few contiguous kilobytes per arm
+    /// instead of a map lookup and a pointer chase into a cold snapshot per probe.
+    scalars: BTreeMap<String, VecDeque<Scalars>>,
     next: u64,
     cap: usize,
 }
@@ -188,6 +257,7 @@ impl Lookback {
         Self {
             kept: VecDeque::new(),
             run_ends: VecDeque::new(),
+            scalars: BTreeMap::new(),
             next: 0,
             cap,
         }
@@ -196,6 +266,7 @@ impl Lookback {
     pub fn clear(&mut self) {
         self.kept.clear();
         self.run_ends.clear();
+        self.scalars.clear();
     }
 
     pub fn len(&self) -> usize {
@@ -218,7 +289,30 @@ impl Lookback {
                 self.run_ends.push_front(*seq);
             }
         }
-        self.kept.push_front((self.next, totals));
+        let kept = self.kept.len();
+        for arm in totals.keys() {
+            if !self.scalars.contains_key(arm) {
+                self.scalars
+                    .insert(arm.clone(), std::iter::repeat_n([0; 7], kept).collect());
+            }
+        }
+        for (arm, column) in self.scalars.iter_mut() {
+            column.push_front(totals.get(arm).map_or([0; 7], scalars));
+            column.truncate(self.cap);
+        }
+        // Full: the oldest snapshot's memory takes the new totals. Dropping 600-check-old
+        // snapshots (dozens of allocations each) and keeping new ones measurably slowed every
+        // allocation of a check (the allocator's free lists fragment); reused, the history's
+        // memory stays put, as it would with a short history.
+        let entry = if self.kept.len() >= self.cap && self.cap > 0 {
+            self.kept.pop_back().map(|(_, mut old)| {
+                assign(&mut old, &totals);
+                old
+            })
+        } else {
+            None
+        };
+        self.kept.push_front((self.next, entry.unwrap_or(totals)));
         self.next += 1;
         self.kept.truncate(self.cap);
         let oldest = self.kept.back().map_or(self.next, |(s, _)| *s);
@@ -270,10 +364,19 @@ impl Lookback {
             // meeting the rule for both arms is thus the run's first or one of those two, tried
             // newest first. The difference is a scalar: no histogram is compared in the search.
             let first_reaching = |arm: &str| {
-                let now = arm_now(arm);
+                let now = scalars(arm_now(arm));
+                let Some(column) = self.scalars.get(arm) else {
+                    // No kept check had the arm: every window is all of now.
+                    return if subtracted_since(what, &now, &[0; 7]) >= min_samples {
+                        start
+                    } else {
+                        end
+                    };
+                };
                 start
                     + partition_point(start, end, |i| {
-                        subtracted_since(what, now, at(i, arm)) < min_samples
+                        let then = column.get(i).unwrap_or(&[0; 7]);
+                        subtracted_since(what, &now, then) < min_samples
                     })
             };
             let mut tries = [start, first_reaching(candidate), end];
@@ -536,6 +639,33 @@ mod tests {
         }
         // The cases are not all trivial: many choose a snapshot other than the newest.
         assert!(older > searched / 5, "{older} of {searched}");
+    }
+
+    /// A full history's oldest snapshot takes the new totals exactly, whatever arms either has.
+    #[test]
+    fn reused_snapshots_hold_exactly_the_new_totals() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut kept = Lookback::new(3);
+        let mut pushed: VecDeque<Totals> = VecDeque::new();
+        for _ in 0..200 {
+            let mut totals = Totals::new();
+            for a in ["v1", "v2", "v3"] {
+                if rng.u8(0..4) == 0 {
+                    continue;
+                }
+                let mut t = arm(&mut rng);
+                t.buckets.requests = (0..rng.usize(0..3)).map(|_| rng.u64(0..9)).collect();
+                t.errors = rng.u64(0..9);
+                t.reward_micros = rng.u64(0..9);
+                totals.insert(a.to_owned(), t);
+            }
+            kept.push(totals.clone());
+            pushed.push_front(totals);
+            pushed.truncate(3);
+            for (i, t) in pushed.iter().enumerate() {
+                assert_eq!(kept.get(i), Some(t));
+            }
+        }
     }
 
     /// Growing totals make one run, an Envoy leaving starts another, and runs end with the

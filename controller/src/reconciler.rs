@@ -936,8 +936,6 @@ fn judge_now(
         Vec::new()
     };
     let srm = srm_check(history, rec, spec, &totals, now);
-    history.earlier.push(totals.clone());
-    history.checks += 1;
     let fleet = (spec.strategy == crate::spec::StrategyKind::Bandit)
         .then(|| handle.reports().remote(None, &spec.arms()));
     let best = fleet.as_ref().and_then(|f| best_arm(spec, f));
@@ -958,17 +956,20 @@ fn judge_now(
         &shown, &rec.state, spec, now,
     ));
     handle.publish_figures(shown);
-    if rec.state.phase != Phase::Progressing {
-        return None;
-    }
-    let decided = check(rec, spec, &totals, &looks, now, srm.as_ref(), best.as_ref());
-    let decided = crate::custom_verdict::pause_without_data(rec, spec, &totals, decided);
-    let failed = decided.as_ref().is_some_and(|(n, _)| {
-        n.state.failed_checks > rec.state.failed_checks
-            || (n.state.phase == Phase::RolledBack && rec.state.failed_checks > 0)
+    let decided = (rec.state.phase == Phase::Progressing).then(|| {
+        let decided = check(rec, spec, &totals, &looks, now, srm.as_ref(), best.as_ref());
+        let decided = crate::custom_verdict::pause_without_data(rec, spec, &totals, decided);
+        let failed = decided.as_ref().is_some_and(|(n, _)| {
+            n.state.failed_checks > rec.state.failed_checks
+                || (n.state.phase == Phase::RolledBack && rec.state.failed_checks > 0)
+        });
+        app.telemetry.check(&rec.name, failed);
+        decided
     });
-    app.telemetry.check(&rec.name, failed);
-    decided
+    // Kept last, so the check's totals move into the history instead of being copied there.
+    history.earlier.push(totals);
+    history.checks += 1;
+    decided.flatten()
 }
 
 /// Status shows, per rule and candidate, the verdict the check decides with (over every window
