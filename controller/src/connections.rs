@@ -132,3 +132,17 @@ pub async fn serve(
         });
     }
 }
+
+/// Hands memory freed by closed connections back to the system every `every`. glibc's malloc
+/// keeps what it freed for reuse: 8,000 long polls held 117 MB of RSS after they were all gone.
+/// musl's allocator (the release image) returns memory by itself and has no `malloc_trim`.
+pub async fn trim_memory(every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only releases free pages of the allocator's own heap.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}

@@ -271,6 +271,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         tokio::spawn(crate::watcher::watch(app.clone(), dir, cfg.specs_every));
     }
     tokio::spawn(flush_reports(app.clone()));
+    tokio::spawn(crate::connections::trim_memory(Duration::from_secs(5)));
     crate::connections::serve(listener, router, max_connections, app.connections.clone()).await?;
     Ok(())
 }

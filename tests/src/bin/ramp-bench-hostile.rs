@@ -199,6 +199,53 @@ fn rollback_while_hooks_hang(c: &Controller, noisy: bool) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
+/// (d) 8,000 long polls held open at once (each a filter's poll waiting 30 s for a change): the
+/// controller's RSS before, while they wait and after they are gone, and a fresh poll's time
+/// meanwhile.
+fn long_poll_flood(c: &Controller) -> Result<Value> {
+    let pid = c.pid().context("pid")?;
+    c.apply(&format!(
+        "name: lp\n{ARMS}\nstages: [{{weight: 10, min_duration_s: 3600}}, {{weight: 100}}]\n"
+    ))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let before = rss_mb(pid)?;
+    let request = format!(
+        "GET /v1/rollouts/lp/state?instance=e&version=1&wait_ms=30000 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {REPORT_TOKEN}\r\n\r\n"
+    );
+    let port = c.port;
+    let openers: Vec<_> = (0..16)
+        .map(|_| {
+            let request = request.clone();
+            std::thread::spawn(move || {
+                (0..500)
+                    .filter_map(|_| {
+                        let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+                        s.write_all(request.as_bytes()).ok()?;
+                        Some(s)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let polls: Vec<TcpStream> = openers
+        .into_iter()
+        .flat_map(|t| t.join().unwrap_or_default())
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let during = rss_mb(pid)?;
+    let t = Instant::now();
+    let (code, _) = c.call("GET", "/v1/rollouts/lp/state", None, false)?;
+    let poll_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let held = polls.len();
+    drop(polls);
+    // rampctl hands freed memory back every 5 s.
+    std::thread::sleep(Duration::from_secs(6));
+    Ok(json!({
+        "long_polls": held, "rss_mb_before": before, "rss_mb_during": during,
+        "rss_mb_after": rss_mb(pid)?, "other_poll_status": code, "other_poll_ms": poll_ms,
+    }))
+}
+
 fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let c = Controller::start(&dir.path().join("ramp.db"), "bench")?;
@@ -209,9 +256,15 @@ fn main() -> Result<()> {
     println!("rollback: {quiet:.2} s quiet, {noisy:.2} s while another rollout's hooks hang");
     let idle = idle_flood(&c)?;
     println!("idle-connection flood: {idle}");
+    // On a controller of its own, so the pending reports above are not in its memory.
+    let fresh_dir = tempfile::tempdir()?;
+    let fresh = Controller::start(&fresh_dir.path().join("ramp.db"), "bench")?;
+    let long = long_poll_flood(&fresh)?;
+    println!("long-poll flood: {long}");
     let out = json!({
         "pending_report_flood": pending,
         "idle_connection_flood": idle,
+        "long_poll_flood": long,
         "rollback_seconds": {"quiet": quiet, "while_hooks_hang": noisy},
     });
     let results = ramp_tests::envoy::repo_root().join("tests/bench/results");
@@ -221,6 +274,7 @@ fn main() -> Result<()> {
     )?;
     let p = &out["pending_report_flood"];
     let i = &out["idle_connection_flood"];
+    let l = &out["long_poll_flood"];
     let mut md = std::fs::File::create(results.join("hostile.md"))?;
     writeln!(
         md,
@@ -229,7 +283,8 @@ fn main() -> Result<()> {
          | attack | before the fixes (issue 20's report) | now |\n|---|---|---|\n\
          | reports for rollouts not applied yet, 16 arms each, 8 clients for 20 s ({} reports, {:.0} MB posted, {} answered 429) | RSS 5.8 MB -> 7.49 GB in 54 s, never freed | RSS {:.1} MB -> peak {:.1} MB, {:.1} MB after |\n\
          | {} idle TCP connections that never send a byte | every descriptor used; polls, reports and /readyz failed until the connections went away | descriptors {} -> {} during (the limit, 10,000), {} once the header timeout passed, though the client keeps its sockets; a poll during the flood {}, one answered {} s later |\n\
-         | another rollout's event hook hangs while 600 commands notify it | a failing candidate stayed at 10% for 36 s (control 3 s) | rolled back {:.2} s after its report (quiet controller: {:.2} s) |",
+         | another rollout's event hook hangs while 600 commands notify it | a failing candidate stayed at 10% for 36 s (control 3 s) | rolled back {:.2} s after its report (quiet controller: {:.2} s) |\n\
+         | {} long polls waiting at once (a fresh controller) | 15,000 held 358 MB, not returned afterwards | RSS {:.1} MB -> {:.1} MB while they wait, {:.1} MB after; another poll answered {} in {:.1} ms meanwhile |",
         p["reports_posted"], p["mb_posted"].as_f64().unwrap_or(0.0), p["refused_429"],
         p["rss_mb_before"].as_f64().unwrap_or(0.0), p["rss_mb_peak"].as_f64().unwrap_or(0.0), p["rss_mb_after"].as_f64().unwrap_or(0.0),
         i["connections_opened"], i["fds_before"], i["fds_during"], i["fds_after_timeout"],
@@ -239,6 +294,12 @@ fn main() -> Result<()> {
         },
         i["seconds_until_a_poll_answers"].as_f64().map_or("none within 30".to_owned(), |s| format!("{s:.1}")),
         noisy, quiet,
+        l["long_polls"],
+        l["rss_mb_before"].as_f64().unwrap_or(0.0),
+        l["rss_mb_during"].as_f64().unwrap_or(0.0),
+        l["rss_mb_after"].as_f64().unwrap_or(0.0),
+        l["other_poll_status"],
+        l["other_poll_ms"].as_f64().unwrap_or(0.0),
     )?;
     Ok(())
 }
