@@ -13,6 +13,7 @@ use thiserror::Error;
 
 use crate::custom_metrics::{plan, Call, Measured, Measurement, Target};
 use crate::machine::{Phase, State};
+use crate::prometheus::Unanswered;
 use crate::redact::redact_text;
 use crate::spec::Spec;
 use crate::tls::Outgoing;
@@ -102,15 +103,6 @@ fn number(text: &str) -> Result<f64, NoValue> {
 }
 
 #[derive(Deserialize)]
-struct Answer {
-    status: String,
-    #[serde(default)]
-    data: Option<Data>,
-    #[serde(default)]
-    error: Option<String>,
-}
-
-#[derive(Deserialize)]
 struct Data {
     #[serde(rename = "resultType")]
     result_type: String,
@@ -120,13 +112,11 @@ struct Data {
 /// The one value of an instant query's answer (Prometheus' `/api/v1/query`): a vector of exactly
 /// one sample, or a scalar.
 pub fn prometheus_value(body: &str) -> Result<f64, NoValue> {
-    let a: Answer = serde_json::from_str(body).map_err(|e| NoValue::NotJson(e.to_string()))?;
-    if a.status != "success" {
-        return Err(NoValue::Refused(
-            a.error.unwrap_or_else(|| format!("status {}", a.status)),
-        ));
-    }
-    let Some(data) = a.data else {
+    let data = crate::prometheus::answer_data::<Data>(body).map_err(|e| match e {
+        Unanswered::NotJson(e) => NoValue::NotJson(e),
+        Unanswered::Refused(why) => NoValue::Refused(why),
+    })?;
+    let Some(data) = data else {
         return Err(NoValue::NoSeries);
     };
     let sample_value = |pair: &Value| match pair.get(1).and_then(Value::as_str) {

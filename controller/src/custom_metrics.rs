@@ -432,23 +432,31 @@ pub fn plan(spec: &Spec, state: &State, now_ms: u64) -> (Vec<Call>, Measured) {
     (calls, missing)
 }
 
+/// Specs with one custom rule, for this module's tests and `custom_verdict`'s.
 #[cfg(test)]
-mod tests {
+#[allow(clippy::unwrap_used)]
+pub(crate) mod test_specs {
     use super::*;
 
-    const ARMS: &str = "arms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\n";
+    pub const ARMS: &str = "arms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\n";
 
     /// A canary whose first stage has `rule` (a flow mapping).
-    fn spec_with(rule: &str) -> Result<Spec, SpecError> {
+    pub fn spec_with(rule: &str) -> Result<Spec, SpecError> {
         Spec::parse(&format!(
             "name: fraud\n{ARMS}check_interval_s: 30\nstages: [{{weight: 10, min_duration_s: 600, rules: [{rule}]}}, {{weight: 100}}]\n"
         ))
     }
 
-    fn custom(spec: &Spec) -> (&Rule, &CustomRule) {
+    pub fn custom(spec: &Spec) -> (&Rule, &CustomRule) {
         let r = &spec.stages[0].rules[0];
         (r, r.custom.as_deref().unwrap())
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_specs::*;
+    use super::*;
 
     #[test]
     fn the_issue_s_example_and_a_web_source_parse() {

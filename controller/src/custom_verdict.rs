@@ -285,21 +285,7 @@ pub fn pause_without_data(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::SpecError;
-
-    const ARMS: &str = "arms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\n";
-
-    /// A canary whose first stage has `rule` (a flow mapping).
-    fn spec_with(rule: &str) -> Result<Spec, SpecError> {
-        Spec::parse(&format!(
-            "name: fraud\n{ARMS}check_interval_s: 30\nstages: [{{weight: 10, min_duration_s: 600, rules: [{rule}]}}, {{weight: 100}}]\n"
-        ))
-    }
-
-    fn custom(spec: &Spec) -> (&Rule, &CustomRule) {
-        let r = &spec.stages[0].rules[0];
-        (r, r.custom.as_deref().unwrap())
-    }
+    use crate::custom_metrics::test_specs::{custom, spec_with};
 
     fn window_with(rule: &str, value: Result<f64, &str>) -> ArmWindow {
         let m = Measurement {

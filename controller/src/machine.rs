@@ -124,10 +124,7 @@ impl State {
 /// `rule error_rate max 0.02`.
 pub fn rule_label(rule: &Rule) -> String {
     let (bound, value) = (rule.bound.name(), rule.bound.limit());
-    let metric = serde_json::to_value(rule.metric)
-        .ok()
-        .and_then(|m| m.as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let metric = crate::spec::wire_name(&rule.metric);
     format!("rule {metric} {bound} {value}")
 }
 

@@ -17,13 +17,38 @@ pub enum PromError {
     Query { url: String, reason: String },
 }
 
+/// The envelope of every answer of Prometheus' HTTP API: `status`, then `data` or `error`.
 #[derive(Deserialize)]
-struct Answer {
+struct Answer<D> {
     status: String,
-    #[serde(default)]
-    data: Option<Data>,
+    #[serde(default = "Option::default")]
+    data: Option<D>,
     #[serde(default)]
     error: Option<String>,
+}
+
+/// Why an API answer holds no data.
+#[derive(Debug)]
+pub(crate) enum Unanswered {
+    /// Not the API's JSON.
+    NotJson(String),
+    /// `status` is not `success`: Prometheus' error, or the status.
+    Refused(String),
+}
+
+/// The `data` of an API answer (`None` when it has none), or why it failed; shared by the
+/// rollout's own queries and the custom-metric rules.
+pub(crate) fn answer_data<D: serde::de::DeserializeOwned>(
+    body: &str,
+) -> Result<Option<D>, Unanswered> {
+    let a: Answer<D> =
+        serde_json::from_str(body).map_err(|e| Unanswered::NotJson(e.to_string()))?;
+    if a.status != "success" {
+        return Err(Unanswered::Refused(
+            a.error.unwrap_or_else(|| format!("status {}", a.status)),
+        ));
+    }
+    Ok(a.data)
 }
 
 #[derive(Deserialize)]
@@ -56,12 +81,11 @@ pub fn totals_from_answers(
     local_replies: &str,
 ) -> Result<Totals, String> {
     let parse = |body: &str| -> Result<Vec<Sample>, String> {
-        let a: Answer =
-            serde_json::from_str(body).map_err(|e| format!("unexpected answer: {e}"))?;
-        if a.status != "success" {
-            return Err(a.error.unwrap_or_else(|| "query failed".into()));
+        match answer_data::<Data>(body) {
+            Ok(data) => Ok(data.map(|d| d.result).unwrap_or_default()),
+            Err(Unanswered::NotJson(e)) => Err(format!("unexpected answer: {e}")),
+            Err(Unanswered::Refused(why)) => Err(why),
         }
-        Ok(a.data.map(|d| d.result).unwrap_or_default())
     };
     let value = |s: &Sample| {
         s.value

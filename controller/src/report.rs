@@ -311,14 +311,8 @@ pub fn text(r: &RolloutReport) -> String {
     let arms: Vec<&str> = std::iter::once(r.baseline.as_str())
         .chain(r.candidates.iter().map(String::as_str))
         .collect();
-    let phase = serde_json::to_value(r.phase)
-        .ok()
-        .and_then(|p| p.as_str().map(str::to_owned))
-        .unwrap_or_default();
-    let strategy = serde_json::to_value(r.strategy)
-        .ok()
-        .and_then(|p| p.as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let phase = crate::spec::wire_name(&r.phase);
+    let strategy = crate::spec::wire_name(&r.strategy);
     let _ = writeln!(
         out,
         "rollout {} ({strategy}, {} -> {}): {phase} at stage {}/{} [{}], spec revision {}",

@@ -552,14 +552,8 @@ pub fn page(r: &RolloutReport) -> String {
         .filter_map(|a| r.weights.get(a).map(|w| format!("{a} {w}%")))
         .collect::<Vec<_>>()
         .join(", ");
-    let phase = serde_json::to_value(r.phase)
-        .ok()
-        .and_then(|p| p.as_str().map(str::to_owned))
-        .unwrap_or_default();
-    let strategy = serde_json::to_value(r.strategy)
-        .ok()
-        .and_then(|p| p.as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let phase = crate::spec::wire_name(&r.phase);
+    let strategy = crate::spec::wire_name(&r.strategy);
     let mut html = String::new();
     let _ = write!(
         html,

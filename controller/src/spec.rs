@@ -196,6 +196,15 @@ pub enum OnFail {
     Pause,
 }
 
+/// The name an enum value has in specs and the API (its serde name: `error_rate`,
+/// `progressing`, `canary`), or "" for a value that does not serialize to a string.
+pub fn wire_name<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 fn default_min_samples() -> u64 {
     100
 }

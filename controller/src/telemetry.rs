@@ -213,10 +213,7 @@ impl Telemetry {
                             })
                             .set(w);
                     }
-                    serde_json::to_value(rec.state.phase)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default()
+                    crate::spec::wire_name(&rec.state.phase)
                 }
                 Loaded::Error { .. } => "error".to_owned(),
             };

@@ -6,13 +6,14 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::https::{HttpsServer, TestCa};
 use common::{temp_dir, try_start_with, Api, TOKEN};
+use ramp_tests::prometheus::Prometheus;
 use serde_json::Value;
 
 /// A canary with a `before_start` hook at `url` that rolls back at its first failure.
@@ -117,77 +118,22 @@ fn serve_refuses_to_start_with_a_ca_file_it_cannot_use() {
 }
 
 /// Debian's Prometheus serving its API over https (`--web.config.file`), scraping a target over
-/// https too; killed on drop.
-struct TlsPrometheus {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
+/// https too; killed on drop. Its https address is `tls_url`.
+fn tls_prometheus(ca: &TestCa, target_port: u16) -> Prometheus {
+    let config = format!(
+        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: envoy\n    scheme: https\n    metrics_path: /stats/prometheus\n    tls_config: {{ca_file: '{}'}}\n    static_configs: [{{targets: ['127.0.0.1:{target_port}']}}]\n",
+        ca.ca_file()
+    );
+    let web = format!(
+        "tls_server_config:\n  cert_file: '{}'\n  key_file: '{}'\n",
+        ca.cert_pem.display(),
+        ca.key_pem.display()
+    );
+    Prometheus::spawn(&config, Some(&web)).unwrap()
 }
 
-impl TlsPrometheus {
-    fn start(ca: &TestCa, target_port: u16) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("prometheus.yml"),
-            format!(
-                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: envoy\n    scheme: https\n    metrics_path: /stats/prometheus\n    tls_config: {{ca_file: '{}'}}\n    static_configs: [{{targets: ['127.0.0.1:{target_port}']}}]\n",
-                ca.ca_file()
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("web.yml"),
-            format!(
-                "tls_server_config:\n  cert_file: '{}'\n  key_file: '{}'\n",
-                ca.cert_pem.display(),
-                ca.key_pem.display()
-            ),
-        )
-        .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let binary = std::env::var("RAMP_PROMETHEUS").unwrap_or_else(|_| "prometheus".into());
-        let mut cmd = Command::new(&binary);
-        cmd.arg(format!(
-            "--config.file={}",
-            dir.path().join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--web.config.file={}",
-            dir.path().join("web.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        ramp_tests::envoy::die_with_parent(&mut cmd);
-        let child = cmd.spawn().unwrap_or_else(|e| {
-            panic!("starting {binary} (Debian's prometheus package; `make unit` installs it): {e}")
-        });
-        Self {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for TlsPrometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn tls_url(p: &Prometheus) -> String {
+    format!("https://127.0.0.1:{}", p.port)
 }
 
 #[test]
@@ -206,13 +152,13 @@ fn an_https_prometheus_is_read_when_ca_file_names_its_ca() {
             ),
         )
     });
-    let prom = TlsPrometheus::start(&ca, envoy.port);
+    let prom = tls_prometheus(&ca, envoy.port);
     // The test's own client trusts the CA too: wait until Prometheus has scraped a sample.
     let client = ramp_controller::tls::api_agent(Some(&ca.ca_pem)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let scraped = client
-            .get(&format!("{}/api/v1/query", prom.url()))
+            .get(&format!("{}/api/v1/query", tls_url(&prom)))
             .query("query", "ramp_requests_total")
             .call()
             .ok()
@@ -230,7 +176,7 @@ fn an_https_prometheus_is_read_when_ca_file_names_its_ca() {
     }
     let spec = format!(
         "name: tlsprom\narms: [{{name: v1, role: baseline}}, {{name: v2, role: candidate}}]\ncheck_interval_s: 0.2\nmetrics: {{prometheus: '{}'}}\nstages: [{{weight: 10, min_duration_s: 600}}, {{weight: 100}}]\n",
-        prom.url()
+        tls_url(&prom)
     );
 
     // Without the CA, applying needs the base totals from Prometheus and is refused, saying why.

@@ -228,9 +228,7 @@ fn a_forged_report_without_the_token_cannot_roll_a_rollout_back() {
 
 /// Open file descriptors of a process.
 fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
+    ramp_tests::procfs::open_fds(pid).unwrap()
 }
 
 /// Item 8: ~4,100 idle TCP connections that never sent a byte used every file descriptor, and

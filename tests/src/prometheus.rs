@@ -31,7 +31,6 @@ impl Prometheus {
         controller_ports: &[u16],
         model_ports: &[u16],
     ) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
         let targets = |ports: &[u16]| {
             ports
                 .iter()
@@ -56,6 +55,21 @@ impl Prometheus {
                 targets(model_ports)
             ));
         }
+        let mut p = Self::spawn(&config, None)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ureq::get(&p.url("/-/ready")).call().is_err() {
+            if Instant::now() > deadline || p.child.try_wait()?.is_some() {
+                bail!("prometheus did not become ready on port {}", p.port);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(p)
+    }
+
+    /// Prometheus with `config` (its prometheus.yml) and, when given, `web_config` (its
+    /// `--web.config.file`, e.g. TLS) on a free loopback port, not yet waited for.
+    pub fn spawn(config: &str, web_config: Option<&str>) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("prometheus.yml"), config)?;
         // Prometheus cannot report a port it picked itself: take a free one and hand it over.
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -75,23 +89,22 @@ impl Prometheus {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+        if let Some(web) = web_config {
+            std::fs::write(dir.path().join("web.yml"), web)?;
+            cmd.arg(format!(
+                "--web.config.file={}",
+                dir.path().join("web.yml").display()
+            ));
+        }
         crate::envoy::die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
-            .context("starting prometheus (make e2e installs Debian's package)")?;
-        let mut p = Self {
+            .context("starting prometheus (make unit installs Debian's package)")?;
+        Ok(Self {
             child,
             port,
             _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while ureq::get(&p.url("/-/ready")).call().is_err() {
-            if Instant::now() > deadline || p.child.try_wait()?.is_some() {
-                bail!("prometheus did not become ready on port {port}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(p)
+        })
     }
 
     /// An instant query through the HTTP API; the JSON answer.

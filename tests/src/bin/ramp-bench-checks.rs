@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use ramp_tests::controller::{rampctl_binary, Controller};
 use ramp_tests::envoy::repo_root;
+use ramp_tests::procfs::{cpu_seconds, rss_mb};
 use serde_json::{json, Value};
 
 const ARMS: usize = 16;
@@ -98,27 +99,6 @@ fn setup(controller: &Controller, prefix: &str, n: usize, interval_s: f64) -> Re
             .into_iter()
             .try_for_each(|w| w.join().map_err(|_| anyhow::anyhow!("setup thread"))?)
     })
-}
-
-/// The controller process's CPU time so far (user + system), from /proc.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').context("stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    Ok(ticks / 100.0) // USER_HZ is 100 on Linux
-}
-
-/// The controller's resident memory (MB), from /proc.
-fn rss_mb(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("VmRSS")?;
-    Ok(kb / 1024.0)
 }
 
 /// When the last `scrape` was answered.

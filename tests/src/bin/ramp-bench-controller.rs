@@ -17,6 +17,7 @@ use anyhow::{ensure, Context, Result};
 use ramp_tests::canned::{CannedServer, EMPTY_PROMETHEUS};
 use ramp_tests::controller::Controller;
 use ramp_tests::envoy::repo_root;
+use ramp_tests::procfs::cpu_seconds;
 use serde_json::json;
 
 const POLLS: usize = 2000;
@@ -47,16 +48,6 @@ fn polls(controller: &Controller, rollout: &str) -> Result<(f64, f64)> {
     }
     times.sort_by(f64::total_cmp);
     Ok((times[POLLS / 2], times[POLLS * 99 / 100]))
-}
-
-/// The controller process's CPU time so far (user + system), from /proc.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').context("stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    Ok(ticks / 100.0) // USER_HZ is 100 on Linux
 }
 
 /// Posts reports from `clients` threads over `fleet` instance ids (each with a rising `seq`) for

@@ -12,25 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use ramp_tests::canned::CannedServer;
 use ramp_tests::controller::{Controller, REPORT_TOKEN};
+use ramp_tests::procfs::{open_fds, rss_mb};
 use serde_json::{json, Value};
 
 const ARMS: &str = "arms: [{name: v1, role: baseline}, {name: v2, role: candidate}]";
-
-/// A process's resident memory in MB and open descriptors, from /proc.
-fn rss_mb(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .context("VmRSS")?
-        .parse()?;
-    Ok(kb / 1024.0)
-}
-
-fn fds(pid: u32) -> Result<usize> {
-    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
-}
 
 /// A report of 16 arms as a filter writes it.
 fn big_report(instance: usize) -> String {
@@ -110,7 +95,7 @@ fn idle_flood(c: &Controller) -> Result<Value> {
     c.apply(&format!(
         "name: idle\n{ARMS}\nstages: [{{weight: 10, min_duration_s: 3600}}, {{weight: 100}}]\n"
     ))?;
-    let before = fds(pid)?;
+    let before = open_fds(pid)?;
     let t = Instant::now();
     let port = c.port;
     let openers: Vec<_> = (0..16)
@@ -128,7 +113,7 @@ fn idle_flood(c: &Controller) -> Result<Value> {
         .collect();
     let opened = t.elapsed();
     std::thread::sleep(Duration::from_millis(500));
-    let during = fds(pid)?;
+    let during = open_fds(pid)?;
     let poll = || {
         c.call("GET", "/v1/rollouts/idle/state", None, false)
             .map(|(code, _)| code)
@@ -149,7 +134,7 @@ fn idle_flood(c: &Controller) -> Result<Value> {
         (ramp_controller::connections::HEADER_TIMEOUT + Duration::from_secs(2))
             .saturating_sub(t.elapsed()),
     );
-    let after = fds(pid)?;
+    let after = open_fds(pid)?;
     let connected = flood.len();
     drop(flood);
     Ok(json!({
