@@ -175,6 +175,20 @@ fn an_ab_test_on_conversions_promotes_the_significantly_better_candidate() {
         }
     };
     assert_eq!(status["weights"]["v2"], 100.0, "{status}");
+    // A status sampled during the test, or, if the decision came between two samples, the
+    // figures the advance was decided on (its decision record).
+    if during.is_null() {
+        let (_, report) = controller
+            .call("GET", "/v1/rollouts/ab/report", None, false)
+            .unwrap();
+        during = report["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["kind"] == "advance")
+            .map(|e| e["record"]["figures"].clone())
+            .unwrap_or_default();
+    }
     let result = &during["ab_test"]["result"];
     assert!(
         (0.40..0.60).contains(&(seen[1] as f64 / (seen[0] + seen[1]) as f64)),
