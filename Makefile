@@ -22,9 +22,11 @@ WASM_OPT_FLAGS := -O3 --strip-debug --enable-bulk-memory --enable-sign-ext --ena
 # shadow verdicts' exact prediction sums (128-bit moments merged in shared data, disagreement
 # thresholds, Prometheus sums; issue 13) bring it to ~380 KB, so the budget was 384 KB. Issue 10's
 # analysis buckets and Envoy's own replies per arm, and issue 11's `client_headers: strip_owned`
-# request path, bring it to ~384.2 KB, so the budget is 388 KB. It still fails the build on
-# unexplained growth.
-WASM_MAX_BYTES := 388000
+# request path, bring it to ~384.2 KB, so the budget was 388 KB (387.7 KB used by issue 20). CUPED's
+# pre-period (issue 24: the experiment's weights in the live state, a second sticky hash and
+# per-bucket counts under the arm a user will get, the `.pre` decision id) adds 3.2 KB: 390.8 KB,
+# so the budget is 392 KB. It still fails the build on unexplained growth.
+WASM_MAX_BYTES := 392000
 
 .PHONY: help toolchain venv wasm lint unit wasm-test e2e test demo bench sim images image-layouts clean
 

@@ -97,12 +97,17 @@ pub fn half_width(v: f64, alpha: f64) -> Option<f64> {
 /// with no event yet (or every trial one) the plain estimate's variance is 0, and a normal
 /// interval of width 0 would fail a candidate on its first error.
 pub fn floored(est: RateEstimate, trials: u64) -> RateEstimate {
-    let n = trials.max(1) as f64;
-    let laplace = (est.rate * n + 1.0) / (n + 2.0);
     RateEstimate {
-        variance: est.variance.max(laplace * (1.0 - laplace) / n),
+        variance: est.variance.max(laplace_variance(est.rate, trials)),
         ..est
     }
+}
+
+/// The binomial variance of a rate over `trials` at the Laplace estimate (S + 1) / (n + 2).
+pub fn laplace_variance(rate: f64, trials: u64) -> f64 {
+    let n = trials.max(1) as f64;
+    let laplace = (rate * n + 1.0) / (n + 2.0);
+    laplace * (1.0 - laplace) / n
 }
 
 /// The interval for a rate at level 1 - `alpha`.

@@ -5,6 +5,8 @@ pub mod abtest;
 pub mod auth;
 pub mod bestarm;
 pub mod connections;
+pub mod cuped;
+pub mod cuped_sim;
 pub mod custom_fetch;
 pub mod custom_metrics;
 pub mod custom_template;

@@ -227,6 +227,11 @@ fn assign_arm(to: &mut ArmTotals, from: &ArmTotals) {
     to.buckets.requests.clone_from(&buckets.requests);
     to.buckets.errors.clone_from(&buckets.errors);
     to.buckets.reward_micros.clone_from(&buckets.reward_micros);
+    to.buckets.pre_requests.clone_from(&buckets.pre_requests);
+    to.buckets.pre_errors.clone_from(&buckets.pre_errors);
+    to.buckets
+        .pre_reward_micros
+        .clone_from(&buckets.pre_reward_micros);
     to.custom.clone_from(custom);
 }
 

@@ -12,7 +12,7 @@ use crate::sequential::{
     holm, msprt_estimates, SequentialResult, SrmResult, EXPOSURE_SWITCH_UNIT, EXPOSURE_UNIT,
 };
 use crate::spec::{AbMetric, AbTest, BanditSpec, HookPoint, OnFail, Rule, Spec};
-use crate::units::{estimates, Outcome};
+use crate::units::Outcome;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -108,6 +108,22 @@ impl State {
                 (c.clone(), w)
             }))
             .collect()
+    }
+
+    /// In an A/B test's 0% pre-period, the weights its experiment will have (what sticky filters
+    /// count users under, `LiveState::pre_weights`); empty otherwise.
+    pub fn pre_weights(&self, spec: &Spec) -> Vec<(String, f64)> {
+        let pre_period = spec.ab_test.as_ref().is_some_and(|ab| {
+            ab.experiment_stage == self.stage + 1
+                && matches!(self.phase, Phase::Progressing | Phase::Paused)
+                && self.override_weight.is_none()
+        });
+        if !pre_period {
+            return Vec::new();
+        }
+        let mut experiment = self.clone();
+        experiment.stage += 1;
+        experiment.arm_weights(spec)
     }
 
     fn enter_stage(&mut self, stage: usize, now_ms: u64) {
@@ -393,7 +409,11 @@ pub fn decide(
         return (next, Action::Hold(missing));
     }
     let mut evidence = None;
-    if let (Some(ab), 0) = (&spec.ab_test, state.stage) {
+    if let Some(ab) = spec
+        .ab_test
+        .as_ref()
+        .filter(|ab| ab.experiment_stage == state.stage)
+    {
         // The sequential test needs no planned sample: its guarantee holds at every check.
         match ab_verdict(spec, ab, stage_windows) {
             AbOutcome::Better(why, winner) => {
@@ -582,8 +602,8 @@ pub fn ab_result(
         AbMetric::Conversion => Outcome::Conversion,
         AbMetric::SuccessRate => Outcome::Success,
     };
-    let (b, c) = estimates(baseline, candidate, outcome)?;
-    msprt_estimates(b, c, 1.0 - ab.confidence, ab.mixture_sd)
+    let cmp = crate::units::compare(baseline, candidate, outcome)?;
+    crate::sequential::msprt_compared(cmp, 1.0 - ab.confidence, ab.mixture_sd)
 }
 
 /// The fixed-horizon z-test on the same windows, shown beside the sequential test for reference
@@ -671,8 +691,15 @@ fn single_verdict(ab: &AbTest, result: Option<&SequentialResult>) -> AbOutcome {
     let Some(r) = result else {
         return AbOutcome::Undecided("A/B test: no variation in the metric yet".to_owned());
     };
+    let cuped = r.cuped.as_ref().map_or(String::new(), |c| {
+        format!(
+            "; CUPED: the difference adjusted by the pre-period, {:.4} before, its variance {:.0}% lower",
+            c.unadjusted_difference,
+            c.variance_reduction * 100.0
+        )
+    });
     let figures = format!(
-        "mSPRT: candidate {:.4} vs baseline {:.4}, always-valid p = {:.4}, {}% confidence sequence of the difference [{:.4}, {:.4}]",
+        "mSPRT: candidate {:.4} vs baseline {:.4}, always-valid p = {:.4}, {}% confidence sequence of the difference [{:.4}, {:.4}]{cuped}",
         r.candidate_rate,
         r.baseline_rate,
         r.p_value,

@@ -81,6 +81,7 @@ fn complete_totals(handle: &Rollout, spec: &Spec, from_prometheus: Option<Totals
         t.correct = f.correct;
         t.reward_micros = f.reward_micros;
         t.buckets.reward_micros = f.bucket_reward_micros;
+        t.buckets.pre_reward_micros = f.bucket_pre_reward_micros;
     }
     totals
 }

@@ -73,6 +73,15 @@ pub enum Accepted {
 }
 
 impl ReportBook {
+    /// A reward for a pre-period decision (`.pre`) of a user the experiment gives `arm` was
+    /// recorded: CUPED's covariate, kept apart from the arm's own rewards.
+    pub fn pre_feedback_recorded(&mut self, arm: &str, bucket: usize, reward_micros: u64) {
+        self.feedback
+            .entry(arm.to_owned())
+            .or_insert_with(|| ArmFeedback::new(arm))
+            .add_pre_reward(bucket, reward_micros);
+    }
+
     /// Feedback for one decision to `arm` was recorded (the first for that decision).
     pub fn feedback_recorded(
         &mut self,
@@ -84,14 +93,7 @@ impl ReportBook {
         let f = self
             .feedback
             .entry(arm.to_owned())
-            .or_insert_with(|| ArmFeedback {
-                arm: arm.to_owned(),
-                labelled: 0,
-                correct: 0,
-                rewarded: 0,
-                reward_micros: 0,
-                bucket_reward_micros: Vec::new(),
-            });
+            .or_insert_with(|| ArmFeedback::new(arm));
         if let Some(c) = correct {
             f.labelled = f.labelled.saturating_add(1);
             f.correct = f.correct.saturating_add(u64::from(c));

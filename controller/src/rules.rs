@@ -446,11 +446,27 @@ fn error_rate_vs_baseline(
 ) -> Verdict {
     let fewest = candidate.requests.min(baseline.requests);
     let floor = |w: &ArmWindow, e: RateEstimate| guardrail::floored(e, w.requests);
-    let result = crate::units::estimates(baseline, candidate, crate::units::Outcome::Error)
-        .and_then(|(b, c)| {
-            crate::sequential::msprt_estimates(
-                floor(baseline, b),
-                floor(candidate, c),
+    let result =
+        crate::units::compare(baseline, candidate, crate::units::Outcome::Error).and_then(|cmp| {
+            let (b, c) = (
+                floor(baseline, cmp.baseline),
+                floor(candidate, cmp.candidate),
+            );
+            // CUPED may take the variance down to the per-request binomial one at the Laplace
+            // estimates (the floor), not below: a guardrail stays conservative with few errors.
+            let adjusted = cmp.adjusted.map(|a| crate::cuped::Adjusted {
+                variance: a.variance.max(
+                    guardrail::laplace_variance(b.rate, baseline.requests)
+                        + guardrail::laplace_variance(c.rate, candidate.requests),
+                ),
+                ..a
+            });
+            crate::sequential::msprt_compared(
+                crate::cuped::Comparison {
+                    baseline: b,
+                    candidate: c,
+                    adjusted,
+                },
                 alpha,
                 ERROR_EXCESS_MIXTURE_SD,
             )

@@ -15,6 +15,7 @@ use serde::Serialize;
 use statrs::function::gamma::ln_gamma;
 
 use crate::abtest::{Proportion, Winner};
+use crate::cuped::Comparison;
 
 /// The mSPRT's figures at one look.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -36,9 +37,13 @@ pub struct SequentialResult {
     /// The mixture's standard deviation over the difference (the test's tuning parameter).
     pub tau: f64,
     pub winner: Winner,
-    /// The unit whose variance the test used: `request`, or `user_bucket` when sticky filters
-    /// report analysis buckets.
+    /// The unit whose variance the test used: `request`, `user_bucket` when sticky filters
+    /// report analysis buckets, or `user_bucket_cuped` when the difference is also adjusted by
+    /// the buckets' pre-period (`cuped`).
     pub unit: &'static str,
+    /// CUPED's figures when the difference is adjusted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cuped: Option<CupedFigures>,
 }
 
 /// ln of the normal-mixture likelihood ratio for an estimate `theta` with variance `v` against 0,
@@ -118,15 +123,66 @@ pub fn msprt_estimates(
     alpha: f64,
     tau: f64,
 ) -> Option<SequentialResult> {
+    msprt_compared(
+        Comparison {
+            baseline,
+            candidate,
+            adjusted: None,
+        },
+        alpha,
+        tau,
+    )
+}
+
+/// What CUPED changed in a test: the plain difference and variance beside the adjusted ones.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CupedFigures {
+    pub unadjusted_difference: f64,
+    pub unadjusted_variance: f64,
+    pub variance: f64,
+    /// 1 - variance / unadjusted_variance.
+    pub variance_reduction: f64,
+    /// theta, the slope on each bucket's pre-period rate.
+    pub slope: f64,
+    pub clusters: usize,
+}
+
+/// The mSPRT on a comparison: on the CUPED-adjusted difference and its variance when there is
+/// one, else on the plain difference with the two estimates' variances summed.
+pub fn msprt_compared(cmp: Comparison, alpha: f64, tau: f64) -> Option<SequentialResult> {
+    let (baseline, candidate) = (cmp.baseline, cmp.candidate);
     if tau.is_nan() || tau <= 0.0 || !(alpha > 0.0 && alpha < 1.0) {
         return None;
     }
     let (pa, pb) = (baseline.rate, candidate.rate);
-    let v = baseline.variance + candidate.variance;
+    let (theta, v, unit, cuped) = match cmp.adjusted {
+        Some(a) => (
+            a.difference,
+            a.variance,
+            crate::cuped::CUPED_UNIT,
+            Some(CupedFigures {
+                unadjusted_difference: pb - pa,
+                unadjusted_variance: a.unadjusted_variance,
+                variance: a.variance,
+                variance_reduction: a.variance_reduction(),
+                slope: a.slope,
+                clusters: a.clusters,
+            }),
+        ),
+        None => (
+            pb - pa,
+            baseline.variance + candidate.variance,
+            if baseline.unit == candidate.unit {
+                candidate.unit
+            } else {
+                "mixed"
+            },
+            None,
+        ),
+    };
     if !(v.is_finite() && v > 0.0) {
         return None;
     }
-    let theta = pb - pa;
     let t2 = tau * tau;
     let ln_lambda = ln_mixture_ratio(theta, v, t2);
     let p_value = (-ln_lambda).exp().min(1.0);
@@ -147,11 +203,8 @@ pub fn msprt_estimates(
         alpha,
         tau,
         winner,
-        unit: if baseline.unit == candidate.unit {
-            candidate.unit
-        } else {
-            "mixed"
-        },
+        unit,
+        cuped,
     })
 }
 

@@ -698,6 +698,7 @@ async fn live_state(
         weights: rec.state.arm_weights(spec).into_iter().collect(),
         rolled_back: rec.state.phase == Phase::RolledBack,
         bandit,
+        pre_weights: rec.state.pre_weights(spec).into_iter().collect(),
     }))
 }
 
@@ -1087,7 +1088,8 @@ async fn feedback(
             "required, the id from the decision header",
         )
     })?;
-    let (arm, number) = ramp_protocol::decision::parse_decision(decision)
+    let (id, pre_period) = ramp_protocol::decision::split_pre_period(decision);
+    let (arm, number) = ramp_protocol::decision::parse_decision(id)
         .map_err(|r| field_error(StatusCode::BAD_REQUEST, "decision", r))?;
     let correct = v
         .get("correct")
@@ -1134,12 +1136,17 @@ async fn feedback(
     if recorded {
         // Rounded as the SQL sum in `feedback_totals` rounds each row.
         let micros = reward.map(|r| (r * 1e6).round() as u64);
-        handle.reports().feedback_recorded(
-            &arm_again,
-            ramp_protocol::decision::bucket_of(number),
-            correct,
-            micros,
-        );
+        let bucket = ramp_protocol::decision::bucket_of(number);
+        match (pre_period, micros) {
+            (true, Some(m)) => handle
+                .reports()
+                .pre_feedback_recorded(&arm_again, bucket, m),
+            // Ground truth for a pre-period decision is stored, but judges no arm.
+            (true, None) => {}
+            (false, _) => handle
+                .reports()
+                .feedback_recorded(&arm_again, bucket, correct, micros),
+        }
     }
     Ok(Json(json!({"recorded": recorded})))
 }

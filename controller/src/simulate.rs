@@ -204,6 +204,7 @@ impl StickyArm {
                 requests: self.buckets.iter().map(|b| b.0).collect(),
                 errors: vec![0; ramp_protocol::report::BUCKETS],
                 reward_micros: self.buckets.iter().map(|b| b.1 * 1_000_000).collect(),
+                ..BucketCounts::default()
             };
         }
         w

@@ -391,6 +391,8 @@ pub struct AbTest {
     pub planned_per_arm: u64,
     /// The mSPRT mixture's standard deviation over the difference of rates.
     pub mixture_sd: f64,
+    /// The stage the test decides in: 0, or 1 after a 0% pre-period (CUPED's covariate).
+    pub experiment_stage: usize,
 }
 
 /// The mixture sd without planning figures: a difference of 5 points of rate.
@@ -795,11 +797,13 @@ impl Spec {
 
 /// Each strategy's shape of stages, and the A/B experiment's settings.
 fn validate_strategy(raw: &RawSpec, stages: &[Stage]) -> Result<Option<AbTest>, SpecError> {
-    let live_both = |why: &str| {
+    // From stage `from` (an A/B test's 0% pre-period comes before).
+    let live_both = |why: &str, from: usize| {
         match stages
             .iter()
             .enumerate()
             .take(stages.len() - 1)
+            .skip(from)
             .find(|(_, s)| !(s.weight > 0.0 && s.weight < 100.0))
         {
             Some((i, s)) => Err(err(
@@ -858,17 +862,32 @@ fn validate_strategy(raw: &RawSpec, stages: &[Stage]) -> Result<Option<AbTest>, 
                     "bandit needs a stage below 100 where the bandit learns, then 100: the arm most probably best is promoted from the last stage below 100",
                 ));
             }
-            live_both("bandit")?;
+            live_both("bandit", 0)?;
             Ok(None)
         }
         StrategyKind::AbTest => {
-            if stages.len() != 2 {
+            // A first stage at 0% is the pre-period: sticky filters count each user under the
+            // arm the experiment will give them, and the test adjusts for it (CUPED).
+            let pre_period = stages.len() == 3 && stages[0].weight == 0.0;
+            if !(stages.len() == 2 || pre_period) {
                 return Err(err(
                     "stages",
-                    "ab_test has two stages: the experiment (its weight is the candidate's share) and 100",
+                    "ab_test has two stages: the experiment (its weight is the candidate's share) and 100; or three, with a 0% pre-period first",
                 ));
             }
-            live_both("ab_test")?;
+            if pre_period && stages[0].min_duration_ms == 0 {
+                return Err(err(
+                    "stages[0].min_duration_s",
+                    "the pre-period must last: CUPED's covariate is what sticky filters count during it (e.g. 3600)",
+                ));
+            }
+            if stages[stages.len() - 2].weight == 0.0 {
+                return Err(err(
+                    format!("stages[{}].weight", stages.len() - 2),
+                    "the experiment must give the candidates traffic (above 0)",
+                ));
+            }
+            live_both("ab_test", usize::from(pre_period))?;
             let t = raw.ab_test.clone().ok_or_else(|| {
                 err(
                     "ab_test",
@@ -922,6 +941,7 @@ fn validate_strategy(raw: &RawSpec, stages: &[Stage]) -> Result<Option<AbTest>, 
                 confidence: t.confidence,
                 planned_per_arm,
                 mixture_sd,
+                experiment_stage: usize::from(pre_period),
             }))
         }
     }
@@ -1027,6 +1047,10 @@ mod tests {
     fn the_examples_parse() {
         for (name, text) in [
             ("ab-test", include_str!("../examples/ab-test.yaml")),
+            (
+                "ab-test-cuped",
+                include_str!("../examples/ab-test-cuped.yaml"),
+            ),
             ("abn-test", include_str!("../examples/abn-test.yaml")),
             ("bandit", include_str!("../examples/bandit.yaml")),
             ("canary", GUIDE),
@@ -1089,6 +1113,58 @@ mod tests {
                 (false, OnFail::Rollback)
             ]
         );
+    }
+
+    /// An A/B test may begin with a 0% pre-period (CUPED): it must last, the test decides in the
+    /// next stage, and meanwhile the live state carries the experiment's weights.
+    #[test]
+    fn an_ab_test_may_begin_with_a_pre_period() {
+        let ab = |stages: &str| {
+            Spec::parse(&format!("name: r\nstrategy: ab_test\nab_test: {{metric: conversion}}\narms: [{{name: v1, role: baseline}}, {{name: v2, role: candidate}}]\nstages: {stages}\n"))
+        };
+        let s = ab("[{weight: 0, min_duration_s: 600}, {weight: 30}, {weight: 100}]").unwrap();
+        assert_eq!(s.ab_test.as_ref().unwrap().experiment_stage, 1);
+        assert_eq!(
+            ab("[{weight: 30}, {weight: 100}]")
+                .unwrap()
+                .ab_test
+                .unwrap()
+                .experiment_stage,
+            0
+        );
+        let mut state = crate::machine::State::start(&s, 0);
+        assert_eq!(
+            state.pre_weights(&s),
+            vec![("v1".to_owned(), 70.0), ("v2".to_owned(), 30.0)]
+        );
+        assert_eq!(
+            state.arm_weights(&s)[1].1,
+            0.0,
+            "the candidate serves nobody yet"
+        );
+        state.stage = 1;
+        assert!(state.pre_weights(&s).is_empty(), "the experiment has begun");
+        for (stages, field, reason) in [
+            (
+                "[{weight: 0}, {weight: 30}, {weight: 100}]",
+                "stages[0].min_duration_s",
+                "must last",
+            ),
+            (
+                "[{weight: 0, min_duration_s: 60}, {weight: 100}]",
+                "stages[0].weight",
+                "above 0",
+            ),
+            (
+                "[{weight: 10, min_duration_s: 60}, {weight: 30}, {weight: 100}]",
+                "stages",
+                "0% pre-period",
+            ),
+        ] {
+            let e = ab(stages).unwrap_err();
+            assert_eq!(e.field, field, "{stages}: {e}");
+            assert!(e.reason.contains(reason), "{stages}: {e}");
+        }
     }
 
     #[test]

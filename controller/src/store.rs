@@ -109,17 +109,42 @@ pub struct ArmFeedback {
     /// The same rewards per analysis bucket (the decision id's top 6 bits): `BUCKETS` sums, or
     /// empty when none.
     pub bucket_reward_micros: Vec<u64>,
+    /// Rewards posted for an A/B test's pre-period decisions (`.pre` ids) of users the
+    /// experiment gives this arm, per bucket: CUPED's covariate, not this arm's rewards.
+    pub bucket_pre_reward_micros: Vec<u64>,
+}
+
+/// Adds `micros` to bucket `bucket` of `sums`, made `BUCKETS` long on first use.
+fn add_to_bucket(sums: &mut Vec<u64>, bucket: usize, micros: u64) {
+    if sums.is_empty() {
+        *sums = vec![0; BUCKETS];
+    }
+    if let Some(b) = sums.get_mut(bucket % BUCKETS) {
+        *b = b.saturating_add(micros);
+    }
 }
 
 impl ArmFeedback {
+    pub fn new(arm: &str) -> Self {
+        ArmFeedback {
+            arm: arm.to_owned(),
+            labelled: 0,
+            correct: 0,
+            rewarded: 0,
+            reward_micros: 0,
+            bucket_reward_micros: Vec::new(),
+            bucket_pre_reward_micros: Vec::new(),
+        }
+    }
+
     /// Adds a reward posted for a decision of analysis bucket `bucket`.
     pub fn add_bucket_reward(&mut self, bucket: usize, micros: u64) {
-        if self.bucket_reward_micros.is_empty() {
-            self.bucket_reward_micros = vec![0; BUCKETS];
-        }
-        if let Some(b) = self.bucket_reward_micros.get_mut(bucket % BUCKETS) {
-            *b = b.saturating_add(micros);
-        }
+        add_to_bucket(&mut self.bucket_reward_micros, bucket, micros);
+    }
+
+    /// Adds a reward posted for a pre-period decision of analysis bucket `bucket`.
+    pub fn add_pre_reward(&mut self, bucket: usize, micros: u64) {
+        add_to_bucket(&mut self.bucket_pre_reward_micros, bucket, micros);
     }
 }
 
@@ -375,7 +400,7 @@ impl Store {
     pub fn feedback_totals(&self, rollout: &str) -> Result<Vec<ArmFeedback>, StoreError> {
         let mut stmt = self.db.prepare(
             "SELECT arm, COUNT(correct), COALESCE(SUM(correct), 0), COUNT(reward), COALESCE(SUM(CAST(ROUND(reward * 1000000) AS INTEGER)), 0)
-             FROM feedback WHERE rollout = ?1 GROUP BY arm",
+             FROM feedback WHERE rollout = ?1 AND decision NOT LIKE '%.pre' GROUP BY arm",
         )?;
         let rows = stmt.query_map([rollout], |r| {
             Ok(ArmFeedback {
@@ -384,32 +409,44 @@ impl Store {
                 correct: r.get::<_, i64>(2)? as u64,
                 rewarded: r.get::<_, i64>(3)? as u64,
                 reward_micros: r.get::<_, i64>(4)? as u64,
-                bucket_reward_micros: Vec::new(),
+                ..ArmFeedback::new("")
             })
         })?;
         let mut out: Vec<ArmFeedback> = rows.collect::<Result<_, _>>()?;
-        // The bucket is the top 6 bits of the decision number: its first two hex digits / 4.
+        // The bucket is the top 6 bits of the decision number: its first two hex digits / 4
+        // (before a pre-period id's `.pre`, four characters further left).
         let mut stmt = self.db.prepare(
-            "SELECT arm,
-                    (instr('0123456789abcdef', substr(decision, -16, 1)) - 1) * 4
-                      + (instr('0123456789abcdef', substr(decision, -15, 1)) - 1) / 4 AS bucket,
+            "SELECT arm, pre,
+                    (instr('0123456789abcdef', substr(decision, -16 - 4 * pre, 1)) - 1) * 4
+                      + (instr('0123456789abcdef', substr(decision, -15 - 4 * pre, 1)) - 1) / 4 AS bucket,
                     SUM(CAST(ROUND(reward * 1000000) AS INTEGER))
-             FROM feedback WHERE rollout = ?1 AND reward IS NOT NULL GROUP BY arm, bucket",
+             FROM (SELECT arm, decision, reward, decision LIKE '%.pre' AS pre FROM feedback
+                   WHERE rollout = ?1 AND reward IS NOT NULL)
+             GROUP BY arm, pre, bucket",
         )?;
         let rows = stmt.query_map([rollout], |r| {
             Ok((
                 r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
+                r.get::<_, bool>(1)?,
                 r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
             ))
         })?;
         for row in rows {
-            let (arm, bucket, micros) = row?;
-            if let (Some(f), Ok(bucket)) = (
-                out.iter_mut().find(|f| f.arm == arm),
-                usize::try_from(bucket),
-            ) {
-                f.add_bucket_reward(bucket, micros.max(0) as u64);
+            let (arm, pre, bucket, micros) = row?;
+            let Ok(bucket) = usize::try_from(bucket) else {
+                continue;
+            };
+            if !out.iter().any(|f| f.arm == arm) {
+                out.push(ArmFeedback::new(&arm));
+            }
+            if let Some(f) = out.iter_mut().find(|f| f.arm == arm) {
+                let micros = micros.max(0) as u64;
+                if pre {
+                    f.add_pre_reward(bucket, micros);
+                } else {
+                    f.add_bucket_reward(bucket, micros);
+                }
             }
         }
         Ok(out)
@@ -936,6 +973,19 @@ mod tests {
                     live.feedback_recorded("v2", bucket, correct, Some(micros));
                 }
             }
+            // Pre-period decisions (`.pre`): CUPED's covariate, apart from the arm's rewards.
+            for (number, bucket, reward) in [(4, 7, 1.0), (4, 7, 1.0), (5, 7, 0.25), (6, 62, 0.5)] {
+                let decision = format!(
+                    "{}{}",
+                    format_decision("v2", with_bucket(number, bucket)),
+                    ramp_protocol::decision::PRE_PERIOD_SUFFIX
+                );
+                if s.put_feedback("r", &decision, "v2", Some(true), Some(reward), 1)
+                    .unwrap()
+                {
+                    live.pre_feedback_recorded("v2", bucket, (reward * 1e6).round() as u64);
+                }
+            }
         }
         let s = Store::open(&path).unwrap();
         let mut rebuilt = ReportBook::default();
@@ -961,6 +1011,17 @@ mod tests {
         let buckets = &rebuilt.feedback["v2"].bucket_reward_micros;
         assert_eq!((buckets[5], buckets[63]), (1_000_000, 833_333));
         assert_eq!(buckets, &live.feedback["v2"].bucket_reward_micros);
+        let pre = &rebuilt.feedback["v2"].bucket_pre_reward_micros;
+        assert_eq!((pre[7], pre[62], pre[5]), (1_250_000, 500_000, 0));
+        assert_eq!(pre, &live.feedback["v2"].bucket_pre_reward_micros);
+        assert_eq!(
+            (
+                rebuilt.feedback["v2"].labelled,
+                rebuilt.feedback["v2"].rewarded
+            ),
+            (live.feedback["v2"].labelled, 3),
+            "pre-period feedback is no reward of the arm"
+        );
         drop(s);
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -67,7 +67,20 @@ fn arm_figures(w: &ArmWindow) -> Value {
            "p99_ms": w.latency.quantile(0.99),
            "accuracy": (w.labelled > 0).then(|| w.correct as f64 / w.labelled as f64),
            "labelled": w.labelled, "shadow": w.shadow,
-           "shadow_stats": shadow_stats(&w.shadow.moments)})
+           "shadow_stats": shadow_stats(&w.shadow.moments),
+           "pre_period": pre_period_figures(w)})
+}
+
+/// What sticky filters counted in an A/B test's pre-period for the users this arm gets (CUPED's
+/// covariate), or null.
+fn pre_period_figures(w: &ArmWindow) -> Value {
+    let b = &w.buckets;
+    if b.pre_requests.is_empty() {
+        return Value::Null;
+    }
+    let sum = |v: &[u64]| v.iter().fold(0u64, |a, &x| a.saturating_add(x));
+    json!({"requests": sum(&b.pre_requests), "errors": sum(&b.pre_errors),
+           "reward": sum(&b.pre_reward_micros) as f64 / 1e6})
 }
 
 /// The figures of one check: per rule and candidate the windows it was judged on (`judged`,
@@ -149,7 +162,7 @@ pub fn figures(
     let ab_test = spec
         .ab_test
         .as_ref()
-        .filter(|_| state.stage == 0)
+        .filter(|ab| state.stage == ab.experiment_stage)
         .map(|ab| {
             let comparisons = machine::ab_comparisons(ab, &stage_windows);
             let first = comparisons.first();

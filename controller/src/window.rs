@@ -48,6 +48,15 @@ pub struct BucketCounts {
     pub requests: Vec<u64>,
     pub errors: Vec<u64>,
     pub reward_micros: Vec<u64>,
+    /// The pre-period (an `ab_test`'s 0% stage, when the filters count each user under the arm
+    /// the experiment will give them): requests, 5xx and rewards per bucket, CUPED's covariate.
+    /// Cumulative in every window: the pre-period is over when they are used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre_requests: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre_errors: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre_reward_micros: Vec<u64>,
 }
 
 /// `acc + add`, elementwise, saturating; an empty side counts as zeros.
@@ -78,6 +87,9 @@ impl BucketCounts {
             requests: since_each(&self.requests, &base.requests),
             errors: since_each(&self.errors, &base.errors),
             reward_micros: since_each(&self.reward_micros, &base.reward_micros),
+            pre_requests: self.pre_requests.clone(),
+            pre_errors: self.pre_errors.clone(),
+            pre_reward_micros: self.pre_reward_micros.clone(),
         }
     }
 }
@@ -141,7 +153,9 @@ fn arm_totals(arm: &ReportedArm) -> ArmTotals {
             .map_or_else(BucketCounts::default, |b| BucketCounts {
                 requests: b.requests.clone(),
                 errors: b.errors.clone(),
-                reward_micros: Vec::new(),
+                pre_requests: b.pre_requests.clone(),
+                pre_errors: b.pre_errors.clone(),
+                ..BucketCounts::default()
             }),
         le: arm.latency_ms.le.iter().map(|l| l.0).collect(),
         counts: arm.latency_ms.counts.clone(),
@@ -163,6 +177,8 @@ pub fn sum_reports<'a>(reports: impl IntoIterator<Item = &'a Report>) -> Totals 
             acc.local_replies = acc.local_replies.saturating_add(t.local_replies);
             add_each(&mut acc.buckets.requests, &t.buckets.requests);
             add_each(&mut acc.buckets.errors, &t.buckets.errors);
+            add_each(&mut acc.buckets.pre_requests, &t.buckets.pre_requests);
+            add_each(&mut acc.buckets.pre_errors, &t.buckets.pre_errors);
             if acc.le.is_empty() {
                 acc.le = t.le;
                 acc.counts = t.counts;

@@ -22,6 +22,8 @@ pub enum LiveError {
     AllZero,
     #[error("live state bandit.{0}: no such arm in this filter's config")]
     UnknownBanditArm(String),
+    #[error("live state pre_weights.{0}: no such arm, or not a finite number >= 0")]
+    BadPreWeight(String),
 }
 
 pub fn parse(bytes: &[u8]) -> Result<LiveState, LiveError> {
@@ -36,6 +38,9 @@ pub struct Applied {
     pub weights: Vec<f64>,
     /// The remote bandit counts, parallel to the config's arms.
     pub bandit: Vec<ArmCounts>,
+    /// The experiment's weights in an A/B test's pre-period, parallel to the config's arms;
+    /// empty otherwise.
+    pub pre_weights: Vec<f64>,
 }
 
 /// Marks the binary form, so bytes some other plugin left under our key are never applied.
@@ -63,22 +68,37 @@ impl Applied {
                 .ok_or_else(|| LiveError::UnknownBanditArm(name.clone()))?;
             bandit[i] = *c;
         }
+        let mut pre_weights = vec![0.0; rollout.arms.len()];
+        for (name, &w) in &doc.pre_weights {
+            match rollout.arm_index(name) {
+                Some(i) if w.is_finite() && w >= 0.0 => pre_weights[i] = w,
+                _ => return Err(LiveError::BadPreWeight(name.clone())),
+            }
+        }
+        if pre_weights.iter().all(|&w| w == 0.0) {
+            pre_weights.clear();
+        }
         Ok(Applied {
             version: doc.version,
             weights,
             bandit,
+            pre_weights,
         })
     }
 
-    /// `RLS1`, the version, then per arm its weight's bits, trials and reward (little-endian).
+    /// `RLS1`, the version, then per arm its weight's bits, trials and reward (little-endian),
+    /// then in a pre-period per arm its pre-period weight's bits.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(12 + self.weights.len() * 24);
+        let mut out = Vec::with_capacity(12 + self.weights.len() * 32);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&self.version.to_le_bytes());
         for (w, c) in self.weights.iter().zip(&self.bandit) {
             out.extend_from_slice(&w.to_bits().to_le_bytes());
             out.extend_from_slice(&c.trials.to_le_bytes());
             out.extend_from_slice(&c.reward_micros.to_le_bytes());
+        }
+        for w in &self.pre_weights {
+            out.extend_from_slice(&w.to_bits().to_le_bytes());
         }
         out
     }
@@ -87,9 +107,11 @@ impl Applied {
     /// state, foreign bytes), which is then ignored.
     pub fn decode(bytes: &[u8], arms: usize) -> Option<Applied> {
         let rest = bytes.strip_prefix(MAGIC)?;
-        if rest.len() != 8 + arms * 24 {
-            return None;
-        }
+        let pre_period = match rest.len().checked_sub(8 + arms * 24)? {
+            0 => false,
+            n if n == arms * 8 => true,
+            _ => return None,
+        };
         let word = |i: usize| -> Option<u64> {
             Some(u64::from_le_bytes(
                 rest.get(i * 8..i * 8 + 8)?.try_into().ok()?,
@@ -108,10 +130,19 @@ impl Applied {
                 reward_micros: word(3 + a * 3)?,
             });
         }
+        let mut pre_weights = Vec::new();
+        for a in 0..arms * usize::from(pre_period) {
+            let w = f64::from_bits(word(1 + arms * 3 + a)?);
+            if !(w.is_finite() && w >= 0.0) {
+                return None;
+            }
+            pre_weights.push(w);
+        }
         Some(Applied {
             version: word(0)?,
             weights,
             bandit,
+            pre_weights,
         })
     }
 

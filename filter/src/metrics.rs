@@ -102,6 +102,19 @@ impl Tally {
         }
     }
 
+    /// A pre-period request in `bucket` of a user the experiment will give `pre_arm`.
+    pub fn add_pre_request(&mut self, pre_arm: usize, bucket: usize) {
+        if let Some(a) = self.arms.get_mut(pre_arm) {
+            a.add_pre_request(bucket);
+        }
+    }
+
+    pub fn add_pre_error(&mut self, pre_arm: usize, bucket: usize) {
+        if let Some(a) = self.arms.get_mut(pre_arm) {
+            a.add_pre_error(bucket);
+        }
+    }
+
     pub fn add_local_reply(&mut self, arm: usize) {
         if let Some(a) = self.arms.get_mut(arm) {
             a.add_local_reply();

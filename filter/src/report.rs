@@ -13,10 +13,13 @@ const LATENCY_SLOTS: usize = LATENCY_BOUNDS_US.len() + 1;
 const LOCAL_REPLY_SLOT: usize = 5 + LATENCY_SLOTS;
 const BUCKET_REQUESTS: usize = LOCAL_REPLY_SLOT + 1;
 const BUCKET_ERRORS: usize = BUCKET_REQUESTS + BUCKETS;
-const SLOTS: usize = BUCKET_ERRORS + BUCKETS;
+const PRE_REQUESTS: usize = BUCKET_ERRORS + BUCKETS;
+const PRE_ERRORS: usize = PRE_REQUESTS + BUCKETS;
+const SLOTS: usize = PRE_ERRORS + BUCKETS;
 
 /// One arm's counts: requests, responses by class (2xx..5xx), latency buckets (not cumulative),
-/// Envoy's own replies, and requests and 5xx per analysis bucket.
+/// Envoy's own replies, requests and 5xx per analysis bucket, and the same in an A/B test's
+/// pre-period for the users the experiment will give this arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArmReport {
     slots: [u64; SLOTS],
@@ -55,6 +58,28 @@ impl ArmReport {
         }
     }
 
+    /// In the pre-period: a request of a user in `bucket` whom the experiment will give this arm
+    /// (the baseline served it), and whether it was a 5xx.
+    pub fn add_pre_request(&mut self, bucket: usize) {
+        if let Some(c) = self.slots.get_mut(PRE_REQUESTS + bucket % BUCKETS) {
+            *c += 1;
+        }
+    }
+
+    pub fn add_pre_error(&mut self, bucket: usize) {
+        if let Some(c) = self.slots.get_mut(PRE_ERRORS + bucket % BUCKETS) {
+            *c += 1;
+        }
+    }
+
+    /// The pre-period's requests and 5xx per bucket.
+    pub fn pre_buckets(&self) -> (&[u64], &[u64]) {
+        (
+            &self.slots[PRE_REQUESTS..PRE_ERRORS],
+            &self.slots[PRE_ERRORS..SLOTS],
+        )
+    }
+
     /// A response Envoy made itself: the model never answered this request.
     pub fn add_local_reply(&mut self) {
         self.slots[LOCAL_REPLY_SLOT] += 1;
@@ -72,7 +97,7 @@ impl ArmReport {
     pub fn buckets(&self) -> (&[u64], &[u64]) {
         (
             &self.slots[BUCKET_REQUESTS..BUCKET_ERRORS],
-            &self.slots[BUCKET_ERRORS..SLOTS],
+            &self.slots[BUCKET_ERRORS..PRE_REQUESTS],
         )
     }
 
@@ -199,8 +224,18 @@ pub fn report_json(
             });
             let buckets = if buckets {
                 let (requests, errors) = r.buckets();
+                let (pre_requests, pre_errors) = r.pre_buckets();
+                let pre = if pre_requests.iter().any(|&n| n > 0) {
+                    format!(
+                        ",\"pre_requests\":[{}],\"pre_errors\":[{}]",
+                        join(pre_requests),
+                        join(pre_errors)
+                    )
+                } else {
+                    String::new()
+                };
                 format!(
-                    ",\"buckets\":{{\"requests\":[{}],\"errors\":[{}]}}",
+                    ",\"buckets\":{{\"requests\":[{}],\"errors\":[{}]{pre}}}",
                     join(requests),
                     join(errors)
                 )

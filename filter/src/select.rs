@@ -99,6 +99,18 @@ pub fn choose(
     }
 }
 
+/// In an A/B test's pre-period, the arm the experiment's weights `pre_weights` will give sticky
+/// key `key` (the same hash as `choose`'s, so the same user lands there later); `None` outside a
+/// pre-period or without stickiness.
+pub fn pre_period_arm(rollout: &Rollout, pre_weights: &[f64], key: &str) -> Option<usize> {
+    if pre_weights.is_empty() {
+        return None;
+    }
+    let sticky = rollout.sticky.as_ref()?;
+    let names = rollout.arms.iter().map(|a| a.name.as_str());
+    sticky_arm(&sticky.salt, key, names.zip(pre_weights.iter().copied()))
+}
+
 /// Draws an arm with probability proportional to its weight; `None` when no weight is positive.
 pub fn weighted_pick(weights: &[f64], rng: &mut Rng) -> Option<usize> {
     let total: f64 = weights.iter().filter(|w| **w > 0.0).sum();

@@ -895,13 +895,18 @@ fn print_plan(spec: &Spec) {
     );
     if let Some(ab) = &spec.ab_test {
         println!(
-            "  A/B test on {:?} at {}% confidence{}",
+            "  A/B test on {:?} at {}% confidence{}{}",
             ab.metric,
             ab.confidence * 100.0,
             if ab.planned_per_arm > 0 {
                 format!(", planned sample {} requests per arm", ab.planned_per_arm)
             } else {
                 String::new()
+            },
+            if ab.experiment_stage > 0 {
+                "; stage 1 is the pre-period (CUPED: sticky filters count each user under the arm stage 2 gives them)"
+            } else {
+                ""
             }
         );
     }

@@ -15,6 +15,20 @@ pub fn with_bucket(random: u64, bucket: usize) -> u64 {
     (random & (u64::MAX >> 6)) | (((bucket as u64) & 63) << 58)
 }
 
+/// What ends the id of a decision of an A/B test's pre-period: the id names the arm the
+/// experiment will give the user while the baseline served the request, and its feedback is
+/// that arm's covariate (CUPED), not a reward of the arm. A suffix rather than a bit of the
+/// number, whose bits older filters fill at random.
+pub const PRE_PERIOD_SUFFIX: &str = ".pre";
+
+/// The id without its pre-period suffix, and whether it had one.
+pub fn split_pre_period(text: &str) -> (&str, bool) {
+    match text.strip_suffix(PRE_PERIOD_SUFFIX) {
+        Some(id) => (id, true),
+        None => (text, false),
+    }
+}
+
 /// The id of one routing decision to `arm`.
 pub fn format_decision(arm: &str, id: u64) -> String {
     format!("{arm}.{id:016x}")
@@ -62,5 +76,15 @@ mod tests {
             assert_eq!(id & (u64::MAX >> 6), u64::MAX >> 6, "the rest is kept");
         }
         assert_eq!(bucket_of(with_bucket(0, 64 + 5)), 5);
+        let pre = format!("{}{PRE_PERIOD_SUFFIX}", format_decision("v2", 0xab));
+        assert_eq!(split_pre_period(&pre), ("v2.00000000000000ab", true));
+        assert_eq!(
+            split_pre_period("v2.00000000000000ab"),
+            ("v2.00000000000000ab", false)
+        );
+        assert!(
+            parse_decision(&pre).is_err(),
+            "the suffix is split off first"
+        );
     }
 }

@@ -25,6 +25,11 @@ pub struct LiveState {
     /// plus the delayed rewards applications posted. Added to its own counts, never replacing them.
     #[serde(default)]
     pub bandit: BTreeMap<String, BanditCounts>,
+    /// In an A/B test's pre-period (the candidate still at 0): the weights the experiment will
+    /// have. Sticky filters count each user's requests under the arm these weights give the
+    /// user (`Buckets::pre_requests`), CUPED's covariate. Empty otherwise.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pre_weights: BTreeMap<String, f64>,
 }
 
 #[cfg(test)]
@@ -46,6 +51,7 @@ mod tests {
                 },
             )]
             .into(),
+            pre_weights: [("v1".to_owned(), 50.0), ("v2".to_owned(), 50.0)].into(),
         };
         let text = serde_json::to_string(&doc).unwrap();
         assert_eq!(serde_json::from_str::<LiveState>(&text).unwrap(), doc);
@@ -55,7 +61,7 @@ mod tests {
             (parsed.version, parsed.stage, parsed.rolled_back),
             (3, None, false)
         );
-        assert!(parsed.bandit.is_empty());
+        assert!(parsed.bandit.is_empty() && parsed.pre_weights.is_empty());
         assert!(serde_json::from_str::<LiveState>(r#"{"weights":{}}"#).is_err());
     }
 }

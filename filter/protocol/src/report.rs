@@ -142,6 +142,13 @@ pub const BUCKETS: usize = 64;
 pub struct Buckets {
     pub requests: Vec<u64>,
     pub errors: Vec<u64>,
+    /// In an A/B test's pre-period (the live state's `pre_weights`), requests and 5xx of the
+    /// users the experiment will give this arm, served meanwhile by the baseline: the covariate
+    /// of CUPED. Not part of this arm's totals. Absent outside a pre-period.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre_requests: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre_errors: Vec<u64>,
 }
 
 /// Cumulative latency buckets as Prometheus lays them out: `le` bounds in ms, the last `"+Inf"`.
@@ -315,6 +322,7 @@ impl ArmReport {
                     ));
                 }
             }
+            validate_pre_period(b, at)?;
         }
         let local = bounded(format!("{at}.local_replies"), self.local_replies)?;
         if local > answered {
@@ -369,6 +377,35 @@ impl ArmReport {
         }
         Ok(())
     }
+}
+
+/// The pre-period counts: both or neither, `BUCKETS` each, bounded, no more 5xx than requests in
+/// a bucket. They are not the arm's own requests, so no total bounds them.
+fn validate_pre_period(b: &Buckets, at: &str) -> Result<(), FieldError> {
+    if b.pre_requests.is_empty() && b.pre_errors.is_empty() {
+        return Ok(());
+    }
+    for (name, counts) in [
+        ("pre_requests", &b.pre_requests),
+        ("pre_errors", &b.pre_errors),
+    ] {
+        if counts.len() != BUCKETS {
+            return Err(FieldError::new(
+                format!("{at}.buckets.{name}"),
+                format!("{} buckets, not {BUCKETS}", counts.len()),
+            ));
+        }
+    }
+    for (j, (&n, &e)) in b.pre_requests.iter().zip(&b.pre_errors).enumerate() {
+        let n = bounded(format!("{at}.buckets.pre_requests[{j}]"), n)?;
+        if bounded(format!("{at}.buckets.pre_errors[{j}]"), e)? > n {
+            return Err(FieldError::new(
+                format!("{at}.buckets.pre_errors[{j}]"),
+                format!("{e} errors for {n} requests"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate_shadow(shadow: &BTreeMap<String, u64>) -> Result<(), FieldError> {
@@ -485,6 +522,54 @@ mod tests {
         edit(&mut v);
         let r: Report = serde_json::from_value(v).unwrap();
         r.validate(&["v1", "v2"]).unwrap_err()
+    }
+
+    /// The pre-period counts are not the arm's own, so no total bounds them; but they come in
+    /// pairs of 64, bounded, with no more 5xx than requests in a bucket.
+    #[test]
+    fn pre_period_counts_are_checked_by_name() {
+        let with_pre = |pre_requests: serde_json::Value, pre_errors: serde_json::Value| {
+            move |v: &mut serde_json::Value| {
+                v["arms"]["v2"]["buckets"] = serde_json::json!({
+                    "requests": vec![0; BUCKETS], "errors": vec![0; BUCKETS],
+                    "pre_requests": pre_requests.clone(), "pre_errors": pre_errors.clone()});
+            }
+        };
+        let mut ok: serde_json::Value = serde_json::from_str(&sample()).unwrap();
+        with_pre(vec![500u64; BUCKETS].into(), vec![3u64; BUCKETS].into())(&mut ok);
+        let r: Report = serde_json::from_value(ok).unwrap();
+        assert_eq!(
+            r.validate(&["v1", "v2"]),
+            Ok(()),
+            "more than the arm's own requests"
+        );
+        let f = |e: FieldError| e.field;
+        assert_eq!(
+            f(refused(with_pre(
+                vec![1u64; 3].into(),
+                vec![0u64; 3].into()
+            ))),
+            "arms.v2.buckets.pre_requests"
+        );
+        assert_eq!(
+            f(refused(with_pre(
+                vec![1u64; BUCKETS].into(),
+                serde_json::json!([])
+            ))),
+            "arms.v2.buckets.pre_errors"
+        );
+        let mut errors = vec![0u64; BUCKETS];
+        errors[9] = 2;
+        assert_eq!(
+            f(refused(with_pre(vec![1u64; BUCKETS].into(), errors.into()))),
+            "arms.v2.buckets.pre_errors[9]"
+        );
+        let mut huge = vec![0u64; BUCKETS];
+        huge[0] = u64::MAX;
+        assert_eq!(
+            f(refused(with_pre(huge.into(), vec![0u64; BUCKETS].into()))),
+            "arms.v2.buckets.pre_requests[0]"
+        );
     }
 
     #[test]

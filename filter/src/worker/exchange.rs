@@ -27,6 +27,8 @@ struct Chosen {
     arm: usize,
     /// The request's analysis bucket: its sticky key's (`None` without one).
     bucket: Option<usize>,
+    /// In an A/B test's pre-period: the arm the experiment will give this user.
+    pre_arm: Option<usize>,
     started_us: u64,
     set_cookie: Option<String>,
 }
@@ -202,11 +204,18 @@ impl<H: Host> Exchange<H> {
         // A user's requests share a bucket (a hash of the key, independent of the arm's), so the
         // controller can treat buckets, not requests, as the independent units. Without a key the
         // request is the unit and needs none.
-        let bucket = sticky_key
-            .as_deref()
-            .or(decision.new_sticky_key.as_deref())
-            .map(crate::bucket::analysis_bucket);
-        active.count(|t| t.add_request(decision.arm, bucket));
+        let key = sticky_key.as_deref().or(decision.new_sticky_key.as_deref());
+        let bucket = key.map(crate::bucket::analysis_bucket);
+        let pre_arm = match (key, active.pre_weights.try_borrow()) {
+            (Some(key), Ok(pre)) => crate::select::pre_period_arm(rollout, &pre, key),
+            _ => None,
+        };
+        active.count(|t| {
+            t.add_request(decision.arm, bucket);
+            if let (Some(p), Some(b)) = (pre_arm, bucket) {
+                t.add_pre_request(p, b);
+            }
+        });
         if let Some(shadow) = &rollout.shadow {
             self.start_shadow(&active, shadow, &headers, end_of_stream);
         }
@@ -217,6 +226,7 @@ impl<H: Host> Exchange<H> {
         self.chosen = Some(Chosen {
             arm: decision.arm,
             bucket,
+            pre_arm,
             started_us: self.host.now_us(),
             set_cookie,
         });
@@ -387,7 +397,12 @@ impl<H: Host> Exchange<H> {
         // One clock read per response serves the tally, the shadow and the bandit.
         let elapsed_us = self.host.now_us().saturating_sub(chosen.started_us);
         if let Some(class) = status.and_then(class_index) {
-            active.count(|t| t.add_response(chosen.arm, class, elapsed_us, chosen.bucket));
+            active.count(|t| {
+                t.add_response(chosen.arm, class, elapsed_us, chosen.bucket);
+                if let (3, Some(p), Some(b)) = (class, chosen.pre_arm, chosen.bucket) {
+                    t.add_pre_error(p, b);
+                }
+            });
         }
         // Envoy's own replies (a fault, no route, no upstream) are 4xx/5xx without the router's
         // upstream-time header: the model never saw the request. One more header read, on
@@ -420,19 +435,25 @@ impl<H: Host> Exchange<H> {
             }
         }
         let arm = rollout.arms.get(chosen.arm);
+        // In a pre-period the decision id names the arm the experiment will give the user, so
+        // the feedback posted for it becomes that arm's covariate (`.pre`), not its reward.
+        let decided = chosen.pre_arm.and_then(|p| rollout.arms.get(p)).or(arm);
         if let (Some(header), Some(arm)) = (&rollout.response_header, arm) {
             self.host.set_header(Map::Response, header, Some(&arm.name));
         }
         if let Some(cookie) = chosen.set_cookie {
             self.host.add_header(Map::Response, "set-cookie", &cookie);
         }
-        if let (Some(header), Some(arm)) = (&rollout.decision_header, arm) {
+        if let (Some(header), Some(arm)) = (&rollout.decision_header, decided) {
             let random = self.rng.try_borrow_mut().map_or(0, |mut r| r.u64(..));
             // Without a bucket the id's top bits stay random, as the controller reads them.
             let id = chosen
                 .bucket
                 .map_or(random, |b| ramp_protocol::decision::with_bucket(random, b));
-            let decision = ramp_protocol::decision::format_decision(&arm.name, id);
+            let mut decision = ramp_protocol::decision::format_decision(&arm.name, id);
+            if chosen.pre_arm.is_some() {
+                decision.push_str(ramp_protocol::decision::PRE_PERIOD_SUFFIX);
+            }
             self.host.set_header(Map::Response, header, Some(&decision));
         }
     }

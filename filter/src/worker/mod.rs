@@ -128,6 +128,8 @@ struct Active {
     rollout: Rollout,
     /// The static config's weights until the controller's live state replaces them.
     weights: RefCell<Vec<f64>>,
+    /// The experiment's weights while an A/B test's pre-period runs, else empty.
+    pre_weights: RefCell<Vec<f64>>,
     live: Option<LiveLink>,
     metrics: Vec<ArmMetrics>,
     fail_open: u32,
@@ -317,6 +319,7 @@ impl<H: Host + Clone> Worker<H> {
         });
         self.active = Some(Rc::new(Active {
             weights: RefCell::new(rollout.weights()),
+            pre_weights: RefCell::new(Vec::new()),
             live,
             tally: RefCell::new(Tally::new(arms)),
             bandit,
@@ -847,6 +850,9 @@ impl<H: Host + Clone> Worker<H> {
                 );
             }
             *current = state.weights;
+        }
+        if let Ok(mut pre) = active.pre_weights.try_borrow_mut() {
+            *pre = state.pre_weights;
         }
     }
 

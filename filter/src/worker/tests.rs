@@ -677,3 +677,78 @@ fn discounted_counts_follow_the_ticks_and_the_fleets_counts() {
     );
     assert!(d[1].reward < 1e-100, "{d:?}");
 }
+
+/// An A/B test's pre-period: the baseline serves everyone, and each user's requests and 5xx are
+/// also counted under the arm the experiment's weights will give them (CUPED's covariate), by
+/// the same hash that places them later; their decision ids name that arm with `.pre`.
+#[test]
+fn a_pre_period_counts_users_under_the_arm_they_will_get() {
+    let config = r#"{"rollout":"r","arms":[{"name":"v1","weight":100},{"name":"v2","weight":0}],
+        "sticky":{"source":"header","name":"x-user-id"},"decision_header":"x-ramp-decision",
+        "controller":{"cluster":"rampctl","poll_ms":200}}"#;
+    let host = MemHost::default();
+    let mut w = worker(&host, config, 23);
+    w.tick();
+    let token = polls(&host)[0].token;
+    let pre =
+        json!({"version": 2, "weights": {"v1": 100, "v2": 0}, "pre_weights": {"v1": 50, "v2": 50}});
+    answer_poll(&mut w, &host, token, &pre);
+    let users: Vec<String> = (0..40).map(|i| format!("user-{i}")).collect();
+    let mut will_get = std::collections::BTreeMap::new();
+    for user in &users {
+        host.new_request(&[("x-user-id", user)]);
+        let mut x = w.exchange();
+        x.on_request_headers(true);
+        let served = host.header_of(Map::Request, "x-ramp-arm").unwrap();
+        assert_eq!(served, "v1", "the baseline serves the pre-period");
+        host.advance_ms(1);
+        host.respond(503, &[(crate::shadow::UPSTREAM_TIME_HEADER, "1")], b"");
+        x.on_response_headers(true);
+        let decision = host.header_of(Map::Response, "x-ramp-decision").unwrap();
+        let (id, pre) = ramp_protocol::decision::split_pre_period(&decision);
+        assert!(pre, "{decision}");
+        let (arm, _) = ramp_protocol::decision::parse_decision(id).unwrap();
+        will_get.insert(user.clone(), arm.to_owned());
+    }
+    assert!(will_get.values().any(|a| a == "v2") && will_get.values().any(|a| a == "v1"));
+    w.tick();
+    w.tick();
+    let report = host
+        .with(|m| m.callouts.clone())
+        .into_iter()
+        .rfind(|c| c.header(":path") == Some("/v1/rollouts/r/reports"))
+        .expect("a report");
+    let parsed: ramp_protocol::report::Report =
+        serde_json::from_slice(report.body.as_deref().unwrap()).unwrap();
+    assert_eq!(parsed.validate(&["v1", "v2"]), Ok(()));
+    assert_eq!(parsed.arms["v2"].requests, 0, "the candidate served nobody");
+    let mut expected: std::collections::BTreeMap<&str, Vec<u64>> =
+        [("v1", vec![0; 64]), ("v2", vec![0; 64])].into();
+    for (user, arm) in &will_get {
+        expected.get_mut(arm.as_str()).unwrap()[crate::bucket::analysis_bucket(user)] += 1;
+    }
+    for arm in ["v1", "v2"] {
+        let b = parsed.arms[arm].buckets.as_ref().unwrap();
+        assert_eq!(b.pre_requests, expected[arm], "{arm}");
+        assert_eq!(b.pre_errors, expected[arm], "every answer was a 503");
+    }
+    // The experiment begins: the same users land on the arms the pre-period counted them under,
+    // and nothing more is counted as pre-period.
+    let t = {
+        host.advance_ms(300);
+        w.tick();
+        polls(&host).last().unwrap().token
+    };
+    answer_poll(
+        &mut w,
+        &host,
+        t,
+        &json!({"version": 3, "weights": {"v1": 50, "v2": 50}}),
+    );
+    for user in &users {
+        let arm = request(&w, &host, &[("x-user-id", user)], 200);
+        assert_eq!(arm, will_get[user], "{user}");
+        let decision = host.header_of(Map::Response, "x-ramp-decision").unwrap();
+        assert!(!ramp_protocol::decision::split_pre_period(&decision).1);
+    }
+}

@@ -1,11 +1,12 @@
 //! `make sim`, the decisions: A/A false positives, power and time to decision of the sequential
 //! A/B test against the fixed-horizon z-test re-run at every look, three arms with Holm's
 //! correction, sticky users analysed as users, and the sample-ratio check's false alarms and
-//! detection, all through rampctl's own decision functions
+//! detection, guardrails under repeated looks and CUPED, all through rampctl's own decision functions
 //! (`ramp_controller::simulate`), seeded. Writes `tests/bench/results/decisions.{md,json}`.
 
 use anyhow::{Context, Result};
 use ramp_controller::abtest::sample_size_per_arm;
+use ramp_controller::cuped_sim::{cuped_sim, CupedSimParams};
 use ramp_controller::reconciler::SRM_ALPHA;
 use ramp_controller::simulate::{
     ab_sim, abn_sim, guardrail_sim, srm_sim, sticky_sim, AbSim, ArmModel, GuardrailSim,
@@ -112,9 +113,11 @@ fn main() -> Result<()> {
         "srm": {"fifty_fifty_flagged": fine_rate, "forty_nine_fifty_one_flagged": skew_rate},
     });
     let (guard_md, guard_json) = guardrails(env_or("RAMP_SIM_GUARDRAIL_ROLLOUTS", 1000))?;
-    let md = format!("{md}\n{guard_md}");
+    let (cuped_md, cuped_json) = cuped(&ab, env_or("RAMP_SIM_CUPED_EXPERIMENTS", 2000));
+    let md = format!("{md}\n{guard_md}\n{cuped_md}");
     let mut results = results;
     results["guardrails"] = guard_json;
+    results["cuped"] = cuped_json;
     let out = repo_root().join("tests/bench/results");
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("decisions.md"), &md)?;
@@ -246,4 +249,97 @@ fn guardrails(rollouts: usize) -> Result<(String, serde_json::Value)> {
         json_rows.push(json!({"candidate": label, "all_four": sim}));
     }
     Ok((md, json!(json_rows)))
+}
+
+/// Issue 24's CUPED rows: a fixed population of returning users (`cuped_sim::cuped_sim`), the
+/// plain user-bucket test (what rampctl did before) against the same test on CUPED-adjusted
+/// differences, both through `machine::ab_result`.
+fn cuped(ab: &ramp_controller::spec::AbTest, experiments: usize) -> (String, serde_json::Value) {
+    let users = 10_000;
+    let run = |lift: f64, seed: u64| {
+        cuped_sim(
+            ab,
+            &CupedSimParams {
+                experiments,
+                users,
+                pre_requests: 20,
+                rounds: 40,
+                requests_per_look: 1_000,
+                mean: 0.1,
+                concentration: 60.0 / 7.0,
+                lift,
+                seed,
+            },
+        )
+    };
+    let pct = |(p, se): (f64, f64)| format!("{:.2}% +- {:.2}%", p * 100.0, se * 100.0);
+    let median = |m: Option<u64>| m.map_or("beyond the horizon".to_owned(), |m| m.to_string());
+    let mut rows = String::new();
+    let mut json_rows = Vec::new();
+    for (lift, seed) in [(0.065, 41), (0.10, 42)] {
+        let s = run(lift, seed);
+        let (plain, cuped) = (
+            s.plain.median_requests(experiments),
+            s.cuped.median_requests(experiments),
+        );
+        // The round the plain test's median decision falls in, and how the users' pre-period
+        // and experiment rates correlate by then (measured).
+        let round = plain.map(|m| (m as usize * 2).div_ceil(users).max(1));
+        let correlation = round
+            .and_then(|r| {
+                s.user_correlation_by_round
+                    .get(r.min(s.user_correlation_by_round.len()) - 1)
+            })
+            .copied();
+        let fewer = plain.zip(cuped).map(|(p, c)| 1.0 - c as f64 / p as f64);
+        rows.push_str(&format!(
+            "| +{:.1}% (10% -> {:.2}%) | {} | {} | {} | {} | {} | {} | {:.0}% |\n",
+            lift * 100.0,
+            10.0 * (1.0 + lift),
+            correlation.map_or("-".to_owned(), |c| format!("{c:.2}")),
+            pct(AbSim::rate(s.plain.decided, experiments)),
+            pct(AbSim::rate(s.cuped.decided, experiments)),
+            median(plain),
+            median(cuped),
+            fewer.map_or("-".to_owned(), |f| format!("{:.0}%", f * 100.0)),
+            s.mean_variance_reduction * 100.0,
+        ));
+        json_rows.push(json!({"lift": lift, "user_correlation_at_plain_median": correlation,
+            "plain": {"decided": s.plain.decided, "median_requests_per_arm": plain},
+            "cuped": {"decided": s.cuped.decided, "median_requests_per_arm": cuped},
+            "fewer_requests": fewer, "mean_variance_reduction_at_last_look": s.mean_variance_reduction}));
+    }
+    let aa = run(0.0, 43);
+    let (aa_plain, aa_cuped) = (
+        AbSim::rate(aa.plain.decided, experiments),
+        AbSim::rate(aa.cuped.decided, experiments),
+    );
+    let corr_end = aa
+        .user_correlation_by_round
+        .get(19)
+        .copied()
+        .unwrap_or(f64::NAN);
+    let md = format!(
+        "## CUPED: the pre-period as a covariate (issue 24)\n\n\
+         `cuped_sim::cuped_sim` through `machine::ab_result`, {experiments} experiments a row. {users} returning users, \
+         each with a conversion propensity from Beta(m k, (1 - m) k), m = 10%, k = 60/7, assigned 50/50 and to one of \
+         64 analysis buckets; in the pre-period each makes 20 requests, counted per bucket under the arm the \
+         experiment will give them; then every user makes one request a round, in random order, for up to 40 rounds \
+         (400,000 requests), a look every 1,000 requests. A user's pre-period rate and experiment rate then correlate by \
+         1 / sqrt((1 + k/20)(1 + k/r)) after r rounds: 0.7 at 20 rounds (measured: {corr_end:.2}). Before: buckets as the \
+         units, no covariate. Now: the same mSPRT on the regression-adjusted difference (`cuped::adjusted_difference`, \
+         checked against statsmodels' cluster-robust OLS).\n\n\
+         | candidate | per-user correlation at today's median decision | decided before | decided with CUPED | median requests per arm to a decision, before | with CUPED | fewer requests | variance removed at the decision (or the last look) |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n{rows}\n\
+         A/A (the candidate the same): declared a winner before {}, with CUPED {} (target: at most 5% + 2 SE = {:.2}%).\n\n\
+         The gain grows with how well the pre-period predicts a user at the decision: early decisions (a large lift, few \
+         requests per user so far) gain less than 1 - rho^2. The median counts an undecided experiment as beyond the \
+         horizon.\n",
+        pct(aa_plain),
+        pct(aa_cuped),
+        (0.05 + 2.0 * aa_cuped.1) * 100.0,
+    );
+    let json = json!({"rows": json_rows, "aa": {"plain": aa_plain, "cuped": aa_cuped},
+        "user_correlation_at_round_20": corr_end});
+    (md, json)
 }

@@ -4,6 +4,7 @@
 
 mod bad_config;
 mod bandit;
+mod cuped;
 mod custom_metrics;
 mod decisions;
 mod fleet;
