@@ -7,6 +7,7 @@ pub mod controller;
 pub mod envoy;
 pub mod kpi;
 pub mod oci;
+pub mod postgres;
 pub mod procfs;
 pub mod prom;
 pub mod prometheus;
