@@ -79,10 +79,10 @@ image-layouts: wasm
 	@command -v musl-gcc >/dev/null || { apt-get update -qq && apt-get install -y -qq musl-tools; }
 	@command -v skopeo >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq skopeo; }
 	cargo build --release --target x86_64-unknown-linux-musl -p ramp-controller --bin rampctl
-	cargo run -q -p ramp-tests --bin ramp-images
+	cargo run -q -p ramp-tools --bin ramp-images
 
 images: image-layouts
-	cargo run -q -p ramp-tests --bin ramp-images -- --pin
+	cargo run -q -p ramp-tools --bin ramp-images -- --pin
 
 # The report page test (tests/tests/e2e/report.rs) renders `rampctl report --html` in a real
 # headless browser: Debian's chromium.
@@ -96,20 +96,20 @@ test: lint unit wasm-test e2e
 
 demo: wasm venv
 	cargo build -q -p ramp-controller --bin rampctl
-	cargo run --release -q -p ramp-tests --bin ramp-demo
+	cargo run --release -q -p ramp-tools --bin ramp-demo
 
 bench: wasm venv
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-	cargo run --release -q -p ramp-tests --bin ramp-bench
+	cargo run --release -q -p ramp-tools --bin ramp-bench
 	cargo build --release -q -p ramp-controller --bin rampctl
-	RAMPCTL_BIN=target/release/rampctl cargo run --release -q -p ramp-tests --bin ramp-bench-controller
-	RAMPCTL_BIN=target/release/rampctl cargo run --release -q -p ramp-tests --bin ramp-bench-hostile
-	RAMPCTL_BIN=target/release/rampctl cargo run --release -q -p ramp-tests --bin ramp-bench-checks
+	RAMPCTL_BIN=target/release/rampctl cargo run --release -q -p ramp-tools --bin ramp-bench-controller
+	RAMPCTL_BIN=target/release/rampctl cargo run --release -q -p ramp-tools --bin ramp-bench-hostile
+	RAMPCTL_BIN=target/release/rampctl cargo run --release -q -p ramp-tools --bin ramp-bench-checks
 
 sim: toolchain
-	cargo run --release -q -p ramp-tests --bin ramp-sim
-	cargo run --release -q -p ramp-tests --bin ramp-sim-decisions
-	cargo run --release -q -p ramp-tests --bin ramp-sim-rollouts
+	cargo run --release -q -p ramp-tools --bin ramp-sim
+	cargo run --release -q -p ramp-tools --bin ramp-sim-decisions
+	cargo run --release -q -p ramp-tools --bin ramp-sim-rollouts
 
 clean:
 	cargo clean
