@@ -1,6 +1,6 @@
 # Ramp: `make demo` shows it working, `make test` proves it, `make bench` measures it.
 # Every target installs what it needs (pinned toolchain targets, Envoy in a project-local virtualenv,
-# Node for the wasm tests, wrk), so both commands work on a fresh machine.
+# Node for the wasm tests, wrk), so each works on a fresh machine.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -32,7 +32,7 @@ help:
 	@echo "make demo   build, start Envoy with the filter and two model servers, show the split and stickiness"
 	@echo "make test   lint, unit tests, wasm parity tests under Node, end-to-end tests in a real Envoy"
 	@echo "make bench  CPU per request: no filter, empty wasm filter, naive routers and Ramp, each against the naive router at the same time; the controller's polls, checks and scrapes; written to tests/bench/results/"
-	@echo "make images OCI image layouts under target/images/ (the filter as Istio pulls it, a static rampctl), digests printed and pinned in istio/wasmplugin.yaml"
+	@echo "make images OCI image layouts under target/images/ (the filter as Istio pulls it, a static rampctl), digests printed and pinned in the istio/ manifests"
 	@echo "make sim    bandit regret (2 and 5 arms, tick delays, drift), the decisions (A/A, power, SRM) and bandit rollouts to their decision (best arm found, exposure check), written to tests/bench/results/"
 
 toolchain:
