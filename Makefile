@@ -1,6 +1,6 @@
 # Ramp: `make demo` shows it working, `make test` proves it, `make bench` measures it.
 # Every target installs what it needs (pinned toolchain targets, Envoy in a project-local virtualenv,
-# Node for the wasm tests, wrk), so both commands work on a fresh machine.
+# Node for the wasm tests, wrk), so each works on a fresh machine.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -34,7 +34,7 @@ help:
 	@echo "make demo   build, start Envoy with the filter and two model servers, show the split and stickiness"
 	@echo "make test   lint, unit tests, wasm parity tests under Node, end-to-end tests in a real Envoy"
 	@echo "make bench  CPU per request: no filter, empty wasm filter, naive routers and Ramp, each against the naive router at the same time; the controller's polls, checks and scrapes; written to tests/bench/results/"
-	@echo "make images OCI image layouts under target/images/ (the filter as Istio pulls it, a static rampctl), digests printed and pinned in istio/wasmplugin.yaml"
+	@echo "make images OCI image layouts under target/images/ (the filter as Istio pulls it, a static rampctl), digests printed and pinned in the istio/ manifests"
 	@echo "make sim    bandit regret (2 and 5 arms, tick delays, drift), the decisions (A/A, power, SRM) and bandit rollouts to their decision (best arm found, exposure check), written to tests/bench/results/"
 
 toolchain:
@@ -81,10 +81,10 @@ image-layouts: wasm
 	@command -v musl-gcc >/dev/null || { apt-get update -qq && apt-get install -y -qq musl-tools; }
 	@command -v skopeo >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq skopeo; }
 	cargo build --release --target x86_64-unknown-linux-musl -p ramp-controller --bin rampctl
-	cargo run -q -p ramp-tests --bin ramp-images
+	cargo run -q -p ramp-tools --bin ramp-images
 
 images: image-layouts
-	cargo run -q -p ramp-tests --bin ramp-images -- --pin
+	cargo run -q -p ramp-tools --bin ramp-images -- --pin
 
 # The report page test (tests/tests/e2e/report.rs) renders `rampctl report --html` in a real
 # headless browser: Debian's chromium.
@@ -99,20 +99,20 @@ test: lint unit wasm-test e2e
 
 demo: wasm venv
 	cargo build -q -p ramp-controller --bin rampctl
-	cargo run --release -q -p ramp-tests --bin ramp-demo
+	cargo run --release -q -p ramp-tools --bin ramp-demo
 
 bench: wasm venv
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-	cargo run --release -q -p ramp-tests --bin ramp-bench
+	cargo run --release -q -p ramp-tools --bin ramp-bench
 	cargo build --release -q -p ramp-controller --bin rampctl
-	RAMPCTL_BIN=target/release/rampctl cargo run --release -q -p ramp-tests --bin ramp-bench-controller
-	RAMPCTL_BIN=target/release/rampctl cargo run --release -q -p ramp-tests --bin ramp-bench-hostile
-	RAMPCTL_BIN=target/release/rampctl cargo run --release -q -p ramp-tests --bin ramp-bench-checks
+	RAMPCTL_BIN=target/release/rampctl cargo run --release -q -p ramp-tools --bin ramp-bench-controller
+	RAMPCTL_BIN=target/release/rampctl cargo run --release -q -p ramp-tools --bin ramp-bench-hostile
+	RAMPCTL_BIN=target/release/rampctl cargo run --release -q -p ramp-tools --bin ramp-bench-checks
 
 sim: toolchain
-	cargo run --release -q -p ramp-tests --bin ramp-sim
-	cargo run --release -q -p ramp-tests --bin ramp-sim-decisions
-	cargo run --release -q -p ramp-tests --bin ramp-sim-rollouts
+	cargo run --release -q -p ramp-tools --bin ramp-sim
+	cargo run --release -q -p ramp-tools --bin ramp-sim-decisions
+	cargo run --release -q -p ramp-tools --bin ramp-sim-rollouts
 
 clean:
 	cargo clean

@@ -67,7 +67,7 @@ pub struct RawConfig {
 #[serde(rename_all = "snake_case")]
 pub enum ClientHeaders {
     /// Every `x-ramp-*` header, the routing and the cluster header: the whole header map is read
-    /// once per request to find them (3 to 8% of a naive router's cost, see the README's
+    /// once per request to find them (3 to 8% of a naive router's cost, see filter/README.md's
     /// "Performance").
     StripAll,
     /// The headers this rollout gives a meaning to: the routing header (replaced), the cluster

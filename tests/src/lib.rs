@@ -1,5 +1,6 @@
 //! Ramp's end-to-end harness: real Envoy processes with the built filter, test model servers on
-//! loopback, and the helpers the tests, `make demo` and `make bench` share.
+//! loopback, and the helpers that the tests and the tools (`tests/tools`: `make demo`, `make bench`,
+//! `make sim`, `make images`) share.
 
 pub mod canned;
 pub mod client;
@@ -11,7 +12,6 @@ pub mod postgres;
 pub mod procfs;
 pub mod prom;
 pub mod prometheus;
-pub mod seeds;
 pub mod state_server;
 pub mod traffic;
 pub mod upstream;

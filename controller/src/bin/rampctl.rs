@@ -44,18 +44,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Check a rollout spec (YAML or JSON) and print the stages it describes.
+    /// Check a rollout spec (YAML or JSON) and print the stages it describes (exit 2 and the
+    /// field on error).
     Validate {
+        /// The spec file (YAML or JSON).
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
-        /// Machine-readable output.
+        /// Machine-readable output: `{"valid", "name", "stages"}` or `{"valid", "field", "reason"}`.
         #[arg(long)]
         json: bool,
     },
     /// Run the controller: HTTP API, rollout loop, SQLite store.
     Serve {
+        /// The address the API listens on (plain HTTP: put TLS in front of it).
         #[arg(long, default_value = "127.0.0.1:9090")]
         listen: std::net::SocketAddr,
+        /// The SQLite store; one `serve` at a time holds it (a lock beside it, `<db>.lock`).
         #[arg(long, default_value = "ramp.db")]
         db: PathBuf,
         /// The operator's token: apply, commands, feedback, and every read (also
@@ -74,7 +78,7 @@ enum Cmd {
             hide_env_values = true
         )]
         report_token: Option<String>,
-        /// A read-only token: status, list, history, /v1/specs, live state and /metrics (also
+        /// A read-only token: status, list, history, report, /v1/specs, live state and /metrics (also
         /// RAMPCTL_READ_TOKEN).
         #[arg(
             long = "read-token",
@@ -107,24 +111,30 @@ enum Cmd {
     },
     /// What `serve --specs` found in its directory, file by file.
     Specs {
+        /// Print the API's JSON answer instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Start a rollout from a spec file.
     Apply {
+        /// The spec file (YAML or JSON).
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+        /// Print the API's JSON answer instead of text.
         #[arg(long)]
         json: bool,
     },
     /// All rollouts.
     List {
+        /// Print the API's JSON answer instead of text.
         #[arg(long)]
         json: bool,
     },
     /// One rollout: stage, weights, the current window's figures.
     Status {
+        /// The rollout's name.
         name: String,
+        /// Print the API's JSON answer instead of text.
         #[arg(long)]
         json: bool,
         /// Refresh every second until the rollout is promoted, rolled back or aborted; the exit
@@ -137,63 +147,86 @@ enum Cmd {
     },
     /// rampctl's version (and the protocol it speaks).
     Version {
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
     /// A shell completion script: `source <(rampctl completion bash)`.
-    Completion { shell: clap_complete::Shell },
-    /// Next stage now (or, with --full, straight to 100%).
+    Completion {
+        /// The shell the script is for.
+        shell: clap_complete::Shell,
+    },
+    /// Next stage now (or, with --full, straight to 100%); also opens the manual gate before the
+    /// last stage and skips a pending smoke test.
     Promote {
+        /// The rollout's name.
         name: String,
+        /// Straight to 100% (the candidates' full share), skipping the stages left.
         #[arg(long)]
         full: bool,
         /// With several candidates (A/B/n, bandit): the one that takes the candidates' share.
         #[arg(long)]
         arm: Option<String>,
+        /// Print the API's JSON answer instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Hold the rollout where it is: no more checks act and the weights stay (`resume` goes on).
     Pause {
+        /// The rollout's name.
         name: String,
+        /// Print the API's JSON answer instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Go on after a pause (or a `set-weight` hold): the stage's weight and checks again.
     Resume {
+        /// The rollout's name.
         name: String,
+        /// Print the API's JSON answer instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Send all traffic back to the baseline now (also after promotion).
     Rollback {
+        /// The rollout's name.
         name: String,
+        /// Print the API's JSON answer instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Stop the rollout for good: all traffic back to the baseline, and it never resumes.
     Abort {
+        /// The rollout's name.
         name: String,
+        /// Print the API's JSON answer instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Hold the candidate at WEIGHT percent (pauses the rollout; `resume` returns to the schedule).
     SetWeight {
+        /// The rollout's name.
         name: String,
+        /// The candidates' share, in percent (0 to 100).
         weight: f64,
+        /// Print the API's JSON answer instead of text.
         #[arg(long)]
         json: bool,
     },
     /// The rollout's events.
     History {
+        /// The rollout's name.
         name: String,
+        /// Print the API's JSON answer instead of text.
         #[arg(long)]
         json: bool,
     },
     /// The decision record: every promotion, advance, pause, rollback and dry-run failure with
     /// the figures it was made on, and the per-check series (plain text by default).
     Report {
+        /// The rollout's name.
         name: String,
+        /// Print the API's JSON answer instead of text.
         #[arg(long)]
         json: bool,
         /// Also write one self-contained HTML page with plots (inline SVG, nothing fetched).

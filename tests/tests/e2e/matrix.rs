@@ -236,8 +236,8 @@ impl Strategy {
                 f["shadow"] = json!({"cluster": "model_v2", "mode": "compare", "percent": 100,
                                      "json_pointer": "/prediction"});
             }
-            // min_share as the README asks: every arm keeps the traffic the rules and the
-            // exposure check compare.
+            // min_share as controller/README.md asks (the `bandit` strategy): every arm keeps the
+            // traffic the rules and the exposure check compare.
             Bandit(_) => {
                 f["strategy"] = json!("bandit");
                 f["bandit"] = json!({"policy": "thompson", "warmup": 20, "min_share": 0.05});

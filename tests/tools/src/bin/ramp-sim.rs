@@ -258,5 +258,5 @@ fn cost_table(policies: &[(&str, Policy)], md: &mut String) -> serde_json::Value
 
 /// The scenario over `seeds` seeds, on two threads.
 fn run(b: &Bandit, scenario: &Scenario, seeds: u64) -> Vec<Outcome> {
-    ramp_tests::seeds::on_two_threads(seeds, 0, |seed| simulate(b, scenario, seed))
+    ramp_tools::seeds::on_two_threads(seeds, 0, |seed| simulate(b, scenario, seed))
 }

@@ -401,7 +401,7 @@ fn markdown(all: &Value) -> String {
     };
     let mut md = String::from(
         "# Controller: check cost and /metrics\n\n\
-         `make bench` (`tests/src/bin/ramp-bench-checks.rs`): a release `rampctl serve` on loopback, on a \
+         `make bench` (`tests/tools/src/bin/ramp-bench-checks.rs`): a release `rampctl serve` on loopback, on a \
          shared 2-core machine. Every rollout is an A/B/n test of 16 arms with 8 rules (error rate, p50, \
          p95, p99, error rate vs baseline, latency_slower, accuracy, error rate worse than baseline) whose \
          `min_samples` (10^9) no window reaches, and one Envoy's report. `before` is the code of issue 20 \

@@ -12,7 +12,8 @@
 
 use anyhow::{bail, Context, Result};
 use ramp_tests::envoy::repo_root;
-use ramp_tests::oci::{sha256_hex, write_layout, LayerFile};
+use ramp_tests::oci::sha256_hex;
+use ramp_tools::oci::{write_layout, LayerFile};
 use serde_json::json;
 
 fn main() -> Result<()> {

@@ -241,7 +241,7 @@ fn main() -> Result<()> {
     let base = rows[0].1;
     let mut md = String::from(
         "# Controller: state polls and report intake\n\n\
-         `make bench` (`tests/src/bin/ramp-bench-controller.rs`): a release `rampctl serve` on loopback, \
+         `make bench` (`tests/tools/src/bin/ramp-bench-controller.rs`): a release `rampctl serve` on loopback, \
          timed at the client; ratios are within this run, on a shared 2-core machine.\n\n\
          ## One filter poll as the fleet grows\n\n\
          N Envoys' reports posted, then 2000 `GET /v1/rollouts/<r>/state?instance=...` over one keep-alive connection.\n\n\

@@ -214,7 +214,7 @@ fn rollout(policy: &Bandit, s: &Setup, seed: u64) -> Run {
 }
 
 fn runs(policy: &Bandit, s: &Setup, n: u64, seed0: u64) -> Vec<Run> {
-    ramp_tests::seeds::on_two_threads(n, seed0, |seed| rollout(policy, s, seed))
+    ramp_tools::seeds::on_two_threads(n, seed0, |seed| rollout(policy, s, seed))
 }
 
 fn median(mut v: Vec<u64>) -> Option<u64> {
