@@ -21,11 +21,12 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::auth::{Access, Caller, Refusal, TokenOptions, Tokens};
+use crate::hooks::notify_rollback;
 use crate::machine::{self, Command, Phase, State};
-use crate::reconciler::{notify_rollback, totals_now};
 use crate::redact::redact_text;
 use crate::registry::{Accepted, Loaded, Pending, ReportBook, Rollout, View};
 use crate::report::{DecisionRecord, ReportEvent, RolloutReport};
+use crate::sources::totals_now;
 use crate::spec::{Spec, MAX_SPEC_BYTES};
 use crate::store::{NewEvent, Record, Store, StoreError};
 use crate::summary::summary;
@@ -172,8 +173,8 @@ impl App {
             .iter()
             .any(|h| h.on == crate::spec::HookPoint::Event)
         {
-            let payload = crate::reconciler::event_payload(spec, rec, kind, detail);
-            tokio::spawn(crate::reconciler::notify_event(
+            let payload = crate::hooks::event_payload(spec, rec, kind, detail);
+            tokio::spawn(crate::hooks::notify_event(
                 self.outgoing.hooks.clone(),
                 spec.clone(),
                 payload,

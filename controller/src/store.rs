@@ -12,9 +12,10 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension};
 use thiserror::Error;
 
-use crate::machine::State;
 use crate::report::{CheckPoint, DecisionRecord, SeriesKept, SERIES_MAX};
-use crate::window::{Report, Totals};
+use crate::window::Report;
+// The record is the core's; the store keeps it.
+pub use crate::record::Record;
 use ramp_protocol::report::BUCKETS;
 
 #[derive(Debug, Error)]
@@ -44,18 +45,6 @@ pub enum StoreError {
 
 /// A rollout's name (as well as it can be read) and its record or why it cannot be decoded.
 pub type StoredRow = (String, Result<Record, StoreError>);
-
-/// One rollout as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Record {
-    pub name: String,
-    pub spec_text: String,
-    pub state: State,
-    /// Bumped whenever the weights the filters should apply change.
-    pub version: u64,
-    /// Totals when the current stage began.
-    pub base: Totals,
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -607,7 +596,9 @@ fn row(r: &rusqlite::Row<'_>) -> Result<Record, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::State;
     use crate::registry::ReportBook;
+    use crate::window::Totals;
     use std::collections::BTreeMap;
 
     fn temp_db(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {

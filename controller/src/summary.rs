@@ -83,7 +83,7 @@ pub fn figures(
     checked_at_ms: u64,
 ) -> Value {
     let state: &State = &rec.state;
-    let stage_windows = crate::reconciler::stage_windows(rec, spec, totals);
+    let stage_windows = crate::check::stage_windows(rec, spec, totals);
     let baseline = window(totals, &rec.base, &spec.baseline);
     let rules = spec
         .stages

@@ -234,7 +234,7 @@ async fn apply_file(app: &Arc<App>, file: &str, text: &str, spec: &Spec) -> Resu
             (next, ("spec_changed".to_owned(), detail))
         }
         Change::NewRevision => {
-            let base = crate::reconciler::totals_now(&app.outgoing, &handle, spec).await?;
+            let base = crate::sources::totals_now(&app.outgoing, &handle, spec).await?;
             let next = Record {
                 name: rec.name.clone(),
                 spec_text: text.to_owned(),

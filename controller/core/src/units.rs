@@ -4,8 +4,8 @@
 //! independent of the arm) and the tests then take the buckets as the independent units.
 
 use crate::abtest::Proportion;
-use crate::rules::ArmWindow;
 use crate::sequential::RateEstimate;
+use crate::window::ArmWindow;
 
 /// What a rate counts, per request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
