@@ -222,6 +222,44 @@ pub fn state_after_edit(state: &State, old: &Spec, new: &Spec) -> State {
     next
 }
 
+/// One file as the last scan found it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FileSeen {
+    pub file: String,
+    /// The rollout it defines (when it parses).
+    pub rollout: Option<String>,
+    /// What the scan did: `created`, `unchanged`, `edited`, `new_revision`; `None` on an error.
+    pub change: Option<Change>,
+    pub error: Option<String>,
+}
+
+/// What `GET /v1/specs` shows.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SpecsSeen {
+    pub dir: Option<String>,
+    pub scanned_at_ms: Option<u64>,
+    /// The directory itself could not be read.
+    pub error: Option<String>,
+    pub files: Vec<FileSeen>,
+    /// Rollout -> the file that manages it (kept while the file is invalid, dropped when it is
+    /// removed).
+    #[serde(skip)]
+    pub managed: BTreeMap<String, String>,
+}
+
+impl SpecsSeen {
+    /// The file managing `rollout` and its current error, if any.
+    pub fn file_of(&self, rollout: &str) -> Option<(String, Option<String>)> {
+        let file = self.managed.get(rollout)?;
+        let error = self
+            .files
+            .iter()
+            .find(|f| &f.file == file)
+            .and_then(|f| f.error.clone());
+        Some((file.clone(), error))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::clock::now_ms;
 use crate::record::Record;
 use crate::redact::redact_text;
-use crate::server::now_ms;
 use crate::spec::{HookFormat, HookPoint, Spec, HOOK_BUDGET_S};
 use crate::summary::weights_json;
 

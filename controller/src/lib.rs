@@ -1,5 +1,5 @@
 //! rampctl: walks Ramp rollouts through their stages and rolls back on its own. Layers, each using
-//! only the ones below it:
+//! only the ones below it (`serve` puts them together):
 //!
 //! 1. HTTP (`server`, with `auth` and `connections`): translates requests and domain errors.
 //! 2. The service (`service`: create, command, feedback, commit a transition) and the runtime
@@ -12,14 +12,18 @@
 //!    its modules always had.
 
 pub mod auth;
+pub mod clock;
 pub mod connections;
 pub mod custom_fetch;
+pub mod flusher;
 pub mod gitops;
 pub mod hooks;
 pub mod prometheus;
 pub mod reconciler;
 pub mod registry;
+pub mod serve;
 pub mod server;
+pub mod service;
 pub mod sources;
 pub mod store;
 pub mod summary;
@@ -28,7 +32,7 @@ pub mod tls;
 pub mod watcher;
 
 pub use ramp_controller_core::{
-    abtest, bestarm, check, custom_plan, custom_template, custom_verdict, exposure, guardrail,
-    histogram, lookback, machine, posterior, ranktest, record, redact, report, report_html, rules,
-    sequential, shadowstats, simulate, spec, stage_history, units, window,
+    abtest, api, bestarm, check, custom_plan, custom_template, custom_verdict, events, exposure,
+    guardrail, histogram, lookback, machine, posterior, ranktest, record, redact, report,
+    report_html, rules, sequential, shadowstats, simulate, spec, stage_history, units, window,
 };

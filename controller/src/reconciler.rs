@@ -11,17 +11,18 @@ use serde_json::{json, Value};
 
 use crate::bestarm::best_arm;
 use crate::check::{after_failed_hook, check, judged_windows, pre_hook, rule_looks};
+use crate::clock::now_ms;
+use crate::events::{Event, EventKind};
 use crate::hooks::notify_rollback;
 use crate::machine::Phase;
-use crate::record::Record;
+use crate::record::{Moves, Record};
 use crate::registry::{Loaded, Rollout, View};
 use crate::report::DecisionRecord;
 use crate::rules::Look;
-use crate::server::{now_ms, App};
+use crate::service::{App, Transition};
 use crate::sources::{complete_totals, prometheus_totals};
 use crate::spec::{HookPoint, Rule, Spec};
 use crate::stage_history::{srm_check, History};
-use crate::store::NewEvent;
 use crate::summary::{figures, weights_json};
 use crate::window::Totals;
 
@@ -155,7 +156,7 @@ async fn judge(
     measured: crate::spec::custom::Measured,
     history: &mut History,
     now: u64,
-) -> Option<Option<(Record, Vec<(String, String)>)>> {
+) -> Option<Option<(Record, Vec<Event>)>> {
     let _slot = check_slots().acquire().await.ok()?;
     // The history moves to the blocking thread and back; a check that dies (a panic) loses it,
     // and the next check starts over as after a restart.
@@ -196,7 +197,7 @@ fn judge_now(
     measured: crate::spec::custom::Measured,
     history: &mut History,
     now: u64,
-) -> Option<(Record, Vec<(String, String)>)> {
+) -> Option<(Record, Vec<Event>)> {
     let Loaded::Ok { rec, spec } = &view.loaded else {
         return None;
     };
@@ -293,21 +294,19 @@ async fn smoke_test(
     agent: &ureq::Agent,
     rec: &Record,
     spec: &Arc<Spec>,
-) -> (Record, Option<(String, String)>) {
+) -> (Record, Option<Event>) {
     let payload =
         json!({"rollout": rec.name, "hook": HookPoint::BeforeStart, "candidate": spec.candidate});
     match crate::hooks::call(agent, spec, HookPoint::BeforeStart, payload).await {
-        Ok(()) => (
-            Record {
-                state: rec.state.started(now_ms()),
-                version: rec.version + 1,
-                ..rec.clone()
-            },
-            Some((
-                "started".to_owned(),
-                "before_start hooks passed; stage 1 started".to_owned(),
-            )),
-        ),
+        Ok(()) => {
+            let moves = Moves {
+                new_version: true,
+                ..Moves::default()
+            };
+            let next = rec.transition(spec, spec, rec.state.started(now_ms()), moves);
+            let event = "before_start hooks passed; stage 1 started".to_owned();
+            (next, Some((EventKind::Started, event)))
+        }
         Err(why) => {
             let (next, event) = after_failed_hook(rec, spec, why);
             (next, Some(event))
@@ -323,20 +322,22 @@ async fn save(
     handle: &Arc<Rollout>,
     before: &Record,
     next: &Record,
-    events: Vec<(String, String)>,
+    events: Vec<Event>,
     spec: &Arc<Spec>,
 ) {
     let name = before.name.clone();
     // Only this task publishes this rollout's figures: these are the check's.
     let figures = handle.current().figures.as_deref().cloned();
     let record = DecisionRecord::new(spec, &before.spec_text, &before.state, &next.state, figures);
-    let stored: Vec<NewEvent> = events
-        .iter()
-        .map(|(kind, detail)| NewEvent::new(kind, detail, Some(record.clone())))
-        .collect();
-    let saved = app
-        .commit_recorded(handle, before, next, spec, stored, now_ms())
-        .await;
+    let change = Transition {
+        spec,
+        before,
+        next,
+        events: events.clone(),
+        decided_on: Some(record),
+        at_ms: now_ms(),
+    };
+    let saved = app.record(handle, change).await;
     match &saved {
         Err(e) => eprintln!("rampctl: {name}: {e}"),
         Ok(false) => {

@@ -5,10 +5,11 @@
 use std::collections::HashMap;
 
 use crate::bestarm::BestArm;
+use crate::events::{Event, EventKind};
 use crate::guardrail::{self, GUARDRAIL_ALPHA};
 use crate::lookback::Lookback;
 use crate::machine::{self, Action, Phase, State};
-use crate::record::Record;
+use crate::record::{Moves, Record};
 use crate::rules::{ArmWindow, Look};
 use crate::spec::{Bound, HookPoint, Rule, Spec};
 use crate::window::{window, Totals};
@@ -142,7 +143,7 @@ pub fn check(
     now: u64,
     srm: Option<&crate::sequential::SrmResult>,
     best: Option<&BestArm>,
-) -> Option<(Record, Vec<(String, String)>)> {
+) -> Option<(Record, Vec<Event>)> {
     let stage_windows = stage_windows(rec, spec, totals);
     let rules: &[Rule] = spec
         .stages
@@ -162,14 +163,11 @@ pub fn check(
     if state == rec.state {
         return None;
     }
-    let mut next = rec.clone();
-    if state.arm_weights(spec) != rec.state.arm_weights(spec) {
-        next.version += 1;
-    }
-    if state.stage != rec.state.stage {
-        next.base = totals.clone();
-    }
-    next.state = state;
+    let moves = Moves {
+        base: (state.stage != rec.state.stage).then(|| totals.clone()),
+        ..Moves::default()
+    };
+    let next = rec.transition(spec, spec, state, moves);
     // A decision's evidence (the A/B test's figures) goes into its event.
     let evidence = next
         .state
@@ -178,7 +176,7 @@ pub fn check(
         .map_or(String::new(), |r| format!("; {r}"));
     let event = match action {
         Action::Advance { to_stage } => Some((
-            "advance".to_owned(),
+            EventKind::Advance,
             format!(
                 "stage {} at {}%{evidence}",
                 to_stage + 1,
@@ -186,27 +184,27 @@ pub fn check(
             ),
         )),
         Action::Promote => Some((
-            "promoted".to_owned(),
+            EventKind::Promoted,
             format!("candidate has all traffic{evidence}"),
         )),
         Action::Hold(Some(reason)) if next.state.phase == Phase::Paused => {
-            Some(("paused".to_owned(), reason))
+            Some((EventKind::Paused, reason))
         }
-        Action::RollBack { reason } => Some(("rolled_back".to_owned(), reason)),
+        Action::RollBack { reason } => Some((EventKind::RolledBack, reason)),
         Action::Hold(Some(reason)) if next.state.failed_checks > rec.state.failed_checks => {
-            Some(("check_failed".to_owned(), reason))
+            Some((EventKind::CheckFailed, reason))
         }
         Action::Hold(Some(reason))
             if reason == machine::AWAITING_PROMOTION
                 && rec.state.reason.as_deref() != Some(machine::AWAITING_PROMOTION) =>
         {
-            Some(("awaiting_promotion".to_owned(), reason))
+            Some((EventKind::AwaitingPromotion, reason))
         }
         Action::Hold(_) => None,
     };
     // Data from a split that is not the configured one is judged by nothing, dry runs included.
     let mismatch = srm.is_some_and(|s| s.mismatch);
-    let mut events: Vec<(String, String)> = (!mismatch)
+    let mut events: Vec<Event> = (!mismatch)
         .then(|| dry_run_started(rec, spec, rules, &verdicts))
         .flatten()
         .into_iter()
@@ -222,7 +220,7 @@ fn dry_run_started(
     spec: &Spec,
     rules: &[Rule],
     verdicts: &[machine::RuleVerdict],
-) -> Option<(String, String)> {
+) -> Option<Event> {
     let several = spec.candidates.len() > 1;
     let started: Vec<String> = verdicts
         .iter()
@@ -250,7 +248,7 @@ fn dry_run_started(
     let stage = spec.stages.get(rec.state.stage)?;
     (!started.is_empty()).then(|| {
         (
-            "dry_run_failed".to_owned(),
+            EventKind::DryRunFailed,
             format!(
                 "stage {} ({}%): {}",
                 rec.state.stage + 1,
@@ -275,20 +273,12 @@ pub fn pre_hook(spec: &Spec, before: &State, after: &State) -> Option<HookPoint>
 }
 
 /// A failed pre-hook: the check's decision is replaced by `machine::hook_failed`'s.
-pub fn after_failed_hook(rec: &Record, spec: &Spec, why: String) -> (Record, (String, String)) {
+pub fn after_failed_hook(rec: &Record, spec: &Spec, why: String) -> (Record, Event) {
     let (state, action) = machine::hook_failed(spec, &rec.state, why.clone());
-    let mut next = Record {
-        state,
-        ..rec.clone()
-    };
+    let next = rec.transition(spec, spec, state, Moves::default());
     let event = match action {
-        Action::RollBack { reason } => {
-            if next.state.arm_weights(spec) != rec.state.arm_weights(spec) {
-                next.version = rec.version + 1;
-            }
-            ("rolled_back".to_owned(), reason)
-        }
-        _ => ("hook_failed".to_owned(), why),
+        Action::RollBack { reason } => (EventKind::RolledBack, reason),
+        _ => (EventKind::HookFailed, why),
     };
     (next, event)
 }

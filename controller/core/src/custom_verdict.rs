@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
+use crate::events::{Event, EventKind};
 use crate::machine::{Phase, State};
 use crate::record::Record;
 use crate::rules::custom::evaluate;
@@ -119,8 +120,8 @@ pub fn pause_without_data(
     rec: &Record,
     spec: &Spec,
     totals: &Totals,
-    decided: Option<(Record, Vec<(String, String)>)>,
-) -> Option<(Record, Vec<(String, String)>)> {
+    decided: Option<(Record, Vec<Event>)>,
+) -> Option<(Record, Vec<Event>)> {
     if rec.state.phase != Phase::Progressing {
         return decided;
     }
@@ -177,8 +178,8 @@ pub fn pause_without_data(
     next.state.phase = Phase::Paused;
     next.state.reason = Some(why.clone());
     // The pause replaces the check's own decision; a dry run's failure stays on record.
-    events.retain(|(kind, _)| kind == "dry_run_failed");
-    events.push(("paused".to_owned(), why));
+    events.retain(|(kind, _)| *kind == EventKind::DryRunFailed);
+    events.push((EventKind::Paused, why));
     Some((next, events))
 }
 
@@ -223,7 +224,7 @@ mod tests {
         spec: &Spec,
         no_data: &mut NoData,
         figures: Measured,
-    ) -> Option<(Record, Vec<(String, String)>)> {
+    ) -> Option<(Record, Vec<Event>)> {
         no_data.observe(&rec.state, &figures);
         let mut totals = Totals::new();
         attach(&mut totals, figures, no_data);
@@ -263,7 +264,7 @@ mod tests {
         assert_eq!(paused.version, rec.version, "the weights stay");
         let why = "custom metric conf: no value for 3 checks in a row (v2: the query returned no series); resume once the source answers";
         assert_eq!(paused.state.reason.as_deref(), Some(why));
-        assert_eq!(event, vec![("paused".to_owned(), why.to_owned())]);
+        assert_eq!(event, vec![(EventKind::Paused, why.to_owned())]);
         // Paused: still counted (status shows it), nothing decided.
         assert_eq!(
             checked(&paused, &s, &mut no_data, missing("conf", "v2")),

@@ -5,11 +5,13 @@
 //! `ramp-controller` crate (`rampctl`) does the IO around it.
 
 pub mod abtest;
+pub mod api;
 pub mod bestarm;
 pub mod check;
 pub mod custom_plan;
 pub mod custom_template;
 pub mod custom_verdict;
+pub mod events;
 pub mod exposure;
 pub mod guardrail;
 pub mod histogram;

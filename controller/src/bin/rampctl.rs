@@ -239,8 +239,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .filter(|d| d.as_millis() >= 100)
                 .context("--specs-interval-s: at least 0.1")?;
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(ramp_controller::server::serve(
-                ramp_controller::server::Config {
+            rt.block_on(ramp_controller::serve::serve(
+                ramp_controller::serve::Config {
                     listen,
                     db,
                     tokens: ramp_controller::auth::TokenOptions {
