@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use thiserror::Error;
 
 use crate::bestarm::best_arm;
 use crate::check::{after_failed_hook, check, judged_windows, pre_hook, rule_looks};
@@ -20,14 +21,63 @@ use crate::registry::{Loaded, Rollout, View};
 use crate::report::DecisionRecord;
 use crate::rules::Look;
 use crate::service::{App, Transition};
-use crate::sources::{complete_totals, prometheus_totals};
+use crate::sources::{complete_totals, prometheus_totals, SourceError};
 use crate::spec::{HookPoint, Rule, Spec};
 use crate::stage_history::{srm_check, History};
+use crate::store::StoreError;
 use crate::summary::{figures, weights_json};
 use crate::window::Totals;
 
 // Where the sample-ratio tests' level was found before they moved to the core.
 pub use crate::stage_history::SRM_ALPHA;
+
+/// What the loop does after a pass, as kube-rs' `Action`: check again after `requeue_after`
+/// (counted from the pass's start) or when woken, whichever comes first; `None`: only when woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Action {
+    pub requeue_after: Option<Duration>,
+}
+
+impl Action {
+    pub fn requeue(after: Duration) -> Self {
+        Action {
+            requeue_after: Some(after),
+        }
+    }
+
+    pub fn await_change() -> Self {
+        Action {
+            requeue_after: None,
+        }
+    }
+}
+
+/// Why a pass decided nothing.
+#[derive(Debug, Error)]
+pub enum ReconcileError {
+    /// The rollout's metric source did not answer (status shows it as `figures_error`).
+    #[error("no figures this check: {0}")]
+    NoFigures(SourceError),
+    /// The check's CPU work died on its thread (a panic); the next check starts over.
+    #[error("check task: {0}")]
+    CheckTask(String),
+    /// An operator's command changed the rollout while the check's hooks ran: it wins.
+    #[error("changed by an operator during the check; check dropped")]
+    Changed,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What follows a failed pass, beside it as kube-rs puts its error policy: it is logged, and the
+/// next check comes at the usual interval (a source that is down is asked again then).
+fn error_policy(name: &str, error: &ReconcileError, spec: &Spec) -> Action {
+    match error {
+        // Run on a blocking thread with no rollout in hand when it died.
+        ReconcileError::CheckTask(_) => eprintln!("rampctl: {error}"),
+        _ => eprintln!("rampctl: {name}: {error}"),
+    }
+    Action::requeue(Duration::from_millis(spec.check_interval_ms))
+}
 
 /// The reconciler of one rollout; runs until the process ends.
 pub async fn run(app: Arc<App>, handle: Arc<Rollout>) {
@@ -49,36 +99,50 @@ pub async fn run(app: Arc<App>, handle: Arc<Rollout>) {
     let mut figured = false;
     loop {
         let view = handle.current();
-        let Loaded::Ok { rec, spec } = &view.loaded else {
-            handle.wake.notified().await;
-            continue;
-        };
-        let terminal = matches!(
-            rec.state.phase,
-            Phase::Succeeded | Phase::RolledBack | Phase::Aborted
-        );
-        if terminal && figured {
-            // The figures of the deciding check stay what status shows.
-            handle.wake.notified().await;
-            continue;
-        }
         // Checks start a fixed interval apart, however long each took (a fault is caught within
         // threshold + 1 intervals, not that plus the checks' own time).
-        let due = tokio::time::Instant::now() + Duration::from_millis(spec.check_interval_ms);
-        reconcile(&app, &handle, &view, &mut history).await;
-        figured = true;
-        tokio::select! {
-            _ = tokio::time::sleep_until(due) => {}
-            _ = handle.wake.notified() => {}
+        let started = tokio::time::Instant::now();
+        let action = match &view.loaded {
+            Loaded::Ok { rec, spec } if !(is_done(rec) && figured) => {
+                let action = reconcile(&app, &handle, rec, spec, &view, &mut history)
+                    .await
+                    .unwrap_or_else(|e| error_policy(&rec.name, &e, spec));
+                figured = true;
+                action
+            }
+            // Cannot be loaded, or done with the figures of the deciding check (they stay what
+            // status shows): nothing to do until something changes it.
+            _ => Action::await_change(),
+        };
+        match action.requeue_after {
+            Some(after) => tokio::select! {
+                _ = tokio::time::sleep_until(started + after) => {}
+                _ = handle.wake.notified() => {}
+            },
+            None => handle.wake.notified().await,
         }
     }
 }
 
-/// One pass: figures, then (progressing or starting) the decision, its hooks and its storage.
-async fn reconcile(app: &Arc<App>, handle: &Arc<Rollout>, view: &Arc<View>, history: &mut History) {
-    let Loaded::Ok { rec, spec } = &view.loaded else {
-        return;
-    };
+/// Promoted, rolled back or aborted: no check changes it any more.
+fn is_done(rec: &Record) -> bool {
+    matches!(
+        rec.state.phase,
+        Phase::Succeeded | Phase::RolledBack | Phase::Aborted
+    )
+}
+
+/// One pass over `view` (whose record and spec are `rec` and `spec`): figures, then (progressing
+/// or starting) the decision, its hooks and its storage.
+async fn reconcile(
+    app: &Arc<App>,
+    handle: &Arc<Rollout>,
+    rec: &Record,
+    spec: &Arc<Spec>,
+    view: &Arc<View>,
+    history: &mut History,
+) -> Result<Action, ReconcileError> {
+    let next_check = Action::requeue(Duration::from_millis(spec.check_interval_ms));
     let now = now_ms();
     let (from_prometheus, measured) = tokio::join!(
         prometheus_totals(&app.outgoing, spec),
@@ -87,22 +151,18 @@ async fn reconcile(app: &Arc<App>, handle: &Arc<Rollout>, view: &Arc<View>, hist
     let from_prometheus = match from_prometheus {
         Ok(t) => t,
         Err(why) => {
-            eprintln!("rampctl: {}: no figures this check: {why}", rec.name);
             let mut f = handle
                 .current()
                 .figures
                 .as_deref()
                 .cloned()
                 .unwrap_or_else(|| json!({}));
-            f["figures_error"] = json!(why);
+            f["figures_error"] = json!(why.to_string());
             handle.publish_figures(f);
-            return;
+            return Err(ReconcileError::NoFigures(why));
         }
     };
-    let Some(decided) = judge(app, handle, view, from_prometheus, measured, history, now).await
-    else {
-        return;
-    };
+    let decided = judge(app, handle, view, from_prometheus, measured, history, now).await?;
     let (next, events) = match rec.state.phase {
         Phase::Starting => {
             let (next, event) = smoke_test(&app.outgoing.hooks, rec, spec).await;
@@ -110,7 +170,7 @@ async fn reconcile(app: &Arc<App>, handle: &Arc<Rollout>, view: &Arc<View>, hist
         }
         Phase::Progressing => {
             let Some((mut next, mut events)) = decided else {
-                return;
+                return Ok(next_check);
             };
             if let Some(point) = pre_hook(spec, &rec.state, &next.state) {
                 let payload = json!({"rollout": rec.name, "hook": point, "to_stage": next.state.stage + 1,
@@ -126,9 +186,10 @@ async fn reconcile(app: &Arc<App>, handle: &Arc<Rollout>, view: &Arc<View>, hist
             }
             (next, events)
         }
-        _ => return,
+        _ => return Ok(next_check),
     };
-    save(app, handle, rec, &next, events, spec).await;
+    save(app, handle, rec, &next, events, spec).await?;
+    Ok(next_check)
 }
 
 /// Checks whose CPU work (`judge_now`) runs at once, all rollouts together; more wait their turn
@@ -147,7 +208,7 @@ fn check_slots() -> &'static tokio::sync::Semaphore {
 /// would hold up every poll, report and scrape queued behind it. `spawn_blocking` rather than
 /// `block_in_place`: the latter needs the multi-thread runtime (it panics on the current-thread
 /// one tests use), hands the worker's other tasks to a new worker at each call, and bounds
-/// nothing; here `check_slots` bounds how many run at once. `None`: the check did not run.
+/// nothing; here `check_slots` bounds how many run at once.
 async fn judge(
     app: &Arc<App>,
     handle: &Arc<Rollout>,
@@ -156,8 +217,11 @@ async fn judge(
     measured: crate::spec::custom::Measured,
     history: &mut History,
     now: u64,
-) -> Option<Option<(Record, Vec<Event>)>> {
-    let _slot = check_slots().acquire().await.ok()?;
+) -> Result<Option<(Record, Vec<Event>)>, ReconcileError> {
+    let _slot = check_slots()
+        .acquire()
+        .await
+        .map_err(|e| ReconcileError::CheckTask(e.to_string()))?;
     // The history moves to the blocking thread and back; a check that dies (a panic) loses it,
     // and the next check starts over as after a restart.
     let mut moved = std::mem::take(history);
@@ -177,12 +241,9 @@ async fn judge(
     match task.await {
         Ok((back, decided)) => {
             *history = back;
-            Some(decided)
+            Ok(decided)
         }
-        Err(e) => {
-            eprintln!("rampctl: check task: {e}");
-            None
-        }
+        Err(e) => Err(ReconcileError::CheckTask(e.to_string())),
     }
 }
 
@@ -324,12 +385,12 @@ async fn save(
     next: &Record,
     events: Vec<Event>,
     spec: &Arc<Spec>,
-) {
+) -> Result<(), ReconcileError> {
     let name = before.name.clone();
     // Only this task publishes this rollout's figures: these are the check's.
     let figures = handle.current().figures.as_deref().cloned();
     let record = DecisionRecord::new(spec, &before.spec_text, &before.state, &next.state, figures);
-    let change = Transition {
+    let transition = Transition {
         spec,
         before,
         next,
@@ -337,23 +398,13 @@ async fn save(
         decided_on: Some(record),
         at_ms: now_ms(),
     };
-    let saved = app.record(handle, change).await;
-    match &saved {
-        Err(e) => eprintln!("rampctl: {name}: {e}"),
-        Ok(false) => {
-            eprintln!("rampctl: {name}: changed by an operator during the check; check dropped");
-            return;
-        }
-        Ok(true) => {
-            for (kind, detail) in &events {
-                eprintln!("rampctl: {name}: {kind}: {detail}");
-            }
-        }
+    if !app.record(handle, transition).await? {
+        return Err(ReconcileError::Changed);
     }
-    if saved.is_ok_and(|s| s)
-        && next.state.phase == Phase::RolledBack
-        && before.state.phase != Phase::RolledBack
-    {
+    for (kind, detail) in &events {
+        eprintln!("rampctl: {name}: {kind}: {detail}");
+    }
+    if next.state.phase == Phase::RolledBack && before.state.phase != Phase::RolledBack {
         notify_rollback(
             app.outgoing.hooks.clone(),
             spec.clone(),
@@ -361,4 +412,5 @@ async fn save(
         )
         .await;
     }
+    Ok(())
 }

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use thiserror::Error;
+
 use crate::redact::redact_text;
 use crate::registry::Rollout;
 use crate::spec::Spec;
@@ -13,19 +15,34 @@ use crate::window::Totals;
 /// Longest a Prometheus source may take to answer one check.
 const PROMETHEUS_BUDGET: Duration = Duration::from_secs(10);
 
+/// Why a rollout has no figures now.
+#[derive(Debug, Error)]
+pub enum SourceError {
+    /// Prometheus' own error, redacted (a source URL may carry credentials).
+    #[error("{0}")]
+    Prometheus(String),
+    #[error("prometheus query task: {0}")]
+    Task(String),
+    #[error("prometheus did not answer within {0} s")]
+    Timeout(u64),
+}
+
 /// The rollout's cumulative totals now: the filters' reports (or Prometheus), the shadow
 /// comparisons and the feedback. No lock is held while Prometheus answers.
 pub async fn totals_now(
     outgoing: &Outgoing,
     handle: &Rollout,
     spec: &Spec,
-) -> Result<Totals, String> {
+) -> Result<Totals, SourceError> {
     let from_prometheus = prometheus_totals(outgoing, spec).await?;
     Ok(complete_totals(handle, spec, from_prometheus))
 }
 
 /// The request figures from the rollout's Prometheus source, if it has one.
-pub async fn prometheus_totals(outgoing: &Outgoing, spec: &Spec) -> Result<Option<Totals>, String> {
+pub async fn prometheus_totals(
+    outgoing: &Outgoing,
+    spec: &Spec,
+) -> Result<Option<Totals>, SourceError> {
     let Some(url) = &spec.prometheus else {
         return Ok(None);
     };
@@ -35,12 +52,9 @@ pub async fn prometheus_totals(outgoing: &Outgoing, spec: &Spec) -> Result<Optio
         tokio::task::spawn_blocking(move || crate::prometheus::fetch_totals(&agent, &url, &name));
     match tokio::time::timeout(PROMETHEUS_BUDGET, query).await {
         Ok(Ok(Ok(t))) => Ok(Some(t)),
-        Ok(Ok(Err(e))) => Err(redact_text(&e.to_string())),
-        Ok(Err(e)) => Err(format!("prometheus query task: {e}")),
-        Err(_) => Err(format!(
-            "prometheus did not answer within {} s",
-            PROMETHEUS_BUDGET.as_secs()
-        )),
+        Ok(Ok(Err(e))) => Err(SourceError::Prometheus(redact_text(&e.to_string()))),
+        Ok(Err(e)) => Err(SourceError::Task(e.to_string())),
+        Err(_) => Err(SourceError::Timeout(PROMETHEUS_BUDGET.as_secs())),
     }
 }
 

@@ -197,7 +197,9 @@ async fn apply_file(app: &Arc<App>, file: &str, text: &str, spec: &Spec) -> Resu
             (next, (EventKind::SpecChanged, detail))
         }
         Change::NewRevision => {
-            let base = crate::sources::totals_now(&app.outgoing, &handle, spec).await?;
+            let base = crate::sources::totals_now(&app.outgoing, &handle, spec)
+                .await
+                .map_err(|e| e.to_string())?;
             let moves = Moves {
                 base: Some(base),
                 spec_text: Some(text.to_owned()),

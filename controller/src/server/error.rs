@@ -62,7 +62,7 @@ impl From<Error> for ApiError {
                 json!({"error": e.to_string(), "field": e.field, "reason": e.reason}),
             ),
             Error::Conflict(why) => bad(StatusCode::CONFLICT, why),
-            Error::Source(why) => bad(StatusCode::BAD_GATEWAY, why),
+            Error::Source(e) => bad(StatusCode::BAD_GATEWAY, e.to_string()),
             Error::Full(why) => bad(StatusCode::TOO_MANY_REQUESTS, why),
             Error::Store(e) => e.into(),
             Error::Task(why) => bad(StatusCode::INTERNAL_SERVER_ERROR, why),

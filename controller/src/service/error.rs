@@ -2,6 +2,7 @@
 
 use thiserror::Error;
 
+use crate::sources::SourceError;
 use crate::spec::SpecError;
 use crate::store::StoreError;
 
@@ -26,8 +27,8 @@ pub enum Error {
     #[error("{0}")]
     Conflict(String),
     /// A metric source (Prometheus) did not answer.
-    #[error("{0}")]
-    Source(String),
+    #[error(transparent)]
+    Source(#[from] SourceError),
     /// A bound on what is kept in memory is reached.
     #[error("{0}")]
     Full(String),

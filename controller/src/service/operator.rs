@@ -72,9 +72,7 @@ pub async fn create(
         },
         book,
     );
-    let base = totals_now(&app.outgoing, &handle, &spec)
-        .await
-        .map_err(Error::Source)?;
+    let base = totals_now(&app.outgoing, &handle, &spec).await?;
     let now = now_ms();
     let rec = Record {
         name: spec.name.clone(),
@@ -128,11 +126,7 @@ pub async fn command(
             state = machine::promote_arm(&spec, &state, arm).map_err(refused)?;
         }
         let base = if state.stage != rec.state.stage {
-            Some(
-                totals_now(&app.outgoing, &handle, &spec)
-                    .await
-                    .map_err(Error::Source)?,
-            )
+            Some(totals_now(&app.outgoing, &handle, &spec).await?)
         } else {
             None
         };
