@@ -11,7 +11,7 @@ use crate::clock::now_ms;
 use crate::record::Record;
 use crate::redact::redact_text;
 use crate::spec::{HookFormat, HookPoint, Spec, HOOK_BUDGET_S};
-use crate::summary::weights_json;
+use crate::status::weights_json;
 
 /// POSTs `event` to every hook at `point` through `agent` (`tls::Outgoing::hooks`, which follows
 /// no redirects); the first failure (after retries) is the error. All attempts together stop at

@@ -26,7 +26,6 @@ pub mod server;
 pub mod service;
 pub mod sources;
 pub mod store;
-pub mod summary;
 pub mod telemetry;
 pub mod tls;
 pub mod watcher;
@@ -34,5 +33,6 @@ pub mod watcher;
 pub use ramp_controller_core::{
     abtest, api, bestarm, check, custom_plan, custom_template, custom_verdict, events, exposure,
     guardrail, histogram, lookback, machine, posterior, ranktest, record, redact, report,
-    report_html, rules, sequential, shadowstats, simulate, spec, stage_history, units, window,
+    report_html, rules, sequential, shadowstats, simulate, spec, stage_history, status, units,
+    window,
 };

@@ -7,9 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use thiserror::Error;
 
+use crate::api::{CheckFigures, Figures};
 use crate::bestarm::best_arm;
 use crate::check::{after_failed_hook, check, judged_windows, pre_hook, rule_looks};
 use crate::clock::now_ms;
@@ -24,8 +25,8 @@ use crate::service::{App, Transition};
 use crate::sources::{complete_totals, prometheus_totals, SourceError};
 use crate::spec::{HookPoint, Rule, Spec};
 use crate::stage_history::{srm_check, History};
+use crate::status::{figures, verdict_of, weights_json};
 use crate::store::StoreError;
-use crate::summary::{figures, weights_json};
 use crate::window::Totals;
 
 // Where the sample-ratio tests' level was found before they moved to the core.
@@ -156,8 +157,8 @@ async fn reconcile(
                 .figures
                 .as_deref()
                 .cloned()
-                .unwrap_or_else(|| json!({}));
-            f["figures_error"] = json!(why.to_string());
+                .unwrap_or_default();
+            f.error = Some(why.to_string());
             handle.publish_figures(f);
             return Err(ReconcileError::NoFigures(why));
         }
@@ -292,13 +293,19 @@ fn judge_now(
         best.as_ref(),
         now,
     );
-    shown["sample_ratio"] = json!(srm);
+    shown.sample_ratio = srm.as_ref().map(|s| json!(s));
     show_decision_verdicts(&mut shown, rec, spec, &looks);
     // The series for the report's plots: one point a check, written in batches by the flusher.
     handle.push_check(crate::report::CheckPoint::from_figures(
-        &shown, &rec.state, spec, now,
+        &json!(shown),
+        &rec.state,
+        spec,
+        now,
     ));
-    handle.publish_figures(shown);
+    handle.publish_figures(Figures {
+        last: Some(shown),
+        error: None,
+    });
     let decided = (rec.state.phase == Phase::Progressing).then(|| {
         let decided = check(rec, spec, &totals, &looks, now, srm.as_ref(), best.as_ref());
         let decided = crate::custom_verdict::pause_without_data(rec, spec, &totals, decided);
@@ -318,16 +325,19 @@ fn judge_now(
 /// Status shows, per rule and candidate, the verdict the check decides with (over every window
 /// looked at, each at its level), not one recomputed on the window shown: the two can differ, and
 /// what is shown must be what is acted on.
-fn show_decision_verdicts(shown: &mut Value, rec: &Record, spec: &Spec, looks: &[Vec<Vec<Look>>]) {
+fn show_decision_verdicts(
+    shown: &mut CheckFigures,
+    rec: &Record,
+    spec: &Spec,
+    looks: &[Vec<Vec<Look>>],
+) {
     let rules: &[Rule] = spec
         .stages
         .get(rec.state.stage)
         .map(|s| s.rules.as_slice())
         .unwrap_or_default();
     let n = spec.candidates.len();
-    let Some(checks) = shown["checks"].as_array_mut() else {
-        return;
-    };
+    let checks = &mut shown.checks;
     for (ri, rule) in rules.iter().enumerate() {
         for ci in 0..n {
             let (Some(looks), Some(entry)) = (
@@ -336,15 +346,11 @@ fn show_decision_verdicts(shown: &mut Value, rec: &Record, spec: &Spec, looks: &
             ) else {
                 continue;
             };
-            let verdict = match crate::rules::judge(rule, looks) {
-                crate::rules::Verdict::Pass { .. } => "pass",
-                crate::rules::Verdict::Fail { reason, .. } => {
-                    entry["reason"] = json!(reason);
-                    "fail"
-                }
-                crate::rules::Verdict::NotEnoughData { .. } => "not_enough_data",
-            };
-            entry["verdict"] = json!(verdict);
+            let verdict = crate::rules::judge(rule, looks);
+            entry.verdict = verdict_of(&verdict);
+            if let crate::rules::Verdict::Fail { reason, .. } = verdict {
+                entry.reason = Some(reason);
+            }
         }
     }
 }
@@ -388,7 +394,11 @@ async fn save(
 ) -> Result<(), ReconcileError> {
     let name = before.name.clone();
     // Only this task publishes this rollout's figures: these are the check's.
-    let figures = handle.current().figures.as_deref().cloned();
+    let figures = handle
+        .current()
+        .figures
+        .as_deref()
+        .and_then(Figures::to_json);
     let record = DecisionRecord::new(spec, &before.spec_text, &before.state, &next.state, figures);
     let transition = Transition {
         spec,

@@ -18,7 +18,7 @@ pub use error::Error;
 pub use feedback::feedback;
 pub use filters::{accept_report, live_state, ReportTaken, MAX_SEQ_AHEAD_MS};
 pub use operator::{apply, command, create};
-pub use read::{history, list, metrics, readiness, rollout_report, specs, status};
+pub use read::{history, list, metrics, readiness, rollout_report, specs, status, summary};
 pub use record::Transition;
 pub use start::load;
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::api::Figures;
 use crate::clock::now_ms;
 use crate::events::EventKind;
 use crate::gitops::{
@@ -215,7 +216,11 @@ async fn apply_file(app: &Arc<App>, file: &str, text: &str, spec: &Spec) -> Resu
         }
     };
     // The report keeps every revision's text with the event that brought it in.
-    let figures = handle.current().figures.as_deref().cloned();
+    let figures = handle
+        .current()
+        .figures
+        .as_deref()
+        .and_then(Figures::to_json);
     let mut record =
         DecisionRecord::new(spec, text, &rec.state, &next.state, figures).with_spec(text);
     record.weights_before = rec.state.arm_weights(&old).into_iter().collect();

@@ -4,8 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{json, Value};
-
+use crate::api::{CustomCheck, RuleCheck};
 use crate::events::{Event, EventKind};
 use crate::machine::{Phase, State};
 use crate::record::Record;
@@ -77,7 +76,7 @@ pub fn describe(
     c: &CustomRule,
     candidate: &ArmWindow,
     baseline: &ArmWindow,
-    check: &mut Value,
+    check: &mut RuleCheck,
 ) {
     let mine = candidate.custom.get(&c.name);
     let base = rule
@@ -101,16 +100,18 @@ pub fn describe(
         .map(|m| m.checks_without_value)
         .max()
         .unwrap_or(0);
-    check["name"] = json!(c.name);
-    check["source"] = json!(c.source.kind());
-    check["asked"] = json!(mine.map(|m| &m.asked));
-    check["baseline_value"] = json!(base.and_then(|m| m.value.clone().ok()));
-    check["reason"] = json!(why);
-    check["checks_without_value"] = json!(without);
-    check["pause_after"] = json!(c.no_data_checks);
-    for k in ["samples", "min_samples", "stage_samples"] {
-        check[k] = Value::Null;
-    }
+    check.custom = Some(CustomCheck {
+        name: c.name.clone(),
+        source: c.source.kind().to_owned(),
+        asked: mine.map(|m| m.asked.clone()),
+        baseline_value: base.and_then(|m| m.value.clone().ok()),
+        checks_without_value: without,
+        pause_after: c.no_data_checks,
+    });
+    check.reason = why;
+    check.samples = None;
+    check.min_samples = None;
+    check.stage_samples = None;
 }
 
 /// After the stage machine: a custom rule without a value for its `no_data_checks` checks in a
@@ -187,6 +188,7 @@ pub fn pause_without_data(
 mod tests {
     use super::*;
     use crate::spec::custom::test_specs::{custom, spec_with};
+    use serde_json::Value;
 
     fn window_with(rule: &str, value: Result<f64, &str>) -> ArmWindow {
         let m = Measurement {
@@ -285,6 +287,30 @@ mod tests {
         assert!(event[0].1.contains("custom metric conf 0.7000 < min 0.8"));
     }
 
+    /// A check of `rule` as `status::figures` makes it before `describe` (5 samples).
+    fn rule_check(rule: &Rule) -> RuleCheck {
+        RuleCheck {
+            rule: 0,
+            arm: "v2".into(),
+            metric: rule.metric,
+            bound: rule.bound.name().into(),
+            limit: rule.bound.limit(),
+            value: None,
+            samples: Some(5),
+            min_samples: Some(0),
+            verdict: crate::api::CheckVerdict::NotEnoughData,
+            reason: None,
+            dry_run: false,
+            on_fail: rule.on_fail,
+            stage_value: None,
+            stage_samples: Some(5),
+            tost_p: None,
+            t_test_p: None,
+            mann_whitney_p: None,
+            custom: None,
+        }
+    }
+
     #[test]
     fn status_shows_the_figure_its_source_and_why_it_has_none() {
         let s = spec_with(
@@ -292,14 +318,17 @@ mod tests {
         )
         .unwrap();
         let (r, c) = custom(&s);
-        let mut check = json!({"samples": 5});
+        // As status shows it: the check's JSON.
+        let shown = |check: &RuleCheck| serde_json::to_value(check).unwrap();
+        let mut typed = rule_check(r);
         describe(
             r,
             c,
             &window_with("conf", Ok(0.7)),
             &window_with("conf", Ok(0.9)),
-            &mut check,
+            &mut typed,
         );
+        let check = shown(&typed);
         assert_eq!(check["source"], "prometheus");
         assert_eq!(check["baseline_value"], 0.9);
         assert!(
@@ -308,22 +337,24 @@ mod tests {
         );
         assert_eq!(check["samples"], Value::Null);
         assert_eq!(check["pause_after"], 3);
-        let mut check = json!({});
+        let mut typed = rule_check(r);
         let mut gone = window_with("conf", Err("prometheus answered 503"));
         if let Some(m) = gone.custom.get_mut("conf") {
             m.checks_without_value = 2;
         }
-        describe(r, c, &gone, &window_with("conf", Ok(0.9)), &mut check);
+        describe(r, c, &gone, &window_with("conf", Ok(0.9)), &mut typed);
+        let check = shown(&typed);
         assert_eq!(check["reason"], "no value: prometheus answered 503");
         assert_eq!(check["checks_without_value"], 2);
-        let mut check = json!({});
+        let mut typed = rule_check(r);
         describe(
             r,
             c,
             &window_with("conf", Ok(0.9)),
             &window_with("conf", Err("timeout")),
-            &mut check,
+            &mut typed,
         );
+        let check = shown(&typed);
         assert_eq!(check["reason"], "no baseline value: timeout");
     }
 }

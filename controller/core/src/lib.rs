@@ -29,5 +29,6 @@ pub mod shadowstats;
 pub mod simulate;
 pub mod spec;
 pub mod stage_history;
+pub mod status;
 pub mod units;
 pub mod window;

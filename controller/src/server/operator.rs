@@ -9,11 +9,10 @@ use axum::extract::{Path, State as AxState};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::Value;
 
 use super::body::{body, operator_json};
 use super::error::{field_error, ApiError};
-use crate::api::{CommandRequest, FeedbackAnswer, FeedbackRequest};
+use crate::api::{CommandRequest, FeedbackAnswer, FeedbackRequest, History, RolloutList, Status};
 use crate::gitops::SpecsSeen;
 use crate::report::RolloutReport;
 use crate::service::{self, App};
@@ -30,14 +29,14 @@ pub async fn apply(
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
-pub async fn list(AxState(app): AxState<Arc<App>>) -> Json<Value> {
+pub async fn list(AxState(app): AxState<Arc<App>>) -> Json<RolloutList> {
     Json(service::list(&app))
 }
 
 pub async fn status(
     AxState(app): AxState<Arc<App>>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Status>, ApiError> {
     Ok(Json(service::status(&app, &name)?))
 }
 
@@ -45,7 +44,7 @@ pub async fn command(
     AxState(app): AxState<Arc<App>>,
     Path(name): Path<String>,
     raw: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Status>, ApiError> {
     let req = CommandRequest::from_json(&operator_json(raw)?)?;
     Ok(Json(
         service::command(&app, &name, req.command, req.arm).await?,
@@ -55,7 +54,7 @@ pub async fn command(
 pub async fn history(
     AxState(app): AxState<Arc<App>>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<History>, ApiError> {
     Ok(Json(service::history(&app, &name).await?))
 }
 

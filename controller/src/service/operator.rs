@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use serde_json::Value;
-
+use super::read::summary;
 use super::Transition;
 use super::{App, Error};
+use crate::api::{Figures, Status};
 use crate::clock::now_ms;
 use crate::events::EventKind;
 use crate::hooks::notify_rollback;
@@ -17,11 +17,10 @@ use crate::report::DecisionRecord;
 use crate::sources::totals_now;
 use crate::spec::Spec;
 use crate::store::StoreError;
-use crate::summary::summary;
 
 /// `apply`: a spec's text (validated on a blocking thread: a spec may be large) becomes a new
 /// rollout. The answer is its summary.
-pub async fn apply(app: &Arc<App>, text: String) -> Result<Value, Error> {
+pub async fn apply(app: &Arc<App>, text: String) -> Result<Status, Error> {
     let parsed = {
         let text = text.clone();
         tokio::task::spawn_blocking(move || Spec::parse(&text))
@@ -39,7 +38,7 @@ pub async fn create(
     text: String,
     spec: Arc<Spec>,
     detail: &str,
-) -> Result<Value, Error> {
+) -> Result<Status, Error> {
     if app.rollout(&spec.name).is_some() {
         return Err(StoreError::Exists(spec.name.clone()).into());
     }
@@ -100,7 +99,7 @@ pub async fn command(
     name: &str,
     cmd: Command,
     arm: Option<String>,
-) -> Result<Value, Error> {
+) -> Result<Status, Error> {
     let refused = |e: machine::CommandError| match e {
         machine::CommandError::Transition { .. } => Error::Conflict(e.to_string()),
         machine::CommandError::Invalid { field, ref reason } => Error::invalid(field, reason),
@@ -144,7 +143,11 @@ pub async fn command(
             text.push_str(&format!(" {arm}"));
         }
         // An operator decides on what status showed: the last check's figures.
-        let figures = handle.current().figures.as_deref().cloned();
+        let figures = handle
+            .current()
+            .figures
+            .as_deref()
+            .and_then(Figures::to_json);
         let record = DecisionRecord::new(&spec, &rec.spec_text, &rec.state, &next.state, figures);
         let change = Transition {
             spec: &spec,

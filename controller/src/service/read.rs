@@ -8,31 +8,59 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::{App, Error};
+use crate::api::{
+    History, HistoryEvent, Loaded as Shown, ManagedBy, RolloutList, RolloutStatus, Status,
+    Unloadable,
+};
 use crate::gitops::SpecsSeen;
 use crate::redact::redact_text;
-use crate::registry::View;
+use crate::registry::{Loaded, View};
 use crate::report::{DecisionRecord, ReportEvent, RolloutReport};
-use crate::summary::summary;
+use crate::status::state_summary;
+
+/// A rollout as the answers to `apply` and the commands show it: its state, then the last
+/// check's figures (empty before it).
+pub fn summary(view: &View) -> Status {
+    let rollout = match &view.loaded {
+        Loaded::Ok { rec, spec } => RolloutStatus::Loaded(Box::new(Shown {
+            state: state_summary(rec, spec),
+            figures: view.figures.as_deref().cloned().unwrap_or_default(),
+        })),
+        Loaded::Error { reason } => RolloutStatus::Unloadable(Unloadable {
+            name: None,
+            phase: crate::api::ErrorPhase::Error,
+            reason: reason.clone(),
+        }),
+    };
+    Status {
+        rollout,
+        managed: None,
+    }
+}
 
 /// A rollout as `status` and `list` show it: its summary, named.
-fn named(name: &str, view: &View) -> Value {
-    let mut v = summary(view);
-    v["name"] = json!(name);
-    v
+fn named(name: &str, view: &View) -> Status {
+    let mut status = summary(view);
+    match &mut status.rollout {
+        RolloutStatus::Loaded(shown) => shown.state.name = name.to_owned(),
+        RolloutStatus::Unloadable(u) => u.name = Some(name.to_owned()),
+    }
+    status
 }
 
 /// Every rollout (`GET /v1/rollouts`).
-pub fn list(app: &App) -> Value {
-    let out: Vec<Value> = app
-        .all()
-        .iter()
-        .map(|h| named(&h.name, &h.current()))
-        .collect();
-    json!({"rollouts": out})
+pub fn list(app: &App) -> RolloutList {
+    RolloutList {
+        rollouts: app
+            .all()
+            .iter()
+            .map(|h| named(&h.name, &h.current()))
+            .collect(),
+    }
 }
 
 /// One rollout (`GET /v1/rollouts/{name}`), with the file that manages it under `--specs`.
-pub fn status(app: &App, name: &str) -> Result<Value, Error> {
+pub fn status(app: &App, name: &str) -> Result<Status, Error> {
     let handle = app.named(name)?;
     let mut answer = named(name, &handle.current());
     if let Some((file, error)) = app
@@ -41,8 +69,10 @@ pub fn status(app: &App, name: &str) -> Result<Value, Error> {
         .unwrap_or_else(|p| p.into_inner())
         .file_of(name)
     {
-        answer["spec_file"] = json!(file);
-        answer["spec_file_error"] = json!(error);
+        answer.managed = Some(ManagedBy {
+            spec_file: file,
+            spec_file_error: error,
+        });
     }
     Ok(answer)
 }
@@ -53,15 +83,19 @@ pub fn specs(app: &App) -> SpecsSeen {
 }
 
 /// The rollout's events, oldest first, URLs redacted.
-pub async fn history(app: &Arc<App>, name: &str) -> Result<Value, Error> {
+pub async fn history(app: &Arc<App>, name: &str) -> Result<History, Error> {
     app.named(name)?;
     let rollout = name.to_owned();
     let events = app.db(move |s| s.events(&rollout)).await?;
-    let events: Vec<Value> = events
+    let events = events
         .into_iter()
-        .map(|e| json!({"at_ms": e.at_ms, "kind": e.kind, "detail": redact_text(&e.detail)}))
+        .map(|e| HistoryEvent {
+            at_ms: e.at_ms,
+            kind: e.kind,
+            detail: redact_text(&e.detail),
+        })
         .collect();
-    Ok(json!({"events": events}))
+    Ok(History { events })
 }
 
 /// The decision record (`report::RolloutReport`): every event with the figures it was decided
