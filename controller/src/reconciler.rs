@@ -1,7 +1,7 @@
 //! One task per rollout, in the manner of kube-rs' `reconcile -> Action { requeue_after }`: read
 //! the rollout's figures, run the pure `machine::step` on them, run the hooks the decision needs,
 //! store the result if nobody changed the rollout meanwhile, publish it, and sleep until the next
-//! check or a wake-up. All IO (Prometheus, hooks, SQLite) happens here, without any lock held
+//! check or a wake-up. All IO (Prometheus, hooks, the store) happens here, without any lock held
 //! across it, so a slow hook or metric source delays only its own rollout.
 
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! rampctl's pure core: the rollout spec and its validation, the rules, the windows they judge,
 //! the stage machine, the statistics behind every verdict, and the operator API's types. Plain
 //! functions over data: no network, no clock, no store, no async runtime, so every decision is
-//! unit-tested and the CLI and the server share one definition of what they exchange. The
+//! unit-tested, and the CLI and the server share one definition of what they exchange. The
 //! `ramp-controller` crate (`rampctl`) does the IO around it.
 
 pub mod abtest;

@@ -112,7 +112,7 @@ pub struct Look {
     pub alpha: f64,
 }
 
-/// A rule's verdict over the windows a check looks at (`reconciler::rule_looks`; the first is
+/// A rule's verdict over the windows a check looks at (`check::rule_looks`; the first is
 /// the whole stage): it fails if it fails on any of them at that window's level, else it is what
 /// the first says (passing, or waiting for `min_samples`).
 pub fn judge(rule: &Rule, looks: &[Look]) -> Verdict {
