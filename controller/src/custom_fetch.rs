@@ -11,10 +11,11 @@ use serde::Deserialize;
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::custom_metrics::{plan, Call, Measured, Measurement, Target};
+use crate::custom_plan::{plan, Call, Target};
 use crate::machine::{Phase, State};
 use crate::prometheus::Unanswered;
 use crate::redact::redact_text;
+use crate::spec::custom::{Measured, Measurement};
 use crate::spec::Spec;
 use crate::tls::Outgoing;
 

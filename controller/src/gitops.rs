@@ -4,12 +4,13 @@
 //! stage 1 instead); a removed one leaves its rollout as it is (abort it with `rampctl abort`),
 //! which is Argo CD's default too: deleting a file must not stop a rollout by accident. Invalid
 //! files change nothing and are reported (`GET /v1/specs`, the log, and the managed rollout's
-//! status). The decisions here are pure; the scan and the writes are the server's.
+//! status). The decisions here are pure; the scan is a plain read, and the writes are the
+//! watcher's (through the service).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::machine::{Phase, State};
 use crate::spec::{Spec, MAX_SPEC_BYTES};
@@ -109,7 +110,7 @@ pub fn without_content(error: &str) -> String {
 }
 
 /// What a valid file asks of its rollout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Change {
     /// No rollout of this name: start one.
@@ -220,6 +221,44 @@ pub fn state_after_edit(state: &State, old: &Spec, new: &Spec) -> State {
         }
     }
     next
+}
+
+/// One file as the last scan found it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FileSeen {
+    pub file: String,
+    /// The rollout it defines (when it parses).
+    pub rollout: Option<String>,
+    /// What the scan did: `created`, `unchanged`, `edited`, `new_revision`; `None` on an error.
+    pub change: Option<Change>,
+    pub error: Option<String>,
+}
+
+/// What `GET /v1/specs` shows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SpecsSeen {
+    pub dir: Option<String>,
+    pub scanned_at_ms: Option<u64>,
+    /// The directory itself could not be read.
+    pub error: Option<String>,
+    pub files: Vec<FileSeen>,
+    /// Rollout -> the file that manages it (kept while the file is invalid, dropped when it is
+    /// removed).
+    #[serde(skip)]
+    pub managed: BTreeMap<String, String>,
+}
+
+impl SpecsSeen {
+    /// The file managing `rollout` and its current error, if any.
+    pub fn file_of(&self, rollout: &str) -> Option<(String, Option<String>)> {
+        let file = self.managed.get(rollout)?;
+        let error = self
+            .files
+            .iter()
+            .find(|f| &f.file == file)
+            .and_then(|f| f.error.clone());
+        Some((file.clone(), error))
+    }
 }
 
 #[cfg(test)]

@@ -6,9 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde_json::Value;
 use tokio::sync::{watch, Notify};
 
+use crate::api::Figures;
 use crate::report::CheckPoint;
 use crate::spec::Spec;
 use crate::store::{ArmFeedback, Record};
@@ -35,7 +35,7 @@ pub enum Loaded {
 pub struct View {
     pub loaded: Loaded,
     /// The last check's figures (what the reconciler judged), `None` before the first.
-    pub figures: Option<Arc<Value>>,
+    pub figures: Option<Arc<Figures>>,
 }
 
 impl View {
@@ -251,7 +251,7 @@ impl Rollout {
         });
     }
 
-    pub fn publish_figures(&self, figures: Value) {
+    pub fn publish_figures(&self, figures: Figures) {
         self.view.send_modify(|v| {
             *v = Arc::new(View {
                 loaded: v.loaded.clone(),

@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::api::CheckVerdict;
 use axum::body::Bytes;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde_json::Value;
 
 use crate::registry::{Loaded, View};
 
@@ -225,27 +225,32 @@ impl Telemetry {
                     })
                     .set(i64::from(p == now));
             }
-            let checks = view.figures.as_deref().and_then(|f| f["checks"].as_array());
+            let checks = view
+                .figures
+                .as_deref()
+                .and_then(|f| f.last.as_ref())
+                .map(|f| f.checks.as_slice());
             for c in checks.into_iter().flatten() {
-                let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
                 let labels = ByRule {
                     rollout: name.clone(),
-                    arm: text(&c["arm"]),
+                    arm: c.arm.clone(),
                     // Custom rules by name: two of them must not share one series.
-                    metric: c["name"]
-                        .as_str()
-                        .map_or_else(|| text(&c["metric"]), |n| format!("custom:{n}")),
-                    bound: text(&c["bound"]),
+                    metric: c.custom.as_ref().map_or_else(
+                        || crate::spec::wire_name(&c.metric),
+                        |custom| format!("custom:{}", custom.name),
+                    ),
+                    bound: c.bound.clone(),
                 };
-                if let Some(v) = c["value"].as_f64() {
+                // A value that JSON cannot hold (not finite) was never shown either.
+                if let Some(v) = c.value.filter(|v| v.is_finite()) {
                     rule_value.get_or_create(&labels).set(v);
                 }
-                if let Some(v) = c["limit"].as_f64() {
-                    rule_limit.get_or_create(&labels).set(v);
+                if c.limit.is_finite() {
+                    rule_limit.get_or_create(&labels).set(c.limit);
                 }
                 rule_failing
                     .get_or_create(&labels)
-                    .set(i64::from(c["verdict"] == "fail"));
+                    .set(i64::from(c.verdict == CheckVerdict::Fail));
             }
         }
         registry.register(

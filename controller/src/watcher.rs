@@ -1,59 +1,24 @@
 //! The task behind `rampctl serve --specs DIR`: reads the directory every few seconds, does what
-//! `gitops` decides through the same paths as the API (`server::create`, `App::commit`), logs each
-//! problem once, and keeps what `GET /v1/specs` and the managed rollouts' status show.
+//! `gitops` decides through the same service as the API (`service::create`, `App::record`), logs
+//! each problem once, and keeps what `GET /v1/specs` and the managed rollouts' status show.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
-
-use crate::gitops::{classify, owners, scan, state_after_edit, Change, SpecFile};
+use crate::api::Figures;
+use crate::clock::now_ms;
+use crate::events::EventKind;
+use crate::gitops::{
+    classify, owners, scan, state_after_edit, Change, FileSeen, SpecFile, SpecsSeen,
+};
 use crate::machine::State;
+use crate::record::Moves;
 use crate::registry::Loaded;
 use crate::report::DecisionRecord;
-use crate::server::{create, now_ms, App};
+use crate::service::{create, App, Transition};
 use crate::spec::Spec;
-use crate::store::{NewEvent, Record};
-
-/// One file as the last scan found it.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct FileSeen {
-    pub file: String,
-    /// The rollout it defines (when it parses).
-    pub rollout: Option<String>,
-    /// What the scan did: `created`, `unchanged`, `edited`, `new_revision`; `None` on an error.
-    pub change: Option<Change>,
-    pub error: Option<String>,
-}
-
-/// What `GET /v1/specs` shows.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct SpecsSeen {
-    pub dir: Option<String>,
-    pub scanned_at_ms: Option<u64>,
-    /// The directory itself could not be read.
-    pub error: Option<String>,
-    pub files: Vec<FileSeen>,
-    /// Rollout -> the file that manages it (kept while the file is invalid, dropped when it is
-    /// removed).
-    #[serde(skip)]
-    managed: BTreeMap<String, String>,
-}
-
-impl SpecsSeen {
-    /// The file managing `rollout` and its current error, if any.
-    pub fn file_of(&self, rollout: &str) -> Option<(String, Option<String>)> {
-        let file = self.managed.get(rollout)?;
-        let error = self
-            .files
-            .iter()
-            .find(|f| &f.file == file)
-            .and_then(|f| f.error.clone());
-        Some((file.clone(), error))
-    }
-}
 
 /// Longest one scan of the directory may take: past it the scan is reported stuck (in
 /// `/v1/specs` and `/readyz`), and no other starts until it ends.
@@ -213,57 +178,62 @@ async fn apply_file(app: &Arc<App>, file: &str, text: &str, spec: &Spec) -> Resu
             &format!("rollout applied from {file}"),
         )
         .await
-        .map_err(|e| e.message())?;
+        .map_err(|e| e.to_string())?;
         return Ok(Change::Create);
     };
     let now = now_ms();
     let (next, event) = match change {
         Change::Create | Change::Unchanged => return Ok(Change::Unchanged),
         Change::Edit => {
-            let mut next = rec.clone();
-            next.spec_text = text.to_owned();
-            next.state = state_after_edit(&rec.state, &old, spec);
-            if next.state.arm_weights(spec) != rec.state.arm_weights(&old) {
-                next.version += 1;
-            }
+            let moves = Moves {
+                spec_text: Some(text.to_owned()),
+                ..Moves::default()
+            };
+            let next = rec.transition(&old, spec, state_after_edit(&rec.state, &old, spec), moves);
             let detail = format!(
                 "{file} changed: the edited spec applies from now, in stage {} at {}% (the weight in force is kept; a raise goes through a check)",
                 next.state.stage + 1,
                 next.state.weights(spec).1
             );
-            (next, ("spec_changed".to_owned(), detail))
+            (next, (EventKind::SpecChanged, detail))
         }
         Change::NewRevision => {
-            let base = crate::reconciler::totals_now(&app.outgoing, &handle, spec).await?;
-            let next = Record {
-                name: rec.name.clone(),
-                spec_text: text.to_owned(),
-                state: State::start(spec, now),
-                version: rec.version + 1,
-                base,
+            let base = crate::sources::totals_now(&app.outgoing, &handle, spec)
+                .await
+                .map_err(|e| e.to_string())?;
+            let moves = Moves {
+                base: Some(base),
+                spec_text: Some(text.to_owned()),
+                new_version: true,
             };
+            let next = rec.transition(&old, spec, State::start(spec, now), moves);
             let detail = format!(
                 "{file} changed the baseline, candidates or strategy ({} -> {}): a new revision starts at stage 1",
                 old.candidates.join(", "),
                 spec.candidates.join(", ")
             );
-            (next, ("new_revision".to_owned(), detail))
+            (next, (EventKind::NewRevision, detail))
         }
     };
     // The report keeps every revision's text with the event that brought it in.
-    let figures = handle.current().figures.as_deref().cloned();
+    let figures = handle
+        .current()
+        .figures
+        .as_deref()
+        .and_then(Figures::to_json);
     let mut record =
         DecisionRecord::new(spec, text, &rec.state, &next.state, figures).with_spec(text);
     record.weights_before = rec.state.arm_weights(&old).into_iter().collect();
+    let transition = Transition {
+        spec: &Arc::new(spec.clone()),
+        before: &rec,
+        next: &next,
+        events: vec![event],
+        decided_on: Some(record),
+        at_ms: now,
+    };
     let saved = app
-        .commit_recorded(
-            &handle,
-            &rec,
-            &next,
-            &Arc::new(spec.clone()),
-            vec![NewEvent::new(&event.0, &event.1, Some(record))],
-            now,
-        )
+        .record(&handle, transition)
         .await
         .map_err(|e| e.to_string())?;
     if !saved {
@@ -286,16 +256,15 @@ async fn note_removed(app: &Arc<App>, rollout: &str, file: &str) {
         "{file} was removed: the rollout is left as it is (`rampctl abort {rollout}` stops it)"
     );
     eprintln!("rampctl: specs: {detail}");
-    let saved = app
-        .commit(
-            &handle,
-            rec,
-            rec,
-            spec,
-            Some(("spec_removed".to_owned(), detail)),
-            now_ms(),
-        )
-        .await;
+    let change = Transition {
+        spec,
+        before: rec,
+        next: rec,
+        events: vec![(EventKind::SpecRemoved, detail)],
+        decided_on: None,
+        at_ms: now_ms(),
+    };
+    let saved = app.record(&handle, change).await;
     if let Err(e) = saved {
         eprintln!("rampctl: specs: {rollout}: {e}");
     }

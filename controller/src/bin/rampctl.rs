@@ -11,9 +11,18 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
+use ramp_controller::api::{
+    CheckFigures, CheckVerdict, CommandRequest, ErrorAnswer, History, Loaded, RolloutList,
+    RolloutStatus, RuleCheck, Status,
+};
+use ramp_controller::clock::now_ms;
+use ramp_controller::gitops::SpecsSeen;
+use ramp_controller::machine::{Command, Phase};
 use ramp_controller::report::RolloutReport;
-use ramp_controller::server::now_ms;
-use ramp_controller::spec::{Bound, Spec};
+use ramp_controller::spec::{wire_name, Bound, Metric, Spec};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
 
 #[derive(Parser)]
 #[command(
@@ -272,8 +281,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .filter(|d| d.as_millis() >= 100)
                 .context("--specs-interval-s: at least 0.1")?;
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(ramp_controller::server::serve(
-                ramp_controller::server::Config {
+            rt.block_on(ramp_controller::serve::serve(
+                ramp_controller::serve::Config {
                     listen,
                     db,
                     tokens: ramp_controller::auth::TokenOptions {
@@ -303,11 +312,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::List { json } => {
             let api = api()?;
-            api.show(api.call("GET", "/v1/rollouts", None), json, |v| {
-                for r in v["rollouts"].as_array().into_iter().flatten() {
-                    print_status(r);
-                }
-            })
+            api.show(
+                api.call("GET", "/v1/rollouts", None),
+                json,
+                |v: &RolloutList| {
+                    for r in &v.rollouts {
+                        print_status(r);
+                    }
+                },
+            )
         }
         Cmd::Status {
             name,
@@ -330,24 +343,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => watch(&api()?, &name, json, timeout),
         Cmd::Specs { json } => {
             let api = api()?;
-            api.show(api.call("GET", "/v1/specs", None), json, |v| {
+            api.show(api.call("GET", "/v1/specs", None), json, |v: &SpecsSeen| {
                 println!(
                     "specs directory {}{}",
-                    v["dir"].as_str().unwrap_or("(none: serve without --specs)"),
-                    v["error"]
-                        .as_str()
+                    v.dir.as_deref().unwrap_or("(none: serve without --specs)"),
+                    v.error
+                        .as_ref()
                         .map(|e| format!(": {e}"))
                         .unwrap_or_default()
                 );
-                for f in v["files"].as_array().into_iter().flatten() {
+                for f in &v.files {
                     println!(
                         "  {:<24} {:<20} {}",
-                        f["file"].as_str().unwrap_or("?"),
-                        f["rollout"].as_str().unwrap_or("-"),
-                        f["error"]
-                            .as_str()
+                        f.file,
+                        f.rollout.as_deref().unwrap_or("-"),
+                        f.error
+                            .as_ref()
                             .map(|e| format!("INVALID: {e}"))
-                            .or_else(|| f["change"].as_str().map(str::to_owned))
+                            .or_else(|| f.change.as_ref().map(wire_name))
                             .unwrap_or_default()
                     );
                 }
@@ -380,35 +393,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             arm,
             json,
         } => {
-            let mut body =
-                serde_json::json!({"command": if full { "promote_full" } else { "promote" }});
-            if let Some(arm) = arm {
-                body["arm"] = serde_json::json!(arm);
-            }
-            api()?.send_command(&name, body, json)
+            let command = if full {
+                Command::PromoteFull
+            } else {
+                Command::Promote
+            };
+            api()?.send_command(&name, CommandRequest { command, arm }, json)
         }
-        Cmd::Pause { name, json } => api()?.command(&name, "pause", json),
-        Cmd::Resume { name, json } => api()?.command(&name, "resume", json),
-        Cmd::Rollback { name, json } => api()?.command(&name, "roll_back", json),
-        Cmd::Abort { name, json } => api()?.command(&name, "abort", json),
-        Cmd::SetWeight { name, weight, json } => api()?.send_command(
-            &name,
-            serde_json::json!({"command": "set_weight", "weight": weight}),
-            json,
-        ),
+        Cmd::Pause { name, json } => api()?.command(&name, Command::Pause, json),
+        Cmd::Resume { name, json } => api()?.command(&name, Command::Resume, json),
+        Cmd::Rollback { name, json } => api()?.command(&name, Command::RollBack, json),
+        Cmd::Abort { name, json } => api()?.command(&name, Command::Abort, json),
+        Cmd::SetWeight { name, weight, json } => {
+            api()?.command(&name, Command::SetWeight { weight }, json)
+        }
         Cmd::History { name, json } => {
             let api = api()?;
             api.show(
                 api.call("GET", &format!("/v1/rollouts/{name}/history"), None),
                 json,
-                |v| {
-                    for e in v["events"].as_array().into_iter().flatten() {
-                        println!(
-                            "{}  {:<12} {}",
-                            e["at_ms"],
-                            e["kind"].as_str().unwrap_or(""),
-                            e["detail"].as_str().unwrap_or("")
-                        );
+                |v: &History| {
+                    for e in &v.events {
+                        println!("{}  {:<12} {}", e.at_ms, e.kind, e.detail);
                     }
                 },
             )
@@ -418,7 +424,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let answer = api.call("GET", &format!("/v1/rollouts/{name}/report"), None);
             let v = match answer {
                 Ok(v) => v,
-                Err(e) => return api.show(Err(e), json, |_| {}),
+                Err(e) => return api.show(Err(e), json, |_: &Value| {}),
             };
             if json {
                 println!("{v}");
@@ -481,12 +487,7 @@ struct Api {
 impl Api {
     /// The API's JSON answer, or its error message (with the HTTP status) as `Err`. `body` is a
     /// spec (YAML) for `apply`, or JSON for commands.
-    fn call(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<String>,
-    ) -> Result<serde_json::Value, String> {
+    fn call(&self, method: &str, path: &str, body: Option<String>) -> Result<Value, String> {
         let mut req = self
             .agent
             .request(method, &format!("{}{path}", self.server));
@@ -497,17 +498,17 @@ impl Api {
             Some(b) => req.send_string(&b),
             None => req.call(),
         };
-        let json = |r: ureq::Response| -> Option<serde_json::Value> {
+        fn json<T: DeserializeOwned>(r: ureq::Response) -> Option<T> {
             serde_json::from_str(&r.into_string().ok()?).ok()
-        };
+        }
         match resp {
             Ok(r) => json(r)
                 .ok_or_else(|| "the controller answered something that is not JSON".to_owned()),
             Err(ureq::Error::Status(code, r)) => {
-                let v = json(r).unwrap_or_default();
+                let error = json::<ErrorAnswer>(r).map(|e| e.error);
                 Err(format!(
                     "HTTP {code}: {}",
-                    v["error"].as_str().unwrap_or("(no message)")
+                    error.as_deref().unwrap_or("(no message)")
                 ))
             }
             // The address may carry credentials (`https://user:pass@...`): CI logs keep this.
@@ -519,36 +520,35 @@ impl Api {
         }
     }
 
-    fn command(&self, name: &str, command: &str, json: bool) -> anyhow::Result<ExitCode> {
-        self.send_command(name, serde_json::json!({ "command": command }), json)
+    fn command(&self, name: &str, command: Command, json: bool) -> anyhow::Result<ExitCode> {
+        self.send_command(name, CommandRequest { command, arm: None }, json)
     }
 
     fn send_command(
         &self,
         name: &str,
-        body: serde_json::Value,
+        body: CommandRequest,
         json: bool,
     ) -> anyhow::Result<ExitCode> {
+        let body = serde_json::to_string(&body)?;
         self.show(
-            self.call(
-                "POST",
-                &format!("/v1/rollouts/{name}/commands"),
-                Some(body.to_string()),
-            ),
+            self.call("POST", &format!("/v1/rollouts/{name}/commands"), Some(body)),
             json,
             print_status,
         )
     }
 
-    fn show(
+    /// The answer as JSON (`--json`: as the controller sent it) or for a person (`human`, on the
+    /// API's type `T`).
+    fn show<T: DeserializeOwned>(
         &self,
-        answer: Result<serde_json::Value, String>,
+        answer: Result<Value, String>,
         json: bool,
-        human: impl Fn(&serde_json::Value),
+        human: impl Fn(&T),
     ) -> anyhow::Result<ExitCode> {
         match answer {
             Ok(v) if json => println!("{v}"),
-            Ok(v) => human(&v),
+            Ok(v) => human(&read(v)?),
             Err(e) => {
                 if json {
                     println!("{}", serde_json::json!({ "error": e }));
@@ -560,6 +560,17 @@ impl Api {
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// An answer as the API's type says it is.
+fn read<T: DeserializeOwned>(v: Value) -> anyhow::Result<T> {
+    serde_json::from_value(v)
+        .context("the controller's answer is not in the form this rampctl reads")
+}
+
+/// A figure as the controller's JSON shows it (`40.0`, `null`), as it was always printed.
+fn shown<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or_default()
 }
 
 /// `status --watch` exit codes (0 is success, 1 a local error, 2 an API error).
@@ -607,32 +618,38 @@ fn watch(
         if tty {
             print!("\x1b[2J\x1b[H");
         }
-        if json {
+        let status: Status = if json {
             println!("{v}");
+            read(v)?
         } else {
-            print_status(&v);
-            print_stage_progress(&v);
-        }
-        let code = match v["phase"].as_str() {
-            Some("starting" | "progressing" | "paused") => None,
-            Some("succeeded") => Some(ExitCode::SUCCESS),
-            Some("rolled_back") => Some(ExitCode::from(EXIT_ROLLED_BACK)),
-            Some("aborted") => Some(ExitCode::from(EXIT_ABORTED)),
-            _ => Some(ExitCode::from(EXIT_UNLOADABLE)),
+            let status = read(v)?;
+            print_status(&status);
+            if let RolloutStatus::Loaded(loaded) = &status.rollout {
+                print_stage_progress(loaded);
+            }
+            status
         };
+        let phase = match &status.rollout {
+            RolloutStatus::Loaded(loaded) => Some(loaded.state.phase),
+            RolloutStatus::Unloadable(_) => None,
+        };
+        let code = match phase {
+            Some(Phase::Starting | Phase::Progressing | Phase::Paused) => None,
+            Some(Phase::Succeeded) => Some(ExitCode::SUCCESS),
+            Some(Phase::RolledBack) => Some(ExitCode::from(EXIT_ROLLED_BACK)),
+            Some(Phase::Aborted) => Some(ExitCode::from(EXIT_ABORTED)),
+            None => Some(ExitCode::from(EXIT_UNLOADABLE)),
+        };
+        let phase_name = phase.map_or_else(|| "error".to_owned(), |p| wire_name(&p));
         if let Some(code) = code {
             if !json {
-                eprintln!(
-                    "rampctl: {name} is {}",
-                    v["phase"].as_str().unwrap_or("unknown")
-                );
+                eprintln!("rampctl: {name} is {phase_name}");
             }
             return Ok(code);
         }
         if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
             eprintln!(
-                "rampctl: {name} is still {} after {:?}",
-                v["phase"].as_str().unwrap_or("?"),
+                "rampctl: {name} is still {phase_name} after {:?}",
                 timeout.unwrap_or_default()
             );
             return Ok(ExitCode::from(EXIT_TIMEOUT));
@@ -642,13 +659,12 @@ fn watch(
 }
 
 /// Time spent in the stage against its minimum, as a bar, and the time left.
-fn print_stage_progress(v: &serde_json::Value) {
-    let (Some(started), Some(min)) = (
-        v["stage_started_ms"].as_u64(),
-        v["stage_min_duration_ms"].as_u64(),
-    ) else {
+fn print_stage_progress(v: &Loaded) {
+    let state = &v.state;
+    let Some(min) = state.stage_min_duration_ms else {
         return;
     };
+    let started = state.stage_started_ms;
     let elapsed = now_ms().saturating_sub(started);
     let frac = if min == 0 {
         1.0
@@ -656,151 +672,177 @@ fn print_stage_progress(v: &serde_json::Value) {
         (elapsed as f64 / min as f64).min(1.0)
     };
     let filled = (frac * 30.0).round() as usize;
+    let requests = v
+        .figures
+        .last
+        .as_ref()
+        .and_then(|f| f.window.get(&state.candidate))
+        .map_or(0, |w| w.requests);
     println!(
         "    stage time [{}{}] {:>3.0}%  {} s left; candidate requests {} of {} needed",
         "#".repeat(filled),
         ".".repeat(30 - filled),
         frac * 100.0,
         min.saturating_sub(elapsed) / 1000,
-        v["candidate"]
-            .as_str()
-            .map_or(0, |c| v["window"][c]["requests"].as_u64().unwrap_or(0)),
-        v["stage_min_requests"]
+        requests,
+        shown(&state.stage_min_requests)
     );
 }
 
-fn print_status(v: &serde_json::Value) {
-    let weights: Vec<String> = v["weights"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, w)| format!("{k} {}%", w.as_f64().unwrap_or(f64::NAN)))
+fn print_status(status: &Status) {
+    let v = match &status.rollout {
+        RolloutStatus::Loaded(loaded) => loaded,
+        RolloutStatus::Unloadable(u) => {
+            // What it has always printed of a rollout with no state to show.
+            println!(
+                "{}: error stage null/null [] version null  ({})",
+                u.name.as_deref().unwrap_or("?"),
+                u.reason
+            );
+            return;
+        }
+    };
+    let state = &v.state;
+    let weights: Vec<String> = state
+        .weights
+        .iter()
+        .map(|(k, w)| format!("{k} {w}%"))
         .collect();
     println!(
         "{}: {} stage {}/{} [{}] version {}{}",
-        v["name"].as_str().unwrap_or("?"),
-        v["phase"].as_str().unwrap_or("?"),
-        v["stage"],
-        v["stages"],
+        state.name,
+        wire_name(&state.phase),
+        state.stage,
+        state.stages,
         weights.join(", "),
-        v["version"],
-        v["reason"]
-            .as_str()
+        state.version,
+        state
+            .reason
+            .as_ref()
             .map(|r| format!("  ({r})"))
             .unwrap_or_default()
     );
-    if let Some(at) = v["checked_at_ms"].as_u64() {
+    if let Some(f) = &v.figures.last {
         println!(
             "    last check {:.1} s ago (stage {}): each rule on the window it was judged on",
-            now_ms().saturating_sub(at) as f64 / 1000.0,
-            v["checked_stage"]
+            now_ms().saturating_sub(f.checked_at_ms) as f64 / 1000.0,
+            f.checked_stage
         );
     }
-    if let Some(e) = v["figures_error"].as_str() {
+    if let Some(e) = &v.figures.error {
         println!("    no figures at the last check: {e}");
     }
-    let several = v["candidates"].as_array().is_some_and(|c| c.len() > 1);
-    for c in v["checks"].as_array().into_iter().flatten() {
+    if let Some(f) = &v.figures.last {
+        print_figures(f, state.candidates.len() > 1);
+    }
+}
+
+/// The last check's figures: each rule's check, the A/B test, the sample ratio, the bandit and
+/// each arm's window.
+fn print_figures(f: &CheckFigures, several: bool) {
+    for c in &f.checks {
         let arm = if several {
-            format!("{} ", c["arm"].as_str().unwrap_or("?"))
+            format!("{} ", c.arm)
         } else {
             String::new()
         };
-        let verdict = c["verdict"].as_str().unwrap_or("?");
-        let stage = c["stage_value"]
-            .as_f64()
-            .map_or("-".to_owned(), |x| format!("{x:.4}"));
+        let verdict = wire_name(&c.verdict);
+        let stage = c.stage_value.map_or("-".to_owned(), |x| format!("{x:.4}"));
         let evidence = match (
-            c["tost_p"].as_f64(),
-            c["t_test_p"].as_f64(),
-            c["mann_whitney_p"].as_f64(),
+            c.tost_p.flatten(),
+            c.t_test_p.flatten(),
+            c.mann_whitney_p.flatten(),
         ) {
             (Some(p), _, _) => format!("  TOST p {p:.3e}"),
             (_, Some(p), _) => format!("  paired t-test p {p:.3e}"),
             (_, _, Some(p)) => format!("  Mann-Whitney p {p:.3e}"),
             _ => String::new(),
         };
-        if c["metric"] == "custom" {
+        if c.metric == Metric::Custom {
             print_custom_check(c, &arm);
             continue;
         }
-        let acting = if c["dry_run"] == true {
+        let acting = if c.dry_run {
             "  (dry run: not acted on)"
-        } else if c["on_fail"] == "pause" {
+        } else if c.on_fail == ramp_controller::spec::OnFail::Pause {
             "  (on_fail: pause)"
         } else {
             ""
         };
         println!(
             "    check {arm}{:<12} {:>10} {} {:<26} [{}]   stage so far {stage} ({} samples){evidence}{acting}",
-            c["metric"].as_str().unwrap_or("?"),
-            c["value"]
-                .as_f64()
-                .map_or("-".to_owned(), |x| format!("{x:.4}")),
-            match c["bound"].as_str() {
-                Some("max") => "<=",
-                Some("min") => ">=",
+            wire_name(&c.metric),
+            c.value.map_or("-".to_owned(), |x| format!("{x:.4}")),
+            match c.bound.as_str() {
+                "max" => "<=",
+                "min" => ">=",
                 _ => "vs baseline, worse by <=",
             },
             format!(
                 "{} ({} samples, judged from {})",
-                c["limit"], c["samples"], c["min_samples"]
+                shown(&c.limit),
+                shown(&c.samples),
+                shown(&c.min_samples)
             ),
-            if verdict == "pass" { "ok" } else { verdict },
-            c["stage_samples"]
+            if c.verdict == CheckVerdict::Pass { "ok" } else { &verdict },
+            shown(&c.stage_samples)
         );
     }
-    let comparisons = v["ab_test"]["comparisons"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    if comparisons.len() > 1 {
-        println!(
-            "    A/B/n {} (mSPRT per candidate against the baseline, Holm's correction, valid at every check):",
-            v["ab_test"]["metric"].as_str().unwrap_or("?")
-        );
-        for c in &comparisons {
-            let r = &c["result"];
+    if let Some(ab) = &f.ab_test {
+        // The statistics' own results, as they serialize (`sequential`, `abtest`).
+        let null = Value::Null;
+        if ab.comparisons.len() > 1 {
             println!(
-                "      {:<12} {:.4} vs baseline {:.4}, lift {}, always-valid p = {}, fixed-horizon p (reference) = {}{}",
-                c["arm"].as_str().unwrap_or("?"),
-                r["candidate_rate"].as_f64().unwrap_or(0.0),
-                r["baseline_rate"].as_f64().unwrap_or(0.0),
-                r["relative_lift"].as_f64().map_or("-".to_owned(), |l| format!("{:+.1}%", l * 100.0)),
-                r["p_value"].as_f64().map_or("-".to_owned(), |p| format!("{p:.4}")),
-                c["fixed_horizon"]["p_value"].as_f64().map_or("-".to_owned(), |p| format!("{p:.4}")),
-                if c["rejected"] == true { "  significant" } else { "" }
+                "    A/B/n {} (mSPRT per candidate against the baseline, Holm's correction, valid at every check):",
+                wire_name(&ab.metric)
             );
-        }
-    } else if let Some(ab) = v["ab_test"].as_object() {
-        let r = &ab["result"];
-        match r["p_value"].as_f64() {
-            Some(p) => println!(
-                "    A/B {} (mSPRT, valid at every check; units: {}): candidate {:.4} vs baseline {:.4}, lift {}, always-valid p = {p:.4}, {:.0}% confidence sequence of the difference [{:.4}, {:.4}], winner: {}",
-                ab["metric"].as_str().unwrap_or("?"),
-                if r["unit"] == "user_bucket" { "users, by analysis bucket" } else { "requests" },
-                r["candidate_rate"].as_f64().unwrap_or(0.0),
-                r["baseline_rate"].as_f64().unwrap_or(0.0),
-                r["relative_lift"].as_f64().map_or("-".to_owned(), |l| format!("{:+.1}%", l * 100.0)),
-                (1.0 - r["alpha"].as_f64().unwrap_or(0.0)) * 100.0,
-                r["interval"][0].as_f64().unwrap_or(0.0),
-                r["interval"][1].as_f64().unwrap_or(0.0),
-                r["winner"].as_str().unwrap_or("?"),
-            ),
-            None => println!("    A/B {}: no result yet", ab["metric"].as_str().unwrap_or("?")),
-        }
-        let f = &ab["fixed_horizon"];
-        if let Some(p) = f["p_value"].as_f64() {
-            println!(
-                "    A/B for reference only, fixed-horizon z-test on the same data (not valid when looked at repeatedly): z = {:.3}, p = {p:.4}",
-                f["z"].as_f64().unwrap_or(0.0)
-            );
-        }
-        if let Some(n) = ab["planned_per_arm"].as_u64().filter(|&n| n > 0) {
-            println!("    A/B fixed-horizon plan (reference): {n} requests per arm");
+            for c in &ab.comparisons {
+                let r = c.result.as_ref().unwrap_or(&null);
+                let fixed = c.fixed_horizon.as_ref().unwrap_or(&null);
+                println!(
+                    "      {:<12} {:.4} vs baseline {:.4}, lift {}, always-valid p = {}, fixed-horizon p (reference) = {}{}",
+                    c.arm,
+                    r["candidate_rate"].as_f64().unwrap_or(0.0),
+                    r["baseline_rate"].as_f64().unwrap_or(0.0),
+                    r["relative_lift"].as_f64().map_or("-".to_owned(), |l| format!("{:+.1}%", l * 100.0)),
+                    r["p_value"].as_f64().map_or("-".to_owned(), |p| format!("{p:.4}")),
+                    fixed["p_value"].as_f64().map_or("-".to_owned(), |p| format!("{p:.4}")),
+                    if c.rejected { "  significant" } else { "" }
+                );
+            }
+        } else {
+            let r = ab.result.as_ref().unwrap_or(&null);
+            let metric = wire_name(&ab.metric);
+            match r["p_value"].as_f64() {
+                Some(p) => println!(
+                    "    A/B {metric} (mSPRT, valid at every check; units: {}): candidate {:.4} vs baseline {:.4}, lift {}, always-valid p = {p:.4}, {:.0}% confidence sequence of the difference [{:.4}, {:.4}], winner: {}",
+                    if r["unit"] == "user_bucket" { "users, by analysis bucket" } else { "requests" },
+                    r["candidate_rate"].as_f64().unwrap_or(0.0),
+                    r["baseline_rate"].as_f64().unwrap_or(0.0),
+                    r["relative_lift"].as_f64().map_or("-".to_owned(), |l| format!("{:+.1}%", l * 100.0)),
+                    (1.0 - r["alpha"].as_f64().unwrap_or(0.0)) * 100.0,
+                    r["interval"][0].as_f64().unwrap_or(0.0),
+                    r["interval"][1].as_f64().unwrap_or(0.0),
+                    r["winner"].as_str().unwrap_or("?"),
+                ),
+                None => println!("    A/B {metric}: no result yet"),
+            }
+            let fixed = ab.fixed_horizon.as_ref().unwrap_or(&null);
+            if let Some(p) = fixed["p_value"].as_f64() {
+                println!(
+                    "    A/B for reference only, fixed-horizon z-test on the same data (not valid when looked at repeatedly): z = {:.3}, p = {p:.4}",
+                    fixed["z"].as_f64().unwrap_or(0.0)
+                );
+            }
+            if ab.planned_per_arm > 0 {
+                println!(
+                    "    A/B fixed-horizon plan (reference): {} requests per arm",
+                    ab.planned_per_arm
+                );
+            }
         }
     }
-    if let Some(s) = v["sample_ratio"].as_object() {
+    if let Some(s) = f.sample_ratio.as_ref().filter(|s| s.is_object()) {
         println!(
             "    sample ratio (live arms, baseline first; units: {}) expected {:?}, observed {:?}, always-valid p = {:.3e}{}",
             match s["unit"].as_str() {
@@ -812,40 +854,47 @@ fn print_status(v: &serde_json::Value) {
             if s["mismatch"] == true { "  MISMATCH" } else { "" }
         );
     }
-    for (arm, p) in v["bandit"].as_object().into_iter().flatten() {
+    for (arm, p) in f.bandit.iter().flatten() {
+        let posterior = p.as_ref().and_then(|p| p.posterior.as_ref());
         println!(
             "    bandit {arm:<10} trials {:>7}  reward rate {:.4}  95% credible [{:.4}, {:.4}]  P(best) {}",
-            p["trials"],
-            p["mean"].as_f64().unwrap_or(0.0),
-            p["interval"][0].as_f64().unwrap_or(0.0),
-            p["interval"][1].as_f64().unwrap_or(0.0),
-            p["p_best"].as_f64().map_or("-".to_owned(), |x| format!("{x:.4}"))
+            shown(&posterior.map(|p| p.trials)),
+            posterior.map_or(0.0, |p| p.mean),
+            posterior.map_or(0.0, |p| p.interval.0),
+            posterior.map_or(0.0, |p| p.interval.1),
+            p.as_ref()
+                .and_then(|p| p.p_best)
+                .map_or("-".to_owned(), |x| format!("{x:.4}"))
         );
     }
-    if let Some(b) = v["best_arm"].as_object() {
+    if let Some(b) = &f.best_arm {
         println!(
             "    bandit decision: {} leads with P(best) {:.4}, promoted at {}; {}",
-            b["leader"].as_str().unwrap_or("?"),
-            b["p_best"].as_f64().unwrap_or(0.0),
-            b["promote_at"],
-            b["method"].as_str().unwrap_or("")
+            b.leader,
+            b.p_best,
+            shown(&b.promote_at),
+            b.method
         );
     }
-    if v["window"].as_object().is_some_and(|w| !w.is_empty()) {
+    if !f.window.is_empty() {
         println!("    stage so far (since the stage began, at the last check):");
     }
-    for (arm, w) in v["window"].as_object().into_iter().flatten() {
-        let copies = &w["shadow"];
-        if copies["pairs"].as_u64().unwrap_or(0) > 0 {
+    for (arm, w) in &f.window {
+        let copies = &w.shadow;
+        if copies.pairs > 0 {
+            // Printed as JSON values, as always: their widths do not pad them.
             println!(
                 "    {arm:<10} shadow copies {:>7}  model errors {:>5}  unreachable {:>5}  agreement {} of {}",
-                copies["pairs"], copies["failed"], copies["unreachable"], copies["agree"], copies["labelled"]
+                shown(&copies.pairs),
+                shown(&copies.failed),
+                shown(&copies.unreachable),
+                copies.agree,
+                copies.labelled
             );
         }
-        let st = &w["shadow_stats"];
-        if st.is_object() {
-            let num =
-                |v: &serde_json::Value| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.4}"));
+        // The shadow statistics' own result, as it serializes (`shadowstats`).
+        if let Some(st) = w.shadow_stats.as_ref().filter(|st| st.is_object()) {
+            let num = |v: &Value| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.4}"));
             println!(
                 "    {arm:<10} shadow predictions {} pairs: mean diff {} (sd {}), correlation {}, paired t {} (p {}), 90% interval of the mean diff [{}, {}], max |diff| {}{}",
                 st["n"],
@@ -867,54 +916,42 @@ fn print_status(v: &serde_json::Value) {
         }
         println!(
             "    {arm:<10} requests {:>7}  errors {:>5}  error rate {:.4}  p95 {} ms",
-            w["requests"],
-            w["errors"],
-            w["error_rate"].as_f64().unwrap_or(0.0),
-            w["p95_ms"]
-                .as_f64()
-                .map_or("-".to_owned(), |p| format!("{p:.1}"))
+            shown(&w.requests),
+            shown(&w.errors),
+            w.error_rate,
+            w.p95_ms.map_or("-".to_owned(), |p| format!("{p:.1}"))
         );
     }
 }
 
 /// A custom rule's check: its figure against its bound (and the baseline's figure), the source,
 /// and why it has no value or failed; no samples, as a custom figure has none.
-fn print_custom_check(c: &serde_json::Value, arm: &str) {
-    let num = |v: &serde_json::Value| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.4}"));
-    let limit = c["limit"].as_f64().unwrap_or(f64::NAN);
-    let bound = match c["bound"].as_str() {
-        Some("max") => format!("<= {limit}"),
-        Some("min") => format!(">= {limit}"),
-        Some("max_increase") => format!(
-            "<= baseline {} + {}%",
-            num(&c["baseline_value"]),
-            limit * 100.0
-        ),
-        Some("max_decrease") => format!(
-            ">= baseline {} - {}%",
-            num(&c["baseline_value"]),
-            limit * 100.0
-        ),
-        _ => format!(
-            "vs baseline {}, worse by <= {limit}",
-            num(&c["baseline_value"])
-        ),
+fn print_custom_check(c: &RuleCheck, arm: &str) {
+    let num = |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{x:.4}"));
+    let limit = c.limit;
+    let custom = c.custom.as_ref();
+    let baseline = custom.and_then(|c| c.baseline_value);
+    let bound = match c.bound.as_str() {
+        "max" => format!("<= {limit}"),
+        "min" => format!(">= {limit}"),
+        "max_increase" => format!("<= baseline {} + {}%", num(baseline), limit * 100.0),
+        "max_decrease" => format!(">= baseline {} - {}%", num(baseline), limit * 100.0),
+        _ => format!("vs baseline {}, worse by <= {limit}", num(baseline)),
     };
-    let verdict = c["verdict"].as_str().unwrap_or("?");
     println!(
         "    check {arm}custom {:<12} {:>10} {bound} [{}] ({}; {} checks in a row without a value, a pause after {})",
-        c["name"].as_str().unwrap_or("?"),
-        num(&c["value"]),
-        match verdict {
-            "pass" => "ok",
-            "not_enough_data" => "no value",
-            v => v,
+        custom.map_or("?", |c| c.name.as_str()),
+        num(c.value),
+        match c.verdict {
+            CheckVerdict::Pass => "ok",
+            CheckVerdict::NotEnoughData => "no value",
+            CheckVerdict::Fail => "fail",
         },
-        c["source"].as_str().unwrap_or("?"),
-        c["checks_without_value"],
-        c["pause_after"],
+        custom.map_or("?", |c| c.source.as_str()),
+        shown(&custom.map(|c| c.checks_without_value)),
+        shown(&custom.map(|c| c.pause_after)),
     );
-    if let Some(why) = c["reason"].as_str() {
+    if let Some(why) = &c.reason {
         println!("      {why}");
     }
 }

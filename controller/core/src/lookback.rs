@@ -3,7 +3,7 @@
 //! with how many are kept.
 //!
 //! Rules judge the window since the newest earlier check that holds enough samples, else the whole
-//! stage (`reconciler::judged_windows`). Scanning every kept check for that, building a window
+//! stage (`check::judged_windows`). Scanning every kept check for that, building a window
 //! each time, made a check cost grow with the history: 600 snapshots x 8 rules x 15 candidates
 //! meant 144,000 windows a check when none held enough (issue 20, item 10). Two facts make a
 //! binary search exact instead:
@@ -530,7 +530,7 @@ mod tests {
         t
     }
 
-    /// What `reconciler::judged_for` did before: a scan newest first, building windows.
+    /// What rampctl's `reconciler::judged_for` did before: a scan newest first, building windows.
     fn scanned(
         kept: &Lookback,
         now: &Totals,

@@ -2,62 +2,19 @@
 //! bounds relative to the baseline arm over the same window, each with a minimum sample size below
 //! which the rule neither passes nor fails.
 
-use ramp_protocol::moments::ShadowMoments;
-
 use crate::abtest::Proportion;
 use crate::guardrail::{self, GUARDRAIL_ALPHA};
-use crate::histogram::Histogram;
 use crate::ranktest::candidate_slower;
 use crate::sequential::RateEstimate;
 use crate::shadowstats::{equivalence_reach, shadow_stats};
 use crate::spec::{Bound, Metric, Rule};
+// The windows are `window`'s; named here too, where rules have always found them.
+pub use crate::window::{ArmWindow, ShadowFigures};
+
+pub mod custom;
 
 /// The guide's promotion criterion keeps "no significant difference" at this level.
 pub const GUIDE_T_TEST_P: f64 = 0.05;
-
-/// One arm's figures over a window.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ArmWindow {
-    pub requests: u64,
-    /// Responses that were 5xx.
-    pub errors: u64,
-    /// Responses Envoy made itself (the model never answered): the sample-ratio check counts the
-    /// requests that reached the model.
-    pub local_replies: u64,
-    /// Latency in milliseconds.
-    pub latency: Histogram,
-    /// Predictions with reported ground truth, and how many were right.
-    pub labelled: u64,
-    pub correct: u64,
-    /// Delayed rewards (conversions) posted for the arm's decisions, in millionths.
-    pub reward_micros: u64,
-    /// Copies of live requests mirrored to this arm and compared with the primary's answers.
-    pub shadow: ShadowFigures,
-    /// The same counts per analysis bucket, when the filters' assignment is sticky.
-    pub buckets: crate::window::BucketCounts,
-    /// The custom rules' figures at this check, by rule name: point values from the team's own
-    /// source, the same in every window.
-    pub custom: crate::custom_metrics::ArmMeasurements,
-}
-
-/// Shadow comparison counts (filter compare mode), cumulative or over a window.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ShadowFigures {
-    /// Copies whose answer was paired with the primary's.
-    pub pairs: u64,
-    /// Of those, the shadow model itself answered 5xx.
-    pub failed: u64,
-    /// Of those, no answer came from the model: Envoy timed the copy out or could not connect.
-    /// Not the model's error, so not in `shadow_error_rate`; shown so a dead shadow is visible.
-    #[serde(default)]
-    pub unreachable: u64,
-    /// Pairs where both answers had a value to compare, and how many of those agreed.
-    pub labelled: u64,
-    pub agree: u64,
-    /// The exact sums of the numeric prediction pairs (compare mode with a JSON pointer).
-    #[serde(default)]
-    pub moments: ShadowMoments,
-}
 
 impl ShadowFigures {
     pub fn since(&self, base: &ShadowFigures) -> ShadowFigures {
@@ -95,7 +52,7 @@ impl ArmWindow {
             ),
             // Judged against the baseline in `evaluate`; its samples are the requests.
             Metric::ErrorRateVsBaseline => (None, self.requests),
-            // A point value per rule (`custom_verdict::evaluate`), with no sample size.
+            // A point value per rule (`custom::evaluate`), with no sample size.
             Metric::Custom => (None, 0),
             Metric::ShadowAgreement => (
                 (self.shadow.labelled > 0)
@@ -155,7 +112,7 @@ pub struct Look {
     pub alpha: f64,
 }
 
-/// A rule's verdict over the windows a check looks at (`reconciler::rule_looks`; the first is
+/// A rule's verdict over the windows a check looks at (`check::rule_looks`; the first is
 /// the whole stage): it fails if it fails on any of them at that window's level, else it is what
 /// the first says (passing, or waiting for `min_samples`).
 pub fn judge(rule: &Rule, looks: &[Look]) -> Verdict {
@@ -193,7 +150,7 @@ pub fn evaluate_at(
     alpha: f64,
 ) -> Verdict {
     if let Some(custom) = &rule.custom {
-        return crate::custom_verdict::evaluate(rule, custom, candidate, baseline);
+        return self::custom::evaluate(rule, custom, candidate, baseline);
     }
     match rule.metric {
         Metric::LatencySlower => latency_slower(rule, candidate, baseline, alpha),
@@ -462,7 +419,7 @@ fn error_rate_vs_baseline(
                 ..a
             });
             crate::sequential::msprt_compared(
-                crate::cuped::Comparison {
+                crate::sequential::Comparison {
                     baseline: b,
                     candidate: c,
                     adjusted,
@@ -585,6 +542,8 @@ fn metric_name(m: Metric) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::histogram::Histogram;
+    use ramp_protocol::moments::ShadowMoments;
 
     fn paired(pairs: impl Iterator<Item = (f64, f64)>) -> ArmWindow {
         let mut m = ShadowMoments::default();

@@ -15,7 +15,7 @@ use serde::Serialize;
 use statrs::function::gamma::ln_gamma;
 
 use crate::abtest::{Proportion, Winner};
-use crate::cuped::Comparison;
+use crate::cuped::Adjusted;
 
 /// The mSPRT's figures at one look.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -132,6 +132,14 @@ pub fn msprt_estimates(
         alpha,
         tau,
     )
+}
+
+/// The two arms' plain rates with the adjusted difference, as the mSPRT takes them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Comparison {
+    pub baseline: RateEstimate,
+    pub candidate: RateEstimate,
+    pub adjusted: Option<Adjusted>,
 }
 
 /// What CUPED changed in a test: the plain difference and variance beside the adjusted ones.

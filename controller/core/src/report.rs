@@ -139,7 +139,7 @@ pub struct CheckPoint {
     pub srm_p: Option<f64>,
 }
 
-/// The parts of `summary::figures` a check point keeps, read back typed.
+/// The parts of `status::figures` a check point keeps, read back typed.
 #[derive(Deserialize)]
 struct FigureCheck {
     #[serde(default)]
@@ -162,7 +162,7 @@ struct FigureArm {
 }
 
 impl CheckPoint {
-    /// The point of the check whose figures (`summary::figures`, plus `sample_ratio`) are
+    /// The point of the check whose figures (`status::figures`, plus `sample_ratio`) are
     /// `figures`, run on `state` at `at_ms`.
     pub fn from_figures(figures: &Value, state: &State, spec: &Spec, at_ms: u64) -> Self {
         let rules = serde_json::from_value::<Vec<FigureCheck>>(figures["checks"].clone())

@@ -1,4 +1,4 @@
-//! The controller's durable state in SQLite: every rollout's spec, its state and live-state version,
+//! The store port's SQLite adapter (`super::Store`): the controller's durable state in SQLite: every rollout's spec, its state and live-state version,
 //! the totals its current stage started from, the newest report of each Envoy, and an event history.
 //! Every change is one transaction, so a restart resumes exactly where the last commit left off.
 //! One process writes a database: `open` takes an exclusive lock on `<db>.lock` for as long as the
@@ -10,80 +10,10 @@ use std::fs::File;
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use thiserror::Error;
 
-use crate::machine::State;
+use super::{ArmFeedback, Event, NewEvent, Record, StoreError, StoredRow};
 use crate::report::{CheckPoint, DecisionRecord, SeriesKept, SERIES_MAX};
-use crate::window::{Report, Totals};
-use ramp_protocol::report::BUCKETS;
-
-#[derive(Debug, Error)]
-pub enum StoreError {
-    #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(#[from] serde_json::Error),
-    #[error("rollout {0:?} already exists")]
-    Exists(String),
-    #[error("no rollout named {0:?}")]
-    NotFound(String),
-    #[error("stored row cannot be read: {0}")]
-    Undecodable(String),
-    #[error("{db} is in use by another rampctl serve (lock {lock} is held): one process writes a database")]
-    Locked { db: String, lock: String },
-    #[error(
-        "{db} is damaged (PRAGMA quick_check: {detail}); restore it from a backup or move it aside"
-    )]
-    Damaged { db: String, detail: String },
-    #[error("lock file {lock}: {source}")]
-    LockFile {
-        lock: String,
-        source: std::io::Error,
-    },
-}
-
-/// A rollout's name (as well as it can be read) and its record or why it cannot be decoded.
-pub type StoredRow = (String, Result<Record, StoreError>);
-
-/// One rollout as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Record {
-    pub name: String,
-    pub spec_text: String,
-    pub state: State,
-    /// Bumped whenever the weights the filters should apply change.
-    pub version: u64,
-    /// Totals when the current stage began.
-    pub base: Totals,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    pub at_ms: u64,
-    pub kind: String,
-    pub detail: String,
-    /// The decision record (JSON, `report::DecisionRecord`) stored with it; `None` for events
-    /// stored before records existed, and for those that decide nothing.
-    pub record: Option<String>,
-}
-
-/// An event to store with a transition, and what it was decided on.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewEvent {
-    pub kind: String,
-    pub detail: String,
-    pub record: Option<DecisionRecord>,
-}
-
-impl NewEvent {
-    pub fn new(kind: &str, detail: &str, record: Option<DecisionRecord>) -> Self {
-        Self {
-            kind: kind.to_owned(),
-            detail: detail.to_owned(),
-            record,
-        }
-    }
-}
+use crate::window::Report;
 
 /// The schema version `open` leaves a database at. 0: the first schema (no version set);
 /// 1: events carry a decision record, and each rollout has a per-check series.
@@ -93,59 +23,6 @@ pub struct Store {
     db: Connection,
     /// Held (locked) for the store's life: a second `rampctl serve` on the same file refuses.
     _lock: File,
-}
-
-/// Feedback for one arm, summed over all its decisions.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ArmFeedback {
-    pub arm: String,
-    /// Decisions with ground truth, and how many were right.
-    pub labelled: u64,
-    pub correct: u64,
-    /// Decisions with a reward, and their sum in millionths (integers, as the filters count, so
-    /// sums are exact and the same in any order).
-    pub rewarded: u64,
-    pub reward_micros: u64,
-    /// The same rewards per analysis bucket (the decision id's top 6 bits): `BUCKETS` sums, or
-    /// empty when none.
-    pub bucket_reward_micros: Vec<u64>,
-    /// Rewards posted for an A/B test's pre-period decisions (`.pre` ids) of users the
-    /// experiment gives this arm, per bucket: CUPED's covariate, not this arm's rewards.
-    pub bucket_pre_reward_micros: Vec<u64>,
-}
-
-/// Adds `micros` to bucket `bucket` of `sums`, made `BUCKETS` long on first use.
-fn add_to_bucket(sums: &mut Vec<u64>, bucket: usize, micros: u64) {
-    if sums.is_empty() {
-        *sums = vec![0; BUCKETS];
-    }
-    if let Some(b) = sums.get_mut(bucket % BUCKETS) {
-        *b = b.saturating_add(micros);
-    }
-}
-
-impl ArmFeedback {
-    pub fn new(arm: &str) -> Self {
-        ArmFeedback {
-            arm: arm.to_owned(),
-            labelled: 0,
-            correct: 0,
-            rewarded: 0,
-            reward_micros: 0,
-            bucket_reward_micros: Vec::new(),
-            bucket_pre_reward_micros: Vec::new(),
-        }
-    }
-
-    /// Adds a reward posted for a decision of analysis bucket `bucket`.
-    pub fn add_bucket_reward(&mut self, bucket: usize, micros: u64) {
-        add_to_bucket(&mut self.bucket_reward_micros, bucket, micros);
-    }
-
-    /// Adds a reward posted for a pre-period decision of analysis bucket `bucket`.
-    pub fn add_pre_reward(&mut self, bucket: usize, micros: u64) {
-        add_to_bucket(&mut self.bucket_pre_reward_micros, bucket, micros);
-    }
 }
 
 impl Store {
@@ -641,10 +518,85 @@ fn row(r: &rusqlite::Row<'_>) -> Result<Record, StoreError> {
     })
 }
 
+/// The driver's errors, as the port carries them (it names no driver).
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+/// The port, over the methods above.
+impl super::Store for Store {
+    fn ping(&self) -> Result<(), StoreError> {
+        Store::ping(self)
+    }
+
+    fn list(&self) -> Result<Vec<StoredRow>, StoreError> {
+        Store::list(self)
+    }
+
+    fn insert_recorded(
+        &mut self,
+        rec: &Record,
+        at_ms: u64,
+        record: Option<&DecisionRecord>,
+    ) -> Result<(), StoreError> {
+        Store::insert_recorded(self, rec, at_ms, record)
+    }
+
+    fn update_if_recorded(
+        &mut self,
+        before: &Record,
+        next: &Record,
+        events: &[NewEvent],
+        at_ms: u64,
+    ) -> Result<bool, StoreError> {
+        Store::update_if_recorded(self, before, next, events, at_ms)
+    }
+
+    fn events(&self, rollout: &str) -> Result<Vec<Event>, StoreError> {
+        Store::events(self, rollout)
+    }
+
+    fn reports(&self, rollout: &str) -> Result<Vec<Result<Report, StoreError>>, StoreError> {
+        Store::reports(self, rollout)
+    }
+
+    fn put_reports(&mut self, reports: &[(&str, &Report)]) -> Result<usize, StoreError> {
+        Store::put_reports(self, reports.iter().copied())
+    }
+
+    fn put_feedback(
+        &mut self,
+        rollout: &str,
+        decision: &str,
+        arm: &str,
+        correct: Option<bool>,
+        reward: Option<f64>,
+        at_ms: u64,
+    ) -> Result<bool, StoreError> {
+        Store::put_feedback(self, rollout, decision, arm, correct, reward, at_ms)
+    }
+
+    fn feedback_totals(&self, rollout: &str) -> Result<Vec<ArmFeedback>, StoreError> {
+        Store::feedback_totals(self, rollout)
+    }
+
+    fn put_checks(&mut self, rollout: &str, points: &[CheckPoint]) -> Result<(), StoreError> {
+        Store::put_checks(self, rollout, points)
+    }
+
+    fn checks(&self, rollout: &str) -> Result<(Vec<CheckPoint>, SeriesKept), StoreError> {
+        Store::checks(self, rollout)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::State;
     use crate::registry::ReportBook;
+    use crate::window::Totals;
     use std::collections::BTreeMap;
 
     fn temp_db(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {

@@ -261,12 +261,12 @@ pub fn sticky_sim(
                 .map(|a| a.buckets.iter().map(|b| b.0).collect())
                 .collect();
             let slices: Vec<&[u64]> = by_bucket.iter().map(Vec::as_slice).collect();
-            user_srm |= srm_by_bucket(&slices, &[50.0, 50.0], crate::reconciler::SRM_ALPHA)
+            user_srm |= srm_by_bucket(&slices, &[50.0, 50.0], crate::stage_history::SRM_ALPHA)
                 .is_some_and(|r| r.mismatch);
             request_srm |= srm(
                 &[arms[0].requests, arms[1].requests],
                 &[50.0, 50.0],
-                crate::reconciler::SRM_ALPHA,
+                crate::stage_history::SRM_ALPHA,
             )
             .is_some_and(|r| r.mismatch);
         }
@@ -322,8 +322,8 @@ pub fn srm_sim(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reconciler::SRM_ALPHA;
     use crate::spec::Spec;
+    use crate::stage_history::SRM_ALPHA;
 
     fn ab() -> AbTest {
         Spec::parse("name: ab\nstrategy: ab_test\narms: [{name: a, role: baseline}, {name: b, role: candidate}]\nab_test: {metric: conversion, confidence: 0.95, baseline_rate: 0.1, min_detectable_lift: 0.1}\nstages: [{weight: 50}, {weight: 100}]\n")
@@ -399,13 +399,13 @@ pub struct ArmModel {
 #[derive(Debug, Clone, Serialize)]
 pub struct GuardrailSim {
     pub rollouts: usize,
-    /// Rolled back within the checks, judged as rampctl does now (`reconciler::rule_looks` and
-    /// `reconciler::check`: confidence sequences, alpha spent over rules and windows).
+    /// Rolled back within the checks, judged as rampctl does now (`check::rule_looks` and
+    /// `check::check`: confidence sequences, alpha spent over rules and windows).
     pub rolled_back: usize,
     /// The check (1-based) at which each of those rolled back, sorted.
     pub checks_to_rollback: Vec<u64>,
     /// Rolled back as rampctl judged before issue 24: each rule's point estimate on the newest
-    /// window holding `min_samples` (`reconciler::judged_windows`, `rules::point_verdict`),
+    /// window holding `min_samples` (`check::judged_windows`, `rules::point_verdict`),
     /// `failure_threshold` failing checks in a row.
     pub rolled_back_before: usize,
     pub checks_to_rollback_before: Vec<u64>,
@@ -461,11 +461,11 @@ pub fn guardrail_sim(
     per_check: u64,
     seed: u64,
 ) -> GuardrailSim {
+    use crate::check::{check, judged_windows, rule_looks};
     use crate::lookback::Lookback;
     use crate::machine::{Phase, State};
-    use crate::reconciler::{check, judged_windows, rule_looks};
+    use crate::record::Record;
     use crate::rules::{point_verdict, Verdict};
-    use crate::store::Record;
 
     let mut rng = Rng::with_seed(seed);
     let mut out = GuardrailSim {

@@ -208,7 +208,7 @@ pub fn judge_rules(
 }
 
 /// One check. `windows(rule, i)` gives the windows a rule judges the i-th candidate (of
-/// `spec.candidates`) on and the level for each (`reconciler::rule_looks`): the whole stage, and
+/// `spec.candidates`) on and the level for each (`check::rule_looks`): the whole stage, and
 /// windows of recent checks, so a candidate that turns bad is caught within a few checks however
 /// long it was healthy, with the chance of a false failure over the stage within alpha. `stage_windows[i]` is (candidate i, baseline)
 /// since the stage began: `min_requests` counts each candidate's requests, and the A/B test reads

@@ -4,9 +4,10 @@
 //! independent of the arm) and the tests then take the buckets as the independent units.
 
 use crate::abtest::Proportion;
-use crate::cuped::{adjusted_difference, Cluster, Comparison};
-use crate::rules::ArmWindow;
+use crate::cuped::{adjusted_difference, Cluster};
+use crate::sequential::Comparison;
 use crate::sequential::RateEstimate;
+use crate::window::ArmWindow;
 
 /// What a rate counts, per request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

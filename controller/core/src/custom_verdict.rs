@@ -1,18 +1,18 @@
-//! How a custom rule (`custom_metrics`) judges: its figures ride in the totals into every window,
-//! the verdict compares the candidate's with the bound or the baseline's, status shows what was
-//! asked and why there is no value, and checks in a row without one pause the rollout. No value
-//! is never a pass, and never a failed check either.
+//! What a custom rule (`spec::custom`) does around its verdict (`rules::custom`): its figures ride
+//! in the totals into every window, status shows what was asked and why there is no value, and
+//! checks in a row without one pause the rollout.
 
 use std::collections::BTreeMap;
 
-use serde_json::{json, Value};
-
-use crate::custom_metrics::{CustomRule, Measured, Measurement};
+use crate::api::{CustomCheck, RuleCheck};
+use crate::events::{Event, EventKind};
 use crate::machine::{Phase, State};
-use crate::rules::{ArmWindow, Verdict};
-use crate::spec::{Bound, Rule, Spec};
-use crate::store::Record;
-use crate::window::Totals;
+use crate::record::Record;
+use crate::rules::custom::evaluate;
+use crate::rules::Verdict;
+use crate::spec::custom::{CustomRule, Measured, Measurement};
+use crate::spec::{Rule, Spec};
+use crate::window::{ArmWindow, Totals};
 
 /// Counts, per custom rule, the checks in a row without a value for some arm it judges. Counted
 /// while the rollout progresses or is paused (status shows the count); it starts over in a new
@@ -68,106 +68,6 @@ pub fn attach(totals: &mut Totals, measured: Measured, no_data: &NoData) {
     }
 }
 
-/// A custom rule's verdict on the figures in the windows (`rules::evaluate` hands it over).
-pub fn evaluate(
-    rule: &Rule,
-    c: &CustomRule,
-    candidate: &ArmWindow,
-    baseline: &ArmWindow,
-) -> Verdict {
-    // No value is not a pass: the rule waits, and `pause_without_data` counts the checks.
-    let no_value = Verdict::NotEnoughData {
-        samples: 0,
-        needed: 1,
-    };
-    let value_of = |w: &ArmWindow| w.custom.get(&c.name).and_then(|m| m.value.clone().ok());
-    let Some(value) = value_of(candidate) else {
-        return no_value;
-    };
-    let name = format!("custom metric {}", c.name);
-    let fail = |reason: String| Verdict::Fail { value, reason };
-    let v = shown(value);
-    let base = if rule.bound.is_relative() {
-        match value_of(baseline) {
-            Some(b) => b,
-            None => return no_value,
-        }
-    } else {
-        0.0
-    };
-    // Differences with the baseline are computed here, in floating point: 0.92 - 0.87 is
-    // 0.05000000000000004. Give them the rounding error they can carry, so a figure exactly
-    // at the allowance (as a person reads the numbers) passes.
-    let slack = 4.0 * f64::EPSILON * (value.abs() + base.abs());
-    match rule.bound {
-        Bound::Max(max) if value > max => fail(format!("{name} {v} > max {max}")),
-        Bound::Min(min) if value < min => fail(format!("{name} {v} < min {min}")),
-        Bound::WorseThanBaseline(allowed) => {
-            let worse_by = if c.higher_is_worse {
-                value - base
-            } else {
-                base - value
-            };
-            if worse_by > allowed + slack {
-                fail(format!(
-                    "{name} {v} is {} worse than baseline {} (allowed {allowed})",
-                    shown(worse_by),
-                    shown(base)
-                ))
-            } else {
-                Verdict::Pass { value }
-            }
-        }
-        // Relative to the baseline's magnitude, so a negative baseline works the same way; with
-        // a baseline of 0 any increase (or decrease) is too much.
-        Bound::MaxIncrease(allowed) if value > base + allowed * base.abs() + slack => {
-            fail(format!(
-                "{name} {v} is {} above baseline {} (allowed {}%)",
-                change(value, base),
-                shown(base),
-                percent(allowed)
-            ))
-        }
-        Bound::MaxDecrease(allowed) if value < base - allowed * base.abs() - slack => {
-            fail(format!(
-                "{name} {v} is {} below baseline {} (allowed {}%)",
-                change(value, base),
-                shown(base),
-                percent(allowed)
-            ))
-        }
-        _ => Verdict::Pass { value },
-    }
-}
-
-/// How far `value` is from `base`: a percentage of |base|, or the difference when base is 0.
-fn change(value: f64, base: f64) -> String {
-    if base == 0.0 {
-        shown((value - base).abs())
-    } else {
-        format!("{}%", percent((value - base).abs() / base.abs()))
-    }
-}
-
-fn percent(f: f64) -> String {
-    let p = f * 100.0;
-    if (p - p.round()).abs() < 1e-9 {
-        format!("{p:.0}")
-    } else {
-        format!("{p:.1}")
-    }
-}
-
-/// A figure as reasons show it: four decimals where that says something, else scientific.
-fn shown(v: f64) -> String {
-    let a = v.abs();
-    if a == 0.0 || (1e-3..1e9).contains(&a) {
-        format!("{v:.4}")
-    } else {
-        format!("{v:.4e}")
-    }
-}
-
 /// What status shows of a custom rule's check besides value and verdict: its name and source,
 /// what was asked, the baseline's figure, why there is no value (or why it failed), and the
 /// checks without a value against the pause limit. No sample sizes: there are none.
@@ -176,7 +76,7 @@ pub fn describe(
     c: &CustomRule,
     candidate: &ArmWindow,
     baseline: &ArmWindow,
-    check: &mut Value,
+    check: &mut RuleCheck,
 ) {
     let mine = candidate.custom.get(&c.name);
     let base = rule
@@ -200,16 +100,18 @@ pub fn describe(
         .map(|m| m.checks_without_value)
         .max()
         .unwrap_or(0);
-    check["name"] = json!(c.name);
-    check["source"] = json!(c.source.kind());
-    check["asked"] = json!(mine.map(|m| &m.asked));
-    check["baseline_value"] = json!(base.and_then(|m| m.value.clone().ok()));
-    check["reason"] = json!(why);
-    check["checks_without_value"] = json!(without);
-    check["pause_after"] = json!(c.no_data_checks);
-    for k in ["samples", "min_samples", "stage_samples"] {
-        check[k] = Value::Null;
-    }
+    check.custom = Some(CustomCheck {
+        name: c.name.clone(),
+        source: c.source.kind().to_owned(),
+        asked: mine.map(|m| m.asked.clone()),
+        baseline_value: base.and_then(|m| m.value.clone().ok()),
+        checks_without_value: without,
+        pause_after: c.no_data_checks,
+    });
+    check.reason = why;
+    check.samples = None;
+    check.min_samples = None;
+    check.stage_samples = None;
 }
 
 /// After the stage machine: a custom rule without a value for its `no_data_checks` checks in a
@@ -219,8 +121,8 @@ pub fn pause_without_data(
     rec: &Record,
     spec: &Spec,
     totals: &Totals,
-    decided: Option<(Record, Vec<(String, String)>)>,
-) -> Option<(Record, Vec<(String, String)>)> {
+    decided: Option<(Record, Vec<Event>)>,
+) -> Option<(Record, Vec<Event>)> {
     if rec.state.phase != Phase::Progressing {
         return decided;
     }
@@ -277,15 +179,16 @@ pub fn pause_without_data(
     next.state.phase = Phase::Paused;
     next.state.reason = Some(why.clone());
     // The pause replaces the check's own decision; a dry run's failure stays on record.
-    events.retain(|(kind, _)| kind == "dry_run_failed");
-    events.push(("paused".to_owned(), why));
+    events.retain(|(kind, _)| *kind == EventKind::DryRunFailed);
+    events.push((EventKind::Paused, why));
     Some((next, events))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::custom_metrics::test_specs::{custom, spec_with};
+    use crate::spec::custom::test_specs::{custom, spec_with};
+    use serde_json::Value;
 
     fn window_with(rule: &str, value: Result<f64, &str>) -> ArmWindow {
         let m = Measurement {
@@ -297,98 +200,6 @@ mod tests {
             custom: [(rule.to_owned(), m)].into(),
             ..Default::default()
         }
-    }
-
-    fn verdict(rule: &str, candidate: Result<f64, &str>, baseline: Result<f64, &str>) -> Verdict {
-        let s = spec_with(rule).unwrap();
-        let (r, c) = custom(&s);
-        evaluate(
-            r,
-            c,
-            &window_with(&c.name, candidate),
-            &window_with(&c.name, baseline),
-        )
-    }
-
-    fn passes(v: &Verdict) -> bool {
-        matches!(v, Verdict::Pass { .. })
-    }
-
-    #[test]
-    fn figures_are_judged_against_a_bound_or_the_baseline_s() {
-        let src = "web: {url: 'http://k/{{arm}}', json_pointer: /v}";
-        let rule = |bound: &str| format!("{{metric: custom, name: conf, {src}, {bound}}}");
-        let no_base = Err("not asked");
-        assert!(passes(&verdict(&rule("min: 0.8"), Ok(0.8), no_base)));
-        let Verdict::Fail { value, reason } = verdict(&rule("min: 0.8"), Ok(0.71), no_base) else {
-            panic!()
-        };
-        assert_eq!(
-            (value, reason.as_str()),
-            (0.71, "custom metric conf 0.7100 < min 0.8")
-        );
-        assert!(
-            !passes(&verdict(&rule("max: -5"), Ok(-4.0), no_base)),
-            "negative bounds"
-        );
-        // Higher is better: 0.05 below the baseline is allowed, 0.06 is not.
-        let better = rule("max_worse_than_baseline: 0.05, higher_is: better");
-        assert!(passes(&verdict(&better, Ok(0.87), Ok(0.92))));
-        assert!(passes(&verdict(&better, Ok(0.99), Ok(0.92))));
-        let Verdict::Fail { reason, .. } = verdict(&better, Ok(0.86), Ok(0.92)) else {
-            panic!()
-        };
-        assert_eq!(
-            reason,
-            "custom metric conf 0.8600 is 0.0600 worse than baseline 0.9200 (allowed 0.05)"
-        );
-        let worse = rule("max_worse_than_baseline: 5, higher_is: worse");
-        assert!(passes(&verdict(&worse, Ok(104.0), Ok(100.0))));
-        assert!(!passes(&verdict(&worse, Ok(106.0), Ok(100.0))));
-        // Relative: a share of the baseline's magnitude.
-        let up = rule("max_increase: 0.1");
-        assert!(passes(&verdict(&up, Ok(110.0), Ok(100.0))));
-        let Verdict::Fail { reason, .. } = verdict(&up, Ok(130.0), Ok(100.0)) else {
-            panic!()
-        };
-        assert_eq!(
-            reason,
-            "custom metric conf 130.0000 is 30% above baseline 100.0000 (allowed 10%)"
-        );
-        assert!(
-            passes(&verdict(&up, Ok(-95.0), Ok(-100.0))),
-            "-95 is 5% above -100"
-        );
-        assert!(!passes(&verdict(&up, Ok(-85.0), Ok(-100.0))));
-        assert!(
-            !passes(&verdict(&up, Ok(0.5), Ok(0.0))),
-            "any increase over 0"
-        );
-        assert!(passes(&verdict(&up, Ok(0.0), Ok(0.0))));
-        let down = rule("max_decrease: 0.1");
-        assert!(passes(&verdict(&down, Ok(0.9), Ok(1.0))));
-        let Verdict::Fail { reason, .. } = verdict(&down, Ok(0.7), Ok(0.92)) else {
-            panic!()
-        };
-        assert!(
-            reason.contains("23.9% below baseline 0.9200 (allowed 10%)"),
-            "{reason}"
-        );
-        // No value is never a pass, on either side of a relative bound.
-        let none = Verdict::NotEnoughData {
-            samples: 0,
-            needed: 1,
-        };
-        assert_eq!(verdict(&rule("min: 0.8"), Err("no series"), no_base), none);
-        assert_eq!(verdict(&down, Ok(0.9), Err("no series")), none);
-        assert_eq!(verdict(&down, Err("no series"), Ok(0.9)), none);
-        let s = spec_with(&rule("min: 0.8")).unwrap();
-        let (r, c) = custom(&s);
-        assert_eq!(
-            evaluate(r, c, &ArmWindow::default(), &ArmWindow::default()),
-            none,
-            "not measured"
-        );
     }
 
     fn missing(rule: &str, arm: &str) -> Measured {
@@ -415,12 +226,12 @@ mod tests {
         spec: &Spec,
         no_data: &mut NoData,
         figures: Measured,
-    ) -> Option<(Record, Vec<(String, String)>)> {
+    ) -> Option<(Record, Vec<Event>)> {
         no_data.observe(&rec.state, &figures);
         let mut totals = Totals::new();
         attach(&mut totals, figures, no_data);
-        let looks = crate::reconciler::rule_looks(rec, spec, &totals, &Default::default(), 0);
-        let decided = crate::reconciler::check(rec, spec, &totals, &looks, 10_000, None, None);
+        let looks = crate::check::rule_looks(rec, spec, &totals, &Default::default(), 0);
+        let decided = crate::check::check(rec, spec, &totals, &looks, 10_000, None, None);
         pause_without_data(rec, spec, &totals, decided)
     }
 
@@ -455,7 +266,7 @@ mod tests {
         assert_eq!(paused.version, rec.version, "the weights stay");
         let why = "custom metric conf: no value for 3 checks in a row (v2: the query returned no series); resume once the source answers";
         assert_eq!(paused.state.reason.as_deref(), Some(why));
-        assert_eq!(event, vec![("paused".to_owned(), why.to_owned())]);
+        assert_eq!(event, vec![(EventKind::Paused, why.to_owned())]);
         // Paused: still counted (status shows it), nothing decided.
         assert_eq!(
             checked(&paused, &s, &mut no_data, missing("conf", "v2")),
@@ -476,6 +287,30 @@ mod tests {
         assert!(event[0].1.contains("custom metric conf 0.7000 < min 0.8"));
     }
 
+    /// A check of `rule` as `status::figures` makes it before `describe` (5 samples).
+    fn rule_check(rule: &Rule) -> RuleCheck {
+        RuleCheck {
+            rule: 0,
+            arm: "v2".into(),
+            metric: rule.metric,
+            bound: rule.bound.name().into(),
+            limit: rule.bound.limit(),
+            value: None,
+            samples: Some(5),
+            min_samples: Some(0),
+            verdict: crate::api::CheckVerdict::NotEnoughData,
+            reason: None,
+            dry_run: false,
+            on_fail: rule.on_fail,
+            stage_value: None,
+            stage_samples: Some(5),
+            tost_p: None,
+            t_test_p: None,
+            mann_whitney_p: None,
+            custom: None,
+        }
+    }
+
     #[test]
     fn status_shows_the_figure_its_source_and_why_it_has_none() {
         let s = spec_with(
@@ -483,14 +318,17 @@ mod tests {
         )
         .unwrap();
         let (r, c) = custom(&s);
-        let mut check = json!({"samples": 5});
+        // As status shows it: the check's JSON.
+        let shown = |check: &RuleCheck| serde_json::to_value(check).unwrap();
+        let mut typed = rule_check(r);
         describe(
             r,
             c,
             &window_with("conf", Ok(0.7)),
             &window_with("conf", Ok(0.9)),
-            &mut check,
+            &mut typed,
         );
+        let check = shown(&typed);
         assert_eq!(check["source"], "prometheus");
         assert_eq!(check["baseline_value"], 0.9);
         assert!(
@@ -499,22 +337,24 @@ mod tests {
         );
         assert_eq!(check["samples"], Value::Null);
         assert_eq!(check["pause_after"], 3);
-        let mut check = json!({});
+        let mut typed = rule_check(r);
         let mut gone = window_with("conf", Err("prometheus answered 503"));
         if let Some(m) = gone.custom.get_mut("conf") {
             m.checks_without_value = 2;
         }
-        describe(r, c, &gone, &window_with("conf", Ok(0.9)), &mut check);
+        describe(r, c, &gone, &window_with("conf", Ok(0.9)), &mut typed);
+        let check = shown(&typed);
         assert_eq!(check["reason"], "no value: prometheus answered 503");
         assert_eq!(check["checks_without_value"], 2);
-        let mut check = json!({});
+        let mut typed = rule_check(r);
         describe(
             r,
             c,
             &window_with("conf", Ok(0.9)),
             &window_with("conf", Err("timeout")),
-            &mut check,
+            &mut typed,
         );
+        let check = shown(&typed);
         assert_eq!(check["reason"], "no baseline value: timeout");
     }
 }

@@ -11,8 +11,6 @@
 //! the tests). b1 is the adjusted difference candidate - baseline; the common slope b2 is CUPED's
 //! theta.
 
-use crate::sequential::RateEstimate;
-
 /// One (arm, bucket) cluster's counts: after the split began and in the pre-period.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Cluster {
@@ -185,14 +183,6 @@ pub fn adjusted_difference(clusters: &[Cluster]) -> Option<Adjusted> {
 
 /// `RateEstimate::unit` of an estimate adjusted by CUPED.
 pub const CUPED_UNIT: &str = "user_bucket_cuped";
-
-/// The two arms' plain rates with the adjusted difference, as the mSPRT takes them.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Comparison {
-    pub baseline: RateEstimate,
-    pub candidate: RateEstimate,
-    pub adjusted: Option<Adjusted>,
-}
 
 #[cfg(test)]
 mod tests {

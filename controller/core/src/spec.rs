@@ -7,6 +7,10 @@ use std::sync::Arc;
 use serde::Deserialize;
 use thiserror::Error;
 
+/// The custom rules' part of the spec: a custom rule is a rule whose figure the team's own
+/// source gives, so its grammar and the spec's refer to each other.
+pub mod custom;
+
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("invalid rollout spec: {field}: {reason}")]
 pub struct SpecError {
@@ -93,7 +97,7 @@ pub enum Metric {
     /// and a paired t-test with p > 0.05.
     ShadowGuide,
     /// The team's own figure per arm, from a PromQL query template or a JSON endpoint: a point
-    /// value, no samples (`custom_metrics`).
+    /// value, no samples (`custom`).
     Custom,
 }
 
@@ -156,16 +160,16 @@ pub struct RawRule {
     /// Samples the candidate needs in the window before the rule can fail (default 100).
     #[serde(default)]
     pub min_samples: Option<u64>,
-    // `metric: custom` only (`custom_metrics` validates them; other metrics refuse them).
+    // `metric: custom` only (`custom` validates them; other metrics refuse them).
     /// The custom figure's name, unique in its stage.
     #[serde(default)]
-    pub name: Option<crate::custom_metrics::Text>,
+    pub name: Option<custom::Text>,
     /// Its source: a PromQL query template...
     #[serde(default)]
-    pub prometheus: Option<crate::custom_metrics::RawPrometheusSource>,
+    pub prometheus: Option<custom::RawPrometheusSource>,
     /// ...or a JSON endpoint.
     #[serde(default)]
-    pub web: Option<crate::custom_metrics::RawWebSource>,
+    pub web: Option<custom::RawWebSource>,
     /// Relative: the candidate's figure may be at most this share of |baseline's| above it.
     #[serde(default)]
     pub max_increase: Option<f64>,
@@ -174,7 +178,7 @@ pub struct RawRule {
     pub max_decrease: Option<f64>,
     /// With `max_worse_than_baseline`: which way the figure is worse.
     #[serde(default)]
-    pub higher_is: Option<crate::custom_metrics::HigherIs>,
+    pub higher_is: Option<custom::HigherIs>,
     /// Checks in a row without a value before the rollout pauses.
     #[serde(default)]
     pub no_data_checks: Option<u32>,
@@ -254,7 +258,7 @@ pub struct Rule {
     pub bound: Bound,
     pub min_samples: u64,
     /// `metric: custom`: the figure's definition (its source and name).
-    pub custom: Option<Arc<crate::custom_metrics::CustomRule>>,
+    pub custom: Option<Arc<custom::CustomRule>>,
     /// Judged and recorded, never acted on (`machine::step` leaves it out of every decision).
     pub dry_run: bool,
     pub on_fail: OnFail,
@@ -688,7 +692,7 @@ impl Spec {
             for (j, r) in s.rules.iter().enumerate() {
                 rules.push(validate_rule(r, &format!("stages[{i}].rules[{j}]"))?);
             }
-            crate::custom_metrics::check_stage(
+            custom::check_stage(
                 &rules,
                 |j| format!("stages[{i}].rules[{j}]"),
                 raw.metrics.as_ref().map(|m| m.prometheus.as_str()),
@@ -949,9 +953,9 @@ fn validate_strategy(raw: &RawSpec, stages: &[Stage]) -> Result<Option<AbTest>, 
 
 fn validate_rule(r: &RawRule, field: &str) -> Result<Rule, SpecError> {
     if r.metric == Metric::Custom {
-        return crate::custom_metrics::validate(r, field);
+        return custom::validate(r, field);
     }
-    crate::custom_metrics::refuse_custom_fields(r, field)?;
+    custom::refuse_custom_fields(r, field)?;
     let bounds = [
         r.max.map(Bound::Max),
         r.min.map(Bound::Min),
@@ -1040,21 +1044,21 @@ mod tests {
     use super::*;
 
     /// The schedule of the deployment-strategies guide ("Rollout Schedule Example" table).
-    const GUIDE: &str = include_str!("../examples/canary.yaml");
+    const GUIDE: &str = include_str!("../../examples/canary.yaml");
 
     /// Every example spec in `controller/examples/` is valid.
     #[test]
     fn the_examples_parse() {
         for (name, text) in [
-            ("ab-test", include_str!("../examples/ab-test.yaml")),
+            ("ab-test", include_str!("../../examples/ab-test.yaml")),
             (
                 "ab-test-cuped",
-                include_str!("../examples/ab-test-cuped.yaml"),
+                include_str!("../../examples/ab-test-cuped.yaml"),
             ),
-            ("abn-test", include_str!("../examples/abn-test.yaml")),
-            ("bandit", include_str!("../examples/bandit.yaml")),
+            ("abn-test", include_str!("../../examples/abn-test.yaml")),
+            ("bandit", include_str!("../../examples/bandit.yaml")),
             ("canary", GUIDE),
-            ("shadow", include_str!("../examples/shadow.yaml")),
+            ("shadow", include_str!("../../examples/shadow.yaml")),
         ] {
             let spec = Spec::parse(text).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(spec.arms().len(), if name == "abn-test" { 4 } else { 2 });

@@ -6,11 +6,11 @@
 //! normal approximation once both shape parameters are large enough for it to be exact to a
 //! fraction of the interval's width.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal};
 use statrs::function::beta::beta_reg;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Posterior {
     pub trials: u64,
     /// Sum of rewards in [0, 1].

@@ -7,8 +7,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use ramp_protocol::moments::ShadowMoments;
+
 use crate::histogram::Histogram;
-use crate::rules::{ArmWindow, ShadowFigures};
+use crate::spec::custom::ArmMeasurements;
 
 /// One arm's cumulative figures.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -39,7 +41,7 @@ pub struct ArmTotals {
     /// The custom rules' figures at this check (`custom_verdict::attach`): point values that each
     /// window takes as they are; never stored, as no later check needs them.
     #[serde(skip)]
-    pub custom: crate::custom_metrics::ArmMeasurements,
+    pub custom: ArmMeasurements,
 }
 
 /// Counts per analysis bucket: `BUCKETS` each, or all empty when the filters report none.
@@ -57,6 +59,50 @@ pub struct BucketCounts {
     pub pre_errors: Vec<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pre_reward_micros: Vec<u64>,
+}
+
+/// One arm's figures over a window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ArmWindow {
+    pub requests: u64,
+    /// Responses that were 5xx.
+    pub errors: u64,
+    /// Responses Envoy made itself (the model never answered): the sample-ratio check counts the
+    /// requests that reached the model.
+    pub local_replies: u64,
+    /// Latency in milliseconds.
+    pub latency: Histogram,
+    /// Predictions with reported ground truth, and how many were right.
+    pub labelled: u64,
+    pub correct: u64,
+    /// Delayed rewards (conversions) posted for the arm's decisions, in millionths.
+    pub reward_micros: u64,
+    /// Copies of live requests mirrored to this arm and compared with the primary's answers.
+    pub shadow: ShadowFigures,
+    /// The same counts per analysis bucket, when the filters' assignment is sticky.
+    pub buckets: BucketCounts,
+    /// The custom rules' figures at this check, by rule name: point values from the team's own
+    /// source, the same in every window.
+    pub custom: ArmMeasurements,
+}
+
+/// Shadow comparison counts (filter compare mode), cumulative or over a window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShadowFigures {
+    /// Copies whose answer was paired with the primary's.
+    pub pairs: u64,
+    /// Of those, the shadow model itself answered 5xx.
+    pub failed: u64,
+    /// Of those, no answer came from the model: Envoy timed the copy out or could not connect.
+    /// Not the model's error, so not in `shadow_error_rate`; shown so a dead shadow is visible.
+    #[serde(default)]
+    pub unreachable: u64,
+    /// Pairs where both answers had a value to compare, and how many of those agreed.
+    pub labelled: u64,
+    pub agree: u64,
+    /// The exact sums of the numeric prediction pairs (compare mode with a JSON pointer).
+    #[serde(default)]
+    pub moments: ShadowMoments,
 }
 
 /// `acc + add`, elementwise, saturating; an empty side counts as zeros.

@@ -1,0 +1,431 @@
+//! One check of a rollout, as plain functions of its record, spec and totals: the windows each
+//! rule is judged on, the stage machine's decision and the events it writes, and what a refused
+//! pre-hook changes instead. rampctl's reconciler does the IO around them (figures, hooks, store).
+
+use std::collections::HashMap;
+
+use crate::bestarm::BestArm;
+use crate::events::{Event, EventKind};
+use crate::guardrail::{self, GUARDRAIL_ALPHA};
+use crate::lookback::Lookback;
+use crate::machine::{self, Action, Phase, State};
+use crate::record::{Moves, Record};
+use crate::rules::{ArmWindow, Look};
+use crate::spec::{Bound, HookPoint, Rule, Spec};
+use crate::window::{window, Totals};
+
+/// For each rule of the current stage and each candidate, the (candidate, baseline) windows it is
+/// judged on: the most recent one (now minus an earlier check's totals, newest first) that holds
+/// its `min_samples`, else the whole stage. Indexed `[rule][candidate]`. `Lookback` finds that
+/// check without building a window per earlier check, so this costs the same with 10 or 600 kept.
+pub fn judged_windows(
+    rec: &Record,
+    spec: &Spec,
+    totals: &Totals,
+    earlier: &Lookback,
+) -> Vec<Vec<(ArmWindow, ArmWindow)>> {
+    let rules: &[Rule] = spec
+        .stages
+        .get(rec.state.stage)
+        .map(|s| s.rules.as_slice())
+        .unwrap_or_default();
+    // Rules that chose the same start (often all: the stage's) share its windows, built once per
+    // arm: the baseline's otherwise again for every rule and candidate.
+    let mut built: HashMap<(Option<usize>, &str), ArmWindow> = HashMap::new();
+    let mut window_from = |from: Option<usize>, arm| {
+        built
+            .entry((from, arm))
+            .or_insert_with(|| {
+                let base = from.and_then(|i| earlier.get(i)).unwrap_or(&rec.base);
+                window(totals, base, arm)
+            })
+            .clone()
+    };
+    rules
+        .iter()
+        .map(|rule| {
+            // Only a relative bound (or a comparison of distributions) needs the baseline's
+            // samples too.
+            let relative =
+                matches!(rule.bound, Bound::WorseThanBaseline(_)) || rule.metric.against_baseline();
+            spec.candidates
+                .iter()
+                .map(|candidate| {
+                    let from = earlier.newest_holding(
+                        totals,
+                        rule.metric,
+                        rule.min_samples,
+                        candidate,
+                        relative.then_some(spec.baseline.as_str()),
+                    );
+                    (
+                        window_from(from, candidate.as_str()),
+                        window_from(from, spec.baseline.as_str()),
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// For each rule of the current stage and each candidate, the windows the rule is judged on and
+/// the level of each (`guardrail`): the whole stage, and the windows since the 1st, 2nd, 4th,
+/// 8th, ... latest check (those still kept), so a candidate that turns bad late in a long stage
+/// is caught from the checks since. `checks` counts this stage's checks before this one (the
+/// snapshots pushed to `earlier`). The stage's alpha is split evenly over its rules and
+/// candidates, and each rule's over the windows' starts by `guardrail::start_weight`: the
+/// chance that any rule ever fails a candidate within its bounds in this stage is at most
+/// `GUARDRAIL_ALPHA`, however many checks it lasts. Indexed `[rule][candidate][window]`.
+pub fn rule_looks(
+    rec: &Record,
+    spec: &Spec,
+    totals: &Totals,
+    earlier: &Lookback,
+    checks: u64,
+) -> Vec<Vec<Vec<Look>>> {
+    let rules: &[Rule] = spec
+        .stages
+        .get(rec.state.stage)
+        .map(|s| s.rules.as_slice())
+        .unwrap_or_default();
+    let tests = (rules.len() * spec.candidates.len()).max(1) as f64;
+    let per_rule = GUARDRAIL_ALPHA / tests;
+    // (start, snapshot): the stage's base is start 0; snapshot i (newest first) holds the totals
+    // after check `checks - i` of this stage.
+    let mut starts: Vec<(u64, &Totals)> = vec![(0, &rec.base)];
+    let mut back = 1usize;
+    while back <= earlier.len() && (back as u64) <= checks {
+        if let Some(snapshot) = earlier.get(back - 1) {
+            starts.push((checks + 1 - back as u64, snapshot));
+        }
+        back *= 2;
+    }
+    let arms: Vec<&str> = spec
+        .candidates
+        .iter()
+        .map(String::as_str)
+        .chain(std::iter::once(spec.baseline.as_str()))
+        .collect();
+    // Each start's windows built once per arm, shared by every rule.
+    let built: Vec<HashMap<&str, ArmWindow>> = starts
+        .iter()
+        .map(|(_, from)| arms.iter().map(|a| (*a, window(totals, from, a))).collect())
+        .collect();
+    rules
+        .iter()
+        .map(|_| {
+            spec.candidates
+                .iter()
+                .map(|candidate| {
+                    starts
+                        .iter()
+                        .zip(&built)
+                        .map(|((start, _), w)| Look {
+                            candidate: w.get(candidate.as_str()).cloned().unwrap_or_default(),
+                            baseline: w.get(spec.baseline.as_str()).cloned().unwrap_or_default(),
+                            alpha: per_rule * guardrail::start_weight(*start),
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// One check of a progressing rollout on the windows `rule_looks` chose: the record to store
+/// (if anything changed) and the events to log (a dry-run rule that started failing, then the
+/// decision's).
+pub fn check(
+    rec: &Record,
+    spec: &Spec,
+    totals: &Totals,
+    looks: &[Vec<Vec<Look>>],
+    now: u64,
+    srm: Option<&crate::sequential::SrmResult>,
+    best: Option<&BestArm>,
+) -> Option<(Record, Vec<Event>)> {
+    let stage_windows = stage_windows(rec, spec, totals);
+    let rules: &[Rule] = spec
+        .stages
+        .get(rec.state.stage)
+        .map(|s| s.rules.as_slice())
+        .unwrap_or_default();
+    let windows = |rule: &Rule, candidate: usize| {
+        rules
+            .iter()
+            .position(|r| std::ptr::eq(r, rule))
+            .and_then(|i| looks.get(i)?.get(candidate).cloned())
+            .unwrap_or_default()
+    };
+    let verdicts = machine::judge_rules(spec, &rec.state, &windows);
+    let (state, action) =
+        machine::decide(spec, &rec.state, now, &stage_windows, &verdicts, srm, best);
+    if state == rec.state {
+        return None;
+    }
+    let moves = Moves {
+        base: (state.stage != rec.state.stage).then(|| totals.clone()),
+        ..Moves::default()
+    };
+    let next = rec.transition(spec, spec, state, moves);
+    // A decision's evidence (the A/B test's figures) goes into its event.
+    let evidence = next
+        .state
+        .reason
+        .as_deref()
+        .map_or(String::new(), |r| format!("; {r}"));
+    let event = match action {
+        Action::Advance { to_stage } => Some((
+            EventKind::Advance,
+            format!(
+                "stage {} at {}%{evidence}",
+                to_stage + 1,
+                spec.stages[to_stage].weight
+            ),
+        )),
+        Action::Promote => Some((
+            EventKind::Promoted,
+            format!("candidate has all traffic{evidence}"),
+        )),
+        Action::Hold(Some(reason)) if next.state.phase == Phase::Paused => {
+            Some((EventKind::Paused, reason))
+        }
+        Action::RollBack { reason } => Some((EventKind::RolledBack, reason)),
+        Action::Hold(Some(reason)) if next.state.failed_checks > rec.state.failed_checks => {
+            Some((EventKind::CheckFailed, reason))
+        }
+        Action::Hold(Some(reason))
+            if reason == machine::AWAITING_PROMOTION
+                && rec.state.reason.as_deref() != Some(machine::AWAITING_PROMOTION) =>
+        {
+            Some((EventKind::AwaitingPromotion, reason))
+        }
+        Action::Hold(_) => None,
+    };
+    // Data from a split that is not the configured one is judged by nothing, dry runs included.
+    let mismatch = srm.is_some_and(|s| s.mismatch);
+    let mut events: Vec<Event> = (!mismatch)
+        .then(|| dry_run_started(rec, spec, rules, &verdicts))
+        .flatten()
+        .into_iter()
+        .collect();
+    events.extend(event);
+    Some((next, events))
+}
+
+/// The event of the dry-run rules that fail at this check and did not at the last one: a
+/// failure is recorded when it starts (with the figures), not at every check while it lasts.
+fn dry_run_started(
+    rec: &Record,
+    spec: &Spec,
+    rules: &[Rule],
+    verdicts: &[machine::RuleVerdict],
+) -> Option<Event> {
+    let several = spec.candidates.len() > 1;
+    let started: Vec<String> = verdicts
+        .iter()
+        .filter_map(|v| {
+            let rule = rules.get(v.rule).filter(|r| r.dry_run)?;
+            let crate::rules::Verdict::Fail { reason, .. } = &v.verdict else {
+                return None;
+            };
+            let arm = spec.candidates.get(v.candidate)?;
+            let key = machine::dry_run_key(v.rule, arm);
+            if rec.state.dry_run_failing.contains(&key) {
+                return None;
+            }
+            let on = if several {
+                format!(" on {arm}")
+            } else {
+                String::new()
+            };
+            Some(format!(
+                "{}{on} (dry run, not acted on): {reason}",
+                machine::rule_label(rule)
+            ))
+        })
+        .collect();
+    let stage = spec.stages.get(rec.state.stage)?;
+    (!started.is_empty()).then(|| {
+        (
+            EventKind::DryRunFailed,
+            format!(
+                "stage {} ({}%): {}",
+                rec.state.stage + 1,
+                stage.weight,
+                started.join("; ")
+            ),
+        )
+    })
+}
+
+/// The hook point a decided transition must pass first, if any.
+pub fn pre_hook(spec: &Spec, before: &State, after: &State) -> Option<HookPoint> {
+    let (_, from) = before.weights(spec);
+    let (_, to) = after.weights(spec);
+    if to <= from {
+        None
+    } else if to >= 100.0 {
+        Some(HookPoint::BeforePromotion)
+    } else {
+        Some(HookPoint::BeforeStep)
+    }
+}
+
+/// A failed pre-hook: the check's decision is replaced by `machine::hook_failed`'s.
+pub fn after_failed_hook(rec: &Record, spec: &Spec, why: String) -> (Record, Event) {
+    let (state, action) = machine::hook_failed(spec, &rec.state, why.clone());
+    let next = rec.transition(spec, spec, state, Moves::default());
+    let event = match action {
+        Action::RollBack { reason } => (EventKind::RolledBack, reason),
+        _ => (EventKind::HookFailed, why),
+    };
+    (next, event)
+}
+
+/// Each candidate's (candidate, baseline) window since the stage began, in `spec.candidates` order.
+pub fn stage_windows(rec: &Record, spec: &Spec, totals: &Totals) -> Vec<(ArmWindow, ArmWindow)> {
+    let baseline = window(totals, &rec.base, &spec.baseline);
+    spec.candidates
+        .iter()
+        .map(|c| (window(totals, &rec.base, c), baseline.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::window::ArmTotals;
+    use std::collections::VecDeque;
+
+    fn record(spec: &Spec) -> Record {
+        Record {
+            name: "r".into(),
+            spec_text: String::new(),
+            state: machine::State::start(spec, 0),
+            version: 1,
+            base: Totals::default(),
+        }
+    }
+
+    /// `judged_windows` as it was before `Lookback`: for each earlier check, newest first, both
+    /// windows built, until one holds the rule's samples.
+    fn scanned_windows(
+        rec: &Record,
+        spec: &Spec,
+        totals: &Totals,
+        earlier: &[Totals],
+    ) -> Vec<Vec<(ArmWindow, ArmWindow)>> {
+        let rules = &spec.stages[rec.state.stage].rules;
+        rules
+            .iter()
+            .map(|rule| {
+                let relative = matches!(rule.bound, Bound::WorseThanBaseline(_))
+                    || rule.metric.against_baseline();
+                spec.candidates
+                    .iter()
+                    .map(|candidate| {
+                        let pick = |from: &Totals| {
+                            (
+                                window(totals, from, candidate),
+                                window(totals, from, &spec.baseline),
+                            )
+                        };
+                        earlier
+                            .iter()
+                            .map(pick)
+                            .find(|(c, b)| {
+                                c.samples(rule.metric) >= rule.min_samples
+                                    && (!relative || b.samples(rule.metric) >= rule.min_samples)
+                            })
+                            .unwrap_or_else(|| pick(&rec.base))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Issue 20, item 10: the windows the rules judge are the ones the scan over every earlier
+    /// check chose, check after check, for a fleet of Envoys with uneven traffic per arm where
+    /// now and then one leaves (its counts leave the totals) and another joins.
+    #[test]
+    fn judged_windows_are_the_scans() {
+        let spec = Spec::parse(
+            "name: r\nstrategy: ab_test\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}, {name: v3, role: candidate}]\nab_test: {metric: success_rate}\n\
+             stages:\n- weight: 50\n  rules:\n\
+             \x20 - {metric: error_rate, max: 0.1, min_samples: 30}\n\
+             \x20 - {metric: latency_p95, max: 100, min_samples: 50}\n\
+             \x20 - {metric: latency_slower, max: 0.6, min_samples: 40}\n\
+             \x20 - {metric: error_rate_vs_baseline, max: 0.01, min_samples: 60}\n\
+             \x20 - {metric: accuracy, max_worse_than_baseline: 0.05, min_samples: 20}\n\
+             \x20 - {metric: error_rate, max_worse_than_baseline: 0.05, min_samples: 200}\n\
+             - weight: 100\n",
+        )
+        .unwrap();
+        let mut rng = fastrand::Rng::with_seed(2020);
+        let mut chose_earlier = 0;
+        for _ in 0..20 {
+            let mut rec = record(&spec);
+            let mut envoys: Vec<Totals> = vec![Totals::new(); 3];
+            let sum = |envoys: &[Totals]| {
+                let mut out = Totals::new();
+                for (arm, t) in envoys.iter().flatten() {
+                    let acc: &mut ArmTotals = out.entry(arm.clone()).or_default();
+                    acc.requests += t.requests;
+                    acc.errors += t.errors;
+                    acc.labelled += t.labelled;
+                    acc.correct += t.correct;
+                    acc.le = t.le.clone();
+                    acc.counts.resize(t.counts.len(), 0);
+                    for (a, b) in acc.counts.iter_mut().zip(&t.counts) {
+                        *a += b;
+                    }
+                }
+                out
+            };
+            let mut earlier: VecDeque<Totals> = VecDeque::new();
+            let mut kept = Lookback::new(40);
+            for step in 0..120 {
+                for envoy in envoys.iter_mut() {
+                    for arm in ["v1", "v2", "v3"] {
+                        let t = envoy.entry(arm.to_owned()).or_insert_with(|| ArmTotals {
+                            le: vec![50.0, 100.0, f64::INFINITY],
+                            counts: vec![0; 3],
+                            ..Default::default()
+                        });
+                        let n = rng.u64(0..6);
+                        t.requests += n;
+                        t.errors += rng.u64(0..=n.min(1));
+                        t.labelled += rng.u64(0..3);
+                        t.correct += rng.u64(0..2);
+                        let fast = rng.u64(0..=n);
+                        let slow = rng.u64(0..=n - fast);
+                        t.counts[0] += fast;
+                        t.counts[1] += fast + slow;
+                        t.counts[2] += n;
+                    }
+                }
+                if rng.u8(0..12) == 0 {
+                    envoys[rng.usize(0..3)] = Totals::new();
+                }
+                let now = sum(&envoys);
+                if step == 10 {
+                    // The stage's base is some check's totals.
+                    rec.base = now.clone();
+                }
+                let want = scanned_windows(&rec, &spec, &now, earlier.make_contiguous());
+                let got = judged_windows(&rec, &spec, &now, &kept);
+                assert_eq!(got, want, "check {step}");
+                chose_earlier += want
+                    .iter()
+                    .flatten()
+                    .filter(|w| **w != stage_windows(&rec, &spec, &now)[0])
+                    .count();
+                earlier.push_front(now.clone());
+                earlier.truncate(40);
+                kept.push(now);
+            }
+        }
+        assert!(chose_earlier > 1000, "{chose_earlier}");
+    }
+}

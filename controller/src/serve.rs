@@ -1,0 +1,71 @@
+//! `rampctl serve`: puts the layers together. Concurrency model: each rollout has a published
+//! snapshot (`registry`) that polls read and long-poll on, never waiting on a check; one
+//! reconciler task per rollout (`reconciler`) does the checks and their IO; the store is touched
+//! on blocking threads only, for one statement or transaction at a time; reports are validated on
+//! arrival, kept in memory and written in batches by the flusher.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::auth::{TokenOptions, Tokens};
+use crate::service::App;
+
+pub struct Config {
+    pub listen: SocketAddr,
+    pub db: PathBuf,
+    /// Who may call what (`--auth-token`, `--report-token`, `--read-token`, `--metrics-token`,
+    /// `--insecure-no-auth`).
+    pub tokens: TokenOptions,
+    /// A directory of rollout specs to reconcile (`--specs`), and how often to read it.
+    pub specs: Option<PathBuf>,
+    pub specs_every: Duration,
+    /// At most this many API connections at a time (`--max-connections`); `None`: 10,000, or
+    /// what the open-files limit allows.
+    pub max_connections: Option<usize>,
+    /// A PEM file of CAs that outgoing https (hooks, Prometheus) trusts besides the system's.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Runs until the process is stopped.
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let tokens = Tokens::new(cfg.tokens)?;
+    if tokens.is_open() {
+        eprintln!(
+            "rampctl: WARNING: --insecure-no-auth: anyone who can reach {} can read, report on and change every rollout",
+            cfg.listen
+        );
+    }
+    // Before the store: a CA file that cannot be used stops the start, not every hook later.
+    let outgoing = crate::tls::Outgoing::new(cfg.ca_file.as_deref())?;
+    let db = cfg.db.clone();
+    let (store, loaded) = tokio::task::spawn_blocking(move || {
+        let store = crate::store::sqlite::Store::open(&db)?;
+        let loaded = crate::service::load(&store)?;
+        anyhow::Ok((store, loaded))
+    })
+    .await??;
+    let app = Arc::new(App::new(Box::new(store), outgoing, |app, handle| {
+        tokio::spawn(crate::reconciler::run(app, handle));
+    }));
+    for handle in loaded {
+        app.register(handle);
+    }
+    let router = crate::server::router(app.clone(), Arc::new(tokens));
+    let listener = crate::connections::listen(cfg.listen)?;
+    let max_connections = crate::connections::connection_limit(cfg.max_connections);
+    eprintln!(
+        "rampctl: at most {max_connections} connections, each closed after {} s without a request",
+        crate::connections::HEADER_TIMEOUT.as_secs()
+    );
+    eprintln!("rampctl: outgoing https trusts {}", app.outgoing.trusted);
+    eprintln!("rampctl: serving on http://{}", listener.local_addr()?);
+    if let Some(dir) = cfg.specs {
+        tokio::spawn(crate::watcher::watch(app.clone(), dir, cfg.specs_every));
+    }
+    tokio::spawn(crate::flusher::flush_reports(app.clone()));
+    tokio::spawn(crate::connections::trim_memory(Duration::from_secs(5)));
+    crate::connections::serve(listener, router, max_connections, Arc::default()).await?;
+    Ok(())
+}
