@@ -10,7 +10,8 @@ ENVOY_VERSION := 1.40.0
 VENV := .venv
 ENVOY := $(VENV)/bin/envoy
 # cargo builds into target/wasm32-wasip1/release/; binaryen's wasm-opt (-O3: speed, on a module rustc
-# built for size) writes the artifacts Envoy loads into target/ramp/.
+# built for size) writes the artifacts Envoy loads into target/ramp/. The filter's module is the
+# adapter crate's (filter/adapter, ramp_filter_adapter.wasm), written as ramp_filter.wasm.
 WASM_DIR := target/ramp
 WASM := $(WASM_DIR)/ramp_filter.wasm
 WASM_OPT_FLAGS := -O3 --strip-debug --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int --enable-mutable-globals
@@ -25,8 +26,11 @@ WASM_OPT_FLAGS := -O3 --strip-debug --enable-bulk-memory --enable-sign-ext --ena
 # request path, bring it to ~384.2 KB, so the budget was 388 KB (387.7 KB used by issue 20). CUPED's
 # pre-period (issue 24: the experiment's weights in the live state, a second sticky hash and
 # per-bucket counts under the arm a user will get, the `.pre` decision id) adds 3.2 KB: 390.8 KB,
-# so the budget is 392 KB. It still fails the build on unexplained growth.
-WASM_MAX_BYTES := 392000
+# so the budget was 392 KB. Issue 22 builds the module from an adapter crate of its own (cdylib only)
+# instead of the library's own cdylib+rlib: 351.8 KB, 39 KB less (the same library built as a cdylib
+# alone measured 350.6 KB; the `log` facade is the 1.2 KB between), so the budget is 356 KB. It
+# still fails the build on unexplained growth.
+WASM_MAX_BYTES := 356000
 
 .PHONY: help toolchain venv wasm lint unit wasm-test e2e test demo bench sim images image-layouts clean
 
@@ -49,18 +53,18 @@ $(ENVOY):
 venv: $(ENVOY)
 
 wasm: toolchain
-	cargo build --release --target wasm32-wasip1 -p ramp-filter -p ramp-empty-filter -p ramp-naive-router
+	cargo build --release --target wasm32-wasip1 -p ramp-filter-adapter -p ramp-empty-filter -p ramp-naive-router
 	@command -v wasm-opt >/dev/null || { apt-get update -qq && apt-get install -y -qq binaryen; }
 	@mkdir -p $(WASM_DIR)
-	@for f in ramp_filter ramp_empty_filter ramp_naive_router; do \
-	  wasm-opt $(WASM_OPT_FLAGS) target/wasm32-wasip1/release/$$f.wasm -o $(WASM_DIR)/$$f.wasm; done
+	@for f in ramp_filter_adapter:ramp_filter ramp_empty_filter:ramp_empty_filter ramp_naive_router:ramp_naive_router; do \
+	  wasm-opt $(WASM_OPT_FLAGS) target/wasm32-wasip1/release/$${f%%:*}.wasm -o $(WASM_DIR)/$${f##*:}.wasm; done
 	@size=$$(stat -c %s $(WASM)); echo "ramp_filter.wasm: $$size bytes (budget $(WASM_MAX_BYTES))"; \
 	  test $$size -le $(WASM_MAX_BYTES) || { echo "wasm over its size budget" >&2; exit 1; }
 
 lint: toolchain
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy --target wasm32-wasip1 -p ramp-filter -p ramp-empty-filter -p ramp-naive-router --all-targets -- -D warnings
+	cargo clippy --target wasm32-wasip1 -p ramp-filter -p ramp-filter-adapter -p ramp-empty-filter -p ramp-naive-router --all-targets -- -D warnings
 
 # The controller's https test (controller/tests/https_calls.rs) runs a real Prometheus serving TLS.
 unit: toolchain

@@ -492,7 +492,7 @@ impl<H: Host> Exchange<H> {
             failure: None,
         };
         if let Some(pair) = st.book.primary_done(copy.id, seen) {
-            super::record_pair(&self.host, &active.rollout.name, &mut st, &pair);
+            super::record_pair(&active.rollout.name, &mut st, &pair);
         }
     }
 }

@@ -17,7 +17,7 @@ pub use exchange::Exchange;
 use crate::config::{Controller, Rollout, ShadowMode};
 use crate::counters::{counts_slots, decode_counts, shared_key, WorkerCounts, CREATE_ONLY_CAS};
 use crate::discount::Discounted;
-use crate::host::{Body, Callout, Host, Level, Map, MetricKind, SetError};
+use crate::host::{Body, Callout, Host, Map, MetricKind, SetError};
 use crate::jsonpick::pick;
 use crate::live::{lease_key, parse, state_key, Applied, Lease};
 use crate::metrics::{all_arm_stat_names, fail_open_stat_name, Tally};
@@ -180,10 +180,7 @@ fn cas_merge(
     for _ in 0..8 {
         let (stored, cas) = host.shared_get(key)?;
         let Some(total) = merge(stored.as_deref()) else {
-            host.log(
-                Level::Warn,
-                &format!("ramp: shared data {key:?} holds foreign bytes; not merging"),
-            );
+            log::warn!("ramp: shared data {key:?} holds foreign bytes; not merging");
             return None;
         };
         match host.shared_set(key, &total, cas.unwrap_or(CREATE_ONLY_CAS)) {
@@ -227,8 +224,7 @@ impl<H: Host + Clone> Worker<H> {
         let rollout = match Rollout::from_json(bytes) {
             Ok(r) => r,
             Err(e) => {
-                self.host
-                    .log(Level::Error, &format!("ramp: {e}; config refused"));
+                log::error!("ramp: {e}; config refused");
                 return false;
             }
         };
@@ -242,26 +238,19 @@ impl<H: Host + Clone> Worker<H> {
             Some(name) => match self.host.env(name) {
                 Some(token) if !token.is_empty() => Some(format!("Bearer {token}")),
                 _ => {
-                    self.host.log(
-                        Level::Error,
-                        &format!("ramp: invalid ramp config: controller.token_env: {name} is not set in the wasm VM (vm_config.environment_variables); config refused"),
-                    );
+                    log::error!("ramp: invalid ramp config: controller.token_env: {name} is not set in the wasm VM (vm_config.environment_variables); config refused");
                     return false;
                 }
             },
         };
         let Some((metrics, fail_open)) = self.define_metrics(&rollout) else {
-            self.host
-                .log(Level::Error, "ramp: cannot define metrics; config refused");
+            log::error!("ramp: cannot define metrics; config refused");
             return false;
         };
-        self.host.log(
-            Level::Info,
-            &format!(
-                "ramp: rollout {:?} configured with {} arms",
-                rollout.name,
-                rollout.arms.len()
-            ),
+        log::info!(
+            "ramp: rollout {:?} configured with {} arms",
+            rollout.name,
+            rollout.arms.len()
         );
         if let Some(old) = self.active.take() {
             self.flush(&old);
@@ -618,12 +607,9 @@ impl<H: Host + Clone> Worker<H> {
             .is_ok();
         let previous = stored.as_deref().and_then(Lease::decode).map(|l| l.holder);
         if taken && previous != Some(self.worker_id) {
-            self.host.log(
-                Level::Info,
-                &format!(
-                    "ramp: worker {:016x} now polls the controller (lease was {previous:x?})",
-                    self.worker_id
-                ),
+            log::info!(
+                "ramp: worker {:016x} now polls the controller (lease was {previous:x?})",
+                self.worker_id
             );
         }
         taken
@@ -783,12 +769,9 @@ impl<H: Host + Clone> Worker<H> {
         let state = match parse(&body).and_then(|d| Applied::check(&d, &active.rollout)) {
             Ok(state) => state,
             Err(e) => {
-                self.host.log(
-                    Level::Warn,
-                    &format!(
-                        "ramp: rollout {:?}: {e}; keeping the last good state",
-                        active.rollout.name
-                    ),
+                log::warn!(
+                    "ramp: rollout {:?}: {e}; keeping the last good state",
+                    active.rollout.name
                 );
                 return;
             }
@@ -824,12 +807,9 @@ impl<H: Host + Clone> Worker<H> {
         }
         link.applied.set(cas);
         let Some(state) = Applied::decode(&bytes, active.rollout.arms.len()) else {
-            self.host.log(
-                Level::Warn,
-                &format!(
-                    "ramp: rollout {:?}: shared live state is not for this config; keeping the last good state",
-                    active.rollout.name
-                ),
+            log::warn!(
+                "ramp: rollout {:?}: shared live state is not for this config; keeping the last good state",
+                active.rollout.name
             );
             return;
         };
@@ -841,12 +821,11 @@ impl<H: Host + Clone> Worker<H> {
         }
         if let Ok(mut current) = active.weights.try_borrow_mut() {
             if *current != state.weights {
-                self.host.log(
-                    Level::Info,
-                    &format!(
-                        "ramp: rollout {:?}: live state version {}: weights {:?}",
-                        active.rollout.name, state.version, state.weights
-                    ),
+                log::info!(
+                    "ramp: rollout {:?}: live state version {}: weights {:?}",
+                    active.rollout.name,
+                    state.version,
+                    state.weights
                 );
             }
             *current = state.weights;
@@ -910,7 +889,7 @@ impl<H: Host + Clone> Worker<H> {
             failure,
         };
         if let Some(pair) = st.book.shadow_done(id, seen) {
-            record_pair(&self.host, &active.rollout.name, &mut st, &pair);
+            record_pair(&active.rollout.name, &mut st, &pair);
         }
     }
 
@@ -959,7 +938,7 @@ impl<H: Host + Clone> Worker<H> {
                         failure: Some(crate::shadow::Failure::Refused),
                     };
                     if let Some(pair) = st.book.shadow_done(id, failed) {
-                        record_pair(&self.host, &active.rollout.name, &mut st, &pair);
+                        record_pair(&active.rollout.name, &mut st, &pair);
                     }
                 }
             }
@@ -968,11 +947,11 @@ impl<H: Host + Clone> Worker<H> {
 }
 
 /// A completed pair: its log record, the totals and the prediction sums.
-fn record_pair(host: &impl Host, rollout: &str, st: &mut ShadowState, pair: &Pair) {
+fn record_pair(rollout: &str, st: &mut ShadowState, pair: &Pair) {
     let c = compare(pair);
     st.totals.add(pair, &c);
     if let (Some(m), Some((x, y))) = (st.moments.as_mut(), numeric_pair(pair)) {
         m.pending.add_pair(x, y);
     }
-    host.log(Level::Info, &record_line(rollout, pair, &c));
+    log::info!("{}", record_line(rollout, pair, &c));
 }

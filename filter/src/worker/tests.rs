@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::counters::decode_counts;
-use crate::memhost::MemHost;
+use crate::memhost::{logs, MemHost};
 use crate::report::ArmReport;
 
 const CONTROLLED: &str = r#"{"rollout":"r","arms":[{"name":"v1","weight":100},{"name":"v2","weight":0}],
@@ -14,7 +14,7 @@ const CONTROLLED: &str = r#"{"rollout":"r","arms":[{"name":"v1","weight":100},{"
 fn worker(host: &MemHost, config: &str, seed: u64) -> Worker<MemHost> {
     let mut w = Worker::start(host.clone(), seed);
     let ok = w.configure(config.as_bytes());
-    assert!(ok, "config refused: {:?}", host.with(|m| m.logs.clone()));
+    assert!(ok, "config refused: {:?}", logs());
     w
 }
 
@@ -342,12 +342,10 @@ fn shadow_pairs_form_in_either_order() {
         host.metric("ramp.rollout.s.shadow.diff_pos_millionths_total"),
         Some(500_000)
     );
-    let lines = host.with(|m| {
-        m.logs
-            .iter()
-            .filter(|(_, l)| l.starts_with("ramp-shadow "))
-            .count()
-    });
+    let lines = logs()
+        .iter()
+        .filter(|(_, l)| l.starts_with("ramp-shadow "))
+        .count();
     assert_eq!(lines, 2);
 }
 
