@@ -18,6 +18,7 @@ pub mod headermap;
 pub mod host;
 pub mod jsonpath;
 pub mod jsonpick;
+pub mod keys;
 pub mod kl_ucb;
 pub mod live;
 #[cfg(test)]

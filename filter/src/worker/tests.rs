@@ -5,8 +5,11 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::counters::decode_counts;
+use crate::host::{Host, Map};
+use crate::keys::{bandit_key, counts_key, state_key};
 use crate::memhost::{logs, MemHost};
 use crate::report::ArmReport;
+use crate::shadow::UPSTREAM_TIME_HEADER;
 
 const CONTROLLED: &str = r#"{"rollout":"r","arms":[{"name":"v1","weight":100},{"name":"v2","weight":0}],
     "controller":{"cluster":"rampctl","poll_ms":500}}"#;
@@ -106,7 +109,7 @@ fn bandit_trials_survive_contention_exactly() {
     b.tick();
     a.tick();
     let total = |arm: &str| {
-        host.shared_get(&shared_key("b", arm))
+        host.shared_get(&bandit_key("b", arm))
             .and_then(|(v, _)| decode_counts(&v?))
             .unwrap_or_default()
     };
@@ -266,7 +269,7 @@ fn the_reward_is_read_from_each_source() {
         }
         w.tick();
         let c = host
-            .shared_get(&shared_key("w", "v1"))
+            .shared_get(&bandit_key("w", "v1"))
             .and_then(|(b, _)| decode_counts(&b?))
             .unwrap();
         assert_eq!(
