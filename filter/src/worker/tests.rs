@@ -2,6 +2,10 @@
 //! Envoy (CAS conflicts, the lease, the newer-state rule, rewards, shadow pairing, request cost).
 
 use serde_json::{json, Value};
+// On a wasm target with no system interface these run under wasm-bindgen-test (`make wasm-test`):
+// the worker reaches its host only through the `Host` trait.
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use super::*;
 use crate::counters::decode_counts;
