@@ -20,17 +20,6 @@ pub fn decode_counts(bytes: &[u8]) -> Option<ArmCounts> {
     })
 }
 
-/// Shared-data key of one arm's counters. Prefixed, since Istio leaves `vm_id` empty and every plugin
-/// on a proxy shares one namespace; one key per (rollout, arm), so the key set stays bounded.
-pub fn shared_key(rollout: &str, arm: &str) -> String {
-    format!("ramp.bandit.v1.{rollout}.{arm}")
-}
-
-/// A CAS that no stored value carries (the host's CAS counter would have to land on exactly this
-/// value), used to create a key: if another worker created it first the write fails with a CAS
-/// mismatch and is retried as an update, where CAS 0 would silently overwrite that worker's counts.
-pub const CREATE_ONLY_CAS: u32 = u32::MAX;
-
 /// A worker's view of the bandit counters: the shared totals as of its last tick, the trials it has
 /// not yet written, and their sum, which is what the policy decides from. No per-request allocation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -1,15 +1,9 @@
 //! The host operations the filter uses, as a trait: Envoy's proxy-wasm ABI is one implementation
-//! (`proxy`, wasm only) and an in-memory host (`memhost`, native tests) is the other, so the
-//! worker's orchestration (lease, polls, reports, shadow pairing, the request path) is tested
-//! natively, as Kuadrant's wasm-shim tests its filter against a mock host.
-
-/// Log levels, as proxy-wasm has them (the few the filter uses).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    Info,
-    Warn,
-    Error,
-}
+//! (the `ramp-filter-wasm` crate, `filter/adapter`) and an in-memory host (`memhost`, native
+//! tests) is the other, so the worker's orchestration (lease, polls, reports, shadow pairing, the
+//! request path) is tested natively, as Kuadrant's wasm-shim tests its filter against a mock host.
+//! Logging is not a host operation: the filter logs through the `log` facade, which the adapter
+//! routes to Envoy's log and the tests capture.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricKind {
@@ -58,7 +52,6 @@ pub enum Body {
 pub trait Host {
     /// Wall-clock time in microseconds since the epoch.
     fn now_us(&self) -> u64;
-    fn log(&self, level: Level, message: &str);
     /// An environment variable of the VM (`vm_config.environment_variables`).
     fn env(&self, name: &str) -> Option<String>;
 

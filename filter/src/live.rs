@@ -187,14 +187,6 @@ impl Lease {
     }
 }
 
-pub fn lease_key(rollout: &str) -> String {
-    format!("ramp.ctl.v1.{rollout}.lease")
-}
-
-pub fn state_key(rollout: &str) -> String {
-    format!("ramp.ctl.v2.{rollout}.state")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

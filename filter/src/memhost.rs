@@ -2,13 +2,43 @@
 //! (proxy-wasm-cpp-host `shared_data.cc`: a CAS of 0 always writes, a missing key is created
 //! whatever the CAS, an existing key needs its current CAS), queues, metrics, callouts the test
 //! answers, and one request's header maps. Clones share everything, as the workers of one Envoy
-//! share its shared data.
+//! share its shared data. The filter's `log` records are captured per test thread ([`logs`]).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
-use crate::host::{Body, Callout, Host, Level, Map, MetricKind, SetError, Shared};
+use log::Level;
+
+use crate::host::{Body, Callout, Host, Map, MetricKind, SetError, Shared};
+
+thread_local! {
+    static LOGS: RefCell<Vec<(Level, String)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The tests' `log` backend: every record, at every level, kept for the thread that logged it
+/// (each test runs on a thread of its own).
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        LOGS.with(|l| {
+            l.borrow_mut()
+                .push((record.level(), record.args().to_string()))
+        });
+    }
+
+    fn flush(&self) {}
+}
+
+/// What the filter logged on this thread since its last `MemHost` was made.
+pub fn logs() -> Vec<(Level, String)> {
+    LOGS.with(|l| l.borrow().clone())
+}
 
 #[derive(Debug, Clone)]
 pub struct SentCallout {
@@ -31,7 +61,6 @@ impl SentCallout {
 #[derive(Default)]
 pub struct Mem {
     pub now_us: u64,
-    pub logs: Vec<(Level, String)>,
     pub env: HashMap<String, String>,
     pub shared: HashMap<String, (Vec<u8>, u32)>,
     next_cas: u32,
@@ -52,8 +81,22 @@ pub struct Mem {
     pub callout_body: Vec<u8>,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct MemHost(pub Rc<RefCell<Mem>>);
+
+impl Default for MemHost {
+    /// A fresh host, and a fresh log: the `log` facade is global, so the records are the thread's.
+    fn default() -> Self {
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            if log::set_logger(&Capture).is_ok() {
+                log::set_max_level(log::LevelFilter::Trace);
+            }
+        });
+        LOGS.with(|l| l.borrow_mut().clear());
+        MemHost(Rc::default())
+    }
+}
 
 impl MemHost {
     pub fn with<T>(&self, f: impl FnOnce(&mut Mem) -> T) -> T {
@@ -73,8 +116,9 @@ impl MemHost {
         })
     }
 
+    /// Whether the filter logged a line containing `part` (see [`logs`]).
     pub fn logged(&self, part: &str) -> bool {
-        self.with(|m| m.logs.iter().any(|(_, l)| l.contains(part)))
+        logs().iter().any(|(_, l)| l.contains(part))
     }
 
     /// A fresh request with these headers (and no response yet).
@@ -142,10 +186,6 @@ impl Host for MemHost {
             m.calls.push("now");
             m.now_us
         })
-    }
-
-    fn log(&self, level: Level, message: &str) {
-        self.with(|m| m.logs.push((level, message.to_owned())));
     }
 
     fn env(&self, name: &str) -> Option<String> {

@@ -68,6 +68,16 @@ pub fn shadow_stat_name(rollout: &str, total: &str) -> String {
     format!("ramp.rollout.{rollout}.shadow.{name}_total")
 }
 
+/// Stats of the exact prediction sums (compare mode with a JSON pointer): a counter of the pairs
+/// whose |difference| is beyond each disagreement threshold, and a gauge of this Envoy's largest.
+pub fn beyond_stat_name(rollout: &str, threshold: f64) -> String {
+    format!("ramp.rollout.{rollout}.shadow.beyond_total.gt_{threshold}")
+}
+
+pub fn max_abs_diff_stat_name(rollout: &str) -> String {
+    format!("ramp.rollout.{rollout}.shadow.max_abs_diff_millionths")
+}
+
 /// What a worker counted since its last tick, per arm: one tally per request feeds both Envoy's
 /// counters and the reports (counted once, flushed twice).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

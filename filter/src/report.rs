@@ -173,22 +173,6 @@ pub fn decode_le_u64s(bytes: &[u8]) -> Vec<u64> {
         .collect()
 }
 
-pub fn shadow_key(rollout: &str) -> String {
-    format!("ramp.ctl.v2.{rollout}.shadow")
-}
-
-pub fn counts_key(rollout: &str, arm: &str) -> String {
-    format!("ramp.ctl.v3.{rollout}.counts.{arm}")
-}
-
-pub fn moments_key(rollout: &str) -> String {
-    format!("ramp.ctl.v2.{rollout}.moments")
-}
-
-pub fn instance_key(rollout: &str) -> String {
-    format!("ramp.ctl.v1.{rollout}.instance")
-}
-
 /// The report body: `{"instance","seq","arms":{"v1":{"requests","responses":{"2xx",..},
 /// "latency_ms":{"le":[0.1,..,60000,"+Inf"],"counts":[cumulative..]}}}}`, the protocol's
 /// `Report` (a test reads it back with those serde types and writes it again, to the same JSON). Hand-written JSON: serde's

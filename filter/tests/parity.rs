@@ -1,8 +1,12 @@
-//! Golden vectors for the sticky hash and assignment. The same file runs natively (`cargo test`) and
-//! as wasm32-wasip1 under Node's WASI (`make wasm-test`), so a user gets the same arm from the
-//! filter in any Envoy, from the controller, and from any future version: changing these values
-//! re-shuffles every user of every rollout and must never happen by accident.
+//! Golden vectors for the sticky hash and assignment. The same file runs natively (`cargo test`),
+//! as wasm32-wasip1 under Node's WASI and as wasm32-unknown-unknown under wasm-bindgen-test
+//! (`make wasm-test`), so a user gets the same arm from the filter in any Envoy, from the
+//! controller, and from any future version: changing these values re-shuffles every user of
+//! every rollout and must never happen by accident.
 #![allow(clippy::unwrap_used)]
+
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use ramp_filter::bandit::Evidence;
 use ramp_filter::bucket::{key_hash, sticky_arm, unit_interval};

@@ -2,11 +2,18 @@
 //! Envoy (CAS conflicts, the lease, the newer-state rule, rewards, shadow pairing, request cost).
 
 use serde_json::{json, Value};
+// On a wasm target with no system interface these run under wasm-bindgen-test (`make wasm-test`):
+// the worker reaches its host only through the `Host` trait.
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use super::*;
 use crate::counters::decode_counts;
-use crate::memhost::MemHost;
+use crate::host::{Host, Map};
+use crate::keys::{bandit_key, counts_key, state_key};
+use crate::memhost::{logs, MemHost};
 use crate::report::ArmReport;
+use crate::shadow::UPSTREAM_TIME_HEADER;
 
 const CONTROLLED: &str = r#"{"rollout":"r","arms":[{"name":"v1","weight":100},{"name":"v2","weight":0}],
     "controller":{"cluster":"rampctl","poll_ms":500}}"#;
@@ -14,7 +21,7 @@ const CONTROLLED: &str = r#"{"rollout":"r","arms":[{"name":"v1","weight":100},{"
 fn worker(host: &MemHost, config: &str, seed: u64) -> Worker<MemHost> {
     let mut w = Worker::start(host.clone(), seed);
     let ok = w.configure(config.as_bytes());
-    assert!(ok, "config refused: {:?}", host.with(|m| m.logs.clone()));
+    assert!(ok, "config refused: {:?}", logs());
     w
 }
 
@@ -106,7 +113,7 @@ fn bandit_trials_survive_contention_exactly() {
     b.tick();
     a.tick();
     let total = |arm: &str| {
-        host.shared_get(&shared_key("b", arm))
+        host.shared_get(&bandit_key("b", arm))
             .and_then(|(v, _)| decode_counts(&v?))
             .unwrap_or_default()
     };
@@ -266,7 +273,7 @@ fn the_reward_is_read_from_each_source() {
         }
         w.tick();
         let c = host
-            .shared_get(&shared_key("w", "v1"))
+            .shared_get(&bandit_key("w", "v1"))
             .and_then(|(b, _)| decode_counts(&b?))
             .unwrap();
         assert_eq!(
@@ -342,12 +349,10 @@ fn shadow_pairs_form_in_either_order() {
         host.metric("ramp.rollout.s.shadow.diff_pos_millionths_total"),
         Some(500_000)
     );
-    let lines = host.with(|m| {
-        m.logs
-            .iter()
-            .filter(|(_, l)| l.starts_with("ramp-shadow "))
-            .count()
-    });
+    let lines = logs()
+        .iter()
+        .filter(|(_, l)| l.starts_with("ramp-shadow "))
+        .count();
     assert_eq!(lines, 2);
 }
 

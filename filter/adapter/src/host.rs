@@ -1,22 +1,11 @@
-//! The proxy-wasm adapter: Envoy's host calls behind the [`Host`] trait, and the SDK's contexts
-//! handing every callback to the [`Worker`] and its [`Exchange`]s. No policy lives here.
+//! Envoy, through the proxy-wasm ABI, as the library's [`Host`]: the SDK's host calls, and two raw
+//! ABI calls where the SDK's would cost a copy or a detour.
 
 use std::time::Duration;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
-
-use crate::host::{Body, Callout, Host, Level, Map, MetricKind, SetError, Shared};
-use crate::worker::{Exchange, Worker, TICK_MS};
-
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    std::panic::set_hook(Box::new(|info| {
-        let _ = hostcalls::log(LogLevel::Critical, &format!("ramp: panic: {info}"));
-    }));
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(RampRoot { worker: None }) });
-}}
+use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
+use ramp_filter::host::{Body, Callout, Host, Map, MetricKind, SetError, Shared};
 
 /// Envoy, through the proxy-wasm ABI.
 #[derive(Clone, Copy)]
@@ -33,15 +22,6 @@ fn map_type(map: Map) -> MapType {
 impl Host for ProxyHost {
     fn now_us(&self) -> u64 {
         raw::now_ns() / 1000
-    }
-
-    fn log(&self, level: Level, message: &str) {
-        let level = match level {
-            Level::Info => LogLevel::Info,
-            Level::Warn => LogLevel::Warn,
-            Level::Error => LogLevel::Error,
-        };
-        let _ = hostcalls::log(level, message);
     }
 
     fn env(&self, name: &str) -> Option<String> {
@@ -156,7 +136,7 @@ mod raw {
         }
     }
 
-    /// The request's headers, serialized as the ABI lays them out (see [`crate::headermap`]).
+    /// The request's headers, serialized as the ABI lays them out (see `ramp_filter::headermap`).
     pub fn request_header_pairs() -> Option<Vec<u8>> {
         let mut data: *mut u8 = std::ptr::null_mut();
         let mut size: usize = 0;
@@ -171,102 +151,5 @@ mod raw {
             }
             Some(Vec::from_raw_parts(data, size, size))
         }
-    }
-}
-
-/// Seed for a worker's RNG: the host's clock mixed with WASI's random source (through std's
-/// RandomState), so two workers started in the same nanosecond still differ.
-fn host_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(ProxyHost.now_us());
-    h.finish()
-}
-
-struct RampRoot {
-    worker: Option<Worker<ProxyHost>>,
-}
-
-impl Context for RampRoot {
-    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
-        if let Some(w) = self.worker.as_mut() {
-            w.on_callout(token, body_size);
-        }
-    }
-}
-
-impl RootContext for RampRoot {
-    fn on_vm_start(&mut self, _: usize) -> bool {
-        self.worker = Some(Worker::start(ProxyHost, host_seed()));
-        true
-    }
-
-    fn on_configure(&mut self, _: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        let worker = self
-            .worker
-            .get_or_insert_with(|| Worker::start(ProxyHost, host_seed()));
-        // Returning false makes Envoy refuse this config; the previous one (if any) stays.
-        let ok = worker.configure(&bytes);
-        if ok {
-            self.set_tick_period(Duration::from_millis(TICK_MS));
-        }
-        ok
-    }
-
-    fn on_queue_ready(&mut self, queue_id: u32) {
-        if let Some(w) = self.worker.as_mut() {
-            w.on_queue_ready(queue_id);
-        }
-    }
-
-    fn on_tick(&mut self) {
-        if let Some(w) = self.worker.as_mut() {
-            w.tick();
-        }
-    }
-
-    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(RampHttp(
-            self.worker.as_ref().map(Worker::exchange),
-        )))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
-
-struct RampHttp(Option<Exchange<ProxyHost>>);
-
-impl Context for RampHttp {}
-
-impl HttpContext for RampHttp {
-    fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
-        if let Some(x) = self.0.as_mut() {
-            x.on_request_headers(end_of_stream);
-        }
-        Action::Continue
-    }
-
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if let Some(x) = self.0.as_mut() {
-            x.on_request_body(body_size, end_of_stream);
-        }
-        Action::Continue
-    }
-
-    fn on_http_response_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
-        if let Some(x) = self.0.as_mut() {
-            x.on_response_headers(end_of_stream);
-        }
-        Action::Continue
-    }
-
-    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if let Some(x) = self.0.as_mut() {
-            x.on_response_body(body_size, end_of_stream);
-        }
-        Action::Continue
     }
 }
