@@ -204,7 +204,21 @@ pub fn state_after_edit(state: &State, old: &Spec, new: &Spec) -> State {
         return next;
     }
     let (_, in_force) = state.weights(old);
-    match new.stages.iter().rposition(|s| s.weight <= in_force) {
+    // Once an A/B test's experiment has begun, an edit never sends it back to its 0%
+    // pre-period: its users have seen the candidate.
+    let past_pre_period = old
+        .ab_test
+        .as_ref()
+        .is_some_and(|ab| ab.experiment_stage > 0 && state.stage >= ab.experiment_stage);
+    let floor = match &new.ab_test {
+        Some(ab) if past_pre_period => ab.experiment_stage.min(last),
+        _ => 0,
+    };
+    match new.stages[floor..]
+        .iter()
+        .rposition(|s| s.weight <= in_force)
+        .map(|i| i + floor)
+    {
         Some(i) => {
             next.stage = i;
             // An operator's held weight stays held (it is above or at the stage's).
@@ -216,7 +230,7 @@ pub fn state_after_edit(state: &State, old: &Spec, new: &Spec) -> State {
             }
         }
         None => {
-            next.stage = 0;
+            next.stage = floor;
             next.override_weight = Some(in_force);
         }
     }
@@ -432,5 +446,29 @@ mod tests {
         );
         assert_eq!(action, crate::machine::Action::Advance { to_stage: 0 });
         assert_eq!((raised.stage, raised.weights(&higher).1), (0, 60.0));
+    }
+
+    /// An edit that raises an A/B test's split while it runs does not send it back to its 0%
+    /// pre-period (where the candidate's users would be counted again as if unexposed).
+    #[test]
+    fn an_edit_never_sends_a_running_experiment_back_to_its_pre_period() {
+        let ab = |split: u32| {
+            Spec::parse(&format!("name: r\nstrategy: ab_test\nab_test: {{metric: conversion}}\narms: [{{name: v1, role: baseline}}, {{name: v2, role: candidate}}]\nstages: [{{weight: 0, min_duration_s: 600}}, {{weight: {split}}}, {{weight: 100}}]\n")).unwrap()
+        };
+        let (old, new) = (ab(50), ab(60));
+        let running = State {
+            stage: 1,
+            ..State::start(&old, 0)
+        };
+        let next = state_after_edit(&running, &old, &new);
+        assert_eq!(
+            (next.stage, next.weights(&new).1),
+            (1, 50.0),
+            "held at 50% in the split"
+        );
+        assert!(next.pre_weights(&new).is_empty());
+        // In the pre-period an edit keeps it there.
+        let before = State::start(&old, 0);
+        assert_eq!(state_after_edit(&before, &old, &new).stage, 0);
     }
 }

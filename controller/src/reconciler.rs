@@ -264,6 +264,7 @@ fn judge_now(
         return None;
     };
     let mut totals = complete_totals(handle, spec, from_prometheus);
+    crate::check::scope_pre_period(&mut totals, rec, spec);
     history.no_data.observe(&rec.state, &measured);
     crate::custom_verdict::attach(&mut totals, measured, &history.no_data);
     // Snapshots belong to one stage; after a restart they start over from the stage's base.

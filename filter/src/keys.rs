@@ -9,9 +9,10 @@ pub fn bandit_key(rollout: &str, arm: &str) -> String {
     format!("ramp.bandit.v1.{rollout}.{arm}")
 }
 
-/// This Envoy's report totals of one arm (`report::ArmReport`, all workers).
+/// This Envoy's report totals of one arm (`report::ArmReport`, all workers). v4: with the
+/// pre-period's requests and 5xx per bucket (CUPED).
 pub fn counts_key(rollout: &str, arm: &str) -> String {
-    format!("ramp.ctl.v3.{rollout}.counts.{arm}")
+    format!("ramp.ctl.v4.{rollout}.counts.{arm}")
 }
 
 /// This Envoy's shadow comparison totals (`shadow::TOTAL_NAMES`, all workers).
@@ -34,9 +35,10 @@ pub fn lease_key(rollout: &str) -> String {
     format!("ramp.ctl.v1.{rollout}.lease")
 }
 
-/// The newest live state, checked, that every worker applies (`live::Applied`).
+/// The newest live state, checked, that every worker applies (`live::Applied`). v3: with the
+/// pre-period's weights after the arms (CUPED).
 pub fn state_key(rollout: &str) -> String {
-    format!("ramp.ctl.v2.{rollout}.state")
+    format!("ramp.ctl.v3.{rollout}.state")
 }
 
 /// One worker VM's shared queue, on which its HTTP contexts hand shadow copies to its root
@@ -54,12 +56,12 @@ mod tests {
     #[test]
     fn the_names_are_stable() {
         assert_eq!(bandit_key("r", "v1"), "ramp.bandit.v1.r.v1");
-        assert_eq!(counts_key("r", "v1"), "ramp.ctl.v3.r.counts.v1");
+        assert_eq!(counts_key("r", "v1"), "ramp.ctl.v4.r.counts.v1");
         assert_eq!(shadow_key("r"), "ramp.ctl.v2.r.shadow");
         assert_eq!(moments_key("r"), "ramp.ctl.v2.r.moments");
         assert_eq!(instance_key("r"), "ramp.ctl.v1.r.instance");
         assert_eq!(lease_key("r"), "ramp.ctl.v1.r.lease");
-        assert_eq!(state_key("r"), "ramp.ctl.v2.r.state");
+        assert_eq!(state_key("r"), "ramp.ctl.v3.r.state");
         assert_eq!(shadow_queue(0xab), "ramp.shadow.00000000000000ab");
     }
 }

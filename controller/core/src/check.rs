@@ -292,6 +292,32 @@ pub fn stage_windows(rec: &Record, spec: &Spec, totals: &Totals) -> Vec<(ArmWind
         .collect()
 }
 
+/// CUPED's covariate in `totals`, scoped to this rollout's pre-period: in the pre-period, the
+/// counts since it began (the stage's base); in the experiment that follows, since the base kept
+/// when it began (`State::pre_period_base`); anywhere else, none, so no other stage or strategy
+/// adjusts by counts an earlier revision or pre-period left behind.
+pub fn scope_pre_period(totals: &mut Totals, rec: &Record, spec: &Spec) {
+    let experiment = spec.ab_test.as_ref().map_or(0, |ab| ab.experiment_stage);
+    let in_experiment = experiment > 0 && rec.state.stage == experiment;
+    for (arm, t) in totals.iter_mut() {
+        let base = if rec.state.in_pre_period(spec) {
+            Some(
+                rec.base
+                    .get(arm)
+                    .map_or_else(Default::default, |b| b.buckets.clone()),
+            )
+        } else if in_experiment {
+            rec.state
+                .pre_period_base
+                .as_ref()
+                .map(|b| b.get(arm).cloned().unwrap_or_default())
+        } else {
+            None
+        };
+        t.buckets.scope_pre_period(base.as_ref());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,5 +453,67 @@ mod tests {
             }
         }
         assert!(chose_earlier > 1000, "{chose_earlier}");
+    }
+
+    fn with_pre(n: u64) -> ArmTotals {
+        ArmTotals {
+            buckets: crate::window::BucketCounts {
+                pre_requests: vec![n; 64],
+                pre_errors: vec![0; 64],
+                pre_reward_micros: vec![n * 1_000; 64],
+                ..Default::default()
+            },
+            ..ArmTotals::default()
+        }
+    }
+
+    /// A revision's pre-period starts from what earlier ones left; the experiment after it
+    /// keeps that base; any other stage or strategy sees no pre-period at all.
+    #[test]
+    fn the_pre_period_is_this_revisions_alone() {
+        let spec = Spec::parse("name: r\nstrategy: ab_test\nab_test: {metric: conversion}\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\nstages: [{weight: 0, min_duration_s: 600}, {weight: 50}, {weight: 100}]\n").unwrap();
+        let rec = Record {
+            base: [("v2".to_owned(), with_pre(7))].into(),
+            ..record(&spec)
+        };
+        let now: Totals = [("v2".to_owned(), with_pre(10))].into();
+        let scoped = |rec: &Record, spec: &Spec| {
+            let mut t = now.clone();
+            scope_pre_period(&mut t, rec, spec);
+            t["v2"].buckets.pre_requests.clone()
+        };
+        assert_eq!(
+            scoped(&rec, &spec),
+            vec![3; 64],
+            "in the pre-period: since it began"
+        );
+        let experiment = machine::State {
+            stage: 1,
+            ..rec.state.clone()
+        };
+        let moves = Moves {
+            base: Some(now.clone()),
+            ..Moves::default()
+        };
+        let moved = rec.transition(&spec, &spec, experiment, moves);
+        assert_eq!(
+            scoped(&moved, &spec),
+            vec![3; 64],
+            "the experiment keeps the pre-period's base"
+        );
+        let promoted = machine::State {
+            stage: 2,
+            ..moved.state.clone()
+        };
+        let promoted = moved.transition(&spec, &spec, promoted, Moves::default());
+        assert!(
+            scoped(&promoted, &spec).is_empty(),
+            "none after the experiment"
+        );
+        let canary = Spec::parse("name: r\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\nstages: [{weight: 50}, {weight: 100}]\n").unwrap();
+        assert!(
+            scoped(&rec, &canary).is_empty(),
+            "a canary takes no covariate"
+        );
     }
 }

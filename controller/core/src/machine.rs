@@ -50,9 +50,24 @@ pub struct State {
     /// failure is recorded when it starts, not again at every check while it goes on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dry_run_failing: Vec<String>,
+    /// An A/B test's CUPED pre-period counts as they stood when its pre-period began (what
+    /// earlier revisions left in the cumulative totals), per arm: kept from the move into the
+    /// experiment, so its covariate is this pre-period's alone (`check::scope_pre_period`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_period_base: Option<Box<PrePeriodBase>>,
 }
 
+/// Per arm, the pre-period counts a pre-period began from (boxed: most states have none).
+pub type PrePeriodBase = std::collections::BTreeMap<String, crate::window::BucketCounts>;
+
 impl State {
+    /// In an A/B test's 0% pre-period (CUPED): the stage before its experiment.
+    pub fn in_pre_period(&self, spec: &Spec) -> bool {
+        spec.ab_test
+            .as_ref()
+            .is_some_and(|ab| ab.experiment_stage > 0 && ab.experiment_stage == self.stage + 1)
+    }
+
     /// A new rollout: it waits in `Starting` at 0% when the spec has `before_start` hooks.
     pub fn start(spec: &Spec, now_ms: u64) -> Self {
         let smoke_test = spec.hooks.iter().any(|h| h.on == HookPoint::BeforeStart);
@@ -69,6 +84,7 @@ impl State {
             override_weight: None,
             winner: None,
             dry_run_failing: Vec::new(),
+            pre_period_base: None,
         }
     }
 
@@ -113,11 +129,9 @@ impl State {
     /// In an A/B test's 0% pre-period, the weights its experiment will have (what sticky filters
     /// count users under, `LiveState::pre_weights`); empty otherwise.
     pub fn pre_weights(&self, spec: &Spec) -> Vec<(String, f64)> {
-        let pre_period = spec.ab_test.as_ref().is_some_and(|ab| {
-            ab.experiment_stage == self.stage + 1
-                && matches!(self.phase, Phase::Progressing | Phase::Paused)
-                && self.override_weight.is_none()
-        });
+        let pre_period = self.in_pre_period(spec)
+            && matches!(self.phase, Phase::Progressing | Phase::Paused)
+            && self.override_weight.is_none();
         if !pre_period {
             return Vec::new();
         }
@@ -693,9 +707,9 @@ fn single_verdict(ab: &AbTest, result: Option<&SequentialResult>) -> AbOutcome {
     };
     let cuped = r.cuped.as_ref().map_or(String::new(), |c| {
         format!(
-            "; CUPED: the difference adjusted by the pre-period, {:.4} before, its variance {:.0}% lower",
+            "; CUPED: the difference adjusted by the pre-period, {:.4} unadjusted, its variance x{:.2}",
             c.unadjusted_difference,
-            c.variance_reduction * 100.0
+            1.0 - c.variance_reduction
         )
     });
     let figures = format!(
@@ -879,6 +893,13 @@ pub fn command(
                 return Err(CommandError::Invalid {
                     field: "weight",
                     reason: format!("must be a percentage in [0, 100], got {weight}"),
+                });
+            }
+            // Users who saw the candidate would be counted as its pre-period afterwards.
+            if weight > 0.0 && state.in_pre_period(spec) {
+                return Err(CommandError::Invalid {
+                    field: "weight",
+                    reason: "an A/B test's pre-period keeps the candidates at 0% while it counts CUPED's covariate; `rampctl promote` starts the experiment".to_owned(),
                 });
             }
             next.phase = Phase::Paused;
@@ -1673,5 +1694,27 @@ stages: [{weight: 50}, {weight: 100}]
             matches!(a, Action::Hold(Some(ref r)) if r.starts_with("sample ratio mismatch: exposure lost after routing: Envoy answered v1 0 of 200 (0.0%), v2 0 of 200 (0.0%), v3 40 of 1600 (2.5%) itself")),
             "{a:?}"
         );
+    }
+
+    /// An operator cannot expose users during an A/B test's pre-period: they would be counted
+    /// as unexposed afterwards.
+    #[test]
+    fn set_weight_is_refused_in_a_pre_period() {
+        let s = Spec::parse("name: r\nstrategy: ab_test\nab_test: {metric: conversion}\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\nstages: [{weight: 0, min_duration_s: 600}, {weight: 50}, {weight: 100}]\n").unwrap();
+        let st = State::start(&s, 0);
+        let e = command(&s, &st, Command::SetWeight { weight: 20.0 }, 1).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CommandError::Invalid {
+                    field: "weight",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(command(&s, &st, Command::SetWeight { weight: 0.0 }, 1).is_ok());
+        let experiment = State { stage: 1, ..st };
+        assert!(command(&s, &experiment, Command::SetWeight { weight: 20.0 }, 1).is_ok());
     }
 }

@@ -40,13 +40,29 @@ impl Record {
         if moves.new_version || state.arm_weights(spec) != self.state.arm_weights(was) {
             next.version += 1;
         }
-        if let Some(base) = moves.base {
-            next.base = base;
+        if let Some(base) = &moves.base {
+            next.base = base.clone();
         }
         if let Some(text) = moves.spec_text {
             next.spec_text = text;
         }
         next.state = state;
+        // CUPED: leaving the pre-period for the experiment keeps the base the pre-period began
+        // from; before the experiment (or without a pre-period) there is none.
+        let experiment = spec.ab_test.as_ref().map_or(0, |ab| ab.experiment_stage);
+        if experiment == 0 || next.state.stage < experiment {
+            next.state.pre_period_base = None;
+        } else if self.state.in_pre_period(was)
+            && next.state.stage == experiment
+            && moves.base.is_some()
+        {
+            next.state.pre_period_base = Some(Box::new(
+                self.base
+                    .iter()
+                    .map(|(arm, t)| (arm.clone(), t.buckets.pre_only()))
+                    .collect(),
+            ));
+        }
         next
     }
 }

@@ -414,11 +414,16 @@ fn record_text(out: &mut String, rec: &DecisionRecord, arms: &[&str]) {
         if r.is_object() {
             let _ = writeln!(
                 out,
-                "               A/B    {} {} vs baseline {}, always-valid p = {}, confidence sequence [{}, {}]{}",
+                "               A/B    {} {} vs baseline {}, always-valid p = {}, confidence sequence{} [{}, {}]{}",
                 c["arm"].as_str().unwrap_or("?"),
                 num(&r["candidate_rate"], 4),
                 num(&r["baseline_rate"], 4),
                 num(&r["p_value"], 4),
+                if r["cuped"].is_object() {
+                    " of the CUPED-adjusted difference"
+                } else {
+                    ""
+                },
                 num(&r["interval"][0], 4),
                 num(&r["interval"][1], 4),
                 if c["rejected"] == true { ", significant" } else { "" }

@@ -442,8 +442,12 @@ fn error_rate_vs_baseline(
         Bound::Max(max) if r.interval.0 > max => Verdict::Fail {
             value,
             reason: format!(
-                "error rate {:.4} vs baseline {:.4}: the excess is above {max} with confidence (always-valid interval [{:.4}, {:.4}], alpha {alpha:.2e})",
-                r.candidate_rate, r.baseline_rate, r.interval.0, r.interval.1
+                "error rate {:.4} vs baseline {:.4}: the excess is above {max} with confidence (always-valid interval{} [{:.4}, {:.4}], alpha {alpha:.2e})",
+                r.candidate_rate,
+                r.baseline_rate,
+                if r.cuped.is_some() { " of the CUPED-adjusted excess" } else { "" },
+                r.interval.0,
+                r.interval.1
             ),
         },
         _ => Verdict::Pass { value },

@@ -879,6 +879,12 @@ fn validate_strategy(raw: &RawSpec, stages: &[Stage]) -> Result<Option<AbTest>, 
                     "ab_test has two stages: the experiment (its weight is the candidate's share) and 100; or three, with a 0% pre-period first",
                 ));
             }
+            if pre_period && stages[0].min_requests > 0 {
+                return Err(err(
+                    "stages[0].min_requests",
+                    "the pre-period serves the candidates nothing: it lasts min_duration_s instead",
+                ));
+            }
             if pre_period && stages[0].min_duration_ms == 0 {
                 return Err(err(
                     "stages[0].min_duration_s",

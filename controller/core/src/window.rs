@@ -52,7 +52,8 @@ pub struct BucketCounts {
     pub reward_micros: Vec<u64>,
     /// The pre-period (an `ab_test`'s 0% stage, when the filters count each user under the arm
     /// the experiment will give them): requests, 5xx and rewards per bucket, CUPED's covariate.
-    /// Cumulative in every window: the pre-period is over when they are used.
+    /// Totals are cumulative over the rollout's life; a check scopes them to the current
+    /// pre-period (`check::scope_pre_period`) and windows take them from there as they are.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pre_requests: Vec<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -126,6 +127,32 @@ fn since_each(now: &[u64], base: &[u64]) -> Vec<u64> {
 impl BucketCounts {
     pub fn is_empty(&self) -> bool {
         self.requests.is_empty()
+    }
+
+    /// Only the pre-period counts (a CUPED base).
+    pub fn pre_only(&self) -> BucketCounts {
+        BucketCounts {
+            pre_requests: self.pre_requests.clone(),
+            pre_errors: self.pre_errors.clone(),
+            pre_reward_micros: self.pre_reward_micros.clone(),
+            ..BucketCounts::default()
+        }
+    }
+
+    /// The pre-period counts since `base`'s, or none.
+    pub fn scope_pre_period(&mut self, base: Option<&BucketCounts>) {
+        match base {
+            Some(b) => {
+                self.pre_requests = since_each(&self.pre_requests, &b.pre_requests);
+                self.pre_errors = since_each(&self.pre_errors, &b.pre_errors);
+                self.pre_reward_micros = since_each(&self.pre_reward_micros, &b.pre_reward_micros);
+            }
+            None => {
+                self.pre_requests.clear();
+                self.pre_errors.clear();
+                self.pre_reward_micros.clear();
+            }
+        }
     }
 
     fn since(&self, base: &BucketCounts) -> BucketCounts {

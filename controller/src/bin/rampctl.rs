@@ -815,12 +815,21 @@ fn print_figures(f: &CheckFigures, several: bool) {
             let metric = wire_name(&ab.metric);
             match r["p_value"].as_f64() {
                 Some(p) => println!(
-                    "    A/B {metric} (mSPRT, valid at every check; units: {}): candidate {:.4} vs baseline {:.4}, lift {}, always-valid p = {p:.4}, {:.0}% confidence sequence of the difference [{:.4}, {:.4}], winner: {}",
-                    if r["unit"] == "user_bucket" { "users, by analysis bucket" } else { "requests" },
+                    "    A/B {metric} (mSPRT, valid at every check; units: {}): candidate {:.4} vs baseline {:.4}, lift {}, always-valid p = {p:.4}, {:.0}% confidence sequence of the {}difference [{:.4}, {:.4}], winner: {}",
+                    match r["unit"].as_str() {
+                        Some("user_bucket") => "users, by analysis bucket",
+                        Some("user_bucket_cuped") => "users, by analysis bucket, adjusted by the pre-period (CUPED)",
+                        _ => "requests",
+                    },
                     r["candidate_rate"].as_f64().unwrap_or(0.0),
                     r["baseline_rate"].as_f64().unwrap_or(0.0),
                     r["relative_lift"].as_f64().map_or("-".to_owned(), |l| format!("{:+.1}%", l * 100.0)),
                     (1.0 - r["alpha"].as_f64().unwrap_or(0.0)) * 100.0,
+                    r["cuped"]["variance_reduction"].as_f64().map_or(String::new(), |v| format!(
+                        "CUPED-adjusted (plain {:.4}; variance x{:.2}) ",
+                        r["cuped"]["unadjusted_difference"].as_f64().unwrap_or(0.0),
+                        1.0 - v
+                    )),
                     r["interval"][0].as_f64().unwrap_or(0.0),
                     r["interval"][1].as_f64().unwrap_or(0.0),
                     r["winner"].as_str().unwrap_or("?"),

@@ -291,11 +291,12 @@ impl Store {
         })?;
         let mut out: Vec<ArmFeedback> = rows.collect::<Result<_, _>>()?;
         // The bucket is the top 6 bits of the decision number: its first two hex digits / 4
-        // (before a pre-period id's `.pre`, four characters further left).
+        // (before a pre-period id's `.pre`, four characters further left; either case, as
+        // `parse_decision` takes both).
         let mut stmt = self.db.prepare(
             "SELECT arm, pre,
-                    (instr('0123456789abcdef', substr(decision, -16 - 4 * pre, 1)) - 1) * 4
-                      + (instr('0123456789abcdef', substr(decision, -15 - 4 * pre, 1)) - 1) / 4 AS bucket,
+                    (instr('0123456789abcdef', lower(substr(decision, -16 - 4 * pre, 1))) - 1) * 4
+                      + (instr('0123456789abcdef', lower(substr(decision, -15 - 4 * pre, 1))) - 1) / 4 AS bucket,
                     SUM(CAST(ROUND(reward * 1000000) AS INTEGER))
              FROM (SELECT arm, decision, reward, decision LIKE '%.pre' AS pre FROM feedback
                    WHERE rollout = ?1 AND reward IS NOT NULL)

@@ -138,8 +138,11 @@ impl<H: Host> Exchange<H> {
         }
         // A user's requests share a bucket (a hash of the key, independent of the arm's), so the
         // controller can treat buckets, not requests, as the independent units. Without a key the
-        // request is the unit and needs none.
-        let key = sticky_key.as_deref().or(decision.new_sticky_key.as_deref());
+        // request is the unit and needs none; an empty key is none, as `choose` takes it.
+        let key = sticky_key
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .or(decision.new_sticky_key.as_deref());
         let bucket = key.map(crate::bucket::analysis_bucket);
         let pre_arm = match (key, active.pre_weights.try_borrow()) {
             (Some(key), Ok(pre)) => crate::select::pre_period_arm(rollout, &pre, key),
