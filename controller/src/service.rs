@@ -150,13 +150,17 @@ impl App {
         }
     }
 
-    /// Makes the rollout visible and starts its reconciler.
+    /// Makes the rollout visible and starts its reconciler, unless one of that name is there
+    /// already (replicas: a refresh may have loaded it from the store first).
     pub fn register(self: &Arc<Self>, handle: Rollout) {
         let handle = Arc::new(handle);
-        self.rollouts
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(handle.name.clone(), handle.clone());
+        {
+            let mut rollouts = self.rollouts.write().unwrap_or_else(|p| p.into_inner());
+            if rollouts.contains_key(&handle.name) {
+                return;
+            }
+            rollouts.insert(handle.name.clone(), handle.clone());
+        }
         (self.start)(self.clone(), handle);
     }
 }
