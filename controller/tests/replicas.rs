@@ -88,10 +88,12 @@ fn replicas_share_rollouts_wake_each_others_long_polls_and_count_once() {
             .0,
         204
     );
-    // The holder judges the whole fleet's reports (the figures are the reconciler's).
-    replicas[holder].wait_until("r", Duration::from_secs(5), |v| {
-        v["window"]["v1"]["requests"] == 135 && v["window"]["v2"]["requests"] == 15
-    });
+    // The holder judges the whole fleet's reports; every replica shows its figures.
+    for s in &replicas {
+        s.wait_until("r", Duration::from_secs(5), |v| {
+            v["window"]["v1"]["requests"] == 135 && v["window"]["v2"]["requests"] == 15
+        });
+    }
     // Feedback for one decision, posted to two replicas: recorded once.
     let body = r#"{"decision": "v2.00000000000000ab", "correct": true}"#;
     let (code, v) = a.req("POST", "/v1/rollouts/r/feedback", Some(body), true);

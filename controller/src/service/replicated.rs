@@ -56,6 +56,12 @@ impl App {
                 let arms = spec.arms();
                 let reports = s.reports(&h.name)?;
                 let feedback = s.feedback_totals(&h.name)?;
+                // Another replica's check, if it is newer than the one shown.
+                if let Some(figures) = s.figures(&h.name)? {
+                    if let Ok(figures) = serde_json::from_str(&figures) {
+                        h.show_stored_figures(figures);
+                    }
+                }
                 let mut book = h.reports();
                 for r in reports.into_iter().flatten() {
                     if r.validate(&arms).is_err() {

@@ -157,6 +157,12 @@ fn both_adapters_answer_the_same_script_alike() {
         assert_eq!(x, y);
     }
     assert_eq!(a.len(), b.len());
+    // Figures for the other replicas: kept by PostgreSQL, the last one written.
+    assert_eq!(post.figures("r").unwrap(), None);
+    post.put_figures("r", "{\"a\":1}").unwrap();
+    post.put_figures("r", "{\"a\":2}").unwrap();
+    assert_eq!(post.figures("r").unwrap().as_deref(), Some("{\"a\":2}"));
+    assert_eq!(lite.figures("r").unwrap(), None);
     // Opening again (a second replica starting) keeps everything.
     let again = postgres::Store::open(&pg.url()).unwrap();
     assert_eq!(again.list().unwrap().len(), 2);

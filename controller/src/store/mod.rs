@@ -66,6 +66,15 @@ pub trait Store: Send {
     fn put_checks(&mut self, rollout: &str, points: &[CheckPoint]) -> Result<(), StoreError>;
     /// The rollout's series, and what it kept of it.
     fn checks(&self, rollout: &str) -> Result<(Vec<CheckPoint>, SeriesKept), StoreError>;
+    /// Replicas: the last check's figures (status JSON) of the replica that checks the rollout,
+    /// for the others to show. One process keeps them in memory only: the default keeps none.
+    fn put_figures(&mut self, _rollout: &str, _figures: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// What `put_figures` kept last (`None`: nothing, or a store that keeps none).
+    fn figures(&self, _rollout: &str) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// Which replica reconciles a rollout, when several share a store: a lease per rollout that

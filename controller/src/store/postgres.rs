@@ -48,7 +48,8 @@ const SCHEMA: &str = "
       rollout TEXT NOT NULL, n BIGINT NOT NULL, at_ms BIGINT NOT NULL, body TEXT NOT NULL,
       PRIMARY KEY (rollout, n));
     CREATE TABLE IF NOT EXISTS check_series (
-      rollout TEXT PRIMARY KEY, next_n BIGINT NOT NULL, every BIGINT NOT NULL);";
+      rollout TEXT PRIMARY KEY, next_n BIGINT NOT NULL, every BIGINT NOT NULL);
+    CREATE TABLE IF NOT EXISTS figures (rollout TEXT PRIMARY KEY, body TEXT NOT NULL);";
 
 impl Store {
     /// Connects to `url` (`postgres://user:password@host:port/db`) and creates the tables if
@@ -597,5 +598,21 @@ impl super::Store for Store {
 
     fn checks(&self, rollout: &str) -> Result<(Vec<CheckPoint>, SeriesKept), StoreError> {
         Store::checks(self, rollout)
+    }
+
+    fn put_figures(&mut self, rollout: &str, figures: &str) -> Result<(), StoreError> {
+        self.client()?.execute(
+            "INSERT INTO figures (rollout, body) VALUES ($1, $2)
+             ON CONFLICT (rollout) DO UPDATE SET body = excluded.body",
+            &[&rollout, &figures],
+        )?;
+        Ok(())
+    }
+
+    fn figures(&self, rollout: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .client()?
+            .query_opt("SELECT body FROM figures WHERE rollout = $1", &[&rollout])?
+            .map(|r| r.get(0)))
     }
 }
