@@ -70,9 +70,11 @@ lint: toolchain
 	cargo clippy --target wasm32-wasip1 -p ramp-filter -p ramp-filter-adapter -p ramp-empty-filter -p ramp-naive-router --all-targets -- -D warnings
 	cargo clippy --target wasm32-unknown-unknown -p ramp-protocol -p ramp-filter --all-targets -- -D warnings
 
-# The controller's https test (controller/tests/https_calls.rs) runs a real Prometheus serving TLS.
+# The controller's https test (controller/tests/https_calls.rs) runs a real Prometheus serving TLS;
+# its store contract and replica tests (store/contract.rs, tests/replicas.rs) a real PostgreSQL.
 unit: toolchain
 	@command -v prometheus >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; }
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 	cargo test -p ramp-protocol -p ramp-filter -p ramp-controller
 
 # wasm-bindgen-test-runner must match the wasm-bindgen version in Cargo.lock exactly. (A clean
@@ -130,6 +132,8 @@ bench: wasm venv
 	RAMPCTL_BIN=target/release/rampctl cargo run --release -q -p ramp-tools --bin ramp-bench-controller
 	RAMPCTL_BIN=target/release/rampctl cargo run --release -q -p ramp-tools --bin ramp-bench-hostile
 	RAMPCTL_BIN=target/release/rampctl cargo run --release -q -p ramp-tools --bin ramp-bench-checks
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+	RAMPCTL_BIN=target/release/rampctl cargo run --release -q -p ramp-tools --bin ramp-bench-replicas
 
 sim: toolchain
 	cargo run --release -q -p ramp-tools --bin ramp-sim

@@ -27,6 +27,9 @@ pub async fn flush_reports(app: Arc<App>) {
             }
         }
         flush_checks(&app).await;
+        if app.replicated() {
+            flush_figures(&app).await;
+        }
         if batch.is_empty() {
             continue;
         }
@@ -68,6 +71,28 @@ async fn flush_checks(app: &Arc<App>) {
                 handle.name
             );
             handle.return_checks(again);
+        }
+    }
+}
+
+/// Replicas: the figures this replica's checks published since the last pass, for the others'
+/// status (`App::refresh` shows them there). A failed write waits for the next check's.
+async fn flush_figures(app: &Arc<App>) {
+    for handle in app.all() {
+        if !handle.take_figures_unsaved() {
+            continue;
+        }
+        let Some(json) = handle
+            .current()
+            .figures
+            .as_deref()
+            .and_then(|f| serde_json::to_string(f).ok())
+        else {
+            continue;
+        };
+        let name = handle.name.clone();
+        if let Err(e) = app.db(move |s| s.put_figures(&name, &json)).await {
+            eprintln!("rampctl: {}: figures not written: {e}", handle.name);
         }
     }
 }

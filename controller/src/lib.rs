@@ -21,6 +21,7 @@ pub mod hooks;
 pub mod prometheus;
 pub mod reconciler;
 pub mod registry;
+pub mod replicas;
 pub mod serve;
 pub mod server;
 pub mod service;

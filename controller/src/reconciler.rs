@@ -98,7 +98,35 @@ pub async fn run(app: Arc<App>, handle: Arc<Rollout>) {
     let _running = Running(app.clone());
     let mut history = History::default();
     let mut figured = false;
+    let mut leading = false;
     loop {
+        let leads = app.leads(&handle.name).await;
+        if leads != leading && app.replicated() {
+            let now = if leads {
+                "reconciles it (lease taken)"
+            } else {
+                "no longer reconciles it"
+            };
+            eprintln!("rampctl: {}: this replica {now}", handle.name);
+        }
+        leading = leads;
+        if !leads {
+            // Another replica reconciles it; take over when its lease ends.
+            tokio::select! {
+                _ = tokio::time::sleep(crate::replicas::LEASE_RETRY) => {}
+                _ = handle.wake.notified() => {}
+            }
+            continue;
+        }
+        if app.replicated() {
+            // Decide on what every replica committed and took, not only this one.
+            if let Err(e) = app.refresh(&handle.name).await {
+                eprintln!(
+                    "rampctl: {}: not refreshed from the store: {e}",
+                    handle.name
+                );
+            }
+        }
         let view = handle.current();
         // Checks start a fixed interval apart, however long each took (a fault is caught within
         // threshold + 1 intervals, not that plus the checks' own time).

@@ -190,6 +190,8 @@ pub struct Rollout {
     pub wake: Notify,
     /// Checks not written to the store yet (the flusher writes them in batches).
     checks: Mutex<Vec<CheckPoint>>,
+    /// Figures published since the flusher last looked.
+    figures_unsaved: std::sync::atomic::AtomicBool,
 }
 
 /// Most checks one rollout holds unwritten; past it (a store that keeps failing) the oldest go.
@@ -203,6 +205,7 @@ impl Rollout {
             reports: Mutex::new(book),
             wake: Notify::new(),
             checks: Mutex::new(Vec::new()),
+            figures_unsaved: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -251,7 +254,32 @@ impl Rollout {
         });
     }
 
+    /// `publish_figures` for figures another replica checked (read from the store): shown if
+    /// they are of a later check than the ones shown, and not written back.
+    pub fn show_stored_figures(&self, figures: Figures) {
+        let at = |f: Option<&Figures>| f.and_then(|f| f.last.as_ref()).map(|l| l.checked_at_ms);
+        self.view.send_if_modified(|v| {
+            if at(Some(&figures)) <= at(v.figures.as_deref()) {
+                return false;
+            }
+            *v = Arc::new(View {
+                loaded: v.loaded.clone(),
+                figures: Some(Arc::new(figures)),
+            });
+            true
+        });
+    }
+
+    /// Whether figures were published since the last call (the flusher writes them for the
+    /// other replicas).
+    pub fn take_figures_unsaved(&self) -> bool {
+        self.figures_unsaved
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn publish_figures(&self, figures: Figures) {
+        self.figures_unsaved
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.view.send_modify(|v| {
             *v = Arc::new(View {
                 loaded: v.loaded.clone(),

@@ -15,6 +15,8 @@ use crate::service::App;
 pub struct Config {
     pub listen: SocketAddr,
     pub db: PathBuf,
+    /// A PostgreSQL connection string (`--store`): replicas on one database instead of `db`.
+    pub store: Option<String>,
     /// Who may call what (`--auth-token`, `--report-token`, `--read-token`, `--metrics-token`,
     /// `--insecure-no-auth`).
     pub tokens: TokenOptions,
@@ -39,16 +41,45 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     // Before the store: a CA file that cannot be used stops the start, not every hook later.
     let outgoing = crate::tls::Outgoing::new(cfg.ca_file.as_deref())?;
-    let db = cfg.db.clone();
-    let (store, loaded) = tokio::task::spawn_blocking(move || {
-        let store = crate::store::sqlite::Store::open(&db)?;
-        let loaded = crate::service::load(&store)?;
-        anyhow::Ok((store, loaded))
-    })
-    .await??;
-    let app = Arc::new(App::new(Box::new(store), outgoing, |app, handle| {
+    let start: crate::service::Starter = |app, handle| {
         tokio::spawn(crate::reconciler::run(app, handle));
-    }));
+    };
+    let app = match cfg.store.clone() {
+        None => {
+            let db = cfg.db.clone();
+            let (store, loaded) = tokio::task::spawn_blocking(move || {
+                let store = crate::store::sqlite::Store::open(&db)?;
+                let loaded = crate::service::load(&store)?;
+                anyhow::Ok((store, loaded))
+            })
+            .await??;
+            (App::new(Box::new(store), outgoing, start), loaded)
+        }
+        Some(url) => {
+            let (store, loaded) = tokio::task::spawn_blocking({
+                let url = url.clone();
+                move || {
+                    let store = crate::store::postgres::Store::open(&url)?;
+                    let loaded = crate::service::load(&store)?;
+                    anyhow::Ok((store, loaded))
+                }
+            })
+            .await??;
+            eprintln!(
+                "rampctl: a replica on PostgreSQL: reconciles the rollouts whose lease it holds (a dead holder's lease ends at once, an unreachable one's within {} s)",
+                crate::store::postgres::LEASE_PERIOD_S
+            );
+            let leases = Arc::new(crate::store::postgres::Leases::new(&url));
+            (
+                App::new(Box::new(store), outgoing, start).with_leases(leases),
+                loaded,
+            )
+        }
+    };
+    let (app, loaded) = (Arc::new(app.0), app.1);
+    if let Some(url) = cfg.store.clone() {
+        crate::replicas::follow(app.clone(), url);
+    }
     for handle in loaded {
         app.register(handle);
     }

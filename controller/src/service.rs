@@ -9,6 +9,7 @@ mod filters;
 mod operator;
 mod read;
 mod record;
+mod replicated;
 mod start;
 
 use std::collections::BTreeMap;
@@ -26,7 +27,7 @@ use crate::gitops::SpecsSeen;
 use crate::record::Record;
 use crate::registry::{Loaded, Pending, Rollout};
 use crate::spec::Spec;
-use crate::store::{Store, StoreError};
+use crate::store::{Leases, Store, StoreError};
 
 /// Starts the runtime's task for a rollout the service has just made visible (its reconciler).
 /// A plain function, so the service names no part of the runtime.
@@ -47,6 +48,9 @@ pub struct App {
     pub specs: RwLock<SpecsSeen>,
     /// The agents hooks and Prometheus are called with, and the roots their https trusts.
     pub outgoing: crate::tls::Outgoing,
+    /// Replicas sharing the store: which rollouts this one reconciles (`None`: one process,
+    /// it reconciles them all).
+    leases: Option<Arc<dyn Leases>>,
 }
 
 impl App {
@@ -59,6 +63,39 @@ impl App {
             telemetry: crate::telemetry::Telemetry::default(),
             specs: RwLock::new(SpecsSeen::default()),
             outgoing,
+            leases: None,
+        }
+    }
+
+    /// One of several replicas on a shared store, reconciling the rollouts whose lease it holds.
+    pub fn with_leases(mut self, leases: Arc<dyn Leases>) -> Self {
+        self.leases = Some(leases);
+        self
+    }
+
+    /// One of several replicas (`with_leases`).
+    pub fn replicated(&self) -> bool {
+        self.leases.is_some()
+    }
+
+    /// Whether this process reconciles `rollout` now: always when it is the only one; with
+    /// replicas, while it holds the rollout's lease (taken when free). A lease that cannot be
+    /// asked about is not held.
+    pub async fn leads(&self, rollout: &str) -> bool {
+        let Some(leases) = self.leases.clone() else {
+            return true;
+        };
+        let name = rollout.to_owned();
+        match tokio::task::spawn_blocking(move || leases.hold(&name)).await {
+            Ok(Ok(held)) => held,
+            Ok(Err(e)) => {
+                eprintln!("rampctl: {rollout}: lease: {e}");
+                false
+            }
+            Err(e) => {
+                eprintln!("rampctl: {rollout}: lease task: {e}");
+                false
+            }
         }
     }
 
@@ -113,13 +150,17 @@ impl App {
         }
     }
 
-    /// Makes the rollout visible and starts its reconciler.
+    /// Makes the rollout visible and starts its reconciler, unless one of that name is there
+    /// already (replicas: a refresh may have loaded it from the store first).
     pub fn register(self: &Arc<Self>, handle: Rollout) {
         let handle = Arc::new(handle);
-        self.rollouts
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(handle.name.clone(), handle.clone());
+        {
+            let mut rollouts = self.rollouts.write().unwrap_or_else(|p| p.into_inner());
+            if rollouts.contains_key(&handle.name) {
+                return;
+            }
+            rollouts.insert(handle.name.clone(), handle.clone());
+        }
         (self.start)(self.clone(), handle);
     }
 }

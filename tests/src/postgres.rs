@@ -132,6 +132,46 @@ impl Postgres {
         )
     }
 
+    /// CPU seconds (user + system) the server's processes have used so far: the postmaster and
+    /// its children alive now (each connection's backend lives as long as its connection).
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        let pid_file = self.dir.path().join("data/postmaster.pid");
+        let text = std::fs::read_to_string(&pid_file)
+            .or_else(|_| {
+                // Not readable as the test's user: ask as the server's.
+                let out = command(Path::new("/bin"), "cat").arg(&pid_file).output()?;
+                Ok::<_, std::io::Error>(String::from_utf8_lossy(&out.stdout).into_owned())
+            })
+            .context("postmaster.pid")?;
+        let master: u32 = text
+            .lines()
+            .next()
+            .context("postmaster.pid")?
+            .trim()
+            .parse()?;
+        let mut total = crate::procfs::cpu_seconds(master)?;
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if parent == Some(master) {
+                total += crate::procfs::cpu_seconds(pid).unwrap_or(0.0);
+            }
+        }
+        Ok(total)
+    }
+
     /// The connection string of database `postgres` as user `postgres`.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)

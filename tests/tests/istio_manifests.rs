@@ -283,3 +283,60 @@ fn the_controller_manifests_match_the_plugins_controller_section() {
         service["spec"]["selector"]
     );
 }
+
+/// Issue 21: the replicas' Deployment (istio/rampctl-replicas.yaml) is selected by rampctl.yaml's
+/// Service, runs more than one replica on no volume, reads the connection string from its Secret
+/// (never from the arguments), and the tokens from the same Secret as the StatefulSet.
+#[test]
+fn the_replicas_deployment_reads_its_store_from_a_secret_behind_the_same_service() {
+    let docs = |file: &str| -> Vec<Value> {
+        std::fs::read_to_string(repo_root().join(file))
+            .unwrap()
+            .split("\n---\n")
+            .map(|d| serde_yaml::from_str(d).unwrap())
+            .collect()
+    };
+    let (single, replicas) = (
+        docs("istio/rampctl.yaml"),
+        docs("istio/rampctl-replicas.yaml"),
+    );
+    let of = |docs: &[Value], kind: &str| docs.iter().find(|d| d["kind"] == kind).unwrap().clone();
+    let (service, set) = (of(&single, "Service"), of(&single, "StatefulSet"));
+    let (deployment, store) = (of(&replicas, "Deployment"), of(&replicas, "Secret"));
+    assert!(deployment["spec"]["replicas"].as_u64().unwrap() > 1);
+    assert_eq!(
+        deployment["spec"]["selector"]["matchLabels"],
+        service["spec"]["selector"]
+    );
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.starts_with("--db") || a.starts_with("--store")),
+        "{args:?}"
+    );
+    assert!(!args.iter().any(|a| a.contains("postgres://")), "{args:?}");
+    let env = container["env"].as_array().unwrap();
+    let store_env = env.iter().find(|e| e["name"] == "RAMPCTL_STORE").unwrap();
+    let key = &store_env["valueFrom"]["secretKeyRef"];
+    assert_eq!(key["name"], store["metadata"]["name"]);
+    assert!(store["stringData"][key["key"].as_str().unwrap()]
+        .as_str()
+        .unwrap()
+        .starts_with("postgres://"));
+    let set_env = &set["spec"]["template"]["spec"]["containers"][0]["env"];
+    for e in set_env.as_array().unwrap() {
+        assert!(env.contains(e), "{e} is not in the Deployment");
+    }
+    assert_eq!(
+        container["image"],
+        set["spec"]["template"]["spec"]["containers"][0]["image"]
+    );
+}

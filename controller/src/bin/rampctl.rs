@@ -71,6 +71,19 @@ enum Cmd {
         /// The SQLite store; one `serve` at a time holds it (a lock beside it, `<db>.lock`).
         #[arg(long, default_value = "ramp.db")]
         db: PathBuf,
+        /// Replicas: a PostgreSQL connection string (`postgres://user:password@host/db`) used
+        /// instead of --db, by every replica alike (also RAMPCTL_STORE, so a password need not
+        /// sit in the process's arguments).
+        #[arg(
+            long,
+            env = "RAMPCTL_STORE",
+            hide_env_values = true,
+            conflicts_with = "store_file"
+        )]
+        store: Option<String>,
+        /// --store read from a file (a mounted Secret); surrounding whitespace is ignored.
+        #[arg(long = "store-file")]
+        store_file: Option<PathBuf>,
         /// The operator's token: apply, commands, feedback, and every read (also
         /// RAMPCTL_SERVE_TOKEN). Required unless --insecure-no-auth.
         #[arg(
@@ -267,6 +280,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Serve {
             listen,
             db,
+            store,
+            store_file,
             auth_token,
             report_token,
             read_token,
@@ -280,11 +295,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .ok()
                 .filter(|d| d.as_millis() >= 100)
                 .context("--specs-interval-s: at least 0.1")?;
+            let store = match store_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("--store-file {}", path.display()))?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => store,
+            };
+            if let Some(url) = &store {
+                anyhow::ensure!(
+                    url.starts_with("postgres://") || url.starts_with("postgresql://"),
+                    "--store: a postgres:// connection string"
+                );
+            }
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(ramp_controller::serve::serve(
                 ramp_controller::serve::Config {
                     listen,
                     db,
+                    store,
                     tokens: ramp_controller::auth::TokenOptions {
                         operator: auth_token,
                         read: read_token,

@@ -29,25 +29,29 @@ pub async fn feedback(
         ));
     }
     let (rollout, arm) = (name.to_owned(), arm.to_owned());
-    let arm_again = arm.clone();
+    // Counted in the book under the store's lock, as the store took it, so a replica's refresh
+    // (`App::refresh`, which replaces the book's feedback with the store's totals) cannot count
+    // it twice.
     let recorded = app
-        .db(move |s| s.put_feedback(&rollout, &decision, &arm, correct, reward, now_ms()))
+        .db(move |s| {
+            let recorded = s.put_feedback(&rollout, &decision, &arm, correct, reward, now_ms())?;
+            if recorded {
+                // Rounded as the SQL sum in `feedback_totals` rounds each row.
+                let micros = reward.map(|r| (r * 1e6).round() as u64);
+                let bucket = ramp_protocol::decision::bucket_of(number);
+                match (pre_period, micros) {
+                    // A pre-period decision's reward is CUPED's covariate for the arm the id
+                    // names.
+                    (true, Some(m)) => handle.reports().pre_feedback_recorded(&arm, bucket, m),
+                    // Its ground truth is stored, but judges no arm.
+                    (true, None) => {}
+                    (false, _) => handle
+                        .reports()
+                        .feedback_recorded(&arm, bucket, correct, micros),
+                }
+            }
+            Ok(recorded)
+        })
         .await?;
-    if recorded {
-        // Rounded as the SQL sum in `feedback_totals` rounds each row.
-        let micros = reward.map(|r| (r * 1e6).round() as u64);
-        let bucket = ramp_protocol::decision::bucket_of(number);
-        match (pre_period, micros) {
-            // A pre-period decision's reward is CUPED's covariate for the arm the id names.
-            (true, Some(m)) => handle
-                .reports()
-                .pre_feedback_recorded(&arm_again, bucket, m),
-            // Its ground truth is stored, but judges no arm.
-            (true, None) => {}
-            (false, _) => handle
-                .reports()
-                .feedback_recorded(&arm_again, bucket, correct, micros),
-        }
-    }
     Ok(FeedbackAnswer { recorded })
 }

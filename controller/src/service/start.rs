@@ -11,8 +11,20 @@ use crate::store::{Store, StoreError};
 /// becomes a rollout in phase `error` (logged, shown by `list` and `status`); the others go on.
 /// Blocking: run it on a blocking thread.
 pub fn load(store: &dyn Store) -> Result<Vec<Rollout>, StoreError> {
-    let mut out = Vec::new();
-    for (name, row) in store.list()? {
+    store
+        .list()?
+        .into_iter()
+        .map(|(name, row)| load_one(store, name, row))
+        .collect()
+}
+
+/// One rollout as `load` reads it, from its stored row.
+pub(super) fn load_one(
+    store: &dyn Store,
+    name: String,
+    row: Result<crate::record::Record, StoreError>,
+) -> Result<Rollout, StoreError> {
+    {
         let loaded = row.and_then(|rec| {
             let spec = Spec::parse(&rec.spec_text)
                 .map_err(|e| StoreError::Undecodable(format!("stored spec: {e}")))?;
@@ -54,7 +66,6 @@ pub fn load(store: &dyn Store) -> Result<Vec<Rollout>, StoreError> {
                 }
             }
         };
-        out.push(Rollout::new(name, view, book));
+        Ok(Rollout::new(name, view, book))
     }
-    Ok(out)
 }

@@ -2,10 +2,15 @@
 //! (every rollout's record, its events with their decision records, the newest report of each
 //! Envoy, the feedback and the per-check series). Every change is one transaction, and a
 //! transition commits only if the rollout is still what it was read as (`update_if_recorded`,
-//! a compare-and-set like a resourceVersion). The adapter is `sqlite`; the calls block, so the
+//! a compare-and-set like a resourceVersion). The adapters are `sqlite` (one process, the
+//! default) and `postgres` (replicas on one database); the calls block, so the
 //! service makes them on blocking threads (`service::App::db`).
 
+pub mod postgres;
 pub mod sqlite;
+
+#[cfg(test)]
+mod contract;
 
 use thiserror::Error;
 
@@ -18,6 +23,8 @@ use ramp_protocol::report::BUCKETS;
 pub trait Store: Send {
     /// Answers when the store can be used (`/readyz`).
     fn ping(&self) -> Result<(), StoreError>;
+    /// One rollout as stored (`NotFound` when there is none).
+    fn get(&self, name: &str) -> Result<Record, StoreError>;
     /// Every rollout, each as its record or why it cannot be decoded.
     fn list(&self) -> Result<Vec<StoredRow>, StoreError>;
     /// A new rollout, with its `applied` event and that event's decision record.
@@ -59,6 +66,24 @@ pub trait Store: Send {
     fn put_checks(&mut self, rollout: &str, points: &[CheckPoint]) -> Result<(), StoreError>;
     /// The rollout's series, and what it kept of it.
     fn checks(&self, rollout: &str) -> Result<(Vec<CheckPoint>, SeriesKept), StoreError>;
+    /// Replicas: the last check's figures (status JSON) of the replica that checks the rollout,
+    /// for the others to show. One process keeps them in memory only: the default keeps none.
+    fn put_figures(&mut self, _rollout: &str, _figures: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// What `put_figures` kept last (`None`: nothing, or a store that keeps none).
+    fn figures(&self, _rollout: &str) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// Which replica reconciles a rollout, when several share a store: a lease per rollout that
+/// dies with its holder (`postgres::Leases`: a session-level advisory lock). Blocking, like
+/// `Store`.
+pub trait Leases: Send + Sync {
+    /// True while this replica holds `rollout`'s lease, taking it when it is free; false while
+    /// another replica holds it.
+    fn hold(&self, rollout: &str) -> Result<bool, StoreError>;
 }
 
 #[derive(Debug, Error)]

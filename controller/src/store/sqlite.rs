@@ -532,6 +532,10 @@ impl super::Store for Store {
         Store::ping(self)
     }
 
+    fn get(&self, name: &str) -> Result<Record, StoreError> {
+        Store::get(self, name)
+    }
+
     fn list(&self) -> Result<Vec<StoredRow>, StoreError> {
         Store::list(self)
     }

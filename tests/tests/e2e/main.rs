@@ -15,6 +15,7 @@ mod matrix;
 mod metrics;
 mod observability;
 mod override_header;
+mod replicas;
 mod report;
 mod rollout;
 mod shadow;
