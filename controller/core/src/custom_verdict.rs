@@ -187,20 +187,8 @@ pub fn pause_without_data(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::custom::test_specs::{custom, spec_with};
+    use crate::spec::custom::test_specs::{custom, spec_with, window_with};
     use serde_json::Value;
-
-    fn window_with(rule: &str, value: Result<f64, &str>) -> ArmWindow {
-        let m = Measurement {
-            value: value.map_err(str::to_owned),
-            asked: "q".into(),
-            checks_without_value: 0,
-        };
-        ArmWindow {
-            custom: [(rule.to_owned(), m)].into(),
-            ..Default::default()
-        }
-    }
 
     fn missing(rule: &str, arm: &str) -> Measured {
         let m = Measurement {

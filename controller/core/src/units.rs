@@ -28,29 +28,37 @@ fn total(w: &ArmWindow, outcome: Outcome) -> f64 {
     }
 }
 
-fn per_bucket(w: &ArmWindow, outcome: Outcome) -> Vec<f64> {
-    let b = &w.buckets;
+/// The outcome's total per bucket from per-bucket requests, 5xx and rewards (millionths).
+fn outcome_per_bucket(
+    requests: &[u64],
+    errors: &[u64],
+    rewards: &[u64],
+    outcome: Outcome,
+) -> Vec<f64> {
     let at = |v: &[u64], j: usize| v.get(j).copied().unwrap_or(0);
-    (0..b.requests.len())
+    (0..requests.len())
         .map(|j| match outcome {
-            Outcome::Conversion => at(&b.reward_micros, j) as f64 / 1e6,
-            Outcome::Success => at(&b.requests, j).saturating_sub(at(&b.errors, j)) as f64,
-            Outcome::Error => at(&b.errors, j) as f64,
+            Outcome::Conversion => at(rewards, j) as f64 / 1e6,
+            Outcome::Success => at(requests, j).saturating_sub(at(errors, j)) as f64,
+            Outcome::Error => at(errors, j) as f64,
         })
         .collect()
+}
+
+fn per_bucket(w: &ArmWindow, outcome: Outcome) -> Vec<f64> {
+    let b = &w.buckets;
+    outcome_per_bucket(&b.requests, &b.errors, &b.reward_micros, outcome)
 }
 
 /// The pre-period's outcome total per bucket (CUPED's covariate), or empty without one.
 fn pre_per_bucket(w: &ArmWindow, outcome: Outcome) -> Vec<f64> {
     let b = &w.buckets;
-    let at = |v: &[u64], j: usize| v.get(j).copied().unwrap_or(0);
-    (0..b.pre_requests.len())
-        .map(|j| match outcome {
-            Outcome::Conversion => at(&b.pre_reward_micros, j) as f64 / 1e6,
-            Outcome::Success => at(&b.pre_requests, j).saturating_sub(at(&b.pre_errors, j)) as f64,
-            Outcome::Error => at(&b.pre_errors, j) as f64,
-        })
-        .collect()
+    outcome_per_bucket(
+        &b.pre_requests,
+        &b.pre_errors,
+        &b.pre_reward_micros,
+        outcome,
+    )
 }
 
 /// The (arm, bucket) clusters of both arms with their pre-period figures, for CUPED.

@@ -110,20 +110,7 @@ fn shown(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::custom::test_specs::{custom, spec_with};
-    use crate::spec::custom::Measurement;
-
-    fn window_with(rule: &str, value: Result<f64, &str>) -> ArmWindow {
-        let m = Measurement {
-            value: value.map_err(str::to_owned),
-            asked: "q".into(),
-            checks_without_value: 0,
-        };
-        ArmWindow {
-            custom: [(rule.to_owned(), m)].into(),
-            ..Default::default()
-        }
-    }
+    use crate::spec::custom::test_specs::{custom, spec_with, window_with};
 
     fn verdict(rule: &str, candidate: Result<f64, &str>, baseline: Result<f64, &str>) -> Verdict {
         let s = spec_with(rule).unwrap();

@@ -336,6 +336,19 @@ pub(crate) mod test_specs {
 
     pub const ARMS: &str = "arms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\n";
 
+    /// An arm's window holding rule `rule`'s measurement: a value or why there is none.
+    pub fn window_with(rule: &str, value: Result<f64, &str>) -> crate::window::ArmWindow {
+        let m = Measurement {
+            value: value.map_err(str::to_owned),
+            asked: "q".into(),
+            checks_without_value: 0,
+        };
+        crate::window::ArmWindow {
+            custom: [(rule.to_owned(), m)].into(),
+            ..Default::default()
+        }
+    }
+
     /// A canary whose first stage has `rule` (a flow mapping).
     pub fn spec_with(rule: &str) -> Result<Spec, SpecError> {
         Spec::parse(&format!(
