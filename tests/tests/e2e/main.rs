@@ -21,3 +21,4 @@ mod shadow;
 mod shadow_verdicts;
 mod split;
 mod sticky;
+mod streaming;
