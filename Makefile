@@ -31,9 +31,11 @@ WASM_OPT_FLAGS := -O3 --strip-debug --enable-bulk-memory --enable-sign-ext --ena
 # per-bucket counts under the arm a user will get, the `.pre` decision id) adds 3.2 KB: 390.8 KB,
 # so the budget was 392 KB. Issue 22 builds the module from an adapter crate of its own (cdylib only)
 # instead of the library's own cdylib+rlib: 351.8 KB, 39 KB less (the same library built as a cdylib
-# alone measured 350.6 KB; the `log` facade is the 1.2 KB between), so the budget is 356 KB. It
-# still fails the build on unexplained growth.
-WASM_MAX_BYTES := 356000
+# alone measured 350.6 KB; the `log` facade is the 1.2 KB between), so the budget was 356 KB.
+# Issue 23's streaming metrics (the `stream` config section, the body watch, three histograms and
+# four counters per arm in Envoy's stats, shared data and the report, the `usage` scan) add 11.5 KB:
+# 363.3 KB, so the budget is 368 KB. It still fails the build on unexplained growth.
+WASM_MAX_BYTES := 368000
 
 .PHONY: help toolchain venv wasm lint unit wasm-test e2e test demo bench sim images image-layouts clean
 

@@ -295,6 +295,7 @@ fn judge_now(
     crate::check::scope_pre_period(&mut totals, rec, spec);
     history.no_data.observe(&rec.state, &measured);
     crate::custom_verdict::attach(&mut totals, measured, &history.no_data);
+    ramp_controller_core::window::attach_prices(&mut totals, &spec.prices);
     // Snapshots belong to one stage; after a restart they start over from the stage's base.
     let stage = (rec.state.stage, rec.state.stage_started_ms);
     if history.stage != Some(stage) {

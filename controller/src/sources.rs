@@ -47,9 +47,14 @@ pub async fn prometheus_totals(
         return Ok(None);
     };
     let (url, name) = (url.clone(), spec.name.clone());
+    let streams = spec
+        .stages
+        .iter()
+        .any(|s| s.rules.iter().any(|r| r.metric.is_stream()));
     let agent = outgoing.prometheus.clone();
-    let query =
-        tokio::task::spawn_blocking(move || crate::prometheus::fetch_totals(&agent, &url, &name));
+    let query = tokio::task::spawn_blocking(move || {
+        crate::prometheus::fetch_totals(&agent, &url, &name, streams)
+    });
     match tokio::time::timeout(PROMETHEUS_BUDGET, query).await {
         Ok(Ok(Ok(t))) => Ok(Some(t)),
         Ok(Ok(Err(e))) => Err(SourceError::Prometheus(redact_text(&e.to_string()))),

@@ -60,6 +60,25 @@ pub struct RawConfig {
     /// Which client-sent headers the filter removes, and so how it reads the request's headers.
     #[serde(default)]
     pub client_headers: ClientHeaders,
+    /// Watch response bodies: time to first byte, to end of stream, tokens. Off when absent, and
+    /// then no body is read or timed.
+    #[serde(default)]
+    pub stream: Option<Stream>,
+}
+
+/// Streamed responses measured per arm (`stream` in the config): every 2xx response of the
+/// rollout, or only `text/event-stream` ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stream {
+    /// Watch only responses whose `content-type` is `text/event-stream` (one more header read
+    /// per response); by default every 2xx response with a body.
+    #[serde(default)]
+    pub event_stream_only: bool,
+    /// Read the prompt and completion tokens of OpenAI-compatible answers: the `usage` object in
+    /// the JSON body or the last SSE event (the body's last 2 KiB are kept to find it).
+    #[serde(default)]
+    pub tokens: bool,
 }
 
 /// What the filter removes of the headers a client sent.
@@ -472,6 +491,7 @@ pub struct Rollout {
     pub controller: Option<Controller>,
     pub decision_header: Option<String>,
     pub client_headers: ClientHeaders,
+    pub stream: Option<Stream>,
     /// Some arm routes by `cluster_header`: then a client's copy of that header is the filter's to
     /// replace or remove on every request (worked out once here, not per request).
     pub routes_by_cluster: bool,
@@ -605,6 +625,7 @@ impl Rollout {
                 None => None,
             },
             client_headers: raw.client_headers,
+            stream: raw.stream,
         })
     }
 

@@ -15,6 +15,11 @@ pub fn counts_key(rollout: &str, arm: &str) -> String {
     format!("ramp.ctl.v4.{rollout}.counts.{arm}")
 }
 
+/// This Envoy's streaming totals of one arm (`stream::StreamCounts`, all workers).
+pub fn stream_key(rollout: &str, arm: &str) -> String {
+    format!("ramp.ctl.v1.{rollout}.stream.{arm}")
+}
+
 /// This Envoy's shadow comparison totals (`shadow::TOTAL_NAMES`, all workers).
 pub fn shadow_key(rollout: &str) -> String {
     format!("ramp.ctl.v2.{rollout}.shadow")

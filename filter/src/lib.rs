@@ -30,4 +30,5 @@ pub mod sample;
 pub mod select;
 pub mod shadow;
 pub mod sim;
+pub mod stream;
 pub mod worker;

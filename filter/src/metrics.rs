@@ -7,6 +7,7 @@ use ramp_protocol::report::bound_ms_text;
 
 use crate::config::Rollout;
 use crate::report::{ArmReport, LATENCY_BOUNDS_US};
+use crate::stream::{StreamCounts, Streamed};
 
 /// Response classes counted per arm; anything else (1xx, unparsable) is not counted as a response.
 pub const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
@@ -84,6 +85,8 @@ pub fn max_abs_diff_stat_name(rollout: &str) -> String {
 pub struct Tally {
     pub arms: Vec<ArmReport>,
     pub fail_open: u64,
+    /// Per arm with `stream` in the config, else empty.
+    pub streams: Vec<StreamCounts>,
 }
 
 impl Tally {
@@ -91,6 +94,21 @@ impl Tally {
         Self {
             arms: vec![ArmReport::default(); arms],
             fail_open: 0,
+            streams: Vec::new(),
+        }
+    }
+
+    /// A tally that also counts streamed responses.
+    pub fn with_streams(arms: usize) -> Self {
+        Self {
+            streams: vec![StreamCounts::default(); arms],
+            ..Self::new(arms)
+        }
+    }
+
+    pub fn add_stream(&mut self, arm: usize, s: &Streamed) {
+        if let Some(c) = self.streams.get_mut(arm) {
+            c.add(s);
         }
     }
 
@@ -133,7 +151,10 @@ impl Tally {
 
     /// Hands over the counts and starts a new tally.
     pub fn take(&mut self) -> Tally {
-        let fresh = Tally::new(self.arms.len());
+        let fresh = Tally {
+            streams: vec![StreamCounts::default(); self.streams.len()],
+            ..Tally::new(self.arms.len())
+        };
         std::mem::replace(self, fresh)
     }
 }

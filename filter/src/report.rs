@@ -6,6 +6,7 @@
 
 use crate::counters::ArmCounts;
 use crate::shadow::TOTAL_NAMES;
+use crate::stream::StreamCounts;
 
 pub use ramp_protocol::report::LATENCY_BOUNDS_US;
 use ramp_protocol::report::{bound_ms_text, BUCKETS};
@@ -173,31 +174,39 @@ pub fn decode_le_u64s(bytes: &[u8]) -> Vec<u64> {
         .collect()
 }
 
+/// The bucket bounds as a report's `le` lists them: `0.1,0.2,..,60000,"+Inf"`.
+pub fn le_json() -> String {
+    LATENCY_BOUNDS_US
+        .iter()
+        .map(|&b| bound_ms_text(b))
+        .chain(["\"+Inf\"".to_owned()])
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The report body: `{"instance","seq","arms":{"v1":{"requests","responses":{"2xx",..},
 /// "latency_ms":{"le":[0.1,..,60000,"+Inf"],"counts":[cumulative..]}}}}`, the protocol's
 /// `Report` (a test reads it back with those serde types and writes it again, to the same JSON). Hand-written JSON: serde's
 /// serializer would cost the wasm more than this function.
 /// With the bandit on, each arm also carries `"bandit":{"trials","reward_micros"}`: this Envoy's
 /// totals, which the controller adds into the other Envoys' live state.
+/// With `stream`, each arm also carries `"stream":{"responses","ttft_ms",..}` (`StreamCounts::json`).
 /// With shadow compare mode on, `"shadow":{"sent",..}` carries this Envoy's comparison totals,
 /// and `shadow_moments` (already JSON, `shadow::moments_json`) the exact prediction sums.
 pub fn report_json(
     instance: &str,
     seq: u64,
-    arms: &[(&str, ArmReport, Option<ArmCounts>)],
+    arms: &[(&str, ArmReport, Option<ArmCounts>, Option<StreamCounts>)],
     buckets: bool,
     shadow: Option<&[u64]>,
     moments: Option<&str>,
 ) -> String {
     let join = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
-    let le: Vec<String> = LATENCY_BOUNDS_US
-        .iter()
-        .map(|&b| bound_ms_text(b))
-        .chain(["\"+Inf\"".to_owned()])
-        .collect();
+    let le = le_json();
     let arms: Vec<String> = arms
         .iter()
-        .map(|(name, r, bandit)| {
+        .map(|(name, r, bandit, stream)| {
+            let stream = stream.map_or(String::new(), |s| format!(",\"stream\":{}", s.json(&le)));
             let [a, b, c, d] = r.responses();
             let counts: Vec<String> = r.cumulative_latency().iter().map(u64::to_string).collect();
             let bandit = bandit.map_or(String::new(), |k| {
@@ -227,10 +236,9 @@ pub fn report_json(
                 String::new()
             };
             format!(
-                "\"{name}\":{{\"requests\":{},\"local_replies\":{},\"responses\":{{\"2xx\":{a},\"3xx\":{b},\"4xx\":{c},\"5xx\":{d}}},\"latency_ms\":{{\"le\":[{}],\"counts\":[{}]}}{buckets}{bandit}}}",
+                "\"{name}\":{{\"requests\":{},\"local_replies\":{},\"responses\":{{\"2xx\":{a},\"3xx\":{b},\"4xx\":{c},\"5xx\":{d}}},\"latency_ms\":{{\"le\":[{le}],\"counts\":[{}]}}{buckets}{bandit}{stream}}}",
                 r.requests(),
                 r.local_replies(),
-                le.join(","),
                 counts.join(",")
             )
         })
@@ -311,10 +319,16 @@ mod tests {
         for (x, y) in [(1.0, 1.5), (-2.25, -2.0), (1e9, -1e9)] {
             moments.add_pair(x, y);
         }
+        let mut stream = StreamCounts::default();
+        stream.add(&crate::stream::Streamed {
+            first_byte_us: 90_000,
+            end_us: 900_000,
+            tokens: Some((5, 41)),
+        });
         let text = report_json(
             "00ab",
             7,
-            &[("v1", a, None), ("v2", a, Some(bandit))],
+            &[("v1", a, None, None), ("v2", a, Some(bandit), Some(stream))],
             true,
             Some(&shadow),
             Some(&crate::shadow::moments_json(&moments)),
@@ -331,6 +345,10 @@ mod tests {
             "0.05 and 0.1 ms in le 0.1; 0.101 ms in le 0.2"
         );
         assert_eq!(parsed.arms["v2"].bandit, Some(bandit));
+        let st = parsed.arms["v2"].stream.as_ref().unwrap();
+        assert_eq!((st.responses, st.completion_tokens), (1, 41));
+        assert_eq!(st.tpot_ms.counts, stream.cumulative()[2]);
+        assert!(v1.stream.is_none());
         let b = v1.buckets.as_ref().unwrap();
         assert_eq!((b.requests[27], b.errors[27], b.errors[54]), (1, 1, 0));
         assert!(v1.bandit.is_none());
@@ -359,9 +377,15 @@ mod tests {
         assert!(report_json("x", 1, &[], false, None, None)
             .parse::<serde_json::Value>()
             .is_ok());
-        let no_shadow: Report =
-            serde_json::from_str(&report_json("x", 1, &[("v1", a, None)], false, None, None))
-                .unwrap();
+        let no_shadow: Report = serde_json::from_str(&report_json(
+            "x",
+            1,
+            &[("v1", a, None, None)],
+            false,
+            None,
+            None,
+        ))
+        .unwrap();
         assert!(no_shadow.shadow.is_none());
         assert!(
             no_shadow.arms["v1"].buckets.is_none(),

@@ -2,7 +2,8 @@
 //! says which arm it is and which `x-ramp-*` headers reached it. Its behaviour (failure rate, delay)
 //! can be changed while it runs, so later tests can turn a healthy candidate into a faulty one. It
 //! also exports its own metrics on `/metrics` in Prometheus' text format, as a real model server
-//! does, for the rules on a team's own metrics.
+//! does, for the rules on a team's own metrics. It can also stream its answers token by token as
+//! an OpenAI-compatible chat model does (server-sent events), for the streaming rules.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -33,7 +34,18 @@ pub struct Behaviour {
     /// The model's own metric: its mean prediction confidence, in millionths, exported on
     /// `/metrics` as `model_confidence{arm="<arm>"}` (and by `kpi::KpiServer` as JSON).
     pub confidence_micros: AtomicU64,
+    /// When non-zero, answer as an OpenAI-compatible streaming chat model: headers at once
+    /// (`content-type: text/event-stream`, chunked), then this many token events, the first after
+    /// `ttft_ms`, the next ones `inter_token_ms` apart, then (with `usage`) a last event with the
+    /// `usage` block, then `data: [DONE]`.
+    pub stream_tokens: AtomicU64,
+    pub ttft_ms: AtomicU64,
+    pub inter_token_ms: AtomicU64,
+    pub usage: AtomicBool,
 }
+
+/// The prompt tokens a streamed answer's `usage` reports.
+pub const STREAM_PROMPT_TOKENS: u64 = 12;
 
 /// A standard normal draw (Box-Muller).
 fn standard_normal() -> f64 {
@@ -209,6 +221,13 @@ fn serve_connection(stream: TcpStream, ctx: &Shared) {
         } else {
             "200 OK"
         };
+        let tokens = ctx.behaviour.stream_tokens.load(Ordering::Relaxed);
+        if tokens > 0 && !fail {
+            if stream_answer(&mut writer, ctx, tokens).is_err() || req.close {
+                break;
+            }
+            continue;
+        }
         let reward = match ctx.behaviour.reward_micros.load(Ordering::Relaxed) {
             0 => String::new(),
             r => format!("x-ramp-reward: {}\r\n", r as f64 / 1e6),
@@ -227,6 +246,48 @@ fn serve_connection(stream: TcpStream, ctx: &Shared) {
         }
     }
     let _ = writer.shutdown(Shutdown::Both);
+}
+
+/// A streamed chat answer (server-sent events over a chunked body), as `Behaviour::stream_tokens`
+/// describes it.
+fn stream_answer(writer: &mut TcpStream, ctx: &Shared, tokens: u64) -> std::io::Result<()> {
+    let b = &ctx.behaviour;
+    writer.write_all(
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nx-served-by: {}\r\ntransfer-encoding: chunked\r\n\r\n",
+            ctx.arm
+        )
+        .as_bytes(),
+    )?;
+    writer.flush()?;
+    let chunk = |w: &mut TcpStream, data: &str| -> std::io::Result<()> {
+        w.write_all(format!("{:x}\r\n{data}\r\n", data.len()).as_bytes())?;
+        w.flush()
+    };
+    thread::sleep(Duration::from_millis(b.ttft_ms.load(Ordering::Relaxed)));
+    for t in 0..tokens {
+        if t > 0 {
+            thread::sleep(Duration::from_millis(
+                b.inter_token_ms.load(Ordering::Relaxed),
+            ));
+        }
+        let event = serde_json::json!({
+            "object": "chat.completion.chunk", "model": ctx.arm,
+            "choices": [{"index": 0, "delta": {"content": format!("tok{t} ")}}]
+        });
+        chunk(writer, &format!("data: {event}\n\n"))?;
+    }
+    if b.usage.load(Ordering::Relaxed) {
+        let event = serde_json::json!({
+            "object": "chat.completion.chunk", "model": ctx.arm, "choices": [],
+            "usage": {"prompt_tokens": STREAM_PROMPT_TOKENS, "completion_tokens": tokens,
+                      "total_tokens": STREAM_PROMPT_TOKENS + tokens}
+        });
+        chunk(writer, &format!("data: {event}\n\n"))?;
+    }
+    chunk(writer, "data: [DONE]\n\n")?;
+    writer.write_all(b"0\r\n\r\n")?;
+    writer.flush()
 }
 
 /// The server's own metrics in Prometheus' text format (0.0.4), labelled with its arm.

@@ -46,6 +46,8 @@ enum Counted {
     Moments,
     /// The latency histogram's count (percentiles, `latency_slower`).
     Latency,
+    /// `stream.responses` (the streaming rules).
+    Streams,
 }
 
 fn counted(metric: Metric) -> Counted {
@@ -62,6 +64,13 @@ fn counted(metric: Metric) -> Counted {
         Metric::LatencyP50 | Metric::LatencyP95 | Metric::LatencyP99 | Metric::LatencySlower => {
             Counted::Latency
         }
+        Metric::TtftP95
+        | Metric::TtftP99
+        | Metric::TpotP95
+        | Metric::DurationP95
+        | Metric::TokensPerRequest
+        | Metric::CostPer1kRequests
+        | Metric::TtftSlower => Counted::Streams,
     }
 }
 
@@ -116,12 +125,14 @@ fn counted_since(what: Counted, now: &ArmTotals, base: &ArmTotals) -> u64 {
             latency_count(now) - latency_count(base)
         }
         Counted::Latency => latency_count(now),
+        Counted::Streams => now.stream.responses.saturating_sub(base.stream.responses),
     }
 }
 
 /// The figures the search reads, per arm and kept check: requests, labelled, shadow labelled,
-/// shadow pairs, unreachable shadow copies, shadow moments' count, latency count.
-type Scalars = [u64; 7];
+/// shadow pairs, unreachable shadow copies, shadow moments' count, latency count, streamed
+/// responses.
+type Scalars = [u64; 8];
 
 fn scalars(t: &ArmTotals) -> Scalars {
     [
@@ -132,6 +143,7 @@ fn scalars(t: &ArmTotals) -> Scalars {
         t.shadow.unreachable,
         t.shadow.moments.n,
         latency_count(t),
+        t.stream.responses,
     ]
 }
 
@@ -147,6 +159,7 @@ fn subtracted_since(what: Counted, now: &Scalars, base: &Scalars) -> u64 {
         Counted::ShadowAnswered => d(3).saturating_sub(d(4)),
         Counted::Moments => d(5),
         Counted::Latency => d(6),
+        Counted::Streams => d(7),
     }
 }
 
@@ -170,6 +183,7 @@ fn arm_dominates(newer: &ArmTotals, older: &ArmTotals) -> bool {
         && a.moments.n >= b.moments.n
         && (b.moments.n == 0 || a.moments.thresholds == b.moments.thresholds)
         && latency_subtracts(newer, older)
+        && newer.stream.responses >= older.stream.responses
 }
 
 /// `arm_dominates` for every arm either names (an arm one lacks counts as all zeros, as in
@@ -214,6 +228,8 @@ fn assign_arm(to: &mut ArmTotals, from: &ArmTotals) {
         shadow,
         buckets,
         custom,
+        stream,
+        price,
     } = from;
     to.requests = *requests;
     to.errors = *errors;
@@ -233,6 +249,8 @@ fn assign_arm(to: &mut ArmTotals, from: &ArmTotals) {
         .pre_reward_micros
         .clone_from(&buckets.pre_reward_micros);
     to.custom.clone_from(custom);
+    to.stream.clone_from(stream);
+    to.price = *price;
 }
 
 /// The totals of the checks so far, newest first, at most `cap` of them.
@@ -298,11 +316,11 @@ impl Lookback {
         for arm in totals.keys() {
             if !self.scalars.contains_key(arm) {
                 self.scalars
-                    .insert(arm.clone(), std::iter::repeat_n([0; 7], kept).collect());
+                    .insert(arm.clone(), std::iter::repeat_n([0; 8], kept).collect());
             }
         }
         for (arm, column) in self.scalars.iter_mut() {
-            column.push_front(totals.get(arm).map_or([0; 7], scalars));
+            column.push_front(totals.get(arm).map_or([0; 8], scalars));
             column.truncate(self.cap);
         }
         // Full: the oldest snapshot's memory takes the new totals. Dropping 600-check-old
@@ -372,7 +390,7 @@ impl Lookback {
                 let now = scalars(arm_now(arm));
                 let Some(column) = self.scalars.get(arm) else {
                     // No kept check had the arm: every window is all of now.
-                    return if subtracted_since(what, &now, &[0; 7]) >= min_samples {
+                    return if subtracted_since(what, &now, &[0; 8]) >= min_samples {
                         start
                     } else {
                         end
@@ -380,7 +398,7 @@ impl Lookback {
                 };
                 start
                     + partition_point(start, end, |i| {
-                        let then = column.get(i).unwrap_or(&[0; 7]);
+                        let then = column.get(i).unwrap_or(&[0; 8]);
                         subtracted_since(what, &now, then) < min_samples
                     })
             };

@@ -4,6 +4,7 @@
 
 use crate::abtest::Proportion;
 use crate::guardrail::{self, GUARDRAIL_ALPHA};
+use crate::histogram::Histogram;
 use crate::ranktest::candidate_slower;
 use crate::sequential::RateEstimate;
 use crate::shadowstats::{equivalence_reach, shadow_stats};
@@ -80,10 +81,42 @@ impl ArmWindow {
                 });
                 (value, self.shadow.moments.n)
             }
+            Metric::TokensPerRequest => {
+                let s = &self.stream;
+                (
+                    (s.token_responses > 0)
+                        .then(|| s.completion_tokens as f64 / s.token_responses as f64),
+                    s.responses,
+                )
+            }
+            Metric::CostPer1kRequests => {
+                let s = &self.stream;
+                let cost = self.price.filter(|_| s.token_responses > 0).map(|p| {
+                    (s.prompt_tokens as f64 * p.prompt + s.completion_tokens as f64 * p.completion)
+                        / s.token_responses as f64
+                });
+                (cost, s.responses)
+            }
+            Metric::TtftSlower => (None, self.stream.responses),
             m => (
-                m.percentile().and_then(|q| self.latency.quantile(q)),
-                self.latency.count(),
+                m.percentile().and_then(|q| self.histogram(m).quantile(q)),
+                if m.is_stream() {
+                    self.stream.responses
+                } else {
+                    self.latency.count()
+                },
             ),
+        }
+    }
+
+    /// The histogram a percentile or rank rule reads: latency, or a streamed response's time to
+    /// first token, per output token or to its end.
+    pub fn histogram(&self, metric: Metric) -> &Histogram {
+        match metric {
+            Metric::TtftP95 | Metric::TtftP99 | Metric::TtftSlower => &self.stream.ttft,
+            Metric::TpotP95 => &self.stream.tpot,
+            Metric::DurationP95 => &self.stream.duration,
+            _ => &self.latency,
         }
     }
 }
@@ -153,7 +186,14 @@ pub fn evaluate_at(
         return self::custom::evaluate(rule, custom, candidate, baseline);
     }
     match rule.metric {
-        Metric::LatencySlower => latency_slower(rule, candidate, baseline, alpha),
+        Metric::LatencySlower | Metric::TtftSlower => {
+            latency_slower(rule, candidate, baseline, alpha)
+        }
+        // Means of per-response figures the filters report as sums only: no variance to build
+        // a confidence sequence on, so judged as points over the window (as custom figures are).
+        Metric::TokensPerRequest | Metric::CostPer1kRequests => {
+            point_verdict(rule, candidate, baseline)
+        }
         Metric::ErrorRateVsBaseline => error_rate_vs_baseline(rule, candidate, baseline, alpha),
         Metric::ShadowCorrelation
         | Metric::ShadowMeanDiff
@@ -271,7 +311,11 @@ fn latency_quantile(
     alpha: f64,
 ) -> Verdict {
     let name = metric_name(rule.metric);
-    let samples = candidate.latency.count();
+    let (c_hist, b_hist) = (
+        candidate.histogram(rule.metric),
+        baseline.histogram(rule.metric),
+    );
+    let samples = c_hist.count();
     let (Some(p), Some(value)) = (
         rule.metric.percentile(),
         candidate
@@ -288,17 +332,17 @@ fn latency_quantile(
     let fail = |reason: String| Verdict::Fail { value, reason };
     match rule.bound {
         Bound::Max(max) => {
-            let (above, _) = guardrail::quantile_bounds(&candidate.latency, p, alpha, t_min);
+            let (above, _) = guardrail::quantile_bounds(c_hist, p, alpha, t_min);
             if above >= max {
                 return fail(format!(
-                    "{name} {value:.1} > max {max} with confidence (more than {:.0}% of requests slower than {above} ms, time-uniform DKW bound, alpha {alpha:.2e})",
+                    "{name} {value:.1} > max {max} with confidence (more than {:.0}% of responses slower than {above} ms, time-uniform DKW bound, alpha {alpha:.2e})",
                     (1.0 - p) * 100.0
                 ));
             }
             Verdict::Pass { value }
         }
         Bound::Min(min) => {
-            let (_, below) = guardrail::quantile_bounds(&candidate.latency, p, alpha, t_min);
+            let (_, below) = guardrail::quantile_bounds(c_hist, p, alpha, t_min);
             if below < min {
                 return fail(format!(
                     "{name} {value:.1} < min {min} with confidence (at or below {below} ms, time-uniform DKW bound, alpha {alpha:.2e})"
@@ -308,7 +352,7 @@ fn latency_quantile(
         }
         Bound::MaxIncrease(_) | Bound::MaxDecrease(_) => Verdict::Pass { value },
         Bound::WorseThanBaseline(allowed) => {
-            let base_samples = baseline.latency.count();
+            let base_samples = b_hist.count();
             let Some(base) = baseline
                 .value(rule.metric)
                 .0
@@ -319,9 +363,8 @@ fn latency_quantile(
                     needed: rule.min_samples,
                 };
             };
-            let (c_above, _) =
-                guardrail::quantile_bounds(&candidate.latency, p, alpha / 2.0, t_min);
-            let (_, b_below) = guardrail::quantile_bounds(&baseline.latency, p, alpha / 2.0, t_min);
+            let (c_above, _) = guardrail::quantile_bounds(c_hist, p, alpha / 2.0, t_min);
+            let (_, b_below) = guardrail::quantile_bounds(b_hist, p, alpha / 2.0, t_min);
             if c_above - b_below >= allowed {
                 return fail(format!(
                     "{name} {value:.1} vs baseline {base:.1}: worse by more than {allowed} with confidence (candidate's above {c_above} ms, baseline's at most {b_below} ms, time-uniform DKW bounds, alpha {alpha:.2e})"
@@ -336,7 +379,7 @@ fn latency_quantile(
 /// the bound (and a fixed-horizon test for `latency_slower`): kept for the numeric shadow
 /// comparisons, whose tests are their own, and for `make sim`'s comparison of the two.
 pub fn point_verdict(rule: &Rule, candidate: &ArmWindow, baseline: &ArmWindow) -> Verdict {
-    if rule.metric == Metric::LatencySlower {
+    if matches!(rule.metric, Metric::LatencySlower | Metric::TtftSlower) {
         return latency_slower_fixed(rule, candidate, baseline);
     }
     if rule.metric == Metric::ErrorRateVsBaseline {
@@ -466,6 +509,11 @@ fn latency_slower(rule: &Rule, candidate: &ArmWindow, baseline: &ArmWindow, alph
         Err(waiting) => return waiting,
     };
     let value = r.probability_slower;
+    let what = if rule.metric == Metric::TtftSlower {
+        "first token later than baseline: P(a candidate response's first token comes later)"
+    } else {
+        "candidate slower than baseline: P(a candidate request is slower)"
+    };
     // DeLong's variance is 0 when the two arms do not overlap at all (every candidate request
     // slower): floored, as a rate's is, so such a candidate fails instead of passing unjudged.
     let n = (r.candidate_samples + r.baseline_samples).max(1) as f64;
@@ -480,7 +528,7 @@ fn latency_slower(rule: &Rule, candidate: &ArmWindow, baseline: &ArmWindow, alph
         (Bound::Max(max), Some(half)) if value - half > max => Verdict::Fail {
             value,
             reason: format!(
-                "candidate slower than baseline: P(a candidate request is slower) {value:.3} > max {max} with confidence (always-valid interval [{:.3}, {:.3}], alpha {alpha:.2e})",
+                "{what} {value:.3} > max {max} with confidence (always-valid interval [{:.3}, {:.3}], alpha {alpha:.2e})",
                 (value - half).max(0.0),
                 (value + half).min(1.0)
             ),
@@ -496,8 +544,12 @@ fn slower(
     candidate: &ArmWindow,
     baseline: &ArmWindow,
 ) -> Result<crate::ranktest::SlowerResult, Verdict> {
-    let fewest = candidate.latency.count().min(baseline.latency.count());
-    candidate_slower(&candidate.latency, &baseline.latency)
+    let (c, b) = (
+        candidate.histogram(rule.metric),
+        baseline.histogram(rule.metric),
+    );
+    let fewest = c.count().min(b.count());
+    candidate_slower(c, b)
         .filter(|_| fewest >= rule.min_samples)
         .ok_or(Verdict::NotEnoughData {
             samples: fewest,
@@ -540,6 +592,13 @@ fn metric_name(m: Metric) -> &'static str {
         Metric::ShadowEquivalent => "shadow 90% interval of the mean difference reaches",
         Metric::ShadowGuide => "shadow correlation (guide preset)",
         Metric::Custom => "custom metric",
+        Metric::TtftP95 => "P95 time to first token (ms)",
+        Metric::TtftP99 => "P99 time to first token (ms)",
+        Metric::TpotP95 => "P95 time per output token (ms)",
+        Metric::DurationP95 => "P95 stream duration (ms)",
+        Metric::TokensPerRequest => "completion tokens per response",
+        Metric::CostPer1kRequests => "cost per 1,000 responses",
+        Metric::TtftSlower => "P(candidate's first token later)",
     }
 }
 
@@ -820,5 +879,111 @@ mod tests {
             Verdict::Fail { .. }
         ));
         assert!(matches!(evaluate(&rel, &fast, &fast), Verdict::Pass { .. }));
+    }
+
+    /// Streamed responses whose first token comes after `ttft_ms` times 0.8 to 1.2 (evenly), each
+    /// with `tokens` completion tokens 20 ms apart.
+    fn streamed(n: u64, ttft_ms: f64, tokens: u64) -> ArmWindow {
+        let le: Vec<f64> = ramp_protocol::report::latency_le()
+            .into_iter()
+            .map(|l| l.0)
+            .collect();
+        let hist = |values: &[f64]| Histogram {
+            buckets: le
+                .iter()
+                .map(|&b| (b, values.iter().filter(|&&v| v <= b).count() as u64))
+                .collect(),
+        };
+        let ttft: Vec<f64> = (0..n)
+            .map(|i| ttft_ms * (0.8 + 0.4 * i as f64 / n as f64))
+            .collect();
+        let end: Vec<f64> = ttft
+            .iter()
+            .map(|t| t + 20.0 * (tokens - 1) as f64)
+            .collect();
+        ArmWindow {
+            requests: n,
+            stream: crate::window::StreamWindow {
+                responses: n,
+                token_responses: n,
+                prompt_tokens: 10 * n,
+                completion_tokens: tokens * n,
+                ttft: hist(&ttft),
+                duration: hist(&end),
+                tpot: hist(&vec![20.0; n as usize]),
+            },
+            price: Some(crate::spec::Price {
+                prompt: 0.5,
+                completion: 1.5,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn streaming_rules_read_the_stream_figures() {
+        let base = streamed(2_000, 200.0, 50);
+        let slow = streamed(200, 280.0, 50);
+        let same = streamed(200, 200.0, 50);
+        let fails = |m: Metric, b: Bound, c: &ArmWindow| {
+            matches!(evaluate(&rule(m, b), c, &base), Verdict::Fail { .. })
+        };
+        // A first token 40% later at a tenth of the traffic: the rank test on the time to first
+        // token sees it at 200 responses, and not an equal candidate.
+        assert!(fails(Metric::TtftSlower, Bound::Max(0.55), &slow));
+        assert!(!fails(Metric::TtftSlower, Bound::Max(0.55), &same));
+        assert!(fails(Metric::TtftP95, Bound::Max(250.0), &slow));
+        assert!(!fails(Metric::TtftP95, Bound::Max(250.0), &same));
+        // A relative percentile bound needs both arms' time-uniform bounds a bucket apart: 240
+        // and 336 ms share the bucket edge 300 here, so only the rank test sees this candidate.
+        assert!(!fails(
+            Metric::TtftP99,
+            Bound::WorseThanBaseline(20.0),
+            &slow
+        ));
+        // With 20,000 each the 95th percentiles' bounds are close enough to tell 320..480 ms from
+        // 160..240 ms.
+        let rel = rule(Metric::TtftP95, Bound::WorseThanBaseline(20.0));
+        let (big_base, big_slow) = (streamed(20_000, 200.0, 5), streamed(20_000, 400.0, 5));
+        assert!(matches!(
+            evaluate(&rel, &big_slow, &big_base),
+            Verdict::Fail { .. }
+        ));
+        assert!(matches!(
+            evaluate(&rel, &big_base, &big_base),
+            Verdict::Pass { .. }
+        ));
+        assert!(!fails(Metric::TpotP95, Bound::Max(30.0), &slow));
+        assert!(fails(Metric::TpotP95, Bound::Max(10.0), &slow));
+        // 280 * 1.2 + 49 * 20 ms = 1316 ms at most.
+        assert!(!fails(Metric::DurationP95, Bound::Max(2_000.0), &slow));
+        assert!(fails(Metric::DurationP95, Bound::Max(1_000.0), &slow));
+        // 50 completion tokens; (10 * 0.5 + 50 * 1.5) / 1000 per response: 80 per 1,000.
+        assert_eq!(slow.value(Metric::TokensPerRequest), (Some(50.0), 200));
+        assert_eq!(slow.value(Metric::CostPer1kRequests), (Some(80.0), 200));
+        assert!(fails(Metric::CostPer1kRequests, Bound::Max(70.0), &slow));
+        assert!(!fails(Metric::CostPer1kRequests, Bound::Max(90.0), &slow));
+        assert!(fails(Metric::TokensPerRequest, Bound::Max(40.0), &slow));
+        // Too few streamed responses: no verdict yet, whatever the latency says.
+        assert_eq!(
+            evaluate(
+                &rule(Metric::TtftP95, Bound::Max(1.0)),
+                &streamed(50, 200.0, 5),
+                &base
+            ),
+            Verdict::NotEnoughData {
+                samples: 50,
+                needed: 100
+            }
+        );
+        let unpriced = ArmWindow {
+            price: None,
+            ..slow.clone()
+        };
+        assert!(!fails(
+            Metric::CostPer1kRequests,
+            Bound::Max(0.0),
+            &unpriced
+        ));
     }
 }

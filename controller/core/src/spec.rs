@@ -2,6 +2,7 @@
 //! stages with their rules, how often to check and how many failed checks roll back. YAML or JSON,
 //! parsed strictly; every error names the field and the reason.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -59,6 +60,18 @@ pub struct ArmSpec {
     #[serde(deserialize_with = "text")]
     pub name: String,
     pub role: Role,
+    /// What the arm's model costs per 1,000 tokens, for `cost_per_1k_requests`.
+    #[serde(default)]
+    pub price_per_1k_tokens: Option<Price>,
+}
+
+/// An arm's price per 1,000 tokens, prompt and completion apart (as model providers price them),
+/// in any currency unit (the rule's bound is in the same one).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub prompt: f64,
+    pub completion: f64,
 }
 
 /// The quantity a rule checks on the candidate (and, for relative bounds, on the baseline).
@@ -99,6 +112,23 @@ pub enum Metric {
     /// The team's own figure per arm, from a PromQL query template or a JSON endpoint: a point
     /// value, no samples (`custom`).
     Custom,
+    /// Streamed responses (the filter's `stream`): percentiles of the time to first token (the
+    /// response's first body byte), in milliseconds, from the filters' histograms.
+    TtftP95,
+    TtftP99,
+    /// The 95th percentile of the time per output token after the first, per response:
+    /// (end of stream - first byte) / (completion tokens - 1), in ms (needs `stream.tokens`).
+    TpotP95,
+    /// The 95th percentile of the time to the end of a streamed response, in ms.
+    DurationP95,
+    /// Mean completion tokens per streamed response that reported `usage`.
+    TokensPerRequest,
+    /// Mean cost of 1,000 responses at the arm's `price_per_1k_tokens` (prompt and completion).
+    #[serde(rename = "cost_per_1k_requests")]
+    CostPer1kRequests,
+    /// As `latency_slower`, on the time to first token: the probability that a candidate
+    /// response's first token comes later than a baseline one's (use `max`, e.g. 0.55).
+    TtftSlower,
 }
 
 impl Metric {
@@ -107,8 +137,25 @@ impl Metric {
             Metric::LatencyP50 => Some(0.50),
             Metric::LatencyP95 => Some(0.95),
             Metric::LatencyP99 => Some(0.99),
+            Metric::TtftP95 | Metric::TpotP95 | Metric::DurationP95 => Some(0.95),
+            Metric::TtftP99 => Some(0.99),
             _ => None,
         }
+    }
+
+    /// Measured on streamed responses (the filters' `stream` figures): their samples are the
+    /// streamed responses.
+    pub fn is_stream(self) -> bool {
+        matches!(
+            self,
+            Metric::TtftP95
+                | Metric::TtftP99
+                | Metric::TpotP95
+                | Metric::DurationP95
+                | Metric::TokensPerRequest
+                | Metric::CostPer1kRequests
+                | Metric::TtftSlower
+        )
     }
 
     /// Whether larger values are worse (latency, errors) or better (accuracy, agreement).
@@ -125,7 +172,10 @@ impl Metric {
     /// Compares the candidate with the baseline itself (so it needs both arms' samples, and a
     /// `max_worse_than_baseline` bound would compare twice).
     pub fn against_baseline(self) -> bool {
-        matches!(self, Metric::LatencySlower | Metric::ErrorRateVsBaseline)
+        matches!(
+            self,
+            Metric::LatencySlower | Metric::ErrorRateVsBaseline | Metric::TtftSlower
+        )
     }
 
     /// Judged on mirrored copies, so it has data while the candidate serves no user.
@@ -506,6 +556,8 @@ pub struct Spec {
     pub manual_promotion: bool,
     pub ab_test: Option<AbTest>,
     pub bandit: Option<BanditSpec>,
+    /// Each arm's price per 1,000 tokens, where the spec gives one.
+    pub prices: BTreeMap<String, Price>,
 }
 
 impl Spec {
@@ -781,7 +833,42 @@ impl Spec {
                 ));
             }
         }
+        let mut prices = BTreeMap::new();
+        for (i, arm) in raw.arms.iter().enumerate() {
+            let Some(p) = arm.price_per_1k_tokens else {
+                continue;
+            };
+            if ![p.prompt, p.completion]
+                .iter()
+                .all(|v| v.is_finite() && *v >= 0.0)
+            {
+                return Err(err(
+                    format!("arms[{i}].price_per_1k_tokens"),
+                    "prompt and completion must be finite numbers >= 0",
+                ));
+            }
+            prices.insert(arm.name.clone(), p);
+        }
+        for (i, s) in stages.iter().enumerate() {
+            let costed = s
+                .rules
+                .iter()
+                .position(|r| r.metric == Metric::CostPer1kRequests);
+            if let (Some(j), Some(arm)) = (
+                costed,
+                raw.arms.iter().find(|a| a.price_per_1k_tokens.is_none()),
+            ) {
+                return Err(err(
+                    format!("stages[{i}].rules[{j}]"),
+                    format!(
+                        "cost_per_1k_requests needs every arm's price_per_1k_tokens; {:?} has none",
+                        arm.name
+                    ),
+                ));
+            }
+        }
         Ok(Spec {
+            prices,
             name: raw.name,
             baseline: baselines[0].name.clone(),
             candidate: candidates[0].name.clone(),
@@ -988,6 +1075,12 @@ fn validate_rule(r: &RawRule, field: &str) -> Result<Rule, SpecError> {
             | Metric::LatencyP99
             | Metric::ShadowMeanDiff
             | Metric::ShadowEquivalent
+            | Metric::TtftP95
+            | Metric::TtftP99
+            | Metric::TpotP95
+            | Metric::DurationP95
+            | Metric::TokensPerRequest
+            | Metric::CostPer1kRequests
     );
     let paired = matches!(
         r.metric,
@@ -1339,5 +1432,51 @@ mod tests {
             assert_eq!(e.field, field, "{text}\n{e}");
             assert!(e.reason.contains(reason), "{text}\n{e}");
         }
+    }
+
+    #[test]
+    fn streaming_rules_parse_and_cost_needs_every_arms_price() {
+        let spec = |prices: &str| {
+            format!(
+                "name: chat
+arms:
+- {{name: v1, role: baseline{prices}}}
+- {{name: v2, role: candidate, price_per_1k_tokens: {{prompt: 0.5, completion: 1.5}}}}
+stages:
+- weight: 10
+  rules:
+  - {{metric: ttft_slower, max: 0.55}}
+  - {{metric: ttft_p95, max: 800}}
+  - {{metric: tpot_p95, max_worse_than_baseline: 5}}
+  - {{metric: duration_p95, max: 20000}}
+  - {{metric: tokens_per_request, max: 600}}
+  - {{metric: cost_per_1k_requests, max_worse_than_baseline: 0.2}}
+- weight: 100
+"
+            )
+        };
+        let s = Spec::parse(&spec(
+            ", price_per_1k_tokens: {prompt: 0.4, completion: 1.2}",
+        ))
+        .unwrap();
+        let metrics: Vec<Metric> = s.stages[0].rules.iter().map(|r| r.metric).collect();
+        assert_eq!(metrics[0], Metric::TtftSlower);
+        assert!(metrics.iter().all(|m| m.is_stream()));
+        assert_eq!(s.prices["v1"].completion, 1.2);
+        let e = Spec::parse(&spec("")).unwrap_err().to_string();
+        assert!(
+            e.contains("stages[0].rules[5]") && e.contains("\"v1\" has none"),
+            "{e}"
+        );
+        let e = Spec::parse(&spec(", price_per_1k_tokens: {prompt: -1, completion: 1}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("arms[0].price_per_1k_tokens"), "{e}");
+        let e = Spec::parse(
+            &spec("").replace("ttft_slower, max", "ttft_slower, max_worse_than_baseline"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("use max"), "{e}");
     }
 }

@@ -173,10 +173,13 @@ pub fn figures(
                 Metric::ShadowGuide => {
                     check.t_test_p = Some(stats.as_ref().and_then(|s| s.t_p));
                 }
-                Metric::LatencySlower => {
+                Metric::LatencySlower | Metric::TtftSlower => {
                     check.mann_whitney_p = Some(
-                        crate::ranktest::candidate_slower(&c.latency, &b.latency)
-                            .map(|r| r.p_value),
+                        crate::ranktest::candidate_slower(
+                            c.histogram(rule.metric),
+                            b.histogram(rule.metric),
+                        )
+                        .map(|r| r.p_value),
                     );
                 }
                 Metric::Custom => {

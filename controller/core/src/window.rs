@@ -11,6 +11,7 @@ use ramp_protocol::moments::ShadowMoments;
 
 use crate::histogram::Histogram;
 use crate::spec::custom::ArmMeasurements;
+use crate::spec::Price;
 
 /// One arm's cumulative figures.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -42,6 +43,97 @@ pub struct ArmTotals {
     /// window takes as they are; never stored, as no later check needs them.
     #[serde(skip)]
     pub custom: ArmMeasurements,
+    /// Streamed responses (the filters' `stream`), cumulative.
+    #[serde(default, skip_serializing_if = "StreamTotals::is_empty")]
+    pub stream: StreamTotals,
+    /// The arm's price per 1,000 tokens at this check (`attach_prices`), from the spec; never
+    /// stored.
+    #[serde(skip)]
+    pub price: Option<Price>,
+}
+
+/// An arm's streamed responses, cumulative: counts, and three histograms on the latency bounds
+/// (`ramp_protocol::report::latency_le`), cumulative counts per bound: time to first byte, to end
+/// of stream, per output token.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamTotals {
+    pub responses: u64,
+    pub token_responses: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub ttft: Vec<u64>,
+    pub duration: Vec<u64>,
+    pub tpot: Vec<u64>,
+}
+
+impl StreamTotals {
+    pub fn is_empty(&self) -> bool {
+        self == &StreamTotals::default()
+    }
+
+    fn add(&mut self, o: &StreamTotals) {
+        self.responses = self.responses.saturating_add(o.responses);
+        self.token_responses = self.token_responses.saturating_add(o.token_responses);
+        self.prompt_tokens = self.prompt_tokens.saturating_add(o.prompt_tokens);
+        self.completion_tokens = self.completion_tokens.saturating_add(o.completion_tokens);
+        add_each(&mut self.ttft, &o.ttft);
+        add_each(&mut self.duration, &o.duration);
+        add_each(&mut self.tpot, &o.tpot);
+    }
+
+    fn since(&self, base: &StreamTotals) -> StreamWindow {
+        let hist = |now: &[u64], base: &[u64]| {
+            let (n, b) = (stream_histogram(now), stream_histogram(base));
+            n.since(&b).unwrap_or(n)
+        };
+        StreamWindow {
+            responses: self.responses.saturating_sub(base.responses),
+            token_responses: self.token_responses.saturating_sub(base.token_responses),
+            prompt_tokens: self.prompt_tokens.saturating_sub(base.prompt_tokens),
+            completion_tokens: self
+                .completion_tokens
+                .saturating_sub(base.completion_tokens),
+            ttft: hist(&self.ttft, &base.ttft),
+            duration: hist(&self.duration, &base.duration),
+            tpot: hist(&self.tpot, &base.tpot),
+        }
+    }
+}
+
+/// Cumulative counts on the filters' latency bounds as a histogram (empty without counts).
+fn stream_histogram(counts: &[u64]) -> Histogram {
+    if counts.is_empty() {
+        return Histogram::default();
+    }
+    Histogram {
+        buckets: ramp_protocol::report::latency_le()
+            .into_iter()
+            .map(|l| l.0)
+            .zip(counts.iter().copied())
+            .collect(),
+    }
+}
+
+/// An arm's streamed responses over a window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamWindow {
+    pub responses: u64,
+    pub token_responses: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Time to first body byte (ms).
+    pub ttft: Histogram,
+    /// Time to end of stream (ms).
+    pub duration: Histogram,
+    /// Time per output token after the first (ms), per response with two tokens or more.
+    pub tpot: Histogram,
+}
+
+/// Each arm's price from the spec, for this check's `cost_per_1k_requests`.
+pub fn attach_prices(totals: &mut Totals, prices: &BTreeMap<String, Price>) {
+    for (arm, p) in prices {
+        totals.entry(arm.clone()).or_default().price = Some(*p);
+    }
 }
 
 /// Counts per analysis bucket: `BUCKETS` each, or all empty when the filters report none.
@@ -85,6 +177,10 @@ pub struct ArmWindow {
     /// The custom rules' figures at this check, by rule name: point values from the team's own
     /// source, the same in every window.
     pub custom: ArmMeasurements,
+    /// Streamed responses (the filters' `stream`).
+    pub stream: StreamWindow,
+    /// The arm's price per 1,000 tokens, from the spec.
+    pub price: Option<Price>,
 }
 
 /// Shadow comparison counts (filter compare mode), cumulative or over a window.
@@ -232,6 +328,18 @@ fn arm_totals(arm: &ReportedArm) -> ArmTotals {
             }),
         le: arm.latency_ms.le.iter().map(|l| l.0).collect(),
         counts: arm.latency_ms.counts.clone(),
+        stream: arm
+            .stream
+            .as_ref()
+            .map_or_else(StreamTotals::default, |s| StreamTotals {
+                responses: s.responses,
+                token_responses: s.token_responses,
+                prompt_tokens: s.prompt_tokens,
+                completion_tokens: s.completion_tokens,
+                ttft: s.ttft_ms.counts.clone(),
+                duration: s.duration_ms.counts.clone(),
+                tpot: s.tpot_ms.counts.clone(),
+            }),
         ..ArmTotals::default()
     }
 }
@@ -252,6 +360,7 @@ pub fn sum_reports<'a>(reports: impl IntoIterator<Item = &'a Report>) -> Totals 
             add_each(&mut acc.buckets.errors, &t.buckets.errors);
             add_each(&mut acc.buckets.pre_requests, &t.buckets.pre_requests);
             add_each(&mut acc.buckets.pre_errors, &t.buckets.pre_errors);
+            acc.stream.add(&t.stream);
             if acc.le.is_empty() {
                 acc.le = t.le;
                 acc.counts = t.counts;
@@ -286,6 +395,8 @@ pub fn window(now: &Totals, base: &Totals, arm: &str) -> ArmWindow {
         reward_micros: n.reward_micros.saturating_sub(b.reward_micros),
         shadow: n.shadow.since(&b.shadow),
         custom: n.custom.clone(),
+        stream: n.stream.since(&b.stream),
+        price: n.price,
     }
 }
 
@@ -319,6 +430,37 @@ mod tests {
         assert_eq!(window(&now, &base, "v9"), ArmWindow::default());
         let stored: Totals = serde_json::from_str(&serde_json::to_string(&now).unwrap()).unwrap();
         assert_eq!(stored, now, "+Inf bounds survive the store");
+    }
+
+    #[test]
+    fn streamed_figures_add_up_over_instances_and_windows_subtract_them() {
+        let le = ramp_protocol::report::latency_le();
+        let streamed = |instance: &str, n: u64| -> Report {
+            let at = |i: usize| {
+                (0..le.len())
+                    .map(|j| if j >= i { n } else { 0 })
+                    .collect::<Vec<_>>()
+            };
+            serde_json::from_value(serde_json::json!({
+                "instance": instance, "seq": 1,
+                "arms": {"v2": {"requests": n, "responses": {"2xx": n},
+                    "latency_ms": {"le": le, "counts": at(10)},
+                    "stream": {"responses": n, "ttft_ms": {"le": le, "counts": at(20)},
+                        "duration_ms": {"le": le, "counts": at(30)}, "tpot_ms": {"le": le, "counts": at(12)},
+                        "token_responses": n, "prompt_tokens": 3 * n, "completion_tokens": 10 * n}}}
+            }))
+            .unwrap()
+        };
+        let now = sum_reports(&[streamed("a", 30), streamed("b", 20)]);
+        assert_eq!(now["v2"].stream.completion_tokens, 500);
+        let base = sum_reports(&[streamed("a", 10)]);
+        let w = window(&now, &base, "v2");
+        assert_eq!((w.stream.responses, w.stream.prompt_tokens), (40, 120));
+        assert_eq!(w.stream.ttft.count(), 40);
+        // Bounds 0.1..0.9, 1..9, 10..90: index 20 is 30 ms.
+        assert_eq!(w.stream.ttft.quantile(1.0), Some(30.0));
+        let stored: Totals = serde_json::from_str(&serde_json::to_string(&now).unwrap()).unwrap();
+        assert_eq!(stored, now, "the stream figures survive the store");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod live;
 pub mod moments;
 pub mod names;
 pub mod report;
+pub mod stream;
 
 /// A refused field: which one (a path such as `arms.v2.requests`) and why.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::moments::ShadowMoments;
 use crate::names::check_instance;
+use crate::stream::{validate_histogram, StreamReport};
 use crate::FieldError;
 
 /// Upper bounds of the latency buckets in microseconds; a last, unbounded bucket follows.
@@ -130,6 +131,9 @@ pub struct ArmReport {
     /// This Envoy's bandit totals for the arm, when the filter runs a bandit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandit: Option<BanditCounts>,
+    /// Streamed responses' timings and tokens, when the filter's config has `stream`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamReport>,
 }
 
 /// Analysis buckets per arm: a sticky key's bucket is a hash of the key (independent of its
@@ -230,7 +234,7 @@ impl BanditCounts {
     }
 }
 
-fn bounded(field: impl Into<String>, v: u64) -> Result<u64, FieldError> {
+pub(crate) fn bounded(field: impl Into<String>, v: u64) -> Result<u64, FieldError> {
     if v > MAX_COUNT {
         Err(FieldError::new(
             field,
@@ -331,37 +335,9 @@ impl ArmReport {
                 format!("{local} local replies among {answered} responses"),
             ));
         }
-        let lat = &self.latency_ms;
-        let expected: Vec<f64> = LATENCY_BOUNDS_US
-            .iter()
-            .map(|&b| bound_ms(b))
-            .chain([f64::INFINITY])
-            .collect();
-        if lat.le.iter().map(|l| l.0).ne(expected.iter().copied()) {
-            return Err(FieldError::new(
-                format!("{at}.latency_ms.le"),
-                "must be the filter's bucket bounds (0.1 ms to 60000 ms, 1 to 9 in each decade) and \"+Inf\"".to_owned(),
-            ));
-        }
-        if lat.counts.len() != lat.le.len() {
-            return Err(FieldError::new(
-                format!("{at}.latency_ms.counts"),
-                format!("{} counts for {} bounds", lat.counts.len(), lat.le.len()),
-            ));
-        }
-        if lat.counts.windows(2).any(|w| w[1] < w[0]) {
-            return Err(FieldError::new(
-                format!("{at}.latency_ms.counts"),
-                "cumulative counts must not decrease",
-            ));
-        }
-        if let Some(&last) = lat.counts.last() {
-            if last > answered {
-                return Err(FieldError::new(
-                    format!("{at}.latency_ms.counts"),
-                    format!("{last} timed responses for {answered} responses"),
-                ));
-            }
+        validate_histogram(&self.latency_ms, &format!("{at}.latency_ms"), answered)?;
+        if let Some(stream) = &self.stream {
+            stream.validate(&format!("{at}.stream"), answered)?;
         }
         if let Some(b) = self.bandit {
             let trials = bounded(format!("{at}.bandit.trials"), b.trials)?;

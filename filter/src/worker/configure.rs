@@ -5,13 +5,15 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use super::{Active, Arm, ArmMetrics, BanditState, LiveLink, MomentsState, ShadowState, Worker};
+use super::{
+    Active, Arm, ArmMetrics, BanditState, LiveLink, MomentsState, ShadowState, StreamArm, Worker,
+};
 use crate::config::{Rollout, ShadowMode};
 use crate::counters::WorkerCounts;
 use crate::discount::Discounted;
 use crate::host::{Host, MetricKind};
 use crate::keys::{
-    bandit_key, counts_key, instance_key, lease_key, moments_key, shadow_key, state_key,
+    bandit_key, counts_key, instance_key, lease_key, moments_key, shadow_key, state_key, stream_key,
 };
 use crate::metrics::{
     all_arm_stat_names, beyond_stat_name, fail_open_stat_name, max_abs_diff_stat_name,
@@ -19,6 +21,7 @@ use crate::metrics::{
 };
 use crate::report::ArmReport;
 use crate::shadow::{Book, ShadowMoments, Totals, TOTAL_NAMES};
+use crate::stream::{stream_stat_names, StreamCounts};
 
 impl<H: Host + Clone> Worker<H> {
     /// A new plugin config: `true` when it is active; `false` (logged) keeps the previous one.
@@ -44,6 +47,10 @@ impl<H: Host + Clone> Worker<H> {
                     return false;
                 }
             },
+        };
+        let Some(stream_metrics) = self.define_stream_metrics(&rollout) else {
+            log::error!("ramp: cannot define metrics; config refused");
+            return false;
         };
         let Some((metrics, fail_open)) = self.define_metrics(&rollout) else {
             log::error!("ramp: cannot define metrics; config refused");
@@ -97,6 +104,7 @@ impl<H: Host + Clone> Worker<H> {
             discounted: (b.discount < 1.0)
                 .then(|| (b.discount, RefCell::new(Discounted::new(arms)))),
         });
+        let mut stream_metrics = stream_metrics.into_iter();
         let arms = metrics
             .into_iter()
             .zip(&rollout.arms)
@@ -107,13 +115,25 @@ impl<H: Host + Clone> Worker<H> {
                 bandit_key: bandit
                     .is_some()
                     .then(|| bandit_key(&rollout.name, &arm.name)),
+                stream: stream_metrics
+                    .next()
+                    .flatten()
+                    .map(|(buckets, counters)| StreamArm {
+                        buckets,
+                        counters,
+                        key: live.is_some().then(|| stream_key(&rollout.name, &arm.name)),
+                        unshared: Cell::new(StreamCounts::default()),
+                    }),
             })
             .collect();
         self.active = Some(Rc::new(Active {
             weights: RefCell::new(rollout.weights()),
             pre_weights: RefCell::new(Vec::new()),
             live,
-            tally: RefCell::new(Tally::new(rollout.arms.len())),
+            tally: RefCell::new(match rollout.stream {
+                Some(_) => Tally::with_streams(rollout.arms.len()),
+                None => Tally::new(rollout.arms.len()),
+            }),
             bandit,
             shadow,
             rollout,
@@ -153,6 +173,31 @@ impl<H: Host + Clone> Worker<H> {
             });
         }
         Some((out, counter(&fail_open_stat_name(&rollout.name))?))
+    }
+
+    /// Per arm, the streaming metrics' ids (all `None` without `stream`).
+    #[allow(clippy::type_complexity)]
+    fn define_stream_metrics(
+        &self,
+        rollout: &Rollout,
+    ) -> Option<Vec<Option<([Vec<u32>; 3], [u32; 4])>>> {
+        let counter = |name: &String| self.host.define_metric(MetricKind::Counter, name);
+        rollout
+            .arms
+            .iter()
+            .map(|arm| {
+                if rollout.stream.is_none() {
+                    return Some(None);
+                }
+                let names = stream_stat_names(&rollout.name, &arm.name);
+                let hist = |i: usize| names.buckets[i].iter().map(counter).collect::<Option<_>>();
+                let c = |i: usize| counter(&names.counters[i]);
+                Some(Some((
+                    [hist(0)?, hist(1)?, hist(2)?],
+                    [c(0)?, c(1)?, c(2)?, c(3)?],
+                )))
+            })
+            .collect()
     }
 
     fn shadow_metrics(&self, rollout: &Rollout) -> Option<Vec<u32>> {

@@ -10,6 +10,7 @@ use crate::host::{Body, Callout, Host, Map};
 use crate::live::{parse, Applied, Lease};
 use crate::report::{decode_le_u64s, report_json, ArmReport};
 use crate::shadow::{decode_moments, moments_json, TOTAL_NAMES};
+use crate::stream::StreamCounts;
 
 /// Extra time a long poll's callout gets beyond the wait it asked the controller for.
 const POLL_SLACK_MS: u64 = 2_000;
@@ -155,7 +156,17 @@ impl<H: Host + Clone> Worker<H> {
                         .and_then(|b| decode_counts(&b))
                         .unwrap_or_default()
                 });
-                (config.name.as_str(), total.unwrap_or_default(), bandit)
+                let stream = arm.stream.as_ref().and_then(|s| s.key.as_deref()).map(|k| {
+                    shared(k)
+                        .and_then(|b| StreamCounts::decode(&b))
+                        .unwrap_or_default()
+                });
+                (
+                    config.name.as_str(),
+                    total.unwrap_or_default(),
+                    bandit,
+                    stream,
+                )
             })
             .collect();
         let shadow = link

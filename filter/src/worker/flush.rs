@@ -8,6 +8,7 @@ use crate::counters::{counts_slots, decode_counts, WorkerCounts};
 use crate::host::Host;
 use crate::report::ArmReport;
 use crate::shadow::{decode_moments, encode_moments, ShadowMoments};
+use crate::stream::StreamCounts;
 
 impl<H: Host + Clone> Worker<H> {
     /// This tick's tally into Envoy's counters (and, with a controller, into the counts that go
@@ -17,6 +18,9 @@ impl<H: Host + Clone> Worker<H> {
             Ok(mut t) => t.take(),
             Err(_) => return,
         };
+        for (arm, counts) in active.arms.iter().zip(&tally.streams) {
+            self.flush_stream(arm, counts);
+        }
         for (arm, counts) in active.arms.iter().zip(&tally.arms) {
             if counts.is_zero() {
                 continue;
@@ -69,6 +73,31 @@ impl<H: Host + Clone> Worker<H> {
         }
     }
 
+    /// One arm's streamed responses of this tick into Envoy's counters and its report totals.
+    fn flush_stream(&self, arm: &Arm, counts: &StreamCounts) {
+        let Some(st) = arm.stream.as_ref().filter(|_| !counts.is_zero()) else {
+            return;
+        };
+        for (ids, cumulative) in st.buckets.iter().zip(counts.cumulative()) {
+            for (&id, n) in ids.iter().zip(cumulative) {
+                self.add(id, n);
+            }
+        }
+        let [token_responses, prompt, completion] = counts.tokens();
+        for (&id, n) in
+            st.counters
+                .iter()
+                .zip([counts.responses(), token_responses, prompt, completion])
+        {
+            self.add(id, n);
+        }
+        if st.key.is_some() {
+            let mut unshared = st.unshared.get();
+            unshared.merge(counts);
+            st.unshared.set(unshared);
+        }
+    }
+
     /// Adds `n` to counter `id` (no call for 0). A failed increment is dropped, not retried:
     /// Envoy's counters are the dashboard's; the report path keeps its own copy.
     fn add(&self, id: u32, n: u64) {
@@ -85,6 +114,12 @@ impl<H: Host + Clone> Worker<H> {
             if let Some(key) = &arm.counts_key {
                 if !delta.is_zero() && cas_add(&self.host, key, delta.slots()).is_some() {
                     arm.unshared.set(ArmReport::default());
+                }
+            }
+            if let Some((st, key)) = arm.stream.as_ref().and_then(|s| Some((s, s.key.as_ref()?))) {
+                let delta = st.unshared.get();
+                if !delta.is_zero() && cas_add(&self.host, key, delta.slots()).is_some() {
+                    st.unshared.set(StreamCounts::default());
                 }
             }
         }

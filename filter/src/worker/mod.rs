@@ -35,6 +35,7 @@ use crate::host::Host;
 use crate::metrics::Tally;
 use crate::report::ArmReport;
 use crate::shadow::{Book, ShadowMoments, Totals};
+use crate::stream::StreamCounts;
 
 /// How often a worker flushes its counters into Envoy's stats and applies the newest live state:
 /// a rollback the poller learned reaches every worker within one tick.
@@ -62,6 +63,19 @@ struct Arm {
     unshared: Cell<ArmReport>,
     /// With the bandit: the shared-data key of this Envoy's bandit totals for the arm.
     bandit_key: Option<String>,
+    /// With `stream`: the arm's streaming metrics and report totals.
+    stream: Option<StreamArm>,
+}
+
+/// One arm's streaming side (config `stream`).
+struct StreamArm {
+    /// Bucket counters of the three histograms (ttft, duration, tpot), then the four counters,
+    /// in `stream::StreamStatNames` order.
+    buckets: [Vec<u32>; 3],
+    counters: [u32; 4],
+    /// With a controller: the shared-data key of this Envoy's streaming totals for the arm.
+    key: Option<String>,
+    unshared: Cell<StreamCounts>,
 }
 
 /// This worker's side of the live-state channel.

@@ -757,3 +757,110 @@ fn a_pre_period_counts_users_under_the_arm_they_will_get() {
         assert!(!ramp_protocol::decision::split_pre_period(&decision).1);
     }
 }
+
+/// A streamed answer, as a model sends it: headers at once, the first chunk after `ttft_ms`, then
+/// one chunk per token every `tpot_ms`, the last event carrying `usage`.
+fn stream_request(w: &Worker<MemHost>, host: &MemHost, ttft_ms: u64, tpot_ms: u64, tokens: u64) {
+    host.new_request(&[]);
+    let mut x = w.exchange();
+    x.on_request_headers(true);
+    host.advance_ms(2);
+    host.respond(200, &[("content-type", "text/event-stream")], b"");
+    x.on_response_headers(false);
+    host.advance_ms(ttft_ms - 2);
+    for t in 0..tokens {
+        if t > 0 {
+            host.advance_ms(tpot_ms);
+        }
+        let chunk = b"data: {\"choices\":[{\"delta\":{\"content\":\"tok\"}}]}\n\n";
+        host.with(|m| m.response_body = chunk.to_vec());
+        x.on_response_body(chunk.len(), false);
+    }
+    let last = format!("data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":9,\"completion_tokens\":{tokens}}}}}\n\ndata: [DONE]\n\n");
+    host.with(|m| m.response_body = last.as_bytes().to_vec());
+    x.on_response_body(last.len(), true);
+}
+
+#[test]
+fn streamed_answers_are_timed_and_their_tokens_counted_per_arm_in_metrics_and_report() {
+    let config = r#"{"rollout":"r","arms":[{"name":"v1","weight":1},{"name":"v2","weight":0}],
+        "controller":{"cluster":"rampctl","poll_ms":200},"stream":{"tokens":true}}"#;
+    let host = MemHost::default();
+    let mut w = worker(&host, config, 21);
+    for _ in 0..3 {
+        // 150 ms to the first token, 11 tokens 20 ms apart: 350 ms in all, 20 ms per token.
+        stream_request(&w, &host, 150, 20, 11);
+    }
+    // A 5xx is not a stream, nor is an answer without a body.
+    request(&w, &host, &[], 503);
+    request(&w, &host, &[], 200);
+    w.tick();
+    let m = |name: &str| host.metric(&format!("ramp.rollout.r.arm.v1.{name}"));
+    assert_eq!(m("stream_responses_total"), Some(3));
+    assert_eq!(m("ttft_milliseconds_bucket.le_100"), Some(0));
+    assert_eq!(m("ttft_milliseconds_bucket.le_200"), Some(3));
+    assert_eq!(m("stream_duration_milliseconds_bucket.le_300"), Some(0));
+    assert_eq!(m("stream_duration_milliseconds_bucket.le_400"), Some(3));
+    assert_eq!(m("tpot_milliseconds_bucket.le_10"), Some(0));
+    assert_eq!(m("tpot_milliseconds_bucket.le_20"), Some(3));
+    assert_eq!(m("completion_tokens_total"), Some(33));
+    assert_eq!(m("prompt_tokens_total"), Some(27));
+    assert_eq!(m("token_responses_total"), Some(3));
+    w.tick();
+    w.tick();
+    let report = host
+        .with(|m| m.callouts.clone())
+        .into_iter()
+        .find(|c| c.header(":path") == Some("/v1/rollouts/r/reports"))
+        .expect("a report");
+    let parsed: ramp_protocol::report::Report =
+        serde_json::from_slice(report.body.as_deref().unwrap()).unwrap();
+    assert_eq!(parsed.validate(&["v1", "v2"]), Ok(()));
+    let s = parsed.arms["v1"].stream.as_ref().expect("the stream part");
+    assert_eq!((s.responses, s.token_responses), (3, 3));
+    assert_eq!((s.prompt_tokens, s.completion_tokens), (27, 33));
+    assert_eq!(s.ttft_ms.counts[51], 3);
+    assert_eq!(
+        parsed.arms["v2"].stream.as_ref().map(|s| s.responses),
+        Some(0)
+    );
+}
+
+/// Without `stream`, a response body costs nothing: no clock read, no body read.
+#[test]
+fn without_stream_a_body_costs_no_host_call() {
+    let host = MemHost::default();
+    let w = worker(
+        &host,
+        r#"{"rollout":"c","arms":[{"name":"v1","weight":1}]}"#,
+        22,
+    );
+    host.new_request(&[]);
+    let mut x = w.exchange();
+    x.on_request_headers(true);
+    host.respond(
+        200,
+        &[("content-type", "text/event-stream")],
+        b"data: x\n\n",
+    );
+    x.on_response_headers(false);
+    host.with(|m| m.calls.clear());
+    x.on_response_body(9, false);
+    x.on_response_body(9, true);
+    assert!(host.with(|m| m.calls.is_empty()));
+    // With `stream` but `event_stream_only`, a JSON answer is not watched.
+    let host = MemHost::default();
+    let w = worker(
+        &host,
+        r#"{"rollout":"c","arms":[{"name":"v1","weight":1}],"stream":{"event_stream_only":true}}"#,
+        23,
+    );
+    host.new_request(&[]);
+    let mut x = w.exchange();
+    x.on_request_headers(true);
+    host.respond(200, &[("content-type", "application/json")], b"{}");
+    x.on_response_headers(false);
+    host.with(|m| m.calls.clear());
+    x.on_response_body(2, true);
+    assert!(host.with(|m| m.calls.is_empty()));
+}

@@ -22,3 +22,4 @@ mod shadow;
 mod shadow_verdicts;
 mod split;
 mod sticky;
+mod streaming;

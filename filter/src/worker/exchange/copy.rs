@@ -147,7 +147,7 @@ impl<H: Host> Exchange<H> {
         }
     }
 
-    pub fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) {
+    pub(super) fn shadow_response_body(&mut self, body_size: usize, end_of_stream: bool) {
         let Some(copy) = self.shadow.as_mut() else {
             return;
         };

@@ -18,9 +18,10 @@ use self::headers::{sticky_key, strip_client_headers, RequestHeaders};
 use super::Active;
 use crate::bandit::Evidence;
 use crate::config::ClientHeaders;
-use crate::host::{Host, Map};
+use crate::host::{Body, Host, Map};
 use crate::request::set_cookie_value;
 use crate::select::{choose, Decision, Reason, RequestKeys};
+use crate::stream::Watch;
 
 /// Request header that selects the mirror cluster in Envoy's `request_mirror_policies`.
 pub const MIRROR_HEADER: &str = "x-ramp-shadow";
@@ -42,6 +43,8 @@ pub struct Exchange<H: Host> {
     rng: Rc<RefCell<Rng>>,
     chosen: Option<Chosen>,
     shadow: Option<ShadowCopy>,
+    /// The response body being watched (config `stream`).
+    watch: Option<Watch>,
 }
 
 impl<H: Host> Drop for Exchange<H> {
@@ -58,6 +61,7 @@ impl<H: Host> Exchange<H> {
             rng,
             chosen: None,
             shadow: None,
+            watch: None,
         }
     }
 
@@ -173,7 +177,38 @@ impl<H: Host> Exchange<H> {
     pub fn on_response_headers(&mut self, end_of_stream: bool) {
         self.response_headers();
         if end_of_stream {
+            // No body: nothing streamed.
+            self.watch = None;
             self.finish_primary();
+        }
+    }
+
+    pub fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) {
+        if self.watch.is_some() {
+            self.watch_body(body_size, end_of_stream);
+        }
+        self.shadow_response_body(body_size, end_of_stream);
+    }
+
+    /// A chunk of a watched body: its first byte's time, its tail (for `usage`), its end. One
+    /// clock read at the first chunk and one at the end; with tokens, one body read per chunk.
+    fn watch_body(&mut self, body_size: usize, end_of_stream: bool) {
+        let Some(watch) = self.watch.as_mut() else {
+            return;
+        };
+        if watch.first_byte_us.is_none() && body_size > 0 {
+            watch.first_byte_us = Some(self.host.now_us());
+        }
+        if watch.tail.is_some() && body_size > 0 {
+            if let Some(chunk) = self.host.body(Body::Response, 0, body_size) {
+                watch.push_tail(&chunk);
+            }
+        }
+        if end_of_stream {
+            if let (Some(watch), Some(active)) = (self.watch.take(), self.active.as_ref()) {
+                let streamed = watch.finish(self.host.now_us());
+                active.count(|t| t.add_stream(watch.arm, &streamed));
+            }
         }
     }
 }

@@ -6,6 +6,7 @@ use crate::config::Reward;
 use crate::host::{Host, Map};
 use crate::metrics::class_index;
 use crate::shadow::UPSTREAM_TIME_HEADER;
+use crate::stream::Watch;
 
 impl<H: Host> Exchange<H> {
     pub(super) fn response_headers(&mut self) {
@@ -41,6 +42,24 @@ impl<H: Host> Exchange<H> {
             copy.primary = Some((status, elapsed_us / 1000));
         }
         let rollout = &active.rollout;
+        if let Some(stream) = rollout
+            .stream
+            .filter(|_| status.is_some_and(|s| (200..300).contains(&s)))
+        {
+            let event_stream = || {
+                self.host
+                    .header(Map::Response, "content-type")
+                    .is_some_and(|v| v.starts_with(b"text/event-stream"))
+            };
+            if !stream.event_stream_only || event_stream() {
+                self.watch = Some(Watch {
+                    arm: chosen.arm,
+                    started_us: chosen.started_us,
+                    first_byte_us: None,
+                    tail: stream.tokens.then(Vec::new),
+                });
+            }
+        }
         if let (Some(state), Some(b)) = (&active.bandit, &rollout.bandit) {
             let reward = match &b.reward {
                 Reward::Header(name) => {
