@@ -108,13 +108,7 @@ impl ArmReport {
 
     /// Cumulative bucket counts, as Prometheus lays them out (the last is +Inf).
     pub fn cumulative_latency(&self) -> Vec<u64> {
-        self.slots[5..LOCAL_REPLY_SLOT]
-            .iter()
-            .scan(0, |acc, &c| {
-                *acc += c;
-                Some(*acc)
-            })
-            .collect()
+        cumulative(&self.slots[5..LOCAL_REPLY_SLOT])
     }
 
     pub fn is_zero(&self) -> bool {
@@ -123,9 +117,7 @@ impl ArmReport {
 
     /// Adds `other`'s counts (saturating: shared data never wraps).
     pub fn add(&mut self, other: &ArmReport) {
-        for (a, b) in self.slots.iter_mut().zip(other.slots) {
-            *a = a.saturating_add(b);
-        }
+        add_slots(&mut self.slots, &other.slots);
     }
 
     /// The counts in shared data's layout (`add_le_u64s`, `decode`).
@@ -134,15 +126,38 @@ impl ArmReport {
     }
 
     pub fn decode(bytes: &[u8]) -> Option<ArmReport> {
-        if bytes.len() != SLOTS * 8 {
-            return None;
-        }
-        let mut slots = [0u64; SLOTS];
-        for (slot, chunk) in slots.iter_mut().zip(bytes.chunks_exact(8)) {
-            *slot = u64::from_le_bytes(chunk.try_into().ok()?);
-        }
-        Some(ArmReport { slots })
+        decode_slots(bytes).map(|slots| ArmReport { slots })
     }
+}
+
+/// Running sums of per-bucket counts: a histogram as Prometheus lays it out.
+pub(crate) fn cumulative(per_bucket: &[u64]) -> Vec<u64> {
+    per_bucket
+        .iter()
+        .scan(0u64, |acc, &c| {
+            *acc = acc.saturating_add(c);
+            Some(*acc)
+        })
+        .collect()
+}
+
+/// `acc += add`, slot by slot, saturating (shared data never wraps).
+pub(crate) fn add_slots(acc: &mut [u64], add: &[u64]) {
+    for (a, b) in acc.iter_mut().zip(add) {
+        *a = a.saturating_add(*b);
+    }
+}
+
+/// Counters in shared data's layout (little-endian u64s), exactly `N` of them or `None`.
+pub(crate) fn decode_slots<const N: usize>(bytes: &[u8]) -> Option<[u64; N]> {
+    if bytes.len() != N * 8 {
+        return None;
+    }
+    let mut slots = [0u64; N];
+    for (slot, chunk) in slots.iter_mut().zip(bytes.chunks_exact(8)) {
+        *slot = u64::from_le_bytes(chunk.try_into().ok()?);
+    }
+    Some(slots)
 }
 
 /// `stored` (little-endian u64s, or nothing yet) plus `delta`, encoded; `None` when the stored bytes

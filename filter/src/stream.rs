@@ -84,15 +84,7 @@ impl StreamCounts {
     /// The three histograms, cumulative as Prometheus lays them out (`+Inf` last): time to first
     /// byte, to end of stream, per output token.
     pub fn cumulative(&self) -> [Vec<u64>; 3] {
-        [TTFT, DURATION, TPOT].map(|at| {
-            self.slots[at..at + HIST]
-                .iter()
-                .scan(0, |acc, &c| {
-                    *acc += c;
-                    Some(*acc)
-                })
-                .collect()
-        })
+        [TTFT, DURATION, TPOT].map(|at| crate::report::cumulative(&self.slots[at..at + HIST]))
     }
 
     pub fn is_zero(&self) -> bool {
@@ -100,9 +92,7 @@ impl StreamCounts {
     }
 
     pub fn merge(&mut self, other: &StreamCounts) {
-        for (a, b) in self.slots.iter_mut().zip(other.slots) {
-            *a = a.saturating_add(b);
-        }
+        crate::report::add_slots(&mut self.slots, &other.slots);
     }
 
     /// The counts in shared data's layout (`report::add_le_u64s`, `decode`).
@@ -111,14 +101,7 @@ impl StreamCounts {
     }
 
     pub fn decode(bytes: &[u8]) -> Option<StreamCounts> {
-        if bytes.len() != SLOTS * 8 {
-            return None;
-        }
-        let mut slots = [0u64; SLOTS];
-        for (slot, chunk) in slots.iter_mut().zip(bytes.chunks_exact(8)) {
-            *slot = u64::from_le_bytes(chunk.try_into().ok()?);
-        }
-        Some(StreamCounts { slots })
+        crate::report::decode_slots(bytes).map(|slots| StreamCounts { slots })
     }
 
     /// The report's `"stream"` object (`ramp_protocol::stream::StreamReport`).

@@ -49,6 +49,16 @@ fn polls(host: &MemHost) -> Vec<crate::memhost::SentCallout> {
     })
 }
 
+/// The newest report this Envoy posted (reports are cumulative: it holds every count so far).
+fn newest_report(host: &MemHost) -> ramp_protocol::report::Report {
+    let report = host
+        .with(|m| m.callouts.clone())
+        .into_iter()
+        .rfind(|c| c.header(":path") == Some("/v1/rollouts/r/reports"))
+        .expect("a report");
+    serde_json::from_slice(report.body.as_deref().unwrap()).unwrap()
+}
+
 fn answer_poll(w: &mut Worker<MemHost>, host: &MemHost, token: u32, doc: &Value) {
     let body = doc.to_string();
     host.callout_answer(Some(200), &[], body.as_bytes());
@@ -541,13 +551,7 @@ fn sticky_reports_count_users_buckets_and_envoys_own_replies() {
     }
     w.tick();
     w.tick();
-    let report = host
-        .with(|m| m.callouts.clone())
-        .into_iter()
-        .find(|c| c.header(":path") == Some("/v1/rollouts/r/reports"))
-        .expect("a report");
-    let parsed: ramp_protocol::report::Report =
-        serde_json::from_slice(report.body.as_deref().unwrap()).unwrap();
+    let parsed = newest_report(&host);
     assert_eq!(parsed.validate(&["v1", "v2"]), Ok(()));
     for (user, arm) in &arms {
         let b = parsed.arms[arm]
@@ -718,13 +722,7 @@ fn a_pre_period_counts_users_under_the_arm_they_will_get() {
     assert!(will_get.values().any(|a| a == "v2") && will_get.values().any(|a| a == "v1"));
     w.tick();
     w.tick();
-    let report = host
-        .with(|m| m.callouts.clone())
-        .into_iter()
-        .rfind(|c| c.header(":path") == Some("/v1/rollouts/r/reports"))
-        .expect("a report");
-    let parsed: ramp_protocol::report::Report =
-        serde_json::from_slice(report.body.as_deref().unwrap()).unwrap();
+    let parsed = newest_report(&host);
     assert_eq!(parsed.validate(&["v1", "v2"]), Ok(()));
     assert_eq!(parsed.arms["v2"].requests, 0, "the candidate served nobody");
     let mut expected: std::collections::BTreeMap<&str, Vec<u64>> =
@@ -808,13 +806,7 @@ fn streamed_answers_are_timed_and_their_tokens_counted_per_arm_in_metrics_and_re
     assert_eq!(m("token_responses_total"), Some(3));
     w.tick();
     w.tick();
-    let report = host
-        .with(|m| m.callouts.clone())
-        .into_iter()
-        .find(|c| c.header(":path") == Some("/v1/rollouts/r/reports"))
-        .expect("a report");
-    let parsed: ramp_protocol::report::Report =
-        serde_json::from_slice(report.body.as_deref().unwrap()).unwrap();
+    let parsed = newest_report(&host);
     assert_eq!(parsed.validate(&["v1", "v2"]), Ok(()));
     let s = parsed.arms["v1"].stream.as_ref().expect("the stream part");
     assert_eq!((s.responses, s.token_responses), (3, 3));
