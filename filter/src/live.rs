@@ -202,6 +202,41 @@ mod tests {
         Applied::check(&parse(text.as_bytes())?, &rollout())
     }
 
+    /// An A/B test's pre-period weights: parallel to the arms, refused by name when they name
+    /// no arm or are not finite and >= 0 (the last good state stays), none when all are 0, and
+    /// carried to the other workers in the binary form.
+    #[test]
+    fn pre_period_weights_are_checked_and_survive_the_binary_form() {
+        let a = checked(r#"{"version":5,"weights":{"v1":100},"pre_weights":{"v2":30,"v1":70}}"#)
+            .unwrap();
+        assert_eq!(a.pre_weights, vec![70.0, 30.0]);
+        assert_eq!(Applied::decode(&a.encode(), 2), Some(a.clone()));
+        let none = checked(r#"{"version":5,"weights":{"v1":100}}"#).unwrap();
+        assert!(none.pre_weights.is_empty());
+        assert_eq!(Applied::decode(&none.encode(), 2), Some(none));
+        let zero = checked(r#"{"version":5,"weights":{"v1":100},"pre_weights":{"v1":0,"v2":0}}"#);
+        assert!(zero.unwrap().pre_weights.is_empty(), "all 0: no pre-period");
+        for bad in [r#"{"v9":50}"#, r#"{"v2":-1}"#, r#"{"v2":1e400}"#] {
+            let text = format!(r#"{{"version":5,"weights":{{"v1":100}},"pre_weights":{bad}}}"#);
+            assert!(
+                matches!(
+                    checked(&text),
+                    Err(LiveError::BadPreWeight(_)) | Err(LiveError::Json(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(checked(r#"{"version":5,"weights":{"v1":100},"pre_weights":{"v2":"x"}}"#).is_err());
+        // A binary form with a pre-period part of the wrong length or a NaN is not applied.
+        let mut bytes = a.encode();
+        bytes.pop();
+        assert_eq!(Applied::decode(&bytes, 2), None);
+        let mut nan = a.encode();
+        let at = nan.len() - 8;
+        nan[at..].copy_from_slice(&f64::NAN.to_bits().to_le_bytes());
+        assert_eq!(Applied::decode(&nan, 2), None);
+    }
+
     #[test]
     fn weights_follow_the_document_and_bad_ones_are_refused() {
         assert_eq!(
