@@ -1,7 +1,11 @@
 //! The guard on the request path and the tick: each response of a guarded rollout counted per
-//! arm, a candidate arm's test run on every 5xx it answers (on the Envoy's counts as of the last
-//! tick plus this worker's since), and a trip that sends the arm's requests to the baseline at
-//! once, in shared data for the other workers (each applies it at its next tick).
+//! arm, a candidate arm's test run on every 5xx it answers and at every tick, and a trip that
+//! sends the arm's requests to the baseline at once, in shared data for the other workers (each
+//! applies it at its next tick). The test only ever looks at the Envoy's totals as a CAS write
+//! left them: every look, whichever worker makes it, is a point of one growing sequence of counts,
+//! which is what the test's guarantee (Ville's inequality) is about. A worker looking at the totals
+//! plus its own unmerged counts would follow a sequence of its own, and the bound would grow with
+//! the workers.
 
 use std::cell::{Cell, RefCell};
 
@@ -69,27 +73,24 @@ impl GuardState {
                 t.errors = t.errors.saturating_add(u64::from(error));
             }
         }
-        if error && arm != self.baseline && !self.is_tripped(arm) && self.trips(&test, arm) {
-            self.trip(host, epoch, 1 << arm);
+        // A candidate's 5xx: its counts go to shared data now (one CAS, on errors only), and the
+        // test looks at the totals that write left.
+        if error && arm != self.baseline && !self.is_tripped(arm) {
+            if let Some(record) = self.merge(host, epoch, 0) {
+                self.adopt(&record);
+                if self.trips(&test, arm) {
+                    self.trip(host, epoch, 1 << arm);
+                }
+            }
         }
     }
 
-    /// Whether `arm`'s test trips on the Envoy's counts as this worker knows them.
+    /// Whether `arm`'s test trips on the Envoy's totals as this worker's last write left them.
     fn trips(&self, test: &GuardTest, arm: usize) -> bool {
-        let (Ok(pending), Ok(merged)) = (self.pending.try_borrow(), self.merged.try_borrow())
-        else {
+        let Ok(merged) = self.merged.try_borrow() else {
             return false;
         };
-        let seen = |i: usize| {
-            let (p, m) = (
-                pending.get(i).copied().unwrap_or_default(),
-                merged.get(i).copied().unwrap_or_default(),
-            );
-            ArmTally {
-                requests: p.requests.saturating_add(m.requests),
-                errors: p.errors.saturating_add(m.errors),
-            }
-        };
+        let seen = |i: usize| merged.get(i).copied().unwrap_or_default();
         test.trips(seen(arm), seen(self.baseline))
     }
 
