@@ -137,10 +137,11 @@ fn log_ratio(e: f64, f: f64, p: f64) -> f64 {
     let (x, y) = (e + 0.5, f + 0.5);
     let s = x + y;
     // ln B(x, y) in Stirling form minus e ln p + f ln(1-p); see `ln_beta`.
+    // The ln terms folded into two: ln p + ln((1 - p) s / (x y)), with s / (x y) = 1/x + 1/y (no
+    // overflow; p stays alone so that a subnormal p cannot underflow the product to 0).
     bd0(x, s * p)
         + bd0(y, s * (1.0 - p))
-        + 0.5 * (libm::log(p) + libm::log(1.0 - p))
-        + 0.5 * (libm::log(s) - libm::log(x) - libm::log(y))
+        + 0.5 * (libm::log(p) + libm::log((1.0 - p) * (1.0 / x + 1.0 / y)))
         + HALF_LN_2PI
         + stirling_error(x)
         + stirling_error(y)
@@ -374,6 +375,7 @@ mod tests {
             Bound::MaxErrorRate(2.0),
             Bound::MaxErrorRate(f64::NAN),
             Bound::MaxErrorRate(1e-300),
+            Bound::MaxErrorRate(5e-324),
             Bound::VsBaseline { max_increase: 0.0 },
             Bound::VsBaseline {
                 max_increase: 1e-12,
