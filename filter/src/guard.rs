@@ -70,8 +70,12 @@ impl GuardTest {
                     return 0.0;
                 }
                 let p0 = p0.clamp(0.0, 1.0);
-                let mle = ec / (ec + fc);
-                log_ratio(ec, fc, if mle <= p0 { mle } else { p0 })
+                let n = ec + fc;
+                if ec / n <= p0 {
+                    log_ratio(ec, fc, ec / n, fc / n)
+                } else {
+                    log_ratio(ec, fc, p0, 1.0 - p0)
+                }
             }
             Bound::VsBaseline { max_increase } => {
                 if max_increase.is_nan() {
@@ -87,8 +91,16 @@ impl GuardTest {
                     // The unconstrained maximum is in the null: E <= 1 up to the mixture's regret.
                     return arm_at_mle(ec, fc) + arm_at_mle(eb, fb);
                 }
+                if d == 0.0 {
+                    // The pooled rate, its complement from the successes so that it keeps its
+                    // digits when the rate is near 1.
+                    let n = nc + nb;
+                    let (p, not_p) = ((ec + eb) / n, (fc + fb) / n);
+                    return log_ratio(ec, fc, p, not_p) + log_ratio(eb, fb, p, not_p);
+                }
                 let q = boundary_baseline_rate(ec, fc, eb, fb, d);
-                log_ratio(ec, fc, (q + d).min(1.0)) + log_ratio(eb, fb, q)
+                let pc = (q + d).min(1.0);
+                log_ratio(ec, fc, pc, (1.0 - q - d).max(0.0)) + log_ratio(eb, fb, q, 1.0 - q)
             }
         }
     }
@@ -115,7 +127,7 @@ fn arm_at_mle(e: f64, f: f64) -> f64 {
     if e + f == 0.0 {
         0.0
     } else {
-        log_ratio(e, f, e / (e + f))
+        log_ratio(e, f, e / (e + f), f / (e + f))
     }
 }
 
@@ -123,15 +135,16 @@ const HALF_LN_2PI: f64 = 0.918_938_533_204_672_8;
 const LN_PI: f64 = 1.144_729_885_849_400_2;
 
 /// `ln m(e, f) - ln L_p(e, f)`: the Jeffreys mixture's log marginal likelihood of `e` errors and
-/// `f` successes minus the Bernoulli log likelihood at rate `p`, with `0 ln 0 = 0`.
-fn log_ratio(e: f64, f: f64, p: f64) -> f64 {
-    if (e > 0.0 && p <= 0.0) || (f > 0.0 && p >= 1.0) {
+/// `f` successes minus the Bernoulli log likelihood at rate `p`, with `0 ln 0 = 0`. `not_p` is
+/// `1 - p`, passed in so that callers that know it exactly (from counts) keep its digits.
+fn log_ratio(e: f64, f: f64, p: f64, not_p: f64) -> f64 {
+    if (e > 0.0 && p <= 0.0) || (f > 0.0 && not_p <= 0.0) {
         return f64::INFINITY;
     }
     if p <= 0.0 {
         return ln_beta(0.5, f + 0.5) - LN_PI;
     }
-    if p >= 1.0 {
+    if not_p <= 0.0 {
         return ln_beta(e + 0.5, 0.5) - LN_PI;
     }
     let (x, y) = (e + 0.5, f + 0.5);
@@ -140,8 +153,8 @@ fn log_ratio(e: f64, f: f64, p: f64) -> f64 {
     // The ln terms folded into two: ln p + ln((1 - p) s / (x y)), with s / (x y) = 1/x + 1/y (no
     // overflow; p stays alone so that a subnormal p cannot underflow the product to 0).
     bd0(x, s * p)
-        + bd0(y, s * (1.0 - p))
-        + 0.5 * (libm::log(p) + libm::log((1.0 - p) * (1.0 / x + 1.0 / y)))
+        + bd0(y, s * not_p)
+        + 0.5 * (libm::log(p) + libm::log(not_p * (1.0 / x + 1.0 / y)))
         + HALF_LN_2PI
         + stirling_error(x)
         + stirling_error(y)
@@ -216,9 +229,6 @@ pub fn ln_beta(x: f64, y: f64) -> f64 {
 /// boundary `p_c = q + d`: `g(q) = ec ln(q+d) + fc ln(1-q-d) + eb ln q + fb ln(1-q)` is concave,
 /// so Newton's method kept inside a shrinking bracket finds the root of `g'`.
 fn boundary_baseline_rate(ec: f64, fc: f64, eb: f64, fb: f64, d: f64) -> f64 {
-    if d == 0.0 {
-        return (ec + eb) / (ec + fc + eb + fb);
-    }
     let (mut lo, mut hi) = (0.0, 1.0 - d);
     let slope = |q: f64| {
         let term = |count: f64, denom: f64| if count > 0.0 { count / denom } else { 0.0 };
@@ -438,6 +448,60 @@ mod tests {
         assert!(t.log_evidence(arm(100, 100), arm(100, 0)).is_finite());
     }
 
+    #[test]
+    fn random_inputs_never_nan() {
+        // Counts drawn over every scale (log-uniform to 2^64), errors anywhere from 0 to above
+        // the requests, bounds including the degenerate ones.
+        let mut rng = fastrand::Rng::with_seed(23);
+        let count = |rng: &mut fastrand::Rng| {
+            let bits = rng.u32(0..=64);
+            if bits == 0 {
+                0
+            } else {
+                rng.u64(..) >> (64 - bits)
+            }
+        };
+        for _ in 0..50_000 {
+            let (nc, nb) = (count(&mut rng), count(&mut rng));
+            let ec = if rng.bool() {
+                count(&mut rng)
+            } else {
+                (nc as f64 * rng.f64() * 0.1) as u64
+            };
+            let eb = if rng.bool() {
+                count(&mut rng)
+            } else {
+                (nb as f64 * rng.f64() * 0.1) as u64
+            };
+            let x = match rng.u8(0..4) {
+                0 => 0.0,
+                1 => rng.f64(),
+                2 => rng.f64() * 1e-6,
+                _ => 1.0 - rng.f64() * 1e-9,
+            };
+            let bound = if rng.bool() {
+                Bound::MaxErrorRate(x)
+            } else {
+                Bound::VsBaseline { max_increase: x }
+            };
+            let t = GuardTest {
+                alpha: 0.001,
+                min_errors: 0,
+                bound,
+            };
+            let (c, b) = (arm(nc, ec), arm(nb, eb));
+            let ev = t.log_evidence(c, b);
+            assert!(!ev.is_nan(), "{t:?} {c:?} {b:?}");
+            // Only MaxErrorRate(0) with a candidate error may be infinite.
+            if ev.is_infinite() {
+                assert!(
+                    ev > 0.0 && bound == Bound::MaxErrorRate(0.0),
+                    "{t:?} {c:?} {b:?}"
+                );
+            }
+        }
+    }
+
     // References: mpmath 1.3.0 at 60 digits, the same formulas as above (ln B through mpmath.beta),
     // where f64 ln-gamma differences would have lost every digit.
     #[test]
@@ -479,6 +543,10 @@ mod tests {
                 "{n} {ec} {eb}: got {got}, want {want}"
             );
         }
+        // A pooled rate within 4e-18 of 1: its complement must come from the counts, not 1 - p
+        // (which rounds to 0 and made this infinite).
+        let got = t.log_evidence(arm(8_628_908_540_051_337_521, u64::MAX), arm(35, 1));
+        assert!((got - 1367.5989253253177).abs() <= 1e-6, "{got}");
         let m = test(Bound::MaxErrorRate(0.01));
         let n = 1_000_000_000_000_000;
         for (e, want) in [
