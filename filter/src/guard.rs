@@ -14,7 +14,7 @@
 //! The arithmetic avoids the cancellation of `ln Γ` differences at large counts: `ln B` is written
 //! in Stirling form and the likelihood ratio through Loader's deviance `bd0` (as R's `dbinom`
 //! does), so `log_evidence` stays accurate to far below the threshold at counts of 10^15 and
-//! finite (never NaN) up to `u64::MAX`. One evaluation takes 60 to 180 ns natively (`make sim`) and
+//! finite (never NaN) up to `u64::MAX`. One evaluation takes 60 to 190 ns natively (`make sim`) and
 //! allocates nothing.
 
 /// The false-trip bound used when none is configured.
