@@ -47,7 +47,7 @@ help:
 	@echo "make test   lint, unit tests, wasm parity tests under Node, end-to-end tests in a real Envoy"
 	@echo "make bench  CPU per request: no filter, empty wasm filter, naive routers and Ramp, each against the naive router at the same time; the controller's polls, checks and scrapes; written to tests/bench/results/"
 	@echo "make images OCI image layouts under target/images/ (the filter as Istio pulls it, a static rampctl), digests printed and pinned in the istio/ manifests"
-	@echo "make sim    bandit regret (2 and 5 arms, tick delays, drift), the decisions (A/A, power, SRM) and bandit rollouts to their decision (best arm found, exposure check), written to tests/bench/results/"
+	@echo "make sim    bandit regret (2 and 5 arms, tick delays, drift), the decisions (A/A, power, SRM), bandit rollouts to their decision (best arm found, exposure check) and the filter's 5xx guard (false trips alone and in a fleet, time to trip), written to tests/bench/results/"
 
 toolchain:
 	@rustup toolchain install 1.95.0 --profile minimal --component rustfmt,clippy --target wasm32-wasip1,wasm32-unknown-unknown,x86_64-unknown-linux-musl >/dev/null 2>&1 || rustup show active-toolchain
@@ -144,6 +144,7 @@ sim: toolchain
 	cargo run --release -q -p ramp-tools --bin ramp-sim
 	cargo run --release -q -p ramp-tools --bin ramp-sim-decisions
 	cargo run --release -q -p ramp-tools --bin ramp-sim-rollouts
+	cargo run --release -q -p ramp-tools --bin ramp-sim-guard
 
 clean:
 	cargo clean
