@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::guard::{Bound, GuardTest};
+
 /// Why a configuration was refused. `field` is a path such as `arms[1].weight`.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("invalid ramp config: {field}: {reason}")]
@@ -64,6 +66,78 @@ pub struct RawConfig {
     /// then no body is read or timed.
     #[serde(default)]
     pub stream: Option<Stream>,
+    /// Cut a failing candidate off in this Envoy at once: a sequential test on each candidate
+    /// arm's 5xx (`guard::GuardTest`). With a controller, its live state's guard replaces this.
+    #[serde(default)]
+    pub guard: Option<RawGuard>,
+}
+
+/// The guard as written (the controller's `LiveGuard` has the same fields and an epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuard {
+    /// The chance, per Envoy and epoch, that an arm as good as the bound trips it at all.
+    #[serde(default)]
+    pub alpha: Option<f64>,
+    /// 5xx an arm must have before it can trip: a handful of errors never cuts it off.
+    #[serde(default)]
+    pub min_errors: Option<u64>,
+    /// Test against this 5xx rate...
+    #[serde(default)]
+    pub max_error_rate: Option<f64>,
+    /// ...or against the baseline's plus this (the default, with 0).
+    #[serde(default)]
+    pub max_increase: Option<f64>,
+}
+
+impl RawGuard {
+    /// The test these fields ask for; errors name the field under `at` (`guard`, or the live
+    /// state's `guard`).
+    pub fn test(&self, at: &str) -> Result<GuardTest, ConfigError> {
+        let alpha = self.alpha.unwrap_or(crate::guard::DEFAULT_ALPHA);
+        if !(alpha.is_finite() && alpha > 0.0 && alpha <= 0.5) {
+            return Err(ConfigError::new(
+                format!("{at}.alpha"),
+                format!("must be in (0, 0.5], got {alpha}"),
+            ));
+        }
+        let min_errors = self.min_errors.unwrap_or(crate::guard::DEFAULT_MIN_ERRORS);
+        if min_errors == 0 {
+            return Err(ConfigError::new(
+                format!("{at}.min_errors"),
+                "must be at least 1",
+            ));
+        }
+        let bound =
+            match (self.max_error_rate, self.max_increase) {
+                (Some(_), Some(_)) => return Err(ConfigError::new(
+                    at,
+                    "give max_error_rate (a bound) or max_increase (over the baseline), not both",
+                )),
+                (Some(p), None) if p.is_finite() && p > 0.0 && p < 1.0 => Bound::MaxErrorRate(p),
+                (Some(p), None) => {
+                    return Err(ConfigError::new(
+                        format!("{at}.max_error_rate"),
+                        format!("must be in (0, 1), got {p}"),
+                    ))
+                }
+                (None, d) => {
+                    let d = d.unwrap_or(0.0);
+                    if !(d.is_finite() && (0.0..1.0).contains(&d)) {
+                        return Err(ConfigError::new(
+                            format!("{at}.max_increase"),
+                            format!("must be in [0, 1), got {d}"),
+                        ));
+                    }
+                    Bound::VsBaseline { max_increase: d }
+                }
+            };
+        Ok(GuardTest {
+            alpha,
+            min_errors,
+            bound,
+        })
+    }
 }
 
 /// Streamed responses measured per arm (`stream` in the config): every 2xx response of the
@@ -492,6 +566,8 @@ pub struct Rollout {
     pub decision_header: Option<String>,
     pub client_headers: ClientHeaders,
     pub stream: Option<Stream>,
+    /// The static guard (epoch 0), until a controller's live state says otherwise.
+    pub guard: Option<GuardTest>,
     /// Some arm routes by `cluster_header`: then a client's copy of that header is the filter's to
     /// replace or remove on every request (worked out once here, not per request).
     pub routes_by_cluster: bool,
@@ -626,6 +702,7 @@ impl Rollout {
             },
             client_headers: raw.client_headers,
             stream: raw.stream,
+            guard: raw.guard.map(|g| g.test("guard")).transpose()?,
         })
     }
 

@@ -41,9 +41,14 @@ pub fn lease_key(rollout: &str) -> String {
 }
 
 /// The newest live state, checked, that every worker applies (`live::Applied`). v3: with the
-/// pre-period's weights after the arms (CUPED).
+/// pre-period's weights after the arms (CUPED); v4: a flags word and the guard.
 pub fn state_key(rollout: &str) -> String {
-    format!("ramp.ctl.v3.{rollout}.state")
+    format!("ramp.ctl.v4.{rollout}.state")
+}
+
+/// This Envoy's guard (`guard_share::GuardRecord`, all workers).
+pub fn guard_key(rollout: &str) -> String {
+    format!("ramp.guard.v1.{rollout}")
 }
 
 /// One worker VM's shared queue, on which its HTTP contexts hand shadow copies to its root
@@ -66,7 +71,8 @@ mod tests {
         assert_eq!(moments_key("r"), "ramp.ctl.v2.r.moments");
         assert_eq!(instance_key("r"), "ramp.ctl.v1.r.instance");
         assert_eq!(lease_key("r"), "ramp.ctl.v1.r.lease");
-        assert_eq!(state_key("r"), "ramp.ctl.v3.r.state");
+        assert_eq!(state_key("r"), "ramp.ctl.v4.r.state");
+        assert_eq!(guard_key("r"), "ramp.guard.v1.r");
         assert_eq!(shadow_queue(0xab), "ramp.shadow.00000000000000ab");
     }
 }

@@ -14,6 +14,8 @@ pub mod bucket;
 pub mod config;
 pub mod counters;
 pub mod discount;
+pub mod guard;
+pub mod guard_share;
 pub mod headermap;
 pub mod host;
 pub mod jsonpath;

@@ -6,8 +6,9 @@
 
 use thiserror::Error;
 
-use crate::config::Rollout;
+use crate::config::{RawGuard, Rollout};
 use crate::counters::ArmCounts;
+use crate::guard::{Bound, GuardTest};
 pub use ramp_protocol::live::LiveState;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -24,6 +25,8 @@ pub enum LiveError {
     UnknownBanditArm(String),
     #[error("live state pre_weights.{0}: no such arm, or not a finite number >= 0")]
     BadPreWeight(String),
+    #[error("live state {0}")]
+    BadGuard(String),
 }
 
 pub fn parse(bytes: &[u8]) -> Result<LiveState, LiveError> {
@@ -41,10 +44,15 @@ pub struct Applied {
     /// The experiment's weights in an A/B test's pre-period, parallel to the config's arms;
     /// empty otherwise.
     pub pre_weights: Vec<f64>,
+    /// The guard the controller asks for, with its epoch.
+    pub guard: Option<(u64, GuardTest)>,
 }
 
 /// Marks the binary form, so bytes some other plugin left under our key are never applied.
-const MAGIC: &[u8; 4] = b"RLS1";
+const MAGIC: &[u8; 4] = b"RLS2";
+/// Flags word bits: which optional parts follow the arms.
+const HAS_PRE_WEIGHTS: u64 = 1;
+const HAS_GUARD: u64 = 2;
 
 impl Applied {
     pub fn check(doc: &LiveState, rollout: &Rollout) -> Result<Applied, LiveError> {
@@ -78,20 +86,40 @@ impl Applied {
         if pre_weights.iter().all(|&w| w == 0.0) {
             pre_weights.clear();
         }
+        let guard = match &doc.guard {
+            None => None,
+            Some(g) => {
+                let raw = RawGuard {
+                    alpha: g.alpha,
+                    min_errors: g.min_errors,
+                    max_error_rate: g.max_error_rate,
+                    max_increase: g.max_increase,
+                };
+                let test = raw
+                    .test("guard")
+                    .map_err(|e| LiveError::BadGuard(format!("{}: {}", e.field, e.reason)))?;
+                Some((g.epoch, test))
+            }
+        };
         Ok(Applied {
             version: doc.version,
             weights,
             bandit,
             pre_weights,
+            guard,
         })
     }
 
-    /// `RLS1`, the version, then per arm its weight's bits, trials and reward (little-endian),
-    /// then in a pre-period per arm its pre-period weight's bits.
+    /// `RLS2`, the version, a flags word, then per arm its weight's bits, trials and reward
+    /// (little-endian); then in a pre-period per arm its pre-period weight's bits; then with a
+    /// guard its epoch, alpha's bits, min_errors, kind (0 bound, 1 over the baseline) and value.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(12 + self.weights.len() * 32);
+        let mut out = Vec::with_capacity(60 + self.weights.len() * 32);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&self.version.to_le_bytes());
+        let flags = u64::from(!self.pre_weights.is_empty()) * HAS_PRE_WEIGHTS
+            + u64::from(self.guard.is_some()) * HAS_GUARD;
+        out.extend_from_slice(&flags.to_le_bytes());
         for (w, c) in self.weights.iter().zip(&self.bandit) {
             out.extend_from_slice(&w.to_bits().to_le_bytes());
             out.extend_from_slice(&c.trials.to_le_bytes());
@@ -100,6 +128,21 @@ impl Applied {
         for w in &self.pre_weights {
             out.extend_from_slice(&w.to_bits().to_le_bytes());
         }
+        if let Some((epoch, t)) = &self.guard {
+            let (kind, value) = match t.bound {
+                Bound::MaxErrorRate(p) => (0u64, p),
+                Bound::VsBaseline { max_increase } => (1, max_increase),
+            };
+            for word in [
+                epoch.to_owned(),
+                t.alpha.to_bits(),
+                t.min_errors,
+                kind,
+                value.to_bits(),
+            ] {
+                out.extend_from_slice(&word.to_le_bytes());
+            }
+        }
         out
     }
 
@@ -107,42 +150,64 @@ impl Applied {
     /// state, foreign bytes), which is then ignored.
     pub fn decode(bytes: &[u8], arms: usize) -> Option<Applied> {
         let rest = bytes.strip_prefix(MAGIC)?;
-        let pre_period = match rest.len().checked_sub(8 + arms * 24)? {
-            0 => false,
-            n if n == arms * 8 => true,
-            _ => return None,
-        };
         let word = |i: usize| -> Option<u64> {
             Some(u64::from_le_bytes(
                 rest.get(i * 8..i * 8 + 8)?.try_into().ok()?,
             ))
         };
+        let flags = word(1)?;
+        let pre_period = flags & HAS_PRE_WEIGHTS != 0;
+        let has_guard = flags & HAS_GUARD != 0;
+        let words = 2 + arms * 3 + arms * usize::from(pre_period) + 5 * usize::from(has_guard);
+        if flags > (HAS_PRE_WEIGHTS | HAS_GUARD) || rest.len() != words * 8 {
+            return None;
+        }
+        let weight = |i: usize| {
+            let w = f64::from_bits(word(i)?);
+            (w.is_finite() && w >= 0.0).then_some(w)
+        };
         let mut weights = Vec::with_capacity(arms);
         let mut bandit = Vec::with_capacity(arms);
         for a in 0..arms {
-            let w = f64::from_bits(word(1 + a * 3)?);
-            if !(w.is_finite() && w >= 0.0) {
-                return None;
-            }
-            weights.push(w);
+            weights.push(weight(2 + a * 3)?);
             bandit.push(ArmCounts {
-                trials: word(2 + a * 3)?,
-                reward_micros: word(3 + a * 3)?,
+                trials: word(3 + a * 3)?,
+                reward_micros: word(4 + a * 3)?,
             });
         }
         let mut pre_weights = Vec::new();
         for a in 0..arms * usize::from(pre_period) {
-            let w = f64::from_bits(word(1 + arms * 3 + a)?);
-            if !(w.is_finite() && w >= 0.0) {
-                return None;
-            }
-            pre_weights.push(w);
+            pre_weights.push(weight(2 + arms * 3 + a)?);
         }
+        let guard = if has_guard {
+            let at = 2 + arms * 3 + pre_weights.len();
+            let value = f64::from_bits(word(at + 4)?);
+            let bound = match word(at + 3)? {
+                0 => RawGuard {
+                    max_error_rate: Some(value),
+                    ..RawGuard::default()
+                },
+                1 => RawGuard {
+                    max_increase: Some(value),
+                    ..RawGuard::default()
+                },
+                _ => return None,
+            };
+            let raw = RawGuard {
+                alpha: Some(f64::from_bits(word(at + 1)?)),
+                min_errors: Some(word(at + 2)?),
+                ..bound
+            };
+            Some((word(at)?, raw.test("guard").ok()?))
+        } else {
+            None
+        };
         Some(Applied {
             version: word(0)?,
             weights,
             bandit,
             pre_weights,
+            guard,
         })
     }
 

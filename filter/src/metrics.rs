@@ -57,6 +57,11 @@ pub fn all_arm_stat_names(rollout: &Rollout) -> Vec<ArmStatNames> {
         .collect()
 }
 
+/// Stat counting the times this Envoy's guard cut an arm off (`ramp_guard_trips_total`).
+pub fn guard_trips_stat_name(rollout: &str, arm: &str) -> String {
+    format!("ramp.rollout.{rollout}.arm.{arm}.guard_trips_total")
+}
+
 /// Stat counting requests that failed open to the baseline because of an internal fault.
 pub fn fail_open_stat_name(rollout: &str) -> String {
     format!("ramp.rollout.{rollout}.fail_open_total")

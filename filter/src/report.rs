@@ -215,6 +215,7 @@ pub fn report_json(
     buckets: bool,
     shadow: Option<&[u64]>,
     moments: Option<&str>,
+    guard: Option<&str>,
 ) -> String {
     let join = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
     let le = le_json();
@@ -267,8 +268,9 @@ pub fn report_json(
         format!(",\"shadow\":{{{}}}", fields.join(","))
     });
     let moments = moments.map_or(String::new(), |m| format!(",\"shadow_moments\":{m}"));
+    let guard = guard.map_or(String::new(), |g| format!(",\"guard\":{g}"));
     format!(
-        "{{\"instance\":\"{instance}\",\"seq\":{seq},\"arms\":{{{}}}{shadow}{moments}}}",
+        "{{\"instance\":\"{instance}\",\"seq\":{seq},\"arms\":{{{}}}{shadow}{moments}{guard}}}",
         arms.join(",")
     )
 }
@@ -347,8 +349,14 @@ mod tests {
             true,
             Some(&shadow),
             Some(&crate::shadow::moments_json(&moments)),
+            Some(r#"{"epoch":5,"tripped":["v2"]}"#),
         );
         let parsed: Report = serde_json::from_str(&text).unwrap();
+        let guard = parsed.guard.as_ref().unwrap();
+        assert_eq!(
+            (guard.epoch, guard.tripped.as_slice()),
+            (5, &["v2".to_owned()][..])
+        );
         assert_eq!(parsed.validate(&["v1", "v2"]), Ok(()));
         let v1 = &parsed.arms["v1"];
         assert_eq!(v1.requests, a.requests());
@@ -389,7 +397,7 @@ mod tests {
         let by_serde = serde_json::to_value(&parsed).unwrap();
         let by_hand: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(by_serde, by_hand);
-        assert!(report_json("x", 1, &[], false, None, None)
+        assert!(report_json("x", 1, &[], false, None, None, None)
             .parse::<serde_json::Value>()
             .is_ok());
         let no_shadow: Report = serde_json::from_str(&report_json(
@@ -397,6 +405,7 @@ mod tests {
             1,
             &[("v1", a, None, None)],
             false,
+            None,
             None,
             None,
         ))

@@ -30,6 +30,30 @@ pub struct LiveState {
     /// user (`Buckets::pre_requests`), CUPED's covariate. Empty otherwise.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pre_weights: BTreeMap<String, f64>,
+    /// The in-filter guard while a candidate serves users, from the stage's error-rate rules;
+    /// absent: no guard (a filter with a controller drops its static one once a state arrives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<LiveGuard>,
+}
+
+/// The guard the controller pushes: each Envoy runs this sequential test on every candidate arm's
+/// 5xx and sends an arm that trips it to the baseline (the filter's `guard` config has the same
+/// fields but `epoch`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LiveGuard {
+    /// Counts and trips start afresh when it changes (a new stage or revision): a trip holds for
+    /// the stage it happened in.
+    pub epoch: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_errors: Option<u64>,
+    /// Test the candidate's 5xx rate against this bound...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<f64>,
+    /// ...or against the baseline's plus this (the default, with 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_increase: Option<f64>,
 }
 
 #[cfg(test)]
@@ -52,6 +76,13 @@ mod tests {
             )]
             .into(),
             pre_weights: [("v1".to_owned(), 50.0), ("v2".to_owned(), 50.0)].into(),
+            guard: Some(LiveGuard {
+                epoch: 7,
+                alpha: Some(0.001),
+                min_errors: None,
+                max_error_rate: None,
+                max_increase: Some(0.01),
+            }),
         };
         let text = serde_json::to_string(&doc).unwrap();
         assert_eq!(serde_json::from_str::<LiveState>(&text).unwrap(), doc);
@@ -62,6 +93,7 @@ mod tests {
             (3, None, false)
         );
         assert!(parsed.bandit.is_empty() && parsed.pre_weights.is_empty());
+        assert!(parsed.guard.is_none());
         assert!(serde_json::from_str::<LiveState>(r#"{"weights":{}}"#).is_err());
     }
 }

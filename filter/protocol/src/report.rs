@@ -110,6 +110,17 @@ pub struct Report {
     /// The sums of the numeric prediction pairs, when compare mode has a JSON pointer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow_moments: Option<ShadowMoments>,
+    /// The arms this Envoy's guard cut off in the guard's current epoch (sent at once on a trip).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardReport>,
+}
+
+/// What a filter's guard did: in `epoch` (the live state's), the arms it sent to the baseline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardReport {
+    pub epoch: u64,
+    pub tripped: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -274,6 +285,26 @@ impl Report {
         }
         if let Some(m) = &self.shadow_moments {
             m.validate()?;
+        }
+        if let Some(g) = &self.guard {
+            if g.tripped.len() > arms.len() {
+                return Err(FieldError::new(
+                    "guard.tripped",
+                    format!(
+                        "{} arms named; the rollout has {}",
+                        g.tripped.len(),
+                        arms.len()
+                    ),
+                ));
+            }
+            for (i, name) in g.tripped.iter().enumerate() {
+                if !arms.contains(&name.as_str()) {
+                    return Err(FieldError::new(
+                        format!("guard.tripped[{i}]"),
+                        format!("not an arm of this rollout ({})", arms.join(", ")),
+                    ));
+                }
+            }
         }
         Ok(())
     }

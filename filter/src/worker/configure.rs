@@ -5,6 +5,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use super::guard::GuardState;
 use super::{
     Active, Arm, ArmMetrics, BanditState, LiveLink, MomentsState, ShadowState, StreamArm, Worker,
 };
@@ -13,11 +14,12 @@ use crate::counters::WorkerCounts;
 use crate::discount::Discounted;
 use crate::host::{Host, MetricKind};
 use crate::keys::{
-    bandit_key, counts_key, instance_key, lease_key, moments_key, shadow_key, state_key, stream_key,
+    bandit_key, counts_key, guard_key, instance_key, lease_key, moments_key, shadow_key, state_key,
+    stream_key,
 };
 use crate::metrics::{
-    all_arm_stat_names, beyond_stat_name, fail_open_stat_name, max_abs_diff_stat_name,
-    shadow_stat_name, Tally,
+    all_arm_stat_names, beyond_stat_name, fail_open_stat_name, guard_trips_stat_name,
+    max_abs_diff_stat_name, shadow_stat_name, Tally,
 };
 use crate::report::ArmReport;
 use crate::shadow::{Book, ShadowMoments, Totals, TOTAL_NAMES};
@@ -126,6 +128,21 @@ impl<H: Host + Clone> Worker<H> {
                     }),
             })
             .collect();
+        let guard = match (rollout.guard.is_some() || live.is_some())
+            .then(|| self.define_guard_metrics(&rollout))
+        {
+            None => None,
+            Some(Some(metrics)) => Some(GuardState::new(
+                guard_key(&rollout.name),
+                rollout.baseline,
+                rollout.guard,
+                metrics,
+            )),
+            Some(None) => {
+                log::error!("ramp: cannot define metrics; config refused");
+                return false;
+            }
+        };
         self.active = Some(Rc::new(Active {
             weights: RefCell::new(rollout.weights()),
             pre_weights: RefCell::new(Vec::new()),
@@ -139,6 +156,7 @@ impl<H: Host + Clone> Worker<H> {
             rollout,
             arms,
             fail_open,
+            guard,
         }));
         true
     }
@@ -173,6 +191,20 @@ impl<H: Host + Clone> Worker<H> {
             });
         }
         Some((out, counter(&fail_open_stat_name(&rollout.name))?))
+    }
+
+    /// Per arm, `ramp_guard_trips_total`.
+    fn define_guard_metrics(&self, rollout: &Rollout) -> Option<Vec<u32>> {
+        rollout
+            .arms
+            .iter()
+            .map(|arm| {
+                self.host.define_metric(
+                    MetricKind::Counter,
+                    &guard_trips_stat_name(&rollout.name, &arm.name),
+                )
+            })
+            .collect()
     }
 
     /// Per arm, the streaming metrics' ids (all `None` without `stream`).

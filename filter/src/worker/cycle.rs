@@ -25,11 +25,20 @@ impl<H: Host + Clone> Worker<H> {
             return;
         };
         self.flush(&active);
+        let guard = active.guard.as_ref().and_then(|g| g.sync(&self.host));
         let (Some(link), Some(ctl)) = (&active.live, &active.rollout.controller) else {
             return;
         };
         self.flush_report_counts(&active.arms, link);
         self.apply_live_state(&active, link);
+        // A trip is reported at once, by the one worker whose write marked it, lease or not: the
+        // controller then judges the rollout on the fleet's figures without waiting for its check.
+        if let (Some(g), Some(record)) = (&active.guard, guard) {
+            let unreported = record.tripped & !record.reported;
+            if unreported != 0 && g.mark_reported(&self.host, record.epoch, unreported) {
+                self.send_report(&active, link, ctl);
+            }
+        }
         let ticks = link.ticks.get() + 1;
         link.ticks.set(ticks);
         let every = (ctl.poll_ms / TICK_MS).max(1);
@@ -186,6 +195,16 @@ impl<H: Host + Clone> Worker<H> {
                 decode_moments(&stored, &m.pending.thresholds)
             })
             .map(|m| moments_json(&m));
+        let names: Vec<&str> = active
+            .rollout
+            .arms
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect();
+        let guard = active
+            .guard
+            .as_ref()
+            .and_then(|g| g.report_json(&self.host, &names));
         let body = report_json(
             &instance,
             self.now_ms(),
@@ -194,6 +213,7 @@ impl<H: Host + Clone> Worker<H> {
             active.rollout.sticky.is_some(),
             shadow.as_deref(),
             moments.as_deref(),
+            guard.as_deref(),
         );
         let path = format!("/v1/rollouts/{}/reports", active.rollout.name);
         let mut headers = vec![

@@ -43,5 +43,8 @@ impl<H: Host + Clone> Worker<H> {
         if let Ok(mut pre) = active.pre_weights.try_borrow_mut() {
             *pre = state.pre_weights;
         }
+        if let Some(guard) = &active.guard {
+            guard.set_test(state.guard);
+        }
     }
 }

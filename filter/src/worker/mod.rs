@@ -4,6 +4,7 @@
 //! - `shared`: the read-modify-CAS loop that adds a worker's counts into shared data;
 //! - `flush`: the tick's tally into Envoy's counters and shared data (bandit, shadow, reports);
 //! - `cycle`: the tick, the poller lease, live-state polls and reports;
+//! - `guard`: the guard's counts, test and trips, on the request path and the tick;
 //! - `live_state`: the newest live state applied to this worker;
 //! - `shadow_calls`: compare-mode copies sent as callouts, and the shadow model's answers;
 //! - `exchange`: the request path, one per HTTP request.
@@ -15,6 +16,7 @@ mod configure;
 mod cycle;
 mod exchange;
 mod flush;
+mod guard;
 mod live_state;
 mod shadow_calls;
 mod shared;
@@ -163,6 +165,8 @@ struct Active {
     tally: RefCell<Tally>,
     bandit: Option<BanditState>,
     shadow: Option<RefCell<ShadowState>>,
+    /// With a `guard` in the config, or a controller that may push one.
+    guard: Option<guard::GuardState>,
 }
 
 impl Active {

@@ -856,3 +856,149 @@ fn without_stream_a_body_costs_no_host_call() {
     x.on_response_body(2, true);
     assert!(host.with(|m| m.calls.is_empty()));
 }
+
+/// One request answered by an arm's model: `fails(arm)` says whether it answers 5xx.
+fn request_by_arm(
+    w: &Worker<MemHost>,
+    host: &MemHost,
+    mut fails: impl FnMut(&str) -> bool,
+) -> String {
+    host.new_request(&[]);
+    let mut x = w.exchange();
+    x.on_request_headers(true);
+    let arm = host
+        .header_of(Map::Request, "x-ramp-arm")
+        .unwrap_or_default();
+    host.advance_ms(1);
+    host.respond(if fails(&arm) { 503 } else { 200 }, &[], b"");
+    x.on_response_headers(true);
+    arm
+}
+
+const GUARDED: &str = r#"{"rollout":"r","arms":[{"name":"v1","weight":50},{"name":"v2","weight":50}],
+    "guard":{"max_increase":0}}"#;
+
+#[test]
+fn the_guard_cuts_a_failing_candidate_in_the_worker_that_sees_it_and_then_in_the_others() {
+    let host = MemHost::default();
+    let a = worker(&host, GUARDED, 31);
+    let mut b = worker(&host, GUARDED, 32);
+    // Healthy: both arms serve, nothing trips.
+    let mut served = [0, 0];
+    for _ in 0..400 {
+        for w in [&a, &b] {
+            served[usize::from(request_by_arm(w, &host, |_| false) == "v2")] += 1;
+        }
+    }
+    b.tick();
+    assert!(served[1] > 300, "{served:?}");
+    // v2 fails every request: worker a, which sees them, trips on its own counts plus the
+    // Envoy's as of the last tick, before any tick.
+    let mut to_v2 = 0;
+    for _ in 0..200 {
+        to_v2 += usize::from(request_by_arm(&a, &host, |arm| arm == "v2") == "v2");
+    }
+    assert!((5..60).contains(&to_v2), "a tripped after {to_v2} failures");
+    assert_eq!(
+        host.metric("ramp.rollout.r.arm.v2.guard_trips_total"),
+        Some(1)
+    );
+    assert!(host.logged("guard: arm 1 tripped its test"));
+    for _ in 0..100 {
+        assert_eq!(request_by_arm(&a, &host, |_| false), "v1");
+    }
+    // b learns it at its tick.
+    let before: usize = (0..100)
+        .map(|_| usize::from(request_by_arm(&b, &host, |_| false) == "v2"))
+        .sum();
+    assert!(before > 20, "b still splits before its tick: {before}");
+    b.tick();
+    for _ in 0..100 {
+        assert_eq!(request_by_arm(&b, &host, |_| false), "v1");
+    }
+    b.tick();
+    assert_eq!(
+        host.metric("ramp.rollout.r.arm.v2.guard_trips_total"),
+        Some(1),
+        "one trip, counted once per Envoy"
+    );
+}
+
+#[test]
+fn an_equally_good_candidate_never_trips_and_a_handful_of_errors_never_does() {
+    let host = MemHost::default();
+    let mut w = worker(&host, GUARDED, 33);
+    let mut rng = fastrand::Rng::with_seed(7);
+    for i in 0..20_000 {
+        request_by_arm(&w, &host, |_| rng.u32(..100) < 2);
+        if i % 100 == 0 {
+            w.tick();
+        }
+    }
+    assert_eq!(
+        host.metric("ramp.rollout.r.arm.v2.guard_trips_total"),
+        Some(0)
+    );
+    // At low traffic, four failures in four requests are not enough (min_errors 5).
+    let host = MemHost::default();
+    let w = worker(&host, GUARDED, 34);
+    let mut failures = 0;
+    while failures < 4 {
+        failures += usize::from(request_by_arm(&w, &host, |arm| arm == "v2") == "v2");
+    }
+    assert_eq!(
+        host.metric("ramp.rollout.r.arm.v2.guard_trips_total"),
+        Some(0)
+    );
+}
+
+#[test]
+fn the_controllers_guard_trips_reports_at_once_and_a_new_epoch_starts_afresh() {
+    let host = MemHost::default();
+    let config = r#"{"rollout":"r","arms":[{"name":"v1","weight":100},{"name":"v2","weight":0}],
+        "controller":{"cluster":"rampctl","poll_ms":60000}}"#;
+    let mut w = worker(&host, config, 35);
+    w.tick(); // polls
+    let token = polls(&host)[0].token;
+    let state = |epoch: u64| {
+        json!({"version": epoch, "weights": {"v1": 50, "v2": 50},
+               "guard": {"epoch": epoch, "max_increase": 0.0}})
+    };
+    answer_poll(&mut w, &host, token, &state(1));
+    let reports = |host: &MemHost| {
+        host.with(|m| {
+            m.callouts
+                .iter()
+                .filter(|c| c.header(":path") == Some("/v1/rollouts/r/reports"))
+                .count()
+        })
+    };
+    let before = reports(&host);
+    for _ in 0..200 {
+        request_by_arm(&w, &host, |arm| arm == "v2");
+    }
+    w.tick();
+    assert_eq!(reports(&host), before + 1, "the trip is reported at once");
+    let report = newest_report(&host);
+    let guard = report.guard.expect("the report says what the guard did");
+    assert_eq!((guard.epoch, guard.tripped), (1, vec!["v2".to_owned()]));
+    w.tick();
+    assert_eq!(reports(&host), before + 1, "and once");
+    for _ in 0..50 {
+        assert_eq!(request_by_arm(&w, &host, |_| false), "v1");
+    }
+    // The next stage's state carries a new epoch: the candidate serves again.
+    w.tick();
+    let token = polls(&host).last().unwrap().token;
+    answer_poll(&mut w, &host, token, &state(2));
+    let back: usize = (0..100)
+        .map(|_| usize::from(request_by_arm(&w, &host, |_| false) == "v2"))
+        .sum();
+    assert!(back > 20, "{back}");
+    // A state without a guard turns it off; a bad one is refused by field.
+    let bad = json!({"version": 3, "weights": {"v1": 1}, "guard": {"epoch": 3, "alpha": 2.0}});
+    w.tick();
+    let token = polls(&host).last().unwrap().token;
+    answer_poll(&mut w, &host, token, &bad);
+    assert!(host.logged("live state guard.alpha: must be in (0, 0.5], got 2"));
+}

@@ -109,7 +109,7 @@ impl<H: Host> Exchange<H> {
                 &static_weights
             }
         };
-        let decision = match self.rng.try_borrow_mut() {
+        let mut decision = match self.rng.try_borrow_mut() {
             Ok(mut rng) => choose(rollout, weights, evidence, keys, &mut rng),
             Err(_) => {
                 active.count(|t| t.fail_open += 1);
@@ -123,6 +123,9 @@ impl<H: Host> Exchange<H> {
         drop(discounted);
         drop(counts);
         drop(live_weights);
+        if let Some(guard) = &active.guard {
+            decision.arm = guard.redirect(decision.arm);
+        }
         let Some(arm) = rollout.arms.get(decision.arm) else {
             return;
         };

@@ -20,6 +20,9 @@ impl<H: Host> Exchange<H> {
         // One clock read per response serves the tally, the shadow and the bandit.
         let elapsed_us = self.host.now_us().saturating_sub(chosen.started_us);
         if let Some(class) = status.and_then(class_index) {
+            if let Some(guard) = &active.guard {
+                guard.count(&self.host, chosen.arm, class == 3);
+            }
             active.count(|t| {
                 t.add_response(chosen.arm, class, elapsed_us, chosen.bucket);
                 if let (3, Some(p), Some(b)) = (class, chosen.pre_arm, chosen.bucket) {

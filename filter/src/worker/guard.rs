@@ -1,0 +1,215 @@
+//! The guard on the request path and the tick: each response of a guarded rollout counted per
+//! arm, a candidate arm's test run on every 5xx it answers (on the Envoy's counts as of the last
+//! tick plus this worker's since), and a trip that sends the arm's requests to the baseline at
+//! once, in shared data for the other workers (each applies it at its next tick).
+
+use std::cell::{Cell, RefCell};
+
+use super::shared::cas_merge;
+use crate::guard::{ArmTally, GuardTest};
+use crate::guard_share::GuardRecord;
+use crate::host::Host;
+
+pub(super) struct GuardState {
+    key: String,
+    baseline: usize,
+    /// The test in force and its epoch: the static config's (epoch 0) until a live state says
+    /// otherwise. `None`: nothing is counted or cut.
+    test: Cell<Option<(u64, GuardTest)>>,
+    /// This worker's counts not yet in shared data.
+    pending: RefCell<Vec<ArmTally>>,
+    /// The Envoy's counts as of this worker's last merge (its own included).
+    merged: RefCell<Vec<ArmTally>>,
+    /// Bit `i`: arm `i` goes to the baseline. Read per request, so a `Cell`, not shared data.
+    tripped: Cell<u64>,
+    /// Per arm, `ramp_guard_trips_total`.
+    trips_metric: Vec<u32>,
+}
+
+impl GuardState {
+    pub(super) fn new(
+        key: String,
+        baseline: usize,
+        test: Option<GuardTest>,
+        trips_metric: Vec<u32>,
+    ) -> Self {
+        let arms = trips_metric.len();
+        GuardState {
+            key,
+            baseline,
+            test: Cell::new(test.map(|t| (0, t))),
+            pending: RefCell::new(vec![ArmTally::default(); arms]),
+            merged: RefCell::new(vec![ArmTally::default(); arms]),
+            tripped: Cell::new(0),
+            trips_metric,
+        }
+    }
+
+    /// The arm a request goes to: the baseline instead of a tripped arm.
+    pub(super) fn redirect(&self, arm: usize) -> usize {
+        if arm < 64 && self.tripped.get() & (1 << arm) != 0 {
+            self.baseline
+        } else {
+            arm
+        }
+    }
+
+    fn is_tripped(&self, arm: usize) -> bool {
+        arm < 64 && self.tripped.get() & (1 << arm) != 0
+    }
+
+    /// A response of `arm`: counted, and on a candidate's 5xx its test run (and a trip made).
+    pub(super) fn count(&self, host: &impl Host, arm: usize, error: bool) {
+        let Some((epoch, test)) = self.test.get() else {
+            return;
+        };
+        if let Ok(mut pending) = self.pending.try_borrow_mut() {
+            if let Some(t) = pending.get_mut(arm) {
+                t.requests = t.requests.saturating_add(1);
+                t.errors = t.errors.saturating_add(u64::from(error));
+            }
+        }
+        if error && arm != self.baseline && !self.is_tripped(arm) && self.trips(&test, arm) {
+            self.trip(host, epoch, 1 << arm);
+        }
+    }
+
+    /// Whether `arm`'s test trips on the Envoy's counts as this worker knows them.
+    fn trips(&self, test: &GuardTest, arm: usize) -> bool {
+        let (Ok(pending), Ok(merged)) = (self.pending.try_borrow(), self.merged.try_borrow())
+        else {
+            return false;
+        };
+        let seen = |i: usize| {
+            let (p, m) = (
+                pending.get(i).copied().unwrap_or_default(),
+                merged.get(i).copied().unwrap_or_default(),
+            );
+            ArmTally {
+                requests: p.requests.saturating_add(m.requests),
+                errors: p.errors.saturating_add(m.errors),
+            }
+        };
+        test.trips(seen(arm), seen(self.baseline))
+    }
+
+    /// Sends the arms of `trips` to the baseline in this worker at once, and in shared data for
+    /// the others; the worker whose write set the bit counts the trip.
+    fn trip(&self, host: &impl Host, epoch: u64, trips: u64) {
+        self.tripped.set(self.tripped.get() | trips);
+        if let Some(record) = self.merge(host, epoch, trips) {
+            self.adopt(&record);
+        }
+    }
+
+    /// Adds this worker's counts (and `trips`) into shared data; `None` when it could not, and
+    /// then the counts stay pending.
+    fn merge(&self, host: &impl Host, epoch: u64, trips: u64) -> Option<GuardRecord> {
+        let delta = self.pending.try_borrow().ok()?.clone();
+        let before = Cell::new(0u64);
+        let written = cas_merge(host, &self.key, |stored| {
+            let record = GuardRecord::merged(stored, epoch, &delta, trips)?;
+            let old = stored.and_then(|b| GuardRecord::decode(b, delta.len()));
+            before.set(old.filter(|o| o.epoch == epoch).map_or(0, |o| o.tripped));
+            Some(record.encode())
+        })?;
+        if let Ok(mut pending) = self.pending.try_borrow_mut() {
+            pending.iter_mut().for_each(|t| *t = ArmTally::default());
+        }
+        let record = GuardRecord::decode(&written, delta.len())?;
+        // Set by this write, not by another worker's before it.
+        let newly = record.tripped & !before.get();
+        for (i, &metric) in self.trips_metric.iter().enumerate() {
+            if newly & (1 << i) != 0 {
+                host.increment_metric(metric, 1);
+                log::warn!(
+                    "ramp: guard: arm {i} tripped its test (epoch {epoch}; {} responses, {} 5xx in this Envoy); sending its requests to the baseline",
+                    record.arms.get(i).map_or(0, |t| t.requests),
+                    record.arms.get(i).map_or(0, |t| t.errors)
+                );
+            }
+        }
+        Some(record)
+    }
+
+    /// The Envoy's record as this worker's view: its counts and trips.
+    fn adopt(&self, record: &GuardRecord) {
+        if let Ok(mut merged) = self.merged.try_borrow_mut() {
+            merged.clone_from(&record.arms);
+        }
+        self.tripped.set(self.tripped.get() | record.tripped);
+    }
+
+    /// The tick: this worker's counts into shared data, the other workers' trips taken, and every
+    /// candidate's test run on the Envoy's counts (a baseline's successes can tip it too).
+    /// Returns the Envoy's record, for the report.
+    pub(super) fn sync(&self, host: &impl Host) -> Option<GuardRecord> {
+        let (epoch, test) = self.test.get()?;
+        let record = self.merge(host, epoch, 0)?;
+        self.adopt(&record);
+        let due = (0..record.arms.len())
+            .filter(|&i| i != self.baseline && !self.is_tripped(i) && self.trips(&test, i))
+            .fold(0u64, |acc, i| acc | (1 << i));
+        if due != 0 {
+            self.trip(host, epoch, due);
+        }
+        let (Ok(merged), tripped) = (self.merged.try_borrow(), self.tripped.get()) else {
+            return None;
+        };
+        Some(GuardRecord {
+            arms: merged.clone(),
+            tripped,
+            ..record
+        })
+    }
+
+    /// Marks `arms` reported in shared data; true when this worker's write did it (so exactly one
+    /// worker sends the trip's report at once).
+    pub(super) fn mark_reported(&self, host: &impl Host, epoch: u64, arms: u64) -> bool {
+        let n = self.trips_metric.len();
+        let marked = Cell::new(false);
+        let written = cas_merge(host, &self.key, |stored| {
+            let mut r = stored.and_then(|b| GuardRecord::decode(b, n))?;
+            marked.set(r.epoch == epoch && r.reported & arms != arms);
+            if marked.get() {
+                r.reported |= arms;
+            }
+            Some(r.encode())
+        });
+        written.is_some() && marked.get()
+    }
+
+    /// The live state's guard: a new epoch (or none) starts the counts and trips afresh.
+    pub(super) fn set_test(&self, test: Option<(u64, GuardTest)>) {
+        let old = self.test.replace(test);
+        if old.map(|(e, _)| e) != test.map(|(e, _)| e) {
+            for cell in [&self.pending, &self.merged] {
+                if let Ok(mut v) = cell.try_borrow_mut() {
+                    v.iter_mut().for_each(|t| *t = ArmTally::default());
+                }
+            }
+            self.tripped.set(0);
+        }
+    }
+
+    /// The report's `guard`: the epoch and the arms this Envoy tripped in it (from shared data,
+    /// so whichever worker reports says what every worker did).
+    pub(super) fn report_json(&self, host: &impl Host, arms: &[&str]) -> Option<String> {
+        let (epoch, _) = self.test.get()?;
+        let stored = host.shared_get(&self.key).and_then(|(b, _)| b);
+        let tripped = stored
+            .and_then(|b| GuardRecord::decode(&b, arms.len()))
+            .filter(|r| r.epoch == epoch)
+            .map_or(0, |r| r.tripped);
+        let names: Vec<String> = arms
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| tripped & (1 << i) != 0)
+            .map(|(_, a)| format!("\"{a}\""))
+            .collect();
+        Some(format!(
+            "{{\"epoch\":{epoch},\"tripped\":[{}]}}",
+            names.join(",")
+        ))
+    }
+}
