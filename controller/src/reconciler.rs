@@ -337,7 +337,14 @@ fn judge_now(
         error: None,
     });
     let decided = (rec.state.phase == Phase::Progressing).then(|| {
-        let decided = check(rec, spec, &totals, &looks, now, srm.as_ref(), best.as_ref());
+        let epoch = ramp_controller_core::guard::live_guard(spec, &rec.state).map(|g| g.epoch);
+        let trips = handle.guard_trips().take_unjudged(epoch);
+        let seen = crate::check::Seen {
+            srm: srm.as_ref(),
+            best: best.as_ref(),
+            trips: &trips,
+        };
+        let decided = check(rec, spec, &totals, &looks, now, seen);
         let decided = crate::custom_verdict::pause_without_data(rec, spec, &totals, decided);
         let failed = decided.as_ref().is_some_and(|(n, _)| {
             n.state.failed_checks > rec.state.failed_checks

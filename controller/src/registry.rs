@@ -192,6 +192,8 @@ pub struct Rollout {
     checks: Mutex<Vec<CheckPoint>>,
     /// Figures published since the flusher last looked.
     figures_unsaved: std::sync::atomic::AtomicBool,
+    /// The filters' guard trips, from their reports.
+    guard_trips: Mutex<ramp_controller_core::guard::TripBook>,
 }
 
 /// Most checks one rollout holds unwritten; past it (a store that keeps failing) the oldest go.
@@ -206,7 +208,12 @@ impl Rollout {
             wake: Notify::new(),
             checks: Mutex::new(Vec::new()),
             figures_unsaved: std::sync::atomic::AtomicBool::new(false),
+            guard_trips: Mutex::new(Default::default()),
         }
+    }
+
+    pub fn guard_trips(&self) -> MutexGuard<'_, ramp_controller_core::guard::TripBook> {
+        self.guard_trips.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Queues a check's point for the store.

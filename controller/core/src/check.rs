@@ -132,18 +132,27 @@ pub fn rule_looks(
         .collect()
 }
 
+/// What a check sees besides the windows: the sample-ratio test, the best arm (a bandit) and
+/// the guards' trips not judged yet.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seen<'a> {
+    pub srm: Option<&'a crate::sequential::SrmResult>,
+    pub best: Option<&'a BestArm>,
+    pub trips: &'a [crate::guard::Trip],
+}
+
 /// One check of a progressing rollout on the windows `rule_looks` chose: the record to store
-/// (if anything changed) and the events to log (a dry-run rule that started failing, then the
-/// decision's).
+/// (if anything changed) and the events to log (the guards' trips judged, a dry-run rule that started failing,
+/// then the decision's).
 pub fn check(
     rec: &Record,
     spec: &Spec,
     totals: &Totals,
     looks: &[Vec<Vec<Look>>],
     now: u64,
-    srm: Option<&crate::sequential::SrmResult>,
-    best: Option<&BestArm>,
+    seen: Seen<'_>,
 ) -> Option<(Record, Vec<Event>)> {
+    let Seen { srm, best, trips } = seen;
     let stage_windows = stage_windows(rec, spec, totals);
     let rules: &[Rule] = spec
         .stages
@@ -158,10 +167,43 @@ pub fn check(
             .unwrap_or_default()
     };
     let verdicts = machine::judge_rules(spec, &rec.state, &windows);
-    let (state, action) =
-        machine::decide(spec, &rec.state, now, &stage_windows, &verdicts, srm, best);
-    if state == rec.state {
+    // An Envoy's guard cut a candidate off, and a rule it stands in for fails on the fleet's
+    // figures too: two tests agree, so the rollback is not held for `failure_threshold`.
+    let confirmed = !trips.is_empty()
+        && verdicts.iter().any(|v| {
+            matches!(v.verdict, crate::rules::Verdict::Fail { .. })
+                && rules.get(v.rule).is_some_and(crate::guard::confirms)
+        });
+    let at_once;
+    let judged_by = if confirmed {
+        at_once = Spec {
+            failure_threshold: 1,
+            ..spec.clone()
+        };
+        &at_once
+    } else {
+        spec
+    };
+    let (mut state, action) = machine::decide(
+        judged_by,
+        &rec.state,
+        now,
+        &stage_windows,
+        &verdicts,
+        srm,
+        best,
+    );
+    let tripped = trip_event(trips, confirmed && state.phase == Phase::RolledBack);
+    if state == rec.state && tripped.is_none() {
         return None;
+    }
+    if confirmed && state.phase == Phase::RolledBack {
+        if let Some(reason) = state.reason.as_mut() {
+            reason.push_str(&format!(
+                "; at once, confirming the guard's trip in {} Envoy(s)",
+                trips.len()
+            ));
+        }
     }
     let moves = Moves {
         base: (state.stage != rec.state.stage).then(|| totals.clone()),
@@ -204,13 +246,38 @@ pub fn check(
     };
     // Data from a split that is not the configured one is judged by nothing, dry runs included.
     let mismatch = srm.is_some_and(|s| s.mismatch);
-    let mut events: Vec<Event> = (!mismatch)
-        .then(|| dry_run_started(rec, spec, rules, &verdicts))
-        .flatten()
-        .into_iter()
-        .collect();
+    let mut events: Vec<Event> = tripped.into_iter().collect();
+    events.extend(
+        (!mismatch)
+            .then(|| dry_run_started(rec, spec, rules, &verdicts))
+            .flatten(),
+    );
     events.extend(event);
     Some((next, events))
+}
+
+/// The event of the guards' trips this check judged: which Envoys cut which candidates off, and
+/// what the fleet's figures made of it.
+fn trip_event(trips: &[crate::guard::Trip], rolled_back: bool) -> Option<Event> {
+    let first = trips.first()?;
+    let mut arms: Vec<&str> = trips.iter().map(|t| t.arm.as_str()).collect();
+    arms.sort_unstable();
+    arms.dedup();
+    let outcome = if rolled_back {
+        "the fleet's figures confirm it: rolled back at once"
+    } else {
+        "the fleet's figures do not confirm it at this check: those Envoys keep it off for the rest of the stage, the others go on as the rules say"
+    };
+    Some((
+        EventKind::GuardTripped,
+        format!(
+            "the guard of {} Envoy(s) (first {}) cut {} off in epoch {}; {outcome}",
+            trips.len(),
+            first.instance,
+            arms.join(", "),
+            first.epoch
+        ),
+    ))
 }
 
 /// The event of the dry-run rules that fail at this check and did not at the last one: a
@@ -515,5 +582,70 @@ mod tests {
             scoped(&rec, &canary).is_empty(),
             "a canary takes no covariate"
         );
+    }
+}
+
+#[cfg(test)]
+mod guard_tests {
+    use super::*;
+    use crate::guard::Trip;
+    use crate::window::ArmTotals;
+
+    /// A guard's trip is judged at the check it wakes: a failing error rule it stands in for
+    /// rolls back at once (no `failure_threshold` wait), a passing one only records the trip.
+    #[test]
+    fn a_trip_confirmed_by_the_fleets_figures_rolls_back_at_once() {
+        let spec = Spec::parse("name: r\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\nfailure_threshold: 3\nstages:\n  - {weight: 50, rules: [{metric: error_rate, max: 0.05, min_samples: 50}]}\n  - {weight: 100}\n").unwrap();
+        let rec = Record {
+            name: "r".into(),
+            spec_text: String::new(),
+            state: machine::State::start(&spec, 0),
+            version: 1,
+            base: Totals::default(),
+        };
+        let totals = |v2_errors: u64| -> Totals {
+            let arm = |errors| ArmTotals {
+                requests: 500,
+                errors,
+                ..ArmTotals::default()
+            };
+            [("v1".to_owned(), arm(0)), ("v2".to_owned(), arm(v2_errors))].into()
+        };
+        let trips = [Trip {
+            instance: "00ab".into(),
+            arm: "v2".into(),
+            epoch: 1,
+        }];
+        let run = |t: &Totals, trips: &[Trip]| {
+            let looks = rule_looks(&rec, &spec, t, &Lookback::default(), 0);
+            let seen = Seen {
+                trips,
+                ..Seen::default()
+            };
+            check(&rec, &spec, t, &looks, 1_000, seen).unwrap()
+        };
+        let failing = totals(170);
+        let (plain, events) = run(&failing, &[]);
+        assert_eq!(
+            (plain.state.phase, plain.state.failed_checks),
+            (Phase::Progressing, 1)
+        );
+        assert_eq!(events.last().unwrap().0, EventKind::CheckFailed);
+        let (at_once, events) = run(&failing, &trips);
+        assert_eq!(at_once.state.phase, Phase::RolledBack);
+        assert!(at_once
+            .state
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("guard's trip in 1 Envoy"));
+        let kinds: Vec<EventKind> = events.iter().map(|e| e.0).collect();
+        assert_eq!(kinds, [EventKind::GuardTripped, EventKind::RolledBack]);
+        assert!(events[0].1.contains("confirm it"));
+        // Healthy on the fleet's figures: the trip is recorded, the rollout goes on.
+        let (held, events) = run(&totals(5), &trips);
+        assert_eq!(held.state.phase, Phase::Progressing);
+        assert_eq!(events[0].0, EventKind::GuardTripped);
+        assert!(events[0].1.contains("do not confirm it"));
     }
 }

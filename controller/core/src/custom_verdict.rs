@@ -219,7 +219,7 @@ mod tests {
         let mut totals = Totals::new();
         attach(&mut totals, figures, no_data);
         let looks = crate::check::rule_looks(rec, spec, &totals, &Default::default(), 0);
-        let decided = crate::check::check(rec, spec, &totals, &looks, 10_000, None, None);
+        let decided = crate::check::check(rec, spec, &totals, &looks, 10_000, Default::default());
         pause_without_data(rec, spec, &totals, decided)
     }
 

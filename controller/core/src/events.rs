@@ -35,10 +35,12 @@ pub enum EventKind {
     NewRevision,
     /// The managing file was removed; the rollout is left as it is.
     SpecRemoved,
+    /// An Envoy's guard cut a candidate off; the rollout was judged at once.
+    GuardTripped,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 15] = [
         EventKind::Applied,
         EventKind::Command,
         EventKind::Advance,
@@ -53,6 +55,7 @@ impl EventKind {
         EventKind::SpecChanged,
         EventKind::NewRevision,
         EventKind::SpecRemoved,
+        EventKind::GuardTripped,
     ];
 
     /// The name stored and shown (the serde name).
@@ -72,6 +75,7 @@ impl EventKind {
             EventKind::SpecChanged => "spec_changed",
             EventKind::NewRevision => "new_revision",
             EventKind::SpecRemoved => "spec_removed",
+            EventKind::GuardTripped => "guard_tripped",
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod custom_template;
 pub mod custom_verdict;
 pub mod events;
 pub mod exposure;
+pub mod guard;
 pub mod guardrail;
 pub mod histogram;
 pub mod lookback;

@@ -506,7 +506,9 @@ pub fn guardrail_sim(
             );
             if !now_done {
                 let looks = rule_looks(&rec, spec, &totals, &earlier, k - 1);
-                if let Some((next, _)) = check(&rec, spec, &totals, &looks, k * 1000, None, None) {
+                if let Some((next, _)) =
+                    check(&rec, spec, &totals, &looks, k * 1000, Default::default())
+                {
                     rec = next;
                 }
                 if rec.state.phase == Phase::RolledBack {

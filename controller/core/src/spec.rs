@@ -11,6 +11,7 @@ use thiserror::Error;
 /// The custom rules' part of the spec: a custom rule is a rule whose figure the team's own
 /// source gives, so its grammar and the spec's refer to each other.
 pub mod custom;
+pub mod guard;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("invalid rollout spec: {field}: {reason}")]
@@ -358,6 +359,9 @@ pub struct RawSpec {
     /// How a `strategy: bandit` rollout decides (defaults when absent).
     #[serde(default)]
     pub bandit: Option<RawBanditSpec>,
+    /// The filters' own guard on the candidates' 5xx (on by default with an error-rate rule).
+    #[serde(default)]
+    pub guard: Option<guard::RawGuardSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -558,6 +562,8 @@ pub struct Spec {
     pub bandit: Option<BanditSpec>,
     /// Each arm's price per 1,000 tokens, where the spec gives one.
     pub prices: BTreeMap<String, Price>,
+    /// The in-filter guard's settings (`guard::live_guard` derives what the filters get).
+    pub guard: guard::RawGuardSpec,
 }
 
 impl Spec {
@@ -867,7 +873,9 @@ impl Spec {
                 ));
             }
         }
+        let guard = raw.guard.unwrap_or_default().validate()?;
         Ok(Spec {
+            guard,
             prices,
             name: raw.name,
             baseline: baselines[0].name.clone(),

@@ -81,10 +81,20 @@ pub fn accept_report(
     parsed
         .validate(&spec.arms())
         .map_err(|e| Error::invalid(&e.field, e.reason))?;
+    let guard = parsed
+        .guard
+        .as_ref()
+        .map(|g| (parsed.instance.clone(), g.epoch, g.tripped.clone()));
     let accepted = handle.reports().accept(parsed);
     match accepted {
         Accepted::Newer | Accepted::Stale => {
             app.telemetry.report(name);
+            // A trip is judged at once on the fleet's newest figures, not at the next check.
+            if let Some((instance, epoch, tripped)) = guard {
+                if handle.guard_trips().observe(&instance, epoch, &tripped) {
+                    handle.wake.notify_one();
+                }
+            }
             Ok(ReportTaken::Counted)
         }
         Accepted::Full => Err(Error::Full(format!(
@@ -130,5 +140,6 @@ pub async fn live_state(
         rolled_back: rec.state.phase == Phase::RolledBack,
         bandit,
         pre_weights: rec.state.pre_weights(spec).into_iter().collect(),
+        guard: ramp_controller_core::guard::live_guard(spec, &rec.state),
     })
 }
