@@ -75,11 +75,13 @@ fn the_guard_rampctl_pushes_trips_and_rampctl_rolls_back() {
     let status = o.status.as_ref().unwrap();
     assert_eq!(status["phase"], "rolled_back", "{status}");
     assert!(
-        o.events.iter().any(|(k, _)| k.contains("guard")),
+        o.events.iter().any(|(k, _)| k == "guard_tripped"),
         "a guard event in the history: {:?}",
         o.events
     );
-    assert_healthy_then_zero(&o, Duration::from_secs(2));
+    // rampctl derives a bound from `error_rate max 0.05` (`max_error_rate`), which the guard tests
+    // on the stage's counts so far, healthy ones included: slower than against the baseline.
+    assert_healthy_then_zero(&o, Duration::from_secs(4));
     assert!(
         o.envoys.iter().any(|e| e.trips >= 1.0),
         "a guard tripped: {:?}",
