@@ -20,7 +20,7 @@ const YARDSTICK: &str = "naive_router_metrics";
 
 /// Every listener of `envoy/bench.yaml`, and issue 11's floor for Ramp's: capacity against the
 /// yardstick. The yardstick against itself is the method's A/A check (it should read 1).
-const VARIANTS: [(&str, Option<f64>); 12] = [
+const VARIANTS: [(&str, Option<f64>); 13] = [
     ("no_filter", None),
     ("empty_wasm", None),
     ("naive_router", None),
@@ -37,6 +37,8 @@ const VARIANTS: [(&str, Option<f64>); 12] = [
     ("ramp_weighted_strip_all", Some(1.0)),
     ("ramp_sticky_strip_all", Some(0.97)),
     ("ramp_bandit_strip_all", Some(0.97)),
+    // Weighted with the guard (`ramp-bench-guard` measures it against weighted directly).
+    ("ramp_weighted_guard", None),
 ];
 
 fn main() -> Result<()> {
