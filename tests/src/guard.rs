@@ -139,7 +139,7 @@ fn wall_ms(t: Instant) -> i64 {
 /// The processes of one run; dropped (and so stopped) together, on failure too.
 struct Running {
     v2: ModelServer,
-    _v1: ModelServer,
+    v1: ModelServer,
     controller: Option<(Controller, tempfile::TempDir)>,
     envoys: Vec<Envoy>,
 }
@@ -160,7 +160,7 @@ fn start(s: &Scenario) -> Result<Running> {
                 .collect::<Result<_>>()?;
             Ok(Running {
                 v2,
-                _v1: v1,
+                v1,
                 controller: None,
                 envoys,
             })
@@ -185,7 +185,7 @@ fn start(s: &Scenario) -> Result<Running> {
             controller.apply(&controller_spec(&s.rollout, rule, *guard))?;
             Ok(Running {
                 v2,
-                _v1: v1,
+                v1,
                 controller: Some((controller, dir)),
                 envoys,
             })
@@ -296,4 +296,29 @@ pub fn run(s: &Scenario) -> Result<Outcome> {
         events,
         fault_to_decision,
     })
+}
+
+/// An A/A run of the guard alone: the same setup with no fault, both arms failing each request
+/// independently with chance `permille`/1000 (binomial noise, as a real fleet has) for `length`.
+/// Returns per Envoy `ramp_guard_trips_total{arm="v2"}` at the end: a trip here is a false one.
+pub fn false_trips(s: &Scenario, permille: u64, length: Duration) -> Result<Vec<f64>> {
+    let r = start(s)?;
+    for m in [&r.v1, &r.v2] {
+        m.behaviour
+            .fail_chance_permille
+            .store(permille, Ordering::Relaxed);
+    }
+    let traffic: Vec<Traffic> = r
+        .envoys
+        .iter()
+        .map(|e| Traffic::paced(e.url("/predict"), s.connections, s.rps_per_envoy))
+        .collect();
+    std::thread::sleep(length);
+    let trips = r
+        .envoys
+        .iter()
+        .map(|e| trips(e, &s.rollout, "v2"))
+        .collect::<Result<_>>()?;
+    drop(traffic);
+    Ok(trips)
 }
