@@ -34,8 +34,11 @@ WASM_OPT_FLAGS := -O3 --strip-debug --enable-bulk-memory --enable-sign-ext --ena
 # alone measured 350.6 KB; the `log` facade is the 1.2 KB between), so the budget was 356 KB.
 # Issue 23's streaming metrics (the `stream` config section, the body watch, three histograms and
 # four counters per arm in Envoy's stats, shared data and the report, the `usage` scan) add 11.5 KB:
-# 363.3 KB, so the budget is 368 KB. It still fails the build on unexplained growth.
-WASM_MAX_BYTES := 368000
+# 363.3 KB, so the budget was 368 KB. Issue 23's guard (its config and live-state sections with
+# their checks, the test's log-gamma and constrained likelihood, which bring in `ln`/`exp`, the
+# per-arm counts merged in shared data, the trip metric and the report's `guard`) adds 21.7 KB:
+# 384.9 KB, so the budget is 388 KB. It still fails the build on unexplained growth.
+WASM_MAX_BYTES := 388000
 
 .PHONY: help toolchain venv wasm lint unit wasm-test e2e test demo bench sim images image-layouts clean
 

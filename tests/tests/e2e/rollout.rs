@@ -99,7 +99,8 @@ fn a_healthy_candidate_is_promoted_through_every_stage() {
     assert!(s.v1.served() > 0 && s.v2.served() > 0);
 }
 
-/// The rollback time with long polls at the default `poll_ms` (1000): the controller's decision
+/// The rollback time with long polls at the default `poll_ms` (1000), without the filters' guard:
+/// the controller's decision
 /// reaches every filter within 0.3 s (a poll is always open and returns on the change; workers
 /// apply it within a 100 ms tick), and fault -> 0% is at most check interval x (threshold + 1)
 /// + 0.3 s (the first check after the fault may still pass on older requests).
@@ -108,7 +109,8 @@ fn a_failing_candidate_is_rolled_back_within_seconds() {
     let mut filter = filter_config("faulty");
     filter["controller"] = json!({"cluster": "rampctl"}); // the default poll_ms
     let s = setup_with(filter);
-    let spec = "name: faulty\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 1\nfailure_threshold: 2\nstages:\n  - {weight: 50, min_duration_s: 600, rules: [{metric: error_rate, max: 0.05, min_samples: 10}]}\n  - {weight: 100}\n";
+    // The controller's own path: the filters' guard (tests/tests/e2e/guard.rs) is off here.
+    let spec = "name: faulty\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\ncheck_interval_s: 1\nfailure_threshold: 2\nguard: {enabled: false}\nstages:\n  - {weight: 50, min_duration_s: 600, rules: [{metric: error_rate, max: 0.05, min_samples: 10}]}\n  - {weight: 100}\n";
     s.controller.apply(spec).unwrap();
     let traffic = Traffic::start(s.envoy.url("/predict"), 3);
     std::thread::sleep(Duration::from_secs(3));
