@@ -45,7 +45,7 @@ WASM_MAX_BYTES := 388000
 help:
 	@echo "make demo   build, start Envoy with the filter and two model servers, show the split and stickiness"
 	@echo "make test   lint, unit tests, wasm parity tests under Node, end-to-end tests in a real Envoy"
-	@echo "make bench  CPU per request: no filter, empty wasm filter, naive routers and Ramp, each against the naive router at the same time; the controller's polls, checks and scrapes; written to tests/bench/results/"
+	@echo "make bench  CPU per request: no filter, empty wasm filter, naive routers and Ramp, each against the naive router at the same time; the controller's polls, checks and scrapes; the guard's fault to 0%; written to tests/bench/results/"
 	@echo "make images OCI image layouts under target/images/ (the filter as Istio pulls it, a static rampctl), digests printed and pinned in the istio/ manifests"
 	@echo "make sim    bandit regret (2 and 5 arms, tick delays, drift), the decisions (A/A, power, SRM), bandit rollouts to their decision (best arm found, exposure check) and the filter's 5xx guard (false trips alone and in a fleet, time to trip), written to tests/bench/results/"
 
@@ -139,6 +139,7 @@ bench: wasm venv
 	RAMPCTL_BIN=target/release/rampctl cargo run --release -q -p ramp-tools --bin ramp-bench-checks
 	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 	RAMPCTL_BIN=target/release/rampctl cargo run --release -q -p ramp-tools --bin ramp-bench-replicas
+	RAMPCTL_BIN=$(CURDIR)/target/release/rampctl cargo run --release -q -p ramp-tools --bin ramp-bench-guard
 
 sim: toolchain
 	cargo run --release -q -p ramp-tools --bin ramp-sim

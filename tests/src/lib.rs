@@ -6,6 +6,7 @@ pub mod canned;
 pub mod client;
 pub mod controller;
 pub mod envoy;
+pub mod guard;
 pub mod kpi;
 pub mod oci;
 pub mod postgres;

@@ -1,7 +1,7 @@
 //! Sending traffic through Envoy from several connections at once, so every Envoy worker serves some.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -66,6 +66,9 @@ pub fn no_headers(_: usize) -> Vec<(String, String)> {
 /// One answer `Traffic` saw.
 #[derive(Debug, Clone)]
 pub struct Answer {
+    /// When the request was sent.
+    pub sent: Instant,
+    /// When its answer came.
     pub at: Instant,
     /// The model that answered (`x-served-by`; empty when Envoy answered itself).
     pub served_by: String,
@@ -87,6 +90,21 @@ pub struct Traffic {
     stop: Arc<AtomicBool>,
     seen: Arc<Mutex<Vec<Answer>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    errors: Arc<AtomicU64>,
+}
+
+/// How many requests a paced connection that fell behind may send back to back to catch up.
+pub const PACED_CATCH_UP: u32 = 3;
+
+/// See [`Traffic::stopped_reaching`].
+pub fn stopped_reaching(answers: &[Answer], arm: &str, quiet: Duration) -> Option<Instant> {
+    let last = answers
+        .iter()
+        .filter(|a| a.served_by == arm)
+        .map(|a| a.sent)
+        .max()?;
+    let newest = answers.iter().map(|a| a.sent).max()?;
+    (newest.saturating_duration_since(last) >= quiet).then_some(last)
 }
 
 impl Traffic {
@@ -111,8 +129,10 @@ impl Traffic {
                     let mut n = 0;
                     while !stop.load(Ordering::Relaxed) {
                         n += 1;
+                        let sent = Instant::now();
                         if let Ok(r) = client.get(&url(n), &[]) {
                             seen.lock().unwrap_or_else(|p| p.into_inner()).push(Answer {
+                                sent,
                                 at: Instant::now(),
                                 served_by: r.served_by,
                                 told_arm: r.told_arm,
@@ -128,6 +148,93 @@ impl Traffic {
             stop,
             seen,
             threads,
+            errors: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Sends `rps` GETs a second in total to `url` over `connections` keep-alive connections,
+    /// each on its own schedule (one request every `connections / rps` seconds, the connections'
+    /// schedules staggered evenly), whatever the answers take: an open-loop load, as far as one
+    /// request in flight per connection allows. A connection that falls behind (a slow answer)
+    /// catches up by at most [`PACED_CATCH_UP`] requests sent back to back; slots missed beyond
+    /// that are skipped, not burst. Transport errors are counted ([`Traffic::errors`]), not
+    /// recorded as answers.
+    pub fn paced(url: String, connections: usize, rps: f64) -> Self {
+        let connections = connections.max(1);
+        let interval = Duration::from_secs_f64(connections as f64 / rps.max(0.001));
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let errors = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let threads = (0..connections)
+            .map(|c| {
+                let (stop, seen, errors, url) =
+                    (stop.clone(), seen.clone(), errors.clone(), url.clone());
+                std::thread::spawn(move || {
+                    let client = Client::default();
+                    let mut next = start + interval.mul_f64(c as f64 / connections as f64);
+                    let slack = interval * PACED_CATCH_UP;
+                    while !stop.load(Ordering::Relaxed) {
+                        let now = Instant::now();
+                        if next > now {
+                            std::thread::sleep(next - now);
+                        } else if now - next > slack {
+                            next = now.checked_sub(slack).unwrap_or(now);
+                        }
+                        let sent = Instant::now();
+                        match client.get(&url, &[]) {
+                            Ok(r) => seen.lock().unwrap_or_else(|p| p.into_inner()).push(Answer {
+                                sent,
+                                at: Instant::now(),
+                                served_by: r.served_by,
+                                told_arm: r.told_arm,
+                                status: r.status,
+                            }),
+                            Err(_) => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        next += interval;
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            seen,
+            threads,
+            errors,
+        }
+    }
+
+    /// Requests that failed below HTTP (connection refused or reset, timeouts).
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// The send time of the last request `arm` answered, once every request sent in at least
+    /// `quiet` after it was answered by another arm; `None` until then (or if `arm` never
+    /// answered). After a fault, this is when the load stopped reaching `arm`.
+    pub fn stopped_reaching(&self, arm: &str, quiet: Duration) -> Option<Instant> {
+        stopped_reaching(&self.answers(), arm, quiet)
+    }
+
+    /// Waits up to `timeout` for [`Traffic::stopped_reaching`] to hold, polling every 50 ms.
+    pub fn wait_stopped_reaching(
+        &self,
+        arm: &str,
+        quiet: Duration,
+        timeout: Duration,
+    ) -> Option<Instant> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(t) = self.stopped_reaching(arm, quiet) {
+                return Some(t);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -177,5 +284,37 @@ impl Traffic {
 impl Drop for Traffic {
     fn drop(&mut self) {
         self.stop_and_join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(sent: Instant, arm: &str) -> Answer {
+        Answer {
+            sent,
+            at: sent,
+            served_by: arm.to_owned(),
+            told_arm: None,
+            status: 200,
+        }
+    }
+
+    #[test]
+    fn traffic_stopped_reaching_an_arm_only_after_a_quiet_second() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut answers = vec![
+            answer(ms(0), "v2"),
+            answer(ms(100), "v1"),
+            answer(ms(300), "v2"),
+        ];
+        answers.push(answer(ms(900), "v1"));
+        let quiet = Duration::from_secs(1);
+        assert_eq!(stopped_reaching(&answers, "v2", quiet), None);
+        answers.push(answer(ms(1300), "v1"));
+        assert_eq!(stopped_reaching(&answers, "v2", quiet), Some(ms(300)));
+        assert_eq!(stopped_reaching(&answers, "v3", quiet), None);
     }
 }

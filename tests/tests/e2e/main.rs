@@ -9,6 +9,7 @@ mod custom_metrics;
 mod decisions;
 mod fleet;
 mod gitops;
+mod guard;
 mod hostile_input;
 mod live_state;
 mod matrix;

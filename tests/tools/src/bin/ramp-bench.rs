@@ -9,9 +9,10 @@
 
 use std::process::Command;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Result};
 use ramp_tests::envoy::repo_root;
 use ramp_tests::{Envoy, EnvoyConfig};
+use ramp_tools::wrk::{env_or, median_of, pin, start_wrk, Run, WRK_SCRIPT};
 use serde_json::json;
 
 /// The yardstick every variant is measured against: a naive router that also measures latency.
@@ -19,7 +20,7 @@ const YARDSTICK: &str = "naive_router_metrics";
 
 /// Every listener of `envoy/bench.yaml`, and issue 11's floor for Ramp's: capacity against the
 /// yardstick. The yardstick against itself is the method's A/A check (it should read 1).
-const VARIANTS: [(&str, Option<f64>); 12] = [
+const VARIANTS: [(&str, Option<f64>); 13] = [
     ("no_filter", None),
     ("empty_wasm", None),
     ("naive_router", None),
@@ -36,121 +37,9 @@ const VARIANTS: [(&str, Option<f64>); 12] = [
     ("ramp_weighted_strip_all", Some(1.0)),
     ("ramp_sticky_strip_all", Some(0.97)),
     ("ramp_bandit_strip_all", Some(0.97)),
+    // Weighted with the guard (`ramp-bench-guard` measures it against weighted directly).
+    ("ramp_weighted_guard", None),
 ];
-
-/// Every request carries a fresh user id, so the sticky variant hashes a new key each time.
-const WRK_SCRIPT: &str = r#"
-math.randomseed(42)
-request = function()
-  wrk.headers["x-user-id"] = "user-" .. math.random(1, 1000000)
-  return wrk.format(nil, "/predict")
-end
-"#;
-
-struct Run {
-    rps: f64,
-    /// Envoy CPU time per request, in microseconds.
-    cpu_us: f64,
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// A wrk run under way against one Envoy, with that Envoy's CPU time when it started.
-struct Pending {
-    child: std::process::Child,
-    cpu_before: u64,
-}
-
-/// Starts wrk on core 0 (the Envoys are pinned to core 1, so they never queue behind wrk).
-fn start_wrk(
-    envoy: &Envoy,
-    url: &str,
-    script: &std::path::Path,
-    seconds: u64,
-    connections: u64,
-) -> Result<Pending> {
-    let cpu_before = envoy.cpu_ns().ok_or_else(|| anyhow!("envoy is gone"))?;
-    let child = Command::new("taskset")
-        .args([
-            "-c",
-            "0",
-            "wrk",
-            "-t1",
-            &format!("-c{connections}"),
-            &format!("-d{seconds}s"),
-            "-s",
-        ])
-        .arg(script)
-        .arg(url)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("running wrk (make bench installs it)")?;
-    Ok(Pending { child, cpu_before })
-}
-
-impl Pending {
-    fn finish(self, envoy: &Envoy) -> Result<Run> {
-        let out = self.child.wait_with_output()?;
-        let cpu_used = envoy.cpu_ns().ok_or_else(|| anyhow!("envoy is gone"))? - self.cpu_before;
-        let text = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() || text.contains("Non-2xx") || text.contains("Socket errors") {
-            bail!("wrk failed or saw errors:\n{text}");
-        }
-        let field = |prefix: &str| -> Result<String> {
-            text.lines()
-                .map(str::trim)
-                .find_map(|l| l.strip_prefix(prefix).map(|v| v.trim().to_owned()))
-                .ok_or_else(|| anyhow!("no {prefix:?} in wrk output:\n{text}"))
-        };
-        let requests: f64 = text
-            .lines()
-            .find_map(|l| {
-                l.trim()
-                    .split_once(" requests in ")
-                    .map(|(n, _)| n.trim().to_owned())
-            })
-            .ok_or_else(|| anyhow!("no request count in wrk output:\n{text}"))?
-            .parse()?;
-        Ok(Run {
-            cpu_us: cpu_used as f64 / 1e3 / requests,
-            rps: field("Requests/sec:")?.parse()?,
-        })
-    }
-}
-
-/// Every Envoy thread on `core`; wrk runs on core 0.
-fn pin(envoy: &Envoy, core: usize) -> Result<()> {
-    let pid = envoy.pid().ok_or_else(|| anyhow!("envoy is gone"))?;
-    let pinned = Command::new("taskset")
-        .args(["-a", "-p", "-c", &core.to_string(), &pid.to_string()])
-        .output()
-        .context("taskset (util-linux)")?;
-    if !pinned.status.success() {
-        bail!("taskset: {}", String::from_utf8_lossy(&pinned.stderr));
-    }
-    Ok(())
-}
-
-/// Runs `f` on the rows of `runs` (one per round) and takes the median.
-fn median_of<T>(rows: &[T], f: impl Fn(&T) -> f64) -> f64 {
-    median(rows.iter().map(f).collect())
-}
-
-/// The middle value (the mean of the two middle ones for an even count); NaN when empty.
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
 
 fn main() -> Result<()> {
     let rounds = env_or("RAMP_BENCH_ROUNDS", 9) as usize;

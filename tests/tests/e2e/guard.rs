@@ -1,0 +1,90 @@
+//! The in-filter guard: two Envoys (`--concurrency 2`) in front of the same two model servers,
+//! 500 paced requests a second through each, a 50/50 split. The candidate is healthy for 3 s (no
+//! trip), then fails one request in three: every Envoy's guard trips once and sends the
+//! candidate's requests to the baseline. With a controller, the guard rampctl pushes trips and
+//! rampctl rolls the rollout back at once. Timing targets belong to `make bench`
+//! (`ramp-bench-guard`) on these shared machines; here the bounds are generous and the figures
+//! printed.
+
+use std::time::Duration;
+
+use ramp_tests::guard::{run, Mode, Outcome, Scenario};
+use serde_json::json;
+
+fn print(what: &str, o: &Outcome) {
+    for (i, e) in o.envoys.iter().enumerate() {
+        eprintln!(
+            "{what}: envoy {i}: healthy share {:.3} of {}, trips at fault {}, fault -> 0% {:?}, \
+             trips {}, {:.0} answers/s, {} transport errors",
+            e.healthy_share,
+            e.healthy_answers,
+            e.trips_at_fault,
+            e.fault_to_zero,
+            e.trips,
+            e.achieved_rps,
+            e.errors
+        );
+    }
+    if o.status.is_some() {
+        eprintln!(
+            "{what}: fault -> rolled_back {:?}; events {:?}",
+            o.fault_to_decision, o.events
+        );
+    }
+}
+
+fn assert_healthy_then_zero(o: &Outcome, bound: Duration) {
+    for (i, e) in o.envoys.iter().enumerate() {
+        assert_eq!(e.trips_at_fault, 0.0, "envoy {i} tripped while healthy");
+        assert!(
+            (0.35..0.65).contains(&e.healthy_share),
+            "envoy {i}: the healthy candidate serves about half: {e:?}"
+        );
+        let took = e
+            .fault_to_zero
+            .unwrap_or_else(|| panic!("envoy {i} never routed 0% to the candidate: {e:?}"));
+        assert!(
+            took <= bound,
+            "envoy {i}: fault -> 0% took {took:?} (bound {bound:?})"
+        );
+    }
+}
+
+#[test]
+fn the_guard_sends_a_failing_candidates_traffic_to_the_baseline_on_every_envoy() {
+    let s = Scenario::new("guard", Mode::Guard(json!({"max_increase": 0.0})));
+    let o = run(&s).unwrap();
+    print("guard alone", &o);
+    assert_healthy_then_zero(&o, Duration::from_secs(2));
+    for (i, e) in o.envoys.iter().enumerate() {
+        assert_eq!(e.trips, 1.0, "envoy {i} trips once: {e:?}");
+    }
+}
+
+#[test]
+fn the_guard_rampctl_pushes_trips_and_rampctl_rolls_back() {
+    let s = Scenario::new(
+        "guarded",
+        Mode::Controller {
+            rule: "{metric: error_rate, max: 0.05, min_samples: 10}".into(),
+            guard: true,
+        },
+    );
+    let o = run(&s).unwrap();
+    print("rampctl with the guard", &o);
+    let status = o.status.as_ref().unwrap();
+    assert_eq!(status["phase"], "rolled_back", "{status}");
+    assert!(
+        o.events.iter().any(|(k, _)| k == "guard_tripped"),
+        "a guard event in the history: {:?}",
+        o.events
+    );
+    // rampctl derives a bound from `error_rate max 0.05` (`max_error_rate`), which the guard tests
+    // on the stage's counts so far, healthy ones included: slower than against the baseline.
+    assert_healthy_then_zero(&o, Duration::from_secs(4));
+    assert!(
+        o.envoys.iter().any(|e| e.trips >= 1.0),
+        "a guard tripped: {:?}",
+        o.envoys
+    );
+}
