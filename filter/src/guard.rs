@@ -117,6 +117,53 @@ impl GuardTest {
     }
 }
 
+/// The counts since one start point, and the ln of that start's prior weight ([`ln_start_weight`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Window {
+    pub ln_weight: f64,
+    pub candidate: ArmTally,
+    pub baseline: ArmTally,
+}
+
+/// The weight of start point `k`: the epoch's start (`k` = 0) 1/2, checkpoint `k` >= 1
+/// 1/(2k(k+1)); they sum to 1.
+pub fn ln_start_weight(k: u64) -> f64 {
+    if k == 0 {
+        -core::f64::consts::LN_2
+    } else {
+        let k = k as f64;
+        -(core::f64::consts::LN_2 + libm::log(k) + libm::log(k + 1.0))
+    }
+}
+
+impl GuardTest {
+    /// The test over several start points: trips when ln(sum of w_k E_k) >= ln(1/alpha), with
+    /// E_k the e-value of the counts since start `k` and at least `min_errors` candidate errors
+    /// in the epoch. Each E_k is a test supermartingale from its start (1 before it, the start
+    /// decided by response counts, never by outcomes), and the weights sum to at most 1, so the
+    /// sum is one too and Ville's bound `alpha` holds for it, however often it is looked at;
+    /// leaving a start point out only lowers the sum. What it buys: a fault that begins late in
+    /// a long stage is judged on the counts since the checkpoint before it, not diluted by every
+    /// healthy response since the stage began, at the price of the checkpoint's weight.
+    pub fn trips_any(&self, epoch_errors: u64, windows: &[Window]) -> bool {
+        if !(self.alpha > 0.0 && self.alpha < 1.0) || epoch_errors < self.min_errors {
+            return false;
+        }
+        let terms = windows
+            .iter()
+            .map(|w| w.ln_weight + self.log_evidence(w.candidate, w.baseline));
+        let top = terms.clone().fold(f64::NEG_INFINITY, f64::max);
+        if top.is_nan() || top == f64::NEG_INFINITY {
+            return false;
+        }
+        if top == f64::INFINITY {
+            return true;
+        }
+        let sum: f64 = terms.map(|t| libm::exp(t - top)).sum();
+        top + libm::log(sum) >= -libm::log(self.alpha)
+    }
+}
+
 /// (errors, successes) as floats, errors clamped to requests.
 fn counts(t: ArmTally) -> (f64, f64) {
     let e = t.errors.min(t.requests);
@@ -588,5 +635,67 @@ mod tests {
         assert!(!t.trips(arm(4, 4), arm(10_000, 0)));
         assert!(t.trips(arm(5, 5), arm(10_000, 0)));
         assert!(!t.trips(arm(1000, 10), arm(1000, 10)));
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    fn t(requests: u64, errors: u64) -> ArmTally {
+        ArmTally { requests, errors }
+    }
+
+    #[test]
+    fn start_weights_sum_to_one() {
+        let sum: f64 = (0..200_000).map(|k| libm::exp(ln_start_weight(k))).sum();
+        // The tail beyond K is 1/(2(K+1)).
+        assert!((sum + 0.5 / 200_000.0 - 1.0).abs() < 1e-9, "{sum}");
+    }
+
+    #[test]
+    fn a_late_fault_is_judged_on_the_counts_since_the_checkpoint_before_it() {
+        let test = GuardTest::default();
+        // 200,000 healthy responses per arm, then 300 of the candidate's at 1/3 5xx: on the
+        // stage's counts a clean baseline still shows it, but against a bound it is drowned.
+        let bound = GuardTest {
+            bound: Bound::MaxErrorRate(0.05),
+            ..test
+        };
+        let epoch = Window {
+            ln_weight: ln_start_weight(0),
+            candidate: t(200_300, 100),
+            baseline: t(200_300, 0),
+        };
+        assert!(!bound.trips(epoch.candidate, epoch.baseline));
+        let since = Window {
+            ln_weight: ln_start_weight(400),
+            candidate: t(800, 100),
+            baseline: t(800, 0),
+        };
+        assert!(bound.trips_any(100, &[epoch, since]));
+        assert!(test.trips_any(100, &[epoch, since]));
+        // The same checkpoint on healthy counts: nothing.
+        let healthy = Window {
+            candidate: t(800, 1),
+            ..since
+        };
+        assert!(!bound.trips_any(100, &[epoch, healthy]));
+        assert!(
+            !bound.trips_any(4, &[since]),
+            "min_errors counts the epoch's errors"
+        );
+        assert!(!bound.trips_any(100, &[]));
+        // The epoch's start alone at weight 1 is the single test.
+        let alone = Window {
+            ln_weight: 0.0,
+            ..epoch
+        };
+        for b in [test, bound] {
+            assert_eq!(
+                b.trips_any(100, &[alone]),
+                b.trips(epoch.candidate, epoch.baseline)
+            );
+        }
     }
 }

@@ -22,8 +22,8 @@ pub(super) struct GuardState {
     test: Cell<Option<(u64, GuardTest)>>,
     /// This worker's counts not yet in shared data.
     pending: RefCell<Vec<ArmTally>>,
-    /// The Envoy's counts as of this worker's last merge (its own included).
-    merged: RefCell<Vec<ArmTally>>,
+    /// The Envoy's record as this worker's last merge left it (its own counts included).
+    merged: RefCell<Option<GuardRecord>>,
     /// Bit `i`: arm `i` goes to the baseline. Read per request, so a `Cell`, not shared data.
     tripped: Cell<u64>,
     /// Per arm, `ramp_guard_trips_total`.
@@ -43,7 +43,7 @@ impl GuardState {
             baseline,
             test: Cell::new(test.map(|t| (0, t))),
             pending: RefCell::new(vec![ArmTally::default(); arms]),
-            merged: RefCell::new(vec![ArmTally::default(); arms]),
+            merged: RefCell::new(None),
             tripped: Cell::new(0),
             trips_metric,
         }
@@ -85,13 +85,17 @@ impl GuardState {
         }
     }
 
-    /// Whether `arm`'s test trips on the Envoy's totals as this worker's last write left them.
+    /// Whether `arm`'s test trips on the Envoy's record as this worker's last write left it:
+    /// over the windows since the epoch began and since each checkpoint kept.
     fn trips(&self, test: &GuardTest, arm: usize) -> bool {
         let Ok(merged) = self.merged.try_borrow() else {
             return false;
         };
-        let seen = |i: usize| merged.get(i).copied().unwrap_or_default();
-        test.trips(seen(arm), seen(self.baseline))
+        let Some(record) = merged.as_ref() else {
+            return false;
+        };
+        let errors = record.arms.get(arm).map_or(0, |t| t.errors);
+        test.trips_any(errors, &record.windows(arm, self.baseline))
     }
 
     /// Sends the arms of `trips` to the baseline in this worker at once, and in shared data for
@@ -136,7 +140,7 @@ impl GuardState {
     /// The Envoy's record as this worker's view: its counts and trips.
     fn adopt(&self, record: &GuardRecord) {
         if let Ok(mut merged) = self.merged.try_borrow_mut() {
-            merged.clone_from(&record.arms);
+            *merged = Some(record.clone());
         }
         self.tripped.set(self.tripped.get() | record.tripped);
     }
@@ -154,12 +158,8 @@ impl GuardState {
         if due != 0 {
             self.trip(host, epoch, due);
         }
-        let (Ok(merged), tripped) = (self.merged.try_borrow(), self.tripped.get()) else {
-            return None;
-        };
         Some(GuardRecord {
-            arms: merged.clone(),
-            tripped,
+            tripped: self.tripped.get(),
             ..record
         })
     }
@@ -184,10 +184,11 @@ impl GuardState {
     pub(super) fn set_test(&self, test: Option<(u64, GuardTest)>) {
         let old = self.test.replace(test);
         if old.map(|(e, _)| e) != test.map(|(e, _)| e) {
-            for cell in [&self.pending, &self.merged] {
-                if let Ok(mut v) = cell.try_borrow_mut() {
-                    v.iter_mut().for_each(|t| *t = ArmTally::default());
-                }
+            if let Ok(mut v) = self.pending.try_borrow_mut() {
+                v.iter_mut().for_each(|t| *t = ArmTally::default());
+            }
+            if let Ok(mut m) = self.merged.try_borrow_mut() {
+                *m = None;
             }
             self.tripped.set(0);
         }
