@@ -36,9 +36,11 @@ WASM_OPT_FLAGS := -O3 --strip-debug --enable-bulk-memory --enable-sign-ext --ena
 # four counters per arm in Envoy's stats, shared data and the report, the `usage` scan) add 11.5 KB:
 # 363.3 KB, so the budget was 368 KB. Issue 23's guard (its config and live-state sections with
 # their checks, the test's log-gamma and constrained likelihood, which bring in `ln`/`exp`, the
-# per-arm counts merged in shared data, the trip metric and the report's `guard`) adds 21.9 KB:
-# 385.1 KB, so the budget is 388 KB. It still fails the build on unexplained growth.
-WASM_MAX_BYTES := 388000
+# per-arm counts merged in shared data, the trip metric and the report's `guard`) adds 21.9 KB,
+# and its checkpoint windows (a fault late in a stage judged on the counts since the checkpoint
+# before it) 3.2 KB more: 388.3 KB, so the budget is 392 KB. It still fails the build on
+# unexplained growth.
+WASM_MAX_BYTES := 392000
 
 .PHONY: help toolchain venv wasm lint unit wasm-test e2e test demo bench sim images image-layouts clean
 
