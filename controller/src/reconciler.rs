@@ -324,6 +324,12 @@ fn judge_now(
         now,
     );
     shown.sample_ratio = srm.as_ref().map(|s| json!(s));
+    shown.guard = ramp_controller_core::guard::live_guard(spec, &rec.state).map(|pushed| {
+        crate::api::GuardFigures {
+            tripped: handle.guard_trips().tripped(pushed.epoch),
+            pushed,
+        }
+    });
     show_decision_verdicts(&mut shown, rec, spec, &looks);
     // The series for the report's plots: one point a check, written in batches by the flusher.
     handle.push_check(crate::report::CheckPoint::from_figures(

@@ -74,13 +74,26 @@ fn the_guard_rampctl_pushes_trips_and_rampctl_rolls_back() {
     print("rampctl with the guard", &o);
     let status = o.status.as_ref().unwrap();
     assert_eq!(status["phase"], "rolled_back", "{status}");
+    // Status shows the guard the filters ran and how many Envoys' guards cut the candidate off.
+    assert_eq!(status["guard"]["max_error_rate"], 0.05, "{status}");
+    assert!(
+        status["guard"]["tripped"]["v2"].as_u64() >= Some(1),
+        "{status}"
+    );
+    assert!(
+        status["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("confirming the guard's trip")),
+        "{status}"
+    );
     assert!(
         o.events.iter().any(|(k, _)| k == "guard_tripped"),
         "a guard event in the history: {:?}",
         o.events
     );
     // rampctl derives a bound from `error_rate max 0.05` (`max_error_rate`), which the guard tests
-    // on the stage's counts so far, healthy ones included: slower than against the baseline.
+    // on the stage's counts and on those since each checkpoint (healthy ones before the fault
+    // included): a bound needs more 5xx than a clean baseline to be ruled out.
     assert_healthy_then_zero(&o, Duration::from_secs(4));
     assert!(
         o.envoys.iter().any(|e| e.trips >= 1.0),
