@@ -68,6 +68,10 @@ impl App {
                         continue;
                     }
                     let instance = r.instance.clone();
+                    // A trip another replica took in: judged at this replica's next check.
+                    if let Some(g) = &r.guard {
+                        h.guard_trips().observe(&instance, g.epoch, &g.tripped);
+                    }
                     if book.accept(r) == Accepted::Newer {
                         // Stored already: nothing for the flusher.
                         book.unsaved.remove(&instance);
