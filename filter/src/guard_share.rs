@@ -12,6 +12,10 @@ const MAGIC: &[u8; 4] = b"RGD2";
 /// Responses (all arms) between checkpoints: a fault is judged on at most about this many
 /// healthy responses from before it, whenever in the stage it begins.
 pub const CHECKPOINT_EVERY: u64 = 1_000;
+/// Responses a worker counts before it merges them and looks (besides its tick): a look decided by
+/// how many responses, never by what they were. 32 keeps the host calls it costs to one CAS per 32
+/// requests while a 1,000 rps Envoy of two workers still looks every 32 ms.
+pub const MERGE_EVERY: u32 = 32;
 /// Checkpoints kept, newest first to go: older start points are left out (which only lowers
 /// the test's sum), and the epoch's start is always in.
 pub const CHECKPOINTS_KEPT: usize = 8;
@@ -270,5 +274,74 @@ mod tests {
             "since checkpoint 18, 7 checkpoints (28 merges) ago"
         );
         assert!(windows[1].ln_weight < windows[0].ln_weight);
+    }
+}
+
+/// A reviewer's probe, kept: the false-trip rate of an A/A stage with many workers, when looks
+/// are decided by response counts and ticks (as the worker does) and when they are triggered by
+/// a candidate's 5xx (as it once did).
+#[cfg(test)]
+mod many_workers {
+    use super::*;
+    use crate::guard::{Bound, GuardTest};
+
+    /// Share of `runs` A/A stages (both arms at 5xx rate `p`, `workers` workers, `per_tick`
+    /// responses per worker per tick, interleaved at random) in which the guard trips.
+    fn false_trips(workers: usize, per_tick: usize, ticks: usize, p: f64, on_error: bool) -> f64 {
+        let test = GuardTest {
+            alpha: 0.05,
+            min_errors: 5,
+            bound: Bound::MaxErrorRate(p),
+        };
+        let mut rng = fastrand::Rng::with_seed(7);
+        let runs = 100;
+        let mut tripped = 0;
+        for _ in 0..runs {
+            let mut stored: Option<Vec<u8>> = None;
+            let mut pending = vec![([ArmTally::default(); 2], 0u32); workers];
+            let mut look = |stored: &mut Option<Vec<u8>>, (delta, n): &mut ([ArmTally; 2], u32)| {
+                let r = GuardRecord::merged(stored.as_deref(), 1, &delta[..], 0).unwrap();
+                *stored = Some(r.encode());
+                (*delta, *n) = ([ArmTally::default(); 2], 0);
+                test.trips_any(r.arms[1].errors, &r.windows(1, 0))
+            };
+            'run: for _ in 0..ticks {
+                for _ in 0..workers * per_tick {
+                    let w = rng.usize(0..workers);
+                    let (arm, error) = (rng.usize(0..2), rng.f64() < p);
+                    let (delta, n) = &mut pending[w];
+                    delta[arm].requests += 1;
+                    delta[arm].errors += u64::from(error);
+                    *n += 1;
+                    let due = if on_error {
+                        error && arm == 1
+                    } else {
+                        *n >= MERGE_EVERY
+                    };
+                    if due && look(&mut stored, &mut pending[w]) {
+                        tripped += 1;
+                        break 'run;
+                    }
+                }
+                for w in pending.iter_mut() {
+                    if look(&mut stored, w) {
+                        tripped += 1;
+                        break 'run;
+                    }
+                }
+            }
+        }
+        f64::from(tripped) / f64::from(runs)
+    }
+
+    #[test]
+    fn looks_by_count_keep_the_bound_and_looks_by_outcome_do_not() {
+        // 16 workers, 100 responses each per 100 ms tick, 1% 5xx on both arms, 5 s of a stage.
+        let by_count = false_trips(16, 100, 50, 0.01, false);
+        let by_error = false_trips(16, 100, 50, 0.01, true);
+        eprintln!("A/A false trips at alpha 0.05: looks by count {by_count}, by 5xx {by_error}");
+        // 100 runs: alpha 0.05 plus three standard errors (0.065).
+        assert!(by_count <= 0.05 + 0.066, "looks by count: {by_count}");
+        assert!(by_error > 0.2, "the probe tells the two apart: {by_error}");
     }
 }
