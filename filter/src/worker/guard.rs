@@ -206,8 +206,10 @@ impl GuardState {
 
     /// The report's `guard`: the epoch and the arms this Envoy tripped in it (from shared data,
     /// so whichever worker reports says what every worker did).
+    /// Only a controller's guard (epoch 1 or later) is reported: a controller that pushes none may
+    /// not know the field.
     pub(super) fn report_json(&self, host: &impl Host, arms: &[&str]) -> Option<String> {
-        let (epoch, _) = self.test.get()?;
+        let (epoch, _) = self.test.get().filter(|(e, _)| *e > 0)?;
         let stored = host.shared_get(&self.key).and_then(|(b, _)| b);
         let tripped = stored
             .and_then(|b| GuardRecord::decode(&b, arms.len()))

@@ -1033,3 +1033,28 @@ fn a_fault_late_in_a_long_stage_trips_as_soon_as_one_at_its_start() {
     assert!(early <= 20, "{early}");
     assert!(late <= 150, "late: {late} failures (early: {early})");
 }
+
+/// A reviewer's probe, kept: a new static config (a fixed v2) starts without the old config's trip.
+#[test]
+fn a_new_static_config_starts_without_the_old_configs_trip() {
+    let host = MemHost::default();
+    let a = worker(&host, GUARDED, 41);
+    for _ in 0..200 {
+        request_by_arm(&a, &host, |arm| arm == "v2");
+    }
+    assert_eq!(
+        host.metric("ramp.rollout.r.arm.v2.guard_trips_total"),
+        Some(1)
+    );
+    let fixed = r#"{"rollout":"r","arms":[{"name":"v1","weight":50},{"name":"v2","weight":50,"cluster":"v2-fixed"}],
+        "guard":{"max_error_rate":0.2}}"#;
+    let mut b = worker(&host, fixed, 42);
+    b.tick();
+    let to_v2: usize = (0..200)
+        .map(|_| usize::from(request_by_arm(&b, &host, |_| false) == "v2"))
+        .sum();
+    assert!(
+        to_v2 > 50,
+        "the new config's v2 gets {to_v2} of 200 requests"
+    );
+}
