@@ -299,7 +299,7 @@ mod many_workers {
         for _ in 0..runs {
             let mut stored: Option<Vec<u8>> = None;
             let mut pending = vec![([ArmTally::default(); 2], 0u32); workers];
-            let mut look = |stored: &mut Option<Vec<u8>>, (delta, n): &mut ([ArmTally; 2], u32)| {
+            let look = |stored: &mut Option<Vec<u8>>, (delta, n): &mut ([ArmTally; 2], u32)| {
                 let r = GuardRecord::merged(stored.as_deref(), 1, &delta[..], 0).unwrap();
                 *stored = Some(r.encode());
                 (*delta, *n) = ([ArmTally::default(); 2], 0);
