@@ -158,28 +158,33 @@ impl GuardRecord {
             Some(r) if r.epoch == epoch => r,
             _ => fresh(),
         };
-        for (total, d) in record.arms.iter_mut().zip(delta) {
+        record.add(delta, trips);
+        Some(record)
+    }
+
+    /// A worker's counts of this record's epoch added and `trips` set, and a checkpoint taken
+    /// if the responses counted reached the next one's due count: `merged` without the bytes.
+    pub fn add(&mut self, delta: &[ArmTally], trips: u64) {
+        for (total, d) in self.arms.iter_mut().zip(delta) {
             total.requests = total.requests.saturating_add(d.requests);
             total.errors = total.errors.saturating_add(d.errors);
         }
-        record.tripped |= trips;
+        self.tripped |= trips;
         // A checkpoint is due by the responses counted, never by their outcomes: its window is a
         // test started at a time the data did not choose.
-        let responses = record
+        let responses = self
             .arms
             .iter()
             .fold(0u64, |n, t| n.saturating_add(t.requests));
-        if responses >= record.next_checkpoint_at {
-            record.checkpoints_taken = record.checkpoints_taken.saturating_add(1);
-            record
-                .checkpoints
-                .push((record.checkpoints_taken, record.arms.clone()));
-            if record.checkpoints.len() > CHECKPOINTS_KEPT {
-                record.checkpoints.remove(0);
+        if responses >= self.next_checkpoint_at {
+            self.checkpoints_taken = self.checkpoints_taken.saturating_add(1);
+            self.checkpoints
+                .push((self.checkpoints_taken, self.arms.clone()));
+            if self.checkpoints.len() > CHECKPOINTS_KEPT {
+                self.checkpoints.remove(0);
             }
-            record.next_checkpoint_at = responses.saturating_add(CHECKPOINT_EVERY);
+            self.next_checkpoint_at = responses.saturating_add(CHECKPOINT_EVERY);
         }
-        Some(record)
     }
 }
 
@@ -343,5 +348,31 @@ mod many_workers {
         // 100 runs: alpha 0.05 plus three standard errors (0.065).
         assert!(by_count <= 0.05 + 0.066, "looks by count: {by_count}");
         assert!(by_error > 0.2, "the probe tells the two apart: {by_error}");
+    }
+}
+
+#[cfg(test)]
+mod add_tests {
+    use super::*;
+
+    #[test]
+    fn adding_in_memory_is_merging_the_bytes() {
+        let delta = [
+            ArmTally {
+                requests: 70,
+                errors: 1,
+            },
+            ArmTally {
+                requests: 60,
+                errors: 9,
+            },
+        ];
+        let mut record = GuardRecord::new(2, 2);
+        for i in 0..200u64 {
+            let merged = GuardRecord::merged(Some(&record.encode()), 2, &delta, i % 3).unwrap();
+            record.add(&delta, i % 3);
+            assert_eq!(record, merged);
+        }
+        assert_eq!(record.checkpoints.len(), CHECKPOINTS_KEPT);
     }
 }
