@@ -7,7 +7,7 @@
 use crate::guard::{ln_start_weight, ArmTally, Window};
 
 /// Marks the bytes as ours, so anything else under the key is replaced, never merged.
-const MAGIC: &[u8; 4] = b"RGD2";
+const MAGIC: &[u8; 4] = b"RGD3";
 
 /// Responses (all arms) between checkpoints: a fault is judged on at most about this many
 /// healthy responses from before it, whenever in the stage it begins.
@@ -23,6 +23,8 @@ pub const CHECKPOINTS_KEPT: usize = 8;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuardRecord {
     pub epoch: u64,
+    /// The live state version the epoch was taken from (0: the static config's).
+    pub version: u64,
     /// Bit `i`: arm `i` is tripped in this epoch (at most 16 arms: `names::MAX_ARMS`).
     pub tripped: u64,
     /// Bit `i`: a report said so already.
@@ -39,6 +41,7 @@ impl GuardRecord {
     pub fn new(epoch: u64, arms: usize) -> Self {
         GuardRecord {
             epoch,
+            version: 0,
             tripped: 0,
             reported: 0,
             arms: vec![ArmTally::default(); arms],
@@ -75,16 +78,17 @@ impl GuardRecord {
         out
     }
 
-    /// `RGD2`, the epoch, the trip and report bits, the checkpoints taken, the next one's due
+    /// `RGD3`, the epoch, its version, the trip and report bits, the checkpoints taken, the next one's due
     /// count, the checkpoints kept, then per arm its requests and 5xx, then per checkpoint kept
     /// its number and per arm the same (little-endian u64s).
     pub fn encode(&self) -> Vec<u8> {
         let arms = self.arms.len();
-        let mut out = Vec::with_capacity(4 + 48 + (1 + self.checkpoints.len()) * (8 + arms * 16));
+        let mut out = Vec::with_capacity(4 + 56 + (1 + self.checkpoints.len()) * (8 + arms * 16));
         out.extend_from_slice(MAGIC);
         let kept = self.checkpoints.len() as u64;
         for w in [
             self.epoch,
+            self.version,
             self.tripped,
             self.reported,
             self.checkpoints_taken,
@@ -112,8 +116,8 @@ impl GuardRecord {
             .chunks_exact(8)
             .filter_map(|c| Some(u64::from_le_bytes(c.try_into().ok()?)))
             .collect();
-        let (head, rest) = words.split_at_checked(6)?;
-        let kept = usize::try_from(head[5])
+        let (head, rest) = words.split_at_checked(7)?;
+        let kept = usize::try_from(head[6])
             .ok()
             .filter(|&k| k <= CHECKPOINTS_KEPT)?;
         if rest.len() != arms * 2 + kept * (1 + arms * 2) {
@@ -134,10 +138,11 @@ impl GuardRecord {
             .collect();
         Some(GuardRecord {
             epoch: head[0],
-            tripped: head[1],
-            reported: head[2],
-            checkpoints_taken: head[3],
-            next_checkpoint_at: head[4],
+            version: head[1],
+            tripped: head[2],
+            reported: head[3],
+            checkpoints_taken: head[4],
+            next_checkpoint_at: head[5],
             arms: tallies(now),
             checkpoints,
         })
@@ -146,17 +151,25 @@ impl GuardRecord {
     /// The stored record with a worker's counts of `epoch` added and `trips` set: a newer epoch
     /// starts afresh; `None` when the stored one is newer than the worker's (the worker has not
     /// applied the newest live state yet, and its counts are of an epoch that is over).
+    ///
+    /// Which epoch is newer is told by `version`, the live state's version the worker took its
+    /// epoch from (filters only ever apply newer states), not by the epochs themselves: a
+    /// controller's clock may step back between stages (another replica's), and then a newer
+    /// stage's epoch is a smaller number.
     pub fn merged(
         stored: Option<&[u8]>,
         epoch: u64,
+        version: u64,
         delta: &[ArmTally],
         trips: u64,
     ) -> Option<Self> {
-        let fresh = || GuardRecord::new(epoch, delta.len());
         let mut record = match stored.and_then(|b| GuardRecord::decode(b, delta.len())) {
-            Some(r) if r.epoch > epoch => return None,
             Some(r) if r.epoch == epoch => r,
-            _ => fresh(),
+            Some(r) if r.version > version => return None,
+            _ => GuardRecord {
+                version,
+                ..GuardRecord::new(epoch, delta.len())
+            },
         };
         record.add(delta, trips);
         Some(record)
@@ -207,6 +220,7 @@ mod tests {
     fn round_trips_and_refuses_other_layouts() {
         let r = GuardRecord {
             epoch: 9,
+            version: 12,
             tripped: 0b10,
             reported: 0b10,
             arms: vec![tally(100, 1), tally(50, 20)],
@@ -225,33 +239,50 @@ mod tests {
             None,
             "another config's arms"
         );
-        assert_eq!(GuardRecord::decode(b"RGD2", 0), None);
+        assert_eq!(GuardRecord::decode(b"RGD3", 0), None);
         assert_eq!(GuardRecord::decode(&[0; 60], 2), None, "foreign bytes");
     }
 
     #[test]
     fn merging_adds_within_an_epoch_starts_afresh_on_a_newer_one_and_never_goes_back() {
         let delta = [tally(10, 1), tally(10, 4)];
-        let first = GuardRecord::merged(None, 3, &delta, 0).unwrap();
-        let second = GuardRecord::merged(Some(&first.encode()), 3, &delta, 0b10).unwrap();
+        let first = GuardRecord::merged(None, 3, 3, &delta, 0).unwrap();
+        let second = GuardRecord::merged(Some(&first.encode()), 3, 3, &delta, 0b10).unwrap();
         assert_eq!(second.arms, vec![tally(20, 2), tally(20, 8)]);
         assert_eq!(second.tripped, 0b10);
-        let newer = GuardRecord::merged(Some(&second.encode()), 4, &delta, 0).unwrap();
+        let newer = GuardRecord::merged(Some(&second.encode()), 4, 4, &delta, 0).unwrap();
         assert_eq!((newer.epoch, newer.tripped), (4, 0));
         assert_eq!(newer.arms, delta.to_vec());
         assert_eq!(
-            GuardRecord::merged(Some(&newer.encode()), 3, &delta, 0),
+            GuardRecord::merged(Some(&newer.encode()), 3, 3, &delta, 0),
             None,
             "a worker still on epoch 3 must not undo epoch 4"
         );
         let full = [tally(u64::MAX / 2, u64::MAX / 2), tally(0, 0)];
-        let saturated = GuardRecord::merged(Some(&newer.encode()), 4, &full, 0).unwrap();
+        let saturated = GuardRecord::merged(Some(&newer.encode()), 4, 4, &full, 0).unwrap();
         assert_eq!(
             saturated.arms[0],
             tally(u64::MAX / 2 + 10, u64::MAX / 2 + 1)
         );
-        let again = GuardRecord::merged(Some(&saturated.encode()), 4, &full, 0).unwrap();
+        let again = GuardRecord::merged(Some(&saturated.encode()), 4, 4, &full, 0).unwrap();
         assert_eq!(again.arms[0], tally(u64::MAX, u64::MAX), "saturates");
+    }
+
+    #[test]
+    fn the_newer_live_state_wins_whatever_its_epochs_number() {
+        let delta = [tally(10, 1), tally(10, 4)];
+        // Stage 2's epoch (its start, by another replica's clock) is below stage 1's.
+        let stage1 = GuardRecord::merged(None, 5_000, 7, &delta, 0b10).unwrap();
+        let stage2 = GuardRecord::merged(Some(&stage1.encode()), 4_000, 9, &delta, 0).unwrap();
+        assert_eq!(
+            (stage2.epoch, stage2.version, stage2.tripped),
+            (4_000, 9, 0)
+        );
+        assert_eq!(
+            GuardRecord::merged(Some(&stage2.encode()), 5_000, 7, &delta, 0),
+            None,
+            "a worker still on stage 1 leaves stage 2 alone"
+        );
     }
 
     #[test]
@@ -260,7 +291,7 @@ mod tests {
         let delta = [tally(150, 1), tally(100, 3)];
         let mut record = GuardRecord::new(1, 2);
         for _ in 0..100 {
-            record = GuardRecord::merged(stored.as_deref(), 1, &delta, 0).unwrap();
+            record = GuardRecord::merged(stored.as_deref(), 1, 1, &delta, 0).unwrap();
             stored = Some(record.encode());
         }
         // 25,000 responses: one checkpoint at each merge that reached the next thousand.
@@ -305,7 +336,7 @@ mod many_workers {
             let mut stored: Option<Vec<u8>> = None;
             let mut pending = vec![([ArmTally::default(); 2], 0u32); workers];
             let look = |stored: &mut Option<Vec<u8>>, (delta, n): &mut ([ArmTally; 2], u32)| {
-                let r = GuardRecord::merged(stored.as_deref(), 1, &delta[..], 0).unwrap();
+                let r = GuardRecord::merged(stored.as_deref(), 1, 1, &delta[..], 0).unwrap();
                 *stored = Some(r.encode());
                 (*delta, *n) = ([ArmTally::default(); 2], 0);
                 test.trips_any(r.arms[1].errors, &r.windows(1, 0))
@@ -369,7 +400,7 @@ mod add_tests {
         ];
         let mut record = GuardRecord::new(2, 2);
         for i in 0..200u64 {
-            let merged = GuardRecord::merged(Some(&record.encode()), 2, &delta, i % 3).unwrap();
+            let merged = GuardRecord::merged(Some(&record.encode()), 2, 2, &delta, i % 3).unwrap();
             record.add(&delta, i % 3);
             assert_eq!(record, merged);
         }

@@ -51,7 +51,7 @@ pub fn state_key(rollout: &str) -> String {
 /// outlive the config they were made under (a key per config an Envoy has run, each small).
 pub fn guard_key(rollout: &str, config: &[u8]) -> String {
     let fingerprint = crate::bucket::fnv1a64(crate::bucket::FNV_OFFSET, config);
-    format!("ramp.guard.v2.{rollout}.{fingerprint:016x}")
+    format!("ramp.guard.v3.{rollout}.{fingerprint:016x}")
 }
 
 /// One worker VM's shared queue, on which its HTTP contexts hand shadow copies to its root
@@ -75,7 +75,7 @@ mod tests {
         assert_eq!(instance_key("r"), "ramp.ctl.v1.r.instance");
         assert_eq!(lease_key("r"), "ramp.ctl.v1.r.lease");
         assert_eq!(state_key("r"), "ramp.ctl.v4.r.state");
-        assert_eq!(guard_key("r", b""), "ramp.guard.v2.r.cbf29ce484222325");
+        assert_eq!(guard_key("r", b""), "ramp.guard.v3.r.cbf29ce484222325");
         assert_eq!(shadow_queue(0xab), "ramp.shadow.00000000000000ab");
     }
 }

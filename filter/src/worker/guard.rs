@@ -34,6 +34,8 @@ pub(super) struct GuardState {
     trips_metric: Vec<u32>,
     /// Responses counted since this worker's last merge.
     unmerged: Cell<u32>,
+    /// The live state version the epoch came from (0: the static config's).
+    version: Cell<u64>,
 }
 
 impl GuardState {
@@ -53,6 +55,7 @@ impl GuardState {
             tripped: Cell::new(0),
             trips_metric,
             unmerged: Cell::new(0),
+            version: Cell::new(0),
         }
     }
 
@@ -134,7 +137,7 @@ impl GuardState {
         let delta = self.pending.try_borrow().ok()?.clone();
         let before = Cell::new(0u64);
         let written = cas_merge(host, &self.key, |stored| {
-            let record = GuardRecord::merged(stored, epoch, &delta, trips)?;
+            let record = GuardRecord::merged(stored, epoch, self.version.get(), &delta, trips)?;
             let old = stored.and_then(|b| GuardRecord::decode(b, delta.len()));
             before.set(old.filter(|o| o.epoch == epoch).map_or(0, |o| o.tripped));
             Some(record.encode())
@@ -190,10 +193,12 @@ impl GuardState {
         written.is_some() && marked.get()
     }
 
-    /// The live state's guard: a new epoch (or none) starts the counts and trips afresh.
-    pub(super) fn set_test(&self, test: Option<(u64, GuardTest)>) {
+    /// The live state's guard (from state `version`): a new epoch (or none) starts the counts and
+    /// trips afresh.
+    pub(super) fn set_test(&self, test: Option<(u64, GuardTest)>, version: u64) {
         let old = self.test.replace(test);
         if old.map(|(e, _)| e) != test.map(|(e, _)| e) {
+            self.version.set(version);
             if let Ok(mut v) = self.pending.try_borrow_mut() {
                 v.iter_mut().for_each(|t| *t = ArmTally::default());
             }
