@@ -314,6 +314,10 @@ fn judge_now(
         .as_ref()
         .map(|g| handle.guard_trips().tripped(g.epoch))
         .unwrap_or_default();
+    let standing = ramp_controller_core::guard::Standing {
+        tripped: tripped.clone(),
+        envoys: reporting_envoys(handle, now),
+    };
     // A trip moves that Envoy's share of the candidate to the baseline, so the split is no longer
     // the configured one, by design: the sample-ratio check stands aside for the rest of the
     // stage (the next stage is a new epoch and a new split), instead of pausing on the guard's
@@ -357,6 +361,7 @@ fn judge_now(
             srm: srm.as_ref(),
             best: best.as_ref(),
             trips: &trips,
+            standing: Some(&standing),
         };
         let decided = check(rec, spec, &totals, &looks, now, seen);
         let decided = crate::custom_verdict::pause_without_data(rec, spec, &totals, decided);
@@ -371,6 +376,20 @@ fn judge_now(
     history.earlier.push(totals);
     history.checks += 1;
     decided.flatten()
+}
+
+/// How long after its last report an Envoy still counts as serving the rollout (reports come
+/// every `poll_ms`, a second by default).
+const REPORTING_WITHIN_MS: u64 = 10_000;
+
+/// The Envoys that reported lately (a report's `seq` is its filter's clock in ms).
+fn reporting_envoys(handle: &Rollout, now: u64) -> usize {
+    handle
+        .reports()
+        .newest
+        .values()
+        .filter(|r| r.seq.saturating_add(REPORTING_WITHIN_MS) >= now)
+        .count()
 }
 
 /// Status shows, per rule and candidate, the verdict the check decides with (over every window

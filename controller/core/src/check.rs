@@ -139,6 +139,8 @@ pub struct Seen<'a> {
     pub srm: Option<&'a crate::sequential::SrmResult>,
     pub best: Option<&'a BestArm>,
     pub trips: &'a [crate::guard::Trip],
+    /// Where the guards stand in the epoch (all trips so far, and the Envoys reporting).
+    pub standing: Option<&'a crate::guard::Standing>,
 }
 
 /// One check of a progressing rollout on the windows `rule_looks` chose: the record to store
@@ -152,7 +154,12 @@ pub fn check(
     now: u64,
     seen: Seen<'_>,
 ) -> Option<(Record, Vec<Event>)> {
-    let Seen { srm, best, trips } = seen;
+    let Seen {
+        srm,
+        best,
+        trips,
+        standing,
+    } = seen;
     let stage_windows = stage_windows(rec, spec, totals);
     let rules: &[Rule] = spec
         .stages
@@ -188,7 +195,7 @@ pub fn check(
     } else {
         spec
     };
-    let (mut state, action) = machine::decide(
+    let (mut state, mut action) = machine::decide(
         judged_by,
         &rec.state,
         now,
@@ -197,8 +204,21 @@ pub fn check(
         srm,
         best,
     );
-    let tripped = trip_event(trips, confirmed && state.phase == Phase::RolledBack);
-    if state == rec.state && tripped.is_none() {
+    let mut rearmed = None;
+    let ruled = state.phase == Phase::RolledBack;
+    if state.phase == Phase::Progressing {
+        if let Some(g) = standing {
+            (state, action, rearmed) = stand_by_trips(spec, rec, g, state, action, now);
+        }
+    }
+    let outcome = match (state.phase == Phase::RolledBack, confirmed && ruled) {
+        (true, true) => "the fleet's figures confirm it: rolled back at once",
+        (true, false) if !ruled => "every Envoy reporting has cut it off: rolled back",
+        (true, false) => "rolled back by the rules",
+        _ => "the fleet's figures do not confirm it at this check: those Envoys keep it off, and the others' figures decide",
+    };
+    let tripped = trip_event(trips, outcome);
+    if state == rec.state && tripped.is_none() && rearmed.is_none() {
         return None;
     }
     if confirmed && state.phase == Phase::RolledBack {
@@ -254,7 +274,7 @@ pub fn check(
     };
     // Data from a split that is not the configured one is judged by nothing, dry runs included.
     let mismatch = srm.is_some_and(|s| s.mismatch);
-    let mut events: Vec<Event> = tripped.into_iter().collect();
+    let mut events: Vec<Event> = tripped.into_iter().chain(rearmed).collect();
     events.extend(
         (!mismatch)
             .then(|| dry_run_started(rec, spec, rules, &verdicts))
@@ -264,18 +284,67 @@ pub fn check(
     Some((next, events))
 }
 
+/// What standing trips do to a decision the rules made. A candidate every Envoy reporting has cut
+/// off is rolled back: each Envoy ruled its 5xx rate above the bound at level alpha on its own
+/// responses, and none serves it any more, so no rule could ever gather the evidence. While only
+/// some Envoys cut a candidate off, the others' figures decide: the stage does not advance on a
+/// check that would have advanced it, but re-arms those Envoys' guards (a new epoch: they serve the
+/// candidate again, their trip judged by the others' figures); the next check goes on if none trips
+/// again. The re-arming event, if any.
+fn stand_by_trips(
+    spec: &Spec,
+    rec: &Record,
+    standing: &crate::guard::Standing,
+    state: State,
+    action: Action,
+    now: u64,
+) -> (State, Action, Option<Event>) {
+    let weight = spec.stages.get(rec.state.stage).map_or(0.0, |s| s.weight);
+    if let Some(arm) = standing.everywhere() {
+        let reason = format!(
+            "stage {} ({weight}%): the guard of every Envoy reporting ({}) cut {arm} off: each found its 5xx rate above the bound at level alpha on its own responses, and none serves it any more",
+            rec.state.stage + 1,
+            standing.envoys
+        );
+        let next = State {
+            phase: Phase::RolledBack,
+            reason: Some(reason.clone()),
+            ..state
+        };
+        return (next, Action::RollBack { reason }, None);
+    }
+    let cut: Vec<String> = standing
+        .tripped
+        .iter()
+        .filter(|(_, &n)| n > 0)
+        .map(|(arm, n)| format!("{arm} in {n} of {} Envoys", standing.envoys))
+        .collect();
+    if cut.is_empty() || !matches!(action, Action::Advance { .. } | Action::Promote) {
+        return (state, action, None);
+    }
+    let why = format!(
+        "the rules pass on the fleet's figures while guards cut off {}: those guards are re-armed (the candidate serves there again) and the stage goes on at a check with no new trip",
+        cut.join(", ")
+    );
+    let held = State {
+        guard_rearmed_ms: Some(now.max(crate::guard::epoch(&rec.state) + 1)),
+        reason: Some(why.clone()),
+        ..rec.state.clone()
+    };
+    (
+        held,
+        Action::Hold(Some(why.clone())),
+        Some((EventKind::GuardRearmed, why)),
+    )
+}
+
 /// The event of the guards' trips this check judged: which Envoys cut which candidates off, and
 /// what the fleet's figures made of it.
-fn trip_event(trips: &[crate::guard::Trip], rolled_back: bool) -> Option<Event> {
+fn trip_event(trips: &[crate::guard::Trip], outcome: &str) -> Option<Event> {
     let first = trips.first()?;
     let mut arms: Vec<&str> = trips.iter().map(|t| t.arm.as_str()).collect();
     arms.sort_unstable();
     arms.dedup();
-    let outcome = if rolled_back {
-        "the fleet's figures confirm it: rolled back at once"
-    } else {
-        "the fleet's figures do not confirm it at this check: those Envoys keep it off for the rest of the stage, the others go on as the rules say"
-    };
     Some((
         EventKind::GuardTripped,
         format!(
@@ -655,6 +724,57 @@ mod guard_tests {
         assert_eq!(held.state.phase, Phase::Progressing);
         assert_eq!(events[0].0, EventKind::GuardTripped);
         assert!(events[0].1.contains("do not confirm it"));
+    }
+
+    /// Trips that stand: a candidate every Envoy cut off is rolled back (no rule can see it any
+    /// more); one some Envoys cut off holds a stage the rules would advance, and re-arms them.
+    #[test]
+    fn standing_trips_roll_back_everywhere_and_re_arm_somewhere() {
+        let spec = Spec::parse("name: r\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\nstages:\n  - {weight: 50, rules: [{metric: error_rate, max: 0.05, min_samples: 50}]}\n  - {weight: 100}\n").unwrap();
+        let rec = Record {
+            name: "r".into(),
+            spec_text: String::new(),
+            state: machine::State::start(&spec, 0),
+            version: 1,
+            base: Totals::default(),
+        };
+        let arm = |errors| ArmTotals {
+            requests: 500,
+            errors,
+            ..ArmTotals::default()
+        };
+        let healthy: Totals = [("v1".to_owned(), arm(0)), ("v2".to_owned(), arm(1))].into();
+        let looks = rule_looks(&rec, &spec, &healthy, &Lookback::default(), 0);
+        let run = |tripped: usize, envoys: usize| {
+            let standing = crate::guard::Standing {
+                tripped: [("v2".to_owned(), tripped)].into(),
+                envoys,
+            };
+            let seen = Seen {
+                standing: Some(&standing),
+                ..Seen::default()
+            };
+            check(&rec, &spec, &healthy, &looks, 5_000, seen).unwrap()
+        };
+        let (everywhere, _) = run(2, 2);
+        assert_eq!(everywhere.state.phase, Phase::RolledBack);
+        assert!(everywhere
+            .state
+            .reason
+            .unwrap()
+            .contains("every Envoy reporting (2) cut v2 off"));
+        let (somewhere, events) = run(1, 2);
+        assert_eq!(
+            (somewhere.state.phase, somewhere.state.stage),
+            (Phase::Progressing, 0),
+            "the stage waits"
+        );
+        assert_eq!(somewhere.state.guard_rearmed_ms, Some(5_000));
+        assert_eq!(crate::guard::epoch(&somewhere.state), 5_000, "a new epoch");
+        assert_eq!(events.last().unwrap().0, EventKind::GuardRearmed);
+        // Without trips the same check advances.
+        let (free, _) = run(0, 2);
+        assert_eq!(free.state.stage, 1);
     }
 
     /// A reviewer's probe, kept: an Envoy's guard cut v2 off while the error rule fails for v3

@@ -37,10 +37,13 @@ pub enum EventKind {
     SpecRemoved,
     /// An Envoy's guard cut a candidate off; the rollout was judged at once.
     GuardTripped,
+    /// The rules passed on the fleet's figures while some Envoys' guards had cut a candidate
+    /// off: those guards start afresh.
+    GuardRearmed,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 16] = [
         EventKind::Applied,
         EventKind::Command,
         EventKind::Advance,
@@ -56,6 +59,7 @@ impl EventKind {
         EventKind::NewRevision,
         EventKind::SpecRemoved,
         EventKind::GuardTripped,
+        EventKind::GuardRearmed,
     ];
 
     /// The name stored and shown (the serde name).
@@ -76,6 +80,7 @@ impl EventKind {
             EventKind::NewRevision => "new_revision",
             EventKind::SpecRemoved => "spec_removed",
             EventKind::GuardTripped => "guard_tripped",
+            EventKind::GuardRearmed => "guard_rearmed",
         }
     }
 }

@@ -56,12 +56,39 @@ pub fn live_guard(spec: &Spec, state: &State) -> Option<LiveGuard> {
     let (max_error_rate, max_increase) = guarded(&stage.rules)?;
     let serving = state.weights(spec).1 > 0.0;
     serving.then_some(LiveGuard {
-        epoch: state.stage_started_ms.max(1),
+        epoch: epoch(state),
         alpha: g.alpha,
         min_errors: g.min_errors,
         max_error_rate,
         max_increase,
     })
+}
+
+/// The guard's epoch in `state`: the stage's start, or the last re-arming in it.
+pub fn epoch(state: &State) -> u64 {
+    state
+        .stage_started_ms
+        .max(state.guard_rearmed_ms.unwrap_or(0))
+        .max(1)
+}
+
+/// Where the guards stand in the current epoch, for a check: per candidate, how many of the
+/// Envoys reporting lately have cut it off.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Standing {
+    pub tripped: BTreeMap<String, usize>,
+    pub envoys: usize,
+}
+
+impl Standing {
+    /// A candidate every Envoy cut off: each did at level alpha on its own responses, and no
+    /// Envoy serves it any more, so no rule can gather evidence on it.
+    pub fn everywhere(&self) -> Option<&str> {
+        self.tripped
+            .iter()
+            .find(|(_, &n)| n > 0 && self.envoys > 0 && n >= self.envoys)
+            .map(|(arm, _)| arm.as_str())
+    }
 }
 
 /// One Envoy's guard cutting one candidate off, as its report said.

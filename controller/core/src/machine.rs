@@ -55,6 +55,11 @@ pub struct State {
     /// experiment, so its covariate is this pre-period's alone (`check::scope_pre_period`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_period_base: Option<Box<PrePeriodBase>>,
+    /// When the filters' guards were last re-armed in this stage (`guard::live_guard`'s epoch):
+    /// the rules passed on the other Envoys' figures while some Envoys' guards had cut a
+    /// candidate off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard_rearmed_ms: Option<u64>,
 }
 
 /// Per arm, the pre-period counts a pre-period began from (boxed: most states have none).
@@ -85,6 +90,7 @@ impl State {
             winner: None,
             dry_run_failing: Vec::new(),
             pre_period_base: None,
+            guard_rearmed_ms: None,
         }
     }
 
