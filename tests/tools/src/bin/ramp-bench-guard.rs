@@ -23,7 +23,7 @@
 //! False trips: the guard alone with no fault, both arms failing 2% at random, 20 s a run.
 //!
 //! Knobs: `RAMP_BENCH_GUARD_RUNS` (10), `RAMP_BENCH_GUARD_RPS` (per Envoy, 1000),
-//! `RAMP_BENCH_GUARD_AA_RUNS` (5), `RAMP_BENCH_GUARD_ROUNDS` (capacity rounds, 9). Writes `tests/bench/results/guard.{md,json}`.
+//! `RAMP_BENCH_GUARD_AA_RUNS` (5), `RAMP_BENCH_GUARD_ROUNDS` (capacity rounds, 10), `RAMP_BENCH_GUARD_HISTORY_RUNS` (3). Writes `tests/bench/results/guard.{md,json}`.
 //! Needs a release `rampctl` in `RAMPCTL_BIN` (`make bench` builds it) and wrk.
 
 use std::process::Command;
@@ -215,7 +215,8 @@ fn capacity(rounds: usize) -> Result<(Vec<f64>, Vec<f64>)> {
 fn main() -> Result<()> {
     let runs = env_or("RAMP_BENCH_GUARD_RUNS", 10) as usize;
     let rps = env_or("RAMP_BENCH_GUARD_RPS", 1000) as f64;
-    let rounds = env_or("RAMP_BENCH_GUARD_ROUNDS", 9) as usize;
+    // Even, so each Envoy is the measured one as often as the other.
+    let rounds = env_or("RAMP_BENCH_GUARD_ROUNDS", 10) as usize;
     let variants = variants();
     let mut outcomes: Vec<Vec<Outcome>> = variants.iter().map(|_| Vec::new()).collect();
     for r in 0..runs {
@@ -252,6 +253,30 @@ fn main() -> Result<()> {
         aa_trips.extend(t);
     }
     let aa_tripped = aa_trips.iter().filter(|t| **t > 0.0).count();
+    // The guard's test runs on the epoch's counts so far: how long the candidate was healthy
+    // before the fault may slow a trip.
+    let history_runs = env_or("RAMP_BENCH_GUARD_HISTORY_RUNS", 3) as usize;
+    let mut history = Vec::new();
+    for (guard, healthy_s) in [
+        (json!({"max_error_rate": 0.05}), 3),
+        (json!({"max_error_rate": 0.05}), 12),
+        (json!({"max_increase": 0.0}), 12),
+    ] {
+        let mut got = Vec::new();
+        for r in 0..history_runs {
+            let mut s = Scenario::new("bench-history", Mode::Guard(guard.clone()));
+            s.rps_per_envoy = rps;
+            s.healthy = Duration::from_secs(healthy_s);
+            let o = run(&s)?;
+            eprintln!(
+                "history run {r} {guard} healthy {healthy_s} s: tripping envoy {:?} ms, every envoy {:?} ms",
+                ms(o.first_to_zero()).map(f64::round),
+                ms(o.every_to_zero()).map(f64::round),
+            );
+            got.push(o);
+        }
+        history.push((guard, healthy_s, got));
+    }
     eprintln!("capacity: {rounds} rounds");
     let (guard_capacity, aa_capacity) = capacity(rounds)?;
 
@@ -340,7 +365,15 @@ fn main() -> Result<()> {
             "runs": os.iter().map(outcome_json).collect::<Vec<_>>(),
         }));
     }
-    let cap = median(guard_capacity.clone());
+    // Per round, the guard's ratio over the A/A's: both measured on the same Envoy against the
+    // same other one, so what differs between the two processes cancels within the round.
+    let paired: Vec<f64> = guard_capacity
+        .iter()
+        .zip(&aa_capacity)
+        .map(|(g, a)| g / a)
+        .collect();
+    let cap = median(paired.clone());
+    let raw = median(guard_capacity.clone());
     let aa = median(aa_capacity.clone());
     let range = |v: &[f64]| {
         let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
@@ -370,6 +403,36 @@ fn main() -> Result<()> {
         aa_permille as f64 / 10.0,
         aa_trips.len(),
     ));
+    md.push_str(&format!(
+        "\n## Healthy history before the fault (guard alone)\n\n\
+         The guard tests each arm on its counts since the epoch began (for the filter config's \
+         guard, since Envoy started; for rampctl's, since the stage did), healthy responses \
+         included. The same scenario with the guard against a bound and against the baseline, the \
+         candidate healthy for 3 s or 12 s before it fails one request in three; {history_runs} \
+         runs each, median / max in ms.\n\n\
+         | guard | healthy before the fault | tripping Envoy (ms) | every Envoy of two (ms) |\n\
+         |---|---:|---:|---:|\n"
+    ));
+    let mut history_json = Vec::new();
+    for (guard, healthy_s, os) in &history {
+        let first = summarize(&os.iter().map(|o| ms(o.first_to_zero())).collect::<Vec<_>>());
+        let every = summarize(&os.iter().map(|o| ms(o.every_to_zero())).collect::<Vec<_>>());
+        let cell = |s: &Summary| {
+            let never = if s.missing > 0 {
+                format!(" ({} never)", s.missing)
+            } else {
+                String::new()
+            };
+            format!("{:.0} / {:.0}{never}", s.median, s.max)
+        };
+        md.push_str(&format!(
+            "| `{guard}` | {healthy_s} s | {} | {} |\n",
+            cell(&first),
+            cell(&every)
+        ));
+        history_json.push(json!({"guard": guard, "healthy_s": healthy_s,
+                                 "tripping_envoy": first.json(), "every_envoy": every.json()}));
+    }
     let cap_met = cap >= 0.98;
     md.push_str(&format!(
         "\n## Capacity with the guard\n\n\
@@ -377,12 +440,18 @@ fn main() -> Result<()> {
          {{\"max_increase\": 0.0}}`) against `ramp_weighted` (the same without), by `make bench`'s \
          method (`ramp_tools::wrk`): two Envoys (`--concurrency 1`) pinned to one core, each loaded \
          by its own wrk (-t1 -c32, 2 s) at the same time, roles swapped every round; capacity = \
-         CPU/request without / CPU/request with; {rounds} rounds, median. Direct responses, all 200: \
-         the guard counts every response (its test runs on a candidate's 5xx, so never here).\n\n\
+         CPU/request of `ramp_weighted` on the other Envoy / CPU/request of the pair's variant; \
+         {rounds} rounds, median. Each round measures both pairs with the same roles, so the \
+         figure of record is, per round, the guard's ratio over the A/A's (what differs between \
+         the two processes cancels; here it swung the raw ratios by about 3% with the roles). \
+         Direct responses, all 200: the guard counts every response (its test runs on a \
+         candidate's 5xx, so never here).\n\n\
          | pair | capacity ratio (median) | rounds min..max |\n|---|---:|---:|\n\
-         | with the guard / without | {cap:.3} | {} |\n\
+         | with the guard / without, over the round's A/A (of record) | {cap:.3} | {} |\n\
+         | with the guard / without, raw | {raw:.3} | {} |\n\
          | without / without (A/A) | {aa:.3} | {} |\n\n\
          Target: within 2% (>= 0.98): {}.\n",
+        range(&paired),
         range(&guard_capacity),
         range(&aa_capacity),
         if cap_met { "met" } else { "missed" },
@@ -397,10 +466,14 @@ fn main() -> Result<()> {
         "runs": runs,
         "variants": variants_json,
         "targets": targets,
+        "history": history_json,
         "aa": {"runs": aa_runs, "seconds": aa_secs, "fail_chance_permille": aa_permille,
                "trips_per_envoy": aa_trips, "envoys_tripped": aa_tripped},
         "capacity": {
             "with_guard_over_without": cap,
+            "method": "per round: (with guard / without) over (without / without), same roles",
+            "paired_rounds": paired,
+            "raw": raw,
             "rounds": guard_capacity,
             "aa": aa,
             "aa_rounds": aa_capacity,
