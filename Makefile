@@ -36,9 +36,11 @@ WASM_OPT_FLAGS := -O3 --strip-debug --enable-bulk-memory --enable-sign-ext --ena
 # four counters per arm in Envoy's stats, shared data and the report, the `usage` scan) add 11.5 KB:
 # 363.3 KB, so the budget was 368 KB. Issue 23's guard (its config and live-state sections with
 # their checks, the test's log-gamma and constrained likelihood, which bring in `ln`/`exp`, the
-# per-arm counts merged in shared data, the trip metric and the report's `guard`) adds 21.7 KB:
-# 384.9 KB, so the budget is 388 KB. It still fails the build on unexplained growth.
-WASM_MAX_BYTES := 388000
+# per-arm counts merged in shared data, the trip metric and the report's `guard`) adds 21.9 KB,
+# and its checkpoint windows (a fault late in a stage judged on the counts since the checkpoint
+# before it) 3.2 KB more: 388.3 KB, so the budget is 392 KB. It still fails the build on
+# unexplained growth.
+WASM_MAX_BYTES := 392000
 
 .PHONY: help toolchain venv wasm lint unit wasm-test e2e test demo bench sim images image-layouts clean
 
@@ -47,7 +49,7 @@ help:
 	@echo "make test   lint, unit tests, wasm parity tests under Node, end-to-end tests in a real Envoy"
 	@echo "make bench  CPU per request: no filter, empty wasm filter, naive routers and Ramp, each against the naive router at the same time; the controller's polls, checks and scrapes; the guard's fault to 0%; written to tests/bench/results/"
 	@echo "make images OCI image layouts under target/images/ (the filter as Istio pulls it, a static rampctl), digests printed and pinned in the istio/ manifests"
-	@echo "make sim    bandit regret (2 and 5 arms, tick delays, drift), the decisions (A/A, power, SRM) and bandit rollouts to their decision (best arm found, exposure check), written to tests/bench/results/"
+	@echo "make sim    bandit regret (2 and 5 arms, tick delays, drift), the decisions (A/A, power, SRM), bandit rollouts to their decision (best arm found, exposure check) and the filter's 5xx guard (false trips alone and in a fleet, time to trip), written to tests/bench/results/"
 
 toolchain:
 	@rustup toolchain install 1.95.0 --profile minimal --component rustfmt,clippy --target wasm32-wasip1,wasm32-unknown-unknown,x86_64-unknown-linux-musl >/dev/null 2>&1 || rustup show active-toolchain
@@ -145,6 +147,7 @@ sim: toolchain
 	cargo run --release -q -p ramp-tools --bin ramp-sim
 	cargo run --release -q -p ramp-tools --bin ramp-sim-decisions
 	cargo run --release -q -p ramp-tools --bin ramp-sim-rollouts
+	cargo run --release -q -p ramp-tools --bin ramp-sim-guard
 
 clean:
 	cargo clean

@@ -1,12 +1,20 @@
 //! One Envoy's guard in shared data, which every worker merges into: the epoch it counts for,
-//! the arms tripped (and those already reported), and per arm the responses and 5xx counted in
-//! that epoch. Workers count locally and add their counts once a tick, so the test sees the
-//! Envoy's responses, not one worker's.
+//! the arms tripped (and those already reported), per arm the responses and 5xx counted in that
+//! epoch, and the counts at the newest checkpoints (one every `CHECKPOINT_EVERY` responses), the
+//! start points of the test's later windows. Workers count locally and add their counts once a
+//! tick (or at a candidate's 5xx), so the test sees the Envoy's responses, not one worker's.
 
-use crate::guard::ArmTally;
+use crate::guard::{ln_start_weight, ArmTally, Window};
 
 /// Marks the bytes as ours, so anything else under the key is replaced, never merged.
-const MAGIC: &[u8; 4] = b"RGD1";
+const MAGIC: &[u8; 4] = b"RGD2";
+
+/// Responses (all arms) between checkpoints: a fault is judged on at most about this many
+/// healthy responses from before it, whenever in the stage it begins.
+pub const CHECKPOINT_EVERY: u64 = 1_000;
+/// Checkpoints kept, newest first to go: older start points are left out (which only lowers
+/// the test's sum), and the epoch's start is always in.
+pub const CHECKPOINTS_KEPT: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuardRecord {
@@ -16,6 +24,11 @@ pub struct GuardRecord {
     /// Bit `i`: a report said so already.
     pub reported: u64,
     pub arms: Vec<ArmTally>,
+    /// Checkpoints taken in this epoch, and the total responses at which the next is due.
+    pub checkpoints_taken: u64,
+    pub next_checkpoint_at: u64,
+    /// The newest checkpoints, oldest first: its number (1-based) and every arm's counts then.
+    pub checkpoints: Vec<(u64, Vec<ArmTally>)>,
 }
 
 impl GuardRecord {
@@ -25,18 +38,61 @@ impl GuardRecord {
             tripped: 0,
             reported: 0,
             arms: vec![ArmTally::default(); arms],
+            checkpoints_taken: 0,
+            next_checkpoint_at: CHECKPOINT_EVERY,
+            checkpoints: Vec::new(),
         }
     }
 
+    /// The windows the test of `candidate` against `baseline` looks at: since the epoch began,
+    /// and since each checkpoint kept, each with its start's weight.
+    pub fn windows(&self, candidate: usize, baseline: usize) -> Vec<Window> {
+        let at = |arms: &[ArmTally], i: usize| arms.get(i).copied().unwrap_or_default();
+        let since = |then: &[ArmTally], i: usize| {
+            let (now, then) = (at(&self.arms, i), at(then, i));
+            ArmTally {
+                requests: now.requests.saturating_sub(then.requests),
+                errors: now.errors.saturating_sub(then.errors),
+            }
+        };
+        let mut out = Vec::with_capacity(1 + self.checkpoints.len());
+        out.push(Window {
+            ln_weight: ln_start_weight(0),
+            candidate: at(&self.arms, candidate),
+            baseline: at(&self.arms, baseline),
+        });
+        for (k, then) in &self.checkpoints {
+            out.push(Window {
+                ln_weight: ln_start_weight(*k),
+                candidate: since(then, candidate),
+                baseline: since(then, baseline),
+            });
+        }
+        out
+    }
+
+    /// `RGD2`, the epoch, the trip and report bits, the checkpoints taken, the next one's due
+    /// count, the checkpoints kept, then per arm its requests and 5xx, then per checkpoint kept
+    /// its number and per arm the same (little-endian u64s).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(28 + self.arms.len() * 16);
+        let arms = self.arms.len();
+        let mut out = Vec::with_capacity(4 + 48 + (1 + self.checkpoints.len()) * (8 + arms * 16));
         out.extend_from_slice(MAGIC);
-        for w in [self.epoch, self.tripped, self.reported] {
+        let kept = self.checkpoints.len() as u64;
+        for w in [
+            self.epoch,
+            self.tripped,
+            self.reported,
+            self.checkpoints_taken,
+            self.next_checkpoint_at,
+            kept,
+        ] {
             out.extend_from_slice(&w.to_le_bytes());
         }
-        for a in &self.arms {
-            out.extend_from_slice(&a.requests.to_le_bytes());
-            out.extend_from_slice(&a.errors.to_le_bytes());
+        push_tallies(&mut out, &self.arms);
+        for (k, ts) in &self.checkpoints {
+            out.extend_from_slice(&k.to_le_bytes());
+            push_tallies(&mut out, ts);
         }
         out
     }
@@ -45,25 +101,41 @@ impl GuardRecord {
     /// config's arm count, foreign bytes).
     pub fn decode(bytes: &[u8], arms: usize) -> Option<Self> {
         let rest = bytes.strip_prefix(MAGIC)?;
-        if rest.len() != 24 + arms * 16 {
+        if rest.len() % 8 != 0 {
             return None;
         }
         let words: Vec<u64> = rest
             .chunks_exact(8)
             .filter_map(|c| Some(u64::from_le_bytes(c.try_into().ok()?)))
             .collect();
-        let (head, tallies) = words.split_at_checked(3)?;
-        Some(GuardRecord {
-            epoch: head[0],
-            tripped: head[1],
-            reported: head[2],
-            arms: tallies
-                .chunks_exact(2)
+        let (head, rest) = words.split_at_checked(6)?;
+        let kept = usize::try_from(head[5])
+            .ok()
+            .filter(|&k| k <= CHECKPOINTS_KEPT)?;
+        if rest.len() != arms * 2 + kept * (1 + arms * 2) {
+            return None;
+        }
+        let tallies = |ws: &[u64]| -> Vec<ArmTally> {
+            ws.chunks_exact(2)
                 .map(|c| ArmTally {
                     requests: c[0],
                     errors: c[1],
                 })
-                .collect(),
+                .collect()
+        };
+        let (now, rows) = rest.split_at_checked(arms * 2)?;
+        let checkpoints = rows
+            .chunks_exact(1 + arms * 2)
+            .map(|row| (row[0], tallies(&row[1..])))
+            .collect();
+        Some(GuardRecord {
+            epoch: head[0],
+            tripped: head[1],
+            reported: head[2],
+            checkpoints_taken: head[3],
+            next_checkpoint_at: head[4],
+            arms: tallies(now),
+            checkpoints,
         })
     }
 
@@ -87,7 +159,30 @@ impl GuardRecord {
             total.errors = total.errors.saturating_add(d.errors);
         }
         record.tripped |= trips;
+        // A checkpoint is due by the responses counted, never by their outcomes: its window is a
+        // test started at a time the data did not choose.
+        let responses = record
+            .arms
+            .iter()
+            .fold(0u64, |n, t| n.saturating_add(t.requests));
+        if responses >= record.next_checkpoint_at {
+            record.checkpoints_taken = record.checkpoints_taken.saturating_add(1);
+            record
+                .checkpoints
+                .push((record.checkpoints_taken, record.arms.clone()));
+            if record.checkpoints.len() > CHECKPOINTS_KEPT {
+                record.checkpoints.remove(0);
+            }
+            record.next_checkpoint_at = responses.saturating_add(CHECKPOINT_EVERY);
+        }
         Some(record)
+    }
+}
+
+fn push_tallies(out: &mut Vec<u8>, tallies: &[ArmTally]) {
+    for a in tallies {
+        out.extend_from_slice(&a.requests.to_le_bytes());
+        out.extend_from_slice(&a.errors.to_le_bytes());
     }
 }
 
@@ -106,14 +201,22 @@ mod tests {
             tripped: 0b10,
             reported: 0b10,
             arms: vec![tally(100, 1), tally(50, 20)],
+            checkpoints_taken: 3,
+            next_checkpoint_at: 4_000,
+            checkpoints: vec![
+                (2, vec![tally(10, 0), tally(5, 1)]),
+                (3, vec![tally(60, 1), tally(30, 9)]),
+            ],
         };
         assert_eq!(GuardRecord::decode(&r.encode(), 2), Some(r.clone()));
+        let fresh = GuardRecord::new(1, 2);
+        assert_eq!(GuardRecord::decode(&fresh.encode(), 2), Some(fresh));
         assert_eq!(
             GuardRecord::decode(&r.encode(), 3),
             None,
             "another config's arms"
         );
-        assert_eq!(GuardRecord::decode(b"RGD1", 0), None);
+        assert_eq!(GuardRecord::decode(b"RGD2", 0), None);
         assert_eq!(GuardRecord::decode(&[0; 60], 2), None, "foreign bytes");
     }
 
@@ -132,8 +235,40 @@ mod tests {
             None,
             "a worker still on epoch 3 must not undo epoch 4"
         );
-        let full = [tally(u64::MAX, u64::MAX), tally(0, 0)];
+        let full = [tally(u64::MAX / 2, u64::MAX / 2), tally(0, 0)];
         let saturated = GuardRecord::merged(Some(&newer.encode()), 4, &full, 0).unwrap();
-        assert_eq!(saturated.arms[0], tally(u64::MAX, u64::MAX));
+        assert_eq!(
+            saturated.arms[0],
+            tally(u64::MAX / 2 + 10, u64::MAX / 2 + 1)
+        );
+        let again = GuardRecord::merged(Some(&saturated.encode()), 4, &full, 0).unwrap();
+        assert_eq!(again.arms[0], tally(u64::MAX, u64::MAX), "saturates");
+    }
+
+    #[test]
+    fn a_checkpoint_every_thousand_responses_and_the_newest_eight_kept() {
+        let mut stored: Option<Vec<u8>> = None;
+        let delta = [tally(150, 1), tally(100, 3)];
+        let mut record = GuardRecord::new(1, 2);
+        for _ in 0..100 {
+            record = GuardRecord::merged(stored.as_deref(), 1, &delta, 0).unwrap();
+            stored = Some(record.encode());
+        }
+        // 25,000 responses: one checkpoint at each merge that reached the next thousand.
+        assert_eq!(record.checkpoints_taken, 25);
+        assert_eq!(record.checkpoints.len(), CHECKPOINTS_KEPT);
+        assert_eq!(record.checkpoints.last().unwrap().0, 25);
+        assert_eq!(record.checkpoints[0].0, 18);
+        let windows = record.windows(1, 0);
+        assert_eq!(windows.len(), 1 + CHECKPOINTS_KEPT);
+        assert_eq!(windows[0].candidate, tally(10_000, 300));
+        // The newest checkpoint was the last merge: its window is empty.
+        assert_eq!(windows.last().unwrap().candidate, tally(0, 0));
+        assert_eq!(
+            windows[1].candidate,
+            tally(2_800, 84),
+            "since checkpoint 18, 7 checkpoints (28 merges) ago"
+        );
+        assert!(windows[1].ln_weight < windows[0].ln_weight);
     }
 }

@@ -48,7 +48,7 @@ pub fn state_key(rollout: &str) -> String {
 
 /// This Envoy's guard (`guard_share::GuardRecord`, all workers).
 pub fn guard_key(rollout: &str) -> String {
-    format!("ramp.guard.v1.{rollout}")
+    format!("ramp.guard.v2.{rollout}")
 }
 
 /// One worker VM's shared queue, on which its HTTP contexts hand shadow copies to its root
@@ -72,7 +72,7 @@ mod tests {
         assert_eq!(instance_key("r"), "ramp.ctl.v1.r.instance");
         assert_eq!(lease_key("r"), "ramp.ctl.v1.r.lease");
         assert_eq!(state_key("r"), "ramp.ctl.v4.r.state");
-        assert_eq!(guard_key("r"), "ramp.guard.v1.r");
+        assert_eq!(guard_key("r"), "ramp.guard.v2.r");
         assert_eq!(shadow_queue(0xab), "ramp.shadow.00000000000000ab");
     }
 }

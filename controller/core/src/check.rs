@@ -232,7 +232,11 @@ pub fn check(
         Action::Hold(Some(reason)) if next.state.phase == Phase::Paused => {
             Some((EventKind::Paused, reason))
         }
-        Action::RollBack { reason } => Some((EventKind::RolledBack, reason)),
+        // Confirming a trip, the event says so as the state's reason does.
+        Action::RollBack { reason } => Some((
+            EventKind::RolledBack,
+            next.state.reason.clone().unwrap_or(reason),
+        )),
         Action::Hold(Some(reason)) if next.state.failed_checks > rec.state.failed_checks => {
             Some((EventKind::CheckFailed, reason))
         }

@@ -1,7 +1,11 @@
 //! The guard on the request path and the tick: each response of a guarded rollout counted per
-//! arm, a candidate arm's test run on every 5xx it answers (on the Envoy's counts as of the last
-//! tick plus this worker's since), and a trip that sends the arm's requests to the baseline at
-//! once, in shared data for the other workers (each applies it at its next tick).
+//! arm, a candidate arm's test run on every 5xx it answers and at every tick, and a trip that
+//! sends the arm's requests to the baseline at once, in shared data for the other workers (each
+//! applies it at its next tick). The test only ever looks at the Envoy's totals as a CAS write
+//! left them: every look, whichever worker makes it, is a point of one growing sequence of counts,
+//! which is what the test's guarantee (Ville's inequality) is about. A worker looking at the totals
+//! plus its own unmerged counts would follow a sequence of its own, and the bound would grow with
+//! the workers.
 
 use std::cell::{Cell, RefCell};
 
@@ -18,8 +22,8 @@ pub(super) struct GuardState {
     test: Cell<Option<(u64, GuardTest)>>,
     /// This worker's counts not yet in shared data.
     pending: RefCell<Vec<ArmTally>>,
-    /// The Envoy's counts as of this worker's last merge (its own included).
-    merged: RefCell<Vec<ArmTally>>,
+    /// The Envoy's record as this worker's last merge left it (its own counts included).
+    merged: RefCell<Option<GuardRecord>>,
     /// Bit `i`: arm `i` goes to the baseline. Read per request, so a `Cell`, not shared data.
     tripped: Cell<u64>,
     /// Per arm, `ramp_guard_trips_total`.
@@ -39,7 +43,7 @@ impl GuardState {
             baseline,
             test: Cell::new(test.map(|t| (0, t))),
             pending: RefCell::new(vec![ArmTally::default(); arms]),
-            merged: RefCell::new(vec![ArmTally::default(); arms]),
+            merged: RefCell::new(None),
             tripped: Cell::new(0),
             trips_metric,
         }
@@ -69,28 +73,29 @@ impl GuardState {
                 t.errors = t.errors.saturating_add(u64::from(error));
             }
         }
-        if error && arm != self.baseline && !self.is_tripped(arm) && self.trips(&test, arm) {
-            self.trip(host, epoch, 1 << arm);
+        // A candidate's 5xx: its counts go to shared data now (one CAS, on errors only), and the
+        // test looks at the totals that write left.
+        if error && arm != self.baseline && !self.is_tripped(arm) {
+            if let Some(record) = self.merge(host, epoch, 0) {
+                self.adopt(&record);
+                if self.trips(&test, arm) {
+                    self.trip(host, epoch, 1 << arm);
+                }
+            }
         }
     }
 
-    /// Whether `arm`'s test trips on the Envoy's counts as this worker knows them.
+    /// Whether `arm`'s test trips on the Envoy's record as this worker's last write left it:
+    /// over the windows since the epoch began and since each checkpoint kept.
     fn trips(&self, test: &GuardTest, arm: usize) -> bool {
-        let (Ok(pending), Ok(merged)) = (self.pending.try_borrow(), self.merged.try_borrow())
-        else {
+        let Ok(merged) = self.merged.try_borrow() else {
             return false;
         };
-        let seen = |i: usize| {
-            let (p, m) = (
-                pending.get(i).copied().unwrap_or_default(),
-                merged.get(i).copied().unwrap_or_default(),
-            );
-            ArmTally {
-                requests: p.requests.saturating_add(m.requests),
-                errors: p.errors.saturating_add(m.errors),
-            }
+        let Some(record) = merged.as_ref() else {
+            return false;
         };
-        test.trips(seen(arm), seen(self.baseline))
+        let errors = record.arms.get(arm).map_or(0, |t| t.errors);
+        test.trips_any(errors, &record.windows(arm, self.baseline))
     }
 
     /// Sends the arms of `trips` to the baseline in this worker at once, and in shared data for
@@ -135,7 +140,7 @@ impl GuardState {
     /// The Envoy's record as this worker's view: its counts and trips.
     fn adopt(&self, record: &GuardRecord) {
         if let Ok(mut merged) = self.merged.try_borrow_mut() {
-            merged.clone_from(&record.arms);
+            *merged = Some(record.clone());
         }
         self.tripped.set(self.tripped.get() | record.tripped);
     }
@@ -153,12 +158,8 @@ impl GuardState {
         if due != 0 {
             self.trip(host, epoch, due);
         }
-        let (Ok(merged), tripped) = (self.merged.try_borrow(), self.tripped.get()) else {
-            return None;
-        };
         Some(GuardRecord {
-            arms: merged.clone(),
-            tripped,
+            tripped: self.tripped.get(),
             ..record
         })
     }
@@ -183,10 +184,11 @@ impl GuardState {
     pub(super) fn set_test(&self, test: Option<(u64, GuardTest)>) {
         let old = self.test.replace(test);
         if old.map(|(e, _)| e) != test.map(|(e, _)| e) {
-            for cell in [&self.pending, &self.merged] {
-                if let Ok(mut v) = cell.try_borrow_mut() {
-                    v.iter_mut().for_each(|t| *t = ArmTally::default());
-                }
+            if let Ok(mut v) = self.pending.try_borrow_mut() {
+                v.iter_mut().for_each(|t| *t = ArmTally::default());
+            }
+            if let Ok(mut m) = self.merged.try_borrow_mut() {
+                *m = None;
             }
             self.tripped.set(0);
         }

@@ -1002,3 +1002,34 @@ fn the_controllers_guard_trips_reports_at_once_and_a_new_epoch_starts_afresh() {
     answer_poll(&mut w, &host, token, &bad);
     assert!(host.logged("live state guard.alpha: must be in (0, 0.5], got 2"));
 }
+
+#[test]
+fn a_fault_late_in_a_long_stage_trips_as_soon_as_one_at_its_start() {
+    let config = r#"{"rollout":"r","arms":[{"name":"v1","weight":50},{"name":"v2","weight":50}],
+        "guard":{"max_error_rate":0.05}}"#;
+    let failures_to_trip = |healthy: usize| {
+        let host = MemHost::default();
+        let mut w = worker(&host, config, 36);
+        for i in 0..healthy {
+            request_by_arm(&w, &host, |_| false);
+            if i % 50 == 0 {
+                w.tick();
+            }
+        }
+        let mut failures = 0;
+        while host.metric("ramp.rollout.r.arm.v2.guard_trips_total") == Some(0) && failures < 5_000
+        {
+            failures += usize::from(request_by_arm(&w, &host, |arm| arm == "v2") == "v2");
+        }
+        failures
+    };
+    let early = failures_to_trip(0);
+    let late = failures_to_trip(50_000);
+    // On the stage's counts alone, 25,000 healthy candidate responses would need about 1,300
+    // failures before the rate even reached 5%; the checkpoint before the fault sees it at once.
+    eprintln!(
+        "failures to trip: {early} at the stage's start, {late} after 50,000 healthy responses"
+    );
+    assert!(early <= 20, "{early}");
+    assert!(late <= 150, "late: {late} failures (early: {early})");
+}
