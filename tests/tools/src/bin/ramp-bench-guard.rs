@@ -118,6 +118,7 @@ fn outcome_json(o: &Outcome) -> Value {
             "healthy_answers": e.healthy_answers,
             "trips_at_fault": e.trips_at_fault,
             "trips": e.trips,
+            "share_at_end": e.share_at_end,
             "achieved_rps": e.achieved_rps,
             "transport_errors": e.errors,
         })).collect::<Vec<_>>(),
@@ -228,9 +229,12 @@ fn main() -> Result<()> {
                 v.mode.clone(),
             );
             s.rps_per_envoy = rps;
+            // Every figure here is expected within seconds; a run that never gets there is
+            // reported as such, not waited on.
+            s.timeout = Duration::from_secs(8);
             let o = run(&s)?;
             eprintln!(
-                "run {r} {:<14} tripping envoy {:?} ms, every envoy {:?} ms, decision {:?} ms, trips {:?}, healthy trips {:?}, phase {:?}",
+                "run {r} {:<14} tripping envoy {:?} ms, every envoy {:?} ms, decision {:?} ms, trips {:?}, healthy trips {:?}, phase {:?}, share at end {:?}, events {:?}",
                 v.key,
                 ms(o.first_to_zero()).map(f64::round),
                 ms(o.every_to_zero()).map(f64::round),
@@ -238,6 +242,8 @@ fn main() -> Result<()> {
                 o.envoys.iter().map(|e| e.trips).collect::<Vec<_>>(),
                 o.envoys.iter().map(|e| e.trips_at_fault).collect::<Vec<_>>(),
                 o.status.as_ref().map(|s| s["phase"].clone()),
+                o.envoys.iter().map(|e| e.share_at_end).collect::<Vec<_>>(),
+                o.events.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
             );
             outcomes[i].push(o);
         }
@@ -306,8 +312,8 @@ fn main() -> Result<()> {
          derived from the rule as a bound (`max_error_rate: 0.05`);\n\
          - rampctl with the guard, `error_rate_vs_baseline`: the rule `{RULE_VS_BASELINE}` instead, \
          from which rampctl derives `max_increase: 0`, the guard alone's test.\n\n\
-         | variant | tripping Envoy (ms) | every Envoy of two (ms) | fault to rolled_back (ms) | runs with a trip while healthy | trips per Envoy | answers/s per Envoy (min) |\n\
-         |---|---:|---:|---:|---:|---|---:|\n"
+         | variant | tripping Envoy (ms) | every Envoy of two (ms) | fault to rolled_back (ms) | rollout's phase at the end (runs) | runs with a trip while healthy | trips per Envoy | runs with the candidate serving at the end | answers/s per Envoy (min) |\n\
+         |---|---:|---:|---:|---|---:|---|---:|---:|\n"
     );
     let mut variants_json = Vec::new();
     let mut targets = Vec::new();
@@ -330,8 +336,21 @@ fn main() -> Result<()> {
             .iter()
             .flat_map(|o| o.envoys.iter().map(|e| e.achieved_rps))
             .fold(f64::INFINITY, f64::min);
+        let mut phases = std::collections::BTreeMap::<String, usize>::new();
+        for o in os {
+            if let Some(st) = &o.status {
+                *phases
+                    .entry(st["phase"].as_str().unwrap_or("?").to_owned())
+                    .or_default() += 1;
+            }
+        }
+        let phases: Vec<String> = phases.iter().map(|(p, n)| format!("{p} {n}")).collect();
+        let serving_at_end = os
+            .iter()
+            .filter(|o| o.envoys.iter().any(|e| e.share_at_end > 0.0))
+            .count();
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {healthy_trips} of {} | {} | {min_rps:.0} |\n",
+            "| {} | {} | {} | {} | {} | {healthy_trips} of {} | {} | {serving_at_end} of {} | {min_rps:.0} |\n",
             v.what,
             first.cell(),
             every.cell(),
@@ -340,8 +359,14 @@ fn main() -> Result<()> {
             } else {
                 "-".to_owned()
             },
+            if phases.is_empty() {
+                "-".to_owned()
+            } else {
+                phases.join(", ")
+            },
             os.len(),
             trips.join(", "),
+            os.len(),
         ));
         if v.guarded {
             for (what, s, target) in [
