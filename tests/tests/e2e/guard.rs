@@ -58,20 +58,55 @@ fn the_guard_sends_a_failing_candidates_traffic_to_the_baseline_on_every_envoy()
     assert_healthy_then_zero(&o, Duration::from_secs(2));
     for (i, e) in o.envoys.iter().enumerate() {
         assert_eq!(e.trips, 1.0, "envoy {i} trips once: {e:?}");
+        assert_eq!(
+            e.share_at_end, 0.0,
+            "envoy {i} keeps the candidate off: {e:?}"
+        );
     }
 }
 
+/// rampctl's guard derived from `error_rate_vs_baseline max 0` (`max_increase: 0`): the guard
+/// trips on both Envoys, rampctl confirms the trip with the fleet's figures and rolls back.
 #[test]
 fn the_guard_rampctl_pushes_trips_and_rampctl_rolls_back() {
     let s = Scenario::new(
         "guarded",
         Mode::Controller {
-            rule: "{metric: error_rate, max: 0.05, min_samples: 10}".into(),
+            rule: "{metric: error_rate_vs_baseline, max: 0.0, min_samples: 10}".into(),
             guard: true,
         },
     );
     let o = run(&s).unwrap();
     print("rampctl with the guard", &o);
+    assert_rolled_back_by_the_guard(&o);
+}
+
+/// The same with rule `error_rate max 0.05`, from which rampctl derives a bound
+/// (`max_error_rate: 0.05`), at 1,000 requests/s per Envoy. Ignored while it fails, which it
+/// does by a race: when both Envoys' guards trip (here within about 0.3 s) before the fleet's
+/// figures confirm the rule ("do not confirm it at this check"), the candidate gets no more
+/// traffic and so no more evidence; the sample-ratio check then takes the guard's own redirect
+/// for a mismatch and pauses the rollout, a paused rollout's live state carries no guard, the
+/// filters drop their trips, and the failing candidate serves its 50% again for as long as the
+/// rollout stays paused. `ramp-bench-guard` at 1,000 requests/s: 8 of 10 runs; at 500 (the other
+/// tests' rate) 1 of 6 here, so the rate is raised to make the race likely.
+#[test]
+#[ignore = "rampctl pauses instead of rolling back when every Envoy trips before the rule confirms, and the pause withdraws the guard"]
+fn the_guard_rampctl_derives_from_a_bound_trips_and_rampctl_rolls_back() {
+    let mut s = Scenario::new(
+        "bounded",
+        Mode::Controller {
+            rule: "{metric: error_rate, max: 0.05, min_samples: 10}".into(),
+            guard: true,
+        },
+    );
+    s.rps_per_envoy = 1000.0;
+    let o = run(&s).unwrap();
+    print("rampctl with the guard from a bound", &o);
+    assert_rolled_back_by_the_guard(&o);
+}
+
+fn assert_rolled_back_by_the_guard(o: &Outcome) {
     let status = o.status.as_ref().unwrap();
     assert_eq!(status["phase"], "rolled_back", "{status}");
     assert!(
@@ -79,12 +114,16 @@ fn the_guard_rampctl_pushes_trips_and_rampctl_rolls_back() {
         "a guard event in the history: {:?}",
         o.events
     );
-    // rampctl derives a bound from `error_rate max 0.05` (`max_error_rate`), which the guard tests
-    // on the stage's counts so far, healthy ones included: slower than against the baseline.
-    assert_healthy_then_zero(&o, Duration::from_secs(4));
+    assert_healthy_then_zero(o, Duration::from_secs(2));
     assert!(
         o.envoys.iter().any(|e| e.trips >= 1.0),
         "a guard tripped: {:?}",
         o.envoys
     );
+    for (i, e) in o.envoys.iter().enumerate() {
+        assert_eq!(
+            e.share_at_end, 0.0,
+            "envoy {i}: the candidate gets no traffic after the rollback: {e:?}"
+        );
+    }
 }
