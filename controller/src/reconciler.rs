@@ -309,7 +309,20 @@ fn judge_now(
     } else {
         Vec::new()
     };
-    let srm = srm_check(history, rec, spec, &totals, now);
+    let guard = ramp_controller_core::guard::live_guard(spec, &rec.state);
+    let tripped = guard
+        .as_ref()
+        .map(|g| handle.guard_trips().tripped(g.epoch))
+        .unwrap_or_default();
+    // A trip moves that Envoy's share of the candidate to the baseline, so the split is no longer
+    // the configured one, by design: the sample-ratio check stands aside for the rest of the
+    // stage (the next stage is a new epoch and a new split), instead of pausing on the guard's
+    // own redirect.
+    let srm = if tripped.is_empty() {
+        srm_check(history, rec, spec, &totals, now)
+    } else {
+        None
+    };
     let fleet = (spec.strategy == crate::spec::StrategyKind::Bandit)
         .then(|| handle.reports().remote(None, &spec.arms()));
     let best = fleet.as_ref().and_then(|f| best_arm(spec, f));
@@ -324,6 +337,7 @@ fn judge_now(
         now,
     );
     shown.sample_ratio = srm.as_ref().map(|s| json!(s));
+    shown.guard = guard.map(|pushed| crate::api::GuardFigures { tripped, pushed });
     show_decision_verdicts(&mut shown, rec, spec, &looks);
     // The series for the report's plots: one point a check, written in batches by the flusher.
     handle.push_check(crate::report::CheckPoint::from_figures(

@@ -10,7 +10,7 @@
 //! line, this holds with any number of arms: ramping one candidate never reshuffles another.
 
 /// FNV-1a, 64 bit (Fowler, Noll, Vo; parameters from the IETF draft-eastlake-fnv).
-fn fnv1a64(state: u64, bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a64(state: u64, bytes: &[u8]) -> u64 {
     bytes
         .iter()
         .fold(state, |h, &b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME))
@@ -18,7 +18,7 @@ fn fnv1a64(state: u64, bytes: &[u8]) -> u64 {
 
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub(crate) const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// MurmurHash3's 64-bit finaliser: FNV's low bits avalanche poorly, this spreads every input bit.
 fn fmix64(mut k: u64) -> u64 {

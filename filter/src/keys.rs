@@ -46,9 +46,12 @@ pub fn state_key(rollout: &str) -> String {
     format!("ramp.ctl.v4.{rollout}.state")
 }
 
-/// This Envoy's guard (`guard_share::GuardRecord`, all workers).
-pub fn guard_key(rollout: &str) -> String {
-    format!("ramp.guard.v2.{rollout}")
+/// This Envoy's guard (`guard_share::GuardRecord`, all workers) under one plugin config (`config`,
+/// its bytes): a new config starts a record of its own, so a static guard's trip and counts do not
+/// outlive the config they were made under (a key per config an Envoy has run, each small).
+pub fn guard_key(rollout: &str, config: &[u8]) -> String {
+    let fingerprint = crate::bucket::fnv1a64(crate::bucket::FNV_OFFSET, config);
+    format!("ramp.guard.v3.{rollout}.{fingerprint:016x}")
 }
 
 /// One worker VM's shared queue, on which its HTTP contexts hand shadow copies to its root
@@ -72,7 +75,7 @@ mod tests {
         assert_eq!(instance_key("r"), "ramp.ctl.v1.r.instance");
         assert_eq!(lease_key("r"), "ramp.ctl.v1.r.lease");
         assert_eq!(state_key("r"), "ramp.ctl.v4.r.state");
-        assert_eq!(guard_key("r"), "ramp.guard.v2.r");
+        assert_eq!(guard_key("r", b""), "ramp.guard.v3.r.cbf29ce484222325");
         assert_eq!(shadow_queue(0xab), "ramp.shadow.00000000000000ab");
     }
 }

@@ -11,8 +11,8 @@ pub use read::{ErrorAnswer, History, HistoryEvent, RolloutList};
 pub use request::{CommandRequest, FeedbackAnswer, FeedbackRequest};
 pub use status::{
     AbComparison, AbTestFigures, ArmFigures, BanditArm, BestArmFigures, CheckFigures, CheckVerdict,
-    CustomCheck, ErrorPhase, Figures, Loaded, ManagedBy, PrePeriodFigures, RolloutStatus,
-    RuleCheck, StateSummary, Status, Unloadable,
+    CustomCheck, ErrorPhase, Figures, GuardFigures, Loaded, ManagedBy, PrePeriodFigures,
+    RolloutStatus, RuleCheck, StateSummary, Status, Unloadable,
 };
 
 /// A request field that is refused, and why: the API answers it as

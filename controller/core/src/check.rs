@@ -169,11 +169,15 @@ pub fn check(
     let verdicts = machine::judge_rules(spec, &rec.state, &windows);
     // An Envoy's guard cut a candidate off, and a rule it stands in for fails on the fleet's
     // figures too: two tests agree, so the rollback is not held for `failure_threshold`.
-    let confirmed = !trips.is_empty()
-        && verdicts.iter().any(|v| {
-            matches!(v.verdict, crate::rules::Verdict::Fail { .. })
-                && rules.get(v.rule).is_some_and(crate::guard::confirms)
-        });
+    let confirmed = verdicts.iter().any(|v| {
+        matches!(v.verdict, crate::rules::Verdict::Fail { .. })
+            && rules.get(v.rule).is_some_and(crate::guard::confirms)
+            // The failing candidate is the one a guard cut off, not another.
+            && spec
+                .candidates
+                .get(v.candidate)
+                .is_some_and(|c| trips.iter().any(|t| &t.arm == c))
+    });
     let at_once;
     let judged_by = if confirmed {
         at_once = Spec {
@@ -651,5 +655,56 @@ mod guard_tests {
         assert_eq!(held.state.phase, Phase::Progressing);
         assert_eq!(events[0].0, EventKind::GuardTripped);
         assert!(events[0].1.contains("do not confirm it"));
+    }
+
+    /// A reviewer's probe, kept: an Envoy's guard cut v2 off while the error rule fails for v3
+    /// only; that is no confirmation, so `failure_threshold` (3) holds.
+    #[test]
+    fn a_trip_of_one_candidate_does_not_confirm_another_candidates_failure() {
+        let spec = Spec::parse("name: r\nstrategy: ab_test\nab_test: {metric: conversion}\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}, {name: v3, role: candidate}]\nfailure_threshold: 3\nstages:\n  - {weight: 50, rules: [{metric: error_rate, max: 0.05, min_samples: 50}]}\n  - {weight: 100}\n").unwrap();
+        let rec = Record {
+            name: "r".into(),
+            spec_text: String::new(),
+            state: machine::State::start(&spec, 0),
+            version: 1,
+            base: Totals::default(),
+        };
+        let arm = |errors| ArmTotals {
+            requests: 500,
+            errors,
+            ..ArmTotals::default()
+        };
+        let totals: Totals = [
+            ("v1".to_owned(), arm(0)),
+            ("v2".to_owned(), arm(5)),
+            ("v3".to_owned(), arm(170)),
+        ]
+        .into();
+        let trip = |arm: &str| Trip {
+            instance: "00ab".into(),
+            arm: arm.into(),
+            epoch: 1,
+        };
+        let looks = rule_looks(&rec, &spec, &totals, &Lookback::default(), 0);
+        let run = |trips: &[Trip]| {
+            let seen = Seen {
+                trips,
+                ..Seen::default()
+            };
+            check(&rec, &spec, &totals, &looks, 1_000, seen).unwrap().0
+        };
+        let other = run(&[trip("v2")]);
+        assert_eq!(
+            other.state.phase,
+            Phase::Progressing,
+            "{:?}",
+            other.state.reason
+        );
+        assert_eq!(
+            run(&[trip("v1")]).state.phase,
+            Phase::Progressing,
+            "the baseline's name"
+        );
+        assert_eq!(run(&[trip("v3")]).state.phase, Phase::RolledBack);
     }
 }

@@ -21,8 +21,13 @@ fn guarded(rules: &[Rule]) -> Option<(Option<f64>, Option<f64>)> {
             .filter(|r| !r.dry_run && r.on_fail == OnFail::Rollback)
     };
     let relative = acting().find_map(|r| match (r.metric, r.bound) {
+        // A margin of 1 or more can never be exceeded: nothing to guard (and the filters refuse it).
         (Metric::ErrorRateVsBaseline, Bound::Max(d) | Bound::WorseThanBaseline(d))
-        | (Metric::ErrorRate, Bound::WorseThanBaseline(d)) => Some((None, Some(d.max(0.0)))),
+        | (Metric::ErrorRate, Bound::WorseThanBaseline(d))
+            if d < 1.0 =>
+        {
+            Some((None, Some(d.max(0.0))))
+        }
         _ => None,
     });
     relative.or_else(|| {
@@ -42,7 +47,9 @@ pub fn confirms(rule: &Rule) -> bool {
 /// its epoch is the stage's start, so a trip holds for the stage it happened in.
 pub fn live_guard(spec: &Spec, state: &State) -> Option<LiveGuard> {
     let g = spec.guard;
-    if !g.enabled || state.phase != Phase::Progressing || state.in_pre_period(spec) {
+    // Paused, the candidate still serves at its weight: the guard stays with it.
+    let live = matches!(state.phase, Phase::Progressing | Phase::Paused);
+    if !g.enabled || !live || state.in_pre_period(spec) {
         return None;
     }
     let stage = spec.stages.get(state.stage)?;
@@ -66,17 +73,27 @@ pub struct Trip {
 }
 
 /// The trips the filters reported: per Envoy the newest epoch's arms, and those no check has
-/// judged yet. Bounded by the report book's Envoys times the arms.
+/// judged yet. Only the newest epoch's are kept (an older stage's trips judge nothing), so it
+/// holds at most the report book's Envoys times the arms.
 #[derive(Debug, Default)]
 pub struct TripBook {
     by_instance: BTreeMap<String, (u64, BTreeSet<String>)>,
     unjudged: Vec<Trip>,
+    newest: u64,
 }
 
 impl TripBook {
     /// A report's `guard`: true when it names a trip not seen before, so the rollout is judged
     /// at once instead of at its next check.
     pub fn observe(&mut self, instance: &str, epoch: u64, tripped: &[String]) -> bool {
+        if epoch < self.newest {
+            return false;
+        }
+        if epoch > self.newest {
+            self.newest = epoch;
+            self.by_instance.retain(|_, (e, _)| *e == epoch);
+            self.unjudged.retain(|t| t.epoch == epoch);
+        }
         let entry = self
             .by_instance
             .entry(instance.to_owned())
@@ -162,6 +179,14 @@ mod tests {
             "guard: {enabled: false}\n",
         );
         assert_eq!(live_guard(&s, &state(&s)), None);
+        // A margin the candidate can never exceed guards nothing.
+        let s = spec("{metric: error_rate_vs_baseline, max: 1.0}", "");
+        assert_eq!(live_guard(&s, &state(&s)), None);
+        // Paused, the candidate still serves: the guard stays.
+        let s = spec("{metric: error_rate, max: 0.05}", "");
+        let mut paused = state(&s);
+        paused.phase = Phase::Paused;
+        assert!(live_guard(&s, &paused).is_some());
         let mut done = state(&s);
         done.phase = Phase::RolledBack;
         let s = spec("{metric: error_rate, max: 0.05}", "");
@@ -180,6 +205,15 @@ mod tests {
         assert_eq!(book.take_unjudged(Some(5)).len(), 2);
         assert!(book.take_unjudged(Some(5)).is_empty());
         assert!(book.observe("a", 6, &v2), "the next stage");
+        assert!(
+            !book.observe("b", 5, &v2),
+            "a report from a stage that is over"
+        );
+        assert_eq!(
+            book.by_instance.len(),
+            1,
+            "the older stage's trips are dropped"
+        );
         assert!(
             book.take_unjudged(Some(7)).is_empty(),
             "a stage that is over"

@@ -258,5 +258,6 @@ pub fn figures(
             )
             .collect(),
         sample_ratio: None,
+        guard: None,
     }
 }

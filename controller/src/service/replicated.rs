@@ -68,7 +68,12 @@ impl App {
                         continue;
                     }
                     let instance = r.instance.clone();
+                    let guard = r.guard.clone();
                     if book.accept(r) == Accepted::Newer {
+                        // A trip another replica took in: judged at this replica's next check.
+                        if let Some(g) = guard {
+                            h.guard_trips().observe(&instance, g.epoch, &g.tripped);
+                        }
                         // Stored already: nothing for the flusher.
                         book.unsaved.remove(&instance);
                     }

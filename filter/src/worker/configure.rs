@@ -133,7 +133,7 @@ impl<H: Host + Clone> Worker<H> {
         {
             None => None,
             Some(Some(metrics)) => Some(GuardState::new(
-                guard_key(&rollout.name),
+                guard_key(&rollout.name, bytes),
                 rollout.baseline,
                 rollout.guard,
                 metrics,

@@ -1,17 +1,21 @@
 //! The guard on the request path and the tick: each response of a guarded rollout counted per
-//! arm, a candidate arm's test run on every 5xx it answers and at every tick, and a trip that
-//! sends the arm's requests to the baseline at once, in shared data for the other workers (each
-//! applies it at its next tick). The test only ever looks at the Envoy's totals as a CAS write
-//! left them: every look, whichever worker makes it, is a point of one growing sequence of counts,
-//! which is what the test's guarantee (Ville's inequality) is about. A worker looking at the totals
-//! plus its own unmerged counts would follow a sequence of its own, and the bound would grow with
-//! the workers.
+//! arm; every `MERGE_EVERY` responses and every tick a worker adds its counts into the Envoy's
+//! record in shared data and runs each candidate's test on the record that write left; a trip
+//! sends the arm's requests to the baseline at once, in this worker and in shared data for the
+//! others (each applies it at its next tick).
+//!
+//! Why these looks, for the test's guarantee (Ville's inequality, about one growing sequence of
+//! counts): every look is at a record a CAS write left, so all workers' looks are points of one
+//! sequence; and a worker writes when it has counted so many responses or when its tick comes,
+//! never because of what a response was. Merging at a candidate's 5xx would hand the test the
+//! failures at once and the successes only at the tick, which with 16 workers tripped a healthy
+//! candidate in 31% of stages at alpha 0.001 (a reviewer's probe, now `guard_share`'s test).
 
 use std::cell::{Cell, RefCell};
 
 use super::shared::cas_merge;
 use crate::guard::{ArmTally, GuardTest};
-use crate::guard_share::GuardRecord;
+use crate::guard_share::{GuardRecord, MERGE_EVERY};
 use crate::host::Host;
 
 pub(super) struct GuardState {
@@ -28,6 +32,10 @@ pub(super) struct GuardState {
     tripped: Cell<u64>,
     /// Per arm, `ramp_guard_trips_total`.
     trips_metric: Vec<u32>,
+    /// Responses counted since this worker's last merge.
+    unmerged: Cell<u32>,
+    /// The live state version the epoch came from (0: the static config's).
+    version: Cell<u64>,
 }
 
 impl GuardState {
@@ -46,6 +54,8 @@ impl GuardState {
             merged: RefCell::new(None),
             tripped: Cell::new(0),
             trips_metric,
+            unmerged: Cell::new(0),
+            version: Cell::new(0),
         }
     }
 
@@ -62,27 +72,41 @@ impl GuardState {
         arm < 64 && self.tripped.get() & (1 << arm) != 0
     }
 
-    /// A response of `arm`: counted, and on a candidate's 5xx its test run (and a trip made).
+    /// A response of `arm`: counted; every `MERGE_EVERY` responses, merged and looked at.
     pub(super) fn count(&self, host: &impl Host, arm: usize, error: bool) {
-        let Some((epoch, test)) = self.test.get() else {
+        if self.test.get().is_none() {
             return;
-        };
+        }
         if let Ok(mut pending) = self.pending.try_borrow_mut() {
             if let Some(t) = pending.get_mut(arm) {
                 t.requests = t.requests.saturating_add(1);
                 t.errors = t.errors.saturating_add(u64::from(error));
             }
         }
-        // A candidate's 5xx: its counts go to shared data now (one CAS, on errors only), and the
-        // test looks at the totals that write left.
-        if error && arm != self.baseline && !self.is_tripped(arm) {
-            if let Some(record) = self.merge(host, epoch, 0) {
-                self.adopt(&record);
-                if self.trips(&test, arm) {
-                    self.trip(host, epoch, 1 << arm);
-                }
-            }
+        let unmerged = self.unmerged.get().saturating_add(1);
+        self.unmerged.set(unmerged);
+        if unmerged >= MERGE_EVERY {
+            self.look(host);
         }
+    }
+
+    /// Merges this worker's counts and runs every candidate's test on the record that write left;
+    /// trips what it rules out. The record, or `None` when there is no guard or the write failed
+    /// (the counts then stay pending).
+    fn look(&self, host: &impl Host) -> Option<GuardRecord> {
+        let (epoch, test) = self.test.get()?;
+        let record = self.merge(host, epoch, 0)?;
+        self.adopt(&record);
+        let due = (0..record.arms.len())
+            .filter(|&i| i != self.baseline && !self.is_tripped(i) && self.trips(&test, i))
+            .fold(0u64, |acc, i| acc | (1 << i));
+        if due != 0 {
+            self.trip(host, epoch, due);
+        }
+        Some(GuardRecord {
+            tripped: self.tripped.get(),
+            ..record
+        })
     }
 
     /// Whether `arm`'s test trips on the Envoy's record as this worker's last write left it:
@@ -113,7 +137,7 @@ impl GuardState {
         let delta = self.pending.try_borrow().ok()?.clone();
         let before = Cell::new(0u64);
         let written = cas_merge(host, &self.key, |stored| {
-            let record = GuardRecord::merged(stored, epoch, &delta, trips)?;
+            let record = GuardRecord::merged(stored, epoch, self.version.get(), &delta, trips)?;
             let old = stored.and_then(|b| GuardRecord::decode(b, delta.len()));
             before.set(old.filter(|o| o.epoch == epoch).map_or(0, |o| o.tripped));
             Some(record.encode())
@@ -121,6 +145,7 @@ impl GuardState {
         if let Ok(mut pending) = self.pending.try_borrow_mut() {
             pending.iter_mut().for_each(|t| *t = ArmTally::default());
         }
+        self.unmerged.set(0);
         let record = GuardRecord::decode(&written, delta.len())?;
         // Set by this write, not by another worker's before it.
         let newly = record.tripped & !before.get();
@@ -149,19 +174,7 @@ impl GuardState {
     /// candidate's test run on the Envoy's counts (a baseline's successes can tip it too).
     /// Returns the Envoy's record, for the report.
     pub(super) fn sync(&self, host: &impl Host) -> Option<GuardRecord> {
-        let (epoch, test) = self.test.get()?;
-        let record = self.merge(host, epoch, 0)?;
-        self.adopt(&record);
-        let due = (0..record.arms.len())
-            .filter(|&i| i != self.baseline && !self.is_tripped(i) && self.trips(&test, i))
-            .fold(0u64, |acc, i| acc | (1 << i));
-        if due != 0 {
-            self.trip(host, epoch, due);
-        }
-        Some(GuardRecord {
-            tripped: self.tripped.get(),
-            ..record
-        })
+        self.look(host)
     }
 
     /// Marks `arms` reported in shared data; true when this worker's write did it (so exactly one
@@ -180,10 +193,12 @@ impl GuardState {
         written.is_some() && marked.get()
     }
 
-    /// The live state's guard: a new epoch (or none) starts the counts and trips afresh.
-    pub(super) fn set_test(&self, test: Option<(u64, GuardTest)>) {
+    /// The live state's guard (from state `version`): a new epoch (or none) starts the counts and
+    /// trips afresh.
+    pub(super) fn set_test(&self, test: Option<(u64, GuardTest)>, version: u64) {
         let old = self.test.replace(test);
         if old.map(|(e, _)| e) != test.map(|(e, _)| e) {
+            self.version.set(version);
             if let Ok(mut v) = self.pending.try_borrow_mut() {
                 v.iter_mut().for_each(|t| *t = ArmTally::default());
             }
@@ -196,8 +211,10 @@ impl GuardState {
 
     /// The report's `guard`: the epoch and the arms this Envoy tripped in it (from shared data,
     /// so whichever worker reports says what every worker did).
+    /// Only a controller's guard (epoch 1 or later) is reported: a controller that pushes none may
+    /// not know the field.
     pub(super) fn report_json(&self, host: &impl Host, arms: &[&str]) -> Option<String> {
-        let (epoch, _) = self.test.get()?;
+        let (epoch, _) = self.test.get().filter(|(e, _)| *e > 0)?;
         let stored = host.shared_get(&self.key).and_then(|(b, _)| b);
         let tripped = stored
             .and_then(|b| GuardRecord::decode(&b, arms.len()))

@@ -44,7 +44,7 @@ impl<H: Host + Clone> Worker<H> {
             *pre = state.pre_weights;
         }
         if let Some(guard) = &active.guard {
-            guard.set_test(state.guard);
+            guard.set_test(state.guard, state.version);
         }
     }
 }

@@ -121,6 +121,17 @@ pub struct CheckFigures {
     pub window: BTreeMap<String, ArmFigures>,
     /// The sample-ratio check (`sequential::SrmResult`, as it serializes).
     pub sample_ratio: Option<Value>,
+    /// The guard the filters run in this stage, and how many Envoys' guards cut each candidate off.
+    pub guard: Option<GuardFigures>,
+}
+
+/// The live state's guard as status shows it, with the trips the filters reported in its epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuardFigures {
+    #[serde(flatten)]
+    pub pushed: ramp_protocol::live::LiveGuard,
+    /// Per candidate, the Envoys whose guard cut it off in this epoch.
+    pub tripped: BTreeMap<String, usize>,
 }
 
 /// The JSON `Figures` has always had: before any check the empty lists; a source's failure adds
@@ -164,6 +175,8 @@ struct FiguresWire {
     )]
     sample_ratio: Option<Option<Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    guard: Option<GuardFigures>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     figures_error: Option<String>,
 }
 
@@ -179,6 +192,7 @@ impl From<Figures> for FiguresWire {
                 checked_stage: Some(c.checked_stage),
                 window: Some(c.window),
                 sample_ratio: Some(c.sample_ratio),
+                guard: c.guard,
                 figures_error: f.error,
             },
             None if f.error.is_some() => FiguresWire {
@@ -190,6 +204,7 @@ impl From<Figures> for FiguresWire {
                 checked_stage: None,
                 window: None,
                 sample_ratio: None,
+                guard: None,
                 figures_error: f.error,
             },
             None => FiguresWire {
@@ -201,6 +216,7 @@ impl From<Figures> for FiguresWire {
                 checked_stage: None,
                 window: Some(BTreeMap::new()),
                 sample_ratio: None,
+                guard: None,
                 figures_error: None,
             },
         }
@@ -219,6 +235,7 @@ impl From<FiguresWire> for Figures {
                 checked_stage,
                 window: w.window.unwrap_or_default(),
                 sample_ratio: w.sample_ratio.flatten(),
+                guard: w.guard,
             }),
             _ => None,
         };
