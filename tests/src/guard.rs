@@ -76,6 +76,9 @@ pub struct EnvoyOutcome {
     pub fault_to_zero: Option<Duration>,
     /// `ramp_guard_trips_total{arm="v2"}` once at 0% (0 when absent).
     pub trips: f64,
+    /// The candidate's share of the answers in the last second of the run (after the wait for
+    /// 0% and, with a controller, for the rollback): 0 unless something sent traffic back.
+    pub share_at_end: f64,
     /// Answers a second over the whole run, and requests that failed below HTTP.
     pub achieved_rps: f64,
     pub errors: u64,
@@ -246,7 +249,7 @@ pub fn run(s: &Scenario) -> Result<Outcome> {
 
     let (mut status, mut events, mut fault_to_decision) = (None, Vec::new(), None);
     if let Some((c, _)) = &r.controller {
-        let st = c.wait_for(&s.rollout, Duration::from_secs(10), |v| {
+        let st = c.wait_for(&s.rollout, s.timeout.min(Duration::from_secs(10)), |v| {
             v["phase"] == "rolled_back"
         })?;
         let (_, history) = c.call(
@@ -267,6 +270,7 @@ pub fn run(s: &Scenario) -> Result<Outcome> {
         status = Some(st);
     }
 
+    let last_second = Instant::now() - Duration::from_secs(1);
     let mut envoys = Vec::new();
     for (((envoy, t), (share, n, trips_at_fault)), zero) in
         r.envoys.iter().zip(&traffic).zip(healthy).zip(zero)
@@ -285,6 +289,10 @@ pub fn run(s: &Scenario) -> Result<Outcome> {
             trips_at_fault,
             fault_to_zero: zero.map(|z| z.saturating_duration_since(fault)),
             trips: trips(envoy, &s.rollout, "v2")?,
+            share_at_end: {
+                let (v2, n) = t.share_since("v2", last_second);
+                v2 as f64 / n.max(1) as f64
+            },
             achieved_rps: answers.len() as f64 / span.max(0.001),
             errors: t.errors(),
         });

@@ -23,7 +23,7 @@
 //! False trips: the guard alone with no fault, both arms failing 2% at random, 20 s a run.
 //!
 //! Knobs: `RAMP_BENCH_GUARD_RUNS` (10), `RAMP_BENCH_GUARD_RPS` (per Envoy, 1000),
-//! `RAMP_BENCH_GUARD_AA_RUNS` (5), `RAMP_BENCH_GUARD_ROUNDS` (capacity rounds, 9). Writes `tests/bench/results/guard.{md,json}`.
+//! `RAMP_BENCH_GUARD_AA_RUNS` (5), `RAMP_BENCH_GUARD_ROUNDS` (capacity rounds, 10), `RAMP_BENCH_GUARD_HISTORY_RUNS` (3). Writes `tests/bench/results/guard.{md,json}`.
 //! Needs a release `rampctl` in `RAMPCTL_BIN` (`make bench` builds it) and wrk.
 
 use std::process::Command;
@@ -118,6 +118,7 @@ fn outcome_json(o: &Outcome) -> Value {
             "healthy_answers": e.healthy_answers,
             "trips_at_fault": e.trips_at_fault,
             "trips": e.trips,
+            "share_at_end": e.share_at_end,
             "achieved_rps": e.achieved_rps,
             "transport_errors": e.errors,
         })).collect::<Vec<_>>(),
@@ -215,7 +216,8 @@ fn capacity(rounds: usize) -> Result<(Vec<f64>, Vec<f64>)> {
 fn main() -> Result<()> {
     let runs = env_or("RAMP_BENCH_GUARD_RUNS", 10) as usize;
     let rps = env_or("RAMP_BENCH_GUARD_RPS", 1000) as f64;
-    let rounds = env_or("RAMP_BENCH_GUARD_ROUNDS", 9) as usize;
+    // Even, so each Envoy is the measured one as often as the other.
+    let rounds = env_or("RAMP_BENCH_GUARD_ROUNDS", 10) as usize;
     let variants = variants();
     let mut outcomes: Vec<Vec<Outcome>> = variants.iter().map(|_| Vec::new()).collect();
     for r in 0..runs {
@@ -227,9 +229,12 @@ fn main() -> Result<()> {
                 v.mode.clone(),
             );
             s.rps_per_envoy = rps;
+            // Every figure here is expected within seconds; a run that never gets there is
+            // reported as such, not waited on.
+            s.timeout = Duration::from_secs(8);
             let o = run(&s)?;
             eprintln!(
-                "run {r} {:<14} tripping envoy {:?} ms, every envoy {:?} ms, decision {:?} ms, trips {:?}, healthy trips {:?}, phase {:?}",
+                "run {r} {:<14} tripping envoy {:?} ms, every envoy {:?} ms, decision {:?} ms, trips {:?}, healthy trips {:?}, phase {:?}, share at end {:?}, events {:?}",
                 v.key,
                 ms(o.first_to_zero()).map(f64::round),
                 ms(o.every_to_zero()).map(f64::round),
@@ -237,6 +242,8 @@ fn main() -> Result<()> {
                 o.envoys.iter().map(|e| e.trips).collect::<Vec<_>>(),
                 o.envoys.iter().map(|e| e.trips_at_fault).collect::<Vec<_>>(),
                 o.status.as_ref().map(|s| s["phase"].clone()),
+                o.envoys.iter().map(|e| e.share_at_end).collect::<Vec<_>>(),
+                o.events.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
             );
             outcomes[i].push(o);
         }
@@ -252,6 +259,30 @@ fn main() -> Result<()> {
         aa_trips.extend(t);
     }
     let aa_tripped = aa_trips.iter().filter(|t| **t > 0.0).count();
+    // The guard's test runs on the epoch's counts so far: how long the candidate was healthy
+    // before the fault may slow a trip.
+    let history_runs = env_or("RAMP_BENCH_GUARD_HISTORY_RUNS", 3) as usize;
+    let mut history = Vec::new();
+    for (guard, healthy_s) in [
+        (json!({"max_error_rate": 0.05}), 3),
+        (json!({"max_error_rate": 0.05}), 12),
+        (json!({"max_increase": 0.0}), 12),
+    ] {
+        let mut got = Vec::new();
+        for r in 0..history_runs {
+            let mut s = Scenario::new("bench-history", Mode::Guard(guard.clone()));
+            s.rps_per_envoy = rps;
+            s.healthy = Duration::from_secs(healthy_s);
+            let o = run(&s)?;
+            eprintln!(
+                "history run {r} {guard} healthy {healthy_s} s: tripping envoy {:?} ms, every envoy {:?} ms",
+                ms(o.first_to_zero()).map(f64::round),
+                ms(o.every_to_zero()).map(f64::round),
+            );
+            got.push(o);
+        }
+        history.push((guard, healthy_s, got));
+    }
     eprintln!("capacity: {rounds} rounds");
     let (guard_capacity, aa_capacity) = capacity(rounds)?;
 
@@ -281,11 +312,12 @@ fn main() -> Result<()> {
          derived from the rule as a bound (`max_error_rate: 0.05`);\n\
          - rampctl with the guard, `error_rate_vs_baseline`: the rule `{RULE_VS_BASELINE}` instead, \
          from which rampctl derives `max_increase: 0`, the guard alone's test.\n\n\
-         | variant | tripping Envoy (ms) | every Envoy of two (ms) | fault to rolled_back (ms) | runs with a trip while healthy | trips per Envoy | answers/s per Envoy (min) |\n\
-         |---|---:|---:|---:|---:|---|---:|\n"
+         | variant | tripping Envoy (ms) | every Envoy of two (ms) | fault to rolled_back (ms) | rollout's phase at the end (runs) | runs with a trip while healthy | trips per Envoy | runs with the candidate serving at the end | answers/s per Envoy (min) |\n\
+         |---|---:|---:|---:|---|---:|---|---:|---:|\n"
     );
     let mut variants_json = Vec::new();
     let mut targets = Vec::new();
+    let mut warnings = Vec::new();
     for (v, os) in variants.iter().zip(&outcomes) {
         let first = summarize(&os.iter().map(|o| ms(o.first_to_zero())).collect::<Vec<_>>());
         let every = summarize(&os.iter().map(|o| ms(o.every_to_zero())).collect::<Vec<_>>());
@@ -305,8 +337,35 @@ fn main() -> Result<()> {
             .iter()
             .flat_map(|o| o.envoys.iter().map(|e| e.achieved_rps))
             .fold(f64::INFINITY, f64::min);
+        let mut phases = std::collections::BTreeMap::<String, usize>::new();
+        for o in os {
+            if let Some(st) = &o.status {
+                *phases
+                    .entry(st["phase"].as_str().unwrap_or("?").to_owned())
+                    .or_default() += 1;
+            }
+        }
+        let phases: Vec<String> = phases.iter().map(|(p, n)| format!("{p} {n}")).collect();
+        let serving_at_end = os
+            .iter()
+            .filter(|o| o.envoys.iter().any(|e| e.share_at_end > 0.0))
+            .count();
+        if serving_at_end > 0 {
+            warnings.push(format!(
+                "- **{}: in {serving_at_end} of {} runs the candidate served again at the end** \
+                 (its share in the run's last second above 0; rollout phases {}): the fault-to-0% \
+                 figures of those runs are the first 0%, which did not last.\n",
+                v.what,
+                os.len(),
+                if phases.is_empty() {
+                    "-".to_owned()
+                } else {
+                    phases.join(", ")
+                },
+            ));
+        }
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {healthy_trips} of {} | {} | {min_rps:.0} |\n",
+            "| {} | {} | {} | {} | {} | {healthy_trips} of {} | {} | {serving_at_end} of {} | {min_rps:.0} |\n",
             v.what,
             first.cell(),
             every.cell(),
@@ -315,15 +374,22 @@ fn main() -> Result<()> {
             } else {
                 "-".to_owned()
             },
+            if phases.is_empty() {
+                "-".to_owned()
+            } else {
+                phases.join(", ")
+            },
             os.len(),
             trips.join(", "),
+            os.len(),
         ));
         if v.guarded {
             for (what, s, target) in [
                 ("tripping Envoy", &first, TARGET_TRIPPING_MS),
                 ("every Envoy of two", &every, TARGET_EVERY_MS),
             ] {
-                let met = s.missing == 0 && s.median <= target;
+                // A 0% that did not last (the candidate serving again at the end) is not met.
+                let met = s.missing == 0 && serving_at_end == 0 && s.median <= target;
                 targets.push(
                     json!({"variant": v.key, "figure": what, "median_ms": s.median,
                                     "target_ms": target, "met": met}),
@@ -340,16 +406,31 @@ fn main() -> Result<()> {
             "runs": os.iter().map(outcome_json).collect::<Vec<_>>(),
         }));
     }
-    let cap = median(guard_capacity.clone());
+    // Per round, the guard's ratio over the A/A's: both measured on the same Envoy against the
+    // same other one, so what differs between the two processes cancels within the round.
+    let paired: Vec<f64> = guard_capacity
+        .iter()
+        .zip(&aa_capacity)
+        .map(|(g, a)| g / a)
+        .collect();
+    let cap = median(paired.clone());
+    let raw = median(guard_capacity.clone());
     let aa = median(aa_capacity.clone());
     let range = |v: &[f64]| {
         let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         format!("{lo:.3}..{hi:.3}")
     };
+    if !warnings.is_empty() {
+        md.push('\n');
+        for w in &warnings {
+            md.push_str(w);
+        }
+    }
     md.push_str(&format!(
         "\nTargets (medians; for the variants with a guard): the tripping Envoy <= {TARGET_TRIPPING_MS} ms, \
-         every Envoy of two <= {TARGET_EVERY_MS} ms.\n"
+         every Envoy of two <= {TARGET_EVERY_MS} ms, and the 0% lasting (no run with the candidate \
+         serving at the end).\n"
     ));
     for t in &targets {
         md.push_str(&format!(
@@ -370,6 +451,36 @@ fn main() -> Result<()> {
         aa_permille as f64 / 10.0,
         aa_trips.len(),
     ));
+    md.push_str(&format!(
+        "\n## Healthy history before the fault (guard alone)\n\n\
+         The guard tests each arm on its counts since the epoch began (for the filter config's \
+         guard, since Envoy started; for rampctl's, since the stage did), healthy responses \
+         included. The same scenario with the guard against a bound and against the baseline, the \
+         candidate healthy for 3 s or 12 s before it fails one request in three; {history_runs} \
+         runs each, median / max in ms.\n\n\
+         | guard | healthy before the fault | tripping Envoy (ms) | every Envoy of two (ms) |\n\
+         |---|---:|---:|---:|\n"
+    ));
+    let mut history_json = Vec::new();
+    for (guard, healthy_s, os) in &history {
+        let first = summarize(&os.iter().map(|o| ms(o.first_to_zero())).collect::<Vec<_>>());
+        let every = summarize(&os.iter().map(|o| ms(o.every_to_zero())).collect::<Vec<_>>());
+        let cell = |s: &Summary| {
+            let never = if s.missing > 0 {
+                format!(" ({} never)", s.missing)
+            } else {
+                String::new()
+            };
+            format!("{:.0} / {:.0}{never}", s.median, s.max)
+        };
+        md.push_str(&format!(
+            "| `{guard}` | {healthy_s} s | {} | {} |\n",
+            cell(&first),
+            cell(&every)
+        ));
+        history_json.push(json!({"guard": guard, "healthy_s": healthy_s,
+                                 "tripping_envoy": first.json(), "every_envoy": every.json()}));
+    }
     let cap_met = cap >= 0.98;
     md.push_str(&format!(
         "\n## Capacity with the guard\n\n\
@@ -377,12 +488,18 @@ fn main() -> Result<()> {
          {{\"max_increase\": 0.0}}`) against `ramp_weighted` (the same without), by `make bench`'s \
          method (`ramp_tools::wrk`): two Envoys (`--concurrency 1`) pinned to one core, each loaded \
          by its own wrk (-t1 -c32, 2 s) at the same time, roles swapped every round; capacity = \
-         CPU/request without / CPU/request with; {rounds} rounds, median. Direct responses, all 200: \
-         the guard counts every response (its test runs on a candidate's 5xx, so never here).\n\n\
+         CPU/request of `ramp_weighted` on the other Envoy / CPU/request of the pair's variant; \
+         {rounds} rounds, median. Each round measures both pairs with the same roles, so the \
+         figure of record is, per round, the guard's ratio over the A/A's (what differs between \
+         the two processes cancels; here it swung the raw ratios by about 3% with the roles). \
+         Direct responses, all 200: the guard counts every response (its test runs on a \
+         candidate's 5xx, so never here).\n\n\
          | pair | capacity ratio (median) | rounds min..max |\n|---|---:|---:|\n\
-         | with the guard / without | {cap:.3} | {} |\n\
+         | with the guard / without, over the round's A/A (of record) | {cap:.3} | {} |\n\
+         | with the guard / without, raw | {raw:.3} | {} |\n\
          | without / without (A/A) | {aa:.3} | {} |\n\n\
          Target: within 2% (>= 0.98): {}.\n",
+        range(&paired),
         range(&guard_capacity),
         range(&aa_capacity),
         if cap_met { "met" } else { "missed" },
@@ -397,10 +514,14 @@ fn main() -> Result<()> {
         "runs": runs,
         "variants": variants_json,
         "targets": targets,
+        "history": history_json,
         "aa": {"runs": aa_runs, "seconds": aa_secs, "fail_chance_permille": aa_permille,
                "trips_per_envoy": aa_trips, "envoys_tripped": aa_tripped},
         "capacity": {
             "with_guard_over_without": cap,
+            "method": "per round: (with guard / without) over (without / without), same roles",
+            "paired_rounds": paired,
+            "raw": raw,
             "rounds": guard_capacity,
             "aa": aa,
             "aa_rounds": aa_capacity,
