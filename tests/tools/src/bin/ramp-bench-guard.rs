@@ -454,8 +454,9 @@ fn main() -> Result<()> {
     md.push_str(&format!(
         "\n## Healthy history before the fault (guard alone)\n\n\
          The guard tests each arm on its counts since the epoch began (for the filter config's \
-         guard, since Envoy started; for rampctl's, since the stage did), healthy responses \
-         included. The same scenario with the guard against a bound and against the baseline, the \
+         guard, since its config was loaded; for rampctl's, since the stage did), healthy \
+         responses included, and on those since each of the newest checkpoints (one every 1,000 \
+         responses), so a long healthy history costs little. The same scenario with the guard against a bound and against the baseline, the \
          candidate healthy for 3 s or 12 s before it fails one request in three; {history_runs} \
          runs each, median / max in ms.\n\n\
          | guard | healthy before the fault | tripping Envoy (ms) | every Envoy of two (ms) |\n\
