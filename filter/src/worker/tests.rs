@@ -27,6 +27,16 @@ fn worker(host: &MemHost, config: &str, seed: u64) -> Worker<MemHost> {
 
 /// One request through the worker's request path; returns the arm it was routed to.
 fn request(w: &Worker<MemHost>, host: &MemHost, headers: &[(&str, &str)], status: u32) -> String {
+    request_answered(w, host, headers, |_| status)
+}
+
+/// The same, answered with the status `status_of` gives the arm it was routed to.
+fn request_answered(
+    w: &Worker<MemHost>,
+    host: &MemHost,
+    headers: &[(&str, &str)],
+    mut status_of: impl FnMut(&str) -> u32,
+) -> String {
     host.new_request(headers);
     let mut x = w.exchange();
     x.on_request_headers(true);
@@ -34,7 +44,7 @@ fn request(w: &Worker<MemHost>, host: &MemHost, headers: &[(&str, &str)], status
         .header_of(Map::Request, "x-ramp-arm")
         .unwrap_or_default();
     host.advance_ms(1);
-    host.respond(status, &[], b"");
+    host.respond(status_of(&arm), &[], b"");
     x.on_response_headers(true);
     arm
 }
@@ -863,16 +873,7 @@ fn request_by_arm(
     host: &MemHost,
     mut fails: impl FnMut(&str) -> bool,
 ) -> String {
-    host.new_request(&[]);
-    let mut x = w.exchange();
-    x.on_request_headers(true);
-    let arm = host
-        .header_of(Map::Request, "x-ramp-arm")
-        .unwrap_or_default();
-    host.advance_ms(1);
-    host.respond(if fails(&arm) { 503 } else { 200 }, &[], b"");
-    x.on_response_headers(true);
-    arm
+    request_answered(w, host, &[], |arm| if fails(arm) { 503 } else { 200 })
 }
 
 const GUARDED: &str = r#"{"rollout":"r","arms":[{"name":"v1","weight":50},{"name":"v2","weight":50}],

@@ -8,3 +8,21 @@
 pub mod oci;
 pub mod seeds;
 pub mod wrk;
+
+/// Writes a run's results as `tests/bench/results/<stem>.md` and `<stem>.json`, and prints the
+/// Markdown: what every bench and simulation leaves for the docs to quote.
+pub fn write_results(
+    stem: &str,
+    md: &str,
+    json: &serde_json::Value,
+) -> anyhow::Result<std::path::PathBuf> {
+    let out = ramp_tests::envoy::repo_root().join("tests/bench/results");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join(format!("{stem}.md")), md)?;
+    std::fs::write(
+        out.join(format!("{stem}.json")),
+        serde_json::to_string_pretty(json)?,
+    )?;
+    println!("{md}");
+    Ok(out)
+}

@@ -30,7 +30,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use ramp_tests::envoy::repo_root;
 use ramp_tests::guard::{false_trips, run, Mode, Outcome, Scenario};
 use ramp_tests::{Envoy, EnvoyConfig};
 use ramp_tools::wrk::{env_or, median, pin, start_wrk, WRK_SCRIPT};
@@ -530,14 +529,7 @@ fn main() -> Result<()> {
             "met": cap_met,
         },
     });
-    let out = repo_root().join("tests/bench/results");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("guard.md"), &md)?;
-    std::fs::write(
-        out.join("guard.json"),
-        serde_json::to_string_pretty(&results)?,
-    )?;
-    println!("{md}");
+    let out = ramp_tools::write_results("guard", &md, &results)?;
     println!("written to {}", out.display());
     if outcomes.iter().all(Vec::is_empty) {
         bail!("no runs");

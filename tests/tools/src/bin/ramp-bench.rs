@@ -10,7 +10,6 @@
 use std::process::Command;
 
 use anyhow::{anyhow, Result};
-use ramp_tests::envoy::repo_root;
 use ramp_tests::{Envoy, EnvoyConfig};
 use ramp_tools::wrk::{env_or, median_of, pin, start_wrk, Run, WRK_SCRIPT};
 use serde_json::json;
@@ -199,14 +198,7 @@ fn main() -> Result<()> {
         "targets_vs_naive_router_metrics": targets,
         "ramp_wasm_bytes": wasm_size,
     });
-    let out_dir = repo_root().join("tests/bench/results");
-    std::fs::create_dir_all(&out_dir)?;
-    std::fs::write(out_dir.join("filter-throughput.md"), &md)?;
-    std::fs::write(
-        out_dir.join("filter-throughput.json"),
-        serde_json::to_string_pretty(&results)?,
-    )?;
-    println!("{md}");
+    let out_dir = ramp_tools::write_results("filter-throughput", &md, &results)?;
     println!("written to {}", out_dir.display());
     Ok(())
 }

@@ -12,7 +12,6 @@ use ramp_controller::simulate::{
     ab_sim, abn_sim, guardrail_sim, srm_sim, sticky_sim, AbSim, ArmModel, GuardrailSim,
 };
 use ramp_controller::spec::Spec;
-use ramp_tests::envoy::repo_root;
 use serde_json::json;
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -118,14 +117,7 @@ fn main() -> Result<()> {
     let mut results = results;
     results["guardrails"] = guard_json;
     results["cuped"] = cuped_json;
-    let out = repo_root().join("tests/bench/results");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("decisions.md"), &md)?;
-    std::fs::write(
-        out.join("decisions.json"),
-        serde_json::to_string_pretty(&results)?,
-    )?;
-    println!("{md}");
+    ramp_tools::write_results("decisions", &md, &results)?;
     Ok(())
 }
 

@@ -13,7 +13,6 @@ use ramp_filter::guard::{
     DEFAULT_MIN_ERRORS,
 };
 use ramp_filter::guard_share::{GuardRecord, CHECKPOINTS_KEPT, CHECKPOINT_EVERY};
-use ramp_tests::envoy::repo_root;
 use serde_json::{json, Value};
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -659,14 +658,7 @@ fn main() -> Result<()> {
         "aa": aa_json, "aa_alpha_0_05": loose_json, "detection": detect_json, "late_fault": late_json,
         "fleet": fleet_json, "ns_per_evaluation": cost_json,
     });
-    let out = repo_root().join("tests/bench/results");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("guard-sim.md"), &md)?;
-    std::fs::write(
-        out.join("guard-sim.json"),
-        serde_json::to_string_pretty(&results)?,
-    )?;
-    println!("{md}");
+    ramp_tools::write_results("guard-sim", &md, &results)?;
     Ok(())
 }
 

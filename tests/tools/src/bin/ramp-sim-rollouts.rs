@@ -19,7 +19,6 @@ use ramp_controller::spec::{BanditSpec, Spec};
 use ramp_filter::bandit::choose;
 use ramp_filter::config::{Bandit, Policy};
 use ramp_filter::counters::ArmCounts;
-use ramp_tests::envoy::repo_root;
 use serde_json::json;
 
 /// How one simulated rollout is run.
@@ -505,13 +504,6 @@ fn main() -> Result<()> {
                      "drop_5pct_min_share_median_requests": median(flagged_floor)},
         "delayed_rewards": delayed_rows,
     });
-    let out = repo_root().join("tests/bench/results");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("bandit-rollouts.md"), &md)?;
-    std::fs::write(
-        out.join("bandit-rollouts.json"),
-        serde_json::to_string_pretty(&results)?,
-    )?;
-    println!("{md}");
+    ramp_tools::write_results("bandit-rollouts", &md, &results)?;
     Ok(())
 }
