@@ -468,7 +468,7 @@ mod tests {
     use crate::window::ArmTotals;
     use std::collections::VecDeque;
 
-    fn record(spec: &Spec) -> Record {
+    pub(super) fn record(spec: &Spec) -> Record {
         Record {
             name: "r".into(),
             spec_text: String::new(),
@@ -668,16 +668,6 @@ mod guard_tests {
     use crate::guard::Trip;
     use crate::window::ArmTotals;
 
-    fn fresh(spec: &Spec) -> Record {
-        Record {
-            name: "r".into(),
-            spec_text: String::new(),
-            state: machine::State::start(spec, 0),
-            version: 1,
-            base: Totals::default(),
-        }
-    }
-
     /// An arm's totals: 500 requests, `errors` of them 5xx.
     fn arm(errors: u64) -> ArmTotals {
         ArmTotals {
@@ -692,7 +682,7 @@ mod guard_tests {
     #[test]
     fn a_trip_confirmed_by_the_fleets_figures_rolls_back_at_once() {
         let spec = Spec::parse("name: r\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\nfailure_threshold: 3\nstages:\n  - {weight: 50, rules: [{metric: error_rate, max: 0.05, min_samples: 50}]}\n  - {weight: 100}\n").unwrap();
-        let rec = fresh(&spec);
+        let rec = super::tests::record(&spec);
         let totals = |v2_errors: u64| -> Totals {
             [("v1".to_owned(), arm(0)), ("v2".to_owned(), arm(v2_errors))].into()
         };
@@ -739,7 +729,7 @@ mod guard_tests {
     #[test]
     fn standing_trips_roll_back_everywhere_and_re_arm_somewhere() {
         let spec = Spec::parse("name: r\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\nstages:\n  - {weight: 50, rules: [{metric: error_rate, max: 0.05, min_samples: 50}]}\n  - {weight: 100}\n").unwrap();
-        let rec = fresh(&spec);
+        let rec = super::tests::record(&spec);
         let healthy: Totals = [("v1".to_owned(), arm(0)), ("v2".to_owned(), arm(1))].into();
         let looks = rule_looks(&rec, &spec, &healthy, &Lookback::default(), 0);
         let run = |tripped: usize, envoys: usize| {
@@ -779,7 +769,7 @@ mod guard_tests {
     #[test]
     fn a_trip_of_one_candidate_does_not_confirm_another_candidates_failure() {
         let spec = Spec::parse("name: r\nstrategy: ab_test\nab_test: {metric: conversion}\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}, {name: v3, role: candidate}]\nfailure_threshold: 3\nstages:\n  - {weight: 50, rules: [{metric: error_rate, max: 0.05, min_samples: 50}]}\n  - {weight: 100}\n").unwrap();
-        let rec = fresh(&spec);
+        let rec = super::tests::record(&spec);
         let totals: Totals = [
             ("v1".to_owned(), arm(0)),
             ("v2".to_owned(), arm(5)),

@@ -36,6 +36,23 @@ pub struct Pending {
 }
 
 /// Starts wrk on core 0 (the Envoys are pinned to core 1, so they never queue behind wrk).
+/// `start_wrk` on one of the Envoy's listeners, by name.
+pub fn start_wrk_on(
+    envoy: &Envoy,
+    listener: &str,
+    script: &std::path::Path,
+    seconds: u64,
+    connections: u64,
+) -> Result<Pending> {
+    start_wrk(
+        envoy,
+        &envoy.listener_url(listener, "/")?,
+        script,
+        seconds,
+        connections,
+    )
+}
+
 pub fn start_wrk(
     envoy: &Envoy,
     url: &str,

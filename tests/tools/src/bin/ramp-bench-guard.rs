@@ -32,7 +32,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use ramp_tests::guard::{false_trips, run, Mode, Outcome, Scenario};
 use ramp_tests::{Envoy, EnvoyConfig};
-use ramp_tools::wrk::{env_or, median, pin, start_wrk, WRK_SCRIPT};
+use ramp_tools::wrk::{env_or, median, pin, start_wrk_on, WRK_SCRIPT};
 use serde_json::{json, Value};
 
 /// The rule rampctl judges (and derives its guard from).
@@ -175,7 +175,7 @@ fn capacity(rounds: usize) -> Result<(Vec<f64>, Vec<f64>)> {
     std::fs::write(&script, WRK_SCRIPT)?;
     for e in &envoys {
         for l in ["ramp_weighted", "ramp_weighted_guard"] {
-            start_wrk(e, &e.listener_url(l, "/")?, &script, 1, connections)?.finish(e)?;
+            start_wrk_on(e, l, &script, 1, connections)?.finish(e)?;
         }
     }
     let (mut guard, mut aa) = (Vec::new(), Vec::new());
@@ -190,13 +190,7 @@ fn capacity(rounds: usize) -> Result<(Vec<f64>, Vec<f64>)> {
             ("ramp_weighted", &mut aa),
         ] {
             let load = |envoy: &Envoy, listener: &str| {
-                start_wrk(
-                    envoy,
-                    &envoy.listener_url(listener, "/")?,
-                    &script,
-                    seconds,
-                    connections,
-                )
+                start_wrk_on(envoy, listener, &script, seconds, connections)
             };
             let base = load(theirs, "ramp_weighted")?;
             let run = load(mine, variant)?;

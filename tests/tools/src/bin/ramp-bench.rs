@@ -11,7 +11,7 @@ use std::process::Command;
 
 use anyhow::{anyhow, Result};
 use ramp_tests::{Envoy, EnvoyConfig};
-use ramp_tools::wrk::{env_or, median_of, pin, start_wrk, Run, WRK_SCRIPT};
+use ramp_tools::wrk::{env_or, median_of, pin, start_wrk_on, Run, WRK_SCRIPT};
 use serde_json::json;
 
 /// The yardstick every variant is measured against: a naive router that also measures latency.
@@ -62,7 +62,7 @@ fn main() -> Result<()> {
     // Warm-up: every listener of both Envoys once, so V8 has compiled and tiered each module.
     for e in &envoys {
         for (v, _) in VARIANTS {
-            start_wrk(e, &e.listener_url(v, "/")?, &script, 1, connections)?.finish(e)?;
+            start_wrk_on(e, v, &script, 1, connections)?.finish(e)?;
         }
     }
 
@@ -80,13 +80,7 @@ fn main() -> Result<()> {
             let i = (k + round) % VARIANTS.len();
             let variant = VARIANTS[i].0;
             let load = |envoy: &Envoy, listener: &str| {
-                start_wrk(
-                    envoy,
-                    &envoy.listener_url(listener, "/")?,
-                    &script,
-                    seconds,
-                    connections,
-                )
+                start_wrk_on(envoy, listener, &script, seconds, connections)
             };
             let yard = load(theirs, YARDSTICK)?;
             let run = load(mine, variant)?;
