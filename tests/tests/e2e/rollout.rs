@@ -354,12 +354,14 @@ fn two_envoys_report_to_one_controller_and_their_totals_add_up() {
     assert_eq!(arm(&v, "v1") + arm(&v, "v2"), 800);
 }
 
+/// The rollback decided on Prometheus' figures alone: the filters' guard (which would cut the
+/// candidate off first, `guard.rs`) is off.
 #[test]
 fn the_same_rollback_driven_by_prometheus() {
     let s = setup("promfaulty");
     let prometheus = ramp_tests::prometheus::Prometheus::start(&[s.envoy.admin_port]).unwrap();
     let spec = format!(
-        "name: promfaulty\narms: [{{name: v1, role: baseline}}, {{name: v2, role: candidate}}]\ncheck_interval_s: 1\nfailure_threshold: 2\nmetrics: {{prometheus: '{}'}}\nstages:\n  - {{weight: 50, min_duration_s: 600, rules: [{{metric: error_rate, max: 0.05, min_samples: 10}}]}}\n  - {{weight: 100}}\n",
+        "name: promfaulty\narms: [{{name: v1, role: baseline}}, {{name: v2, role: candidate}}]\ncheck_interval_s: 1\nfailure_threshold: 2\nmetrics: {{prometheus: '{}'}}\nguard: {{enabled: false}}\nstages:\n  - {{weight: 50, min_duration_s: 600, rules: [{{metric: error_rate, max: 0.05, min_samples: 10}}]}}\n  - {{weight: 100}}\n",
         prometheus.url("")
     );
     let traffic = Traffic::start(s.envoy.url("/predict"), 3);
