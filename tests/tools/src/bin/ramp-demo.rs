@@ -103,7 +103,7 @@ fn rollout_demo() -> Result<()> {
             "name: {name}\narms: [{{name: v1, role: baseline}}, {{name: v2, role: candidate}}]\ncheck_interval_s: 1\nfailure_threshold: 2\nstages:\n  - {{weight: 10, min_duration_s: 3, min_requests: 20, rules: [{{metric: error_rate, max: 0.05, min_samples: 10}}]}}\n  - {{weight: 25, min_duration_s: 3, min_requests: 20, rules: [{{metric: error_rate, max: 0.05, min_samples: 10}}]}}\n  - {{weight: 50, min_duration_s: 3, min_requests: 20, rules: [{{metric: error_rate, max: 0.05, min_samples: 10}}]}}\n  - {{weight: 100}}\n"
         );
         println!(
-            "\n{} rollout {name:?}: stages 10% -> 25% -> 50% -> 100%, 3 s each, rolled back when the candidate's error rate passes 5% twice in a row",
+            "\n{} rollout {name:?}: stages 10% -> 25% -> 50% -> 100%, 3 s each, rolled back when the candidate's error rate passes 5% twice in a row, or at once when the filters' guard cuts a plainly failing candidate off",
             if faulty { "B." } else { "A." }
         );
         let (code, answer) = controller.call("POST", "/v1/rollouts", Some(&spec), true)?;
