@@ -919,8 +919,10 @@ fn a_candidate_slower_than_the_baseline_is_rolled_back_by_the_rank_test() {
         "{reason}"
     );
     let check = &status["checks"][0];
+    // 3 ms on a sub-millisecond model: nearly every pair is slower, less the scheduler's jitter on
+    // a loaded machine (one CI run read 0.898 on the window, 0.943 on the stage).
     assert!(
-        check["value"].as_f64().unwrap() > 0.9,
+        check["value"].as_f64().unwrap() > 0.85,
         "nearly every pair is slower: {check}"
     );
     assert!(check["mann_whitney_p"].as_f64().unwrap() < 0.01, "{check}");
