@@ -26,3 +26,17 @@ pub fn write_results(
     println!("{md}");
     Ok(out)
 }
+
+/// A synthetic filter report for the controller benches: Envoy `instance`'s cumulative counts at
+/// `seq`, two arms with bandit totals.
+pub fn synthetic_report(instance: usize, seq: u64) -> String {
+    let arm = |n: u64| {
+        serde_json::json!({"requests": n, "responses": {"2xx": n, "3xx": 0, "4xx": 0, "5xx": 0},
+               "latency_ms": {"le": ramp_protocol::report::latency_le(),
+                              "counts": vec![n; 52]},
+               "bandit": {"trials": n, "reward_micros": n * 500_000}})
+    };
+    serde_json::json!({"instance": format!("envoy-{instance}"), "seq": seq,
+           "arms": {"v1": arm(100 + seq), "v2": arm(50 + seq)}})
+    .to_string()
+}

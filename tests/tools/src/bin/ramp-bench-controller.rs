@@ -18,22 +18,9 @@ use ramp_tests::canned::{CannedServer, EMPTY_PROMETHEUS};
 use ramp_tests::controller::Controller;
 use ramp_tests::envoy::repo_root;
 use ramp_tests::procfs::cpu_seconds;
-use serde_json::json;
 
 const POLLS: usize = 2000;
 const ARMS: &str = "arms: [{name: v1, role: baseline}, {name: v2, role: candidate}]";
-
-fn report(instance: usize, seq: u64) -> String {
-    let arm = |n: u64| {
-        json!({"requests": n, "responses": {"2xx": n, "3xx": 0, "4xx": 0, "5xx": 0},
-               "latency_ms": {"le": ramp_protocol::report::latency_le(),
-                              "counts": vec![n; 52]},
-               "bandit": {"trials": n, "reward_micros": n * 500_000}})
-    };
-    json!({"instance": format!("envoy-{instance}"), "seq": seq,
-           "arms": {"v1": arm(100 + seq), "v2": arm(50 + seq)}})
-    .to_string()
-}
 
 /// `POLLS` timed state polls of `rollout` over one connection: (median, p99) in microseconds.
 fn polls(controller: &Controller, rollout: &str) -> Result<(f64, f64)> {
@@ -66,7 +53,10 @@ fn intake(controller: &Controller, fleet: usize, clients: usize, secs: f64) -> R
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let instance = (c + clients * n as usize) % fleet;
-                    if let Ok(r) = agent.post(&url).send_string(&report(instance, seq0 + n)) {
+                    if let Ok(r) = agent
+                        .post(&url)
+                        .send_string(&ramp_tools::synthetic_report(instance, seq0 + n))
+                    {
                         if r.status() == 204 {
                             accepted.fetch_add(1, Ordering::Relaxed);
                         }
@@ -105,7 +95,9 @@ fn with_posters(controller: &Controller, target: &str, period: Option<Duration>)
                 let mut seq = base;
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
-                    let _ = agent.post(&url).send_string(&report(i * 10, seq));
+                    let _ = agent
+                        .post(&url)
+                        .send_string(&ramp_tools::synthetic_report(i * 10, seq));
                     seq += 1;
                     if let Some(p) = period {
                         std::thread::sleep(p.saturating_sub(t.elapsed()));
@@ -141,7 +133,7 @@ fn main() -> Result<()> {
         while posted < fleet {
             let code = agent
                 .post(&controller.url("/v1/rollouts/bench/reports"))
-                .send_string(&report(posted, 1))?
+                .send_string(&ramp_tools::synthetic_report(posted, 1))?
                 .status();
             ensure!(code == 204, "report answered {code}");
             posted += 1;

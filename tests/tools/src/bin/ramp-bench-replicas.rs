@@ -15,24 +15,11 @@ use ramp_tests::controller::Controller;
 use ramp_tests::envoy::repo_root;
 use ramp_tests::postgres::Postgres;
 use ramp_tests::procfs::cpu_seconds;
-use serde_json::json;
 
 const SPEC: &str = "name: bench\nstrategy: bandit\narms: [{name: v1, role: baseline}, {name: v2, role: candidate}]\nstages: [{weight: 50, min_duration_s: 86400}, {weight: 100}]\n";
 const FLEET: usize = 100;
 const CLIENTS: usize = 8;
 const SECS: f64 = 3.0;
-
-fn report(instance: usize, seq: u64) -> String {
-    let arm = |n: u64| {
-        json!({"requests": n, "responses": {"2xx": n, "3xx": 0, "4xx": 0, "5xx": 0},
-               "latency_ms": {"le": ramp_protocol::report::latency_le(),
-                              "counts": vec![n; 52]},
-               "bandit": {"trials": n, "reward_micros": n * 500_000}})
-    };
-    json!({"instance": format!("envoy-{instance}"), "seq": seq,
-           "arms": {"v1": arm(100 + seq), "v2": arm(50 + seq)}})
-    .to_string()
-}
 
 struct Row {
     what: String,
@@ -59,7 +46,10 @@ fn intake(what: &str, cs: &[Controller], pg: Option<&Postgres>) -> Result<Row> {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let instance = (c + CLIENTS * n as usize) % FLEET;
-                    if let Ok(r) = agent.post(&url).send_string(&report(instance, 1_000 + n)) {
+                    if let Ok(r) = agent
+                        .post(&url)
+                        .send_string(&ramp_tools::synthetic_report(instance, 1_000 + n))
+                    {
                         if r.status() == 204 {
                             accepted.fetch_add(1, Ordering::Relaxed);
                         }
