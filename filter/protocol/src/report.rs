@@ -485,6 +485,26 @@ mod tests {
     }
 
     #[test]
+    fn a_hostile_guard_in_a_report_is_refused_by_field() {
+        let with = |guard: &str| {
+            let text = format!(r#"{{"instance":"e1","seq":1,"arms":{{}},"guard":{guard}}}"#);
+            serde_json::from_str::<Report>(&text).map(|r| r.validate(&["v1", "v2"]))
+        };
+        let field = |guard: &str| with(guard).unwrap().unwrap_err().field;
+        assert_eq!(with(r#"{"epoch":3,"tripped":["v2"]}"#).unwrap(), Ok(()));
+        assert_eq!(field(r#"{"epoch":3,"tripped":["v9"]}"#), "guard.tripped[0]");
+        assert_eq!(
+            field(r#"{"epoch":3,"tripped":["v1","v2","v2"]}"#),
+            "guard.tripped"
+        );
+        assert!(with(r#"{"epoch":-1,"tripped":[]}"#).is_err(), "wrong type");
+        assert!(
+            with(r#"{"epoch":3,"tripped":[],"x":1}"#).is_err(),
+            "unknown field"
+        );
+    }
+
+    #[test]
     fn bounds_are_log_linear_from_a_tenth_of_a_millisecond_to_a_minute() {
         assert_eq!(&LATENCY_BOUNDS_US[..3], &[100, 200, 300]);
         assert_eq!(&LATENCY_BOUNDS_US[8..11], &[900, 1000, 2000]);
